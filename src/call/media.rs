@@ -1,0 +1,345 @@
+//! The media bridge of one call: caller audio to the agent, agent audio and prompts to the
+//! caller, with the caller's RFC 4733 packets replaced by masking frames on the way to the
+//! agent (DESIGN.md, the masking contract). Sequence numbers and timestamps of both outgoing
+//! streams stay continuous (RFC 3550 §5.1) whatever feeds them.
+//!
+//! No allocation per packet: outgoing packets are written into a queue of fixed buffers
+//! reserved when the call starts.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::media::g711::Codec;
+use crate::media::player::Player;
+use crate::media::rtp::{FRAME_SAMPLES, MAX_PACKET, OutStream, RtpReader, Source, Ssrc};
+use crate::media::telephone_event::{EventTracker, Key, TelephoneEvent};
+use crate::sip::sdp::MediaParams;
+
+use super::LegId;
+
+/// Most masking frames one event packet may produce: bounds the burst after a gap.
+const MAX_MASK_FRAMES_PER_PACKET: u32 = 3;
+const FRAME: Duration = Duration::from_millis(20);
+
+/// One packet ready to send.
+pub struct MediaPacket {
+    pub leg: LegId,
+    pub to: SocketAddr,
+    pub len: usize,
+    pub buf: [u8; MAX_PACKET],
+}
+
+/// What a caller packet carried that the call must act on.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CallerMedia {
+    Nothing,
+    Key(Key),
+}
+
+pub struct Bridge {
+    caller: MediaParams,
+    agent: Option<MediaParams>,
+    to_caller: OutStream,
+    to_agent: OutStream,
+    events: EventTracker,
+    /// End of the caller audio already sent on (or masked) toward the agent, in the
+    /// caller's RTP timestamp space.
+    caller_covered: Option<u32>,
+    player: Player,
+    next_prompt_frame: Option<Instant>,
+    prompt_ts: u32,
+    queue: VecDeque<MediaPacket>,
+    /// Whether the queue's front was already handed out by `poll_packet`.
+    front_taken: bool,
+    free: Vec<MediaPacket>,
+    pub stats: BridgeStats,
+}
+
+/// Counters a test or the metrics endpoint can read.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BridgeStats {
+    pub caller_packets: u64,
+    pub agent_packets: u64,
+    pub masked_frames: u64,
+    pub dropped_packets: u64,
+}
+
+impl Bridge {
+    pub fn new(caller: MediaParams, seed: u64) -> Bridge {
+        let free = (0..16)
+            .map(|_| MediaPacket { leg: LegId::Caller, to: caller.remote, len: 0, buf: [0; MAX_PACKET] })
+            .collect();
+        Bridge {
+            caller,
+            agent: None,
+            to_caller: OutStream::new(Ssrc(seed as u32), (seed >> 32) as u16, (seed >> 16) as u32),
+            to_agent: OutStream::new(Ssrc((seed as u32).rotate_left(16) ^ 0x5A5A_5A5A), (seed >> 48) as u16, (seed >> 8) as u32),
+            events: EventTracker::default(),
+            caller_covered: None,
+            player: Player::default(),
+            next_prompt_frame: None,
+            prompt_ts: 0,
+            queue: VecDeque::with_capacity(16),
+            front_taken: false,
+            free,
+            stats: BridgeStats::default(),
+        }
+    }
+
+    pub fn set_agent(&mut self, agent: Option<MediaParams>) {
+        self.agent = agent;
+    }
+
+    pub fn player(&mut self) -> &mut Player {
+        &mut self.player
+    }
+
+    /// Starts paced playback if a prompt was queued while idle.
+    pub fn kick_player(&mut self, now: Instant) {
+        if self.player.is_playing() && self.next_prompt_frame.is_none() {
+            self.next_prompt_frame = Some(now);
+        }
+    }
+
+    pub fn is_prompting(&self) -> bool {
+        self.player.is_playing()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next_prompt_frame
+    }
+
+    pub fn poll_packet(&mut self) -> Option<&MediaPacket> {
+        if self.front_taken {
+            if let Some(done) = self.queue.pop_front() {
+                self.free.push(done);
+            }
+        }
+        // The packet handed out stays at the front (its buffer borrowed) until the next call.
+        self.front_taken = !self.queue.is_empty();
+        self.queue.front()
+    }
+
+    fn slot(&mut self) -> MediaPacket {
+        self.free
+            .pop()
+            .unwrap_or_else(|| MediaPacket { leg: LegId::Caller, to: self.caller.remote, len: 0, buf: [0; MAX_PACKET] })
+    }
+
+    /// Plays the next prompt frame when due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let Some(due) = self.next_prompt_frame else { return };
+        if now < due {
+            return;
+        }
+        let mut pcm = [0i16; FRAME_SAMPLES];
+        if !self.player.next_frame(&mut pcm) {
+            self.next_prompt_frame = None;
+            return;
+        }
+        let codec = self.caller.codec;
+        let mut payload = [0u8; FRAME_SAMPLES];
+        for (o, s) in payload.iter_mut().zip(pcm.iter()) {
+            *o = codec.encode(*s);
+        }
+        let mut p = self.slot();
+        p.leg = LegId::Caller;
+        p.to = self.caller.remote;
+        p.len = self.to_caller.write(&mut p.buf, Source::Local, self.prompt_ts, codec.payload_type(), &payload, now);
+        self.prompt_ts = self.prompt_ts.wrapping_add(FRAME_SAMPLES as u32);
+        self.queue.push_back(p);
+        // Stay on a 20 ms grid, but do not burst to catch up after a stall.
+        let next = due + FRAME;
+        self.next_prompt_frame = Some(if next + FRAME * 5 < now { now + FRAME } else { next });
+    }
+
+    /// A packet from the caller: audio is relayed to the agent; telephone-events are reported
+    /// once and replaced toward the agent by masking frames.
+    pub fn handle_caller_packet(&mut self, packet: &[u8], now: Instant) -> CallerMedia {
+        let Ok(rtp) = RtpReader::new(packet) else {
+            self.stats.dropped_packets += 1;
+            return CallerMedia::Nothing;
+        };
+        self.stats.caller_packets += 1;
+        let pt = rtp.payload_type();
+        let ts = rtp.timestamp();
+        if Some(pt) == self.caller.event_pt {
+            let Ok(ev) = TelephoneEvent::parse(rtp.payload()) else {
+                self.stats.dropped_packets += 1;
+                return CallerMedia::Nothing;
+            };
+            self.mask_toward_agent(ts, ev, Ssrc(rtp.ssrc()), now);
+            return match self.events.on_packet(ts, ev) {
+                Some(key) => CallerMedia::Key(key),
+                None => CallerMedia::Nothing,
+            };
+        }
+        if pt != self.caller.codec.payload_type() {
+            self.stats.dropped_packets += 1;
+            return CallerMedia::Nothing;
+        }
+        let payload = rtp.payload();
+        let samples = payload.len().min(MAX_PACKET - 64);
+        self.caller_covered = Some(ts.wrapping_add(samples as u32));
+        if let Some(agent) = self.agent {
+            let mut p = self.slot();
+            let mut transcoded = [0u8; MAX_PACKET];
+            let body = transcode(&payload[..samples], self.caller.codec, agent.codec, &mut transcoded);
+            p.leg = LegId::Agent;
+            p.to = agent.remote;
+            p.len = self.to_agent.write(&mut p.buf, Source::Relay(Ssrc(rtp.ssrc())), ts, agent.codec.payload_type(), body, now);
+            self.queue.push_back(p);
+        }
+        CallerMedia::Nothing
+    }
+
+    /// Covers the event's span, in 20 ms frames of the agent codec's silence, so the agent
+    /// hears the same thing for every key and the stream has no gap.
+    fn mask_toward_agent(&mut self, ts: u32, ev: TelephoneEvent, ssrc: Ssrc, now: Instant) {
+        let Some(agent) = self.agent else { return };
+        let end = ts.wrapping_add(u32::from(ev.duration).max(FRAME_SAMPLES as u32));
+        let mut covered = match self.caller_covered {
+            // Only trust the previous coverage if it is near this event; else restart at it.
+            Some(c) if (end.wrapping_sub(c) as i32) >= 0 && end.wrapping_sub(c) < 8000 => c,
+            Some(c) if (c.wrapping_sub(end) as i32) > 0 && c.wrapping_sub(end) < 8000 => return,
+            _ => ts,
+        };
+        let silence = [agent.codec.silence(); FRAME_SAMPLES];
+        let mut frames = 0;
+        while (end.wrapping_sub(covered) as i32) > 0 && frames < MAX_MASK_FRAMES_PER_PACKET {
+            let mut p = self.slot();
+            p.leg = LegId::Agent;
+            p.to = agent.remote;
+            p.len = self.to_agent.write(&mut p.buf, Source::Relay(ssrc), covered, agent.codec.payload_type(), &silence, now);
+            self.queue.push_back(p);
+            covered = covered.wrapping_add(FRAME_SAMPLES as u32);
+            frames += 1;
+            self.stats.masked_frames += 1;
+        }
+        self.caller_covered = Some(covered);
+    }
+
+    /// A packet from the agent: relayed to the caller unless a prompt has the floor.
+    pub fn handle_agent_packet(&mut self, packet: &[u8], now: Instant) {
+        let Some(agent) = self.agent else { return };
+        let Ok(rtp) = RtpReader::new(packet) else {
+            self.stats.dropped_packets += 1;
+            return;
+        };
+        self.stats.agent_packets += 1;
+        if rtp.payload_type() != agent.codec.payload_type() || self.player.is_playing() {
+            return;
+        }
+        let payload = rtp.payload();
+        let samples = payload.len().min(MAX_PACKET - 64);
+        let mut transcoded = [0u8; MAX_PACKET];
+        let body = transcode(&payload[..samples], agent.codec, self.caller.codec, &mut transcoded);
+        let mut p = self.slot();
+        p.leg = LegId::Caller;
+        p.to = self.caller.remote;
+        p.len = self.to_caller.write(&mut p.buf, Source::Relay(Ssrc(rtp.ssrc())), rtp.timestamp(), self.caller.codec.payload_type(), body, now);
+        self.queue.push_back(p);
+    }
+}
+
+fn transcode<'a>(payload: &'a [u8], from: Codec, to: Codec, scratch: &'a mut [u8]) -> &'a [u8] {
+    if from == to {
+        return payload;
+    }
+    for (o, b) in scratch.iter_mut().zip(payload) {
+        *o = to.encode(from.decode(*b));
+    }
+    &scratch[..payload.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtp_rs::{RtpPacketBuilder, Seq};
+
+    fn params(port: u16, codec: Codec) -> MediaParams {
+        MediaParams { remote: SocketAddr::from(([127, 0, 0, 1], port)), codec, event_pt: Some(96) }
+    }
+
+    fn packet(pt: u8, seq: u16, ts: u32, payload: &[u8]) -> Vec<u8> {
+        RtpPacketBuilder::new().payload_type(pt).ssrc(42).sequence(Seq::from(seq)).timestamp(ts).payload(payload).build().unwrap()
+    }
+
+    fn drain(b: &mut Bridge) -> Vec<(LegId, u16, u32, u8, Vec<u8>)> {
+        let mut out = vec![];
+        while let Some(p) = b.poll_packet() {
+            let r = RtpReader::new(&p.buf[..p.len]).unwrap();
+            out.push((p.leg, r.sequence_number().into(), r.timestamp(), r.payload_type(), r.payload().to_vec()));
+        }
+        out
+    }
+
+    #[test]
+    fn events_become_silence_toward_the_agent_with_continuous_numbering() {
+        let t = Instant::now();
+        let mut b = Bridge::new(params(4000, Codec::Pcmu), 99);
+        b.set_agent(Some(params(5000, Codec::Pcma)));
+        let audio = [0x10u8; 160];
+        let mut keys = vec![];
+        // 2 audio frames, then digit 7 as 4 updates + 3 end packets (duration up to 800), then audio.
+        let mut seq = 1;
+        for i in 0..2 {
+            b.handle_caller_packet(&packet(0, seq, 1000 + i * 160, &audio), t);
+            seq += 1;
+        }
+        for (dur, end) in [(160u16, false), (320, false), (480, false), (640, false), (800, true), (800, true), (800, true)] {
+            let ev = TelephoneEvent { code: 7, end, volume: 10, duration: dur }.to_bytes();
+            if let CallerMedia::Key(k) = b.handle_caller_packet(&packet(96, seq, 1320, &ev), t) {
+                keys.push(k);
+            }
+            seq += 1;
+        }
+        b.handle_caller_packet(&packet(0, seq, 1320 + 800, &audio), t);
+        assert_eq!(keys, vec![Key::Digit(7)]);
+        let out = drain(&mut b);
+        assert!(out.iter().all(|o| o.0 == LegId::Agent && o.3 == 8), "only PCMA audio reaches the agent");
+        let seqs: Vec<u16> = out.iter().map(|o| o.1).collect();
+        assert!(seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)), "{seqs:?}");
+        let tss: Vec<u32> = out.iter().map(|o| o.2).collect();
+        assert!(tss.windows(2).all(|w| w[1] == w[0] + 160), "{tss:?}");
+        // 2 audio + 5 masking frames (800 samples) + 1 audio.
+        assert_eq!(out.len(), 8);
+        let silence = vec![Codec::Pcma.silence(); 160];
+        assert!(out[2..7].iter().all(|o| o.4 == silence));
+        assert_eq!(b.stats.masked_frames, 5);
+    }
+
+    #[test]
+    fn without_an_agent_nothing_is_sent_and_keys_still_count() {
+        let t = Instant::now();
+        let mut b = Bridge::new(params(4000, Codec::Pcmu), 1);
+        let ev = TelephoneEvent { code: 11, end: true, volume: 10, duration: 800 }.to_bytes();
+        assert_eq!(b.handle_caller_packet(&packet(96, 1, 0, &ev), t), CallerMedia::Key(Key::Hash));
+        assert!(drain(&mut b).is_empty());
+        assert_eq!(b.handle_caller_packet(b"\x80short", t), CallerMedia::Nothing);
+        assert_eq!(b.stats.dropped_packets, 1);
+    }
+
+    #[test]
+    fn prompts_are_paced_and_take_the_floor_from_the_agent() {
+        let t = Instant::now();
+        let mut b = Bridge::new(params(4000, Codec::Pcmu), 1);
+        b.set_agent(Some(params(5000, Codec::Pcmu)));
+        b.player().enqueue(vec![1000i16; 400].into());
+        b.kick_player(t);
+        assert_eq!(b.poll_timeout(), Some(t));
+        b.handle_timeout(t);
+        b.handle_agent_packet(&packet(0, 1, 0, &[0x22; 160]), t);
+        assert_eq!(b.poll_timeout(), Some(t + FRAME));
+        b.handle_timeout(t + FRAME);
+        b.handle_timeout(t + FRAME * 2);
+        b.handle_timeout(t + FRAME * 3);
+        assert_eq!(b.poll_timeout(), None);
+        let out = drain(&mut b);
+        assert_eq!(out.len(), 3, "three prompt frames, agent audio held back");
+        assert!(out.iter().all(|o| o.0 == LegId::Caller && o.4[0] == Codec::Pcmu.encode(1000)));
+        b.handle_agent_packet(&packet(0, 2, 160, &[0x22; 160]), t + FRAME * 4);
+        assert_eq!(drain(&mut b).len(), 1);
+    }
+}

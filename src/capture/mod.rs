@@ -1,0 +1,4 @@
+//! Payment capture, sans-IO: card validation and the keypress collector.
+
+pub mod card;
+pub mod collector;

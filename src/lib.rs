@@ -1,0 +1,9 @@
+//! tonewall: PCI DSS payment capture for phone calls. See DESIGN.md for the map.
+//!
+//! `sip`, `media`, `capture` and `call` are sans-IO protocol cores; `vault`, `api` and
+//! `runtime` are the drivers that do IO.
+
+pub mod call;
+pub mod capture;
+pub mod media;
+pub mod sip;

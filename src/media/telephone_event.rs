@@ -1,0 +1,151 @@
+//! RFC 4733 telephone-events (§2.3 payload format, §3.2 DTMF event codes) and the per-stream
+//! tracker that reports each key exactly once (§2.5.1.3: updates and the three redundant
+//! end packets share the event's RTP timestamp).
+
+use thiserror::Error;
+
+/// A telephone keypad key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Key {
+    /// 0..=9
+    Digit(u8),
+    Star,
+    Hash,
+    /// b'A'..=b'D'
+    Letter(u8),
+}
+
+impl Key {
+    /// RFC 4733 §3.2 Table 7: 0-9, * = 10, # = 11, A-D = 12-15.
+    pub fn from_event_code(code: u8) -> Option<Key> {
+        match code {
+            0..=9 => Some(Key::Digit(code)),
+            10 => Some(Key::Star),
+            11 => Some(Key::Hash),
+            12..=15 => Some(Key::Letter(b'A' + code - 12)),
+            _ => None,
+        }
+    }
+
+    pub fn event_code(self) -> u8 {
+        match self {
+            Key::Digit(d) => d,
+            Key::Star => 10,
+            Key::Hash => 11,
+            Key::Letter(l) => 12 + (l - b'A'),
+        }
+    }
+
+    pub fn from_char(c: char) -> Option<Key> {
+        match c {
+            '0'..='9' => Some(Key::Digit(c as u8 - b'0')),
+            '*' => Some(Key::Star),
+            '#' => Some(Key::Hash),
+            'A'..='D' => Some(Key::Letter(c as u8)),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum EventError {
+    #[error("telephone-event payload is {0} bytes, needs at least 4")]
+    Short(usize),
+}
+
+/// One event block (RFC 4733 §2.3, Figure 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TelephoneEvent {
+    pub code: u8,
+    pub end: bool,
+    /// Power level in -dBm0, 0..=63.
+    pub volume: u8,
+    /// In timestamp units since the event began.
+    pub duration: u16,
+}
+
+impl TelephoneEvent {
+    pub fn parse(payload: &[u8]) -> Result<TelephoneEvent, EventError> {
+        let [code, flags, d0, d1, ..] = *payload else {
+            return Err(EventError::Short(payload.len()));
+        };
+        Ok(TelephoneEvent {
+            code,
+            end: flags & 0x80 != 0,
+            volume: flags & 0x3F,
+            duration: u16::from_be_bytes([d0, d1]),
+        })
+    }
+
+    pub fn to_bytes(self) -> [u8; 4] {
+        let d = self.duration.to_be_bytes();
+        [self.code, (u8::from(self.end) << 7) | (self.volume & 0x3F), d[0], d[1]]
+    }
+}
+
+/// Reports each event once, at the first packet seen of it (a lost start packet only delays
+/// the report to the next update or end packet).
+#[derive(Debug, Default)]
+pub struct EventTracker {
+    last: Option<(u32, u8)>,
+}
+
+impl EventTracker {
+    pub fn on_packet(&mut self, rtp_timestamp: u32, ev: TelephoneEvent) -> Option<Key> {
+        let id = (rtp_timestamp, ev.code);
+        if self.last == Some(id) {
+            return None;
+        }
+        self.last = Some(id);
+        Key::from_event_code(ev.code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_rfc4733_figure_and_round_trips() {
+        // Digit 5, end bit, volume 10 dBm0, duration 800 (100 ms at 8 kHz).
+        let ev = TelephoneEvent::parse(&[0x05, 0x8A, 0x03, 0x20]).unwrap();
+        assert_eq!(ev, TelephoneEvent { code: 5, end: true, volume: 10, duration: 800 });
+        assert_eq!(ev.to_bytes(), [0x05, 0x8A, 0x03, 0x20]);
+        // The reserved bit is ignored.
+        assert!(!TelephoneEvent::parse(&[11, 0x40 | 7, 0, 160]).unwrap().end);
+        assert_eq!(TelephoneEvent::parse(&[1, 2, 3]), Err(EventError::Short(3)));
+    }
+
+    #[test]
+    fn key_codes() {
+        assert_eq!(Key::from_event_code(10), Some(Key::Star));
+        assert_eq!(Key::from_event_code(11), Some(Key::Hash));
+        assert_eq!(Key::from_event_code(15), Some(Key::Letter(b'D')));
+        assert_eq!(Key::from_event_code(16), None); // flash and other non-DTMF events
+        for c in "0123456789*#ABCD".chars() {
+            let k = Key::from_char(c).unwrap();
+            assert_eq!(Key::from_event_code(k.event_code()), Some(k));
+        }
+    }
+
+    #[test]
+    fn tracker_counts_updates_and_repeated_ends_once() {
+        let mut t = EventTracker::default();
+        let mut got = vec![];
+        // Digit 1 at ts 1000: 3 updates + 3 end packets; then digit 1 again at ts 3000.
+        for (ts, end, dur) in [
+            (1000, false, 160),
+            (1000, false, 320),
+            (1000, false, 480),
+            (1000, true, 800),
+            (1000, true, 800),
+            (1000, true, 800),
+            (3000, true, 800), // start and updates lost: reported at the end packet
+            (3000, true, 800),
+        ] {
+            let ev = TelephoneEvent { code: 1, end, volume: 10, duration: dur };
+            got.extend(t.on_packet(ts, ev));
+        }
+        assert_eq!(got, vec![Key::Digit(1), Key::Digit(1)]);
+    }
+}

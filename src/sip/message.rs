@@ -1,0 +1,470 @@
+//! SIP messages (RFC 3261 §7) over rsipstack's `sip` parser: the only module that touches
+//! that crate. It checks what RFC 3261 §8.2 and §16.3 make mandatory (Via, From, To,
+//! Call-ID, CSeq whose method matches, a sane Content-Length) and exposes just the values
+//! the transaction, dialog and call layers need. Outgoing messages are written as text by
+//! the builders below, so their header order and casing are ours.
+
+use std::fmt::Write as _;
+
+use rsipstack::sip as rs;
+use rsipstack::sip::{HasHeaders, Header};
+use thiserror::Error;
+
+/// Largest SIP message accepted over UDP (RFC 3261 §18.1.1 allows 65,535 bytes).
+pub const MAX_MESSAGE: usize = 65_535;
+/// Most header lines a message may carry before it is refused.
+pub const MAX_HEADERS: usize = 128;
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum MessageError {
+    #[error("message of {0} bytes exceeds the {MAX_MESSAGE}-byte limit")]
+    TooLarge(usize),
+    #[error("message has more than {MAX_HEADERS} headers")]
+    TooManyHeaders,
+    #[error("unparseable SIP message: {0}")]
+    Parse(String),
+    #[error("missing mandatory header {0}")]
+    MissingHeader(&'static str),
+    #[error("malformed {0} header")]
+    BadHeader(&'static str),
+    #[error("CSeq method does not match the request method")]
+    CseqMismatch,
+    #[error("body is shorter than Content-Length")]
+    TruncatedBody,
+}
+
+/// The methods tonewall handles; anything else is carried by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Method {
+    Invite,
+    Ack,
+    Bye,
+    Cancel,
+    Options,
+    Info,
+    Other(String),
+}
+
+impl Method {
+    fn from_token(s: &str) -> Method {
+        match s {
+            "INVITE" => Method::Invite,
+            "ACK" => Method::Ack,
+            "BYE" => Method::Bye,
+            "CANCEL" => Method::Cancel,
+            "OPTIONS" => Method::Options,
+            "INFO" => Method::Info,
+            other => Method::Other(other.to_string()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Method::Invite => "INVITE",
+            Method::Ack => "ACK",
+            Method::Bye => "BYE",
+            Method::Cancel => "CANCEL",
+            Method::Options => "OPTIONS",
+            Method::Info => "INFO",
+            Method::Other(s) => s,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CSeq {
+    pub seq: u32,
+    pub method: Method,
+}
+
+/// The header values every message must have, checked once at parse time.
+#[derive(Debug, Clone)]
+struct Common {
+    vias: Vec<String>,
+    from: String,
+    to: String,
+    call_id: String,
+    cseq: CSeq,
+    cseq_raw: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Request {
+    inner: rs::Request,
+    common: Common,
+}
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    inner: rs::Response,
+    common: Common,
+}
+
+#[derive(Debug, Clone)]
+pub enum SipMessage {
+    Request(Request),
+    Response(Response),
+}
+
+/// Parses one datagram (or one framed stream message).
+pub fn parse(bytes: &[u8]) -> Result<SipMessage, MessageError> {
+    if bytes.len() > MAX_MESSAGE {
+        return Err(MessageError::TooLarge(bytes.len()));
+    }
+    let msg = rs::parser::parse_message(bytes).map_err(|e| MessageError::Parse(short(&e.to_string())))?;
+    match msg {
+        rs::SipMessage::Request(r) => {
+            let common = common(r.headers(), r.body.len())?;
+            let method = Method::from_token(&r.method.to_string());
+            if common.cseq.method != method {
+                return Err(MessageError::CseqMismatch);
+            }
+            Ok(SipMessage::Request(Request { inner: r, common }))
+        }
+        rs::SipMessage::Response(r) => {
+            let common = common(r.headers(), r.body.len())?;
+            Ok(SipMessage::Response(Response { inner: r, common }))
+        }
+    }
+}
+
+/// Parser errors can quote the input; keep them to one short line.
+fn short(s: &str) -> String {
+    s.chars().take(120).collect()
+}
+
+fn common(headers: &rs::Headers, body_len: usize) -> Result<Common, MessageError> {
+    if headers.len() > MAX_HEADERS {
+        return Err(MessageError::TooManyHeaders);
+    }
+    let mut vias = Vec::new();
+    let (mut from, mut to, mut call_id, mut cseq) = (None, None, None, None);
+    for h in headers.iter() {
+        match h {
+            Header::Via(v) => vias.push(v.value().to_string()),
+            Header::From(v) => from = Some(v.value().to_string()),
+            Header::To(v) => to = Some(v.value().to_string()),
+            Header::CallId(v) => call_id = Some(v.value().trim().to_string()),
+            Header::CSeq(v) => cseq = Some(v.value().trim().to_string()),
+            Header::ContentLength(v) => {
+                let declared: usize = v.value().trim().parse().map_err(|_| MessageError::BadHeader("Content-Length"))?;
+                if declared > body_len {
+                    return Err(MessageError::TruncatedBody);
+                }
+            }
+            _ => {}
+        }
+    }
+    if vias.is_empty() {
+        return Err(MessageError::MissingHeader("Via"));
+    }
+    let from = from.ok_or(MessageError::MissingHeader("From"))?;
+    let to = to.ok_or(MessageError::MissingHeader("To"))?;
+    let call_id = call_id.filter(|c| !c.is_empty()).ok_or(MessageError::MissingHeader("Call-ID"))?;
+    let cseq_raw = cseq.ok_or(MessageError::MissingHeader("CSeq"))?;
+    let mut parts = cseq_raw.split_whitespace();
+    let seq = parts.next().and_then(|n| n.parse::<u32>().ok()).ok_or(MessageError::BadHeader("CSeq"))?;
+    let method = parts.next().map(Method::from_token).ok_or(MessageError::BadHeader("CSeq"))?;
+    if parts.next().is_some() || seq >= 1 << 31 {
+        return Err(MessageError::BadHeader("CSeq"));
+    }
+    Ok(Common { vias, from, to, call_id, cseq: CSeq { seq, method }, cseq_raw })
+}
+
+/// The value of `;name=value` in a header value's parameters (after any `<...>` URI).
+pub fn param(value: &str, name: &str) -> Option<String> {
+    let params = match value.rfind('>') {
+        Some(i) => &value[i + 1..],
+        None => value.split_once(';').map(|(_, p)| p).unwrap_or(""),
+    };
+    params.split(';').find_map(|p| {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim().trim_matches('"').to_string())
+    })
+}
+
+/// The URI inside a name-addr (`"Name" <sip:x@y>;tag=1`) or an addr-spec (`sip:x@y;tag=1`).
+pub fn uri_of(value: &str) -> &str {
+    match (value.find('<'), value.find('>')) {
+        (Some(a), Some(b)) if a < b => &value[a + 1..b],
+        _ => value.split(';').next().unwrap_or(value).trim(),
+    }
+}
+
+macro_rules! common_accessors {
+    () => {
+        pub fn call_id(&self) -> &str {
+            &self.common.call_id
+        }
+        pub fn cseq(&self) -> &CSeq {
+            &self.common.cseq
+        }
+        pub fn from(&self) -> &str {
+            &self.common.from
+        }
+        pub fn to(&self) -> &str {
+            &self.common.to
+        }
+        pub fn from_tag(&self) -> Option<String> {
+            param(&self.common.from, "tag")
+        }
+        pub fn to_tag(&self) -> Option<String> {
+            param(&self.common.to, "tag")
+        }
+        /// The branch of the top Via (RFC 3261 §8.1.1.7), the transaction key.
+        pub fn branch(&self) -> Option<String> {
+            let top = self.common.vias[0].split(',').next().unwrap_or("");
+            param(top, "branch")
+        }
+        pub fn body(&self) -> &[u8] {
+            &self.inner.body
+        }
+        /// The first value of a header by name (case-insensitive, compact forms expanded).
+        pub fn header(&self, name: &str) -> Option<&str> {
+            self.inner.headers().iter().find(|h| h.name().eq_ignore_ascii_case(name)).map(|h| h.value())
+        }
+        /// All values of a header, in order.
+        pub fn headers_named(&self, name: &str) -> Vec<&str> {
+            self.inner.headers().iter().filter(|h| h.name().eq_ignore_ascii_case(name)).map(|h| h.value()).collect()
+        }
+        pub fn contact_uri(&self) -> Option<&str> {
+            self.header("Contact").map(uri_of)
+        }
+    };
+}
+
+impl Request {
+    common_accessors!();
+
+    pub fn method(&self) -> Method {
+        Method::from_token(&self.inner.method.to_string())
+    }
+
+    pub fn request_uri(&self) -> String {
+        self.inner.uri.to_string()
+    }
+
+    /// The user part of the Request-URI (`pay-<session>` for transfer-ins).
+    pub fn uri_user(&self) -> Option<&str> {
+        self.inner.uri.auth.as_ref().map(|a| a.user.as_str())
+    }
+}
+
+impl Response {
+    common_accessors!();
+
+    pub fn status(&self) -> u16 {
+        u16::from(self.inner.status_code.clone())
+    }
+}
+
+/// Writes a response to `req` (RFC 3261 §8.2.6): Via, From, Call-ID and CSeq copied, To with
+/// our tag added when given and absent.
+pub struct ResponseBuilder<'a> {
+    req: &'a Request,
+    status: u16,
+    reason: &'a str,
+    to_tag: Option<&'a str>,
+    extra: String,
+    body: Option<(&'a str, &'a [u8])>,
+}
+
+impl<'a> ResponseBuilder<'a> {
+    pub fn new(req: &'a Request, status: u16, reason: &'a str) -> Self {
+        ResponseBuilder { req, status, reason, to_tag: None, extra: String::new(), body: None }
+    }
+
+    pub fn to_tag(mut self, tag: &'a str) -> Self {
+        self.to_tag = Some(tag);
+        self
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        let _ = write!(self.extra, "{name}: {value}\r\n");
+        self
+    }
+
+    pub fn body(mut self, content_type: &'a str, body: &'a [u8]) -> Self {
+        self.body = Some((content_type, body));
+        self
+    }
+
+    pub fn build(self) -> Vec<u8> {
+        let c = &self.req.common;
+        let mut s = format!("SIP/2.0 {} {}\r\n", self.status, self.reason);
+        for v in &c.vias {
+            let _ = write!(s, "Via: {v}\r\n");
+        }
+        let _ = write!(s, "From: {}\r\n", c.from);
+        match self.to_tag {
+            Some(tag) if param(&c.to, "tag").is_none() => {
+                let _ = write!(s, "To: {};tag={tag}\r\n", c.to);
+            }
+            _ => {
+                let _ = write!(s, "To: {}\r\n", c.to);
+            }
+        }
+        let _ = write!(s, "Call-ID: {}\r\nCSeq: {}\r\n", c.call_id, c.cseq_raw);
+        s.push_str(&self.extra);
+        finish(s, self.body)
+    }
+}
+
+/// Writes a request from its parts; the caller supplies every header it needs.
+pub struct RequestBuilder<'a> {
+    head: String,
+    body: Option<(&'a str, &'a [u8])>,
+}
+
+impl<'a> RequestBuilder<'a> {
+    pub fn new(method: &Method, uri: &str) -> Self {
+        RequestBuilder { head: format!("{} {uri} SIP/2.0\r\n", method.as_str()), body: None }
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        let _ = write!(self.head, "{name}: {value}\r\n");
+        self
+    }
+
+    pub fn body(mut self, content_type: &'a str, body: &'a [u8]) -> Self {
+        self.body = Some((content_type, body));
+        self
+    }
+
+    pub fn build(self) -> Vec<u8> {
+        finish(self.head, self.body)
+    }
+}
+
+fn finish(mut head: String, body: Option<(&str, &[u8])>) -> Vec<u8> {
+    match body {
+        Some((ct, b)) => {
+            let _ = write!(head, "Content-Type: {ct}\r\nContent-Length: {}\r\n\r\n", b.len());
+            let mut out = head.into_bytes();
+            out.extend_from_slice(b);
+            out
+        }
+        None => {
+            head.push_str("Content-Length: 0\r\n\r\n");
+            head.into_bytes()
+        }
+    }
+}
+
+/// A 400 for a request too broken to parse fully, if its Via, From, To, Call-ID and CSeq
+/// lines can still be found (RFC 3261 §8.2: answer what can be answered). `None` for
+/// responses and for requests without those lines: those are dropped.
+pub fn bad_request(bytes: &[u8], why: &MessageError) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(&bytes[..bytes.len().min(MAX_MESSAGE)]).ok()?;
+    let mut lines = text.split("\r\n");
+    let start = lines.next()?;
+    if start.starts_with("SIP/") || !start.ends_with("SIP/2.0") {
+        return None;
+    }
+    let wanted = [("via", "v"), ("from", "f"), ("to", "t"), ("call-id", "i"), ("cseq", "")];
+    let mut found: Vec<(usize, &str)> = Vec::new();
+    for line in lines.take_while(|l| !l.is_empty()) {
+        let Some((name, value)) = line.split_once(':') else { continue };
+        let name = name.trim().to_ascii_lowercase();
+        if let Some(i) = wanted.iter().position(|(long, compact)| name == *long || (!compact.is_empty() && name == *compact)) {
+            found.push((i, value.trim()));
+        }
+    }
+    if !(0..wanted.len()).all(|i| found.iter().any(|(j, _)| *j == i)) {
+        return None;
+    }
+    found.sort_by_key(|(i, _)| *i);
+    let names = ["Via", "From", "To", "Call-ID", "CSeq"];
+    let mut s = String::from("SIP/2.0 400 Bad Request\r\n");
+    for (i, v) in found {
+        let _ = write!(s, "{}: {v}\r\n", names[i]);
+    }
+    // The reason names the rule broken, never the offending bytes.
+    let _ = write!(s, "Warning: 399 tonewall \"{}\"\r\n", why.to_string().replace('"', "'"));
+    Some(finish(s, None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INVITE: &str = "INVITE sip:pay-abc@127.0.0.1:5060 SIP/2.0\r\n\
+v: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK776asdhds;rport\r\n\
+Max-Forwards: 70\r\n\
+t: <sip:pay-abc@127.0.0.1>\r\n\
+f: \"Caller\" <sip:caller@127.0.0.1:5070>;tag=1928301774\r\n\
+i: a84b4c76e66710@pc33\r\n\
+CSeq: 314159 INVITE\r\n\
+m: <sip:caller@127.0.0.1:5070>\r\n\
+Content-Type: application/sdp\r\n\
+l: 4\r\n\r\nv=0\n";
+
+    fn request(s: &str) -> Request {
+        match parse(s.as_bytes()).unwrap() {
+            SipMessage::Request(r) => r,
+            SipMessage::Response(_) => panic!("not a request"),
+        }
+    }
+
+    #[test]
+    fn parses_compact_headers() {
+        let r = request(INVITE);
+        assert_eq!(r.method(), Method::Invite);
+        assert_eq!(r.uri_user(), Some("pay-abc"));
+        assert_eq!(r.call_id(), "a84b4c76e66710@pc33");
+        assert_eq!(r.cseq(), &CSeq { seq: 314159, method: Method::Invite });
+        assert_eq!(r.from_tag().as_deref(), Some("1928301774"));
+        assert_eq!(r.to_tag(), None);
+        assert_eq!(r.branch().as_deref(), Some("z9hG4bK776asdhds"));
+        assert_eq!(r.contact_uri(), Some("sip:caller@127.0.0.1:5070"));
+        assert_eq!(r.body(), b"v=0\n");
+    }
+
+    #[test]
+    fn response_copies_dialog_headers_and_adds_to_tag() {
+        let r = request(INVITE);
+        let bytes = ResponseBuilder::new(&r, 200, "OK").to_tag("xyz").header("Contact", "<sip:tw@127.0.0.1>").body("application/sdp", b"v=0\r\n").build();
+        let SipMessage::Response(resp) = parse(&bytes).unwrap() else { panic!() };
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.to_tag().as_deref(), Some("xyz"));
+        assert_eq!(resp.from_tag().as_deref(), Some("1928301774"));
+        assert_eq!(resp.call_id(), r.call_id());
+        assert_eq!(resp.branch(), r.branch());
+        assert_eq!(resp.body(), b"v=0\r\n");
+    }
+
+    #[test]
+    fn refuses_what_rfc3261_requires() {
+        let no_callid = INVITE.replace("i: a84b4c76e66710@pc33\r\n", "");
+        assert_eq!(parse(no_callid.as_bytes()).unwrap_err(), MessageError::MissingHeader("Call-ID"));
+        let mismatch = INVITE.replace("CSeq: 314159 INVITE", "CSeq: 314159 BYE");
+        assert_eq!(parse(mismatch.as_bytes()).unwrap_err(), MessageError::CseqMismatch);
+        let bad_cseq = INVITE.replace("CSeq: 314159 INVITE", "CSeq: abc INVITE");
+        assert_eq!(parse(bad_cseq.as_bytes()).unwrap_err(), MessageError::BadHeader("CSeq"));
+        let long_body = INVITE.replace("l: 4", "l: 400");
+        assert_eq!(parse(long_body.as_bytes()).unwrap_err(), MessageError::TruncatedBody);
+        assert!(parse(b"garbage").is_err());
+        assert!(parse(&vec![b'a'; MAX_MESSAGE + 1]).is_err());
+    }
+
+    #[test]
+    fn bad_request_answers_when_it_can() {
+        let bad = INVITE.replace("CSeq: 314159 INVITE", "CSeq: abc INVITE");
+        let err = parse(bad.as_bytes()).unwrap_err();
+        let resp = bad_request(bad.as_bytes(), &err).expect("answerable");
+        let text = String::from_utf8(resp).unwrap();
+        assert!(text.starts_with("SIP/2.0 400 Bad Request\r\n"));
+        assert!(text.contains("Call-ID: a84b4c76e66710@pc33\r\n"));
+        assert!(text.contains("Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK776asdhds;rport\r\n"));
+        assert!(bad_request(b"hello", &err).is_none());
+    }
+
+    #[test]
+    fn params_and_uris() {
+        assert_eq!(param("<sip:a@b;lr>;tag=12", "tag").as_deref(), Some("12"));
+        assert_eq!(param("sip:a@b;tag=9", "TAG").as_deref(), Some("9"));
+        assert_eq!(param("<sip:a@b;tag=no>", "tag"), None);
+        assert_eq!(uri_of("\"A\" <sip:a@b:5>;tag=1"), "sip:a@b:5");
+        assert_eq!(uri_of("sip:a@b;tag=1"), "sip:a@b");
+    }
+}

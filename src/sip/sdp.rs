@@ -1,0 +1,162 @@
+//! SDP offer/answer (RFC 3264 §5–§6, SDP syntax RFC 4566) for one audio stream: G.711
+//! (PCMU/PCMA) and telephone-event (RFC 4733 §7.1.1), whatever payload type the offer gives
+//! it. Parsing goes through webrtc-rs's rtc-sdp; the answers and offers we write are short
+//! enough to write by hand.
+
+use std::fmt::Write as _;
+use std::io::Cursor;
+use std::net::{IpAddr, SocketAddr};
+
+use rtc_sdp::description::session::SessionDescription;
+use thiserror::Error;
+
+use crate::media::g711::Codec;
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum SdpError {
+    #[error("SDP does not parse: {0}")]
+    Parse(String),
+    #[error("SDP has no active audio stream over RTP/AVP")]
+    NoAudio,
+    #[error("SDP offers no codec we support (PCMU, PCMA)")]
+    NoCommonCodec,
+    #[error("SDP has no usable connection address")]
+    NoAddress,
+}
+
+/// What the far end asked for or agreed to: where to send, in which codec, and the
+/// payload type of telephone-events if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MediaParams {
+    pub remote: SocketAddr,
+    pub codec: Codec,
+    pub event_pt: Option<u8>,
+}
+
+/// An offer or answer, reduced to its first audio stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteDescription {
+    pub remote: SocketAddr,
+    /// Supported audio codecs in the sender's order of preference.
+    pub codecs: Vec<Codec>,
+    pub event_pt: Option<u8>,
+}
+
+impl RemoteDescription {
+    pub fn parse(body: &[u8]) -> Result<RemoteDescription, SdpError> {
+        let text = std::str::from_utf8(body).map_err(|_| SdpError::Parse("not UTF-8".into()))?;
+        // rtc-sdp wants CRLF or LF lines; a missing final newline is common in the wild.
+        let mut owned = text.to_string();
+        if !owned.ends_with('\n') {
+            owned.push_str("\r\n");
+        }
+        let sd = SessionDescription::unmarshal(&mut Cursor::new(owned.as_bytes()))
+            .map_err(|e| SdpError::Parse(e.to_string().chars().take(120).collect()))?;
+        let media = sd
+            .media_descriptions
+            .iter()
+            .find(|m| m.media_name.media == "audio" && m.media_name.port.value > 0 && m.media_name.protos.join("/") == "RTP/AVP")
+            .ok_or(SdpError::NoAudio)?;
+        let port = u16::try_from(media.media_name.port.value).map_err(|_| SdpError::NoAudio)?;
+        let conn = media.connection_information.as_ref().or(sd.connection_information.as_ref());
+        let ip: IpAddr = conn
+            .and_then(|c| c.address.as_ref())
+            .and_then(|a| a.address.parse().ok())
+            .ok_or(SdpError::NoAddress)?;
+        let rtpmaps = media.codecs();
+        let mut codecs = Vec::new();
+        let mut event_pt = None;
+        for fmt in &media.media_name.formats {
+            let Ok(pt) = fmt.parse::<u8>() else { continue };
+            let name = rtpmaps.get(&pt).map(|c| c.name.to_ascii_uppercase());
+            let codec = match (pt, name.as_deref()) {
+                (_, Some("TELEPHONE-EVENT")) => {
+                    event_pt.get_or_insert(pt);
+                    None
+                }
+                (0, None) | (_, Some("PCMU")) => Some(Codec::Pcmu),
+                (8, None) | (_, Some("PCMA")) => Some(Codec::Pcma),
+                _ => None,
+            };
+            if let Some(c) = codec.filter(|c| !codecs.contains(c)) {
+                codecs.push(c);
+            }
+        }
+        if codecs.is_empty() {
+            return Err(SdpError::NoCommonCodec);
+        }
+        Ok(RemoteDescription { remote: SocketAddr::new(ip, port), codecs, event_pt })
+    }
+
+    /// RFC 3264 §6.1: answer with the offerer's first codec we support, and echo its
+    /// telephone-event payload type.
+    pub fn negotiate(&self) -> MediaParams {
+        MediaParams { remote: self.remote, codec: self.codecs[0], event_pt: self.event_pt }
+    }
+}
+
+/// Our description of one audio stream: used for answers (one codec) and offers (several).
+pub fn write(local: SocketAddr, session_id: u64, codecs: &[Codec], event_pt: Option<u8>) -> String {
+    let ip_kind = if local.is_ipv4() { "IP4" } else { "IP6" };
+    let ip = local.ip();
+    let mut fmts: Vec<String> = codecs.iter().map(|c| c.payload_type().to_string()).collect();
+    fmts.extend(event_pt.map(|pt| pt.to_string()));
+    let mut s = format!(
+        "v=0\r\no=tonewall {session_id} {session_id} IN {ip_kind} {ip}\r\ns=tonewall\r\nc=IN {ip_kind} {ip}\r\nt=0 0\r\nm=audio {} RTP/AVP {}\r\n",
+        local.port(),
+        fmts.join(" ")
+    );
+    for c in codecs {
+        let _ = write!(s, "a=rtpmap:{} {}/8000\r\n", c.payload_type(), c.name());
+    }
+    if let Some(pt) = event_pt {
+        let _ = write!(s, "a=rtpmap:{pt} telephone-event/8000\r\na=fmtp:{pt} 0-15\r\n");
+    }
+    s.push_str("a=ptime:20\r\na=sendrecv\r\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+m=audio 6000 RTP/AVP 8 0 96\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:0 PCMU/8000\r\n\
+a=rtpmap:96 telephone-event/8000\r\na=fmtp:96 0-16\r\n";
+
+    #[test]
+    fn answer_takes_offerers_first_codec_and_its_event_payload_type() {
+        let offer = RemoteDescription::parse(OFFER.as_bytes()).unwrap();
+        let m = offer.negotiate();
+        assert_eq!(m.codec, Codec::Pcma);
+        assert_eq!(m.event_pt, Some(96));
+        assert_eq!(m.remote, "127.0.0.1:6000".parse().unwrap());
+        let ans = write("127.0.0.1:20000".parse().unwrap(), 5, &[m.codec], m.event_pt);
+        let back = RemoteDescription::parse(ans.as_bytes()).unwrap();
+        assert_eq!(back.codecs, vec![Codec::Pcma]);
+        assert_eq!(back.event_pt, Some(96));
+        assert_eq!(back.remote.port(), 20000);
+    }
+
+    #[test]
+    fn static_payload_types_without_rtpmap_and_media_level_connection() {
+        let sdp = "v=0\no=- 1 1 IN IP4 127.0.0.1\ns=-\nt=0 0\nm=audio 7000 RTP/AVP 18 0\nc=IN IP4 127.0.0.2";
+        let d = RemoteDescription::parse(sdp.as_bytes()).unwrap();
+        assert_eq!(d.codecs, vec![Codec::Pcmu]);
+        assert_eq!(d.event_pt, None);
+        assert_eq!(d.remote, "127.0.0.2:7000".parse().unwrap());
+    }
+
+    #[test]
+    fn refusals() {
+        let g729 = OFFER.replace("RTP/AVP 8 0 96", "RTP/AVP 18 96");
+        assert_eq!(RemoteDescription::parse(g729.as_bytes()), Err(SdpError::NoCommonCodec));
+        let video = OFFER.replace("m=audio", "m=video");
+        assert_eq!(RemoteDescription::parse(video.as_bytes()), Err(SdpError::NoAudio));
+        let srtp = OFFER.replace("RTP/AVP", "RTP/SAVP");
+        assert_eq!(RemoteDescription::parse(srtp.as_bytes()), Err(SdpError::NoAudio));
+        let no_c = OFFER.replace("c=IN IP4 127.0.0.1\r\n", "");
+        assert_eq!(RemoteDescription::parse(no_c.as_bytes()), Err(SdpError::NoAddress));
+        assert!(matches!(RemoteDescription::parse(b"hello"), Err(SdpError::Parse(_))));
+    }
+}
