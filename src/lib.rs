@@ -7,3 +7,4 @@ pub mod call;
 pub mod capture;
 pub mod media;
 pub mod sip;
+pub mod vault;
