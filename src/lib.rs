@@ -3,8 +3,12 @@
 //! `sip`, `media`, `capture` and `call` are sans-IO protocol cores; `vault`, `api` and
 //! `runtime` are the drivers that do IO.
 
+pub mod api;
 pub mod call;
 pub mod capture;
+pub mod config;
 pub mod media;
+pub mod runtime;
+pub mod session;
 pub mod sip;
 pub mod vault;

@@ -1,0 +1,64 @@
+//! Bearer API keys with roles (PCI DSS 7.2 least privilege, 8.2 unique ids): one key per
+//! client, shown once at creation, stored only as its SHA-256.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::SqlitePool;
+
+use crate::vault::{crypto::hex, token::random_base62};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Agent,
+    Processor,
+    Qa,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Agent => "agent",
+            Role::Processor => "processor",
+            Role::Qa => "qa",
+            Role::Admin => "admin",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Role> {
+        [Role::Agent, Role::Processor, Role::Qa, Role::Admin].into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+const KEY_PREFIX: &str = "twk_";
+
+fn hash(key: &str) -> String {
+    hex(&Sha256::digest(key.as_bytes()))
+}
+
+/// Creates a key for `role`; returns the key itself (the only time it exists in clear).
+pub async fn create_key(pool: &SqlitePool, role: Role) -> Result<String, sqlx::Error> {
+    let key = format!("{KEY_PREFIX}{}", random_base62(40));
+    let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    sqlx::query("INSERT INTO api_keys (id, role, key_hash, created_at) VALUES (?, ?, ?, ?)")
+        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(role.as_str())
+        .bind(hash(&key))
+        .bind(created)
+        .execute(pool)
+        .await?;
+    Ok(key)
+}
+
+/// The key's id and role, if the key is known.
+pub async fn lookup(pool: &SqlitePool, key: &str) -> Result<Option<(String, Role)>, sqlx::Error> {
+    if !key.starts_with(KEY_PREFIX) || key.len() > 128 {
+        return Ok(None);
+    }
+    let row: Option<(String, String)> =
+        sqlx::query_as("SELECT id, role FROM api_keys WHERE key_hash = ?").bind(hash(key)).fetch_optional(pool).await?;
+    Ok(row.and_then(|(id, role)| Role::parse(&role).map(|r| (id, r))))
+}

@@ -1,0 +1,121 @@
+//! `/v1/sessions`: agents create payment sessions, watch their masked progress, cancel them.
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::auth::Role;
+use super::{ApiError, AppState, Caller};
+use crate::capture::collector::FieldName;
+use crate::session::{SessionError, SessionId, SessionView};
+
+const AGENT_ROLES: &[Role] = &[Role::Agent, Role::Admin];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSession {
+    fields: Vec<FieldName>,
+    #[serde(default)]
+    reference: String,
+    agent_uri: Option<String>,
+}
+
+fn validate(req: &CreateSession) -> Result<(), String> {
+    if req.fields.first() != Some(&FieldName::Pan) {
+        return Err("fields must start with \"pan\"".into());
+    }
+    let mut seen = req.fields.clone();
+    seen.dedup();
+    if seen.len() != req.fields.len() || req.fields.len() > 3 {
+        return Err("fields must not repeat".into());
+    }
+    let order = [FieldName::Pan, FieldName::Expiry, FieldName::Cvv];
+    let positions: Vec<usize> = req.fields.iter().filter_map(|f| order.iter().position(|o| o == f)).collect();
+    if positions.windows(2).any(|w| w[0] >= w[1]) {
+        return Err("fields must be in the order pan, expiry, cvv".into());
+    }
+    if req.reference.len() > 200 || req.reference.chars().any(char::is_control) {
+        return Err("reference must be at most 200 printable characters".into());
+    }
+    if let Some(uri) = &req.agent_uri {
+        let ok = uri.len() <= 256 && uri.starts_with("sip:") && uri.contains('@') && !uri.contains(['<', '>', ' ', '\r', '\n', '"']);
+        if !ok {
+            return Err("agent_uri must be a sip: URI such as sip:agent@10.0.0.5:5060".into());
+        }
+    }
+    Ok(())
+}
+
+pub async fn create(State(state): State<AppState>, caller: Caller, body: Result<Json<CreateSession>, JsonRejection>) -> Result<Response, ApiError> {
+    caller.require(AGENT_ROLES)?;
+    let Json(req) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    validate(&req).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, m))?;
+    let view = state.sessions.create(req.fields, req.reference, req.agent_uri, &state.sip_host);
+    tracing::info!(session = view.id.as_str(), key = caller.key_id, "session created");
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+fn session_id(raw: &str) -> Result<SessionId, ApiError> {
+    SessionId::parse(raw).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such session"))
+}
+
+pub async fn show(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<SessionView>, ApiError> {
+    caller.require(AGENT_ROLES)?;
+    let id = session_id(&id)?;
+    state.sessions.view(&id).map(Json).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such session"))
+}
+
+pub async fn cancel(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<SessionView>, ApiError> {
+    caller.require(AGENT_ROLES)?;
+    let id = session_id(&id)?;
+    match state.sessions.cancel(&id) {
+        Ok(v) => {
+            tracing::info!(session = id.as_str(), key = caller.key_id, "session cancelled");
+            Ok(Json(v))
+        }
+        Err(SessionError::NotFound) => Err(ApiError::new(StatusCode::NOT_FOUND, "no such session")),
+        Err(e) => Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),
+    }
+}
+
+pub async fn events(State(state): State<AppState>, caller: Caller, Path(id): Path<String>, ws: WebSocketUpgrade) -> Result<Response, ApiError> {
+    caller.require(AGENT_ROLES)?;
+    let id = session_id(&id)?;
+    let (view, rx) = state.sessions.subscribe(&id).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such session"))?;
+    Ok(ws.on_upgrade(move |socket| stream(socket, view, rx)))
+}
+
+/// Sends the current view, then every change, until the client leaves or the call ends.
+async fn stream(mut socket: WebSocket, view: SessionView, mut rx: tokio::sync::broadcast::Receiver<crate::session::SessionUpdate>) {
+    let first = serde_json::json!({ "event": "snapshot", "session": view });
+    if socket.send(Message::Text(first.to_string().into())).await.is_err() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            update = rx.recv() => match update {
+                Ok(u) => {
+                    let text = serde_json::to_string(&u).unwrap_or_default();
+                    if socket.send(Message::Text(text.into())).await.is_err() {
+                        return;
+                    }
+                    if u.event == "call_ended" {
+                        let _ = socket.send(Message::Close(None)).await;
+                        return;
+                    }
+                }
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return,
+            },
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! `sip-config/tonewall.toml` → typed `Config`. Every key has a default (the file in the
+//! repository is the default, embedded in the binary); unknown keys and bad values are
+//! errors that name the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::capture::collector::CollectorConfig;
+use crate::sip::transaction::Timers;
+
+pub const DEFAULT_PATH: &str = "sip-config/tonewall.toml";
+const EMBEDDED: &str = include_str!("../sip-config/tonewall.toml");
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {why}")]
+    Read { path: PathBuf, why: String },
+    #[error("config {path}: {why}")]
+    Syntax { path: String, why: String },
+    #[error("config key `{key}`: {why}")]
+    Invalid { key: &'static str, why: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub sip: SipConfig,
+    pub http: HttpConfig,
+    pub media: MediaConfig,
+    pub capture: CaptureConfig,
+    pub storage: StorageConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SipConfig {
+    /// UDP address SIP listens on.
+    pub listen: SocketAddr,
+    /// host[:port] written into transfer URIs; the listen address when empty.
+    #[serde(default)]
+    pub public_host: String,
+    pub t1_ms: u64,
+    pub t2_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaConfig {
+    pub rtp_port_min: u16,
+    pub rtp_port_max: u16,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureConfig {
+    pub inter_digit_timeout_ms: u64,
+    pub first_digit_timeout_ms: u64,
+    pub max_attempts: u8,
+    pub language: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+}
+
+impl Config {
+    /// Reads `path`, or without one the default file if present, else the embedded default.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let (name, text) = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| ConfigError::Read { path: p.into(), why: e.to_string() })?;
+                (p.display().to_string(), text)
+            }
+            None if Path::new(DEFAULT_PATH).exists() => {
+                let text = std::fs::read_to_string(DEFAULT_PATH)
+                    .map_err(|e| ConfigError::Read { path: DEFAULT_PATH.into(), why: e.to_string() })?;
+                (DEFAULT_PATH.to_string(), text)
+            }
+            None => ("(built-in defaults)".to_string(), EMBEDDED.to_string()),
+        };
+        Config::parse(&name, &text)
+    }
+
+    pub fn parse(name: &str, text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax { path: name.to_string(), why: e.to_string() })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn embedded() -> Config {
+        // Invariant: the embedded default is checked by a unit test.
+        Config::parse("(built-in defaults)", EMBEDDED).expect("embedded config is valid")
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, why: &str| Err(ConfigError::Invalid { key, why: why.to_string() });
+        if self.media.rtp_port_min < 1024 || self.media.rtp_port_min >= self.media.rtp_port_max {
+            return bad("media.rtp_port_min", "must be at least 1024 and below media.rtp_port_max");
+        }
+        if self.media.rtp_port_max - self.media.rtp_port_min < 3 {
+            return bad("media.rtp_port_max", "the range must hold at least two calls' ports");
+        }
+        if !(50..=10_000).contains(&self.sip.t1_ms) {
+            return bad("sip.t1_ms", "must be between 50 and 10000");
+        }
+        if self.sip.t2_ms < self.sip.t1_ms {
+            return bad("sip.t2_ms", "must not be below sip.t1_ms");
+        }
+        if !(1..=10).contains(&self.capture.max_attempts) {
+            return bad("capture.max_attempts", "must be between 1 and 10");
+        }
+        if self.capture.inter_digit_timeout_ms < 500 || self.capture.first_digit_timeout_ms < 500 {
+            return bad("capture.inter_digit_timeout_ms", "timeouts must be at least 500 ms");
+        }
+        if self.capture.language != "en" {
+            return bad("capture.language", "only \"en\" prompts ship today");
+        }
+        if self.sip.public_host.contains(['<', '>', ' ', ';']) {
+            return bad("sip.public_host", "must be host or host:port");
+        }
+        Ok(())
+    }
+
+    pub fn timers(&self) -> Timers {
+        Timers { t1: Duration::from_millis(self.sip.t1_ms), t2: Duration::from_millis(self.sip.t2_ms) }
+    }
+
+    pub fn collector(&self) -> CollectorConfig {
+        CollectorConfig {
+            inter_digit: Duration::from_millis(self.capture.inter_digit_timeout_ms),
+            first_digit: Duration::from_millis(self.capture.first_digit_timeout_ms),
+            max_attempts: self.capture.max_attempts,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid_and_matches_the_documented_defaults() {
+        let c = Config::embedded();
+        assert_eq!(c.sip.listen, "127.0.0.1:5060".parse().unwrap());
+        assert_eq!(c.http.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.storage.data_dir, PathBuf::from("./tonewall-data"));
+        assert_eq!(c.timers(), Timers::default());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let bad_port = EMBEDDED.replace("rtp_port_min = 20000", "rtp_port_min = 40000");
+        let e = Config::parse("x", &bad_port).unwrap_err().to_string();
+        assert!(e.contains("media.rtp_port_min"), "{e}");
+        let unknown = format!("{EMBEDDED}\n[extra]\nx = 1\n");
+        let e = Config::parse("x", &unknown).unwrap_err().to_string();
+        assert!(e.contains("extra"), "{e}");
+        let wrong_type = EMBEDDED.replace("max_attempts = 3", "max_attempts = \"three\"");
+        let e = Config::parse("x", &wrong_type).unwrap_err().to_string();
+        assert!(e.contains("max_attempts"), "{e}");
+        let bad_addr = EMBEDDED.replace("listen = \"127.0.0.1:8080\"", "listen = \"nowhere\"");
+        assert!(Config::parse("x", &bad_addr).unwrap_err().to_string().contains("listen"));
+    }
+}

@@ -1,0 +1,191 @@
+//! IO drivers: the SIP UDP endpoint, one task per call, the HTTP API server, and the wiring
+//! that starts and stops them together.
+
+mod call_task;
+mod endpoint;
+pub mod ports;
+pub mod prompts;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use thiserror::Error;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::api::{self, AppState};
+use crate::call::{Command, LegId, Prompts};
+use crate::capture::card::YearMonth;
+use crate::config::Config;
+use crate::session::Sessions;
+use crate::sip::message::SipMessage;
+use crate::vault::{Vault, VaultError};
+use ports::PortPool;
+
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("cannot listen for SIP on {addr}: {why}")]
+    SipBind { addr: SocketAddr, why: String },
+    #[error("cannot listen for HTTP on {addr}: {why}")]
+    HttpBind { addr: SocketAddr, why: String },
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error(transparent)]
+    Prompts(#[from] prompts::PromptError),
+}
+
+/// Where a SIP message for a known Call-ID goes.
+#[derive(Clone)]
+struct Route {
+    leg: LegId,
+    inbox: mpsc::Sender<(LegId, SipMessage)>,
+}
+
+/// State every driver task shares. Calls themselves are not in here: each is owned by its task.
+pub struct Shared {
+    pub config: Config,
+    pub sessions: Arc<Sessions>,
+    pub vault: Arc<Vault>,
+    prompts: Arc<Prompts>,
+    sip: Arc<UdpSocket>,
+    sip_addr: SocketAddr,
+    ports: PortPool,
+    routes: Mutex<HashMap<String, Route>>,
+}
+
+impl Shared {
+    fn routes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Route>> {
+        // Inserts and removes only: a poisoned map is still consistent.
+        self.routes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn route(&self, call_id: &str) -> Option<Route> {
+        self.routes().get(call_id).cloned()
+    }
+
+    fn unroute(&self, call_ids: &[&str]) {
+        let mut r = self.routes();
+        for id in call_ids {
+            r.remove(*id);
+        }
+    }
+
+    pub fn active_calls(&self) -> usize {
+        self.routes().values().filter(|r| r.leg == LegId::Caller).count()
+    }
+
+    fn send_sip(&self, bytes: &[u8], to: SocketAddr) {
+        if let Err(e) = self.sip.try_send_to(bytes, to) {
+            tracing::warn!(%to, error = %e, "SIP send failed");
+        }
+    }
+}
+
+/// A running tonewall: SIP endpoint, call tasks and HTTP API.
+pub struct Server {
+    pub sip_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    pub async fn start(config: Config) -> Result<Server, ServerError> {
+        let vault = Arc::new(Vault::open(&config.storage.data_dir).await?);
+        let prompts = Arc::new(prompts::english()?);
+        let sip_listen = config.sip.listen;
+        let sip = UdpSocket::bind(sip_listen).await.map_err(|e| ServerError::SipBind { addr: sip_listen, why: e.to_string() })?;
+        let sip_addr = sip.local_addr().map_err(|e| ServerError::SipBind { addr: sip_listen, why: e.to_string() })?;
+        let http_listen = config.http.listen;
+        let http = TcpListener::bind(http_listen).await.map_err(|e| ServerError::HttpBind { addr: http_listen, why: e.to_string() })?;
+        let http_addr = http.local_addr().map_err(|e| ServerError::HttpBind { addr: http_listen, why: e.to_string() })?;
+        let sip_host = if config.sip.public_host.is_empty() { sip_addr.to_string() } else { config.sip.public_host.clone() };
+        let ports = PortPool::new(sip_addr.ip(), config.media.rtp_port_min, config.media.rtp_port_max);
+        let sessions = Arc::new(Sessions::default());
+        let shared = Arc::new(Shared {
+            config,
+            sessions: sessions.clone(),
+            vault: vault.clone(),
+            prompts,
+            sip: Arc::new(sip),
+            sip_addr,
+            ports,
+            routes: Mutex::new(HashMap::new()),
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(endpoint::run(shared.clone(), stop_rx.clone())));
+        let app = api::router(AppState { sessions, vault: vault.clone(), sip_host });
+        let mut http_stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(http, app).with_graceful_shutdown(shutdown).await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        }));
+        let mut purge_stop = stop_rx;
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => { vault.purge_security_codes(std::time::Instant::now()); }
+                    _ = purge_stop.wait_for(|s| *s) => return,
+                }
+            }
+        }));
+        tracing::info!(sip = %sip_addr, http = %http_addr, "tonewall listening");
+        Ok(Server { sip_addr, http_addr, shared, stop, tasks })
+    }
+
+    /// Hangs up every call (BYE), waits up to `grace` for them to end, then stops.
+    pub async fn shutdown(self, grace: Duration) {
+        for call in self.shared.sessions.calls() {
+            let _ = call.send(Command::Hangup).await;
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.shared.active_calls() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// The current month in UTC, for expiry checks (days-from-civil inverse, H. Hinnant).
+pub fn current_month() -> YearMonth {
+    let days = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() / 86_400) as i64;
+    month_of_day(days)
+}
+
+fn month_of_day(days_since_epoch: i64) -> YearMonth {
+    let z = days_since_epoch + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    YearMonth { year: year as u16, month: month as u8 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_months() {
+        assert_eq!(month_of_day(0), YearMonth { year: 1970, month: 1 });
+        assert_eq!(month_of_day(20_454), YearMonth { year: 2026, month: 1 }); // 2026-01-01
+        assert_eq!(month_of_day(20_453), YearMonth { year: 2025, month: 12 });
+        assert_eq!(month_of_day(11_016), YearMonth { year: 2000, month: 2 }); // 2000-02-29
+    }
+}

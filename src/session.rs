@@ -1,0 +1,338 @@
+//! Payment sessions: what an agent creates, a transferred call fills in, and the API and
+//! WebSocket show. Views carry masked progress only (dots and at most the last four digits).
+//! The registry is shared by the API and the SIP runtime; each session also has a broadcast
+//! of its changes for WebSocket subscribers.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use serde::Serialize;
+use thiserror::Error;
+use tokio::sync::{broadcast, mpsc};
+
+use crate::call::{CallEvent, Command};
+use crate::capture::collector::{FieldName, masked_pan};
+use crate::vault::TokenRecord;
+
+/// A session id: 32 lowercase hex digits (a v4 UUID without dashes).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct SessionId(String);
+
+impl SessionId {
+    pub fn new() -> SessionId {
+        SessionId(uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    /// Accepts only the shape we issue, so nothing else reaches a lookup or a log.
+    pub fn parse(s: &str) -> Option<SessionId> {
+        (s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())).then(|| SessionId(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The Request-URI user part a PBX transfers the caller to.
+    pub fn sip_user(&self) -> String {
+        format!("pay-{}", self.0)
+    }
+
+    pub fn from_sip_user(user: &str) -> Option<SessionId> {
+        user.strip_prefix("pay-").and_then(SessionId::parse)
+    }
+}
+
+impl Default for SessionId {
+    fn default() -> Self {
+        SessionId::new()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionState {
+    Waiting,
+    Capturing,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl SessionState {
+    pub fn is_final(self) -> bool {
+        matches!(self, SessionState::Completed | SessionState::Failed | SessionState::Cancelled)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FieldState {
+    Pending,
+    Entering,
+    Done,
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FieldView {
+    pub name: FieldName,
+    pub state: FieldState,
+    pub digits: usize,
+    pub masked: String,
+    pub attempts_left: u8,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionView {
+    pub id: SessionId,
+    pub state: SessionState,
+    pub reference: String,
+    pub transfer_uri: String,
+    pub agent_connected: bool,
+    pub fields: Vec<FieldView>,
+    pub result: Option<TokenRecord>,
+    pub error: Option<String>,
+}
+
+/// One change, as sent on the WebSocket: what happened and the session after it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionUpdate {
+    pub event: &'static str,
+    pub session: SessionView,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum SessionError {
+    #[error("no such session")]
+    NotFound,
+    #[error("session is {0:?}, not waiting for a call")]
+    NotWaiting(SessionState),
+    #[error("session already ended ({0:?})")]
+    Final(SessionState),
+}
+
+struct Entry {
+    view: SessionView,
+    agent_uri: Option<String>,
+    updates: broadcast::Sender<SessionUpdate>,
+    call: Option<mpsc::Sender<Command>>,
+}
+
+#[derive(Default)]
+pub struct Sessions {
+    entries: Mutex<HashMap<SessionId, Entry>>,
+}
+
+/// What a call needs from its session when it arrives.
+#[derive(Debug)]
+pub struct Attached {
+    pub fields: Vec<FieldName>,
+    pub agent_uri: Option<String>,
+}
+
+impl Sessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Entry>> {
+        // Every critical section leaves the map consistent, so a poisoned lock is usable.
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn create(&self, fields: Vec<FieldName>, reference: String, agent_uri: Option<String>, sip_host: &str) -> SessionView {
+        let id = SessionId::new();
+        let fields = fields
+            .into_iter()
+            .map(|name| FieldView { name, state: FieldState::Pending, digits: 0, masked: String::new(), attempts_left: 0 })
+            .collect();
+        let view = SessionView {
+            transfer_uri: format!("sip:{}@{sip_host}", id.sip_user()),
+            id: id.clone(),
+            state: SessionState::Waiting,
+            reference,
+            agent_connected: false,
+            fields,
+            result: None,
+            error: None,
+        };
+        let (updates, _) = broadcast::channel(256);
+        self.lock().insert(id, Entry { view: view.clone(), agent_uri, updates, call: None });
+        view
+    }
+
+    pub fn view(&self, id: &SessionId) -> Option<SessionView> {
+        self.lock().get(id).map(|e| e.view.clone())
+    }
+
+    pub fn subscribe(&self, id: &SessionId) -> Option<(SessionView, broadcast::Receiver<SessionUpdate>)> {
+        self.lock().get(id).map(|e| (e.view.clone(), e.updates.subscribe()))
+    }
+
+    /// Binds an arriving call to a waiting session.
+    pub fn attach(&self, id: &SessionId, call: mpsc::Sender<Command>, max_attempts: u8) -> Result<Attached, SessionError> {
+        let mut map = self.lock();
+        let e = map.get_mut(id).ok_or(SessionError::NotFound)?;
+        if e.view.state != SessionState::Waiting {
+            return Err(SessionError::NotWaiting(e.view.state));
+        }
+        e.call = Some(call);
+        e.view.state = SessionState::Capturing;
+        for f in &mut e.view.fields {
+            f.attempts_left = max_attempts;
+        }
+        if let Some(f) = e.view.fields.first_mut() {
+            f.state = FieldState::Entering;
+        }
+        publish(e, "call_started");
+        Ok(Attached { fields: e.view.fields.iter().map(|f| f.name).collect(), agent_uri: e.agent_uri.clone() })
+    }
+
+    /// Cancels a session; a call in progress is told to stop capturing.
+    pub fn cancel(&self, id: &SessionId) -> Result<SessionView, SessionError> {
+        let mut map = self.lock();
+        let e = map.get_mut(id).ok_or(SessionError::NotFound)?;
+        if e.view.state.is_final() {
+            return Err(SessionError::Final(e.view.state));
+        }
+        e.view.state = SessionState::Cancelled;
+        if let Some(call) = &e.call {
+            // A full inbox means the call is busy ending; the state above already holds.
+            let _ = call.try_send(Command::Cancel);
+        }
+        publish(e, "cancelled");
+        Ok(e.view.clone())
+    }
+
+    /// Applies what a call reported. Card data never passes here: only counts and masks.
+    pub fn apply(&self, id: &SessionId, event: &CallEvent) {
+        let mut map = self.lock();
+        let Some(e) = map.get_mut(id) else { return };
+        let name = match event {
+            CallEvent::Answered => return,
+            CallEvent::AgentAnswered => {
+                e.view.agent_connected = true;
+                "agent_connected"
+            }
+            CallEvent::AgentUnavailable { .. } | CallEvent::AgentHungUp => {
+                e.view.agent_connected = false;
+                "agent_disconnected"
+            }
+            CallEvent::DigitEntered { field, count } => {
+                if let Some(f) = field_mut(&mut e.view, *field) {
+                    f.state = FieldState::Entering;
+                    f.digits = *count;
+                    f.masked = if *field == FieldName::Pan { masked_pan(*count, None) } else { "•".repeat(*count) };
+                }
+                "digit"
+            }
+            CallEvent::FieldRestarted { field } => {
+                if let Some(f) = field_mut(&mut e.view, *field) {
+                    f.digits = 0;
+                    f.masked.clear();
+                }
+                "field_restarted"
+            }
+            CallEvent::FieldRejected { field, attempts_left, reason } => {
+                if let Some(f) = field_mut(&mut e.view, *field) {
+                    f.digits = 0;
+                    f.masked.clear();
+                    f.attempts_left = *attempts_left;
+                    f.state = if *attempts_left == 0 { FieldState::Failed } else { FieldState::Entering };
+                }
+                e.view.error = Some(reason.clone());
+                "field_rejected"
+            }
+            CallEvent::FieldDone { field, masked } => {
+                let idx = e.view.fields.iter().position(|f| f.name == *field);
+                if let Some(i) = idx {
+                    let f = &mut e.view.fields[i];
+                    f.state = FieldState::Done;
+                    f.masked = masked.clone();
+                    if let Some(next) = e.view.fields.get_mut(i + 1) {
+                        next.state = FieldState::Entering;
+                    }
+                }
+                e.view.error = None;
+                "field_done"
+            }
+            CallEvent::CardCaptured(_) => "tokenizing",
+            CallEvent::Completed => return,
+            CallEvent::CaptureFailed { reason } => {
+                if e.view.state.is_final() {
+                    return;
+                }
+                e.view.state = SessionState::Failed;
+                e.view.error = Some(reason.clone());
+                "failed"
+            }
+            CallEvent::Cancelled => return,
+            CallEvent::Ended(_) => {
+                e.call = None;
+                e.view.agent_connected = false;
+                if !e.view.state.is_final() {
+                    e.view.state = SessionState::Failed;
+                    e.view.error = Some("the call ended before the card was captured".into());
+                }
+                "call_ended"
+            }
+        };
+        publish(e, name);
+    }
+
+    pub fn complete(&self, id: &SessionId, result: TokenRecord) {
+        let mut map = self.lock();
+        let Some(e) = map.get_mut(id) else { return };
+        if e.view.state == SessionState::Capturing {
+            e.view.state = SessionState::Completed;
+            e.view.result = Some(result);
+            e.view.error = None;
+            publish(e, "completed");
+        }
+    }
+
+    /// Every call attached to a session, to hang up on shutdown.
+    pub fn calls(&self) -> Vec<mpsc::Sender<Command>> {
+        self.lock().values().filter_map(|e| e.call.clone()).collect()
+    }
+}
+
+fn field_mut(view: &mut SessionView, name: FieldName) -> Option<&mut FieldView> {
+    view.fields.iter_mut().find(|f| f.name == name)
+}
+
+fn publish(e: &Entry, event: &'static str) {
+    // No subscriber is fine: the view is also kept for GET.
+    let _ = e.updates.send(SessionUpdate { event, session: e.view.clone() });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_ids_and_sip_users() {
+        let id = SessionId::new();
+        assert_eq!(SessionId::from_sip_user(&id.sip_user()), Some(id.clone()));
+        assert_eq!(SessionId::from_sip_user("pay-../../etc"), None);
+        assert_eq!(SessionId::parse("ABCDEF0123456789abcdef0123456789"), None);
+    }
+
+    #[test]
+    fn progress_is_masked_and_states_move_forward() {
+        let s = Sessions::default();
+        let v = s.create(vec![FieldName::Pan, FieldName::Expiry], "order-1".into(), None, "127.0.0.1:5060");
+        assert!(v.transfer_uri.starts_with("sip:pay-"));
+        let (tx, _rx) = mpsc::channel(1);
+        let attached = s.attach(&v.id, tx.clone(), 3).unwrap();
+        assert_eq!(attached.fields, vec![FieldName::Pan, FieldName::Expiry]);
+        assert_eq!(s.attach(&v.id, tx, 3).unwrap_err(), SessionError::NotWaiting(SessionState::Capturing));
+        s.apply(&v.id, &CallEvent::DigitEntered { field: FieldName::Pan, count: 6 });
+        let now = s.view(&v.id).unwrap();
+        assert_eq!(now.fields[0].masked, "•••• ••");
+        s.apply(&v.id, &CallEvent::FieldDone { field: FieldName::Pan, masked: "•••• •••• •••• 4444".into() });
+        let now = s.view(&v.id).unwrap();
+        assert_eq!((now.fields[0].state, now.fields[1].state), (FieldState::Done, FieldState::Entering));
+        assert_eq!(s.cancel(&v.id).unwrap().state, SessionState::Cancelled);
+        assert_eq!(s.cancel(&v.id).unwrap_err(), SessionError::Final(SessionState::Cancelled));
+        s.apply(&v.id, &CallEvent::Ended(crate::call::EndReason::CallerHungUp));
+        assert_eq!(s.view(&v.id).unwrap().state, SessionState::Cancelled);
+    }
+}
