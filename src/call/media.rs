@@ -20,6 +20,10 @@ use super::LegId;
 
 /// Most masking frames one event packet may produce: bounds the burst after a gap.
 const MAX_MASK_FRAMES_PER_PACKET: u32 = 3;
+/// Most frames filled into the gap an event leaves before the next audio packet.
+const MAX_GAP_FRAMES: u32 = 10;
+/// Coverage further than this from a packet (1 s) is stale: start over at the packet.
+const MAX_FILL: u32 = 8000;
 const FRAME: Duration = Duration::from_millis(20);
 
 /// One packet ready to send.
@@ -46,6 +50,8 @@ pub struct Bridge {
     /// End of the caller audio already sent on (or masked) toward the agent, in the
     /// caller's RTP timestamp space.
     caller_covered: Option<u32>,
+    /// Whether the caller's last packet was a telephone-event.
+    after_event: bool,
     player: Player,
     next_prompt_frame: Option<Instant>,
     prompt_ts: u32,
@@ -77,6 +83,7 @@ impl Bridge {
             to_agent: OutStream::new(Ssrc((seed as u32).rotate_left(16) ^ 0x5A5A_5A5A), (seed >> 48) as u16, (seed >> 8) as u32),
             events: EventTracker::default(),
             caller_covered: None,
+            after_event: false,
             player: Player::default(),
             next_prompt_frame: None,
             prompt_ts: 0,
@@ -179,6 +186,13 @@ impl Bridge {
             self.stats.dropped_packets += 1;
             return CallerMedia::Nothing;
         }
+        // Senders leave a timestamp gap after an event (its end packets are repeated past its
+        // duration): mask that gap as well, so the agent's stream has no hole at each key.
+        if std::mem::take(&mut self.after_event) {
+            if let Some(c) = self.caller_covered.filter(|c| ts.wrapping_sub(*c) < MAX_FILL) {
+                self.fill_masked(c, ts, MAX_GAP_FRAMES, Ssrc(rtp.ssrc()), now);
+            }
+        }
         let payload = rtp.payload();
         let samples = payload.len().min(MAX_PACKET - 64);
         self.caller_covered = Some(ts.wrapping_add(samples as u32));
@@ -197,17 +211,24 @@ impl Bridge {
     /// Covers the event's span, in 20 ms frames of the agent codec's silence, so the agent
     /// hears the same thing for every key and the stream has no gap.
     fn mask_toward_agent(&mut self, ts: u32, ev: TelephoneEvent, ssrc: Ssrc, now: Instant) {
-        let Some(agent) = self.agent else { return };
+        self.after_event = true;
         let end = ts.wrapping_add(u32::from(ev.duration).max(FRAME_SAMPLES as u32));
-        let mut covered = match self.caller_covered {
-            // Only trust the previous coverage if it is near this event; else restart at it.
-            Some(c) if (end.wrapping_sub(c) as i32) >= 0 && end.wrapping_sub(c) < 8000 => c,
-            Some(c) if (c.wrapping_sub(end) as i32) > 0 && c.wrapping_sub(end) < 8000 => return,
+        let start = match self.caller_covered {
+            // Trust the previous coverage only near this event; else restart at the event.
+            Some(c) if end.wrapping_sub(c) < MAX_FILL => c,
+            Some(c) if c.wrapping_sub(end) < MAX_FILL => return,
             _ => ts,
         };
+        self.fill_masked(start, end, MAX_MASK_FRAMES_PER_PACKET, ssrc, now);
+    }
+
+    /// Sends silence frames toward the agent from `from` until `until` (caller timestamps).
+    fn fill_masked(&mut self, from: u32, until: u32, max_frames: u32, ssrc: Ssrc, now: Instant) {
+        let Some(agent) = self.agent else { return };
         let silence = [agent.codec.silence(); FRAME_SAMPLES];
+        let mut covered = from;
         let mut frames = 0;
-        while (end.wrapping_sub(covered) as i32) > 0 && frames < MAX_MASK_FRAMES_PER_PACKET {
+        while (until.wrapping_sub(covered) as i32) > 0 && frames < max_frames {
             let mut p = self.slot();
             p.leg = LegId::Agent;
             p.to = agent.remote;
@@ -295,7 +316,8 @@ mod tests {
             }
             seq += 1;
         }
-        b.handle_caller_packet(&packet(0, seq, 1320 + 800, &audio), t);
+        // The sender resumes audio 2 frames after the event's end (its end packets took time).
+        b.handle_caller_packet(&packet(0, seq, 1320 + 800 + 320, &audio), t);
         assert_eq!(keys, vec![Key::Digit(7)]);
         let out = drain(&mut b);
         assert!(out.iter().all(|o| o.0 == LegId::Agent && o.3 == 8), "only PCMA audio reaches the agent");
@@ -303,11 +325,11 @@ mod tests {
         assert!(seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)), "{seqs:?}");
         let tss: Vec<u32> = out.iter().map(|o| o.2).collect();
         assert!(tss.windows(2).all(|w| w[1] == w[0] + 160), "{tss:?}");
-        // 2 audio + 5 masking frames (800 samples) + 1 audio.
-        assert_eq!(out.len(), 8);
+        // 2 audio + 5 masking frames (800 samples) + 2 filling the gap + 1 audio.
+        assert_eq!(out.len(), 10);
         let silence = vec![Codec::Pcma.silence(); 160];
-        assert!(out[2..7].iter().all(|o| o.4 == silence));
-        assert_eq!(b.stats.masked_frames, 5);
+        assert!(out[2..9].iter().all(|o| o.4 == silence));
+        assert_eq!(b.stats.masked_frames, 7);
     }
 
     #[test]
