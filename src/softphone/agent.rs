@@ -109,9 +109,10 @@ async fn run(ua: Ua, rtp: UdpSocket, mut stop: oneshot::Receiver<()>) -> Result<
             r = rtp.recv_from(&mut buf) => {
                 let Ok((n, _)) = r else { continue };
                 let Ok(p) = RtpReader::new(&buf[..n]) else { continue };
+                // Packets still in flight after the BYE belong to no call.
+                let Some((_, codec)) = media else { continue };
                 report.packets += 1;
-                let codec = media.map(|m| m.1);
-                if Some(p.payload_type()) != codec.map(Codec::payload_type) {
+                if p.payload_type() != codec.payload_type() {
                     report.non_audio_packets += 1;
                     continue;
                 }
@@ -125,9 +126,7 @@ async fn run(ua: Ua, rtp: UdpSocket, mut stop: oneshot::Receiver<()>) -> Result<
                     }
                 }
                 last = Some((s, t, len));
-                if let Some(c) = codec {
-                    report.audio.extend(p.payload().iter().map(|b| c.decode(*b)));
-                }
+                report.audio.extend(p.payload().iter().map(|b| codec.decode(*b)));
             }
             _ = tick.tick() => {
                 let Some((to, codec)) = media else { continue };

@@ -1,0 +1,157 @@
+//! Whole calls on loopback with tonewall's softphones: the card path with and without an
+//! agent, invalid cards, `*` restart, and SIP requests that need no call.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestServer, http, wait_final};
+use serde_json::Value;
+use tokio::net::UdpSocket;
+use tonewall::api::auth::Role;
+use tonewall::media::g711::Codec;
+use tonewall::softphone::agent::Agent;
+use tonewall::softphone::caller::{self, CallerOptions, CallerReport};
+
+async fn session(t: &TestServer, key: &str, agent_uri: Option<&str>) -> (String, String) {
+    let body = match agent_uri {
+        Some(uri) => format!(r#"{{"fields":["pan","expiry","cvv"],"reference":"t","agent_uri":"{uri}"}}"#),
+        None => r#"{"fields":["pan","expiry","cvv"],"reference":"t"}"#.to_string(),
+    };
+    let (s, v) = http("POST", &format!("{}/v1/sessions", t.base), Some(key), Some(&body)).await;
+    assert_eq!(s, 201, "{v}");
+    (v["id"].as_str().unwrap().to_string(), v["transfer_uri"].as_str().unwrap().to_string())
+}
+
+async fn call(t: &TestServer, uri: &str, keypad: &str, codec: Codec, event_pt: u8) -> CallerReport {
+    caller::place_call(CallerOptions {
+        server: t.server.sip_addr,
+        uri: uri.to_string(),
+        codec,
+        event_pt,
+        steps: caller::script(keypad),
+        linger: Duration::from_secs(6),
+    })
+    .await
+    .expect("call placed")
+}
+
+#[tokio::test]
+async fn card_with_agent_completes_and_the_agent_never_receives_a_digit_packet() {
+    let t = TestServer::start().await;
+    let key = t.key(Role::Agent).await;
+    let agent = Agent::start().await.unwrap();
+    let (id, uri) = session(&t, &key, Some(&agent.uri)).await;
+    // PCMA with telephone-event on payload type 96: nothing assumes 0/101.
+    let report = call(&t, &uri, "5555555555554444#,1230,321", Codec::Pcma, 96).await;
+    assert!(report.answered);
+    assert_eq!(report.keys_sent, 24);
+    assert!(!report.hung_up_by_tonewall, "with an agent the call stays bridged");
+    assert!(report.packets_heard > 100, "caller heard prompts and the agent: {}", report.packets_heard);
+    let s = wait_final(&t.base, &key, &id, Duration::from_secs(5)).await;
+    assert_eq!(s["state"], "completed", "{s}");
+    assert_eq!(s["result"]["brand"], "mastercard");
+    assert_eq!(s["result"]["last4"], "4444");
+    assert_eq!((s["result"]["expiry_month"].as_u64(), s["result"]["expiry_year"].as_u64()), (Some(12), Some(2030)));
+    assert!(s["result"]["token"].as_str().unwrap().starts_with("tok_"));
+    assert_eq!(s["fields"][0]["masked"], "•••• •••• •••• 4444");
+    let heard = agent.finish().await.unwrap();
+    assert!(heard.answered && heard.hung_up, "tonewall called the agent and hung up after the caller");
+    assert_eq!(heard.non_audio_packets, 0, "RFC 4733 packets reached the agent");
+    assert_eq!((heard.sequence_gaps, heard.timestamp_jumps), (0, 0));
+    assert!(heard.packets > 400, "the agent heard the caller for the whole call: {}", heard.packets);
+    let body = serde_json::to_string(&s).unwrap();
+    assert!(!body.contains("5555555555554444") && !body.contains("555555"));
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn without_an_agent_tonewall_hangs_up_after_thanking_the_caller() {
+    let t = TestServer::start().await;
+    let key = t.key(Role::Agent).await;
+    let (id, uri) = session(&t, &key, None).await;
+    let report = call(&t, &uri, "4111111111111111#,1230,123", Codec::Pcmu, 101).await;
+    assert!(report.hung_up_by_tonewall);
+    let s = wait_final(&t.base, &key, &id, Duration::from_secs(5)).await;
+    assert_eq!((s["state"].as_str(), s["result"]["brand"].as_str()), (Some("completed"), Some("visa")));
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_card_three_times_fails_and_star_restarts_a_field() {
+    let t = TestServer::start_with(|c| c.capture.max_attempts = 3).await;
+    let key = t.key(Role::Agent).await;
+    let (id, uri) = session(&t, &key, None).await;
+    let report = call(&t, &uri, "4111111111111112#,4111111111111113#,4111111111111114#", Codec::Pcmu, 101).await;
+    assert!(report.hung_up_by_tonewall, "a failed session ends the call without an agent");
+    let s = wait_final(&t.base, &key, &id, Duration::from_secs(5)).await;
+    assert_eq!(s["state"], "failed", "{s}");
+    assert_eq!(s["fields"][0]["state"], "failed");
+    assert!(s["error"].as_str().unwrap().contains("too many invalid attempts"), "{s}");
+
+    let (id, uri) = session(&t, &key, None).await;
+    call(&t, &uri, "99*4111111111111111#,1230,123", Codec::Pcmu, 101).await;
+    let s = wait_final(&t.base, &key, &id, Duration::from_secs(5)).await;
+    assert_eq!(s["state"], "completed", "{s}");
+    t.stop().await;
+}
+
+async fn exchange(sip: std::net::SocketAddr, msg: &str) -> String {
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.send_to(msg.as_bytes(), sip).await.unwrap();
+    let mut buf = vec![0u8; 65536];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf)).await.expect("an answer").unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+fn request(method: &str, user: &str, extra: &str) -> String {
+    format!(
+        "{method} sip:{user}@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bK1\r\nFrom: <sip:x@127.0.0.1>;tag=1\r\n\
+To: <sip:{user}@127.0.0.1>\r\nCall-ID: probe-{user}\r\nCSeq: 1 {method}\r\nMax-Forwards: 70\r\n{extra}Content-Length: 0\r\n\r\n"
+    )
+}
+
+#[tokio::test]
+async fn sip_without_a_call_options_404_400_and_the_server_keeps_serving() {
+    let t = TestServer::start().await;
+    let sip = t.server.sip_addr;
+    let resp = exchange(sip, &request("OPTIONS", "tonewall", "")).await;
+    assert!(resp.starts_with("SIP/2.0 200 OK\r\n"), "{resp}");
+    assert!(resp.contains("Allow: INVITE"));
+    assert!(!resp.to_ascii_lowercase().contains("server:") && !resp.to_ascii_lowercase().contains("user-agent:"));
+    let resp = exchange(sip, &request("INVITE", "pay-0123456789abcdef0123456789abcdef", "")).await;
+    assert!(resp.starts_with("SIP/2.0 404 Not Found\r\n"), "{resp}");
+    let resp = exchange(sip, &request("INVITE", "someone-else", "")).await;
+    assert!(resp.starts_with("SIP/2.0 404"), "{resp}");
+    let bad_cseq = request("INVITE", "pay-x", "").replace("CSeq: 1 INVITE", "CSeq: one INVITE");
+    let resp = exchange(sip, &bad_cseq).await;
+    assert!(resp.starts_with("SIP/2.0 400 Bad Request\r\n"), "{resp}");
+    assert!(resp.contains("Call-ID: probe-pay-x"));
+    let truncated = request("INVITE", "pay-x", "").replace("Content-Length: 0", "Content-Length: 500");
+    assert!(exchange(sip, &truncated).await.starts_with("SIP/2.0 400"));
+    // Garbage with no headers to answer is dropped; the next request is still served.
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.send_to(&[0xff, 0x00, 0x13, 0x37], sip).await.unwrap();
+    sock.send_to(b"INVITE\r\n\r\n", sip).await.unwrap();
+    let resp = exchange(sip, &request("OPTIONS", "tonewall", "")).await;
+    assert!(resp.starts_with("SIP/2.0 200 OK"), "{resp}");
+    // An unknown method is refused with Allow.
+    let resp = exchange(sip, &request("SUBSCRIBE", "tonewall", "")).await;
+    assert!(resp.starts_with("SIP/2.0 405"), "{resp}");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_used_session_uri_answers_like_an_unknown_one() {
+    let t = TestServer::start().await;
+    let key = t.key(Role::Agent).await;
+    let (id, uri) = session(&t, &key, None).await;
+    let (s, _) = http("POST", &format!("{}/v1/sessions/{id}/cancel", t.base), Some(&key), None).await;
+    assert_eq!(s, 200);
+    let user = uri.trim_start_matches("sip:").split('@').next().unwrap();
+    let resp = exchange(t.server.sip_addr, &request("INVITE", user, "")).await;
+    assert!(resp.starts_with("SIP/2.0 404 Not Found"), "{resp}");
+    let v: Value = http("GET", &format!("{}/v1/sessions/{id}", t.base), Some(&key), None).await.1;
+    assert_eq!(v["state"], "cancelled");
+    t.stop().await;
+}

@@ -1,0 +1,120 @@
+//! Shared helpers for the integration tests: an in-process server on free loopback ports
+//! with a throw-away data directory, API keys, a small HTTP client that reports every
+//! status, and the check that an external tool is installed.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use tonewall::api::auth::{self, Role};
+use tonewall::config::Config;
+use tonewall::runtime::Server;
+
+pub struct TestServer {
+    pub server: Server,
+    pub dir: tempfile::TempDir,
+    pub base: String,
+}
+
+pub fn test_config(data_dir: &Path) -> Config {
+    let mut c = Config::embedded();
+    c.sip.listen = "127.0.0.1:0".parse().unwrap();
+    c.http.listen = "127.0.0.1:0".parse().unwrap();
+    c.storage.data_dir = data_dir.to_path_buf();
+    c
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = test_config(dir.path());
+        adjust(&mut c);
+        let server = Server::start(c).await.expect("server starts");
+        let base = format!("http://{}", server.http_addr);
+        TestServer { server, dir, base }
+    }
+
+    pub async fn key(&self, role: Role) -> String {
+        auth::create_key(self.server.shared.vault.pool(), role).await.unwrap()
+    }
+
+    pub async fn stop(self) {
+        self.server.shutdown(Duration::from_secs(3)).await;
+    }
+}
+
+/// One HTTP exchange: (status, JSON body or Null). Never fails on 4xx/5xx.
+pub async fn http(method: &'static str, url: &str, key: Option<&str>, body: Option<&str>) -> (u16, Value) {
+    let url = url.to_string();
+    let key = key.map(str::to_string);
+    let body = body.map(str::to_string);
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let auth = key.map(|k| format!("Bearer {k}"));
+        let result = match method {
+            "POST" => {
+                let mut req = agent.post(&url).header("Content-Type", "application/json");
+                if let Some(a) = &auth {
+                    req = req.header("Authorization", a);
+                }
+                req.send(body.unwrap_or_default())
+            }
+            _ => {
+                let mut req = agent.get(&url);
+                if let Some(a) = &auth {
+                    req = req.header("Authorization", a);
+                }
+                req.call()
+            }
+        };
+        let mut resp = result.expect("HTTP exchange");
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    })
+    .await
+    .unwrap()
+}
+
+/// Fails loudly when a tool the test needs is missing, naming how to install it.
+pub fn require_tool(cmd: &str, install: &str) {
+    let found = std::process::Command::new("sh").arg("-c").arg(format!("command -v {cmd}")).output().map(|o| o.status.success()).unwrap_or(false);
+    assert!(found, "`{cmd}` is not installed; this test needs it. Install with: {install}");
+}
+
+/// Polls a session until it reaches a final state (or the time runs out).
+pub async fn wait_final(base: &str, key: &str, id: &str, within: Duration) -> Value {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let (_, v) = http("GET", &format!("{base}/v1/sessions/{id}"), Some(key), None).await;
+        let state = v["state"].as_str().unwrap_or("");
+        if matches!(state, "completed" | "failed" | "cancelled") || tokio::time::Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every file under `dir`, as bytes (the SQLite database, its WAL and shared-memory files).
+pub fn files_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else if let Ok(bytes) = std::fs::read(&p) {
+            out.push((p.display().to_string(), bytes));
+        }
+    }
+    out
+}
+
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
