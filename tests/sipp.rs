@@ -1,0 +1,224 @@
+//! tonewall against an independent SIP implementation: sipp (Debian `sip-tester`) dials the
+//! transfer URI of a session on the real `tonewall serve` binary and keys a Mastercard test
+//! number as RFC 4733 events from a pcap built here. Then the API must show the right card,
+//! and neither the server's log nor any file of its data directory may hold the PAN.
+
+mod common;
+
+use std::io::Read;
+use std::net::UdpSocket;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{contains, files_under, http, require_tool, wait_final};
+
+const PAN: &str = "5555555555554444";
+const KEYPAD: &str = "5555555555554444#,1230,321";
+const EVENT_PT: u8 = 101;
+
+/// A little-endian pcap (Ethernet, IPv4, UDP) of RTP telephone-events for `keypad`: per key
+/// 4 updates and 3 end packets 20 ms apart, 100 ms between keys, `,` a one-second pause.
+/// sipp replays each packet at its capture time.
+fn keypad_pcap(keypad: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&4u16.to_le_bytes());
+    out.extend_from_slice(&[0; 8]);
+    out.extend_from_slice(&65_535u32.to_le_bytes());
+    out.extend_from_slice(&1u32.to_le_bytes()); // LINKTYPE_ETHERNET
+    let mut t_ms: u64 = 1_000; // let the first prompt start
+    let mut seq: u16 = 1000;
+    for c in keypad.chars() {
+        if c == ',' {
+            t_ms += 1_000;
+            continue;
+        }
+        let code = match c {
+            '*' => 10,
+            '#' => 11,
+            d => d.to_digit(10).expect("keypad digit") as u8,
+        };
+        let start_ts = (t_ms * 8) as u32;
+        for i in 0..7u16 {
+            let end = i >= 4;
+            let duration: u16 = if end { 800 } else { (i + 1) * 160 };
+            let mut rtp = vec![0x80, if i == 0 { 0x80 | EVENT_PT } else { EVENT_PT }];
+            rtp.extend_from_slice(&seq.to_be_bytes());
+            rtp.extend_from_slice(&start_ts.to_be_bytes());
+            rtp.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+            rtp.extend_from_slice(&[code, if end { 0x80 | 10 } else { 10 }]);
+            rtp.extend_from_slice(&duration.to_be_bytes());
+            push_udp_frame(&mut out, t_ms + u64::from(i) * 20, &rtp);
+            seq = seq.wrapping_add(1);
+        }
+        t_ms += 7 * 20 + 100;
+    }
+    out
+}
+
+fn push_udp_frame(out: &mut Vec<u8>, t_ms: u64, payload: &[u8]) {
+    let udp_len = 8 + payload.len();
+    let ip_len = 20 + udp_len;
+    let mut frame = vec![0u8; 12];
+    frame.extend_from_slice(&[0x08, 0x00]);
+    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0, 127, 0, 0, 1, 127, 0, 0, 1];
+    ip[2..4].copy_from_slice(&(ip_len as u16).to_be_bytes());
+    let sum = ip.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum::<u32>();
+    let folded = !(((sum & 0xffff) + (sum >> 16)) as u16);
+    ip[10..12].copy_from_slice(&folded.to_be_bytes());
+    frame.extend_from_slice(&ip);
+    frame.extend_from_slice(&4000u16.to_be_bytes());
+    frame.extend_from_slice(&4002u16.to_be_bytes());
+    frame.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    frame.extend_from_slice(&[0, 0]);
+    frame.extend_from_slice(payload);
+    out.extend_from_slice(&((t_ms / 1000) as u32).to_le_bytes());
+    out.extend_from_slice(&(((t_ms % 1000) * 1000) as u32).to_le_bytes());
+    out.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+    out.extend_from_slice(&frame);
+}
+
+fn free_udp_port(block: u16) -> u16 {
+    loop {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let p = s.local_addr().unwrap().port();
+        if p % 2 == 0 && p < 65_000 && (1..block).all(|i| UdpSocket::bind(("127.0.0.1", p + i)).is_ok()) {
+            return p;
+        }
+    }
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_with_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    None
+}
+
+fn tonewall() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tonewall"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sipp_caller_keys_a_mastercard_and_no_pan_is_left_behind() {
+    require_tool("sipp", "apt-get install -y sip-tester");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = tonewall().args(["api-key", "create", "--role", "agent", "--data-dir"]).arg(&data).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(key.starts_with("twk_") && !key.contains('\n'), "api-key create prints one key and nothing else");
+
+    let (sip_port, http_port) = (free_udp_port(1), free_tcp_port());
+    let log_path = dir.path().join("server.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut server = tonewall()
+        .args(["serve", "--data-dir"])
+        .arg(&data)
+        .args(["--sip-listen", &format!("127.0.0.1:{sip_port}"), "--http-listen", &format!("127.0.0.1:{http_port}")])
+        .env("RUST_LOG", "debug,sqlx=warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{http_port}");
+    let up = async {
+        for _ in 0..100 {
+            if http("GET", &format!("{base}/healthz"), None, None).await.0 == 200 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    };
+    assert!(up.await, "tonewall serve did not come up");
+
+    let (s, v) = http("POST", &format!("{base}/v1/sessions"), Some(&key), Some(r#"{"fields":["pan","expiry","cvv"],"reference":"sipp-1"}"#)).await;
+    assert_eq!(s, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let user = format!("pay-{id}");
+    assert_eq!(v["transfer_uri"], format!("sip:{user}@127.0.0.1:{sip_port}"));
+
+    let pcap = dir.path().join("keypad.pcap");
+    std::fs::write(&pcap, keypad_pcap(KEYPAD)).unwrap();
+    let scenario_src = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp/pay_by_keypad.xml")).unwrap();
+    let scenario = dir.path().join("pay_by_keypad.xml");
+    std::fs::write(&scenario, scenario_src.replace("PCAP_FILE", pcap.to_str().unwrap())).unwrap();
+    let (sipp_port, media_port) = (free_udp_port(1), free_udp_port(4));
+    let mut sipp = Command::new("sipp")
+        .arg(format!("127.0.0.1:{sip_port}"))
+        .arg("-sf")
+        .arg(&scenario)
+        .args(["-s", &user, "-m", "1", "-l", "1", "-i", "127.0.0.1", "-p", &sipp_port.to_string()])
+        .args(["-mi", "127.0.0.1", "-mp", &media_port.to_string(), "-timeout", "60s", "-timeout_error", "-nostdin"])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || {
+        let st = wait_with_timeout(&mut sipp, Duration::from_secs(90));
+        let mut err = String::new();
+        if let Some(mut e) = sipp.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        (st, err)
+    })
+    .await
+    .unwrap();
+    assert!(status.0.is_some_and(|s| s.success()), "sipp failed: {:?}\n{}", status.0, status.1);
+
+    let session = wait_final(&base, &key, &id, Duration::from_secs(5)).await;
+    assert_eq!(session["state"], "completed", "{session}");
+    assert_eq!(session["result"]["brand"], "mastercard");
+    assert_eq!(session["result"]["last4"], "4444");
+    assert_eq!(session["result"]["expiry_month"], 12);
+
+    // Clean shutdown on SIGINT, as Ctrl-C would.
+    let _ = Command::new("kill").args(["-INT", &server.id().to_string()]).status();
+    let st = tokio::task::spawn_blocking(move || wait_with_timeout(&mut server, Duration::from_secs(10))).await.unwrap();
+    assert!(st.is_some_and(|s| s.success()), "serve did not exit cleanly on SIGINT: {st:?}");
+
+    let log = std::fs::read(&log_path).unwrap();
+    assert!(contains(&log, b"card tokenized"), "the log shows the capture");
+    let pans: [&[u8]; 3] = [PAN.as_bytes(), b"5555 5555 5555 4444", b"555555555555"];
+    for needle in pans {
+        assert!(!contains(&log, needle), "the server log contains card digits");
+    }
+    let files = files_under(&data);
+    assert!(files.iter().any(|(name, _)| name.ends_with("vault.db")));
+    for (name, bytes) in &files {
+        for needle in pans {
+            assert!(!contains(bytes, needle), "{name} contains card digits");
+        }
+    }
+}
+
+#[test]
+fn pcap_has_seven_packets_per_key_at_20ms() {
+    let p = keypad_pcap("1#");
+    let mut off = 24;
+    let mut times = vec![];
+    while off < p.len() {
+        let sec = u32::from_le_bytes(p[off..off + 4].try_into().unwrap());
+        let usec = u32::from_le_bytes(p[off + 4..off + 8].try_into().unwrap());
+        let len = u32::from_le_bytes(p[off + 8..off + 12].try_into().unwrap()) as usize;
+        times.push(u64::from(sec) * 1000 + u64::from(usec) / 1000);
+        off += 16 + len;
+    }
+    assert_eq!(times.len(), 14);
+    assert_eq!(&times[..3], &[1000, 1020, 1040]);
+    assert_eq!(times[7], 1000 + 240);
+}
