@@ -1,1 +1,251 @@
-#[test] fn placeholder() {}
+//! Simulated-time tests of a whole `Call`: SIP on both legs, RTP, timers, capture.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rtp_rs::{RtpPacketBuilder, Seq};
+
+use super::*;
+use crate::media::telephone_event::TelephoneEvent;
+use crate::sip::message::{Response, parse};
+
+const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n";
+
+fn invite(body: &str) -> Request {
+    let text = format!(
+        "INVITE sip:pay-1@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKc1\r\n\
+From: <sip:caller@127.0.0.1:5070>;tag=ct\r\nTo: <sip:pay-1@127.0.0.1:5060>\r\nCall-ID: caller-1\r\nCSeq: 1 INVITE\r\n\
+Contact: <sip:caller@127.0.0.1:5070>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    match parse(text.as_bytes()).unwrap() {
+        SipMessage::Request(r) => r,
+        SipMessage::Response(_) => unreachable!(),
+    }
+}
+
+fn prompts() -> Arc<Prompts> {
+    let short: PromptAudio = vec![500i16; 800].into(); // 100 ms each
+    Arc::new(Prompts {
+        card_number: short.clone(),
+        expiry: short.clone(),
+        security_code: short.clone(),
+        invalid: short.clone(),
+        thank_you: short,
+    })
+}
+
+fn config(agent: Option<&str>) -> CallConfig {
+    let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+    CallConfig {
+        local_sip: addr(5060),
+        caller_rtp: addr(20000),
+        agent_rtp: addr(20002),
+        agent_uri: agent.map(str::to_string),
+        fields: vec![FieldName::Pan, FieldName::Expiry, FieldName::Cvv],
+        collector: CollectorConfig::default(),
+        timers: Timers::default(),
+        today: YearMonth { year: 2026, month: 11 },
+        seed: 0xfeed,
+        prompts: prompts(),
+    }
+}
+
+/// Drains outputs: SIP start lines per leg, and events.
+fn drain(call: &mut Call) -> (Vec<(LegId, String)>, Vec<CallEvent>) {
+    let (mut sip, mut events) = (vec![], vec![]);
+    while let Some(o) = call.poll_output() {
+        match o {
+            Output::Sip { leg, bytes } => sip.push((leg, String::from_utf8(bytes).unwrap())),
+            Output::Event(e) => events.push(e),
+        }
+    }
+    while call.poll_packet().is_some() {}
+    (sip, events)
+}
+
+fn first_line(s: &str) -> &str {
+    s.split("\r\n").next().unwrap()
+}
+
+fn caller_request(call: &Call, method: &str, cseq: u32) -> SipMessage {
+    let text = format!(
+        "{method} sip:tonewall@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK{method}{cseq}\r\n\
+From: <sip:caller@127.0.0.1:5070>;tag=ct\r\nTo: <sip:pay-1@127.0.0.1:5060>;tag={}\r\nCall-ID: caller-1\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n",
+        call.caller_dialog.local_tag
+    );
+    parse(text.as_bytes()).unwrap()
+}
+
+fn response_to(request: &str, status: u16, to_tag: &str, body: &str) -> SipMessage {
+    let SipMessage::Request(req) = parse(request.as_bytes()).unwrap() else { panic!("not a request") };
+    let mut b = ResponseBuilder::new(&req, status, "X").to_tag(to_tag).header("Contact", "<sip:agent@127.0.0.1:5080>");
+    if !body.is_empty() {
+        b = b.body("application/sdp", body.as_bytes());
+    }
+    parse(&b.build()).unwrap()
+}
+
+fn event_packet(seq: u16, ts: u32, code: u8, end: bool) -> Vec<u8> {
+    let ev = TelephoneEvent { code, end, volume: 10, duration: 800 }.to_bytes();
+    RtpPacketBuilder::new().payload_type(101).ssrc(9).sequence(Seq::from(seq)).timestamp(ts).payload(&ev).build().unwrap()
+}
+
+fn key_all(call: &mut Call, keys: &str, t: Instant) {
+    for (i, c) in keys.chars().enumerate() {
+        let code = Key::from_char(c).unwrap().event_code();
+        let ts = 1000 + i as u32 * 2000;
+        for end in [false, true, true, true] {
+            call.handle_rtp(t, LegId::Caller, &event_packet(i as u16 * 4, ts, code, end));
+        }
+    }
+}
+
+#[test]
+fn answers_with_100_180_200_and_resends_200_until_ack() {
+    let t = Instant::now();
+    let mut call = Call::accept(&invite(OFFER), config(None), t).unwrap();
+    let (sip, events) = drain(&mut call);
+    let lines: Vec<&str> = sip.iter().map(|(_, s)| first_line(s)).collect();
+    assert_eq!(lines, vec!["SIP/2.0 100 Trying", "SIP/2.0 180 Ringing", "SIP/2.0 200 OK"]);
+    assert!(sip[2].1.contains("m=audio 20000 RTP/AVP 0 101"), "answer keeps the offer's event payload type");
+    assert!(matches!(events[0], CallEvent::Answered));
+    // A retransmitted INVITE gets the 200 again.
+    call.handle_sip(t, LegId::Caller, SipMessage::Request(invite(OFFER)));
+    assert_eq!(first_line(&drain(&mut call).0[0].1), "SIP/2.0 200 OK");
+    // Timer: resends at 500 ms, 1.5 s; ACK stops it.
+    let due = call.poll_timeout().unwrap();
+    assert!(due <= t + Duration::from_millis(500));
+    call.handle_timeout(t + Duration::from_millis(500));
+    assert_eq!(first_line(&drain(&mut call).0[0].1), "SIP/2.0 200 OK");
+    call.handle_sip(t, LegId::Caller, caller_request(&call, "ACK", 1));
+    call.handle_timeout(t + Duration::from_millis(1500));
+    assert!(drain(&mut call).0.is_empty(), "no 200 after the ACK");
+    // BYE from the caller ends the call.
+    call.handle_sip(t, LegId::Caller, caller_request(&call, "BYE", 2));
+    let (sip, events) = drain(&mut call);
+    assert_eq!(first_line(&sip[0].1), "SIP/2.0 200 OK");
+    assert!(events.iter().any(|e| matches!(e, CallEvent::Ended(EndReason::CallerHungUp))));
+    assert!(events.iter().any(|e| matches!(e, CallEvent::CaptureFailed { .. })));
+    assert!(call.is_ended());
+}
+
+#[test]
+fn no_ack_within_64_t1_ends_the_call_with_bye() {
+    let t = Instant::now();
+    let mut call = Call::accept(&invite(OFFER), config(None), t).unwrap();
+    drain(&mut call);
+    let mut resent = 0;
+    let mut now = t;
+    while let Some(due) = call.poll_timeout() {
+        if due > t + Duration::from_secs(40) {
+            break;
+        }
+        now = due;
+        call.handle_timeout(now);
+        let (sip, events) = drain(&mut call);
+        resent += sip.iter().filter(|(_, s)| s.starts_with("SIP/2.0 200")).count();
+        if let Some((_, bye)) = sip.iter().find(|(_, s)| s.starts_with("BYE ")) {
+            assert!(bye.starts_with("BYE sip:caller@127.0.0.1:5070 SIP/2.0"));
+            assert!(events.iter().any(|e| matches!(e, CallEvent::Ended(EndReason::NoAck))));
+            break;
+        }
+    }
+    assert_eq!(now - t, Duration::from_secs(32));
+    // 0.5, 1.5, 3.5, 7.5, then every T2 (4 s) up to 31.5 s.
+    assert_eq!(resent, 10, "T1 doubling capped at T2 within 64·T1");
+}
+
+#[test]
+fn capture_by_rfc4733_tokenize_thank_and_hang_up() {
+    let t = Instant::now();
+    let mut call = Call::accept(&invite(OFFER), config(None), t).unwrap();
+    call.handle_sip(t, LegId::Caller, caller_request(&call, "ACK", 1));
+    drain(&mut call);
+    key_all(&mut call, "4111111111111111#1230123", t);
+    let (_, events) = drain(&mut call);
+    let card = events.into_iter().find_map(|e| match e {
+        CallEvent::CardCaptured(c) => Some(c),
+        _ => None,
+    });
+    assert_eq!(card.expect("card captured").pan.last4(), "1111");
+    call.handle_command(t, Command::Tokenized { ok: true });
+    let (sip, events) = drain(&mut call);
+    assert!(events.iter().any(|e| matches!(e, CallEvent::Completed)));
+    assert!(sip.is_empty(), "the thank-you prompt plays before the BYE");
+    // Play out the 100 ms thank-you prompt in 20 ms steps, then tonewall hangs up.
+    let mut now = t;
+    let mut bye = None;
+    for _ in 0..20 {
+        now += Duration::from_millis(20);
+        call.handle_timeout(now);
+        if let Some((_, b)) = drain(&mut call).0.into_iter().find(|(_, s)| s.starts_with("BYE ")) {
+            bye = Some(b);
+            break;
+        }
+    }
+    let bye = bye.expect("BYE after the prompt");
+    let resp = response_to(&bye, 200, "ct", "");
+    call.handle_sip(now, LegId::Caller, resp);
+    assert!(call.is_ended());
+}
+
+#[test]
+fn agent_leg_invite_ack_and_masked_bridge() {
+    let t = Instant::now();
+    let mut call = Call::accept(&invite(OFFER), config(Some("sip:agent@127.0.0.1:5080")), t).unwrap();
+    let (sip, _) = drain(&mut call);
+    let (_, agent_invite) = sip.iter().find(|(leg, _)| *leg == LegId::Agent).expect("agent dialled");
+    assert!(agent_invite.starts_with("INVITE sip:agent@127.0.0.1:5080 SIP/2.0"));
+    assert!(agent_invite.contains("m=audio 20002 RTP/AVP 0 8\r\n"), "{agent_invite}");
+    assert!(!agent_invite.contains("telephone-event"), "no events are ever offered to the agent");
+    let answer = "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 7000 RTP/AVP 0\r\n";
+    call.handle_sip(t, LegId::Agent, response_to(agent_invite, 180, "ag", ""));
+    call.handle_sip(t, LegId::Agent, response_to(agent_invite, 200, "ag", answer));
+    let (sip, events) = drain(&mut call);
+    assert!(sip[0].1.starts_with("ACK sip:agent@127.0.0.1:5080 SIP/2.0"), "{}", sip[0].1);
+    assert!(events.iter().any(|e| matches!(e, CallEvent::AgentAnswered)));
+    // A retransmitted 200 is answered with the same ACK.
+    call.handle_sip(t, LegId::Agent, response_to(agent_invite, 200, "ag", answer));
+    assert_eq!(drain(&mut call).0[0].1, sip[0].1);
+    // A key toward the agent becomes silence frames only.
+    call.handle_rtp(t, LegId::Caller, &event_packet(1, 500, 4, false));
+    let mut to_agent = vec![];
+    while let Some(p) = call.poll_packet() {
+        if p.leg == LegId::Agent {
+            let r = crate::media::rtp::RtpReader::new(&p.buf[..p.len]).unwrap();
+            to_agent.push((r.payload_type(), r.payload().iter().all(|b| *b == Codec::Pcmu.silence()), p.to.port()));
+        }
+    }
+    assert!(!to_agent.is_empty());
+    assert!(to_agent.iter().all(|p| *p == (0, true, 7000)), "{to_agent:?}");
+    // Caller hangs up: tonewall sends BYE to the agent.
+    call.handle_sip(t, LegId::Caller, caller_request(&call, "BYE", 2));
+    let (sip, _) = drain(&mut call);
+    assert!(sip.iter().any(|(leg, s)| *leg == LegId::Agent && s.starts_with("BYE sip:agent@127.0.0.1:5080")));
+    assert!(!call.is_ended(), "waits for the agent's 200");
+}
+
+#[test]
+fn busy_agent_is_acked_and_capture_goes_on() {
+    let t = Instant::now();
+    let mut call = Call::accept(&invite(OFFER), config(Some("sip:agent@127.0.0.1:5080")), t).unwrap();
+    let (sip, _) = drain(&mut call);
+    let (_, agent_invite) = sip.iter().find(|(leg, _)| *leg == LegId::Agent).unwrap();
+    call.handle_sip(t, LegId::Agent, response_to(agent_invite, 486, "ag", ""));
+    let (sip, events) = drain(&mut call);
+    assert!(sip[0].1.starts_with("ACK sip:agent@127.0.0.1:5080"));
+    assert!(sip[0].1.contains("CSeq: 1 ACK"));
+    assert!(events.iter().any(|e| matches!(e, CallEvent::AgentUnavailable { status: 486 })));
+    assert!(matches!(call.capture, Capture::Collecting(_)));
+}
+
+#[test]
+fn unacceptable_offer_gets_488() {
+    let g729 = OFFER.replace("RTP/AVP 0 101", "RTP/AVP 18");
+    let Err(resp) = Call::accept(&invite(&g729), config(None), Instant::now()) else { panic!("accepted G.729") };
+    let SipMessage::Response(r) = parse(&resp).unwrap() else { panic!() };
+    assert_eq!(r.status(), 488);
+    let _: &Response = &r;
+}
