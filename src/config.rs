@@ -80,7 +80,8 @@ impl Config {
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let (name, text) = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| ConfigError::Read { path: p.into(), why: e.to_string() })?;
+                let text =
+                    std::fs::read_to_string(p).map_err(|e| ConfigError::Read { path: p.into(), why: e.to_string() })?;
                 (p.display().to_string(), text)
             }
             None if Path::new(DEFAULT_PATH).exists() => {
@@ -94,7 +95,8 @@ impl Config {
     }
 
     pub fn parse(name: &str, text: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax { path: name.to_string(), why: e.to_string() })?;
+        let cfg: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Syntax { path: name.to_string(), why: e.to_string() })?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -115,7 +115,13 @@ fn desktop_line(v: &Value) -> Option<String> {
         "completed" => {
             let r = &s["result"];
             let pan = field("pan").map(|f| f["masked"].as_str().unwrap_or("").to_string()).unwrap_or_default();
-            Some(format!("completed: {pan} {} exp {}/{} token {}", r["brand"].as_str().unwrap_or(""), r["expiry_month"], r["expiry_year"], r["token"].as_str().unwrap_or("")))
+            Some(format!(
+                "completed: {pan} {} exp {}/{} token {}",
+                r["brand"].as_str().unwrap_or(""),
+                r["expiry_month"],
+                r["expiry_year"],
+                r["token"].as_str().unwrap_or("")
+            ))
         }
         "failed" => Some(format!("failed: {}", s["error"])),
         "call_ended" => Some("call ended".into()),
@@ -153,7 +159,10 @@ pub fn verify(o: &DemoOutcome) -> anyhow::Result<()> {
         problems.push(format!("the agent received {} non-audio (telephone-event) packets", o.agent.non_audio_packets));
     }
     if o.agent.sequence_gaps != 0 || o.agent.timestamp_jumps != 0 {
-        problems.push(format!("agent stream had {} sequence gaps, {} timestamp jumps", o.agent.sequence_gaps, o.agent.timestamp_jumps));
+        problems.push(format!(
+            "agent stream had {} sequence gaps, {} timestamp jumps",
+            o.agent.sequence_gaps, o.agent.timestamp_jumps
+        ));
     }
     if problems.is_empty() { Ok(()) } else { bail!("demo failed:\n  {}", problems.join("\n  ")) }
 }

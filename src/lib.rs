@@ -14,3 +14,10 @@ pub mod session;
 pub mod sip;
 pub mod softphone;
 pub mod vault;
+
+/// The origin of simulated time for the sans-IO cores' unit tests: the cores never read a
+/// clock, their tests start from this instant and advance it by hand.
+#[cfg(test)]
+pub(crate) fn test_origin() -> std::time::Instant {
+    std::time::Instant::now()
+}

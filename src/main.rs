@@ -121,7 +121,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("── summary ─────────────────────────────────────────────");
             println!("session      {} ({})", s["state"], s["reference"]);
             for f in s["fields"].as_array().into_iter().flatten() {
-                println!("  {:<7} {:<22} {}", f["name"].as_str().unwrap_or(""), f["masked"].as_str().unwrap_or(""), f["state"]);
+                println!(
+                    "  {:<7} {:<22} {}",
+                    f["name"].as_str().unwrap_or(""),
+                    f["masked"].as_str().unwrap_or(""),
+                    f["state"]
+                );
             }
             println!("token        {}", s["result"]["token"]);
             println!("brand/last4  {} / {}", s["result"]["brand"], s["result"]["last4"]);

@@ -26,7 +26,8 @@ impl SessionId {
 
     /// Accepts only the shape we issue, so nothing else reaches a lookup or a log.
     pub fn parse(s: &str) -> Option<SessionId> {
-        (s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())).then(|| SessionId(s.to_string()))
+        (s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+            .then(|| SessionId(s.to_string()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -137,11 +138,23 @@ impl Sessions {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn create(&self, fields: Vec<FieldName>, reference: String, agent_uri: Option<String>, sip_host: &str) -> SessionView {
+    pub fn create(
+        &self,
+        fields: Vec<FieldName>,
+        reference: String,
+        agent_uri: Option<String>,
+        sip_host: &str,
+    ) -> SessionView {
         let id = SessionId::new();
         let fields = fields
             .into_iter()
-            .map(|name| FieldView { name, state: FieldState::Pending, digits: 0, masked: String::new(), attempts_left: 0 })
+            .map(|name| FieldView {
+                name,
+                state: FieldState::Pending,
+                digits: 0,
+                masked: String::new(),
+                attempts_left: 0,
+            })
             .collect();
         let view = SessionView {
             transfer_uri: format!("sip:{}@{sip_host}", id.sip_user()),
@@ -167,7 +180,12 @@ impl Sessions {
     }
 
     /// Binds an arriving call to a waiting session.
-    pub fn attach(&self, id: &SessionId, call: mpsc::Sender<Command>, max_attempts: u8) -> Result<Attached, SessionError> {
+    pub fn attach(
+        &self,
+        id: &SessionId,
+        call: mpsc::Sender<Command>,
+        max_attempts: u8,
+    ) -> Result<Attached, SessionError> {
         let mut map = self.lock();
         let e = map.get_mut(id).ok_or(SessionError::NotFound)?;
         if e.view.state != SessionState::Waiting {
@@ -327,7 +345,12 @@ mod tests {
         s.apply(&v.id, &CallEvent::DigitEntered { field: FieldName::Pan, count: 6 });
         let now = s.view(&v.id).unwrap();
         assert_eq!(now.fields[0].masked, "•••• ••");
-        s.apply(&v.id, &CallEvent::FieldDone { field: FieldName::Pan, masked: "•••• •••• •••• 4444".into() });
+        s.apply(
+            &v.id,
+            &CallEvent::FieldDone {
+                field: FieldName::Pan, masked: "•••• •••• •••• 4444".into()
+            },
+        );
         let now = s.view(&v.id).unwrap();
         assert_eq!((now.fields[0].state, now.fields[1].state), (FieldState::Done, FieldState::Entering));
         assert_eq!(s.cancel(&v.id).unwrap().state, SessionState::Cancelled);

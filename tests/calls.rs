@@ -100,7 +100,8 @@ async fn exchange(sip: std::net::SocketAddr, msg: &str) -> String {
     let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     sock.send_to(msg.as_bytes(), sip).await.unwrap();
     let mut buf = vec![0u8; 65536];
-    let (n, _) = tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf)).await.expect("an answer").unwrap();
+    let (n, _) =
+        tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf)).await.expect("an answer").unwrap();
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 

@@ -9,7 +9,8 @@ use serde_json::Value;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tonewall::api::auth::Role;
 
-const BODY: &str = r#"{"fields":["pan","expiry","cvv"],"reference":"order-123","agent_uri":"sip:agent@127.0.0.1:5070"}"#;
+const BODY: &str =
+    r#"{"fields":["pan","expiry","cvv"],"reference":"order-123","agent_uri":"sip:agent@127.0.0.1:5070"}"#;
 
 #[tokio::test]
 async fn keys_and_roles_guard_every_route() {

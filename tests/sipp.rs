@@ -85,7 +85,7 @@ fn free_udp_port(block: u16) -> u16 {
     loop {
         let s = UdpSocket::bind("127.0.0.1:0").unwrap();
         let p = s.local_addr().unwrap().port();
-        if p % 2 == 0 && p < 65_000 && (1..block).all(|i| UdpSocket::bind(("127.0.0.1", p + i)).is_ok()) {
+        if p.is_multiple_of(2) && p < 65_000 && (1..block).all(|i| UdpSocket::bind(("127.0.0.1", p + i)).is_ok()) {
             return p;
         }
     }
@@ -145,7 +145,13 @@ async fn sipp_caller_keys_a_mastercard_and_no_pan_is_left_behind() {
     };
     assert!(up.await, "tonewall serve did not come up");
 
-    let (s, v) = http("POST", &format!("{base}/v1/sessions"), Some(&key), Some(r#"{"fields":["pan","expiry","cvv"],"reference":"sipp-1"}"#)).await;
+    let (s, v) = http(
+        "POST",
+        &format!("{base}/v1/sessions"),
+        Some(&key),
+        Some(r#"{"fields":["pan","expiry","cvv"],"reference":"sipp-1"}"#),
+    )
+    .await;
     assert_eq!(s, 201, "{v}");
     let id = v["id"].as_str().unwrap().to_string();
     let user = format!("pay-{id}");
@@ -153,7 +159,8 @@ async fn sipp_caller_keys_a_mastercard_and_no_pan_is_left_behind() {
 
     let pcap = dir.path().join("keypad.pcap");
     std::fs::write(&pcap, keypad_pcap(KEYPAD)).unwrap();
-    let scenario_src = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp/pay_by_keypad.xml")).unwrap();
+    let scenario_src =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp/pay_by_keypad.xml")).unwrap();
     let scenario = dir.path().join("pay_by_keypad.xml");
     std::fs::write(&scenario, scenario_src.replace("PCAP_FILE", pcap.to_str().unwrap())).unwrap();
     let (sipp_port, media_port) = (free_udp_port(1), free_udp_port(4));
@@ -188,7 +195,8 @@ async fn sipp_caller_keys_a_mastercard_and_no_pan_is_left_behind() {
 
     // Clean shutdown on SIGINT, as Ctrl-C would.
     let _ = Command::new("kill").args(["-INT", &server.id().to_string()]).status();
-    let st = tokio::task::spawn_blocking(move || wait_with_timeout(&mut server, Duration::from_secs(10))).await.unwrap();
+    let st =
+        tokio::task::spawn_blocking(move || wait_with_timeout(&mut server, Duration::from_secs(10))).await.unwrap();
     assert!(st.is_some_and(|s| s.success()), "serve did not exit cleanly on SIGINT: {st:?}");
 
     let log = std::fs::read(&log_path).unwrap();

@@ -87,7 +87,9 @@ impl FromRequestParts<AppState> for Caller {
         let key = match header.and_then(|h| h.strip_prefix("Bearer ")) {
             Some(k) => k.trim().to_string(),
             // Browsers cannot set headers on a WebSocket: allow the key as a query parameter there.
-            None => Query::<TokenQuery>::try_from_uri(&parts.uri).ok().and_then(|q| q.0.access_token).unwrap_or_default(),
+            None => {
+                Query::<TokenQuery>::try_from_uri(&parts.uri).ok().and_then(|q| q.0.access_token).unwrap_or_default()
+            }
         };
         if key.is_empty() {
             return Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer key"));

@@ -43,7 +43,10 @@ fn validate(req: &CreateSession) -> Result<(), String> {
         return Err("reference must be at most 200 printable characters".into());
     }
     if let Some(uri) = &req.agent_uri {
-        let ok = uri.len() <= 256 && uri.starts_with("sip:") && uri.contains('@') && !uri.contains(['<', '>', ' ', '\r', '\n', '"']);
+        let ok = uri.len() <= 256
+            && uri.starts_with("sip:")
+            && uri.contains('@')
+            && !uri.contains(['<', '>', ' ', '\r', '\n', '"']);
         if !ok {
             return Err("agent_uri must be a sip: URI such as sip:agent@10.0.0.5:5060".into());
         }
@@ -51,7 +54,11 @@ fn validate(req: &CreateSession) -> Result<(), String> {
     Ok(())
 }
 
-pub async fn create(State(state): State<AppState>, caller: Caller, body: Result<Json<CreateSession>, JsonRejection>) -> Result<Response, ApiError> {
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<Json<CreateSession>, JsonRejection>,
+) -> Result<Response, ApiError> {
     caller.require(AGENT_ROLES)?;
     let Json(req) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     validate(&req).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, m))?;
@@ -64,13 +71,21 @@ fn session_id(raw: &str) -> Result<SessionId, ApiError> {
     SessionId::parse(raw).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such session"))
 }
 
-pub async fn show(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<SessionView>, ApiError> {
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<SessionView>, ApiError> {
     caller.require(AGENT_ROLES)?;
     let id = session_id(&id)?;
     state.sessions.view(&id).map(Json).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such session"))
 }
 
-pub async fn cancel(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<SessionView>, ApiError> {
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<SessionView>, ApiError> {
     caller.require(AGENT_ROLES)?;
     let id = session_id(&id)?;
     match state.sessions.cancel(&id) {
@@ -83,15 +98,25 @@ pub async fn cancel(State(state): State<AppState>, caller: Caller, Path(id): Pat
     }
 }
 
-pub async fn events(State(state): State<AppState>, caller: Caller, Path(id): Path<String>, ws: WebSocketUpgrade) -> Result<Response, ApiError> {
+pub async fn events(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
     caller.require(AGENT_ROLES)?;
     let id = session_id(&id)?;
-    let (view, rx) = state.sessions.subscribe(&id).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such session"))?;
+    let (view, rx) =
+        state.sessions.subscribe(&id).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such session"))?;
     Ok(ws.on_upgrade(move |socket| stream(socket, view, rx)))
 }
 
 /// Sends the current view, then every change, until the client leaves or the call ends.
-async fn stream(mut socket: WebSocket, view: SessionView, mut rx: tokio::sync::broadcast::Receiver<crate::session::SessionUpdate>) {
+async fn stream(
+    mut socket: WebSocket,
+    view: SessionView,
+    mut rx: tokio::sync::broadcast::Receiver<crate::session::SessionUpdate>,
+) {
     let first = serde_json::json!({ "event": "snapshot", "session": view });
     if socket.send(Message::Text(first.to_string().into())).await.is_err() {
         return;

@@ -80,7 +80,11 @@ impl Bridge {
             caller,
             agent: None,
             to_caller: OutStream::new(Ssrc(seed as u32), (seed >> 32) as u16, (seed >> 16) as u32),
-            to_agent: OutStream::new(Ssrc((seed as u32).rotate_left(16) ^ 0x5A5A_5A5A), (seed >> 48) as u16, (seed >> 8) as u32),
+            to_agent: OutStream::new(
+                Ssrc((seed as u32).rotate_left(16) ^ 0x5A5A_5A5A),
+                (seed >> 48) as u16,
+                (seed >> 8) as u32,
+            ),
             events: EventTracker::default(),
             caller_covered: None,
             after_event: false,
@@ -118,10 +122,10 @@ impl Bridge {
     }
 
     pub fn poll_packet(&mut self) -> Option<&MediaPacket> {
-        if self.front_taken {
-            if let Some(done) = self.queue.pop_front() {
-                self.free.push(done);
-            }
+        if self.front_taken
+            && let Some(done) = self.queue.pop_front()
+        {
+            self.free.push(done);
         }
         // The packet handed out stays at the front (its buffer borrowed) until the next call.
         self.front_taken = !self.queue.is_empty();
@@ -129,9 +133,12 @@ impl Bridge {
     }
 
     fn slot(&mut self) -> MediaPacket {
-        self.free
-            .pop()
-            .unwrap_or_else(|| MediaPacket { leg: LegId::Caller, to: self.caller.remote, len: 0, buf: [0; MAX_PACKET] })
+        self.free.pop().unwrap_or(MediaPacket {
+            leg: LegId::Caller,
+            to: self.caller.remote,
+            len: 0,
+            buf: [0; MAX_PACKET],
+        })
     }
 
     /// Plays the next prompt frame when due.
@@ -188,10 +195,10 @@ impl Bridge {
         }
         // Senders leave a timestamp gap after an event (its end packets are repeated past its
         // duration): mask that gap as well, so the agent's stream has no hole at each key.
-        if std::mem::take(&mut self.after_event) {
-            if let Some(c) = self.caller_covered.filter(|c| ts.wrapping_sub(*c) < MAX_FILL) {
-                self.fill_masked(c, ts, MAX_GAP_FRAMES, Ssrc(rtp.ssrc()), now);
-            }
+        if std::mem::take(&mut self.after_event)
+            && let Some(c) = self.caller_covered.filter(|c| ts.wrapping_sub(*c) < MAX_FILL)
+        {
+            self.fill_masked(c, ts, MAX_GAP_FRAMES, Ssrc(rtp.ssrc()), now);
         }
         let payload = rtp.payload();
         let samples = payload.len().min(MAX_PACKET - 64);
@@ -202,7 +209,14 @@ impl Bridge {
             let body = transcode(&payload[..samples], self.caller.codec, agent.codec, &mut transcoded);
             p.leg = LegId::Agent;
             p.to = agent.remote;
-            p.len = self.to_agent.write(&mut p.buf, Source::Relay(Ssrc(rtp.ssrc())), ts, agent.codec.payload_type(), body, now);
+            p.len = self.to_agent.write(
+                &mut p.buf,
+                Source::Relay(Ssrc(rtp.ssrc())),
+                ts,
+                agent.codec.payload_type(),
+                body,
+                now,
+            );
             self.queue.push_back(p);
         }
         CallerMedia::Nothing
@@ -232,7 +246,14 @@ impl Bridge {
             let mut p = self.slot();
             p.leg = LegId::Agent;
             p.to = agent.remote;
-            p.len = self.to_agent.write(&mut p.buf, Source::Relay(ssrc), covered, agent.codec.payload_type(), &silence, now);
+            p.len = self.to_agent.write(
+                &mut p.buf,
+                Source::Relay(ssrc),
+                covered,
+                agent.codec.payload_type(),
+                &silence,
+                now,
+            );
             self.queue.push_back(p);
             covered = covered.wrapping_add(FRAME_SAMPLES as u32);
             frames += 1;
@@ -259,7 +280,14 @@ impl Bridge {
         let mut p = self.slot();
         p.leg = LegId::Caller;
         p.to = self.caller.remote;
-        p.len = self.to_caller.write(&mut p.buf, Source::Relay(Ssrc(rtp.ssrc())), rtp.timestamp(), self.caller.codec.payload_type(), body, now);
+        p.len = self.to_caller.write(
+            &mut p.buf,
+            Source::Relay(Ssrc(rtp.ssrc())),
+            rtp.timestamp(),
+            self.caller.codec.payload_type(),
+            body,
+            now,
+        );
         self.queue.push_back(p);
     }
 }
@@ -284,7 +312,14 @@ mod tests {
     }
 
     fn packet(pt: u8, seq: u16, ts: u32, payload: &[u8]) -> Vec<u8> {
-        RtpPacketBuilder::new().payload_type(pt).ssrc(42).sequence(Seq::from(seq)).timestamp(ts).payload(payload).build().unwrap()
+        RtpPacketBuilder::new()
+            .payload_type(pt)
+            .ssrc(42)
+            .sequence(Seq::from(seq))
+            .timestamp(ts)
+            .payload(payload)
+            .build()
+            .unwrap()
     }
 
     fn drain(b: &mut Bridge) -> Vec<(LegId, u16, u32, u8, Vec<u8>)> {
@@ -298,7 +333,7 @@ mod tests {
 
     #[test]
     fn events_become_silence_toward_the_agent_with_continuous_numbering() {
-        let t = Instant::now();
+        let t = crate::test_origin();
         let mut b = Bridge::new(params(4000, Codec::Pcmu), 99);
         b.set_agent(Some(params(5000, Codec::Pcma)));
         let audio = [0x10u8; 160];
@@ -309,7 +344,9 @@ mod tests {
             b.handle_caller_packet(&packet(0, seq, 1000 + i * 160, &audio), t);
             seq += 1;
         }
-        for (dur, end) in [(160u16, false), (320, false), (480, false), (640, false), (800, true), (800, true), (800, true)] {
+        for (dur, end) in
+            [(160u16, false), (320, false), (480, false), (640, false), (800, true), (800, true), (800, true)]
+        {
             let ev = TelephoneEvent { code: 7, end, volume: 10, duration: dur }.to_bytes();
             if let CallerMedia::Key(k) = b.handle_caller_packet(&packet(96, seq, 1320, &ev), t) {
                 keys.push(k);
@@ -334,7 +371,7 @@ mod tests {
 
     #[test]
     fn without_an_agent_nothing_is_sent_and_keys_still_count() {
-        let t = Instant::now();
+        let t = crate::test_origin();
         let mut b = Bridge::new(params(4000, Codec::Pcmu), 1);
         let ev = TelephoneEvent { code: 11, end: true, volume: 10, duration: 800 }.to_bytes();
         assert_eq!(b.handle_caller_packet(&packet(96, 1, 0, &ev), t), CallerMedia::Key(Key::Hash));
@@ -345,7 +382,7 @@ mod tests {
 
     #[test]
     fn prompts_are_paced_and_take_the_floor_from_the_agent() {
-        let t = Instant::now();
+        let t = crate::test_origin();
         let mut b = Bridge::new(params(4000, Codec::Pcmu), 1);
         b.set_agent(Some(params(5000, Codec::Pcmu)));
         b.player().enqueue(vec![1000i16; 400].into());

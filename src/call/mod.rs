@@ -80,16 +80,32 @@ pub enum EndReason {
 pub enum CallEvent {
     Answered,
     AgentAnswered,
-    AgentUnavailable { status: u16 },
+    AgentUnavailable {
+        status: u16,
+    },
     AgentHungUp,
-    DigitEntered { field: FieldName, count: usize },
-    FieldRestarted { field: FieldName },
-    FieldRejected { field: FieldName, attempts_left: u8, reason: String },
-    FieldDone { field: FieldName, masked: String },
+    DigitEntered {
+        field: FieldName,
+        count: usize,
+    },
+    FieldRestarted {
+        field: FieldName,
+    },
+    FieldRejected {
+        field: FieldName,
+        attempts_left: u8,
+        reason: String,
+    },
+    FieldDone {
+        field: FieldName,
+        masked: String,
+    },
     /// The driver tokenizes the card and answers with `Command::Tokenized`.
     CardCaptured(Box<CapturedCard>),
     Completed,
-    CaptureFailed { reason: String },
+    CaptureFailed {
+        reason: String,
+    },
     Cancelled,
     Ended(EndReason),
 }
@@ -97,7 +113,9 @@ pub enum CallEvent {
 #[derive(Debug)]
 pub enum Command {
     Cancel,
-    Tokenized { ok: bool },
+    Tokenized {
+        ok: bool,
+    },
     /// Hang up every leg (shutdown).
     Hangup,
 }
@@ -110,23 +128,36 @@ pub enum Output {
 
 enum CallerLeg {
     /// 200 sent, resent until the ACK (§13.3.1.4).
-    Answering { ok: Retransmit },
+    Answering {
+        ok: Retransmit,
+    },
     Confirmed,
-    Ending { bye: Retransmit },
+    Ending {
+        bye: Retransmit,
+    },
     Ended,
 }
 
 enum AgentLeg {
     Absent,
     /// INVITE sent; `retransmit` stops at the first provisional response.
-    Inviting { retransmit: Option<Retransmit>, invite: Vec<u8>, uri: String },
-    Connected { dialog: Dialog, ack: Vec<u8> },
-    Ending { bye: Retransmit },
+    Inviting {
+        retransmit: Option<Retransmit>,
+        invite: Vec<u8>,
+        uri: String,
+    },
+    Connected {
+        dialog: Dialog,
+        ack: Vec<u8>,
+    },
+    Ending {
+        bye: Retransmit,
+    },
     Ended,
 }
 
 enum Capture {
-    Collecting(Collector),
+    Collecting(Box<Collector>),
     Tokenizing,
     Completed,
     Failed,
@@ -161,7 +192,9 @@ impl Call {
     /// is named. A refused offer gives back the 488 to send instead.
     pub fn accept(invite: &Request, cfg: CallConfig, now: Instant) -> Result<Call, Vec<u8>> {
         let offer = RemoteDescription::parse(invite.body()).map_err(|e| {
-            ResponseBuilder::new(invite, 488, "Not Acceptable Here").header("Warning", &format!("304 tonewall \"{e}\"")).build()
+            ResponseBuilder::new(invite, 488, "Not Acceptable Here")
+                .header("Warning", &format!("304 tonewall \"{e}\""))
+                .build()
         })?;
         let params = offer.negotiate();
         let local_tag = format!("tw{:x}", cfg.seed);
@@ -196,7 +229,7 @@ impl Call {
             agent: AgentLeg::Absent,
             agent_call_id: format!("{:x}-agent@tonewall", cfg.seed),
             agent_tag: format!("twa{:x}", cfg.seed.rotate_left(32)),
-            capture: Capture::Collecting(Collector::new(cfg.fields, cfg.collector, cfg.today, now)),
+            capture: Capture::Collecting(Box::new(Collector::new(cfg.fields, cfg.collector, cfg.today, now))),
             bridge: Bridge::new(params, cfg.seed),
             outputs,
             branches: 0,
@@ -282,7 +315,8 @@ impl Call {
             .body("application/sdp", offer.as_bytes())
             .build();
         self.send(LegId::Agent, invite.clone());
-        self.agent = AgentLeg::Inviting { retransmit: Some(Retransmit::invite(invite.clone(), now, self.timers)), invite, uri };
+        self.agent =
+            AgentLeg::Inviting { retransmit: Some(Retransmit::invite(invite.clone(), now, self.timers)), invite, uri };
     }
 
     pub fn handle_sip(&mut self, now: Instant, leg: LegId, msg: SipMessage) {
@@ -327,7 +361,9 @@ impl Call {
                 self.send(LegId::Caller, ResponseBuilder::new(req, 200, "OK").build());
             }
             Method::Options => {
-                let resp = ResponseBuilder::new(req, 200, "OK").header("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO").build();
+                let resp = ResponseBuilder::new(req, 200, "OK")
+                    .header("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO")
+                    .build();
                 self.send(LegId::Caller, resp);
             }
             Method::Info if in_dialog => {
@@ -345,7 +381,9 @@ impl Call {
                 self.send(LegId::Caller, ResponseBuilder::new(req, 481, "Call/Transaction Does Not Exist").build());
             }
             Method::Other(_) => {
-                let resp = ResponseBuilder::new(req, 405, "Method Not Allowed").header("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO").build();
+                let resp = ResponseBuilder::new(req, 405, "Method Not Allowed")
+                    .header("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO")
+                    .build();
                 self.send(LegId::Caller, resp);
             }
         }
@@ -546,7 +584,9 @@ impl Call {
                 CaptureEvent::Failed { field } => {
                     self.capture = Capture::Failed;
                     let name = serde_json::to_string(&field).unwrap_or_default();
-                    self.event(CallEvent::CaptureFailed { reason: format!("too many invalid attempts for {}", name.trim_matches('"')) });
+                    self.event(CallEvent::CaptureFailed {
+                        reason: format!("too many invalid attempts for {}", name.trim_matches('"')),
+                    });
                     self.finish_capture(now, None);
                 }
             }

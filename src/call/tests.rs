@@ -89,7 +89,14 @@ fn response_to(request: &str, status: u16, to_tag: &str, body: &str) -> SipMessa
 
 fn event_packet(seq: u16, ts: u32, code: u8, end: bool) -> Vec<u8> {
     let ev = TelephoneEvent { code, end, volume: 10, duration: 800 }.to_bytes();
-    RtpPacketBuilder::new().payload_type(101).ssrc(9).sequence(Seq::from(seq)).timestamp(ts).payload(&ev).build().unwrap()
+    RtpPacketBuilder::new()
+        .payload_type(101)
+        .ssrc(9)
+        .sequence(Seq::from(seq))
+        .timestamp(ts)
+        .payload(&ev)
+        .build()
+        .unwrap()
 }
 
 fn key_all(call: &mut Call, keys: &str, t: Instant) {
@@ -104,7 +111,7 @@ fn key_all(call: &mut Call, keys: &str, t: Instant) {
 
 #[test]
 fn answers_with_100_180_200_and_resends_200_until_ack() {
-    let t = Instant::now();
+    let t = crate::test_origin();
     let mut call = Call::accept(&invite(OFFER), config(None), t).unwrap();
     let (sip, events) = drain(&mut call);
     let lines: Vec<&str> = sip.iter().map(|(_, s)| first_line(s)).collect();
@@ -133,7 +140,7 @@ fn answers_with_100_180_200_and_resends_200_until_ack() {
 
 #[test]
 fn no_ack_within_64_t1_ends_the_call_with_bye() {
-    let t = Instant::now();
+    let t = crate::test_origin();
     let mut call = Call::accept(&invite(OFFER), config(None), t).unwrap();
     drain(&mut call);
     let mut resent = 0;
@@ -159,7 +166,7 @@ fn no_ack_within_64_t1_ends_the_call_with_bye() {
 
 #[test]
 fn capture_by_rfc4733_tokenize_thank_and_hang_up() {
-    let t = Instant::now();
+    let t = crate::test_origin();
     let mut call = Call::accept(&invite(OFFER), config(None), t).unwrap();
     call.handle_sip(t, LegId::Caller, caller_request(&call, "ACK", 1));
     drain(&mut call);
@@ -193,7 +200,7 @@ fn capture_by_rfc4733_tokenize_thank_and_hang_up() {
 
 #[test]
 fn agent_leg_invite_ack_and_masked_bridge() {
-    let t = Instant::now();
+    let t = crate::test_origin();
     let mut call = Call::accept(&invite(OFFER), config(Some("sip:agent@127.0.0.1:5080")), t).unwrap();
     let (sip, _) = drain(&mut call);
     let (_, agent_invite) = sip.iter().find(|(leg, _)| *leg == LegId::Agent).expect("agent dialled");
@@ -229,7 +236,7 @@ fn agent_leg_invite_ack_and_masked_bridge() {
 
 #[test]
 fn busy_agent_is_acked_and_capture_goes_on() {
-    let t = Instant::now();
+    let t = crate::test_origin();
     let mut call = Call::accept(&invite(OFFER), config(Some("sip:agent@127.0.0.1:5080")), t).unwrap();
     let (sip, _) = drain(&mut call);
     let (_, agent_invite) = sip.iter().find(|(leg, _)| *leg == LegId::Agent).unwrap();
@@ -244,7 +251,7 @@ fn busy_agent_is_acked_and_capture_goes_on() {
 #[test]
 fn unacceptable_offer_gets_488() {
     let g729 = OFFER.replace("RTP/AVP 0 101", "RTP/AVP 18");
-    let Err(resp) = Call::accept(&invite(&g729), config(None), Instant::now()) else { panic!("accepted G.729") };
+    let Err(resp) = Call::accept(&invite(&g729), config(None), crate::test_origin()) else { panic!("accepted G.729") };
     let SipMessage::Response(r) = parse(&resp).unwrap() else { panic!() };
     assert_eq!(r.status(), 488);
     let _: &Response = &r;

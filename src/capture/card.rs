@@ -142,7 +142,7 @@ pub fn luhn_valid(digits: &[u8]) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 fn to_digit_values(ascii: &[u8]) -> Result<Zeroizing<Vec<u8>>, CardError> {

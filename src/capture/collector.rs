@@ -66,11 +66,7 @@ pub struct CollectorConfig {
 
 impl Default for CollectorConfig {
     fn default() -> Self {
-        CollectorConfig {
-            inter_digit: Duration::from_secs(8),
-            first_digit: Duration::from_secs(20),
-            max_attempts: 3,
-        }
+        CollectorConfig { inter_digit: Duration::from_secs(8), first_digit: Duration::from_secs(20), max_attempts: 3 }
     }
 }
 
@@ -319,17 +315,12 @@ mod tests {
 
     fn collector(now: Instant) -> Collector {
         let today = YearMonth { year: 2026, month: 11 };
-        Collector::new(
-            vec![FieldName::Pan, FieldName::Expiry, FieldName::Cvv],
-            CollectorConfig::default(),
-            today,
-            now,
-        )
+        Collector::new(vec![FieldName::Pan, FieldName::Expiry, FieldName::Cvv], CollectorConfig::default(), today, now)
     }
 
     #[test]
     fn full_card_completes() {
-        let t = Instant::now();
+        let t = crate::test_origin();
         let mut c = collector(t);
         keys(&mut c, "4111111111111111#1230123", t);
         let ev = drain(&mut c);
@@ -361,7 +352,7 @@ mod tests {
 
     #[test]
     fn star_restarts_the_field() {
-        let t = Instant::now();
+        let t = crate::test_origin();
         let mut c = collector(t);
         keys(&mut c, "999*4111111111111111#", t);
         let ev = drain(&mut c);
@@ -372,7 +363,7 @@ mod tests {
 
     #[test]
     fn three_invalid_attempts_fail() {
-        let t = Instant::now();
+        let t = crate::test_origin();
         let mut c = collector(t);
         keys(&mut c, "4111111111111112#", t);
         keys(&mut c, "4111111111111113#", t);
@@ -394,7 +385,7 @@ mod tests {
 
     #[test]
     fn inter_digit_timeout_submits_the_entry() {
-        let t = Instant::now();
+        let t = crate::test_origin();
         let mut c = collector(t);
         keys(&mut c, "4111111111111111", t);
         let due = c.poll_timeout().unwrap();
@@ -407,7 +398,7 @@ mod tests {
 
     #[test]
     fn no_input_counts_as_an_attempt() {
-        let t = Instant::now();
+        let t = crate::test_origin();
         let mut c = collector(t);
         let due = c.poll_timeout().unwrap();
         c.handle_timeout(due);
@@ -417,7 +408,7 @@ mod tests {
 
     #[test]
     fn amex_wants_four_digit_code_and_expired_card_is_refused() {
-        let t = Instant::now();
+        let t = crate::test_origin();
         let mut c = collector(t);
         keys(&mut c, "378282246310005#1025", t);
         let ev = drain(&mut c);

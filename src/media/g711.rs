@@ -92,11 +92,7 @@ pub fn alaw_decode(byte: u8) -> i16 {
     let a = i32::from(byte ^ 0x55);
     let exponent = (a >> 4) & 0x07;
     let mantissa = a & 0x0F;
-    let magnitude = if exponent == 0 {
-        (mantissa << 4) + 8
-    } else {
-        ((mantissa << 4) + 0x108) << (exponent - 1)
-    };
+    let magnitude = if exponent == 0 { (mantissa << 4) + 8 } else { ((mantissa << 4) + 0x108) << (exponent - 1) };
     if a & 0x80 != 0 { magnitude as i16 } else { -magnitude as i16 }
 }
 

@@ -64,12 +64,15 @@ async fn handle(shared: &Arc<Shared>, msg: SipMessage, from: SocketAddr) {
     let reply = |status: u16, reason: &str| shared.send_sip(&ResponseBuilder::new(&req, status, reason).build(), from);
     match req.method() {
         Method::Invite if req.to_tag().is_none() => start_call(shared, &req, from).await,
-        Method::Options => {
-            shared.send_sip(&ResponseBuilder::new(&req, 200, "OK").header("Allow", ALLOW).header("Accept", "application/sdp").build(), from)
-        }
+        Method::Options => shared.send_sip(
+            &ResponseBuilder::new(&req, 200, "OK").header("Allow", ALLOW).header("Accept", "application/sdp").build(),
+            from,
+        ),
         Method::Ack => {}
         Method::Invite | Method::Bye | Method::Cancel | Method::Info => reply(481, "Call/Transaction Does Not Exist"),
-        Method::Other(_) => shared.send_sip(&ResponseBuilder::new(&req, 405, "Method Not Allowed").header("Allow", ALLOW).build(), from),
+        Method::Other(_) => {
+            shared.send_sip(&ResponseBuilder::new(&req, 405, "Method Not Allowed").header("Allow", ALLOW).build(), from)
+        }
     }
 }
 
@@ -111,7 +114,10 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, from: SocketAddr) {
         Ok(c) => c,
         Err(refusal) => {
             shared.send_sip(&refusal, from);
-            shared.sessions.apply(&session, &crate::call::CallEvent::CaptureFailed { reason: "the caller's media offer was not acceptable".into() });
+            shared.sessions.apply(
+                &session,
+                &crate::call::CallEvent::CaptureFailed { reason: "the caller's media offer was not acceptable".into() },
+            );
             return;
         }
     };
@@ -121,7 +127,18 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, from: SocketAddr) {
         routes.insert(call.agent_call_id().to_string(), Route { leg: LegId::Agent, inbox: sip_tx });
     }
     tracing::info!(session = session.as_str(), %from, agent = agent_sip.is_some(), "call answered");
-    let task = CallTask { call, session, shared: shared.clone(), caller_sip: from, agent_sip, caller_rtp, agent_rtp, sip_rx, cmd_rx, cmd_tx };
+    let task = CallTask {
+        call,
+        session,
+        shared: shared.clone(),
+        caller_sip: from,
+        agent_sip,
+        caller_rtp,
+        agent_rtp,
+        sip_rx,
+        cmd_rx,
+        cmd_tx,
+    };
     tokio::spawn(task.run());
 }
 

@@ -98,12 +98,18 @@ impl Server {
         let vault = Arc::new(Vault::open(&config.storage.data_dir).await?);
         let prompts = Arc::new(prompts::english()?);
         let sip_listen = config.sip.listen;
-        let sip = UdpSocket::bind(sip_listen).await.map_err(|e| ServerError::SipBind { addr: sip_listen, why: e.to_string() })?;
+        let sip = UdpSocket::bind(sip_listen)
+            .await
+            .map_err(|e| ServerError::SipBind { addr: sip_listen, why: e.to_string() })?;
         let sip_addr = sip.local_addr().map_err(|e| ServerError::SipBind { addr: sip_listen, why: e.to_string() })?;
         let http_listen = config.http.listen;
-        let http = TcpListener::bind(http_listen).await.map_err(|e| ServerError::HttpBind { addr: http_listen, why: e.to_string() })?;
-        let http_addr = http.local_addr().map_err(|e| ServerError::HttpBind { addr: http_listen, why: e.to_string() })?;
-        let sip_host = if config.sip.public_host.is_empty() { sip_addr.to_string() } else { config.sip.public_host.clone() };
+        let http = TcpListener::bind(http_listen)
+            .await
+            .map_err(|e| ServerError::HttpBind { addr: http_listen, why: e.to_string() })?;
+        let http_addr =
+            http.local_addr().map_err(|e| ServerError::HttpBind { addr: http_listen, why: e.to_string() })?;
+        let sip_host =
+            if config.sip.public_host.is_empty() { sip_addr.to_string() } else { config.sip.public_host.clone() };
         let ports = PortPool::new(sip_addr.ip(), config.media.rtp_port_min, config.media.rtp_port_max);
         let sessions = Arc::new(Sessions::default());
         let shared = Arc::new(Shared {

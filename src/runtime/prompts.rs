@@ -20,7 +20,10 @@ fn decode(name: &'static str, bytes: &[u8]) -> Result<PromptAudio, PromptError> 
     let mut reader = hound::WavReader::new(Cursor::new(bytes)).map_err(|e| bad(e.to_string()))?;
     let spec = reader.spec();
     if spec.sample_rate != 8000 || spec.channels != 1 || spec.bits_per_sample != 16 {
-        return Err(bad(format!("must be 8 kHz mono 16-bit, is {} Hz {} ch {} bit", spec.sample_rate, spec.channels, spec.bits_per_sample)));
+        return Err(bad(format!(
+            "must be 8 kHz mono 16-bit, is {} Hz {} ch {} bit",
+            spec.sample_rate, spec.channels, spec.bits_per_sample
+        )));
     }
     let samples: Result<Vec<i16>, _> = reader.samples::<i16>().collect();
     Ok(Arc::from(samples.map_err(|e| bad(e.to_string()))?))
@@ -41,7 +44,13 @@ mod tests {
     #[test]
     fn shipped_prompts_decode_and_are_speech_length() {
         let p = super::english().unwrap();
-        for (name, audio) in [("card", &p.card_number), ("expiry", &p.expiry), ("cvv", &p.security_code), ("invalid", &p.invalid), ("thanks", &p.thank_you)] {
+        for (name, audio) in [
+            ("card", &p.card_number),
+            ("expiry", &p.expiry),
+            ("cvv", &p.security_code),
+            ("invalid", &p.invalid),
+            ("thanks", &p.thank_you),
+        ] {
             let secs = audio.len() as f64 / 8000.0;
             assert!((1.0..10.0).contains(&secs), "{name}: {secs} s");
             assert!(audio.iter().any(|s| s.unsigned_abs() > 1000), "{name} is silent");

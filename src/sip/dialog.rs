@@ -136,7 +136,10 @@ Call-ID: c1\r\nCSeq: 7 INVITE\r\nContact: <sip:caller@127.0.0.1:5070>\r\nContent
         assert_eq!(bye.cseq().seq, 1);
         assert_eq!(bye.headers_named("Route"), vec!["<sip:p1.example;lr>", "<sip:p2.example;lr>"]);
         // A BYE from the caller in this dialog matches; one with an older CSeq is refused.
-        let their_bye = INVITE.replace("INVITE sip", "BYE sip").replace("7 INVITE", "8 BYE").replace("<sip:pay-1@127.0.0.1:5060>\r\n", "<sip:pay-1@127.0.0.1:5060>;tag=tw1\r\n");
+        let their_bye = INVITE
+            .replace("INVITE sip", "BYE sip")
+            .replace("7 INVITE", "8 BYE")
+            .replace("<sip:pay-1@127.0.0.1:5060>\r\n", "<sip:pay-1@127.0.0.1:5060>;tag=tw1\r\n");
         let SipMessage::Request(their_bye) = parse(their_bye.as_bytes()).unwrap() else { panic!() };
         assert!(d.matches(&their_bye));
         assert!(d.accept_remote_cseq(&their_bye));

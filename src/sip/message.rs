@@ -147,7 +147,8 @@ fn common(headers: &rs::Headers, body_len: usize) -> Result<Common, MessageError
             Header::CallId(v) => call_id = Some(v.value().trim().to_string()),
             Header::CSeq(v) => cseq = Some(v.value().trim().to_string()),
             Header::ContentLength(v) => {
-                let declared: usize = v.value().trim().parse().map_err(|_| MessageError::BadHeader("Content-Length"))?;
+                let declared: usize =
+                    v.value().trim().parse().map_err(|_| MessageError::BadHeader("Content-Length"))?;
                 if declared > body_len {
                     return Err(MessageError::TruncatedBody);
                 }
@@ -366,7 +367,9 @@ pub fn bad_request(bytes: &[u8], why: &MessageError) -> Option<Vec<u8>> {
     for line in lines.take_while(|l| !l.is_empty()) {
         let Some((name, value)) = line.split_once(':') else { continue };
         let name = name.trim().to_ascii_lowercase();
-        if let Some(i) = wanted.iter().position(|(long, compact)| name == *long || (!compact.is_empty() && name == *compact)) {
+        if let Some(i) =
+            wanted.iter().position(|(long, compact)| name == *long || (!compact.is_empty() && name == *compact))
+        {
             found.push((i, value.trim()));
         }
     }
@@ -423,7 +426,11 @@ l: 4\r\n\r\nv=0\n";
     #[test]
     fn response_copies_dialog_headers_and_adds_to_tag() {
         let r = request(INVITE);
-        let bytes = ResponseBuilder::new(&r, 200, "OK").to_tag("xyz").header("Contact", "<sip:tw@127.0.0.1>").body("application/sdp", b"v=0\r\n").build();
+        let bytes = ResponseBuilder::new(&r, 200, "OK")
+            .to_tag("xyz")
+            .header("Contact", "<sip:tw@127.0.0.1>")
+            .body("application/sdp", b"v=0\r\n")
+            .build();
         let SipMessage::Response(resp) = parse(&bytes).unwrap() else { panic!() };
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.to_tag().as_deref(), Some("xyz"));

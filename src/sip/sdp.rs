@@ -55,14 +55,16 @@ impl RemoteDescription {
         let media = sd
             .media_descriptions
             .iter()
-            .find(|m| m.media_name.media == "audio" && m.media_name.port.value > 0 && m.media_name.protos.join("/") == "RTP/AVP")
+            .find(|m| {
+                m.media_name.media == "audio"
+                    && m.media_name.port.value > 0
+                    && m.media_name.protos.join("/") == "RTP/AVP"
+            })
             .ok_or(SdpError::NoAudio)?;
         let port = u16::try_from(media.media_name.port.value).map_err(|_| SdpError::NoAudio)?;
         let conn = media.connection_information.as_ref().or(sd.connection_information.as_ref());
-        let ip: IpAddr = conn
-            .and_then(|c| c.address.as_ref())
-            .and_then(|a| a.address.parse().ok())
-            .ok_or(SdpError::NoAddress)?;
+        let ip: IpAddr =
+            conn.and_then(|c| c.address.as_ref()).and_then(|a| a.address.parse().ok()).ok_or(SdpError::NoAddress)?;
         let rtpmaps = media.codecs();
         let mut codecs = Vec::new();
         let mut event_pt = None;

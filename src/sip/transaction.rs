@@ -98,7 +98,7 @@ mod tests {
 
     #[test]
     fn timer_a_doubles_until_timer_b() {
-        let t = Instant::now();
+        let t = crate::test_origin();
         let (sends, gave_up) = schedule(Retransmit::invite(b"INVITE".to_vec(), t, Timers::default()), t);
         // Seven transmissions in all, the first at 0 (RFC 3261 §17.1.1.2).
         assert_eq!(sends, vec![500, 1500, 3500, 7500, 15500, 31500]);
@@ -107,7 +107,7 @@ mod tests {
 
     #[test]
     fn timer_e_and_2xx_cap_at_t2() {
-        let t = Instant::now();
+        let t = crate::test_origin();
         let (sends, gave_up) = schedule(Retransmit::non_invite(b"BYE".to_vec(), t, Timers::default()), t);
         assert_eq!(&sends[..6], &[500, 1500, 3500, 7500, 11500, 15500]);
         assert_eq!(sends.len(), 10);

@@ -35,7 +35,12 @@ pub struct AgentReport {
 
 impl AgentReport {
     pub fn write_wav(&self, path: &Path) -> Result<(), hound::Error> {
-        let spec = hound::WavSpec { channels: 1, sample_rate: 8000, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: 8000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
         let mut w = hound::WavWriter::create(path, spec)?;
         for s in &self.audio {
             w.write_sample(*s)?;

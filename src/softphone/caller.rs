@@ -103,9 +103,14 @@ pub async fn place_call(opts: CallerOptions) -> Result<CallerReport, SoftphoneEr
         }
     };
     report.answered = true;
-    let media = RemoteDescription::parse(answer.body()).map_err(|e| SoftphoneError::Protocol(e.to_string()))?.negotiate();
+    let media =
+        RemoteDescription::parse(answer.body()).map_err(|e| SoftphoneError::Protocol(e.to_string()))?.negotiate();
     let to = answer.to().to_string();
-    ua.send(&ua.in_dialog(Method::Ack, &call_id, &from_tag, &to, 1, answer.contact_uri().unwrap_or(&opts.uri)), opts.server).await?;
+    ua.send(
+        &ua.in_dialog(Method::Ack, &call_id, &from_tag, &to, 1, answer.contact_uri().unwrap_or(&opts.uri)),
+        opts.server,
+    )
+    .await?;
 
     let frames = schedule(&opts.steps);
     let mut tick = interval(Duration::from_millis(20));
@@ -141,10 +146,10 @@ pub async fn place_call(opts: CallerOptions) -> Result<CallerReport, SoftphoneEr
                 i += 1;
             }
             r = rtp.recv_from(&mut rbuf) => {
-                if let Ok((n, _)) = r {
-                    if RtpReader::new(&rbuf[..n]).is_ok() {
-                        report.packets_heard += 1;
-                    }
+                if let Ok((n, _)) = r
+                    && RtpReader::new(&rbuf[..n]).is_ok()
+                {
+                    report.packets_heard += 1;
                 }
             }
             msg = ua.recv() => {

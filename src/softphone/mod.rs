@@ -77,7 +77,15 @@ impl Ua {
     }
 
     /// ACK or BYE inside the dialog we started.
-    pub fn in_dialog(&self, method: Method, call_id: &str, from_tag: &str, to: &str, cseq: u32, target: &str) -> Vec<u8> {
+    pub fn in_dialog(
+        &self,
+        method: Method,
+        call_id: &str,
+        from_tag: &str,
+        to: &str,
+        cseq: u32,
+        target: &str,
+    ) -> Vec<u8> {
         RequestBuilder::new(&method, target)
             .header("Via", &format!("SIP/2.0/UDP {};branch=z9hG4bK{};rport", self.addr, rand::random::<u64>()))
             .header("Max-Forwards", "70")

@@ -108,7 +108,8 @@ impl Vault {
         let last4 = card.pan.last4().to_string();
         let token = loop {
             let t = token::new_token();
-            let taken: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM cards WHERE token = ?").bind(&t).fetch_optional(&self.pool).await?;
+            let taken: Option<(i64,)> =
+                sqlx::query_as("SELECT 1 FROM cards WHERE token = ?").bind(&t).fetch_optional(&self.pool).await?;
             if taken.is_none() {
                 break t;
             }
@@ -143,7 +144,10 @@ impl Vault {
     /// Decrypts a stored card. Used by the processor API; every use must be audited there.
     pub async fn reveal(&self, token: &str) -> Result<RevealedCard, VaultError> {
         let row: Option<(String, i64, Vec<u8>, Vec<u8>)> =
-            sqlx::query_as("SELECT id, key_id, nonce, ciphertext FROM cards WHERE token = ?").bind(token).fetch_optional(&self.pool).await?;
+            sqlx::query_as("SELECT id, key_id, nonce, ciphertext FROM cards WHERE token = ?")
+                .bind(token)
+                .fetch_optional(&self.pool)
+                .await?;
         let (id, key_id, nonce, ct) = row.ok_or(VaultError::UnknownToken)?;
         let (current_id, key) = &self.encryption_key;
         if key_id != *current_id {
@@ -189,10 +193,11 @@ fn key_aad(purpose: &str, id: i64) -> String {
 
 /// The newest data key for `purpose`, created and wrapped under the KEK on first use.
 async fn data_key(pool: &SqlitePool, kek: &SecretKey, purpose: &str) -> Result<(i64, SecretKey), VaultError> {
-    let row: Option<(i64, Vec<u8>)> = sqlx::query_as("SELECT id, wrapped FROM data_keys WHERE purpose = ? ORDER BY id DESC LIMIT 1")
-        .bind(purpose)
-        .fetch_optional(pool)
-        .await?;
+    let row: Option<(i64, Vec<u8>)> =
+        sqlx::query_as("SELECT id, wrapped FROM data_keys WHERE purpose = ? ORDER BY id DESC LIMIT 1")
+            .bind(purpose)
+            .fetch_optional(pool)
+            .await?;
     if let Some((id, wrapped)) = row {
         return Ok((id, crypto::unwrap(kek, &wrapped, key_aad(purpose, id).as_bytes())?));
     }
@@ -265,7 +270,10 @@ mod tests {
         let vault = Vault::open(dir.path()).await.unwrap();
         let now = Instant::now();
         let rec = vault.tokenize(card("5555555555554444", "321"), now).await.unwrap();
-        assert_eq!((rec.brand, rec.last4.as_str(), rec.expiry_month, rec.expiry_year), (Brand::Mastercard, "4444", Some(12), Some(2030)));
+        assert_eq!(
+            (rec.brand, rec.last4.as_str(), rec.expiry_month, rec.expiry_year),
+            (Brand::Mastercard, "4444", Some(12), Some(2030))
+        );
         let revealed = vault.reveal(&rec.token).await.unwrap();
         assert_eq!((revealed.pan.as_str(), revealed.expiry.as_str()), ("5555555555554444", "1230"));
         // The security code is released once, then gone.

@@ -85,7 +85,12 @@ pub async fn http(method: &'static str, url: &str, key: Option<&str>, body: Opti
 
 /// Fails loudly when a tool the test needs is missing, naming how to install it.
 pub fn require_tool(cmd: &str, install: &str) {
-    let found = std::process::Command::new("sh").arg("-c").arg(format!("command -v {cmd}")).output().map(|o| o.status.success()).unwrap_or(false);
+    let found = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {cmd}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     assert!(found, "`{cmd}` is not installed; this test needs it. Install with: {install}");
 }
 
