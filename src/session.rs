@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use thiserror::Error;
@@ -118,6 +119,7 @@ struct Entry {
     agent_uri: Option<String>,
     updates: broadcast::Sender<SessionUpdate>,
     call: Option<mpsc::Sender<Command>>,
+    created: Instant,
 }
 
 #[derive(Default)]
@@ -167,7 +169,7 @@ impl Sessions {
             error: None,
         };
         let (updates, _) = broadcast::channel(256);
-        self.lock().insert(id, Entry { view: view.clone(), agent_uri, updates, call: None });
+        self.lock().insert(id, Entry { view: view.clone(), agent_uri, updates, call: None, created: Instant::now() });
         view
     }
 
@@ -306,6 +308,14 @@ impl Sessions {
         }
     }
 
+    /// Forgets sessions older than `age` that have ended or never got a call: the registry
+    /// is a working set, not an archive (tokens live on in the vault).
+    pub fn forget_older_than(&self, age: Duration, now: Instant) -> usize {
+        let mut map = self.lock();
+        map.retain(|_, e| e.call.is_some() || now.saturating_duration_since(e.created) < age);
+        map.len()
+    }
+
     /// Every call attached to a session, to hang up on shutdown.
     pub fn calls(&self) -> Vec<mpsc::Sender<Command>> {
         self.lock().values().filter_map(|e| e.call.clone()).collect()
@@ -357,5 +367,8 @@ mod tests {
         assert_eq!(s.cancel(&v.id).unwrap_err(), SessionError::Final(SessionState::Cancelled));
         s.apply(&v.id, &CallEvent::Ended(crate::call::EndReason::CallerHungUp));
         assert_eq!(s.view(&v.id).unwrap().state, SessionState::Cancelled);
+        let later = Instant::now() + Duration::from_secs(7200);
+        assert_eq!(s.forget_older_than(Duration::from_secs(3600), later), 0);
+        assert!(s.view(&v.id).is_none());
     }
 }

@@ -37,6 +37,9 @@ pub enum ServerError {
     Prompts(#[from] prompts::PromptError),
 }
 
+/// How long a session without a call stays visible to the API.
+const SESSION_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
 /// Where a SIP message for a known Call-ID goes.
 #[derive(Clone)]
 struct Route {
@@ -136,11 +139,16 @@ impl Server {
             }
         }));
         let mut purge_stop = stop_rx;
+        let sessions = shared.sessions.clone();
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(10));
             loop {
                 tokio::select! {
-                    _ = tick.tick() => { vault.purge_security_codes(std::time::Instant::now()); }
+                    _ = tick.tick() => {
+                        let now = std::time::Instant::now();
+                        vault.purge_security_codes(now);
+                        sessions.forget_older_than(SESSION_RETENTION, now);
+                    }
                     _ = purge_stop.wait_for(|s| *s) => return,
                 }
             }

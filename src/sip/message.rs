@@ -128,9 +128,22 @@ pub fn parse(bytes: &[u8]) -> Result<SipMessage, MessageError> {
     }
 }
 
-/// Parser errors can quote the input; keep them to one short line.
+/// Parser errors can quote the input: keep them to one short line, and never let a run of
+/// digits long enough to be part of a card number through into a log.
 fn short(s: &str) -> String {
-    s.chars().take(120).collect()
+    let mut out = String::new();
+    let mut run = String::new();
+    for c in s.chars().take(120).chain(std::iter::once(' ')) {
+        if c.is_ascii_digit() {
+            run.push(c);
+            continue;
+        }
+        out.push_str(if run.len() >= 6 { "[digits]" } else { &run });
+        run.clear();
+        out.push(c);
+    }
+    out.pop();
+    out
 }
 
 fn common(headers: &rs::Headers, body_len: usize) -> Result<Common, MessageError> {
@@ -464,6 +477,12 @@ l: 4\r\n\r\nv=0\n";
         assert!(text.contains("Call-ID: a84b4c76e66710@pc33\r\n"));
         assert!(text.contains("Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK776asdhds;rport\r\n"));
         assert!(bad_request(b"hello", &err).is_none());
+    }
+
+    #[test]
+    fn parser_errors_hide_long_digit_runs() {
+        assert_eq!(short("bad header 4111111111111111 at 5060"), "bad header [digits] at 5060");
+        assert_eq!(short("x"), "x");
     }
 
     #[test]
