@@ -156,3 +156,70 @@ async fn a_used_session_uri_answers_like_an_unknown_one() {
     assert_eq!(v["state"], "cancelled");
     t.stop().await;
 }
+
+#[tokio::test]
+async fn shutdown_hangs_up_active_calls_with_bye() {
+    let t = TestServer::start().await;
+    let key = t.key(Role::Agent).await;
+    let agent = Agent::start().await.unwrap();
+    let (id, uri) = session(&t, &key, Some(&agent.uri)).await;
+    let sip = t.server.sip_addr;
+    let caller = tokio::spawn(async move {
+        caller::place_call(CallerOptions {
+            server: sip,
+            uri,
+            codec: Codec::Pcmu,
+            event_pt: 101,
+            steps: caller::script("41"),
+            linger: Duration::from_secs(20),
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, v) = http("GET", &format!("{}/v1/sessions/{id}", t.base), Some(&key), None).await;
+    assert_eq!(v["state"], "capturing");
+    assert_eq!(v["fields"][0]["digits"], 2);
+    assert_eq!(v["fields"][0]["masked"], "••");
+    t.server.shutdown(Duration::from_secs(5)).await;
+    let report = caller.await.unwrap().unwrap();
+    assert!(report.hung_up_by_tonewall, "the caller got a BYE on shutdown");
+    let heard = agent.finish().await.unwrap();
+    assert!(heard.hung_up, "the agent got a BYE on shutdown");
+}
+
+#[tokio::test]
+async fn websocket_shows_masked_progress_and_never_a_digit() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let t = TestServer::start().await;
+    let key = t.key(Role::Agent).await;
+    let (id, uri) = session(&t, &key, None).await;
+    let mut req = format!("ws://{}/v1/sessions/{id}/events?access_token={key}", t.server.http_addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().remove("Authorization");
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    call(&t, &uri, "378282246310005#,1230,1234", Codec::Pcmu, 101).await;
+    let mut messages = Vec::new();
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        if let Ok(text) = m.into_text().map(|t| t.to_string())
+            && !text.is_empty()
+        {
+            messages.push(text);
+        }
+    }
+    let events: Vec<String> = messages
+        .iter()
+        .map(|m| serde_json::from_str::<Value>(m).unwrap()["event"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(events.iter().filter(|e| *e == "digit").count(), 15 + 4 + 4, "{events:?}");
+    for want in ["snapshot", "call_started", "field_done", "tokenizing", "completed", "call_ended"] {
+        assert!(events.iter().any(|e| e == want), "{want} missing from {events:?}");
+    }
+    let all = messages.join("\n");
+    assert!(all.contains("•••• •••• ••• 0005"), "amex masked with last four");
+    for needle in ["378282246310005", "3782822463", "82246310005", "1234\""] {
+        assert!(!all.contains(needle), "WebSocket payload contains {needle}");
+    }
+    t.stop().await;
+}

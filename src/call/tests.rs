@@ -256,3 +256,47 @@ fn unacceptable_offer_gets_488() {
     assert_eq!(r.status(), 488);
     let _: &Response = &r;
 }
+
+#[test]
+fn a_keypress_interrupts_the_prompt() {
+    let t = crate::test_origin();
+    let mut call = Call::accept(&invite(OFFER), config(None), t).unwrap();
+    drain(&mut call);
+    call.handle_timeout(t);
+    assert!(call.bridge.is_prompting(), "the card-number prompt plays at once");
+    call.handle_rtp(t, LegId::Caller, &event_packet(1, 100, 4, false));
+    assert!(!call.bridge.is_prompting(), "the first key stops it");
+    call.handle_timeout(t + Duration::from_millis(20));
+    let mut to_caller = 0;
+    while let Some(p) = call.poll_packet() {
+        to_caller += usize::from(p.leg == LegId::Caller);
+    }
+    assert_eq!(to_caller, 1, "only the frame sent before the key");
+}
+
+#[test]
+fn sip_info_dtmf_relay_keys_count_like_rfc4733() {
+    let t = crate::test_origin();
+    let mut call = Call::accept(&invite(OFFER), config(None), t).unwrap();
+    call.handle_sip(t, LegId::Caller, caller_request(&call, "ACK", 1));
+    drain(&mut call);
+    for (i, key) in "4111111111111111#".chars().enumerate() {
+        let body = format!("Signal={key}\r\nDuration=160\r\n");
+        let text = format!(
+            "INFO sip:tonewall@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKi{i}\r\n\
+From: <sip:caller@127.0.0.1:5070>;tag=ct\r\nTo: <sip:pay-1@127.0.0.1:5060>;tag={}\r\nCall-ID: caller-1\r\nCSeq: {} INFO\r\n\
+Content-Type: application/dtmf-relay\r\nContent-Length: {}\r\n\r\n{body}",
+            call.caller_dialog.local_tag,
+            i + 2,
+            body.len()
+        );
+        call.handle_sip(t, LegId::Caller, parse(text.as_bytes()).unwrap());
+    }
+    let (sip, events) = drain(&mut call);
+    assert_eq!(sip.iter().filter(|(_, s)| s.starts_with("SIP/2.0 200 OK")).count(), 17);
+    let done = events.iter().find_map(|e| match e {
+        CallEvent::FieldDone { field: FieldName::Pan, masked } => Some(masked.clone()),
+        _ => None,
+    });
+    assert_eq!(done.as_deref(), Some("•••• •••• •••• 1111"));
+}
