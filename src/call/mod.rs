@@ -5,6 +5,7 @@
 //! happened, then drains `poll_output` (SIP to send, events), `poll_packet` (RTP to send)
 //! and sleeps until `poll_timeout`. Nothing here blocks, reads a clock or does IO.
 
+mod agent_invite;
 pub mod media;
 
 use std::collections::VecDeque;
@@ -18,10 +19,11 @@ use crate::media::g711::Codec;
 use crate::media::player::PromptAudio;
 use crate::media::telephone_event::Key;
 use crate::sip::dialog::Dialog;
-use crate::sip::message::{Method, Request, RequestBuilder, ResponseBuilder, SipMessage};
+use crate::sip::message::{Method, Request, ResponseBuilder, SipMessage};
 use crate::sip::sdp::{self, MediaParams, RemoteDescription};
 use crate::sip::transaction::{Retransmit, RetransmitStep, Timers};
 
+use agent_invite::{AgentInvite, INVITE_CSEQ};
 use media::{Bridge, CallerMedia, MediaPacket};
 
 /// Which side of the call a message or packet belongs to.
@@ -143,8 +145,7 @@ enum AgentLeg {
     /// INVITE sent; `retransmit` stops at the first provisional response.
     Inviting {
         retransmit: Option<Retransmit>,
-        invite: Vec<u8>,
-        uri: String,
+        invite: AgentInvite,
     },
     Connected {
         dialog: Dialog,
@@ -163,8 +164,6 @@ enum Capture {
     Failed,
     Cancelled,
 }
-
-const AGENT_INVITE_CSEQ: u32 = 1;
 
 pub struct Call {
     local_sip: SocketAddr,
@@ -304,19 +303,10 @@ impl Call {
         let other = if self.caller_codec == Codec::Pcmu { Codec::Pcma } else { Codec::Pcmu };
         let offer = sdp::write(self.agent_rtp, self.seed >> 2, &[self.caller_codec, other], None);
         let branch = self.next_branch();
-        let invite = RequestBuilder::new(&Method::Invite, &uri)
-            .header("Via", &format!("SIP/2.0/UDP {};branch={branch};rport", self.local_sip))
-            .header("Max-Forwards", "70")
-            .header("From", &format!("<sip:tonewall@{}>;tag={}", self.local_sip, self.agent_tag))
-            .header("To", &format!("<{uri}>"))
-            .header("Call-ID", &self.agent_call_id)
-            .header("CSeq", &format!("{AGENT_INVITE_CSEQ} INVITE"))
-            .header("Contact", &format!("<sip:tonewall@{}>", self.local_sip))
-            .body("application/sdp", offer.as_bytes())
-            .build();
-        self.send(LegId::Agent, invite.clone());
-        self.agent =
-            AgentLeg::Inviting { retransmit: Some(Retransmit::invite(invite.clone(), now, self.timers)), invite, uri };
+        let invite = AgentInvite::new(&uri, self.local_sip, &branch, &self.agent_tag, &self.agent_call_id, &offer);
+        self.send(LegId::Agent, invite.bytes().to_vec());
+        let retransmit = Some(Retransmit::invite(invite.bytes().to_vec(), now, self.timers));
+        self.agent = AgentLeg::Inviting { retransmit, invite };
     }
 
     pub fn handle_sip(&mut self, now: Instant, leg: LegId, msg: SipMessage) {
@@ -411,9 +401,9 @@ impl Call {
         match (&mut self.agent, &resp.cseq().method) {
             (AgentLeg::Inviting { retransmit, .. }, Method::Invite) if status < 200 => *retransmit = None,
             (AgentLeg::Inviting { .. }, Method::Invite) if status < 300 => {
-                let mut dialog = Dialog::uac(resp, AGENT_INVITE_CSEQ, &self.local_sip.to_string());
+                let mut dialog = Dialog::uac(resp, INVITE_CSEQ, &self.local_sip.to_string());
                 let branch = self.next_branch();
-                let ack = dialog.ack(AGENT_INVITE_CSEQ, &branch);
+                let ack = dialog.ack(INVITE_CSEQ, &branch);
                 self.send(LegId::Agent, ack.clone());
                 match RemoteDescription::parse(resp.body()) {
                     Ok(answer) => {
@@ -431,8 +421,8 @@ impl Call {
                     }
                 }
             }
-            (AgentLeg::Inviting { invite, uri, .. }, Method::Invite) => {
-                let ack = non_2xx_ack(invite, uri, resp);
+            (AgentLeg::Inviting { invite, .. }, Method::Invite) => {
+                let ack = invite.ack_non_2xx(resp.to());
                 self.send(LegId::Agent, ack);
                 self.agent = AgentLeg::Ended;
                 self.event(CallEvent::AgentUnavailable { status });
@@ -583,10 +573,8 @@ impl Call {
                 }
                 CaptureEvent::Failed { field } => {
                     self.capture = Capture::Failed;
-                    let name = serde_json::to_string(&field).unwrap_or_default();
-                    self.event(CallEvent::CaptureFailed {
-                        reason: format!("too many invalid attempts for {}", name.trim_matches('"')),
-                    });
+                    let reason = format!("too many invalid attempts for {}", field.as_str());
+                    self.event(CallEvent::CaptureFailed { reason });
                     self.finish_capture(now, None);
                 }
             }
@@ -638,12 +626,7 @@ impl Call {
                 self.send(LegId::Agent, bye.clone());
                 self.agent = AgentLeg::Ending { bye: Retransmit::non_invite(bye, now, self.timers) };
             }
-            AgentLeg::Inviting { invite, .. } => {
-                // CANCEL the pending INVITE (§9.1): same Request-URI, Call-ID, From, To,
-                // CSeq number and top Via.
-                let cancel = cancel_for(&invite);
-                self.send(LegId::Agent, cancel);
-            }
+            AgentLeg::Inviting { invite, .. } => self.send(LegId::Agent, invite.cancel()),
             other => self.agent = other,
         }
         self.bridge.set_agent(None);
@@ -671,38 +654,6 @@ fn dtmf_relay_key(req: &Request) -> Option<Key> {
         let (k, v) = l.split_once('=')?;
         if k.trim().eq_ignore_ascii_case("signal") { Key::from_char(v.trim().chars().next()?) } else { None }
     })
-}
-
-/// Headers of our own INVITE, by name, for CANCEL and non-2xx ACK.
-fn invite_header<'a>(invite: &'a [u8], name: &str) -> &'a str {
-    let text = std::str::from_utf8(invite).unwrap_or("");
-    text.split("\r\n")
-        .find_map(|l| l.split_once(": ").filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v))
-        .unwrap_or("")
-}
-
-fn cancel_for(invite: &[u8]) -> Vec<u8> {
-    let uri = std::str::from_utf8(invite).ok().and_then(|t| t.split(' ').nth(1)).unwrap_or("");
-    RequestBuilder::new(&Method::Cancel, uri)
-        .header("Via", invite_header(invite, "Via"))
-        .header("Max-Forwards", "70")
-        .header("From", invite_header(invite, "From"))
-        .header("To", invite_header(invite, "To"))
-        .header("Call-ID", invite_header(invite, "Call-ID"))
-        .header("CSeq", &format!("{AGENT_INVITE_CSEQ} CANCEL"))
-        .build()
-}
-
-/// The ACK for a non-2xx final response, inside the INVITE transaction (§17.1.1.3).
-fn non_2xx_ack(invite: &[u8], uri: &str, resp: &crate::sip::message::Response) -> Vec<u8> {
-    RequestBuilder::new(&Method::Ack, uri)
-        .header("Via", invite_header(invite, "Via"))
-        .header("Max-Forwards", "70")
-        .header("From", invite_header(invite, "From"))
-        .header("To", resp.to())
-        .header("Call-ID", invite_header(invite, "Call-ID"))
-        .header("CSeq", &format!("{AGENT_INVITE_CSEQ} ACK"))
-        .build()
 }
 
 #[cfg(test)]

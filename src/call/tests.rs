@@ -1,4 +1,5 @@
 //! Simulated-time tests of a whole `Call`: SIP on both legs, RTP, timers, capture.
+//! Compiled only under #[cfg(test)] (see `mod tests` in mod.rs).
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -25,6 +25,14 @@ pub enum FieldName {
 }
 
 impl FieldName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FieldName::Pan => "pan",
+            FieldName::Expiry => "expiry",
+            FieldName::Cvv => "cvv",
+        }
+    }
+
     /// The longest entry we buffer for this field before submitting it.
     fn max_len(self) -> usize {
         match self {
