@@ -44,13 +44,16 @@ pub fn frequencies(key: Key) -> (f32, f32) {
     (ROWS[0], COLS[0])
 }
 
-/// Peak amplitude (16-bit linear) of a sine at `dbm0` (G.711: +3.14 dBm0 is full scale).
+/// The level of a full-scale sine: +3.17 dBm0 (G.711 µ-law, Table 2 of the Recommendation).
+pub const FULL_SCALE_DBM0: f32 = 3.17;
+
+/// Peak amplitude (16-bit linear) of a sine at `dbm0`.
 pub fn dbm0_to_amplitude(dbm0: f32) -> f32 {
-    32767.0 * 10f32.powf((dbm0 - 3.14) / 20.0)
+    32767.0 * 10f32.powf((dbm0 - FULL_SCALE_DBM0) / 20.0)
 }
 
 pub fn amplitude_to_dbm0(amplitude: f32) -> f32 {
-    20.0 * (amplitude.max(1e-3) / 32767.0).log10() + 3.14
+    20.0 * (amplitude.max(1e-3) / 32767.0).log10() + FULL_SCALE_DBM0
 }
 
 /// What one analysis window holds: the strongest row and column tones, their levels, the
@@ -184,7 +187,7 @@ mod tests {
         assert_eq!(frequencies(Key::Star), (941.0, 1209.0));
         assert_eq!(frequencies(Key::Letter(b'D')), (941.0, 1633.0));
         assert!((amplitude_to_dbm0(dbm0_to_amplitude(-20.0)) + 20.0).abs() < 1e-3);
-        assert!((dbm0_to_amplitude(3.14) - 32767.0).abs() < 0.5);
+        assert!((dbm0_to_amplitude(FULL_SCALE_DBM0) - 32767.0).abs() < 0.5);
     }
 
     #[test]
