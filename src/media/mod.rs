@@ -2,6 +2,7 @@
 
 pub mod dtmf;
 pub mod g711;
+pub mod masker;
 pub mod player;
 pub mod rtp;
 pub mod telephone_event;

@@ -1,0 +1,217 @@
+//! The masker (DESIGN.md, the masking contract): caller audio bound for the agent passes
+//! through a 20 ms look-ahead; the tone-presence gate watches every sample as it enters, and
+//! when it opens, everything still in the look-ahead back to the tone's onset is replaced, as
+//! is everything until the gate closes plus a hang-over. RFC 4733 spans enter already marked.
+//! The replacement is the same for every key: silence, comfort noise, or one flat non-DTMF
+//! tone.
+
+use serde::Deserialize;
+
+use super::dtmf::signal::Noise;
+use super::dtmf::{Gate, dbm0_to_amplitude};
+
+/// The look-ahead: 20 ms at 8 kHz, the delay capture mode adds toward the agent.
+pub const LOOKAHEAD: usize = 160;
+/// How far back from the gate's opening to replace: the gate opens at most 20 ms after a
+/// tone's onset, so 24 ms covers the onset with a margin.
+const LOOKBACK: usize = 192;
+/// Replaced after the gate closes: the gate closes at most a few ms after the tone ends.
+const HANGOVER: usize = 80;
+const RING: usize = 4096;
+
+/// What the agent hears instead of a tone.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Replacement {
+    Silence,
+    ComfortNoise { dbm0: f32 },
+    FlatTone { hz: f32, dbm0: f32 },
+}
+
+impl Default for Replacement {
+    fn default() -> Self {
+        Replacement::ComfortNoise { dbm0: -65.0 }
+    }
+}
+
+pub struct Masker {
+    gate: Gate,
+    replacement: Replacement,
+    ring: Box<[i16; RING]>,
+    masked: Box<[bool; RING]>,
+    written: u64,
+    read: u64,
+    mask_until: u64,
+    noise: Noise,
+    phase: f32,
+    /// Samples replaced so far.
+    pub replaced: u64,
+}
+
+impl Masker {
+    /// Starts with the look-ahead full of silence, so output begins at once, 20 ms late.
+    pub fn new(replacement: Replacement) -> Masker {
+        Masker {
+            gate: Gate::new(),
+            replacement,
+            ring: Box::new([0; RING]),
+            masked: Box::new([false; RING]),
+            written: LOOKAHEAD as u64,
+            read: 0,
+            mask_until: 0,
+            noise: Noise::new(0x746f_6e65),
+            phase: 0.0,
+            replaced: 0,
+        }
+    }
+
+    /// Appends caller audio; `mask` marks all of it for replacement (an RFC 4733 span).
+    /// At most `RING - LOOKAHEAD` samples may wait unread.
+    pub fn push(&mut self, pcm: &[i16], mask: bool) {
+        for &s in pcm {
+            let n = self.written;
+            let i = (n % RING as u64) as usize;
+            self.ring[i] = s;
+            self.masked[i] = mask || n < self.mask_until;
+            self.written += 1;
+            if self.gate.push(s) == Some(true) {
+                let from = self.read.max((n + 1).saturating_sub(LOOKBACK as u64));
+                for m in from..=n {
+                    self.masked[(m % RING as u64) as usize] = true;
+                }
+                self.mask_until = n + 1 + HANGOVER as u64;
+            }
+        }
+    }
+
+    /// Samples past the look-ahead, ready to leave.
+    pub fn ready(&self) -> usize {
+        (self.written.saturating_sub(LOOKAHEAD as u64 + self.read)) as usize
+    }
+
+    /// Everything written and not yet read, look-ahead included (for flushing at the end).
+    pub fn buffered(&self) -> usize {
+        (self.written - self.read) as usize
+    }
+
+    /// Takes the next `out.len()` samples (at most `buffered()`), replacing marked ones.
+    pub fn pop(&mut self, out: &mut [i16]) {
+        for o in out.iter_mut() {
+            let i = (self.read % RING as u64) as usize;
+            *o = if self.masked[i] {
+                self.replaced += 1;
+                self.replacement_sample()
+            } else {
+                self.ring[i]
+            };
+            self.read += 1;
+        }
+    }
+
+    fn replacement_sample(&mut self) -> i16 {
+        match self.replacement {
+            Replacement::Silence => 0,
+            Replacement::ComfortNoise { dbm0 } => {
+                (self.noise.gaussian() * dbm0_to_amplitude(dbm0) / 2f32.sqrt()).clamp(-32768.0, 32767.0) as i16
+            }
+            Replacement::FlatTone { hz, dbm0 } => {
+                self.phase = (self.phase + 2.0 * std::f32::consts::PI * hz / 8000.0) % (2.0 * std::f32::consts::PI);
+                (dbm0_to_amplitude(dbm0) * self.phase.sin()) as i16
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::dtmf::signal::{TonePair, power_dbm0, push_silence, push_sines, push_tone, to_i16};
+    use crate::media::telephone_event::Key;
+
+    /// Runs `x` through a masker in 20 ms blocks; returns the output aligned with the input.
+    fn run(x: &[i16], r: Replacement) -> Vec<i16> {
+        let mut m = Masker::new(r);
+        let mut out = Vec::new();
+        for block in x.chunks(160) {
+            m.push(block, false);
+            let mut o = vec![0; m.ready()];
+            m.pop(&mut o);
+            out.extend(o);
+        }
+        let mut rest = vec![0; m.buffered()];
+        m.pop(&mut rest);
+        out.extend(rest);
+        out[LOOKAHEAD..].to_vec()
+    }
+
+    #[test]
+    fn replaces_a_tone_from_its_onset_to_its_end_over_speech_like_audio() {
+        for onset_ms in [100.0, 103.0, 107.5, 112.25] {
+            let mut x = Vec::new();
+            // A loud 300 Hz + 2600 Hz "voice" throughout, the tone on top of it from onset_ms.
+            push_sines(&mut x, &[(300.0, -20.0), (2600.0, -26.0)], 400.0);
+            let mut tone = Vec::new();
+            push_silence(&mut tone, onset_ms);
+            let onset = tone.len();
+            push_tone(&mut tone, TonePair::key(Key::Digit(5), -8.0), 80.0);
+            let end = tone.len();
+            crate::media::dtmf::signal::mix(&mut x, &tone, 0);
+            let out = run(&to_i16(&x), Replacement::Silence);
+            assert!(out[onset..end].iter().all(|s| *s == 0), "onset {onset_ms}: the whole tone is replaced");
+            assert!(out[..onset - LOOKBACK].iter().any(|s| *s != 0), "speech well before the tone passes");
+            assert!(out[end + HANGOVER + 64..].iter().any(|s| *s != 0), "speech after the tone passes again");
+        }
+    }
+
+    #[test]
+    fn replacement_modes_are_the_same_for_every_key() {
+        let mut outs = Vec::new();
+        for key in [Key::Digit(1), Key::Digit(0), Key::Hash] {
+            let mut x = Vec::new();
+            push_silence(&mut x, 100.0);
+            push_tone(&mut x, TonePair::key(key, -10.0), 100.0);
+            push_silence(&mut x, 100.0);
+            outs.push(run(&to_i16(&x), Replacement::FlatTone { hz: 2100.0, dbm0: -20.0 }));
+        }
+        // The spans differ by a few samples with the gate's timing; the sound is identical.
+        let trimmed: Vec<&[i16]> = outs
+            .iter()
+            .map(|o| {
+                let start = o.iter().position(|s| *s != 0).unwrap_or(0);
+                &o[start..]
+            })
+            .collect();
+        let common = trimmed.iter().map(|t| t.iter().rposition(|s| *s != 0).unwrap_or(0)).min().unwrap();
+        assert!(common > 700, "about 100 ms replaced: {common}");
+        assert!(
+            trimmed[0][..common] == trimmed[1][..common] && trimmed[1][..common] == trimmed[2][..common],
+            "same sound for 1, 0 and #"
+        );
+        let noise = run(&vec![0; 800], Replacement::ComfortNoise { dbm0: -60.0 });
+        assert!(noise.iter().all(|s| *s == 0), "nothing is replaced without a tone");
+        let mut x = Vec::new();
+        push_silence(&mut x, 100.0);
+        push_tone(&mut x, TonePair::key(Key::Digit(8), -10.0), 200.0);
+        let out = run(&to_i16(&x), Replacement::ComfortNoise { dbm0: -60.0 });
+        let lvl = power_dbm0(&out[1000..2200].iter().map(|s| f32::from(*s)).collect::<Vec<_>>());
+        assert!((lvl + 60.0).abs() < 1.5, "comfort noise at its level: {lvl}");
+    }
+
+    #[test]
+    fn forced_spans_and_the_lookahead_delay() {
+        let mut m = Masker::new(Replacement::Silence);
+        assert_eq!(m.ready(), 0);
+        m.push(&[1000; 160], false);
+        assert_eq!(m.ready(), 160);
+        let mut o = [0; 160];
+        m.pop(&mut o);
+        assert_eq!(o, [0; 160], "the first 20 ms out is the look-ahead's silence");
+        m.push(&[1000; 160], true);
+        m.pop(&mut o);
+        assert_eq!(o, [1000; 160], "the first real audio comes out 20 ms late");
+        m.push(&[1000; 160], false);
+        m.pop(&mut o);
+        assert_eq!(o, [0; 160], "the forced span is replaced");
+        assert_eq!(m.replaced, 160);
+    }
+}
