@@ -9,7 +9,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::call::Masking;
 use crate::capture::collector::CollectorConfig;
+use crate::media::masker::Replacement;
 use crate::sip::transaction::Timers;
 
 pub const DEFAULT_PATH: &str = "sip-config/tonewall.toml";
@@ -67,6 +69,10 @@ pub struct CaptureConfig {
     pub first_digit_timeout_ms: u64,
     pub max_attempts: u8,
     pub language: String,
+    /// What the agent hears instead of a keypress tone.
+    pub masking: Replacement,
+    /// Mask in-band tones for the whole call, not only during capture (adds 20 ms throughout).
+    pub mask_outside_capture: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -129,6 +135,20 @@ impl Config {
         if self.capture.language != "en" {
             return bad("capture.language", "only \"en\" prompts ship today");
         }
+        match self.capture.masking {
+            Replacement::FlatTone { hz, dbm0 }
+                if (600.0..=1700.0).contains(&hz) || !(300.0..=3400.0).contains(&hz) || dbm0 > -10.0 =>
+            {
+                return bad(
+                    "capture.masking",
+                    "a flat tone must lie in 300-600 or 1700-3400 Hz (away from DTMF) at -10 dBm0 or below",
+                );
+            }
+            Replacement::ComfortNoise { dbm0 } if dbm0 > -40.0 => {
+                return bad("capture.masking", "comfort noise must be at -40 dBm0 or below");
+            }
+            _ => {}
+        }
         if self.sip.public_host.contains(['<', '>', ' ', ';']) {
             return bad("sip.public_host", "must be host or host:port");
         }
@@ -137,6 +157,10 @@ impl Config {
 
     pub fn timers(&self) -> Timers {
         Timers { t1: Duration::from_millis(self.sip.t1_ms), t2: Duration::from_millis(self.sip.t2_ms) }
+    }
+
+    pub fn masking(&self) -> Masking {
+        Masking { replacement: self.capture.masking, always: self.capture.mask_outside_capture }
     }
 
     pub fn collector(&self) -> CollectorConfig {
@@ -172,6 +196,15 @@ mod tests {
         let wrong_type = EMBEDDED.replace("max_attempts = 3", "max_attempts = \"three\"");
         let e = Config::parse("x", &wrong_type).unwrap_err().to_string();
         assert!(e.contains("max_attempts"), "{e}");
+        let tone = EMBEDDED
+            .replace("mode = \"comfort_noise\", dbm0 = -65.0", "mode = \"flat_tone\", hz = 941.0, dbm0 = -20.0");
+        assert!(Config::parse("x", &tone).unwrap_err().to_string().contains("capture.masking"));
+        let ok_tone = EMBEDDED
+            .replace("mode = \"comfort_noise\", dbm0 = -65.0", "mode = \"flat_tone\", hz = 2100.0, dbm0 = -20.0");
+        assert_eq!(
+            Config::parse("x", &ok_tone).unwrap().capture.masking,
+            Replacement::FlatTone { hz: 2100.0, dbm0: -20.0 }
+        );
         let bad_addr = EMBEDDED.replace("listen = \"127.0.0.1:8080\"", "listen = \"nowhere\"");
         assert!(Config::parse("x", &bad_addr).unwrap_err().to_string().contains("listen"));
     }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use rtp_rs::{RtpPacketBuilder, Seq};
 use tonewall::call::media::Bridge;
 use tonewall::media::g711::Codec;
+use tonewall::media::masker::Replacement;
 use tonewall::media::telephone_event::TelephoneEvent;
 use tonewall::sip::sdp::MediaParams;
 
@@ -17,8 +18,16 @@ fn params(port: u16, codec: Codec) -> MediaParams {
 
 #[test]
 fn relaying_and_masking_make_no_allocation_per_packet() {
-    let mut bridge = Bridge::new(params(4000, Codec::Pcmu), 7);
-    bridge.set_agent(Some(params(5000, Codec::Pcma)));
+    for masked in [false, true] {
+        let mut bridge = Bridge::new(params(4000, Codec::Pcmu), 7, Replacement::ComfortNoise { dbm0: -65.0 });
+        bridge.set_agent(Some(params(5000, Codec::Pcma)));
+        // Capture mode: the masker, the gate and the strict detector run on every packet.
+        bridge.set_masking(masked, Instant::now());
+        relay_without_allocating(bridge);
+    }
+}
+
+fn relay_without_allocating(mut bridge: Bridge) {
     // Packets are built up front: the measurement covers tonewall's work only.
     let mut packets = Vec::new();
     for i in 0..500u32 {

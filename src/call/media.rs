@@ -6,33 +6,20 @@
 //! No allocation per packet: outgoing packets are written into a queue of fixed buffers
 //! reserved when the call starts.
 
-use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::media::g711::Codec;
+use crate::media::masker::Replacement;
 use crate::media::player::Player;
 use crate::media::rtp::{FRAME_SAMPLES, MAX_PACKET, OutStream, RtpReader, Source, Ssrc};
-use crate::media::telephone_event::{EventTracker, Key, TelephoneEvent};
+use crate::media::telephone_event::Key;
 use crate::sip::sdp::MediaParams;
 
 use super::LegId;
+pub use super::outbox::MediaPacket;
+use super::outbox::Outbox;
+use super::to_agent::{AgentSink, ToAgent, transcode};
 
-/// Most masking frames one event packet may produce: bounds the burst after a gap.
-const MAX_MASK_FRAMES_PER_PACKET: u32 = 3;
-/// Most frames filled into the gap an event leaves before the next audio packet.
-const MAX_GAP_FRAMES: u32 = 10;
-/// Coverage further than this from a packet (1 s) is stale: start over at the packet.
-const MAX_FILL: u32 = 8000;
 const FRAME: Duration = Duration::from_millis(20);
-
-/// One packet ready to send.
-pub struct MediaPacket {
-    pub leg: LegId,
-    pub to: SocketAddr,
-    pub len: usize,
-    pub buf: [u8; MAX_PACKET],
-}
 
 /// What a caller packet carried that the call must act on.
 #[derive(Debug, PartialEq, Eq)]
@@ -45,20 +32,11 @@ pub struct Bridge {
     caller: MediaParams,
     agent: Option<MediaParams>,
     to_caller: OutStream,
-    to_agent: OutStream,
-    events: EventTracker,
-    /// End of the caller audio already sent on (or masked) toward the agent, in the
-    /// caller's RTP timestamp space.
-    caller_covered: Option<u32>,
-    /// Whether the caller's last packet was a telephone-event.
-    after_event: bool,
+    to_agent: ToAgent,
     player: Player,
     next_prompt_frame: Option<Instant>,
     prompt_ts: u32,
-    queue: VecDeque<MediaPacket>,
-    /// Whether the queue's front was already handed out by `poll_packet`.
-    front_taken: bool,
-    free: Vec<MediaPacket>,
+    outbox: Outbox,
     pub stats: BridgeStats,
 }
 
@@ -68,38 +46,43 @@ pub struct BridgeStats {
     pub caller_packets: u64,
     pub agent_packets: u64,
     pub masked_frames: u64,
+    pub replaced_samples: u64,
     pub dropped_packets: u64,
 }
 
 impl Bridge {
-    pub fn new(caller: MediaParams, seed: u64) -> Bridge {
-        let free = (0..16)
-            .map(|_| MediaPacket { leg: LegId::Caller, to: caller.remote, len: 0, buf: [0; MAX_PACKET] })
-            .collect();
+    pub fn new(caller: MediaParams, seed: u64, replacement: Replacement) -> Bridge {
+        let to_agent_stream =
+            OutStream::new(Ssrc((seed as u32).rotate_left(16) ^ 0x5A5A_5A5A), (seed >> 48) as u16, (seed >> 8) as u32);
         Bridge {
             caller,
             agent: None,
             to_caller: OutStream::new(Ssrc(seed as u32), (seed >> 32) as u16, (seed >> 16) as u32),
-            to_agent: OutStream::new(
-                Ssrc((seed as u32).rotate_left(16) ^ 0x5A5A_5A5A),
-                (seed >> 48) as u16,
-                (seed >> 8) as u32,
-            ),
-            events: EventTracker::default(),
-            caller_covered: None,
-            after_event: false,
+            to_agent: ToAgent::new(to_agent_stream, replacement),
             player: Player::default(),
             next_prompt_frame: None,
             prompt_ts: 0,
-            queue: VecDeque::with_capacity(16),
-            front_taken: false,
-            free,
+            outbox: Outbox::new(caller.remote),
             stats: BridgeStats::default(),
         }
     }
 
     pub fn set_agent(&mut self, agent: Option<MediaParams>) {
         self.agent = agent;
+    }
+
+    fn agent_sink(&self) -> Option<AgentSink> {
+        self.agent.map(|a| AgentSink { remote: a.remote, codec: a.codec })
+    }
+
+    /// Capture mode (or "always mask"): caller audio to the agent goes through the masker.
+    pub fn set_masking(&mut self, on: bool, now: Instant) {
+        let sink = self.agent_sink();
+        self.to_agent.set_masking(on, sink, &mut self.outbox, now);
+    }
+
+    pub fn is_masking(&self) -> bool {
+        self.to_agent.is_masking()
     }
 
     pub fn player(&mut self) -> &mut Player {
@@ -122,23 +105,7 @@ impl Bridge {
     }
 
     pub fn poll_packet(&mut self) -> Option<&MediaPacket> {
-        if self.front_taken
-            && let Some(done) = self.queue.pop_front()
-        {
-            self.free.push(done);
-        }
-        // The packet handed out stays at the front (its buffer borrowed) until the next call.
-        self.front_taken = !self.queue.is_empty();
-        self.queue.front()
-    }
-
-    fn slot(&mut self) -> MediaPacket {
-        self.free.pop().unwrap_or(MediaPacket {
-            leg: LegId::Caller,
-            to: self.caller.remote,
-            len: 0,
-            buf: [0; MAX_PACKET],
-        })
+        self.outbox.poll()
     }
 
     /// Plays the next prompt frame when due.
@@ -157,109 +124,36 @@ impl Bridge {
         for (o, s) in payload.iter_mut().zip(pcm.iter()) {
             *o = codec.encode(*s);
         }
-        let mut p = self.slot();
-        p.leg = LegId::Caller;
-        p.to = self.caller.remote;
-        p.len = self.to_caller.write(&mut p.buf, Source::Local, self.prompt_ts, codec.payload_type(), &payload, now);
+        let to = self.caller.remote;
+        self.outbox.send(
+            LegId::Caller,
+            to,
+            &mut self.to_caller,
+            Source::Local,
+            self.prompt_ts,
+            codec.payload_type(),
+            &payload,
+            now,
+        );
         self.prompt_ts = self.prompt_ts.wrapping_add(FRAME_SAMPLES as u32);
-        self.queue.push_back(p);
         // Stay on a 20 ms grid, but do not burst to catch up after a stall.
         let next = due + FRAME;
         self.next_prompt_frame = Some(if next + FRAME * 5 < now { now + FRAME } else { next });
     }
 
-    /// A packet from the caller: audio is relayed to the agent; telephone-events are reported
-    /// once and replaced toward the agent by masking frames.
+    /// A packet from the caller: audio goes on to the agent (masked in capture mode);
+    /// telephone-events and in-band tones are reported once as keys and never reach the agent.
     pub fn handle_caller_packet(&mut self, packet: &[u8], now: Instant) -> CallerMedia {
         let Ok(rtp) = RtpReader::new(packet) else {
             self.stats.dropped_packets += 1;
             return CallerMedia::Nothing;
         };
         self.stats.caller_packets += 1;
-        let pt = rtp.payload_type();
-        let ts = rtp.timestamp();
-        if Some(pt) == self.caller.event_pt {
-            let Ok(ev) = TelephoneEvent::parse(rtp.payload()) else {
-                self.stats.dropped_packets += 1;
-                return CallerMedia::Nothing;
-            };
-            self.mask_toward_agent(ts, ev, Ssrc(rtp.ssrc()), now);
-            return match self.events.on_packet(ts, ev) {
-                Some(key) => CallerMedia::Key(key),
-                None => CallerMedia::Nothing,
-            };
-        }
-        if pt != self.caller.codec.payload_type() {
-            self.stats.dropped_packets += 1;
-            return CallerMedia::Nothing;
-        }
-        // Senders leave a timestamp gap after an event (its end packets are repeated past its
-        // duration): mask that gap as well, so the agent's stream has no hole at each key.
-        if std::mem::take(&mut self.after_event)
-            && let Some(c) = self.caller_covered.filter(|c| ts.wrapping_sub(*c) < MAX_FILL)
-        {
-            self.fill_masked(c, ts, MAX_GAP_FRAMES, Ssrc(rtp.ssrc()), now);
-        }
-        let payload = rtp.payload();
-        let samples = payload.len().min(MAX_PACKET - 64);
-        self.caller_covered = Some(ts.wrapping_add(samples as u32));
-        if let Some(agent) = self.agent {
-            let mut p = self.slot();
-            let mut transcoded = [0u8; MAX_PACKET];
-            let body = transcode(&payload[..samples], self.caller.codec, agent.codec, &mut transcoded);
-            p.leg = LegId::Agent;
-            p.to = agent.remote;
-            p.len = self.to_agent.write(
-                &mut p.buf,
-                Source::Relay(Ssrc(rtp.ssrc())),
-                ts,
-                agent.codec.payload_type(),
-                body,
-                now,
-            );
-            self.queue.push_back(p);
-        }
-        CallerMedia::Nothing
-    }
-
-    /// Covers the event's span, in 20 ms frames of the agent codec's silence, so the agent
-    /// hears the same thing for every key and the stream has no gap.
-    fn mask_toward_agent(&mut self, ts: u32, ev: TelephoneEvent, ssrc: Ssrc, now: Instant) {
-        self.after_event = true;
-        let end = ts.wrapping_add(u32::from(ev.duration).max(FRAME_SAMPLES as u32));
-        let start = match self.caller_covered {
-            // Trust the previous coverage only near this event; else restart at the event.
-            Some(c) if end.wrapping_sub(c) < MAX_FILL => c,
-            Some(c) if c.wrapping_sub(end) < MAX_FILL => return,
-            _ => ts,
-        };
-        self.fill_masked(start, end, MAX_MASK_FRAMES_PER_PACKET, ssrc, now);
-    }
-
-    /// Sends silence frames toward the agent from `from` until `until` (caller timestamps).
-    fn fill_masked(&mut self, from: u32, until: u32, max_frames: u32, ssrc: Ssrc, now: Instant) {
-        let Some(agent) = self.agent else { return };
-        let silence = [agent.codec.silence(); FRAME_SAMPLES];
-        let mut covered = from;
-        let mut frames = 0;
-        while (until.wrapping_sub(covered) as i32) > 0 && frames < max_frames {
-            let mut p = self.slot();
-            p.leg = LegId::Agent;
-            p.to = agent.remote;
-            p.len = self.to_agent.write(
-                &mut p.buf,
-                Source::Relay(ssrc),
-                covered,
-                agent.codec.payload_type(),
-                &silence,
-                now,
-            );
-            self.queue.push_back(p);
-            covered = covered.wrapping_add(FRAME_SAMPLES as u32);
-            frames += 1;
-            self.stats.masked_frames += 1;
-        }
-        self.caller_covered = Some(covered);
+        let sink = self.agent_sink();
+        let key = self.to_agent.handle(&rtp, &self.caller, sink, &mut self.outbox, now);
+        self.stats.masked_frames = self.to_agent.masked_frames;
+        self.stats.replaced_samples = self.stats.replaced_samples.max(self.to_agent.replaced_samples());
+        key.map_or(CallerMedia::Nothing, CallerMedia::Key)
     }
 
     /// A packet from the agent: relayed to the caller unless a prompt has the floor.
@@ -277,35 +171,28 @@ impl Bridge {
         let samples = payload.len().min(MAX_PACKET - 64);
         let mut transcoded = [0u8; MAX_PACKET];
         let body = transcode(&payload[..samples], agent.codec, self.caller.codec, &mut transcoded);
-        let mut p = self.slot();
-        p.leg = LegId::Caller;
-        p.to = self.caller.remote;
-        p.len = self.to_caller.write(
-            &mut p.buf,
+        let to = self.caller.remote;
+        let pt = self.caller.codec.payload_type();
+        self.outbox.send(
+            LegId::Caller,
+            to,
+            &mut self.to_caller,
             Source::Relay(Ssrc(rtp.ssrc())),
             rtp.timestamp(),
-            self.caller.codec.payload_type(),
+            pt,
             body,
             now,
         );
-        self.queue.push_back(p);
     }
-}
-
-fn transcode<'a>(payload: &'a [u8], from: Codec, to: Codec, scratch: &'a mut [u8]) -> &'a [u8] {
-    if from == to {
-        return payload;
-    }
-    for (o, b) in scratch.iter_mut().zip(payload) {
-        *o = to.encode(from.decode(*b));
-    }
-    &scratch[..payload.len()]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::media::g711::Codec;
+    use crate::media::telephone_event::TelephoneEvent;
     use rtp_rs::{RtpPacketBuilder, Seq};
+    use std::net::SocketAddr;
 
     fn params(port: u16, codec: Codec) -> MediaParams {
         MediaParams { remote: SocketAddr::from(([127, 0, 0, 1], port)), codec, event_pt: Some(96) }
@@ -334,7 +221,7 @@ mod tests {
     #[test]
     fn events_become_silence_toward_the_agent_with_continuous_numbering() {
         let t = crate::test_origin();
-        let mut b = Bridge::new(params(4000, Codec::Pcmu), 99);
+        let mut b = Bridge::new(params(4000, Codec::Pcmu), 99, Replacement::Silence);
         b.set_agent(Some(params(5000, Codec::Pcma)));
         let audio = [0x10u8; 160];
         let mut keys = vec![];
@@ -372,7 +259,7 @@ mod tests {
     #[test]
     fn without_an_agent_nothing_is_sent_and_keys_still_count() {
         let t = crate::test_origin();
-        let mut b = Bridge::new(params(4000, Codec::Pcmu), 1);
+        let mut b = Bridge::new(params(4000, Codec::Pcmu), 1, Replacement::Silence);
         let ev = TelephoneEvent { code: 11, end: true, volume: 10, duration: 800 }.to_bytes();
         assert_eq!(b.handle_caller_packet(&packet(96, 1, 0, &ev), t), CallerMedia::Key(Key::Hash));
         assert!(drain(&mut b).is_empty());
@@ -383,7 +270,7 @@ mod tests {
     #[test]
     fn prompts_are_paced_and_take_the_floor_from_the_agent() {
         let t = crate::test_origin();
-        let mut b = Bridge::new(params(4000, Codec::Pcmu), 1);
+        let mut b = Bridge::new(params(4000, Codec::Pcmu), 1, Replacement::Silence);
         b.set_agent(Some(params(5000, Codec::Pcmu)));
         b.player().enqueue(vec![1000i16; 400].into());
         b.kick_player(t);

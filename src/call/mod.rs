@@ -7,6 +7,8 @@
 
 mod agent_invite;
 pub mod media;
+mod outbox;
+mod to_agent;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -16,6 +18,7 @@ use std::time::Instant;
 use crate::capture::card::YearMonth;
 use crate::capture::collector::{CaptureEvent, CapturedCard, Collector, CollectorConfig, FieldName, PromptId};
 use crate::media::g711::Codec;
+use crate::media::masker::Replacement;
 use crate::media::player::PromptAudio;
 use crate::media::telephone_event::Key;
 use crate::sip::dialog::Dialog;
@@ -55,6 +58,13 @@ impl Prompts {
     }
 }
 
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Masking {
+    pub replacement: Replacement,
+    /// Keep the masker on for the whole call, not only while capturing.
+    pub always: bool,
+}
+
 pub struct CallConfig {
     /// Our SIP address, for Via and Contact.
     pub local_sip: SocketAddr,
@@ -68,6 +78,8 @@ pub struct CallConfig {
     pub today: YearMonth,
     /// Randomness from the driver: tags, branches, SSRCs and sequence starts derive from it.
     pub seed: u64,
+    /// What replaces tones toward the agent, and whether to mask outside capture too.
+    pub masking: Masking,
     pub prompts: Arc<Prompts>,
 }
 
@@ -184,6 +196,7 @@ pub struct Call {
     hangup_when_quiet: bool,
     ended: bool,
     caller_codec: Codec,
+    mask_always: bool,
 }
 
 impl Call {
@@ -229,7 +242,8 @@ impl Call {
             agent_call_id: format!("{:x}-agent@tonewall", cfg.seed),
             agent_tag: format!("twa{:x}", cfg.seed.rotate_left(32)),
             capture: Capture::Collecting(Box::new(Collector::new(cfg.fields, cfg.collector, cfg.today, now))),
-            bridge: Bridge::new(params, cfg.seed),
+            bridge: Bridge::new(params, cfg.seed, cfg.masking.replacement),
+            mask_always: cfg.masking.always,
             outputs,
             branches: 0,
             hangup_when_quiet: false,
@@ -239,6 +253,7 @@ impl Call {
         if let Some(uri) = cfg.agent_uri {
             call.dial_agent(uri, now);
         }
+        call.bridge.set_masking(true, now);
         call.drain_capture(now);
         Ok(call)
     }
@@ -584,6 +599,9 @@ impl Call {
     /// After capture ends: play a closing prompt if any, then stay bridged to the agent or,
     /// without one, hang up once the prompt has played.
     fn finish_capture(&mut self, now: Instant, prompt: Option<PromptId>) {
+        if !self.mask_always {
+            self.bridge.set_masking(false, now);
+        }
         if let Some(id) = prompt {
             let audio = self.prompts.audio(id);
             self.bridge.player().enqueue(audio);

@@ -50,6 +50,7 @@ fn config(agent: Option<&str>) -> CallConfig {
         today: YearMonth { year: 2026, month: 11 },
         seed: 0xfeed,
         prompts: prompts(),
+        masking: Masking { replacement: crate::media::masker::Replacement::Silence, always: false },
     }
 }
 

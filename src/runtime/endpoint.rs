@@ -108,6 +108,7 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, from: SocketAddr) {
         timers: shared.config.timers(),
         today: current_month(),
         seed: rand::random(),
+        masking: shared.config.masking(),
         prompts: shared.prompts.clone(),
     };
     let call = match Call::accept(invite, cfg, Instant::now()) {

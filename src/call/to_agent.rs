@@ -1,0 +1,290 @@
+//! The caller → agent media path. Two modes:
+//!
+//! - Direct (outside capture): caller audio is relayed as it arrives, with no added delay;
+//!   RFC 4733 packets are still never forwarded: their span becomes silence frames.
+//! - Masked (capture, or "always mask"): caller audio is decoded and passes through the
+//!   masker's 20 ms look-ahead, where the tone-presence gate replaces in-band tones from
+//!   their onset; RFC 4733 spans enter the masker already marked; the strict detector reads
+//!   keys from the audio. The agent gets the masker's output, re-encoded in its codec.
+//!
+//! Either way the agent's stream keeps continuous sequence numbers and timestamps
+//! (RFC 3550 §5.1): gaps a sender leaves after an event are filled, and switching modes
+//! neither repeats nor skips a timestamp (switching on inserts 20 ms, off drops 20 ms).
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::LegId;
+use super::outbox::Outbox;
+use crate::media::dtmf::Detector;
+use crate::media::g711::Codec;
+use crate::media::masker::{LOOKAHEAD, Masker, Replacement};
+use crate::media::rtp::{FRAME_SAMPLES, MAX_PACKET, OutStream, RtpReader, Source, Ssrc};
+use crate::media::telephone_event::{EventTracker, Key, TelephoneEvent};
+use crate::sip::sdp::MediaParams;
+
+/// Most frames one event packet may cover: bounds the burst after a gap.
+const MAX_FRAMES_PER_EVENT_PACKET: u32 = 3;
+/// Most frames filled into the gap an event leaves before the next audio packet.
+const MAX_GAP_FRAMES: u32 = 10;
+/// Coverage further than this from a packet (1 s) is stale: start over at the packet.
+const MAX_FILL: u32 = 8000;
+/// An in-band copy of an RFC 4733 key (or the reverse) within this many samples (500 ms)
+/// is the same keypress.
+const SAME_KEY_WINDOW: u32 = 4000;
+const ZEROS: [i16; FRAME_SAMPLES] = [0; FRAME_SAMPLES];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Event,
+    InBand,
+}
+
+struct Masking {
+    masker: Masker,
+    detector: Detector,
+    /// Output timestamp (caller clock) of the next frame to the agent.
+    out_ts: Option<u32>,
+}
+
+/// Where the agent's audio goes and in which codec.
+#[derive(Clone, Copy)]
+pub struct AgentSink {
+    pub remote: SocketAddr,
+    pub codec: Codec,
+}
+
+pub struct ToAgent {
+    stream: OutStream,
+    events: EventTracker,
+    /// End of the caller audio already accounted for, in the caller's timestamp space.
+    covered: Option<u32>,
+    after_event: bool,
+    ssrc: Ssrc,
+    masking: Option<Masking>,
+    replacement: Replacement,
+    last_key: Option<(Key, u32, Origin)>,
+    pub masked_frames: u64,
+}
+
+impl ToAgent {
+    pub fn new(stream: OutStream, replacement: Replacement) -> ToAgent {
+        ToAgent {
+            stream,
+            events: EventTracker::default(),
+            covered: None,
+            after_event: false,
+            ssrc: Ssrc(0),
+            masking: None,
+            replacement,
+            last_key: None,
+            masked_frames: 0,
+        }
+    }
+
+    pub fn is_masking(&self) -> bool {
+        self.masking.is_some()
+    }
+
+    /// Samples the masker has replaced so far (0 outside masked mode).
+    pub fn replaced_samples(&self) -> u64 {
+        self.masking.as_ref().map_or(0, |m| m.masker.replaced)
+    }
+
+    pub fn set_masking(&mut self, on: bool, agent: Option<AgentSink>, out: &mut Outbox, now: Instant) {
+        match (on, self.masking.take()) {
+            (true, None) => {
+                self.masking = Some(Masking {
+                    masker: Masker::new(self.replacement),
+                    detector: Detector::new(),
+                    out_ts: self.covered,
+                })
+            }
+            (false, Some(mut m)) => {
+                // Send what is past the look-ahead; the newest 20 ms are dropped, which
+                // takes the added delay back out.
+                let keep = m.masker.buffered().saturating_sub(LOOKAHEAD);
+                self.drain(&mut m, keep, agent, out, now);
+            }
+            (_, m) => self.masking = m,
+        }
+    }
+
+    /// Handles one caller packet; returns a key if it completed one.
+    pub fn handle(
+        &mut self,
+        rtp: &RtpReader,
+        caller: &MediaParams,
+        agent: Option<AgentSink>,
+        out: &mut Outbox,
+        now: Instant,
+    ) -> Option<Key> {
+        let ts = rtp.timestamp();
+        self.ssrc = Ssrc(rtp.ssrc());
+        if Some(rtp.payload_type()) == caller.event_pt {
+            let ev = TelephoneEvent::parse(rtp.payload()).ok()?;
+            let key = self.events.on_packet(ts, ev).and_then(|k| self.dedupe(k, Origin::Event, ts));
+            let end = ts.wrapping_add(u32::from(ev.duration).max(FRAME_SAMPLES as u32));
+            let start = match self.covered {
+                Some(c) if end.wrapping_sub(c) < MAX_FILL => c,
+                Some(c) if c.wrapping_sub(end) < MAX_FILL => return key, // already covered
+                _ => ts,
+            };
+            self.after_event = true;
+            self.fill(start, end, MAX_FRAMES_PER_EVENT_PACKET, true, agent, out, now);
+            return key;
+        }
+        if rtp.payload_type() != caller.codec.payload_type() {
+            return None;
+        }
+        let payload = rtp.payload();
+        let payload = &payload[..payload.len().min(MAX_PACKET - 64)];
+        if let Some(c) = self.covered.filter(|c| ts.wrapping_sub(*c) < MAX_FILL) {
+            // A sender's gap after an event is masked; in masked mode any other gap is filled
+            // with silence so the look-ahead stays aligned with the caller's clock.
+            let after_event = std::mem::take(&mut self.after_event);
+            if after_event || self.masking.is_some() {
+                self.fill(c, ts, MAX_GAP_FRAMES, after_event, agent, out, now);
+            }
+        }
+        self.after_event = false;
+        let key = self.audio(ts, payload, caller.codec, agent, out, now);
+        key.and_then(|k| self.dedupe(k, Origin::InBand, ts))
+    }
+
+    /// Covers `[from, until)` (at most `max_frames`), masked or as silence.
+    #[allow(clippy::too_many_arguments)]
+    fn fill(
+        &mut self,
+        from: u32,
+        until: u32,
+        max_frames: u32,
+        masked: bool,
+        agent: Option<AgentSink>,
+        out: &mut Outbox,
+        now: Instant,
+    ) {
+        let mut at = from;
+        let mut frames = 0;
+        while (until.wrapping_sub(at) as i32) > 0 && frames < max_frames {
+            let n = (until.wrapping_sub(at) as usize).min(FRAME_SAMPLES);
+            if let Some(mut m) = self.masking.take() {
+                m.out_ts.get_or_insert(at);
+                m.masker.push(&ZEROS[..n], masked);
+                let ready = m.masker.ready();
+                self.drain(&mut m, ready, agent, out, now);
+                self.masking = Some(m);
+            } else if let Some(a) = agent {
+                // Direct mode: whole silence frames in the agent's codec.
+                let silence = [a.codec.silence(); FRAME_SAMPLES];
+                out.send(
+                    LegId::Agent,
+                    a.remote,
+                    &mut self.stream,
+                    Source::Relay(self.ssrc),
+                    at,
+                    a.codec.payload_type(),
+                    &silence,
+                    now,
+                );
+            }
+            self.masked_frames += u64::from(masked);
+            at = at.wrapping_add(if self.masking.is_some() { n as u32 } else { FRAME_SAMPLES as u32 });
+            frames += 1;
+        }
+        self.covered = Some(at);
+    }
+
+    /// One audio packet: through the masker, or straight on.
+    fn audio(
+        &mut self,
+        ts: u32,
+        payload: &[u8],
+        codec: Codec,
+        agent: Option<AgentSink>,
+        out: &mut Outbox,
+        now: Instant,
+    ) -> Option<Key> {
+        self.covered = Some(ts.wrapping_add(payload.len() as u32));
+        let Some(mut m) = self.masking.take() else {
+            if let Some(a) = agent {
+                let mut scratch = [0u8; MAX_PACKET];
+                let body = transcode(payload, codec, a.codec, &mut scratch);
+                out.send(
+                    LegId::Agent,
+                    a.remote,
+                    &mut self.stream,
+                    Source::Relay(self.ssrc),
+                    ts,
+                    a.codec.payload_type(),
+                    body,
+                    now,
+                );
+            }
+            return None;
+        };
+        m.out_ts.get_or_insert(ts);
+        let mut pcm = [0i16; MAX_PACKET];
+        let pcm = &mut pcm[..payload.len()];
+        for (o, b) in pcm.iter_mut().zip(payload) {
+            *o = codec.decode(*b);
+        }
+        let key = m.detector.process(pcm).map(|d| d.key);
+        m.masker.push(pcm, false);
+        let ready = m.masker.ready();
+        self.drain(&mut m, ready, agent, out, now);
+        self.masking = Some(m);
+        key
+    }
+
+    /// Sends `count` samples out of the masker in whole 20 ms frames.
+    fn drain(&mut self, m: &mut Masking, count: usize, agent: Option<AgentSink>, out: &mut Outbox, now: Instant) {
+        let mut left = count;
+        while left >= FRAME_SAMPLES {
+            let mut pcm = [0i16; FRAME_SAMPLES];
+            m.masker.pop(&mut pcm);
+            left -= FRAME_SAMPLES;
+            let ts = m.out_ts.unwrap_or(0);
+            m.out_ts = Some(ts.wrapping_add(FRAME_SAMPLES as u32));
+            if let Some(a) = agent {
+                let mut payload = [0u8; FRAME_SAMPLES];
+                for (o, s) in payload.iter_mut().zip(pcm.iter()) {
+                    *o = a.codec.encode(*s);
+                }
+                out.send(
+                    LegId::Agent,
+                    a.remote,
+                    &mut self.stream,
+                    Source::Relay(self.ssrc),
+                    ts,
+                    a.codec.payload_type(),
+                    &payload,
+                    now,
+                );
+            }
+        }
+    }
+
+    /// A key unless it is the other path's copy of the key just reported.
+    fn dedupe(&mut self, key: Key, origin: Origin, ts: u32) -> Option<Key> {
+        if let Some((k, at, o)) = self.last_key
+            && k == key
+            && o != origin
+            && ts.wrapping_sub(at).min(at.wrapping_sub(ts)) < SAME_KEY_WINDOW
+        {
+            return None;
+        }
+        self.last_key = Some((key, ts, origin));
+        Some(key)
+    }
+}
+
+pub(super) fn transcode<'a>(payload: &'a [u8], from: Codec, to: Codec, scratch: &'a mut [u8]) -> &'a [u8] {
+    if from == to {
+        return payload;
+    }
+    for (o, b) in scratch.iter_mut().zip(payload) {
+        *o = to.encode(from.decode(*b));
+    }
+    &scratch[..payload.len()]
+}
