@@ -13,7 +13,6 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::api::auth::{self, Role};
 use crate::config::Config;
-use crate::media::g711::Codec;
 use crate::runtime::Server;
 use crate::softphone::agent::{Agent, AgentReport};
 use crate::softphone::caller::{self, CallerOptions};
@@ -72,15 +71,7 @@ async fn drive(server: &Server, data_dir: &Path) -> anyhow::Result<DemoOutcome> 
     });
 
     println!("caller     dialling {transfer_uri}, keying the card by RFC 4733");
-    let report = caller::place_call(CallerOptions {
-        server: server.sip_addr,
-        uri: transfer_uri,
-        codec: Codec::Pcmu,
-        event_pt: 101,
-        steps: caller::script(KEYPAD),
-        linger: Duration::from_secs(4),
-    })
-    .await?;
+    let report = caller::place_call(CallerOptions::new(server.sip_addr, &transfer_uri, KEYPAD)).await?;
     println!(
         "caller     answered={} keys sent={} packets heard={} (prompts and the agent's voice)",
         report.answered, report.keys_sent, report.packets_heard

@@ -25,12 +25,10 @@ async fn session(t: &TestServer, key: &str, agent_uri: Option<&str>) -> (String,
 
 async fn call(t: &TestServer, uri: &str, keypad: &str, codec: Codec, event_pt: u8) -> CallerReport {
     caller::place_call(CallerOptions {
-        server: t.server.sip_addr,
-        uri: uri.to_string(),
         codec,
         event_pt,
-        steps: caller::script(keypad),
         linger: Duration::from_secs(6),
+        ..CallerOptions::new(t.server.sip_addr, uri, keypad)
     })
     .await
     .expect("call placed")
@@ -165,15 +163,8 @@ async fn shutdown_hangs_up_active_calls_with_bye() {
     let (id, uri) = session(&t, &key, Some(&agent.uri)).await;
     let sip = t.server.sip_addr;
     let caller = tokio::spawn(async move {
-        caller::place_call(CallerOptions {
-            server: sip,
-            uri,
-            codec: Codec::Pcmu,
-            event_pt: 101,
-            steps: caller::script("41"),
-            linger: Duration::from_secs(20),
-        })
-        .await
+        caller::place_call(CallerOptions { linger: Duration::from_secs(20), ..CallerOptions::new(sip, &uri, "41") })
+            .await
     });
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (_, v) = http("GET", &format!("{}/v1/sessions/{id}", t.base), Some(&key), None).await;

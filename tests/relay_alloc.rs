@@ -22,7 +22,7 @@ fn relaying_and_masking_make_no_allocation_per_packet() {
         let mut bridge = Bridge::new(params(4000, Codec::Pcmu), 7, Replacement::ComfortNoise { dbm0: -65.0 });
         bridge.set_agent(Some(params(5000, Codec::Pcma)));
         // Capture mode: the masker, the gate and the strict detector run on every packet.
-        bridge.set_masking(masked, Instant::now());
+        bridge.set_masking(masked);
         relay_without_allocating(bridge);
     }
 }

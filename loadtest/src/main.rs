@@ -13,7 +13,6 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tonewall::api::auth::{self, Role};
 use tonewall::config::Config;
-use tonewall::media::g711::Codec;
 use tonewall::runtime::Server;
 use tonewall::softphone::agent::Agent;
 use tonewall::softphone::caller::{self, CallerOptions};
@@ -115,15 +114,9 @@ async fn one_call(
     let created = post(&format!("{base}/v1/sessions"), key, body).await?;
     let id = created["id"].as_str().context("id")?.to_string();
     let uri = created["transfer_uri"].as_str().context("uri")?.to_string();
-    caller::place_call(CallerOptions {
-        server: sip,
-        uri,
-        codec: Codec::Pcmu,
-        event_pt: 101,
-        steps: caller::script(&format!("{pan}#,1230,{cvv}")),
-        linger: Duration::from_secs(3),
-    })
-    .await?;
+    let keypad = format!("{pan}#,1230,{cvv}");
+    caller::place_call(CallerOptions { linger: Duration::from_secs(3), ..CallerOptions::new(sip, &uri, &keypad) })
+        .await?;
     let session = get(&format!("{base}/v1/sessions/{id}"), key).await?;
     let heard = agent.finish().await?;
     Ok((session, heard.non_audio_packets, heard.sequence_gaps + heard.timestamp_jumps))

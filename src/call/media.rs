@@ -76,9 +76,9 @@ impl Bridge {
     }
 
     /// Capture mode (or "always mask"): caller audio to the agent goes through the masker.
-    pub fn set_masking(&mut self, on: bool, now: Instant) {
-        let sink = self.agent_sink();
-        self.to_agent.set_masking(on, sink, &mut self.outbox, now);
+    /// Switching off waits until the caller has been quiet for 500 ms.
+    pub fn set_masking(&mut self, on: bool) {
+        self.to_agent.set_masking(on);
     }
 
     pub fn is_masking(&self) -> bool {

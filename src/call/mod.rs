@@ -253,7 +253,7 @@ impl Call {
         if let Some(uri) = cfg.agent_uri {
             call.dial_agent(uri, now);
         }
-        call.bridge.set_masking(true, now);
+        call.bridge.set_masking(true);
         call.drain_capture(now);
         Ok(call)
     }
@@ -600,7 +600,7 @@ impl Call {
     /// without one, hang up once the prompt has played.
     fn finish_capture(&mut self, now: Instant, prompt: Option<PromptId>) {
         if !self.mask_always {
-            self.bridge.set_masking(false, now);
+            self.bridge.set_masking(false);
         }
         if let Some(id) = prompt {
             let audio = self.prompts.audio(id);

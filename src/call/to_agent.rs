@@ -33,6 +33,9 @@ const MAX_FILL: u32 = 8000;
 /// is the same keypress.
 const SAME_KEY_WINDOW: u32 = 4000;
 const ZEROS: [i16; FRAME_SAMPLES] = [0; FRAME_SAMPLES];
+/// Masking ends only after this many samples (500 ms) without a tone or event, so the tail
+/// of the key that completed the capture is not let through.
+const QUIET_BEFORE_RELEASE: u64 = 4000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Origin {
@@ -45,6 +48,8 @@ struct Masking {
     detector: Detector,
     /// Output timestamp (caller clock) of the next frame to the agent.
     out_ts: Option<u32>,
+    /// The last 20 ms decoded: repeated over a lost packet, so a tone is not cut in two.
+    last: [i16; FRAME_SAMPLES],
 }
 
 /// Where the agent's audio goes and in which codec.
@@ -62,6 +67,8 @@ pub struct ToAgent {
     after_event: bool,
     ssrc: Ssrc,
     masking: Option<Masking>,
+    /// Masking was asked to end and will once the caller is quiet.
+    release_pending: bool,
     replacement: Replacement,
     last_key: Option<(Key, u32, Origin)>,
     pub masked_frames: u64,
@@ -76,6 +83,7 @@ impl ToAgent {
             after_event: false,
             ssrc: Ssrc(0),
             masking: None,
+            release_pending: false,
             replacement,
             last_key: None,
             masked_frames: 0,
@@ -91,22 +99,26 @@ impl ToAgent {
         self.masking.as_ref().map_or(0, |m| m.masker.replaced)
     }
 
-    pub fn set_masking(&mut self, on: bool, agent: Option<AgentSink>, out: &mut Outbox, now: Instant) {
-        match (on, self.masking.take()) {
-            (true, None) => {
-                self.masking = Some(Masking {
-                    masker: Masker::new(self.replacement),
-                    detector: Detector::new(),
-                    out_ts: self.covered,
-                })
-            }
-            (false, Some(mut m)) => {
-                // Send what is past the look-ahead; the newest 20 ms are dropped, which
-                // takes the added delay back out.
-                let keep = m.masker.buffered().saturating_sub(LOOKAHEAD);
-                self.drain(&mut m, keep, agent, out, now);
-            }
-            (_, m) => self.masking = m,
+    /// Turns masking on at once; off once the caller has been quiet for 500 ms.
+    pub fn set_masking(&mut self, on: bool) {
+        self.release_pending = !on;
+        if on && self.masking.is_none() {
+            self.masking = Some(Masking {
+                masker: Masker::new(self.replacement),
+                detector: Detector::new(),
+                out_ts: self.covered,
+                last: [0; FRAME_SAMPLES],
+            });
+        }
+    }
+
+    /// Ends masking now: what is past the look-ahead is sent, the newest 20 ms are dropped,
+    /// which takes the added delay back out.
+    fn release(&mut self, agent: Option<AgentSink>, out: &mut Outbox, now: Instant) {
+        self.release_pending = false;
+        if let Some(mut m) = self.masking.take() {
+            let keep = m.masker.buffered().saturating_sub(LOOKAHEAD);
+            self.drain(&mut m, keep, agent, out, now);
         }
     }
 
@@ -139,6 +151,10 @@ impl ToAgent {
         }
         let payload = rtp.payload();
         let payload = &payload[..payload.len().min(MAX_PACKET - 64)];
+        if self.covered.is_some_and(|c| c.wrapping_sub(ts).wrapping_sub(1) < MAX_FILL) {
+            // Late (reordered) or already covered by an event's span: the stream has moved on.
+            return None;
+        }
         if let Some(c) = self.covered.filter(|c| ts.wrapping_sub(*c) < MAX_FILL) {
             // A sender's gap after an event is masked; in masked mode any other gap is filled
             // with silence so the look-ahead stays aligned with the caller's clock.
@@ -149,6 +165,9 @@ impl ToAgent {
         }
         self.after_event = false;
         let key = self.audio(ts, payload, caller.codec, agent, out, now);
+        if self.release_pending && self.masking.as_ref().is_some_and(|m| m.masker.quiet_for() >= QUIET_BEFORE_RELEASE) {
+            self.release(agent, out, now);
+        }
         key.and_then(|k| self.dedupe(k, Origin::InBand, ts))
     }
 
@@ -170,7 +189,9 @@ impl ToAgent {
             let n = (until.wrapping_sub(at) as usize).min(FRAME_SAMPLES);
             if let Some(mut m) = self.masking.take() {
                 m.out_ts.get_or_insert(at);
-                m.masker.push(&ZEROS[..n], masked);
+                // A lost packet is concealed with the last one; an event's span is replaced.
+                let fill = if masked { ZEROS } else { m.last };
+                m.masker.push(&fill[..n], masked);
                 let ready = m.masker.ready();
                 self.drain(&mut m, ready, agent, out, now);
                 self.masking = Some(m);
@@ -231,6 +252,9 @@ impl ToAgent {
         }
         let key = m.detector.process(pcm).map(|d| d.key);
         m.masker.push(pcm, false);
+        if pcm.len() >= FRAME_SAMPLES {
+            m.last.copy_from_slice(&pcm[pcm.len() - FRAME_SAMPLES..]);
+        }
         let ready = m.masker.ready();
         self.drain(&mut m, ready, agent, out, now);
         self.masking = Some(m);

@@ -44,6 +44,8 @@ pub struct Masker {
     mask_until: u64,
     noise: Noise,
     phase: f32,
+    /// Index of the sample after the last one marked for replacement.
+    last_marked: u64,
     /// Samples replaced so far.
     pub replaced: u64,
 }
@@ -61,6 +63,7 @@ impl Masker {
             mask_until: 0,
             noise: Noise::new(0x746f_6e65),
             phase: 0.0,
+            last_marked: 0,
             replaced: 0,
         }
     }
@@ -73,6 +76,9 @@ impl Masker {
             let i = (n % RING as u64) as usize;
             self.ring[i] = s;
             self.masked[i] = mask || n < self.mask_until;
+            if self.masked[i] {
+                self.last_marked = n + 1;
+            }
             self.written += 1;
             if self.gate.push(s) == Some(true) {
                 let from = self.read.max((n + 1).saturating_sub(LOOKBACK as u64));
@@ -80,8 +86,14 @@ impl Masker {
                     self.masked[(m % RING as u64) as usize] = true;
                 }
                 self.mask_until = n + 1 + HANGOVER as u64;
+                self.last_marked = n + 1;
             }
         }
+    }
+
+    /// Samples written since the last one marked for replacement.
+    pub fn quiet_for(&self) -> u64 {
+        self.written - self.last_marked
     }
 
     /// Samples past the look-ahead, ready to leave.

@@ -78,7 +78,8 @@ impl Noise {
         Noise(seed.max(1))
     }
 
-    fn uniform(&mut self) -> f32 {
+    /// Uniform in (0, 1).
+    pub fn uniform(&mut self) -> f32 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
