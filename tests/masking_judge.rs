@@ -1,8 +1,8 @@
 //! The masking contract judged by a detector that is not ours: multimon-ng (Debian
 //! `multimon-ng`) listens to everything the agent heard during whole calls on loopback and
 //! must find no digit, whether the caller keys by RFC 4733, in-band, both at once, over
-//! speech, or through a link with 5% loss and 20 ms jitter. Each call must still capture the
-//! card right.
+//! speech, or through a link with 5% loss and 20 ms jitter; without speech, no DTMF frequency
+//! may reach −55 dBm0 in any 20 ms of it. Each call must still capture the card right.
 
 mod common;
 
@@ -53,6 +53,30 @@ fn the_judge_hears_digits_in_unmasked_tones() {
     assert_eq!(multimon_digits(&to_i16(&x)), "5551#");
 }
 
+/// The loudest level, in dBm0, of any DTMF frequency over any 20 ms block (Hann window):
+/// an independent measure of what is left of the tones.
+fn dtmf_band_peak_dbm0(pcm: &[i16]) -> f32 {
+    let freqs = [697.0f32, 770.0, 852.0, 941.0, 1209.0, 1336.0, 1477.0, 1633.0];
+    let n = 160;
+    let mut peak = f32::MIN;
+    for block in pcm.chunks_exact(n) {
+        for f in freqs {
+            let (mut re, mut im) = (0.0f32, 0.0f32);
+            for (i, s) in block.iter().enumerate() {
+                let w = 0.5 - 0.5 * (2.0 * std::f32::consts::PI * i as f32 / n as f32).cos();
+                let ph = 2.0 * std::f32::consts::PI * f * i as f32 / 8000.0;
+                re += w * f32::from(*s) * ph.cos();
+                im -= w * f32::from(*s) * ph.sin();
+            }
+            // Amplitude of the sine at f (Hann gain N/4), against a 0 dBm0 sine.
+            let amplitude = (re * re + im * im).sqrt() * 4.0 / n as f32;
+            let dbm0 = 20.0 * (amplitude.max(1e-3) / tonewall::media::dtmf::dbm0_to_amplitude(0.0)).log10();
+            peak = peak.max(dbm0);
+        }
+    }
+    peak
+}
+
 /// Speech under the keys, about −22 dBm0: one of tonewall's own prompts, looped.
 fn speech() -> Arc<[i16]> {
     let prompts = tonewall::runtime::prompts::english().unwrap();
@@ -91,6 +115,11 @@ async fn judged_call(keying: Keying, background: bool, loss_percent: u8, jitter_
     assert_eq!(heard.non_audio_packets, 0, "{case}");
     let digits = multimon_digits(&heard.audio);
     assert_eq!(digits, "", "{case}: the judge heard digits on the agent leg");
+    if !background {
+        // Without speech, everything at the DTMF frequencies would be what is left of a tone.
+        let peak = dtmf_band_peak_dbm0(&heard.audio);
+        assert!(peak < -55.0, "{case}: {peak:.1} dBm0 at a DTMF frequency on the agent leg");
+    }
     t.stop().await;
 }
 

@@ -661,17 +661,19 @@ impl Call {
     }
 }
 
-/// The key in a SIP INFO `application/dtmf-relay` body (`Signal=5`).
+/// The key in a SIP INFO body: `application/dtmf-relay` (`Signal=5`, with a `Duration`
+/// line) or `application/dtmf` (the key alone).
 fn dtmf_relay_key(req: &Request) -> Option<Key> {
-    let ct = req.header("Content-Type")?;
-    if !ct.trim().eq_ignore_ascii_case("application/dtmf-relay") {
-        return None;
-    }
+    let ct = req.header("Content-Type")?.trim().to_ascii_lowercase();
     let body = std::str::from_utf8(req.body()).ok()?;
-    body.lines().find_map(|l| {
-        let (k, v) = l.split_once('=')?;
-        if k.trim().eq_ignore_ascii_case("signal") { Key::from_char(v.trim().chars().next()?) } else { None }
-    })
+    match ct.as_str() {
+        "application/dtmf-relay" => body.lines().find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            if k.trim().eq_ignore_ascii_case("signal") { Key::from_char(v.trim().chars().next()?) } else { None }
+        }),
+        "application/dtmf" => Key::from_char(body.trim().chars().next()?),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

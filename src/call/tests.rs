@@ -283,11 +283,16 @@ fn sip_info_dtmf_relay_keys_count_like_rfc4733() {
     call.handle_sip(t, LegId::Caller, caller_request(&call, "ACK", 1));
     drain(&mut call);
     for (i, key) in "4111111111111111#".chars().enumerate() {
-        let body = format!("Signal={key}\r\nDuration=160\r\n");
+        // Alternate the two INFO formats phones use.
+        let (ct, body) = if i % 2 == 0 {
+            ("application/dtmf-relay", format!("Signal={key}\r\nDuration=160\r\n"))
+        } else {
+            ("application/dtmf", format!("{key}\r\n"))
+        };
         let text = format!(
             "INFO sip:tonewall@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKi{i}\r\n\
 From: <sip:caller@127.0.0.1:5070>;tag=ct\r\nTo: <sip:pay-1@127.0.0.1:5060>;tag={}\r\nCall-ID: caller-1\r\nCSeq: {} INFO\r\n\
-Content-Type: application/dtmf-relay\r\nContent-Length: {}\r\n\r\n{body}",
+Content-Type: {ct}\r\nContent-Length: {}\r\n\r\n{body}",
             call.caller_dialog.local_tag,
             i + 2,
             body.len()

@@ -84,20 +84,37 @@ impl TelephoneEvent {
 }
 
 /// Reports each event once, at the first packet seen of it (a lost start packet only delays
-/// the report to the next update or end packet).
+/// the report to the next update or end packet). Remembers recent events, so a packet of an
+/// earlier key that arrives late (reordering) is not a new key, and treats the segments of a
+/// long event (RFC 4733 §2.5.1.3: a new timestamp each time the 16-bit duration would
+/// overflow) as the one key they are.
 #[derive(Debug, Default)]
 pub struct EventTracker {
-    last: Option<(u32, u8)>,
+    recent: [Option<Seen>; 8],
+    next: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    ts: u32,
+    code: u8,
+    duration: u16,
+    ended: bool,
 }
 
 impl EventTracker {
     pub fn on_packet(&mut self, rtp_timestamp: u32, ev: TelephoneEvent) -> Option<Key> {
-        let id = (rtp_timestamp, ev.code);
-        if self.last == Some(id) {
+        if let Some(seen) = self.recent.iter_mut().flatten().find(|s| s.ts == rtp_timestamp && s.code == ev.code) {
+            seen.duration = seen.duration.max(ev.duration);
+            seen.ended |= ev.end;
             return None;
         }
-        self.last = Some(id);
-        Key::from_event_code(ev.code)
+        let continues = self.recent.iter().flatten().any(|s| {
+            s.code == ev.code && !s.ended && rtp_timestamp.wrapping_sub(s.ts) == u32::from(s.duration) && s.duration > 0
+        });
+        self.recent[self.next] = Some(Seen { ts: rtp_timestamp, code: ev.code, duration: ev.duration, ended: ev.end });
+        self.next = (self.next + 1) % self.recent.len();
+        if continues { None } else { Key::from_event_code(ev.code) }
     }
 }
 
@@ -147,5 +164,24 @@ mod tests {
             got.extend(t.on_packet(ts, ev));
         }
         assert_eq!(got, vec![Key::Digit(1), Key::Digit(1)]);
+    }
+
+    #[test]
+    fn late_packets_of_an_earlier_key_and_long_event_segments_are_not_new_keys() {
+        let mut t = EventTracker::default();
+        let ev = |code, end, duration| TelephoneEvent { code, end, volume: 10, duration };
+        let mut got = vec![];
+        got.extend(t.on_packet(1000, ev(3, false, 160)));
+        got.extend(t.on_packet(3000, ev(4, false, 160)));
+        got.extend(t.on_packet(1000, ev(3, true, 800))); // reordered end of the first key
+        got.extend(t.on_packet(3000, ev(4, true, 800)));
+        assert_eq!(got, vec![Key::Digit(3), Key::Digit(4)]);
+        // A 10 s '#': a 65535-sample segment, then one starting where it ended.
+        let mut got = vec![];
+        got.extend(t.on_packet(100_000, ev(11, false, 40_000)));
+        got.extend(t.on_packet(100_000, ev(11, false, 65_535)));
+        got.extend(t.on_packet(165_535, ev(11, false, 8_000)));
+        got.extend(t.on_packet(165_535, ev(11, true, 14_465)));
+        assert_eq!(got, vec![Key::Hash]);
     }
 }
