@@ -16,9 +16,8 @@ use std::time::Instant;
 
 use super::LegId;
 use super::outbox::Outbox;
-use crate::media::dtmf::Detector;
 use crate::media::g711::Codec;
-use crate::media::masker::{LOOKAHEAD, Masker, Replacement};
+use crate::media::masker::{Feed, LOOKAHEAD, Masker, Replacement};
 use crate::media::rtp::{FRAME_SAMPLES, MAX_PACKET, OutStream, RtpReader, Source, Ssrc};
 use crate::media::telephone_event::{EventTracker, Key, TelephoneEvent};
 use crate::sip::sdp::MediaParams;
@@ -45,7 +44,6 @@ enum Origin {
 
 struct Masking {
     masker: Masker,
-    detector: Detector,
     /// Output timestamp (caller clock) of the next frame to the agent.
     out_ts: Option<u32>,
     /// The last 20 ms decoded: repeated over a lost packet, so a tone is not cut in two.
@@ -71,6 +69,8 @@ pub struct ToAgent {
     release_pending: bool,
     replacement: Replacement,
     last_key: Option<(Key, u32, Origin)>,
+    /// A key the strict detector decided while audio was being fed in.
+    heard: Option<Key>,
     pub masked_frames: u64,
 }
 
@@ -86,6 +86,7 @@ impl ToAgent {
             release_pending: false,
             replacement,
             last_key: None,
+            heard: None,
             masked_frames: 0,
         }
     }
@@ -103,12 +104,8 @@ impl ToAgent {
     pub fn set_masking(&mut self, on: bool) {
         self.release_pending = !on;
         if on && self.masking.is_none() {
-            self.masking = Some(Masking {
-                masker: Masker::new(self.replacement),
-                detector: Detector::new(),
-                out_ts: self.covered,
-                last: [0; FRAME_SAMPLES],
-            });
+            self.masking =
+                Some(Masking { masker: Masker::new(self.replacement), out_ts: self.covered, last: [0; FRAME_SAMPLES] });
         }
     }
 
@@ -164,7 +161,8 @@ impl ToAgent {
             }
         }
         self.after_event = false;
-        let key = self.audio(ts, payload, caller.codec, agent, out, now);
+        self.audio(ts, payload, caller.codec, agent, out, now);
+        let key = self.heard.take();
         if self.release_pending && self.masking.as_ref().is_some_and(|m| m.masker.quiet_for() >= QUIET_BEFORE_RELEASE) {
             self.release(agent, out, now);
         }
@@ -190,8 +188,8 @@ impl ToAgent {
             if let Some(mut m) = self.masking.take() {
                 m.out_ts.get_or_insert(at);
                 // A lost packet is concealed with the last one; an event's span is replaced.
-                let fill = if masked { ZEROS } else { m.last };
-                m.masker.push(&fill[..n], masked);
+                let (fill, feed) = if masked { (ZEROS, Feed::Replaced) } else { (m.last, Feed::Concealment) };
+                m.masker.push(&fill[..n], feed);
                 let ready = m.masker.ready();
                 self.drain(&mut m, ready, agent, out, now);
                 self.masking = Some(m);
@@ -225,7 +223,7 @@ impl ToAgent {
         agent: Option<AgentSink>,
         out: &mut Outbox,
         now: Instant,
-    ) -> Option<Key> {
+    ) {
         self.covered = Some(ts.wrapping_add(payload.len() as u32));
         let Some(mut m) = self.masking.take() else {
             if let Some(a) = agent {
@@ -242,7 +240,7 @@ impl ToAgent {
                     now,
                 );
             }
-            return None;
+            return;
         };
         m.out_ts.get_or_insert(ts);
         let mut pcm = [0i16; MAX_PACKET];
@@ -250,15 +248,15 @@ impl ToAgent {
         for (o, b) in pcm.iter_mut().zip(payload) {
             *o = codec.decode(*b);
         }
-        let key = m.detector.process(pcm).map(|d| d.key);
-        m.masker.push(pcm, false);
+        if let Some(d) = m.masker.push(pcm, Feed::Audio) {
+            self.heard = Some(d.key);
+        }
         if pcm.len() >= FRAME_SAMPLES {
             m.last.copy_from_slice(&pcm[pcm.len() - FRAME_SAMPLES..]);
         }
         let ready = m.masker.ready();
         self.drain(&mut m, ready, agent, out, now);
         self.masking = Some(m);
-        key
     }
 
     /// Sends `count` samples out of the masker in whole 20 ms frames.

@@ -7,8 +7,11 @@
 
 use serde::Deserialize;
 
+use super::dtmf::analysis::Analysis;
+use super::dtmf::dbm0_to_amplitude;
+use super::dtmf::detector::{Detection, DetectorState};
+use super::dtmf::gate::GateState;
 use super::dtmf::signal::Noise;
-use super::dtmf::{Gate, dbm0_to_amplitude};
 
 /// The look-ahead: 20 ms at 8 kHz, the delay capture mode adds toward the agent.
 pub const LOOKAHEAD: usize = 160;
@@ -18,6 +21,18 @@ const LOOKBACK: usize = 192;
 /// Replaced after the gate closes: the gate closes at most a few ms after the tone ends.
 const HANGOVER: usize = 80;
 const RING: usize = 4096;
+
+/// What is being appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feed {
+    /// Caller audio: analysed by the gate and the detector.
+    Audio,
+    /// Filler for a lost packet: not analysed, so a concealed gap neither splits a key in two
+    /// nor opens the gate; replaced if what it repeats was being replaced.
+    Concealment,
+    /// An RFC 4733 span: replaced, not analysed.
+    Replaced,
+}
 
 /// What the agent hears instead of a tone.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
@@ -35,7 +50,10 @@ impl Default for Replacement {
 }
 
 pub struct Masker {
-    gate: Gate,
+    /// One analysis feeds both the gate (what to replace) and the strict detector (which key).
+    analysis: Analysis,
+    gate: GateState,
+    detector: DetectorState,
     replacement: Replacement,
     ring: Box<[i16; RING]>,
     masked: Box<[bool; RING]>,
@@ -54,7 +72,9 @@ impl Masker {
     /// Starts with the look-ahead full of silence, so output begins at once, 20 ms late.
     pub fn new(replacement: Replacement) -> Masker {
         Masker {
-            gate: Gate::new(),
+            analysis: Analysis::new(),
+            gate: GateState::default(),
+            detector: DetectorState::default(),
             replacement,
             ring: Box::new([0; RING]),
             masked: Box::new([false; RING]),
@@ -68,9 +88,16 @@ impl Masker {
         }
     }
 
-    /// Appends caller audio; `mask` marks all of it for replacement (an RFC 4733 span).
-    /// At most `RING - LOOKAHEAD` samples may wait unread.
-    pub fn push(&mut self, pcm: &[i16], mask: bool) {
+    /// Appends samples. At most `RING - LOOKAHEAD` samples may wait unread. Returns a key
+    /// the strict detector decided in this audio, if any.
+    pub fn push(&mut self, pcm: &[i16], feed: Feed) -> Option<Detection> {
+        let mut found = None;
+        // Concealment repeats what came before: if that was being replaced, so is this.
+        let continues_mask = feed == Feed::Concealment && self.written < self.mask_until.max(self.last_marked + 1);
+        let mask = feed == Feed::Replaced || continues_mask;
+        if continues_mask {
+            self.mask_until = self.written + pcm.len() as u64 + HANGOVER as u64;
+        }
         for &s in pcm {
             let n = self.written;
             let i = (n % RING as u64) as usize;
@@ -80,7 +107,12 @@ impl Masker {
                 self.last_marked = n + 1;
             }
             self.written += 1;
-            if self.gate.push(s) == Some(true) {
+            if feed != Feed::Audio {
+                continue;
+            }
+            let Some(hop) = self.analysis.push(s) else { continue };
+            found = self.detector.on_hop(&hop).or(found);
+            if self.gate.on_hop(&hop) {
                 let from = self.read.max((n + 1).saturating_sub(LOOKBACK as u64));
                 for m in from..=n {
                     self.masked[(m % RING as u64) as usize] = true;
@@ -89,6 +121,7 @@ impl Masker {
                 self.last_marked = n + 1;
             }
         }
+        found
     }
 
     /// Samples written since the last one marked for replacement.
@@ -145,7 +178,7 @@ mod tests {
         let mut m = Masker::new(r);
         let mut out = Vec::new();
         for block in x.chunks(160) {
-            m.push(block, false);
+            m.push(block, Feed::Audio);
             let mut o = vec![0; m.ready()];
             m.pop(&mut o);
             out.extend(o);
@@ -213,15 +246,15 @@ mod tests {
     fn forced_spans_and_the_lookahead_delay() {
         let mut m = Masker::new(Replacement::Silence);
         assert_eq!(m.ready(), 0);
-        m.push(&[1000; 160], false);
+        m.push(&[1000; 160], Feed::Audio);
         assert_eq!(m.ready(), 160);
         let mut o = [0; 160];
         m.pop(&mut o);
         assert_eq!(o, [0; 160], "the first 20 ms out is the look-ahead's silence");
-        m.push(&[1000; 160], true);
+        m.push(&[1000; 160], Feed::Replaced);
         m.pop(&mut o);
         assert_eq!(o, [1000; 160], "the first real audio comes out 20 ms late");
-        m.push(&[1000; 160], false);
+        m.push(&[1000; 160], Feed::Concealment);
         m.pop(&mut o);
         assert_eq!(o, [0; 160], "the forced span is replaced");
         assert_eq!(m.replaced, 160);

@@ -1,6 +1,7 @@
 //! The strict DTMF detector: which key, to the ITU-T Q.24 reception limits.
 //!
-//! Every 8 ms (a hop of 64 samples) it analyses the last 16 ms (128 samples, Hann window) at
+//! Every 8 ms (every other hop of the shared analysis) it looks at the last 16 ms (128
+//! samples, Hann window) at
 //! the eight DTMF frequencies and at dial tone. A hop "hits" a key when:
 //! - the strongest row and column tones are each at least `MIN_LEVEL_DBM0`;
 //! - twist (row minus column level) is within +8 dB (normal) and −4 dB (reverse);
@@ -15,11 +16,10 @@
 //! two); four misses in a row end it (a 10 ms drop-out causes at most three, a 40 ms gap at
 //! least five), so the same key keyed twice is reported twice.
 
-use super::{Bank, COLS, ROWS, analysis_frequencies, key_at, measure};
+use super::analysis::{Analysis, HOP, HopView, WINDOW};
+use super::{COLS, ROWS, key_at, measure};
 use crate::media::telephone_event::Key;
 
-pub const WINDOW: usize = 128;
-pub const HOP: usize = 64;
 const QUARTER: usize = WINDOW / 4;
 const MIN_LEVEL_DBM0: f32 = -39.0;
 const MAX_NORMAL_TWIST_DB: f32 = 8.5;
@@ -44,12 +44,7 @@ enum State {
 }
 
 pub struct Detector {
-    bank: Bank,
-    history: [f32; WINDOW],
-    filled: usize,
-    pending: usize,
-    samples: u64,
-    previous: Option<[(f32, f32); 10]>,
+    analysis: Analysis,
     state: State,
 }
 
@@ -59,17 +54,21 @@ impl Default for Detector {
     }
 }
 
+/// The detector's state machine, fed by a shared `Analysis` (see `Masker`).
+#[derive(Debug)]
+pub(crate) struct DetectorState {
+    state: State,
+}
+
+impl Default for DetectorState {
+    fn default() -> Self {
+        DetectorState { state: State::Idle { candidate: None, hits: 0 } }
+    }
+}
+
 impl Detector {
     pub fn new() -> Detector {
-        Detector {
-            bank: Bank::new(&analysis_frequencies(), WINDOW),
-            history: [0.0; WINDOW],
-            filled: 0,
-            pending: 0,
-            samples: 0,
-            previous: None,
-            state: State::Idle { candidate: None, hits: 0 },
-        }
+        Detector { analysis: Analysis::new(), state: State::Idle { candidate: None, hits: 0 } }
     }
 
     /// Feeds linear samples; returns the key decided in this block, if any (a block of up to
@@ -77,30 +76,23 @@ impl Detector {
     pub fn process(&mut self, samples: &[i16]) -> Option<Detection> {
         let mut found = None;
         for &s in samples {
-            // The newest hop is gathered at the end of the window; older samples move up
-            // once per hop, not once per sample.
-            self.history[WINDOW - HOP + self.pending] = f32::from(s);
-            self.pending += 1;
-            self.samples += 1;
-            if self.pending == HOP {
-                self.pending = 0;
-                self.filled = (self.filled + HOP).min(WINDOW);
-                if self.filled == WINDOW
-                    && let Some(key) = self.hop()
-                {
-                    found = Some(Detection { key, at_sample: self.samples });
-                }
-                self.history.copy_within(HOP.., 0);
+            if let Some(hop) = self.analysis.push(s) {
+                let mut st = DetectorState { state: self.state };
+                found = st.on_hop(&hop).or(found);
+                self.state = st.state;
             }
         }
         found
     }
+}
 
-    fn hop(&mut self) -> Option<Key> {
-        let mut now = [(0.0f32, 0.0f32); 10];
-        self.bank.analyse(&self.history, &mut now);
-        let previous = self.previous.replace(now);
-        let hit = previous.and_then(|prev| self.classify(&now, &prev));
+impl DetectorState {
+    /// Works on every other hop (8 ms), measuring phase over two hops.
+    pub(crate) fn on_hop(&mut self, hop: &HopView) -> Option<Detection> {
+        if !hop.index.is_multiple_of(2) {
+            return None;
+        }
+        let hit = classify(hop);
         match (&mut self.state, hit) {
             (State::Idle { candidate, hits }, Some(rc)) => {
                 if *candidate == Some(rc) {
@@ -111,7 +103,7 @@ impl Detector {
                 }
                 if *hits >= HITS_TO_REPORT {
                     self.state = State::Active { misses: 0 };
-                    return Some(key_at(rc.0, rc.1));
+                    return Some(Detection { key: key_at(rc.0, rc.1), at_sample: hop.end_sample });
                 }
             }
             (State::Idle { candidate, hits }, None) => {
@@ -128,30 +120,29 @@ impl Detector {
         }
         None
     }
+}
 
-    /// The (row, column) this window holds, if it passes every check.
-    fn classify(&self, now: &[(f32, f32); 10], prev: &[(f32, f32); 10]) -> Option<(usize, usize)> {
-        let m = measure(&self.bank, &self.history, now, prev, HOP);
-        let twist = m.row_dbm0 - m.col_dbm0;
-        let in_tolerance = |f: f32, off: f32| off.abs() <= 0.025 * f + 1.0;
-        let ok = m.row_dbm0 >= MIN_LEVEL_DBM0
-            && m.col_dbm0 >= MIN_LEVEL_DBM0
-            && twist <= MAX_NORMAL_TWIST_DB
-            && -twist <= MAX_REVERSE_TWIST_DB
-            && m.share >= MIN_TONE_SHARE
-            && in_tolerance(ROWS[m.row], m.row_offset_hz)
-            && in_tolerance(COLS[m.col], m.col_offset_hz)
-            && self.steady();
-        ok.then_some((m.row, m.col))
-    }
+/// The (row, column) this window holds, if it passes every check.
+fn classify(hop: &HopView) -> Option<(usize, usize)> {
+    let m = measure(hop.bank, hop.window, hop.now, hop.back2, 2 * HOP);
+    let twist = m.row_dbm0 - m.col_dbm0;
+    let in_tolerance = |f: f32, off: f32| off.abs() <= 0.025 * f + 1.0;
+    let ok = m.row_dbm0 >= MIN_LEVEL_DBM0
+        && m.col_dbm0 >= MIN_LEVEL_DBM0
+        && twist <= MAX_NORMAL_TWIST_DB
+        && -twist <= MAX_REVERSE_TWIST_DB
+        && m.share >= MIN_TONE_SHARE
+        && in_tolerance(ROWS[m.row], m.row_offset_hz)
+        && in_tolerance(COLS[m.col], m.col_offset_hz)
+        && steady(hop.window);
+    ok.then_some((m.row, m.col))
+}
 
-    /// Whether the window's four quarters carry similar energy (a tone covers all of it).
-    fn steady(&self) -> bool {
-        let (lo, hi) = self
-            .history
-            .chunks(QUARTER)
-            .map(|q| q.iter().map(|s| s * s).sum::<f32>())
-            .fold((f32::MAX, 0.0f32), |(lo, hi), e| (lo.min(e), hi.max(e)));
-        hi <= MAX_QUARTER_SPREAD * lo
-    }
+/// Whether the window's four quarters carry similar energy (a tone covers all of it).
+fn steady(window: &[f32]) -> bool {
+    let (lo, hi) = window
+        .chunks(QUARTER)
+        .map(|q| q.iter().map(|s| s * s).sum::<f32>())
+        .fold((f32::MAX, 0.0f32), |(lo, hi), e| (lo.min(e), hi.max(e)));
+    hi <= MAX_QUARTER_SPREAD * lo
 }

@@ -4,12 +4,9 @@
 //! audio back to the tone's onset. It is deliberately looser than the strict detector (wider level, twist and
 //! frequency acceptance): masking a little speech is cheap, leaking a tone is not.
 
-use super::{Bank, COLS, ROWS, analysis_frequencies, measure};
+use super::analysis::{Analysis, HOP, HopView};
+use super::{COLS, ROWS, measure};
 
-/// The same 16 ms window as the strict detector, analysed every 4 ms: a tone preceded by
-/// silence passes when it covers 10–12 ms of it, one preceded by speech once it covers most.
-pub const WINDOW: usize = 128;
-pub const HOP: usize = 32;
 const MIN_LEVEL_DBM0: f32 = -45.0;
 const MAX_TWIST_DB: f32 = 14.0;
 const MIN_TONE_SHARE: f32 = 0.85;
@@ -19,61 +16,47 @@ const MAX_OFFSET_PERCENT: f32 = 5.0;
 /// triggers by five while the gate still opens within 20 ms of a tone's onset.
 const HITS_TO_OPEN: u8 = 2;
 
+/// A standalone gate with its own analysis (the masker shares one with the detector).
+#[derive(Default)]
 pub struct Gate {
-    bank: Bank,
-    history: [f32; WINDOW],
-    previous: Option<[(f32, f32); 10]>,
-    filled: usize,
-    pending: usize,
-    hits: u8,
-}
-
-impl Default for Gate {
-    fn default() -> Self {
-        Self::new()
-    }
+    analysis: Analysis,
+    state: GateState,
 }
 
 impl Gate {
     pub fn new() -> Gate {
-        Gate {
-            bank: Bank::new(&analysis_frequencies(), WINDOW),
-            history: [0.0; WINDOW],
-            previous: None,
-            filled: 0,
-            pending: 0,
-            hits: 0,
-        }
+        Gate::default()
     }
 
     /// Feeds one sample; at the end of each hop returns whether a tone pair is present.
     pub fn push(&mut self, s: i16) -> Option<bool> {
-        self.history[WINDOW - HOP + self.pending] = f32::from(s);
-        self.pending += 1;
-        if self.pending < HOP {
-            return None;
-        }
-        self.pending = 0;
-        self.filled = (self.filled + HOP).min(WINDOW);
-        let mut now = [(0.0f32, 0.0f32); 10];
-        self.bank.analyse(&self.history, &mut now);
-        let previous = self.previous.replace(now);
-        let hit = self.filled == WINDOW && previous.is_some_and(|prev| self.tone_present(&now, &prev));
-        self.hits = if hit { self.hits.saturating_add(1) } else { 0 };
-        self.history.copy_within(HOP.., 0);
-        Some(self.hits >= HITS_TO_OPEN)
+        let hop = self.analysis.push(s)?;
+        Some(self.state.on_hop(&hop))
     }
+}
 
-    fn tone_present(&self, now: &[(f32, f32); 10], prev: &[(f32, f32); 10]) -> bool {
-        let m = measure(&self.bank, &self.history, now, prev, HOP);
-        let near = |f: f32, off: f32| off.abs() <= f * MAX_OFFSET_PERCENT / 100.0;
-        m.row_dbm0 >= MIN_LEVEL_DBM0
-            && m.col_dbm0 >= MIN_LEVEL_DBM0
-            && (m.row_dbm0 - m.col_dbm0).abs() <= MAX_TWIST_DB
-            && m.share >= MIN_TONE_SHARE
-            && near(ROWS[m.row], m.row_offset_hz)
-            && near(COLS[m.col], m.col_offset_hz)
+/// The gate's decision per hop, fed by a shared `Analysis`.
+#[derive(Debug, Default)]
+pub(crate) struct GateState {
+    hits: u8,
+}
+
+impl GateState {
+    pub(crate) fn on_hop(&mut self, hop: &HopView) -> bool {
+        self.hits = if tone_present(hop) { self.hits.saturating_add(1) } else { 0 };
+        self.hits >= HITS_TO_OPEN
     }
+}
+
+fn tone_present(hop: &HopView) -> bool {
+    let m = measure(hop.bank, hop.window, hop.now, hop.back1, HOP);
+    let near = |f: f32, off: f32| off.abs() <= f * MAX_OFFSET_PERCENT / 100.0;
+    m.row_dbm0 >= MIN_LEVEL_DBM0
+        && m.col_dbm0 >= MIN_LEVEL_DBM0
+        && (m.row_dbm0 - m.col_dbm0).abs() <= MAX_TWIST_DB
+        && m.share >= MIN_TONE_SHARE
+        && near(ROWS[m.row], m.row_offset_hz)
+        && near(COLS[m.col], m.col_offset_hz)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! frequency from the phase advance between overlapping windows, which is what lets it
 //! reject a tone 3.5% off while accepting one 1.5% + 2 Hz off.
 
+pub mod analysis;
 pub mod detector;
 pub mod gate;
 pub mod signal;
@@ -111,7 +112,14 @@ pub fn frequency_offset(f: f32, now: (f32, f32), prev: (f32, f32), hop: usize) -
     let re = now.0 * prev.0 + now.1 * prev.1;
     let im = now.1 * prev.0 - now.0 * prev.1;
     let expected = 2.0 * PI * f * hop as f32 / SAMPLE_RATE;
-    let d = (im.atan2(re) - expected + PI).rem_euclid(2.0 * PI) - PI;
+    // Wrap into (−π, π]: both terms lie within a few turns, so subtraction beats fmod.
+    let mut d = im.atan2(re) - expected;
+    while d > PI {
+        d -= 2.0 * PI;
+    }
+    while d <= -PI {
+        d += 2.0 * PI;
+    }
     d * SAMPLE_RATE / (2.0 * PI * hop as f32)
 }
 
@@ -119,43 +127,63 @@ pub fn frequency_offset(f: f32, now: (f32, f32), prev: (f32, f32), hop: usize) -
 #[derive(Debug, Clone)]
 pub(crate) struct Bank {
     len: usize,
-    /// Per frequency: window × cos and window × sin, interleaved.
-    tables: Vec<Vec<(f32, f32)>>,
+    /// Per frequency: window × cos, then window × −sin (separate arrays vectorize).
+    cos: Vec<Vec<f32>>,
+    sin: Vec<Vec<f32>>,
     window: Vec<f32>,
+}
+
+/// Lanes summed side by side: float addition is not reassociated by the compiler, so
+/// independent partial sums are what lets the dot products use SIMD.
+const LANES: usize = 8;
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    for (x, y) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
+        // Fixed-size views: no bounds checks inside, so the loop becomes SIMD.
+        let (Ok(x), Ok(y)) = (<&[f32; LANES]>::try_from(x), <&[f32; LANES]>::try_from(y)) else { continue };
+        for l in 0..LANES {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let tail: f32 =
+        a.chunks_exact(LANES).remainder().iter().zip(b.chunks_exact(LANES).remainder()).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
 }
 
 impl Bank {
     pub(crate) fn new(freqs: &[f32], len: usize) -> Bank {
         let window: Vec<f32> = (0..len).map(|n| 0.5 - 0.5 * (2.0 * PI * n as f32 / len as f32).cos()).collect();
-        let tables = freqs
-            .iter()
-            .map(|f| {
-                (0..len)
-                    .map(|n| {
-                        let ph = 2.0 * PI * f * n as f32 / SAMPLE_RATE;
-                        (window[n] * ph.cos(), -window[n] * ph.sin())
-                    })
-                    .collect()
-            })
-            .collect();
-        Bank { len, tables, window }
+        let table = |f: f32, trig: fn(f32) -> f32, sign: f32| -> Vec<f32> {
+            (0..len).map(|n| sign * window[n] * trig(2.0 * PI * f * n as f32 / SAMPLE_RATE)).collect()
+        };
+        Bank {
+            len,
+            cos: freqs.iter().map(|f| table(*f, f32::cos, 1.0)).collect(),
+            sin: freqs.iter().map(|f| table(*f, f32::sin, -1.0)).collect(),
+            window,
+        }
     }
 
-    /// Complex DFT values for `x` (exactly `len` samples), one per frequency, into `out`.
+    /// Complex DFT values for `x` (exactly `len` samples) at the first `out.len()`
+    /// frequencies.
     pub(crate) fn analyse(&self, x: &[f32], out: &mut [(f32, f32)]) {
-        for (table, o) in self.tables.iter().zip(out.iter_mut()) {
-            let (mut re, mut im) = (0.0f32, 0.0f32);
-            for (s, (c, sn)) in x.iter().zip(table) {
-                re += s * c;
-                im += s * sn;
-            }
-            *o = (re, im);
+        for ((c, s), o) in self.cos.iter().zip(&self.sin).zip(out.iter_mut()) {
+            *o = (dot(x, c), dot(x, s));
         }
     }
 
     /// Energy of the windowed signal, scaled so that a lone on-bin sine's `power` over it is 1.
     pub(crate) fn windowed_energy(&self, x: &[f32]) -> f32 {
-        let e: f32 = x.iter().zip(&self.window).map(|(s, w)| (s * w) * (s * w)).sum();
+        let mut acc = [0.0f32; LANES];
+        for (xs, ws) in x.chunks_exact(LANES).zip(self.window.chunks_exact(LANES)) {
+            let (Ok(xs), Ok(ws)) = (<&[f32; LANES]>::try_from(xs), <&[f32; LANES]>::try_from(ws)) else { continue };
+            for l in 0..LANES {
+                let v = xs[l] * ws[l];
+                acc[l] += v * v;
+            }
+        }
+        let e: f32 = acc.iter().sum();
         // For Hann, |X|² of a sine is (A·N/4)², Σ(w·x)² is A²·3N/16: the ratio is N/3.
         e * self.len as f32 / 3.0
     }

@@ -1,0 +1,94 @@
+//! The analysis the gate and the strict detector share: every 4 ms (32 samples), the
+//! Hann-windowed DFT of the last 16 ms (128 samples) at the eight DTMF frequencies and dial
+//! tone, kept for the last three hops so each user can measure phase advance over the
+//! distance it needs (the gate over one hop, the detector over two). One analysis serves
+//! both, which halves the cost of running them side by side.
+
+use super::{Bank, analysis_frequencies};
+
+pub const WINDOW: usize = 128;
+pub const HOP: usize = 32;
+
+pub(crate) type Dft = [(f32, f32); 10];
+
+/// One hop's view of the signal.
+pub(crate) struct HopView<'a> {
+    pub bank: &'a Bank,
+    pub window: &'a [f32],
+    pub now: &'a Dft,
+    /// One hop (4 ms) earlier.
+    pub back1: &'a Dft,
+    /// Two hops (8 ms) earlier.
+    pub back2: &'a Dft,
+    /// Hops since the start; the detector works on every other one.
+    pub index: u64,
+    /// Samples since the start, at the end of this hop.
+    pub end_sample: u64,
+}
+
+pub struct Analysis {
+    bank: Bank,
+    history: [f32; WINDOW],
+    pending: usize,
+    shift_due: bool,
+    dfts: [Dft; 3],
+    hops: u64,
+    samples: u64,
+}
+
+impl Default for Analysis {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Analysis {
+    pub fn new() -> Analysis {
+        Analysis {
+            bank: Bank::new(&analysis_frequencies(), WINDOW),
+            history: [0.0; WINDOW],
+            pending: 0,
+            shift_due: false,
+            dfts: [[(0.0, 0.0); 10]; 3],
+            hops: 0,
+            samples: 0,
+        }
+    }
+
+    /// Feeds one sample; at the end of a hop with a full window returns the hop's view.
+    pub(crate) fn push(&mut self, s: i16) -> Option<HopView<'_>> {
+        if self.shift_due {
+            // The newest hop is gathered at the end of the window; older samples move up
+            // once per hop, not once per sample.
+            self.history.copy_within(HOP.., 0);
+            self.shift_due = false;
+        }
+        self.history[WINDOW - HOP + self.pending] = f32::from(s);
+        self.pending += 1;
+        self.samples += 1;
+        if self.pending < HOP {
+            return None;
+        }
+        self.pending = 0;
+        self.shift_due = true;
+        self.dfts.rotate_right(1);
+        let mut now = [(0.0f32, 0.0f32); 10];
+        self.bank.analyse(&self.history, &mut now);
+        self.dfts[0] = now;
+        self.hops += 1;
+        // Measuring needs two earlier analyses; before the window has filled, its older part
+        // is silence, as if the stream had been preceded by it.
+        if self.hops < 3 {
+            return None;
+        }
+        Some(HopView {
+            bank: &self.bank,
+            window: &self.history,
+            now: &self.dfts[0],
+            back1: &self.dfts[1],
+            back2: &self.dfts[2],
+            index: self.hops,
+            end_sample: self.samples,
+        })
+    }
+}
