@@ -11,7 +11,11 @@ use tonewall::media::masker::Replacement;
 use tonewall::sip::sdp::MediaParams;
 
 fuzz_target!(|data: &[u8]| {
-    let p = |port| MediaParams { remote: SocketAddr::from(([127, 0, 0, 1], port)), codec: Codec::Pcmu, event_pt: Some(101) };
+    let p = |port| MediaParams {
+        remote: SocketAddr::from(([127, 0, 0, 1], port)),
+        codec: Codec::Pcmu,
+        event_pt: Some(101),
+    };
     let now = Instant::now();
     for masked in [false, true] {
         let mut b = Bridge::new(p(4000), 1, Replacement::Silence);
