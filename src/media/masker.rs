@@ -20,7 +20,15 @@ pub const LOOKAHEAD: usize = 160;
 const LOOKBACK: usize = 192;
 /// Replaced after the gate closes: the gate closes at most a few ms after the tone ends.
 const HANGOVER: usize = 80;
+/// A power of two, so a sample's slot is a mask, not a division.
 const RING: usize = 4096;
+const NOISE_LEN: usize = 4096;
+
+/// Unit Gaussian noise, half a second of it, drawn once: comfort noise cycles through it.
+static NOISE: std::sync::LazyLock<Box<[f32; NOISE_LEN]>> = std::sync::LazyLock::new(|| {
+    let mut n = Noise::new(0x746f_6e65);
+    Box::new(std::array::from_fn(|_| n.gaussian()))
+});
 
 /// What is being appended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +68,9 @@ pub struct Masker {
     written: u64,
     read: u64,
     mask_until: u64,
-    noise: Noise,
+    /// Peak amplitude of the flat tone, or RMS of the comfort noise.
+    scale: f32,
+    noise_at: usize,
     phase: f32,
     /// Index of the sample after the last one marked for replacement.
     last_marked: u64,
@@ -81,7 +91,12 @@ impl Masker {
             written: LOOKAHEAD as u64,
             read: 0,
             mask_until: 0,
-            noise: Noise::new(0x746f_6e65),
+            scale: match replacement {
+                Replacement::Silence => 0.0,
+                Replacement::ComfortNoise { dbm0 } => dbm0_to_amplitude(dbm0) / 2f32.sqrt(),
+                Replacement::FlatTone { dbm0, .. } => dbm0_to_amplitude(dbm0),
+            },
+            noise_at: 0,
             phase: 0.0,
             last_marked: 0,
             replaced: 0,
@@ -100,7 +115,7 @@ impl Masker {
         }
         for &s in pcm {
             let n = self.written;
-            let i = (n % RING as u64) as usize;
+            let i = (n as usize) & (RING - 1);
             self.ring[i] = s;
             self.masked[i] = mask || n < self.mask_until;
             if self.masked[i] {
@@ -115,7 +130,7 @@ impl Masker {
             if self.gate.on_hop(&hop) {
                 let from = self.read.max((n + 1).saturating_sub(LOOKBACK as u64));
                 for m in from..=n {
-                    self.masked[(m % RING as u64) as usize] = true;
+                    self.masked[(m as usize) & (RING - 1)] = true;
                 }
                 self.mask_until = n + 1 + HANGOVER as u64;
                 self.last_marked = n + 1;
@@ -142,7 +157,7 @@ impl Masker {
     /// Takes the next `out.len()` samples (at most `buffered()`), replacing marked ones.
     pub fn pop(&mut self, out: &mut [i16]) {
         for o in out.iter_mut() {
-            let i = (self.read % RING as u64) as usize;
+            let i = (self.read as usize) & (RING - 1);
             *o = if self.masked[i] {
                 self.replaced += 1;
                 self.replacement_sample()
@@ -156,12 +171,16 @@ impl Masker {
     fn replacement_sample(&mut self) -> i16 {
         match self.replacement {
             Replacement::Silence => 0,
-            Replacement::ComfortNoise { dbm0 } => {
-                (self.noise.gaussian() * dbm0_to_amplitude(dbm0) / 2f32.sqrt()).clamp(-32768.0, 32767.0) as i16
+            Replacement::ComfortNoise { .. } => {
+                self.noise_at = (self.noise_at + 1) % NOISE_LEN;
+                (NOISE[self.noise_at] * self.scale).clamp(-32768.0, 32767.0) as i16
             }
-            Replacement::FlatTone { hz, dbm0 } => {
-                self.phase = (self.phase + 2.0 * std::f32::consts::PI * hz / 8000.0) % (2.0 * std::f32::consts::PI);
-                (dbm0_to_amplitude(dbm0) * self.phase.sin()) as i16
+            Replacement::FlatTone { hz, .. } => {
+                self.phase += 2.0 * std::f32::consts::PI * hz / 8000.0;
+                if self.phase > 2.0 * std::f32::consts::PI {
+                    self.phase -= 2.0 * std::f32::consts::PI;
+                }
+                (self.scale * self.phase.sin()) as i16
             }
         }
     }
