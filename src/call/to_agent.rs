@@ -196,16 +196,7 @@ impl ToAgent {
             } else if let Some(a) = agent {
                 // Direct mode: whole silence frames in the agent's codec.
                 let silence = [a.codec.silence(); FRAME_SAMPLES];
-                out.send(
-                    LegId::Agent,
-                    a.remote,
-                    &mut self.stream,
-                    Source::Relay(self.ssrc),
-                    at,
-                    a.codec.payload_type(),
-                    &silence,
-                    now,
-                );
+                self.emit(a, out, at, &silence, now);
             }
             self.masked_frames += u64::from(masked);
             at = at.wrapping_add(if self.masking.is_some() { n as u32 } else { FRAME_SAMPLES as u32 });
@@ -229,16 +220,7 @@ impl ToAgent {
             if let Some(a) = agent {
                 let mut scratch = [0u8; MAX_PACKET];
                 let body = transcode(payload, codec, a.codec, &mut scratch);
-                out.send(
-                    LegId::Agent,
-                    a.remote,
-                    &mut self.stream,
-                    Source::Relay(self.ssrc),
-                    ts,
-                    a.codec.payload_type(),
-                    body,
-                    now,
-                );
+                self.emit(a, out, ts, body, now);
             }
             return;
         };
@@ -273,18 +255,23 @@ impl ToAgent {
                 for (o, s) in payload.iter_mut().zip(pcm.iter()) {
                     *o = a.codec.encode(*s);
                 }
-                out.send(
-                    LegId::Agent,
-                    a.remote,
-                    &mut self.stream,
-                    Source::Relay(self.ssrc),
-                    ts,
-                    a.codec.payload_type(),
-                    &payload,
-                    now,
-                );
+                self.emit(a, out, ts, &payload, now);
             }
         }
+    }
+
+    /// One frame to the agent, in its codec, on the continuous outgoing stream.
+    fn emit(&mut self, a: AgentSink, out: &mut Outbox, src_ts: u32, payload: &[u8], now: Instant) {
+        out.send(
+            LegId::Agent,
+            a.remote,
+            &mut self.stream,
+            Source::Relay(self.ssrc),
+            src_ts,
+            a.codec.payload_type(),
+            payload,
+            now,
+        );
     }
 
     /// A key unless it is the other path's copy of the key just reported.
