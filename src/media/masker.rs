@@ -113,21 +113,27 @@ impl Masker {
         if continues_mask {
             self.mask_until = self.written + pcm.len() as u64 + HANGOVER as u64;
         }
-        for &s in pcm {
-            let n = self.written;
-            let i = (n as usize) & (RING - 1);
-            self.ring[i] = s;
-            self.masked[i] = mask || n < self.mask_until;
-            if self.masked[i] {
-                self.last_marked = n + 1;
+        let mut rest = pcm;
+        while !rest.is_empty() {
+            // Up to the end of the analysis hop (a whole block when not analysing).
+            let (used, hop) = if feed == Feed::Audio { self.analysis.feed(rest) } else { (rest.len(), None) };
+            let start = self.written;
+            for (k, &s) in rest[..used].iter().enumerate() {
+                let n = start + k as u64;
+                let i = (n as usize) & (RING - 1);
+                self.ring[i] = s;
+                self.masked[i] = mask || n < self.mask_until;
             }
-            self.written += 1;
-            if feed != Feed::Audio {
-                continue;
+            self.written += used as u64;
+            let marked_to = if mask { self.written } else { self.mask_until.min(self.written) };
+            if marked_to > start {
+                self.last_marked = marked_to;
             }
-            let Some(hop) = self.analysis.push(s) else { continue };
+            rest = &rest[used..];
+            let Some(hop) = hop else { continue };
             found = self.detector.on_hop(&hop).or(found);
             if self.gate.on_hop(&hop) {
+                let n = self.written - 1;
                 let from = self.read.max((n + 1).saturating_sub(LOOKBACK as u64));
                 for m in from..=n {
                     self.masked[(m as usize) & (RING - 1)] = true;

@@ -57,17 +57,27 @@ impl Analysis {
 
     /// Feeds one sample; at the end of a hop with a full window returns the hop's view.
     pub(crate) fn push(&mut self, s: i16) -> Option<HopView<'_>> {
+        self.feed(&[s]).1
+    }
+
+    /// Feeds samples up to the end of the current hop; returns how many it took and, if the
+    /// hop ended, its view.
+    pub(crate) fn feed(&mut self, samples: &[i16]) -> (usize, Option<HopView<'_>>) {
         if self.shift_due {
             // The newest hop is gathered at the end of the window; older samples move up
             // once per hop, not once per sample.
             self.history.copy_within(HOP.., 0);
             self.shift_due = false;
         }
-        self.history[WINDOW - HOP + self.pending] = f32::from(s);
-        self.pending += 1;
-        self.samples += 1;
+        let used = samples.len().min(HOP - self.pending);
+        let start = WINDOW - HOP + self.pending;
+        for (h, s) in self.history[start..start + used].iter_mut().zip(samples) {
+            *h = f32::from(*s);
+        }
+        self.pending += used;
+        self.samples += used as u64;
         if self.pending < HOP {
-            return None;
+            return (used, None);
         }
         self.pending = 0;
         self.shift_due = true;
@@ -79,16 +89,19 @@ impl Analysis {
         // Measuring needs two earlier analyses; before the window has filled, its older part
         // is silence, as if the stream had been preceded by it.
         if self.hops < 3 {
-            return None;
+            return (used, None);
         }
-        Some(HopView {
-            bank: &self.bank,
-            window: &self.history,
-            now: &self.dfts[0],
-            back1: &self.dfts[1],
-            back2: &self.dfts[2],
-            index: self.hops,
-            end_sample: self.samples,
-        })
+        (
+            used,
+            Some(HopView {
+                bank: &self.bank,
+                window: &self.history,
+                now: &self.dfts[0],
+                back1: &self.dfts[1],
+                back2: &self.dfts[2],
+                index: self.hops,
+                end_sample: self.samples,
+            }),
+        )
     }
 }
