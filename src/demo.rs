@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::runtime::Server;
 use crate::softphone::agent::{Agent, AgentReport};
 use crate::softphone::caller::{self, CallerOptions};
+use crate::softphone::desktop;
 
 /// The Visa test card of the payment networks' documentation, expiry 12/30, code 123.
 const KEYPAD: &str = "4111111111111111#,1230,123";
@@ -46,7 +47,7 @@ async fn drive(server: &Server, data_dir: &Path) -> anyhow::Result<DemoOutcome> 
     println!("agent      softphone at {}", agent.uri);
 
     let body = json!({"fields": ["pan", "expiry", "cvv"], "reference": "demo-order-1", "agent_uri": agent.uri});
-    let created = http_json("POST", &format!("{base}/v1/sessions"), &key, Some(body)).await?;
+    let created = desktop::create_session(&base, &key, body).await?;
     let id = created["id"].as_str().context("session id")?.to_string();
     let transfer_uri = created["transfer_uri"].as_str().context("transfer uri")?.to_string();
     println!("desktop    POST /v1/sessions -> {} ({})", created["state"], transfer_uri);
@@ -77,7 +78,7 @@ async fn drive(server: &Server, data_dir: &Path) -> anyhow::Result<DemoOutcome> 
         report.answered, report.keys_sent, report.packets_heard
     );
     let desktop_lines = watcher.await.unwrap_or_default();
-    let session = http_json("GET", &format!("{base}/v1/sessions/{id}"), &key, None).await?;
+    let session = desktop::session(&base, &key, &id).await?;
     let agent = agent.finish().await?;
     let wav = data_dir.join("agent-heard.wav");
     agent.write_wav(&wav).context("writing the agent's recording")?;
@@ -118,19 +119,6 @@ fn desktop_line(v: &Value) -> Option<String> {
         "call_ended" => Some("call ended".into()),
         _ => None,
     }
-}
-
-async fn http_json(method: &'static str, url: &str, key: &str, body: Option<Value>) -> anyhow::Result<Value> {
-    let url = url.to_string();
-    let auth = format!("Bearer {key}");
-    tokio::task::spawn_blocking(move || -> anyhow::Result<Value> {
-        let mut resp = match (method, body) {
-            ("POST", Some(b)) => ureq::post(&url).header("Authorization", &auth).send_json(b)?,
-            _ => ureq::get(&url).header("Authorization", &auth).call()?,
-        };
-        Ok(resp.body_mut().read_json::<Value>()?)
-    })
-    .await?
 }
 
 /// Checks what a newcomer should see; every failure is named.

@@ -16,6 +16,7 @@ use tonewall::config::Config;
 use tonewall::runtime::Server;
 use tonewall::softphone::agent::Agent;
 use tonewall::softphone::caller::{self, CallerOptions};
+use tonewall::softphone::desktop;
 
 #[derive(Parser)]
 struct Args {
@@ -111,29 +112,13 @@ async fn one_call(
 ) -> anyhow::Result<(Value, u64, u64)> {
     let agent = Agent::start().await?;
     let body = json!({"fields": ["pan", "expiry", "cvv"], "reference": "load", "agent_uri": agent.uri});
-    let created = post(&format!("{base}/v1/sessions"), key, body).await?;
+    let created = desktop::create_session(base, key, body).await?;
     let id = created["id"].as_str().context("id")?.to_string();
     let uri = created["transfer_uri"].as_str().context("uri")?.to_string();
     let keypad = format!("{pan}#,1230,{cvv}");
     caller::place_call(CallerOptions { linger: Duration::from_secs(3), ..CallerOptions::new(sip, &uri, &keypad) })
         .await?;
-    let session = get(&format!("{base}/v1/sessions/{id}"), key).await?;
+    let session = desktop::session(base, key, &id).await?;
     let heard = agent.finish().await?;
     Ok((session, heard.non_audio_packets, heard.sequence_gaps + heard.timestamp_jumps))
-}
-
-async fn post(url: &str, key: &str, body: Value) -> anyhow::Result<Value> {
-    let (url, auth) = (url.to_string(), format!("Bearer {key}"));
-    tokio::task::spawn_blocking(move || {
-        Ok(ureq::post(&url).header("Authorization", &auth).send_json(body)?.body_mut().read_json()?)
-    })
-    .await?
-}
-
-async fn get(url: &str, key: &str) -> anyhow::Result<Value> {
-    let (url, auth) = (url.to_string(), format!("Bearer {key}"));
-    tokio::task::spawn_blocking(move || {
-        Ok(ureq::get(&url).header("Authorization", &auth).call()?.body_mut().read_json()?)
-    })
-    .await?
 }

@@ -17,7 +17,7 @@ use crate::sip::sdp::MediaParams;
 use super::LegId;
 pub use super::outbox::MediaPacket;
 use super::outbox::Outbox;
-use super::to_agent::{AgentSink, ToAgent, transcode};
+use super::to_agent::{AgentSink, ToAgent, in_codec};
 
 const FRAME: Duration = Duration::from_millis(20);
 
@@ -37,7 +37,7 @@ pub struct Bridge {
     next_prompt_frame: Option<Instant>,
     prompt_ts: u32,
     outbox: Outbox,
-    pub stats: BridgeStats,
+    stats: BridgeStats,
 }
 
 /// Counters a test or the metrics endpoint can read.
@@ -46,7 +46,6 @@ pub struct BridgeStats {
     pub caller_packets: u64,
     pub agent_packets: u64,
     pub masked_frames: u64,
-    pub replaced_samples: u64,
     pub dropped_packets: u64,
 }
 
@@ -81,8 +80,9 @@ impl Bridge {
         self.to_agent.set_masking(on);
     }
 
-    pub fn is_masking(&self) -> bool {
-        self.to_agent.is_masking()
+    /// Counters for logs and tests, read when asked rather than kept up to date per packet.
+    pub fn stats(&self) -> BridgeStats {
+        BridgeStats { masked_frames: self.to_agent.masked_frames, ..self.stats }
     }
 
     pub fn player(&mut self) -> &mut Player {
@@ -151,8 +151,6 @@ impl Bridge {
         self.stats.caller_packets += 1;
         let sink = self.agent_sink();
         let key = self.to_agent.handle(&rtp, &self.caller, sink, &mut self.outbox, now);
-        self.stats.masked_frames = self.to_agent.masked_frames;
-        self.stats.replaced_samples = self.stats.replaced_samples.max(self.to_agent.replaced_samples());
         key.map_or(CallerMedia::Nothing, CallerMedia::Key)
     }
 
@@ -169,20 +167,12 @@ impl Bridge {
         }
         let payload = rtp.payload();
         let samples = payload.len().min(MAX_PACKET - 64);
-        let mut transcoded = [0u8; MAX_PACKET];
-        let body = transcode(&payload[..samples], agent.codec, self.caller.codec, &mut transcoded);
-        let to = self.caller.remote;
-        let pt = self.caller.codec.payload_type();
-        self.outbox.send(
-            LegId::Caller,
-            to,
-            &mut self.to_caller,
-            Source::Relay(Ssrc(rtp.ssrc())),
-            rtp.timestamp(),
-            pt,
-            body,
-            now,
-        );
+        let (to, codec) = (self.caller.remote, self.caller.codec);
+        let (outbox, stream) = (&mut self.outbox, &mut self.to_caller);
+        in_codec(&payload[..samples], agent.codec, codec, |body| {
+            let source = Source::Relay(Ssrc(rtp.ssrc()));
+            outbox.send(LegId::Caller, to, stream, source, rtp.timestamp(), codec.payload_type(), body, now)
+        });
     }
 }
 
@@ -253,7 +243,7 @@ mod tests {
         assert_eq!(out.len(), 10);
         let silence = vec![Codec::Pcma.silence(); 160];
         assert!(out[2..9].iter().all(|o| o.4 == silence));
-        assert_eq!(b.stats.masked_frames, 7);
+        assert_eq!(b.stats().masked_frames, 7);
     }
 
     #[test]
@@ -264,7 +254,7 @@ mod tests {
         assert_eq!(b.handle_caller_packet(&packet(96, 1, 0, &ev), t), CallerMedia::Key(Key::Hash));
         assert!(drain(&mut b).is_empty());
         assert_eq!(b.handle_caller_packet(b"\x80short", t), CallerMedia::Nothing);
-        assert_eq!(b.stats.dropped_packets, 1);
+        assert_eq!(b.stats().dropped_packets, 1);
     }
 
     #[test]

@@ -272,7 +272,7 @@ impl Call {
     }
 
     pub fn media_stats(&self) -> media::BridgeStats {
-        self.bridge.stats
+        self.bridge.stats()
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {

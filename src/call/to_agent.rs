@@ -91,15 +91,6 @@ impl ToAgent {
         }
     }
 
-    pub fn is_masking(&self) -> bool {
-        self.masking.is_some()
-    }
-
-    /// Samples the masker has replaced so far (0 outside masked mode).
-    pub fn replaced_samples(&self) -> u64 {
-        self.masking.as_ref().map_or(0, |m| m.masker.replaced)
-    }
-
     /// Turns masking on at once; off once the caller has been quiet for 500 ms.
     pub fn set_masking(&mut self, on: bool) {
         self.release_pending = !on;
@@ -218,9 +209,7 @@ impl ToAgent {
         self.covered = Some(ts.wrapping_add(payload.len() as u32));
         let Some(mut m) = self.masking.take() else {
             if let Some(a) = agent {
-                let mut scratch = [0u8; MAX_PACKET];
-                let body = transcode(payload, codec, a.codec, &mut scratch);
-                self.emit(a, out, ts, body, now);
+                in_codec(payload, codec, a.codec, |body| self.emit(a, out, ts, body, now));
             }
             return;
         };
@@ -288,12 +277,16 @@ impl ToAgent {
     }
 }
 
-pub(super) fn transcode<'a>(payload: &'a [u8], from: Codec, to: Codec, scratch: &'a mut [u8]) -> &'a [u8] {
+/// Hands `payload` to `send` in the `to` codec, converting through a stack buffer only
+/// when the codecs differ (the common case relays the caller's bytes untouched).
+pub(super) fn in_codec(payload: &[u8], from: Codec, to: Codec, send: impl FnOnce(&[u8])) {
     if from == to {
-        return payload;
+        return send(payload);
     }
-    for (o, b) in scratch.iter_mut().zip(payload) {
+    let mut converted = [0u8; MAX_PACKET];
+    let n = payload.len().min(MAX_PACKET);
+    for (o, b) in converted[..n].iter_mut().zip(payload) {
         *o = to.encode(from.decode(*b));
     }
-    &scratch[..payload.len()]
+    send(&converted[..n])
 }

@@ -60,10 +60,6 @@ impl Brand {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Brand> {
-        BRANDS.iter().map(|b| b.2).find(|b| b.as_str() == s)
-    }
-
     /// Digits of the security code: four on the front of an Amex card, three elsewhere.
     pub fn security_code_len(self) -> usize {
         if self == Brand::Amex { 4 } else { 3 }

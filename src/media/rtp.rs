@@ -43,10 +43,6 @@ impl OutStream {
         OutStream { ssrc, seq: Seq::from(initial_seq), last_ts: initial_ts, last_at: None, source: None, offset: 0 }
     }
 
-    pub fn ssrc(&self) -> Ssrc {
-        self.ssrc
-    }
-
     /// Writes one packet into `buf` and returns its length. `src_ts` is the timestamp in the
     /// source's own timeline; the output timestamp continues from the last packet sent plus
     /// the wall time since, whenever the source changes.

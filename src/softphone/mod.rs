@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod caller;
+pub mod desktop;
 
 use std::net::SocketAddr;
 
@@ -24,6 +25,8 @@ pub enum SoftphoneError {
     Refused(u16),
     #[error("protocol: {0}")]
     Protocol(String),
+    #[error("HTTP API: {0}")]
+    Http(String),
 }
 
 /// A minimal SIP user agent socket.
