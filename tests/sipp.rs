@@ -107,6 +107,18 @@ fn wait_with_timeout(child: &mut Child, limit: Duration) -> Option<std::process:
     None
 }
 
+/// Kills the child when a failed assertion unwinds the test, so no server outlives it.
+struct KillOnDrop(Option<Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 fn tonewall() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tonewall"))
 }
@@ -124,7 +136,7 @@ async fn sipp_caller_keys_a_mastercard_and_no_pan_is_left_behind() {
     let (sip_port, http_port) = (free_udp_port(1), free_tcp_port());
     let log_path = dir.path().join("server.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut server = tonewall()
+    let server = tonewall()
         .args(["serve", "--data-dir"])
         .arg(&data)
         .args(["--sip-listen", &format!("127.0.0.1:{sip_port}"), "--http-listen", &format!("127.0.0.1:{http_port}")])
@@ -133,6 +145,7 @@ async fn sipp_caller_keys_a_mastercard_and_no_pan_is_left_behind() {
         .stderr(log)
         .spawn()
         .unwrap();
+    let mut server = KillOnDrop(Some(server));
     let base = format!("http://127.0.0.1:{http_port}");
     let up = async {
         for _ in 0..100 {
@@ -194,6 +207,7 @@ async fn sipp_caller_keys_a_mastercard_and_no_pan_is_left_behind() {
     assert_eq!(session["result"]["expiry_month"], 12);
 
     // Clean shutdown on SIGINT, as Ctrl-C would.
+    let mut server = server.0.take().expect("server still running");
     let _ = Command::new("kill").args(["-INT", &server.id().to_string()]).status();
     let st =
         tokio::task::spawn_blocking(move || wait_with_timeout(&mut server, Duration::from_secs(10))).await.unwrap();

@@ -71,9 +71,19 @@ async fn main() -> anyhow::Result<()> {
             let result = tokio::time::timeout(Duration::from_secs(60), one_call(sip, &base, &key, pan, cvv)).await;
             Some(match result {
                 Ok(Ok((session, leaks, gaps))) => {
+                    if session["state"] != "completed" {
+                        eprintln!("call {i}: session {} ({})", session["state"], session["error"]);
+                    }
                     (session["state"] == "completed", session["result"]["last4"] == last4, leaks, gaps)
                 }
-                _ => (false, false, 0, 0),
+                Ok(Err(e)) => {
+                    eprintln!("call {i}: {e:#}");
+                    (false, false, 0, 0)
+                }
+                Err(_) => {
+                    eprintln!("call {i}: no result within 60 s");
+                    (false, false, 0, 0)
+                }
             })
         }));
     }
