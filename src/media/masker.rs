@@ -24,12 +24,6 @@ const HANGOVER: usize = 80;
 const RING: usize = 4096;
 const NOISE_LEN: usize = 4096;
 
-/// Unit Gaussian noise, half a second of it, drawn once: comfort noise cycles through it.
-static NOISE: std::sync::LazyLock<Box<[f32; NOISE_LEN]>> = std::sync::LazyLock::new(|| {
-    let mut n = Noise::new(0x746f_6e65);
-    Box::new(std::array::from_fn(|_| n.gaussian()))
-});
-
 /// What is being appended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Feed {
@@ -68,8 +62,11 @@ pub struct Masker {
     written: u64,
     read: u64,
     mask_until: u64,
-    /// Peak amplitude of the flat tone, or RMS of the comfort noise.
+    /// Peak amplitude of the flat tone.
     scale: f32,
+    /// Half a second of comfort noise at its level (empty in other modes), drawn once per
+    /// masker: replacing is then a copy.
+    noise: Box<[i16]>,
     noise_at: usize,
     phase: f32,
     /// Index of the sample after the last one marked for replacement.
@@ -92,9 +89,17 @@ impl Masker {
             read: 0,
             mask_until: 0,
             scale: match replacement {
-                Replacement::Silence => 0.0,
-                Replacement::ComfortNoise { dbm0 } => dbm0_to_amplitude(dbm0) / 2f32.sqrt(),
                 Replacement::FlatTone { dbm0, .. } => dbm0_to_amplitude(dbm0),
+                _ => 0.0,
+            },
+            noise: match replacement {
+                Replacement::ComfortNoise { dbm0 } => {
+                    let rms = dbm0_to_amplitude(dbm0) / 2f32.sqrt();
+                    let mut n = Noise::new(0x746f_6e65);
+                    // `as` saturates at the i16 range.
+                    (0..NOISE_LEN).map(|_| (n.gaussian() * rms) as i16).collect()
+                }
+                _ => Box::default(),
             },
             noise_at: 0,
             phase: 0.0,
@@ -118,28 +123,25 @@ impl Masker {
             // Up to the end of the analysis hop (a whole block when not analysing).
             let (used, hop) = if feed == Feed::Audio { self.analysis.feed(rest) } else { (rest.len(), None) };
             let start = self.written;
-            for (k, &s) in rest[..used].iter().enumerate() {
-                let n = start + k as u64;
-                let i = (n as usize) & (RING - 1);
-                self.ring[i] = s;
-                self.masked[i] = mask || n < self.mask_until;
-            }
-            self.written += used as u64;
-            let marked_to = if mask { self.written } else { self.mask_until.min(self.written) };
+            let end = start + used as u64;
+            let (first, second) = slots(start, used);
+            let split = first.len();
+            self.ring[first].copy_from_slice(&rest[..split]);
+            self.ring[second].copy_from_slice(&rest[split..used]);
+            let marked_to = if mask { end } else { self.mask_until.clamp(start, end) };
+            mark(&mut self.masked, start, marked_to, true);
+            mark(&mut self.masked, marked_to, end, false);
             if marked_to > start {
                 self.last_marked = marked_to;
             }
+            self.written = end;
             rest = &rest[used..];
             let Some(hop) = hop else { continue };
             found = self.detector.on_hop(&hop).or(found);
             if self.gate.on_hop(&hop) {
-                let n = self.written - 1;
-                let from = self.read.max((n + 1).saturating_sub(LOOKBACK as u64));
-                for m in from..=n {
-                    self.masked[(m as usize) & (RING - 1)] = true;
-                }
-                self.mask_until = n + 1 + HANGOVER as u64;
-                self.last_marked = n + 1;
+                mark(&mut self.masked, self.read.max(end.saturating_sub(LOOKBACK as u64)), end, true);
+                self.mask_until = end + HANGOVER as u64;
+                self.last_marked = end;
             }
         }
         found
@@ -162,34 +164,62 @@ impl Masker {
 
     /// Takes the next `out.len()` samples (at most `buffered()`), replacing marked ones.
     pub fn pop(&mut self, out: &mut [i16]) {
-        for o in out.iter_mut() {
+        let mut done = 0;
+        while done < out.len() {
+            // A run of samples marked alike, up to the ring's end.
             let i = (self.read as usize) & (RING - 1);
-            *o = if self.masked[i] {
-                self.replaced += 1;
-                self.replacement_sample()
+            let replace = self.masked[i];
+            let most = (out.len() - done).min(RING - i);
+            let run = self.masked[i..i + most].iter().position(|m| *m != replace).unwrap_or(most);
+            let dst = &mut out[done..done + run];
+            if replace {
+                self.replace(dst);
+                self.replaced += run as u64;
             } else {
-                self.ring[i]
-            };
-            self.read += 1;
+                dst.copy_from_slice(&self.ring[i..i + run]);
+            }
+            self.read += run as u64;
+            done += run;
         }
     }
 
-    fn replacement_sample(&mut self) -> i16 {
+    fn replace(&mut self, out: &mut [i16]) {
         match self.replacement {
-            Replacement::Silence => 0,
+            Replacement::Silence => out.fill(0),
             Replacement::ComfortNoise { .. } => {
-                self.noise_at = (self.noise_at + 1) % NOISE_LEN;
-                (NOISE[self.noise_at] * self.scale).clamp(-32768.0, 32767.0) as i16
+                let mut rest = out;
+                while !rest.is_empty() {
+                    let n = rest.len().min(NOISE_LEN - self.noise_at);
+                    rest[..n].copy_from_slice(&self.noise[self.noise_at..self.noise_at + n]);
+                    self.noise_at = (self.noise_at + n) % NOISE_LEN;
+                    rest = &mut rest[n..];
+                }
             }
             Replacement::FlatTone { hz, .. } => {
-                self.phase += 2.0 * std::f32::consts::PI * hz / 8000.0;
-                if self.phase > 2.0 * std::f32::consts::PI {
-                    self.phase -= 2.0 * std::f32::consts::PI;
+                for o in out {
+                    self.phase += 2.0 * std::f32::consts::PI * hz / 8000.0;
+                    if self.phase > 2.0 * std::f32::consts::PI {
+                        self.phase -= 2.0 * std::f32::consts::PI;
+                    }
+                    *o = (self.scale * self.phase.sin()) as i16;
                 }
-                (self.scale * self.phase.sin()) as i16
             }
         }
     }
+}
+
+/// Marks samples `from..to` for replacement or not.
+fn mark(masked: &mut [bool; RING], from: u64, to: u64, replace: bool) {
+    let (first, second) = slots(from, to.saturating_sub(from) as usize);
+    masked[first].fill(replace);
+    masked[second].fill(replace);
+}
+
+/// The ring slots of samples `from..from + len` (len ≤ RING), as at most two ranges.
+fn slots(from: u64, len: usize) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+    let start = (from as usize) & (RING - 1);
+    let first = len.min(RING - start);
+    (start..start + first, 0..len - first)
 }
 
 #[cfg(test)]

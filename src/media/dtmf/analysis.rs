@@ -4,22 +4,19 @@
 //! distance it needs (the gate over one hop, the detector over two). One analysis serves
 //! both, which halves the cost of running them side by side.
 
-use super::{Bank, analysis_frequencies};
+use super::{Bank, Spectrum};
 
 pub const WINDOW: usize = 128;
 pub const HOP: usize = 32;
 
-pub(crate) type Dft = [(f32, f32); 10];
-
 /// One hop's view of the signal.
 pub(crate) struct HopView<'a> {
-    pub bank: &'a Bank,
-    pub window: &'a [f32],
-    pub now: &'a Dft,
+    pub window: &'a [f32; WINDOW],
+    pub now: &'a Spectrum,
     /// One hop (4 ms) earlier.
-    pub back1: &'a Dft,
+    pub back1: &'a Spectrum,
     /// Two hops (8 ms) earlier.
-    pub back2: &'a Dft,
+    pub back2: &'a Spectrum,
     /// Hops since the start; the detector works on every other one.
     pub index: u64,
     /// Samples since the start, at the end of this hop.
@@ -31,7 +28,9 @@ pub struct Analysis {
     history: [f32; WINDOW],
     pending: usize,
     shift_due: bool,
-    dfts: [Dft; 3],
+    /// The last three hops' spectra; the newest is at `newest`.
+    spectra: [Spectrum; 3],
+    newest: usize,
     hops: u64,
     samples: u64,
 }
@@ -45,11 +44,12 @@ impl Default for Analysis {
 impl Analysis {
     pub fn new() -> Analysis {
         Analysis {
-            bank: Bank::new(&analysis_frequencies(), WINDOW),
+            bank: Bank::new(),
             history: [0.0; WINDOW],
             pending: 0,
             shift_due: false,
-            dfts: [[(0.0, 0.0); 10]; 3],
+            spectra: Default::default(),
+            newest: 0,
             hops: 0,
             samples: 0,
         }
@@ -81,11 +81,9 @@ impl Analysis {
         }
         self.pending = 0;
         self.shift_due = true;
-        self.dfts.rotate_right(1);
-        let mut now = [(0.0f32, 0.0f32); 10];
-        self.bank.analyse(&self.history, &mut now);
-        self.dfts[0] = now;
         self.hops += 1;
+        self.newest = if self.newest == 2 { 0 } else { self.newest + 1 };
+        self.spectra[self.newest] = self.bank.analyse(&self.history);
         // Measuring needs two earlier analyses; before the window has filled, its older part
         // is silence, as if the stream had been preceded by it.
         if self.hops < 3 {
@@ -94,11 +92,10 @@ impl Analysis {
         (
             used,
             Some(HopView {
-                bank: &self.bank,
                 window: &self.history,
-                now: &self.dfts[0],
-                back1: &self.dfts[1],
-                back2: &self.dfts[2],
+                now: &self.spectra[self.newest],
+                back1: &self.spectra[(self.newest + 2) % 3],
+                back2: &self.spectra[(self.newest + 1) % 3],
                 index: self.hops,
                 end_sample: self.samples,
             }),

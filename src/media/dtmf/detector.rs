@@ -17,7 +17,7 @@
 //! least five), so the same key keyed twice is reported twice.
 
 use super::analysis::{Analysis, HOP, HopView, WINDOW};
-use super::{COLS, ROWS, key_at, measure};
+use super::{COLS, ROWS, key_at, sum_of_squares};
 use crate::media::telephone_event::Key;
 
 const QUARTER: usize = WINDOW / 4;
@@ -124,25 +124,23 @@ impl DetectorState {
 
 /// The (row, column) this window holds, if it passes every check.
 fn classify(hop: &HopView) -> Option<(usize, usize)> {
-    let m = measure(hop.bank, hop.window, hop.now, hop.back2, 2 * HOP);
-    let twist = m.row_dbm0 - m.col_dbm0;
+    let (s, prev) = (hop.now, hop.back2);
+    let twist = s.row_dbm0 - s.col_dbm0;
     let in_tolerance = |f: f32, off: f32| off.abs() <= 0.025 * f + 1.0;
-    let ok = m.row_dbm0 >= MIN_LEVEL_DBM0
-        && m.col_dbm0 >= MIN_LEVEL_DBM0
+    let ok = s.row_dbm0 >= MIN_LEVEL_DBM0
+        && s.col_dbm0 >= MIN_LEVEL_DBM0
         && twist <= MAX_NORMAL_TWIST_DB
         && -twist <= MAX_REVERSE_TWIST_DB
-        && m.share >= MIN_TONE_SHARE
-        && in_tolerance(ROWS[m.row], m.row_offset_hz)
-        && in_tolerance(COLS[m.col], m.col_offset_hz)
+        && s.holds_share(prev, 2 * HOP, MIN_TONE_SHARE)
+        && in_tolerance(ROWS[s.row], s.row_offset_hz(prev, 2 * HOP))
+        && in_tolerance(COLS[s.col], s.col_offset_hz(prev, 2 * HOP))
         && steady(hop.window);
-    ok.then_some((m.row, m.col))
+    ok.then_some((s.row, s.col))
 }
 
 /// Whether the window's four quarters carry similar energy (a tone covers all of it).
 fn steady(window: &[f32]) -> bool {
-    let (lo, hi) = window
-        .chunks(QUARTER)
-        .map(|q| q.iter().map(|s| s * s).sum::<f32>())
-        .fold((f32::MAX, 0.0f32), |(lo, hi), e| (lo.min(e), hi.max(e)));
+    let (lo, hi) =
+        window.chunks(QUARTER).map(sum_of_squares).fold((f32::MAX, 0.0f32), |(lo, hi), e| (lo.min(e), hi.max(e)));
     hi <= MAX_QUARTER_SPREAD * lo
 }

@@ -5,7 +5,7 @@
 //! frequency acceptance): masking a little speech is cheap, leaking a tone is not.
 
 use super::analysis::{Analysis, HOP, HopView};
-use super::{COLS, ROWS, measure};
+use super::{COLS, ROWS};
 
 const MIN_LEVEL_DBM0: f32 = -45.0;
 const MAX_TWIST_DB: f32 = 14.0;
@@ -49,14 +49,14 @@ impl GateState {
 }
 
 fn tone_present(hop: &HopView) -> bool {
-    let m = measure(hop.bank, hop.window, hop.now, hop.back1, HOP);
+    let (s, prev) = (hop.now, hop.back1);
     let near = |f: f32, off: f32| off.abs() <= f * MAX_OFFSET_PERCENT / 100.0;
-    m.row_dbm0 >= MIN_LEVEL_DBM0
-        && m.col_dbm0 >= MIN_LEVEL_DBM0
-        && (m.row_dbm0 - m.col_dbm0).abs() <= MAX_TWIST_DB
-        && m.share >= MIN_TONE_SHARE
-        && near(ROWS[m.row], m.row_offset_hz)
-        && near(COLS[m.col], m.col_offset_hz)
+    s.row_dbm0 >= MIN_LEVEL_DBM0
+        && s.col_dbm0 >= MIN_LEVEL_DBM0
+        && (s.row_dbm0 - s.col_dbm0).abs() <= MAX_TWIST_DB
+        && s.holds_share(prev, HOP, MIN_TONE_SHARE)
+        && near(ROWS[s.row], s.row_offset_hz(prev, HOP))
+        && near(COLS[s.col], s.col_offset_hz(prev, HOP))
 }
 
 #[cfg(test)]

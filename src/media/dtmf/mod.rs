@@ -1,9 +1,9 @@
 //! In-band DTMF (ITU-T Q.23 frequencies, Q.24 reception limits): a strict detector that
 //! decides which key, and a fast tone-presence gate that decides which audio to mask.
 //!
-//! Both look at Hann-windowed single-frequency DFTs (a Goertzel-style correlation with
-//! precomputed tables) of 8 kHz linear audio. The strict detector also measures each tone's
-//! frequency from the phase advance between overlapping windows, which is what lets it
+//! Both look at Hann-windowed single-frequency DFTs (the Goertzel recursion, all frequencies
+//! side by side in SIMD lanes) of 8 kHz linear audio, computed once per hop for both. The
+//! strict detector also measures each tone's frequency from the phase advance between overlapping windows, which is what lets it
 //! reject a tone 3.5% off while accepting one 1.5% + 2 Hz off.
 
 pub mod analysis;
@@ -11,7 +11,9 @@ pub mod detector;
 pub mod gate;
 pub mod signal;
 
-use std::f32::consts::PI;
+use std::f32::consts::{PI, TAU};
+
+use analysis::WINDOW;
 
 pub use detector::Detector;
 pub use gate::Gate;
@@ -57,52 +59,15 @@ pub fn amplitude_to_dbm0(amplitude: f32) -> f32 {
     20.0 * (amplitude.max(1e-3) / 32767.0).log10() + FULL_SCALE_DBM0
 }
 
-/// What one analysis window holds: the strongest row and column tones, their levels, the
-/// share of the window's energy they carry (dial tone excluded) and their frequency offsets
-/// measured from the phase advance since the window `hop` samples earlier.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Measure {
-    pub row: usize,
-    pub col: usize,
-    pub row_dbm0: f32,
-    pub col_dbm0: f32,
-    pub share: f32,
-    pub row_offset_hz: f32,
-    pub col_offset_hz: f32,
-}
+/// Rows, columns and dial tone: the frequencies every analysis measures, in this order.
+pub(crate) const FREQS: usize = 10;
 
-/// The ten frequencies every analysis measures: rows, columns, dial tone.
-pub(crate) fn analysis_frequencies() -> Vec<f32> {
-    let mut f = ROWS.to_vec();
-    f.extend_from_slice(&COLS);
-    f.extend_from_slice(&DIAL);
+pub(crate) fn analysis_frequencies() -> [f32; FREQS] {
+    let mut f = [0.0; FREQS];
+    f[..4].copy_from_slice(&ROWS);
+    f[4..8].copy_from_slice(&COLS);
+    f[8..].copy_from_slice(&DIAL);
     f
-}
-
-pub(crate) fn measure(
-    bank: &Bank,
-    window: &[f32],
-    now: &[(f32, f32); 10],
-    prev: &[(f32, f32); 10],
-    hop: usize,
-) -> Measure {
-    let p = now.map(power);
-    let (row, pr) = strongest(&p[0..4]);
-    let (col, pc) = strongest(&p[4..8]);
-    // Dial tone counts against nothing, but only when it really is 350 + 440 Hz: other
-    // low-frequency energy (a vowel near 400 Hz) leaks into both bins and must still count.
-    let is_dial = |i: usize| frequency_offset(DIAL[i - 8], now[i], prev[i], hop).abs() < 6.0;
-    let dial = if is_dial(8) && is_dial(9) { p[8] + p[9] } else { 0.0 };
-    let total = bank.windowed_energy(window) - dial;
-    Measure {
-        row,
-        col,
-        row_dbm0: amplitude_to_dbm0(bank.amplitude(now[row])),
-        col_dbm0: amplitude_to_dbm0(bank.amplitude(now[4 + col])),
-        share: (pr + pc) / total.max(1e-3),
-        row_offset_hz: frequency_offset(ROWS[row], now[row], prev[row], hop),
-        col_offset_hz: frequency_offset(COLS[col], now[4 + col], prev[4 + col], hop),
-    }
 }
 
 /// Frequency offset of the tone seen at nominal `f`, from its phase advance over `hop`
@@ -112,86 +77,224 @@ pub fn frequency_offset(f: f32, now: (f32, f32), prev: (f32, f32), hop: usize) -
     let re = now.0 * prev.0 + now.1 * prev.1;
     let im = now.1 * prev.0 - now.0 * prev.1;
     let expected = 2.0 * PI * f * hop as f32 / SAMPLE_RATE;
-    // Wrap into (−π, π]: both terms lie within a few turns, so subtraction beats fmod.
-    let mut d = im.atan2(re) - expected;
-    while d > PI {
-        d -= 2.0 * PI;
-    }
-    while d <= -PI {
-        d += 2.0 * PI;
-    }
-    d * SAMPLE_RATE / (2.0 * PI * hop as f32)
+    // Wrap into [−π, π]: take off the nearest whole number of turns (a truncating cast
+    // rounds half away from zero here, where `round` would be a libm call).
+    let d = atan2(im, re) - expected;
+    let turns = (d / TAU + 0.5f32.copysign(d)) as i32;
+    (d - TAU * turns as f32) * SAMPLE_RATE / (TAU * hop as f32)
 }
 
-/// Hann-windowed DFT at fixed frequencies over a fixed-length window.
+/// atan2 to within 1e-5 rad (0.001 Hz over one hop), a quarter of libm's cost: an odd
+/// polynomial on [0, 1] (the Cg reference's coefficients), then the octant.
+fn atan2(y: f32, x: f32) -> f32 {
+    let (ax, ay) = (x.abs(), y.abs());
+    let (lo, hi) = (ax.min(ay), ax.max(ay));
+    if hi == 0.0 {
+        return 0.0;
+    }
+    let a = lo / hi;
+    let s = a * a;
+    let p = ((((-0.013_480_47 * s + 0.057_477_314) * s - 0.121_239_07) * s + 0.195_635_93) * s - 0.332_994_6) * s
+        + 0.999_995_63;
+    let mut r = p * a;
+    if ay > ax {
+        r = PI / 2.0 - r;
+    }
+    if x < 0.0 {
+        r = PI - r;
+    }
+    if y < 0.0 { -r } else { r }
+}
+
+/// Goertzel lanes: the ten frequencies and two idle ones, so each step of the recursion is
+/// one 8-wide and one 4-wide vector operation.
+const LANES: usize = 12;
+
+pub(crate) type Dft = [(f32, f32); FREQS];
+
+/// One window's analysis: the DFT at each frequency, its power, the window's energy on the
+/// same scale, and the strongest row and column with their levels. The checks that need an
+/// earlier window (`hop` samples before) measure phase advance: they cost more, so the
+/// gate and detector make them last.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Spectrum {
+    pub dft: Dft,
+    pub power: [f32; FREQS],
+    pub energy: f32,
+    pub row: usize,
+    pub col: usize,
+    pub row_dbm0: f32,
+    pub col_dbm0: f32,
+}
+
+impl Spectrum {
+    fn tones(&self) -> f32 {
+        self.power[self.row] + self.power[4 + self.col]
+    }
+
+    /// Whether the row and column tones hold at least `min` of the window's energy, dial
+    /// tone excluded. Dial tone counts against nothing, but only when it really is 350 +
+    /// 440 Hz: other low-frequency energy (a vowel near 400 Hz) leaks into both bins and
+    /// must still count. The phase check runs only when its answer could change the outcome.
+    pub(crate) fn holds_share(&self, prev: &Spectrum, hop: usize, min: f32) -> bool {
+        let share = |total: f32| self.tones() / total.max(1e-3);
+        let dial = self.power[8] + self.power[9];
+        if share(self.energy) >= min {
+            return true;
+        }
+        if share(self.energy - dial) < min {
+            return false;
+        }
+        let is_dial = |i: usize| frequency_offset(DIAL[i - 8], self.dft[i], prev.dft[i], hop).abs() < 6.0;
+        is_dial(8) && is_dial(9)
+    }
+
+    pub(crate) fn row_offset_hz(&self, prev: &Spectrum, hop: usize) -> f32 {
+        frequency_offset(ROWS[self.row], self.dft[self.row], prev.dft[self.row], hop)
+    }
+
+    pub(crate) fn col_offset_hz(&self, prev: &Spectrum, hop: usize) -> f32 {
+        let i = 4 + self.col;
+        frequency_offset(COLS[self.col], self.dft[i], prev.dft[i], hop)
+    }
+}
+
+/// Hann-windowed DFT over `WINDOW` samples at the analysis frequencies, computed with the
+/// Goertzel recursion (one multiply and two adds per sample and frequency, no tables).
 #[derive(Debug, Clone)]
 pub(crate) struct Bank {
-    len: usize,
-    /// Per frequency: window × cos, then window × −sin (separate arrays vectorize).
-    cos: Vec<Vec<f32>>,
-    sin: Vec<Vec<f32>>,
-    window: Vec<f32>,
+    /// 2·cos ω: the recursion's feedback.
+    feedback: [f32; LANES],
+    cos: [f32; FREQS],
+    sin: [f32; FREQS],
+    window: [f32; WINDOW],
 }
 
-/// Lanes summed side by side: float addition is not reassociated by the compiler, so
-/// independent partial sums are what lets the dot products use SIMD.
-const LANES: usize = 8;
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; LANES];
-    for (x, y) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
-        // Fixed-size views: no bounds checks inside, so the loop becomes SIMD.
-        let (Ok(x), Ok(y)) = (<&[f32; LANES]>::try_from(x), <&[f32; LANES]>::try_from(y)) else { continue };
-        for l in 0..LANES {
-            acc[l] += x[l] * y[l];
-        }
+impl Default for Bank {
+    fn default() -> Self {
+        Self::new()
     }
-    let tail: f32 =
-        a.chunks_exact(LANES).remainder().iter().zip(b.chunks_exact(LANES).remainder()).map(|(x, y)| x * y).sum();
-    acc.iter().sum::<f32>() + tail
 }
 
 impl Bank {
-    pub(crate) fn new(freqs: &[f32], len: usize) -> Bank {
-        let window: Vec<f32> = (0..len).map(|n| 0.5 - 0.5 * (2.0 * PI * n as f32 / len as f32).cos()).collect();
-        let table = |f: f32, trig: fn(f32) -> f32, sign: f32| -> Vec<f32> {
-            (0..len).map(|n| sign * window[n] * trig(2.0 * PI * f * n as f32 / SAMPLE_RATE)).collect()
-        };
+    pub(crate) fn new() -> Bank {
+        let omega = analysis_frequencies().map(|f| 2.0 * PI * f / SAMPLE_RATE);
+        let mut feedback = [0.0; LANES];
+        for (c, w) in feedback.iter_mut().zip(omega) {
+            *c = 2.0 * w.cos();
+        }
         Bank {
-            len,
-            cos: freqs.iter().map(|f| table(*f, f32::cos, 1.0)).collect(),
-            sin: freqs.iter().map(|f| table(*f, f32::sin, -1.0)).collect(),
-            window,
+            feedback,
+            cos: omega.map(f32::cos),
+            sin: omega.map(f32::sin),
+            window: std::array::from_fn(|n| 0.5 - 0.5 * (2.0 * PI * n as f32 / WINDOW as f32).cos()),
         }
     }
 
-    /// Complex DFT values for `x` (exactly `len` samples) at the first `out.len()`
-    /// frequencies.
-    pub(crate) fn analyse(&self, x: &[f32], out: &mut [(f32, f32)]) {
-        for ((c, s), o) in self.cos.iter().zip(&self.sin).zip(out.iter_mut()) {
-            *o = (dot(x, c), dot(x, s));
+    /// The spectrum of one window. Its DFT values are phased to the window's last sample
+    /// (Goertzel's reference), not its first: the same for every window, so the phase
+    /// advance between two windows is the same either way.
+    pub(crate) fn analyse(&self, x: &[f32; WINDOW]) -> Spectrum {
+        let (squares, last, before) = window_and_recurse(&self.window, &self.feedback, x);
+        // For Hann, |X|² of a sine is (A·N/4)², Σ(w·x)² is A²·3N/16: the ratio is N/3.
+        let energy = squares * WINDOW as f32 / 3.0;
+        let dft: Dft = std::array::from_fn(|k| (last[k] - self.cos[k] * before[k], self.sin[k] * before[k]));
+        let power = dft.map(power);
+        let (row, _) = strongest(&power[0..4]);
+        let (col, _) = strongest(&power[4..8]);
+        Spectrum {
+            dft,
+            power,
+            energy,
+            row,
+            col,
+            row_dbm0: power_to_dbm0(power[row]),
+            col_dbm0: power_to_dbm0(power[4 + col]),
         }
     }
+}
 
-    /// Energy of the windowed signal, scaled so that a lone on-bin sine's `power` over it is 1.
-    pub(crate) fn windowed_energy(&self, x: &[f32]) -> f32 {
-        let mut acc = [0.0f32; LANES];
-        for (xs, ws) in x.chunks_exact(LANES).zip(self.window.chunks_exact(LANES)) {
-            let (Ok(xs), Ok(ws)) = (<&[f32; LANES]>::try_from(xs), <&[f32; LANES]>::try_from(ws)) else { continue };
+/// Peak amplitude of an on-bin sine giving this windowed DFT value.
+#[cfg(test)]
+fn amplitude(v: (f32, f32)) -> f32 {
+    power(v).sqrt() * 4.0 / WINDOW as f32
+}
+
+/// The level of an on-bin sine giving this windowed DFT power: `amplitude_to_dbm0` of its
+/// amplitude, with the square root folded into the logarithm.
+fn power_to_dbm0(p: f32) -> f32 {
+    // amplitude = √p · 4/N; the floor matches amplitude_to_dbm0's 1e-3.
+    let floor = (1e-3 * WINDOW as f32 / 4.0) * (1e-3 * WINDOW as f32 / 4.0);
+    let scale = 4.0 / WINDOW as f32 / 32767.0;
+    10.0 * log10(p.max(floor) * scale * scale) + FULL_SCALE_DBM0
+}
+
+/// log10 of a positive normal float to within 1e-5, without libm: the exponent from the
+/// float's bits, and for the mantissa m in [1, 2) the series of atanh in t = (m−1)/(m+1),
+/// which needs four terms for t ≤ 1/3.
+fn log10(x: f32) -> f32 {
+    let bits = x.to_bits();
+    let exponent = ((bits >> 23) & 0xff) as i32 - 127;
+    let m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
+    let t = (m - 1.0) / (m + 1.0);
+    let t2 = t * t;
+    let ln_m = 2.0 * t * (1.0 + t2 * (1.0 / 3.0 + t2 * (1.0 / 5.0 + t2 * (1.0 / 7.0))));
+    (exponent as f32 * std::f32::consts::LN_2 + ln_m) * std::f32::consts::LOG10_E
+}
+
+/// What `analyse` needs from the samples: Σ(w·x)² and, per lane, the last two values of the
+/// Goertzel recursion s[n] = w[n]·x[n] + 2cos ω·s[n−1] − s[n−2].
+type Recursion = (f32, [f32; LANES], [f32; LANES]);
+
+/// The per-sample arithmetic of one window, compiled for AVX2 with fused multiply-add too,
+/// and run that way where the CPU has them (half the instructions of baseline x86-64).
+fn window_and_recurse(window: &[f32; WINDOW], feedback: &[f32; LANES], x: &[f32; WINDOW]) -> Recursion {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features `window_and_recurse_avx2` is compiled for.
+        return unsafe { window_and_recurse_avx2(window, feedback, x) };
+    }
+    window_and_recurse_with::<false>(window, feedback, x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn window_and_recurse_avx2(window: &[f32; WINDOW], feedback: &[f32; LANES], x: &[f32; WINDOW]) -> Recursion {
+    window_and_recurse_with::<true>(window, feedback, x)
+}
+
+#[inline(always)]
+fn window_and_recurse_with<const FMA: bool>(w: &[f32; WINDOW], c: &[f32; LANES], x: &[f32; WINDOW]) -> Recursion {
+    let windowed: [f32; WINDOW] = std::array::from_fn(|n| x[n] * w[n]);
+    let squares = sum_of_squares(&windowed);
+    let step =
+        |c: f32, prev: f32, prev2: f32, x: f32| if FMA { c.mul_add(prev, x - prev2) } else { c * prev + (x - prev2) };
+    // Four samples per turn, the two state arrays swapping roles: no copies between steps.
+    let (mut a, mut b) = ([0.0f32; LANES], [0.0f32; LANES]);
+    for quad in windowed.as_chunks::<4>().0 {
+        for pair in [[quad[0], quad[1]], [quad[2], quad[3]]] {
             for l in 0..LANES {
-                let v = xs[l] * ws[l];
-                acc[l] += v * v;
+                b[l] = step(c[l], a[l], b[l], pair[0]);
+            }
+            for l in 0..LANES {
+                a[l] = step(c[l], b[l], a[l], pair[1]);
             }
         }
-        let e: f32 = acc.iter().sum();
-        // For Hann, |X|² of a sine is (A·N/4)², Σ(w·x)² is A²·3N/16: the ratio is N/3.
-        e * self.len as f32 / 3.0
     }
+    (squares, a, b)
+}
 
-    /// Peak amplitude of an on-bin sine giving this DFT value.
-    pub(crate) fn amplitude(&self, v: (f32, f32)) -> f32 {
-        power(v).sqrt() * 4.0 / self.len as f32
+/// Σx², summed in eight lanes so that it vectorizes (float addition is not reassociated).
+#[inline(always)]
+pub(crate) fn sum_of_squares(x: &[f32]) -> f32 {
+    let (chunks, rest) = x.as_chunks::<8>();
+    let mut lanes = [0.0f32; 8];
+    for c in chunks {
+        for l in 0..8 {
+            lanes[l] += c[l] * c[l];
+        }
     }
+    lanes.iter().sum::<f32>() + rest.iter().map(|v| v * v).sum::<f32>()
 }
 
 pub(crate) fn power(v: (f32, f32)) -> f32 {
@@ -219,14 +322,74 @@ mod tests {
     }
 
     #[test]
-    fn bank_measures_an_on_bin_sine() {
-        let bank = Bank::new(&[1000.0], 128);
-        let a = 5000.0;
-        let x: Vec<f32> = (0..128).map(|n| a * (2.0 * PI * 1000.0 * n as f32 / SAMPLE_RATE).sin()).collect();
-        let mut out = [(0.0, 0.0)];
-        bank.analyse(&x, &mut out);
-        assert!((bank.amplitude(out[0]) - a).abs() / a < 0.02);
-        let ratio = power(out[0]) / bank.windowed_energy(&x);
-        assert!((ratio - 1.0).abs() < 0.05, "{ratio}");
+    fn bank_matches_a_direct_hann_windowed_dft() {
+        let freqs = analysis_frequencies();
+        let mut noise = signal::Noise::new(3);
+        let x: [f32; WINDOW] = std::array::from_fn(|n| {
+            5000.0 * (2.0 * PI * 1209.0 * n as f32 / SAMPLE_RATE + 0.3).sin() + 300.0 * noise.gaussian()
+        });
+        let spectrum = Bank::new().analyse(&x);
+        for (k, f) in freqs.iter().enumerate() {
+            let (mut re, mut im) = (0.0f64, 0.0f64);
+            for (n, s) in x.iter().enumerate() {
+                let w = 0.5 - 0.5 * (2.0 * std::f64::consts::PI * n as f64 / WINDOW as f64).cos();
+                let t = 2.0 * std::f64::consts::PI * f64::from(*f) * n as f64 / f64::from(SAMPLE_RATE);
+                re += w * f64::from(*s) * t.cos();
+                im -= w * f64::from(*s) * t.sin();
+            }
+            // Refer the direct DFT to the window's last sample, as Goertzel's output is.
+            let back = 2.0 * std::f64::consts::PI * f64::from(*f) * (WINDOW - 1) as f64 / f64::from(SAMPLE_RATE);
+            let (re, im) = (re * back.cos() - im * back.sin(), re * back.sin() + im * back.cos());
+            let (gr, gi) = spectrum.dft[k];
+            let err = ((f64::from(gr) - re).powi(2) + (f64::from(gi) - im).powi(2)).sqrt();
+            assert!(err < 1e-4 * (re * re + im * im).sqrt().max(1000.0), "{f} Hz: {err}");
+        }
+        assert_eq!(spectrum.col, 0, "1209 Hz is the strongest column");
+        // 1209 Hz sits a third of a bin off the 62.5 Hz grid: Hann scallops it by < 1 dB.
+        let loss_db = 20.0 * (5000.0 / amplitude(spectrum.dft[4])).log10();
+        assert!(loss_db.abs() < 1.0, "{loss_db}");
+    }
+
+    #[test]
+    fn energy_scale_gives_a_lone_sine_a_share_of_one() {
+        let x: [f32; WINDOW] = std::array::from_fn(|n| 5000.0 * (2.0 * PI * 1000.0 * n as f32 / SAMPLE_RATE).sin());
+        let bank = Bank::new();
+        let s = bank.analyse(&x);
+        // 1000 Hz is on a bin of the 128-point window, as none of the DTMF tones is; its
+        // power is measured with a one-frequency sum.
+        let on_bin: (f32, f32) = x.iter().enumerate().fold((0.0, 0.0), |(re, im), (n, v)| {
+            let t = 2.0 * PI * 1000.0 * n as f32 / SAMPLE_RATE;
+            (re + bank.window[n] * v * t.cos(), im - bank.window[n] * v * t.sin())
+        });
+        assert!((power(on_bin) / s.energy - 1.0).abs() < 0.05);
+    }
+
+    #[test]
+    fn fast_log10_and_levels_agree_with_libm() {
+        let mut x = 1e-30f32;
+        while x < 1e30 {
+            assert!((log10(x) - x.log10()).abs() < 2e-5, "{x}");
+            x *= 1.37;
+        }
+        for amplitude in [1e-4f32, 0.5, 100.0, 5000.0, 32767.0] {
+            let p = (amplitude * WINDOW as f32 / 4.0).powi(2);
+            assert!((power_to_dbm0(p) - amplitude_to_dbm0(amplitude)).abs() < 1e-3, "{amplitude}");
+        }
+    }
+
+    #[test]
+    fn fast_atan2_agrees_with_libm() {
+        let mut worst = 0.0f32;
+        for i in 0..3600 {
+            let t = i as f32 * 0.1f32.to_radians();
+            for r in [1e-3f32, 1.0, 7.5e6] {
+                let (y, x) = (r * t.sin(), r * t.cos());
+                // The two may land on opposite sides of the ±π cut.
+                let d = (atan2(y, x) - y.atan2(x)).abs();
+                worst = worst.max(d.min((d - 2.0 * PI).abs()));
+            }
+        }
+        assert!(worst < 1e-5, "{worst}");
+        assert_eq!(atan2(0.0, 0.0), 0.0);
     }
 }
