@@ -13,6 +13,8 @@ use crate::call::Masking;
 use crate::capture::collector::CollectorConfig;
 use crate::media::masker::Replacement;
 use crate::sip::transaction::Timers;
+use crate::vault::secret::SecretSource;
+use crate::vault::token::TokenFormat;
 
 pub const DEFAULT_PATH: &str = "sip-config/tonewall.toml";
 const EMBEDDED: &str = include_str!("../sip-config/tonewall.toml");
@@ -35,6 +37,8 @@ pub struct Config {
     pub media: MediaConfig,
     pub capture: CaptureConfig,
     pub storage: StorageConfig,
+    pub vault: VaultConfig,
+    pub webhook: WebhookConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -79,6 +83,30 @@ pub struct CaptureConfig {
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     pub data_dir: PathBuf,
+    /// Empty: SQLite under `data_dir`.
+    pub database_url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultConfig {
+    pub kek: SecretSource,
+    pub production: bool,
+    pub token_format: TokenFormat,
+    pub convergent: bool,
+    pub token_ttl_days: u32,
+    pub security_code_ttl_s: u64,
+    pub max_encryptions_per_key: u64,
+    pub detokenize_per_minute: u32,
+    pub bulk_alarm_per_hour: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    pub secret: SecretSource,
+    pub retry_base_s: u64,
 }
 
 impl Config {
@@ -152,7 +180,35 @@ impl Config {
         if self.sip.public_host.contains(['<', '>', ' ', ';']) {
             return bad("sip.public_host", "must be host or host:port");
         }
+        if !self.storage.database_url.is_empty() && !self.storage.database_url.starts_with("postgres") {
+            return bad("storage.database_url", "must be empty (SQLite) or a postgres:// URL");
+        }
+        if !(1..=(1u64 << 32) - (1 << 24)).contains(&self.vault.max_encryptions_per_key) {
+            return bad("vault.max_encryptions_per_key", "must be between 1 and 2^32 - 2^24");
+        }
+        if self.vault.security_code_ttl_s == 0 || self.vault.security_code_ttl_s > 3600 {
+            return bad("vault.security_code_ttl_s", "must be between 1 and 3600 seconds");
+        }
+        if self.vault.detokenize_per_minute == 0 {
+            return bad("vault.detokenize_per_minute", "must be at least 1");
+        }
+        if self.vault.production && self.vault.kek.is_development() {
+            return bad("vault.kek", "production mode refuses the development key and a key inside the config file");
+        }
+        if self.vault.production && !self.webhook.url.is_empty() && self.webhook.secret.is_development() {
+            return bad("webhook.secret", "production mode refuses a development secret");
+        }
+        if !self.webhook.url.is_empty() && !self.webhook.url.starts_with("http://") && !self.webhook.url.starts_with("https://") {
+            return bad("webhook.url", "must be an http:// or https:// URL");
+        }
         Ok(())
+    }
+
+    /// Production mode (`--production` or `vault.production`): validated again, since the
+    /// flag can turn it on after the file was read.
+    pub fn set_production(&mut self) -> Result<(), ConfigError> {
+        self.vault.production = true;
+        self.validate()
     }
 
     pub fn timers(&self) -> Timers {
@@ -205,6 +261,14 @@ mod tests {
             Config::parse("x", &ok_tone).unwrap().capture.masking,
             Replacement::FlatTone { hz: 2100.0, dbm0: -20.0 }
         );
+        let dev = EMBEDDED.replace("production = false", "production = true");
+        assert!(Config::parse("x", &dev).unwrap_err().to_string().contains("vault.kek"));
+        let inline = dev.replace("kek = \"dev_file\"", &format!("kek = {{ hex = \"{}\" }}", "ab".repeat(32)));
+        assert!(Config::parse("x", &inline).unwrap_err().to_string().contains("vault.kek"));
+        let env = dev.replace("kek = \"dev_file\"", "kek = { env = \"TONEWALL_KEK\" }");
+        assert!(Config::parse("x", &env).is_ok(), "production with the KEK in the environment");
+        let mut c = Config::embedded();
+        assert!(c.set_production().unwrap_err().to_string().contains("vault.kek"), "--production refuses it too");
         let bad_addr = EMBEDDED.replace("listen = \"127.0.0.1:8080\"", "listen = \"nowhere\"");
         assert!(Config::parse("x", &bad_addr).unwrap_err().to_string().contains("listen"));
     }

@@ -40,7 +40,7 @@ pub async fn run(data_dir: &Path) -> anyhow::Result<DemoOutcome> {
 }
 
 async fn drive(server: &Server, data_dir: &Path) -> anyhow::Result<DemoOutcome> {
-    let key = auth::create_key(server.shared.vault.pool(), Role::Agent).await?;
+    let (_, key) = auth::create_key(server.shared.vault.pool(), Role::Agent).await?;
     let agent = Agent::start().await?;
     let base = format!("http://{}", server.http_addr);
     println!("tonewall   SIP udp:{}  HTTP {}", server.sip_addr, base);

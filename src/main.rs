@@ -1,7 +1,8 @@
-//! The `tonewall` command line: serve, demo, api-key create, check-config.
+//! The `tonewall` command line: serve, demo, api-key create, keys rotate|status, audit verify,
+//! check-config.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -10,7 +11,11 @@ use clap::{Parser, Subcommand};
 use tonewall::api::auth::{self, Role};
 use tonewall::config::Config;
 use tonewall::runtime::Server;
-use tonewall::vault::Vault;
+use tonewall::vault::{Actor, Vault, VaultOptions, audit, keyring};
+
+fn cli_event() -> audit::Event<'static> {
+    audit::Event { actor: CLI_ACTOR.id, role: CLI_ACTOR.role, origin: CLI_ACTOR.origin, ..Default::default() }
+}
 
 #[derive(Parser)]
 #[command(name = "tonewall", version, about = "PCI DSS payment capture for phone calls")]
@@ -51,6 +56,9 @@ enum Command {
         /// HTTP listen address; overrides http.listen.
         #[arg(long)]
         http_listen: Option<SocketAddr>,
+        /// Refuse the development key sources (as vault.production = true).
+        #[arg(long)]
+        production: bool,
     },
     /// A whole payment call on this machine, end to end, with a summary of what each party saw.
     Demo {
@@ -62,6 +70,16 @@ enum Command {
     ApiKey {
         #[command(subcommand)]
         action: ApiKeyAction,
+    },
+    /// Data keys: rotate, or show versions and use counts (never key material).
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+    /// The audit trail.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
     },
     /// Validate the configuration and print the effective values.
     CheckConfig {
@@ -81,6 +99,50 @@ enum ApiKeyAction {
     },
 }
 
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Make a new data key for new records and re-encrypt older records under it (resumable:
+    /// run it again after a crash; a running `serve` also finishes the job).
+    Rotate {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Key versions, what each has sealed, how many records each still holds.
+    Status {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditAction {
+    /// Check the whole chain; exits non-zero naming each changed, deleted, inserted or
+    /// reordered record.
+    Verify {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+const CLI_ACTOR: Actor<'static> = Actor { id: "cli", role: "admin", origin: "local" };
+
+async fn open_vault(common: &Common) -> anyhow::Result<Vault> {
+    let cfg = common.load()?;
+    Ok(Vault::open(VaultOptions::from_config(&cfg)).await?)
+}
+
+/// No core dumps: a dump of this process could hold keys and card data (PCI DSS 3.3, 3.6).
+fn forbid_core_dumps() -> anyhow::Result<()> {
+    let zero = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: setrlimit and prctl take plain values and a pointer to a live local.
+    let (limit, dumpable) =
+        unsafe { (libc::setrlimit(libc::RLIMIT_CORE, &zero), libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0)) };
+    if limit != 0 || dumpable != 0 {
+        anyhow::bail!("could not disable core dumps: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
@@ -98,10 +160,14 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    forbid_core_dumps()?;
     match cli.command {
-        Command::Serve { common, sip_listen, http_listen } => {
+        Command::Serve { common, sip_listen, http_listen, production } => {
             init_logging();
             let mut cfg = common.load()?;
+            if production {
+                cfg.set_production()?;
+            }
             cfg.sip.listen = sip_listen.unwrap_or(cfg.sip.listen);
             cfg.http.listen = http_listen.unwrap_or(cfg.http.listen);
             let server = Server::start(cfg).await?;
@@ -145,11 +211,61 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::ApiKey { action: ApiKeyAction::Create { role, common } } => {
-            let cfg = common.load()?;
-            let vault = Vault::open(Path::new(&cfg.storage.data_dir)).await?;
-            let key = auth::create_key(vault.pool(), role).await?;
+            let vault = open_vault(&common).await?;
+            let (id, key) = auth::create_key(vault.pool(), role).await?;
+            let e = audit::Event { action: "api_key.create", outcome: "created", resource: &id, detail: role.as_str(), ..cli_event() };
+            vault.audit(&e).await?;
             println!("{key}");
             Ok(())
+        }
+        Command::Keys { action: KeysAction::Rotate { common } } => {
+            let vault = open_vault(&common).await?;
+            let id = vault.keys().rotate(vault.pool()).await?;
+            let resource = id.to_string();
+            vault.audit(&audit::Event { action: "key.rotate", outcome: "created", resource: &resource, ..cli_event() }).await?;
+            println!("data key {id} is now current; re-encrypting older records");
+            let mut total = 0;
+            loop {
+                let n = vault.reencrypt(500).await?;
+                if n == 0 {
+                    break;
+                }
+                total += n;
+                println!("  {total} records re-encrypted");
+            }
+            let detail = format!("{total} records");
+            vault.audit(&audit::Event { action: "key.reencrypt", outcome: "done", resource: &resource, detail: &detail, ..cli_event() }).await?;
+            println!("done: every record is under data key {id}");
+            Ok(())
+        }
+        Command::Keys { action: KeysAction::Status { common } } => {
+            let vault = open_vault(&common).await?;
+            println!("{:>4}  {:<12} {:<20} {:>12} {:>10}", "id", "purpose", "created (UTC)", "encryptions", "records");
+            for k in keyring::status(vault.pool()).await? {
+                println!(
+                    "{:>4}  {:<12} {:<20} {:>12} {:>10}{}",
+                    k.id,
+                    k.purpose,
+                    k.created_at,
+                    k.encryptions,
+                    k.records,
+                    if k.current { "  current" } else { "" }
+                );
+            }
+            Ok(())
+        }
+        Command::Audit { action: AuditAction::Verify { common } } => {
+            let vault = open_vault(&common).await?;
+            let (checked, findings) = audit::verify(vault.pool(), &vault.keys().audit).await?;
+            for f in &findings {
+                println!("TAMPERED: {f}");
+            }
+            if findings.is_empty() {
+                println!("audit trail intact: {checked} records");
+                Ok(())
+            } else {
+                anyhow::bail!("audit trail verification failed: {} finding(s) in {checked} records", findings.len())
+            }
         }
         Command::CheckConfig { common } => {
             let cfg = common.load()?;

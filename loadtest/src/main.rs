@@ -56,7 +56,7 @@ async fn main() -> anyhow::Result<()> {
     cfg.http.listen = "127.0.0.1:0".parse()?;
     cfg.storage.data_dir = dir.path().to_path_buf();
     let server = Server::start(cfg).await.context("starting tonewall")?;
-    let key = auth::create_key(server.shared.vault.pool(), Role::Agent).await?;
+    let (_, key) = auth::create_key(server.shared.vault.pool(), Role::Agent).await?;
     let base = format!("http://{}", server.http_addr);
     let sip = server.sip_addr;
     let gate = Arc::new(Semaphore::new(args.concurrency));

@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sqlx::SqlitePool;
+use sqlx::AnyPool;
 
 use crate::vault::{crypto::hex, token::random_base62};
 
@@ -28,7 +28,7 @@ impl Role {
         }
     }
 
-    fn parse(s: &str) -> Option<Role> {
+    pub fn parse(s: &str) -> Option<Role> {
         [Role::Agent, Role::Processor, Role::Qa, Role::Admin].into_iter().find(|r| r.as_str() == s)
     }
 }
@@ -39,26 +39,28 @@ fn hash(key: &str) -> String {
     hex(&Sha256::digest(key.as_bytes()))
 }
 
-/// Creates a key for `role`; returns the key itself (the only time it exists in clear).
-pub async fn create_key(pool: &SqlitePool, role: Role) -> Result<String, sqlx::Error> {
+/// Creates a key for `role`; returns its id and the key itself (the only time it exists in
+/// clear).
+pub async fn create_key(pool: &AnyPool, role: Role) -> Result<(String, String), sqlx::Error> {
     let key = format!("{KEY_PREFIX}{}", random_base62(40));
+    let id = uuid::Uuid::new_v4().to_string();
     let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-    sqlx::query("INSERT INTO api_keys (id, role, key_hash, created_at) VALUES (?, ?, ?, ?)")
-        .bind(uuid::Uuid::new_v4().to_string())
+    sqlx::query("INSERT INTO api_keys (id, role, key_hash, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(&id)
         .bind(role.as_str())
         .bind(hash(&key))
         .bind(created)
         .execute(pool)
         .await?;
-    Ok(key)
+    Ok((id, key))
 }
 
 /// The key's id and role, if the key is known.
-pub async fn lookup(pool: &SqlitePool, key: &str) -> Result<Option<(String, Role)>, sqlx::Error> {
+pub async fn lookup(pool: &AnyPool, key: &str) -> Result<Option<(String, Role)>, sqlx::Error> {
     if !key.starts_with(KEY_PREFIX) || key.len() > 128 {
         return Ok(None);
     }
     let row: Option<(String, String)> =
-        sqlx::query_as("SELECT id, role FROM api_keys WHERE key_hash = ?").bind(hash(key)).fetch_optional(pool).await?;
+        sqlx::query_as("SELECT id, role FROM api_keys WHERE key_hash = $1").bind(hash(key)).fetch_optional(pool).await?;
     Ok(row.and_then(|(id, role)| Role::parse(&role).map(|r| (id, r))))
 }

@@ -3,6 +3,7 @@
 //! that do not parse are 400 with the parser's message.
 
 pub mod auth;
+pub mod cards;
 mod sessions;
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ pub struct AppState {
     pub vault: Arc<Vault>,
     /// host:port written into transfer URIs.
     pub sip_host: String,
+    pub limits: Arc<cards::Limits>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -36,6 +38,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sessions/{id}", get(sessions::show))
         .route("/v1/sessions/{id}/cancel", post(sessions::cancel))
         .route("/v1/sessions/{id}/events", get(sessions::events))
+        .route("/v1/tokenize", post(cards::tokenize))
+        .route("/v1/detokenize", post(cards::detokenize))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .with_state(state)
 }

@@ -10,6 +10,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use super::Shared;
+use crate::vault::{Actor, Completion};
 use crate::call::{Call, CallEvent, Command, LegId, Output};
 use crate::capture::collector::CapturedCard;
 use crate::media::rtp::MAX_PACKET;
@@ -108,8 +109,13 @@ impl CallTask {
         let shared = self.shared.clone();
         let session = self.session.clone();
         let cmd = self.cmd_tx.clone();
+        let origin = format!("sip:{}", self.caller_sip);
         tokio::spawn(async move {
-            let ok = match shared.vault.tokenize(card, Instant::now()).await {
+            let reference = shared.sessions.view(&session).map(|v| v.reference).unwrap_or_default();
+            let actor_id = format!("call:{}", session.as_str());
+            let actor = Actor { id: &actor_id, role: "call", origin: &origin };
+            let completion = Completion { session_id: session.as_str(), reference: &reference };
+            let ok = match shared.vault.tokenize(card, actor, "default", Some(completion), Instant::now()).await {
                 Ok(rec) => {
                     tracing::info!(session = session.as_str(), brand = rec.brand.as_str(), "card tokenized");
                     shared.sessions.complete(&session, rec);

@@ -22,7 +22,7 @@ use crate::capture::card::YearMonth;
 use crate::config::Config;
 use crate::session::Sessions;
 use crate::sip::message::SipMessage;
-use crate::vault::{Vault, VaultError};
+use crate::vault::{Vault, VaultError, VaultOptions, webhook};
 use ports::PortPool;
 
 #[derive(Debug, Error)]
@@ -98,7 +98,7 @@ pub struct Server {
 
 impl Server {
     pub async fn start(config: Config) -> Result<Server, ServerError> {
-        let vault = Arc::new(Vault::open(&config.storage.data_dir).await?);
+        let vault = Arc::new(Vault::open(VaultOptions::from_config(&config)).await?);
         let prompts = Arc::new(prompts::english()?);
         let sip_listen = config.sip.listen;
         let sip = UdpSocket::bind(sip_listen)
@@ -128,7 +128,12 @@ impl Server {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(endpoint::run(shared.clone(), stop_rx.clone())));
-        let app = api::router(AppState { sessions, vault: vault.clone(), sip_host });
+        let limits = Arc::new(api::cards::Limits::new(
+            shared.config.vault.detokenize_per_minute,
+            shared.config.vault.bulk_alarm_per_hour,
+        ));
+        let app = api::router(AppState { sessions, vault: vault.clone(), sip_host, limits })
+            .into_make_service_with_connect_info::<SocketAddr>();
         let mut http_stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
             let shutdown = async move {
@@ -138,21 +143,23 @@ impl Server {
                 tracing::error!(error = %e, "HTTP server failed");
             }
         }));
-        let mut purge_stop = stop_rx;
+        let mut purge_stop = stop_rx.clone();
         let sessions = shared.sessions.clone();
+        let purge_vault = vault.clone();
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(10));
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
                         let now = std::time::Instant::now();
-                        vault.purge_security_codes(now);
+                        purge_vault.purge_security_codes(now);
                         sessions.forget_older_than(SESSION_RETENTION, now);
                     }
                     _ = purge_stop.wait_for(|s| *s) => return,
                 }
             }
         }));
+        tasks.push(tokio::spawn(vault_upkeep(vault, stop_rx)));
         tracing::info!(sip = %sip_addr, http = %http_addr, "tonewall listening");
         Ok(Server { sip_addr, http_addr, shared, stop, tasks })
     }
@@ -169,6 +176,34 @@ impl Server {
         let _ = self.stop.send(true);
         for t in self.tasks {
             let _ = t.await;
+        }
+    }
+}
+
+/// The vault's background work, every second: keys another process made, records still under
+/// older keys (re-encrypted in batches beside traffic), expired tokens, due webhooks.
+async fn vault_upkeep(vault: Arc<Vault>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if let Err(e) = vault.keys().refresh(vault.pool()).await {
+            tracing::warn!(error = %e, "key ring refresh failed");
+        }
+        match vault.reencrypt(500).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(records = n, "re-encrypted under the newest data key"),
+            Err(e) => tracing::warn!(error = %e, "re-encryption failed"),
+        }
+        if let Err(e) = vault.purge_expired_tokens().await {
+            tracing::warn!(error = %e, "expired-token purge failed");
+        }
+        if let Some(hook) = vault.webhook()
+            && let Err(e) = webhook::deliver_due(vault.pool(), hook).await
+        {
+            tracing::warn!(error = %e, "webhook delivery pass failed");
         }
     }
 }

@@ -1,26 +1,38 @@
-//! The vault: tokenizes captured cards. PAN and expiry are stored only encrypted (see
-//! `crypto`), looked up by keyed fingerprint; the security code is held in memory only,
-//! zeroized, until it is released once, its TTL ends, or its call ends (PCI DSS 3.3.1).
+//! The vault: tokenizes captured cards and gives them back to processors. PAN and expiry are
+//! stored only encrypted under the key ring's newest data key (`keyring`, `crypto`), looked up
+//! by keyed fingerprint; the security code is held in memory only, zeroized, until it is
+//! released once, its TTL ends, or its call ends (PCI DSS 3.3.1). Every tokenization and
+//! detokenization writes an audit record (`audit`) in the same transaction, and detokenizing
+//! fails closed when that record cannot be written.
 
+pub mod audit;
 pub mod crypto;
+pub mod keyring;
+pub mod secret;
 pub mod store;
+#[doc(hidden)]
+pub mod testing;
 pub mod token;
+pub mod webhook;
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use sqlx::SqlitePool;
+use sqlx::{AnyPool, Connection};
 use thiserror::Error;
 use zeroize::Zeroizing;
 
 use crate::capture::card::{Brand, SecurityCode};
 use crate::capture::collector::CapturedCard;
-use crypto::{CryptoError, SecretKey};
+use crate::config::Config;
+use crypto::CryptoError;
+use keyring::KeyRing;
+use secret::SecretSource;
+pub use store::Backend;
+use token::TokenFormat;
 
 #[derive(Debug, Error)]
 pub enum VaultError {
@@ -28,12 +40,18 @@ pub enum VaultError {
     Database(#[from] sqlx::Error),
     #[error("database migration failed: {0}")]
     Migration(String),
-    #[error("key file {path}: {why}")]
-    KeyFile { path: PathBuf, why: String },
+    #[error("{0}")]
+    Secret(String),
+    #[error("vault configuration: {0}")]
+    Config(String),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
     #[error("no such token")]
     UnknownToken,
+    #[error("token expired")]
+    Expired,
+    #[error("the audit trail cannot be written, so the request is refused: {0}")]
+    AuditUnavailable(String),
     #[error("could not create data directory {path}: {why}")]
     DataDir { path: PathBuf, why: String },
 }
@@ -51,7 +69,65 @@ pub struct TokenRecord {
 /// A stored card decrypted for a processor. Zeroized on drop; no Debug.
 pub struct RevealedCard {
     pub pan: Zeroizing<String>,
+    /// MMYY, or empty when none was captured.
     pub expiry: Zeroizing<String>,
+    pub security_code: Option<SecurityCode>,
+}
+
+/// Who asks, from where, for what: the audit record's who, origin and resource.
+#[derive(Debug, Clone, Copy)]
+pub struct Actor<'a> {
+    pub id: &'a str,
+    pub role: &'a str,
+    pub origin: &'a str,
+}
+
+/// The session a tokenization completes, if any (then the processor webhook fires).
+#[derive(Debug, Clone, Copy)]
+pub struct Completion<'a> {
+    pub session_id: &'a str,
+    pub reference: &'a str,
+}
+
+/// The vault's settings, from `[storage]`, `[vault]` and `[webhook]`.
+#[derive(Debug, Clone)]
+pub struct VaultOptions {
+    pub url: String,
+    pub data_dir: PathBuf,
+    pub kek: SecretSource,
+    pub production: bool,
+    pub token_format: TokenFormat,
+    pub convergent: bool,
+    pub token_ttl: Option<Duration>,
+    pub security_code_ttl: Duration,
+    pub max_encryptions_per_key: i64,
+    pub webhook: Option<(String, SecretSource, Duration)>,
+}
+
+impl VaultOptions {
+    pub fn from_config(c: &Config) -> VaultOptions {
+        VaultOptions {
+            url: store::url(&c.storage.database_url, &c.storage.data_dir),
+            data_dir: c.storage.data_dir.clone(),
+            kek: c.vault.kek.clone(),
+            production: c.vault.production,
+            token_format: c.vault.token_format,
+            convergent: c.vault.convergent,
+            token_ttl: (c.vault.token_ttl_days > 0).then(|| Duration::from_secs(u64::from(c.vault.token_ttl_days) * 86_400)),
+            security_code_ttl: Duration::from_secs(c.vault.security_code_ttl_s),
+            max_encryptions_per_key: c.vault.max_encryptions_per_key as i64,
+            webhook: (!c.webhook.url.is_empty()).then(|| {
+                (c.webhook.url.clone(), c.webhook.secret.clone(), Duration::from_secs(c.webhook.retry_base_s))
+            }),
+        }
+    }
+
+    /// The built-in defaults with SQLite and the development key in `data_dir`.
+    pub fn development(data_dir: &Path) -> VaultOptions {
+        let mut c = Config::embedded();
+        c.storage.data_dir = data_dir.to_path_buf();
+        VaultOptions::from_config(&c)
+    }
 }
 
 struct HeldCode {
@@ -60,103 +136,300 @@ struct HeldCode {
 }
 
 pub struct Vault {
-    pool: SqlitePool,
-    encryption_key: (i64, SecretKey),
-    fingerprint_key: SecretKey,
+    pool: AnyPool,
+    backend: Backend,
+    keys: KeyRing,
+    options: VaultOptions,
+    webhook: Option<webhook::Hook>,
     held_codes: Mutex<HashMap<String, HeldCode>>,
-    security_code_ttl: Duration,
 }
 
 pub const KEK_FILE: &str = "kek.dev.hex";
-pub const DB_FILE: &str = "vault.db";
+pub const WEBHOOK_SECRET_FILE: &str = "webhook.dev.hex";
+pub use store::DB_FILE;
 
-fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
+fn record_aad(record_id: &str, key_id: i64) -> String {
+    format!("tonewall:card:{record_id}:key:{key_id}")
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
 impl Vault {
-    /// Opens (or on first run creates) the vault under `data_dir`.
-    pub async fn open(data_dir: &Path) -> Result<Vault, VaultError> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|e| VaultError::DataDir { path: data_dir.to_path_buf(), why: e.to_string() })?;
-        let kek = load_or_create_kek(&data_dir.join(KEK_FILE))?;
-        let pool = store::open(&data_dir.join(DB_FILE)).await?;
-        let encryption_key = data_key(&pool, &kek, "encryption").await?;
-        let fingerprint_key = data_key(&pool, &kek, "fingerprint").await?.1;
-        Ok(Vault {
-            pool,
-            encryption_key,
-            fingerprint_key,
-            held_codes: Mutex::new(HashMap::new()),
-            security_code_ttl: Duration::from_secs(300),
-        })
+    /// Opens (or on first run creates) the vault.
+    pub async fn open(options: VaultOptions) -> Result<Vault, VaultError> {
+        let dir = &options.data_dir;
+        std::fs::create_dir_all(dir).map_err(|e| VaultError::DataDir { path: dir.clone(), why: e.to_string() })?;
+        if options.production && options.kek.is_development() {
+            return Err(VaultError::Config("production mode refuses the development key-encrypting key".into()));
+        }
+        let kek = options.kek.load(&dir.join(KEK_FILE))?;
+        let webhook = match &options.webhook {
+            Some((url, secret, retry_base)) => Some(webhook::Hook {
+                url: url.clone(),
+                secret: secret.load(&dir.join(WEBHOOK_SECRET_FILE))?,
+                retry_base: *retry_base,
+            }),
+            None => None,
+        };
+        let (pool, backend) = store::open(&options.url).await?;
+        let keys = KeyRing::load(&pool, kek).await?;
+        Ok(Vault { pool, backend, keys, options, webhook, held_codes: Mutex::new(HashMap::new()) })
     }
 
-    pub fn pool(&self) -> &SqlitePool {
+    pub fn pool(&self) -> &AnyPool {
         &self.pool
     }
 
-    /// Encrypts and stores the card, returns its new token; holds the security code in memory.
-    pub async fn tokenize(&self, card: CapturedCard, now: Instant) -> Result<TokenRecord, VaultError> {
-        let record_id = uuid::Uuid::new_v4().to_string();
-        let (key_id, key) = &self.encryption_key;
-        let expiry = card.expiry.map(|e| format!("{:02}{:02}", e.month(), e.year() % 100)).unwrap_or_default();
-        let plaintext = Zeroizing::new(format!("{}|{}", card.pan.expose(), expiry));
-        let (nonce, ciphertext) = crypto::seal(key, plaintext.as_bytes(), record_aad(&record_id, *key_id).as_bytes());
-        let fingerprint = crypto::fingerprint(&self.fingerprint_key, card.pan.expose().as_bytes());
-        let brand = card.pan.brand();
-        let last4 = card.pan.last4().to_string();
-        let token = loop {
-            let t = token::new_token();
-            let taken: Option<(i64,)> =
-                sqlx::query_as("SELECT 1 FROM cards WHERE token = ?").bind(&t).fetch_optional(&self.pool).await?;
-            if taken.is_none() {
-                break t;
-            }
-        };
-        sqlx::query(
-            "INSERT INTO cards (id, token, key_id, nonce, ciphertext, fingerprint, brand, last4, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&record_id)
-        .bind(&token)
-        .bind(key_id)
-        .bind(nonce)
-        .bind(ciphertext)
-        .bind(fingerprint)
-        .bind(brand.as_str())
-        .bind(&last4)
-        .bind(unix_now())
-        .execute(&self.pool)
-        .await?;
-        if let Some(code) = card.security_code {
-            let held = HeldCode { code, until: now + self.security_code_ttl };
-            self.held().insert(token.clone(), held);
-        }
-        Ok(TokenRecord {
-            token,
-            brand,
-            last4,
-            expiry_month: card.expiry.map(|e| e.month()),
-            expiry_year: card.expiry.map(|e| e.year()),
-        })
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
-    /// Decrypts a stored card. Used by the processor API; every use must be audited there.
-    pub async fn reveal(&self, token: &str) -> Result<RevealedCard, VaultError> {
-        let row: Option<(String, i64, Vec<u8>, Vec<u8>)> =
-            sqlx::query_as("SELECT id, key_id, nonce, ciphertext FROM cards WHERE token = ?")
+    pub fn keys(&self) -> &KeyRing {
+        &self.keys
+    }
+
+    pub fn webhook(&self) -> Option<&webhook::Hook> {
+        self.webhook.as_ref()
+    }
+
+    /// Writes one audit record in a transaction of its own.
+    pub async fn audit(&self, e: &audit::Event<'_>) -> Result<i64, VaultError> {
+        audit::append(&self.pool, &self.keys.audit, e).await
+    }
+
+    /// Encrypts and stores the card and returns its token, or with convergent tokens the token
+    /// `merchant` already has for it; holds the security code in memory. The audit record
+    /// and, for a session, the processor webhook commit in the same transaction.
+    pub async fn tokenize(
+        &self,
+        card: CapturedCard,
+        actor: Actor<'_>,
+        merchant: &str,
+        completion: Option<Completion<'_>>,
+        now: Instant,
+    ) -> Result<TokenRecord, VaultError> {
+        let (key_id, key) = self.keys.current();
+        let pan = card.pan.expose();
+        let fingerprint = crypto::fingerprint(&self.keys.fingerprint, pan.as_bytes());
+        let expiry = card.expiry.map(|e| format!("{:02}{:02}", e.month(), e.year() % 100)).unwrap_or_default();
+        let plaintext = Zeroizing::new(format!("{pan}|{expiry}"));
+        let expires_at = self.options.token_ttl.map(|t| unix_now() + t.as_secs() as i64);
+        let mut tx = self.pool.begin().await?;
+        let (used,): (i64,) =
+            sqlx::query_as("UPDATE data_keys SET encryptions = encryptions + 1 WHERE id = $1 RETURNING encryptions")
+                .bind(key_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        let mut outcome = "stored";
+        let mut token = None;
+        for _ in 0..20 {
+            if self.options.convergent {
+                let existing: Option<(String,)> = sqlx::query_as(
+                    "SELECT token FROM cards WHERE merchant = $1 AND fingerprint = $2 AND convergent",
+                )
+                .bind(merchant)
+                .bind(&fingerprint)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some((t,)) = existing {
+                    outcome = "existing";
+                    token = Some(t);
+                    break;
+                }
+            }
+            let candidate = self.options.token_format.generate(pan);
+            let record_id = uuid::Uuid::new_v4().to_string();
+            let (nonce, ciphertext) =
+                crypto::seal(&key, plaintext.as_bytes(), record_aad(&record_id, key_id).as_bytes());
+            // A savepoint, so a collision (token, or a convergent twin stored meanwhile)
+            // leaves the transaction usable on PostgreSQL.
+            let mut attempt = tx.begin().await?;
+            let inserted = sqlx::query(
+                "INSERT INTO cards (id, token, key_id, nonce, ciphertext, fingerprint, brand, last4, created_at, merchant, convergent, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            )
+            .bind(&record_id)
+            .bind(&candidate)
+            .bind(key_id)
+            .bind(nonce)
+            .bind(ciphertext)
+            .bind(&fingerprint)
+            .bind(card.pan.brand().as_str())
+            .bind(card.pan.last4())
+            .bind(unix_now())
+            .bind(merchant)
+            .bind(self.options.convergent)
+            .bind(expires_at)
+            .execute(&mut *attempt)
+            .await;
+            match inserted {
+                Ok(_) => {
+                    attempt.commit().await?;
+                    token = Some(candidate);
+                    break;
+                }
+                Err(e) if is_unique_violation(&e) => attempt.rollback().await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let token = token.ok_or_else(|| VaultError::Config("no free token after 20 draws".into()))?;
+        let record = TokenRecord {
+            token,
+            brand: card.pan.brand(),
+            last4: card.pan.last4().to_string(),
+            expiry_month: card.expiry.map(|e| e.month()),
+            expiry_year: card.expiry.map(|e| e.year()),
+        };
+        let event = audit::Event {
+            actor: actor.id,
+            role: actor.role,
+            action: "tokenize",
+            outcome,
+            origin: actor.origin,
+            resource: &record.token,
+            detail: completion.map_or("", |c| c.session_id),
+        };
+        audit::append_in(&mut tx, &self.keys.audit, &event).await?;
+        if let (Some(hook), Some(c)) = (&self.webhook, completion) {
+            webhook::enqueue_in(&mut tx, &hook.url, c.session_id, c.reference, &record).await?;
+        }
+        tx.commit().await?;
+        if let Some(code) = card.security_code {
+            let held = HeldCode { code, until: now + self.options.security_code_ttl };
+            self.held().insert(record.token.clone(), held);
+        }
+        if used >= self.options.max_encryptions_per_key {
+            // Another tokenization may have rotated already: only the first moves on.
+            if self.keys.current().0 == key_id {
+                self.keys.rotate(&self.pool).await?;
+            }
+        }
+        Ok(record)
+    }
+
+    /// Decrypts a stored card for a processor, with the security code if still held (then
+    /// forgotten). Fails closed: without its audit record, nothing is revealed.
+    pub async fn detokenize(&self, token: &str, actor: Actor<'_>, now: Instant) -> Result<RevealedCard, VaultError> {
+        let result = self.reveal(token).await;
+        let outcome = match &result {
+            Ok(_) => "revealed",
+            Err(VaultError::UnknownToken) => "unknown_token",
+            Err(VaultError::Expired) => "expired",
+            Err(_) => "error",
+        };
+        let event = audit::Event {
+            actor: actor.id,
+            role: actor.role,
+            action: "detokenize",
+            outcome,
+            origin: actor.origin,
+            resource: token,
+            detail: "",
+        };
+        if let Err(e) = self.audit(&event).await {
+            tracing::error!(error = %e, "audit record not written: detokenize refused");
+            return Err(VaultError::AuditUnavailable(e.to_string()));
+        }
+        let mut card = result?;
+        card.security_code = self.take_security_code(token, now);
+        Ok(card)
+    }
+
+    async fn reveal(&self, token: &str) -> Result<RevealedCard, VaultError> {
+        let row: Option<(String, i64, Vec<u8>, Vec<u8>, Option<i64>)> =
+            sqlx::query_as("SELECT id, key_id, nonce, ciphertext, expires_at FROM cards WHERE token = $1")
                 .bind(token)
                 .fetch_optional(&self.pool)
                 .await?;
-        let (id, key_id, nonce, ct) = row.ok_or(VaultError::UnknownToken)?;
-        let (current_id, key) = &self.encryption_key;
-        if key_id != *current_id {
-            return Err(CryptoError::Decrypt.into());
+        let (id, key_id, nonce, ct, expires_at) = row.ok_or(VaultError::UnknownToken)?;
+        if expires_at.is_some_and(|t| t <= unix_now()) {
+            return Err(VaultError::Expired);
         }
-        let plain = crypto::open(key, &nonce, &ct, record_aad(&id, key_id).as_bytes())?;
+        let key = match self.keys.get(key_id) {
+            Some(k) => k,
+            None => {
+                // Sealed under a key another process made since we loaded ours.
+                self.keys.refresh(&self.pool).await?;
+                self.keys.get(key_id).ok_or(CryptoError::Decrypt)?
+            }
+        };
+        let plain = crypto::open(&key, &nonce, &ct, record_aad(&id, key_id).as_bytes())?;
         let text = std::str::from_utf8(&plain).map_err(|_| CryptoError::Decrypt)?;
         let (pan, expiry) = text.split_once('|').ok_or(CryptoError::Decrypt)?;
-        Ok(RevealedCard { pan: Zeroizing::new(pan.to_string()), expiry: Zeroizing::new(expiry.to_string()) })
+        Ok(RevealedCard {
+            pan: Zeroizing::new(pan.to_string()),
+            expiry: Zeroizing::new(expiry.to_string()),
+            security_code: None,
+        })
+    }
+
+    /// Moves up to `limit` records sealed under older keys onto the newest key; returns how
+    /// many moved. Each record moves in one conditional UPDATE, so this is safe beside
+    /// traffic and another process doing the same, and resumes wherever a crash stopped it.
+    pub async fn reencrypt(&self, limit: i64) -> Result<u64, VaultError> {
+        let (new_id, new_key) = self.keys.current();
+        let rows: Vec<(String, i64, Vec<u8>, Vec<u8>)> =
+            sqlx::query_as("SELECT id, key_id, nonce, ciphertext FROM cards WHERE key_id <> $1 LIMIT $2")
+                .bind(new_id)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+        let mut moved = 0;
+        for (id, old_id, nonce, ct) in rows {
+            if old_id > new_id {
+                // Another process rotated past our newest key: catch up first.
+                self.keys.refresh(&self.pool).await?;
+                break;
+            }
+            let old = self.keys.get(old_id).ok_or(CryptoError::Decrypt)?;
+            let plain = crypto::open(&old, &nonce, &ct, record_aad(&id, old_id).as_bytes())?;
+            let (nonce, ct) = crypto::seal(&new_key, &plain, record_aad(&id, new_id).as_bytes());
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("UPDATE data_keys SET encryptions = encryptions + 1 WHERE id = $1")
+                .bind(new_id)
+                .execute(&mut *tx)
+                .await?;
+            moved += sqlx::query("UPDATE cards SET key_id = $1, nonce = $2, ciphertext = $3 WHERE id = $4 AND key_id = $5")
+                .bind(new_id)
+                .bind(nonce)
+                .bind(ct)
+                .bind(&id)
+                .bind(old_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+        }
+        Ok(moved)
+    }
+
+    /// Deletes cards whose token has expired; returns how many.
+    pub async fn purge_expired_tokens(&self) -> Result<u64, VaultError> {
+        let n = sqlx::query("DELETE FROM cards WHERE expires_at IS NOT NULL AND expires_at <= $1")
+            .bind(unix_now())
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if n > 0 {
+            let detail = format!("{n} cards");
+            let e = audit::Event {
+                actor: "system",
+                role: "system",
+                action: "token.expire",
+                outcome: "deleted",
+                origin: "local",
+                resource: "cards",
+                detail: &detail,
+            };
+            self.audit(&e).await?;
+        }
+        Ok(n)
     }
 
     /// Hands out the held security code once, then forgets it.
@@ -183,76 +456,13 @@ impl Vault {
     }
 }
 
-fn record_aad(record_id: &str, key_id: i64) -> String {
-    format!("tonewall:card:{record_id}:key:{key_id}")
-}
-
-fn key_aad(purpose: &str, id: i64) -> String {
-    format!("tonewall:dek:{purpose}:{id}")
-}
-
-/// The newest data key for `purpose`, created and wrapped under the KEK on first use.
-async fn data_key(pool: &SqlitePool, kek: &SecretKey, purpose: &str) -> Result<(i64, SecretKey), VaultError> {
-    let row: Option<(i64, Vec<u8>)> =
-        sqlx::query_as("SELECT id, wrapped FROM data_keys WHERE purpose = ? ORDER BY id DESC LIMIT 1")
-            .bind(purpose)
-            .fetch_optional(pool)
-            .await?;
-    if let Some((id, wrapped)) = row {
-        return Ok((id, crypto::unwrap(kek, &wrapped, key_aad(purpose, id).as_bytes())?));
-    }
-    let mut tx = pool.begin().await?;
-    let (id,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(id), 0) + 1 FROM data_keys").fetch_one(&mut *tx).await?;
-    let dek = SecretKey::generate();
-    let wrapped = crypto::wrap(kek, &dek, key_aad(purpose, id).as_bytes());
-    sqlx::query("INSERT INTO data_keys (id, purpose, wrapped, created_at) VALUES (?, ?, ?, ?)")
-        .bind(id)
-        .bind(purpose)
-        .bind(wrapped)
-        .bind(unix_now())
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok((id, dek))
-}
-
-/// The development KEK: a hex file readable by its owner only, created on first run.
-fn load_or_create_kek(path: &Path) -> Result<SecretKey, VaultError> {
-    let fail = |why: String| VaultError::KeyFile { path: path.to_path_buf(), why };
-    match std::fs::metadata(path) {
-        Ok(meta) => {
-            if meta.permissions().mode() & 0o077 != 0 {
-                return Err(fail("must be readable by its owner only (chmod 600)".into()));
-            }
-            let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?);
-            let bytes = Zeroizing::new(crypto::unhex(&text).ok_or_else(|| fail("not hex".into()))?);
-            SecretKey::from_bytes(&bytes).map_err(|_| fail("must hold 32 bytes (64 hex digits)".into()))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let kek = SecretKey::generate();
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(|e| fail(e.to_string()))?;
-            f.write_all(crypto::hex(kek.expose()).as_bytes()).map_err(|e| fail(e.to_string()))?;
-            f.sync_all().map_err(|e| fail(e.to_string()))?;
-            tracing::warn!(
-                path = %path.display(),
-                "DEVELOPMENT KEY CREATED: card data is encrypted under a key-encrypting key stored next to the \
-                 database. Fine for trying tonewall; never for real cards."
-            );
-            Ok(kek)
-        }
-        Err(e) => Err(fail(e.to_string())),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::capture::card::{Expiry, Pan, YearMonth};
+    use testing::TestDatabase;
+
+    const ACTOR: Actor<'static> = Actor { id: "test", role: "processor", origin: "127.0.0.1" };
 
     fn card(pan: &str, cvv: &str) -> CapturedCard {
         let pan = Pan::parse(pan.as_bytes()).unwrap();
@@ -264,57 +474,173 @@ mod tests {
         }
     }
 
+    async fn store(vault: &Vault, pan: &str) -> TokenRecord {
+        let code = if pan.len() == 15 { "1234" } else { "123" }; // American Express has four digits
+        vault.tokenize(card(pan, code), ACTOR, "default", None, Instant::now()).await.unwrap()
+    }
+
     #[tokio::test]
-    async fn tokenize_stores_only_ciphertext_and_reveals_with_the_key() {
+    async fn tokenize_stores_only_ciphertext_and_detokenizes_with_the_key() {
+        for db in TestDatabase::both().await {
+            let dir = tempfile::tempdir().unwrap();
+            let vault = Vault::open(db.options(dir.path())).await.unwrap();
+            let now = Instant::now();
+            let rec = vault.tokenize(card("5555555555554444", "321"), ACTOR, "default", None, now).await.unwrap();
+            assert_eq!(
+                (rec.brand, rec.last4.as_str(), rec.expiry_month, rec.expiry_year),
+                (Brand::Mastercard, "4444", Some(12), Some(2030)),
+                "{}",
+                db.label
+            );
+            let c = vault.detokenize(&rec.token, ACTOR, now).await.unwrap();
+            assert_eq!((c.pan.as_str(), c.expiry.as_str()), ("5555555555554444", "1230"));
+            assert_eq!(c.security_code.unwrap().expose(), "321", "the code is released once");
+            assert!(vault.detokenize(&rec.token, ACTOR, now).await.unwrap().security_code.is_none(), "then gone");
+            assert!(matches!(vault.detokenize("tok_nope", ACTOR, now).await, Err(VaultError::UnknownToken)));
+            // A ciphertext moved to another row no longer decrypts (associated data binds the id).
+            let rec2 = store(&vault, "4111111111111111").await;
+            let (nonce, ct): (Vec<u8>, Vec<u8>) = sqlx::query_as("SELECT nonce, ciphertext FROM cards WHERE token = $1")
+                .bind(&rec.token)
+                .fetch_one(vault.pool())
+                .await
+                .unwrap();
+            sqlx::query("UPDATE cards SET nonce = $1, ciphertext = $2 WHERE token = $3")
+                .bind(nonce)
+                .bind(ct)
+                .bind(&rec2.token)
+                .execute(vault.pool())
+                .await
+                .unwrap();
+            assert!(matches!(vault.detokenize(&rec2.token, ACTOR, now).await, Err(VaultError::Crypto(CryptoError::Decrypt))));
+            // Every detokenize, refused ones included, is in the audit trail, which verifies.
+            let (checked, findings) = audit::verify(vault.pool(), &vault.keys().audit).await.unwrap();
+            assert_eq!((checked, findings), (6, vec![]), "{}: 2 tokenizations, 4 detokenizations", db.label);
+            let outcomes: Vec<String> =
+                audit::records(vault.pool(), 0, 100).await.unwrap().into_iter().map(|r| r.outcome).collect();
+            assert_eq!(outcomes, ["stored", "revealed", "revealed", "unknown_token", "stored", "error"]);
+        }
+    }
+
+    #[tokio::test]
+    async fn reopening_needs_the_same_kek() {
+        for db in TestDatabase::both().await {
+            let dir = tempfile::tempdir().unwrap();
+            let vault = Vault::open(db.options(dir.path())).await.unwrap();
+            let rec = store(&vault, "4111111111111111").await;
+            drop(vault);
+            let vault = Vault::open(db.options(dir.path())).await.unwrap();
+            assert!(vault.detokenize(&rec.token, ACTOR, Instant::now()).await.is_ok(), "{}", db.label);
+            drop(vault);
+            std::fs::remove_file(dir.path().join(KEK_FILE)).unwrap();
+            assert!(matches!(Vault::open(db.options(dir.path())).await, Err(VaultError::Crypto(CryptoError::Decrypt))));
+        }
+    }
+
+    #[tokio::test]
+    async fn rotation_moves_records_to_the_new_key_and_old_tokens_still_work() {
+        for db in TestDatabase::both().await {
+            let dir = tempfile::tempdir().unwrap();
+            let vault = Vault::open(db.options(dir.path())).await.unwrap();
+            let old: Vec<TokenRecord> = futures_util::future::join_all(
+                ["4111111111111111", "5555555555554444", "378282246310005"].map(|p| store(&vault, p)),
+            )
+            .await;
+            let first = vault.keys().current().0;
+            let second = vault.keys().rotate(vault.pool()).await.unwrap();
+            assert!(second > first);
+            let new = store(&vault, "6011111111111117").await;
+            let status = keyring::status(vault.pool()).await.unwrap();
+            let records = |id| status.iter().find(|k| k.id == id).unwrap().records;
+            assert_eq!((records(first), records(second)), (3, 1), "{}: new records under the new key", db.label);
+            // Re-encryption in batches of two: resumable, ends with nothing under the old key.
+            assert_eq!(vault.reencrypt(2).await.unwrap(), 2);
+            assert_eq!(vault.reencrypt(2).await.unwrap(), 1);
+            assert_eq!(vault.reencrypt(2).await.unwrap(), 0);
+            let status = keyring::status(vault.pool()).await.unwrap();
+            let k = |id| status.iter().find(|k| k.id == id).unwrap().clone();
+            assert_eq!((k(first).records, k(second).records, k(second).current), (0, 4, true));
+            assert_eq!(k(second).encryptions, 4, "one new record and three moved");
+            for rec in old.iter().chain([&new]) {
+                assert!(vault.detokenize(&rec.token, ACTOR, Instant::now()).await.is_ok());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_key_is_retired_after_its_encryption_budget() {
         let dir = tempfile::tempdir().unwrap();
-        let vault = Vault::open(dir.path()).await.unwrap();
-        let now = Instant::now();
-        let rec = vault.tokenize(card("5555555555554444", "321"), now).await.unwrap();
-        assert_eq!(
-            (rec.brand, rec.last4.as_str(), rec.expiry_month, rec.expiry_year),
-            (Brand::Mastercard, "4444", Some(12), Some(2030))
-        );
-        let revealed = vault.reveal(&rec.token).await.unwrap();
-        assert_eq!((revealed.pan.as_str(), revealed.expiry.as_str()), ("5555555555554444", "1230"));
-        // The security code is released once, then gone.
-        assert_eq!(vault.take_security_code(&rec.token, now).unwrap().expose(), "321");
-        assert!(vault.take_security_code(&rec.token, now).is_none());
-        // A ciphertext moved to another row no longer decrypts (associated data binds the id).
-        let rec2 = vault.tokenize(card("4111111111111111", "123"), now).await.unwrap();
-        sqlx::query("UPDATE cards SET nonce = (SELECT nonce FROM cards WHERE token = ?1), ciphertext = (SELECT ciphertext FROM cards WHERE token = ?1) WHERE token = ?2")
-            .bind(&rec.token)
-            .bind(&rec2.token)
-            .execute(vault.pool())
-            .await
-            .unwrap();
-        assert!(matches!(vault.reveal(&rec2.token).await, Err(VaultError::Crypto(CryptoError::Decrypt))));
-        // Reopening with the same key file reads old records; with another KEK, nothing opens.
-        drop(vault);
-        let vault = Vault::open(dir.path()).await.unwrap();
-        assert!(vault.reveal(&rec.token).await.is_ok());
-        drop(vault);
-        let kek = dir.path().join(KEK_FILE);
-        std::fs::remove_file(&kek).unwrap();
-        assert!(matches!(Vault::open(dir.path()).await, Err(VaultError::Crypto(CryptoError::Decrypt))));
+        let mut options = VaultOptions::development(dir.path());
+        options.max_encryptions_per_key = 3;
+        let vault = Vault::open(options).await.unwrap();
+        let first = vault.keys().current().0;
+        for _ in 0..3 {
+            store(&vault, "4111111111111111").await;
+        }
+        assert_ne!(vault.keys().current().0, first, "the third encryption retired the key");
+    }
+
+    #[tokio::test]
+    async fn token_formats_convergence_and_expiry() {
+        for db in TestDatabase::both().await {
+            let dir = tempfile::tempdir().unwrap();
+            let mut options = db.options(dir.path());
+            options.token_format = TokenFormat::FormatPreserving;
+            options.convergent = true;
+            let vault = Vault::open(options.clone()).await.unwrap();
+            let now = Instant::now();
+            let a = vault.tokenize(card("4111111111111111", "123"), ACTOR, "shop-a", None, now).await.unwrap();
+            assert_eq!((&a.token[..6], &a.token[12..], a.token.len()), ("411111", "1111", 16), "{}", db.label);
+            assert_ne!(a.token, "4111111111111111");
+            let again = vault.tokenize(card("4111111111111111", "123"), ACTOR, "shop-a", None, now).await.unwrap();
+            assert_eq!(again.token, a.token, "same card, same merchant: same token");
+            let b = vault.tokenize(card("4111111111111111", "123"), ACTOR, "shop-b", None, now).await.unwrap();
+            assert_ne!(b.token, a.token, "another merchant gets its own");
+            // Concurrent first tokenizations of one card still converge on one token.
+            let racing = futures_util::future::join_all(
+                (0..8).map(|_| vault.tokenize(card("5555555555554444", "123"), ACTOR, "shop-c", None, now)),
+            )
+            .await;
+            let tokens: std::collections::HashSet<String> = racing.into_iter().map(|r| r.unwrap().token).collect();
+            assert_eq!(tokens.len(), 1, "{}: {tokens:?}", db.label);
+            drop(vault);
+            // Expiry: a token past its TTL is refused, then purged.
+            options.token_ttl = Some(Duration::ZERO);
+            options.convergent = false;
+            let vault = Vault::open(options).await.unwrap();
+            let gone = vault.tokenize(card("4111111111111111", "123"), ACTOR, "shop-a", None, now).await.unwrap();
+            assert!(matches!(vault.detokenize(&gone.token, ACTOR, now).await, Err(VaultError::Expired)));
+            assert_eq!(vault.purge_expired_tokens().await.unwrap(), 1);
+            assert!(matches!(vault.detokenize(&gone.token, ACTOR, now).await, Err(VaultError::UnknownToken)));
+        }
     }
 
     #[tokio::test]
     async fn security_codes_expire() {
         let dir = tempfile::tempdir().unwrap();
-        let vault = Vault::open(dir.path()).await.unwrap();
+        let vault = Vault::open(VaultOptions::development(dir.path())).await.unwrap();
         let now = Instant::now();
-        let rec = vault.tokenize(card("4111111111111111", "123"), now).await.unwrap();
+        let rec = store(&vault, "4111111111111111").await;
         assert_eq!(vault.purge_security_codes(now), 1);
         assert_eq!(vault.purge_security_codes(now + Duration::from_secs(301)), 0);
         assert!(vault.take_security_code(&rec.token, now).is_none());
     }
 
     #[tokio::test]
-    async fn kek_file_readable_by_others_is_refused() {
+    async fn detokenize_fails_closed_without_the_audit_trail() {
         let dir = tempfile::tempdir().unwrap();
-        drop(Vault::open(dir.path()).await.unwrap());
-        let kek = dir.path().join(KEK_FILE);
-        std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(Vault::open(dir.path()).await, Err(VaultError::KeyFile { .. })));
+        let vault = Vault::open(VaultOptions::development(dir.path())).await.unwrap();
+        let rec = store(&vault, "4111111111111111").await;
+        sqlx::query("DROP TABLE audit_log").execute(vault.pool()).await.unwrap();
+        let refused = vault.detokenize(&rec.token, ACTOR, Instant::now()).await;
+        assert!(matches!(refused, Err(VaultError::AuditUnavailable(_))));
+    }
+
+    #[tokio::test]
+    async fn production_refuses_the_development_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = VaultOptions::development(dir.path());
+        options.production = true;
+        assert!(matches!(Vault::open(options).await, Err(VaultError::Config(_))));
+        assert!(!dir.path().join(KEK_FILE).exists(), "refused before anything was created");
     }
 }

@@ -41,7 +41,7 @@ impl TestServer {
     }
 
     pub async fn key(&self, role: Role) -> String {
-        auth::create_key(self.server.shared.vault.pool(), role).await.unwrap()
+        auth::create_key(self.server.shared.vault.pool(), role).await.unwrap().1
     }
 
     pub async fn stop(self) {

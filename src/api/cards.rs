@@ -1,0 +1,236 @@
+//! `/v1/tokenize` and `/v1/detokenize`, for processors (PCI DSS 7.2: only the role that
+//! must see card data can). Detokenizing is audited and fails closed (see `Vault::detokenize`),
+//! limited per key per minute, and a key that detokenizes more than the hourly alarm level
+//! raises an alarm in the log and the audit trail. Request bodies are parsed here, not by the
+//! JSON extractor, so that no error message can echo a card number back.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use super::auth::Role;
+use super::{ApiError, AppState, Caller};
+use crate::capture::card::{Expiry, Pan, SecurityCode};
+use crate::capture::collector::CapturedCard;
+use crate::vault::{Actor, TokenRecord, VaultError, audit};
+
+const PROCESSOR: &[Role] = &[Role::Processor];
+
+/// Parses a JSON body without ever quoting it: serde's messages can contain the values.
+fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        let what = match e.classify() {
+            serde_json::error::Category::Data => "a field is missing, unknown or of the wrong type",
+            _ => "the body is not valid JSON",
+        };
+        ApiError::new(StatusCode::BAD_REQUEST, format!("{what} (line {}, column {})", e.line(), e.column()))
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizeRequest {
+    pan: String,
+    /// MMYY.
+    expiry: Option<String>,
+    security_code: Option<String>,
+    #[serde(default)]
+    merchant: Option<String>,
+}
+
+/// Card-on-file import: stores a card a processor already holds and returns its token.
+pub async fn tokenize(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<(StatusCode, Json<TokenRecord>), ApiError> {
+    caller.require(PROCESSOR)?;
+    let req: TokenizeRequest = parse(&body)?;
+    let bad = |m: &str| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, m.to_string());
+    let pan = Pan::parse(req.pan.as_bytes()).map_err(|_| bad("pan is not a valid card number"))?;
+    let expiry = match &req.expiry {
+        Some(e) => Some(
+            Expiry::parse(e.as_bytes(), crate::runtime::current_month())
+                .map_err(|_| bad("expiry must be MMYY, not in the past"))?,
+        ),
+        None => None,
+    };
+    let security_code = match &req.security_code {
+        Some(c) => Some(
+            SecurityCode::parse(c.as_bytes(), pan.brand()).map_err(|_| bad("security_code has the wrong length"))?,
+        ),
+        None => None,
+    };
+    let merchant = req.merchant.as_deref().unwrap_or("default");
+    if merchant.is_empty() || merchant.len() > 64 || !merchant.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+        return Err(bad("merchant must be 1-64 letters, digits, '-', '_' or '.'"));
+    }
+    let origin = peer.ip().to_string();
+    let actor = Actor { id: &caller.key_id, role: caller.role.as_str(), origin: &origin };
+    let card = CapturedCard { pan, expiry, security_code };
+    // No session completes here, so no webhook fires.
+    let record = state.vault.tokenize(card, actor, merchant, None, Instant::now()).await.map_err(|e| {
+        tracing::error!(error = %e, "tokenize failed");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the vault could not store the card")
+    })?;
+    Ok((StatusCode::CREATED, Json(record)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetokenizeRequest {
+    token: String,
+}
+
+#[derive(Serialize)]
+pub struct Detokenized {
+    token: String,
+    pan: String,
+    expiry_month: Option<u8>,
+    expiry_year: Option<u16>,
+    /// Present only the first time, within its TTL, while the call's code is still held.
+    security_code: Option<String>,
+}
+
+pub async fn detokenize(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Json<Detokenized>, ApiError> {
+    caller.require(PROCESSOR)?;
+    let req: DetokenizeRequest = parse(&body)?;
+    let origin = peer.ip().to_string();
+    let actor = Actor { id: &caller.key_id, role: caller.role.as_str(), origin: &origin };
+    match state.limits.admit(&caller.key_id, Instant::now()) {
+        Admit::Yes => {}
+        Admit::YesWithAlarm => {
+            tracing::error!(key = caller.key_id, "ALARM: bulk detokenization by one API key");
+            let e = audit::Event {
+                actor: actor.id,
+                role: actor.role,
+                action: "alarm.bulk_detokenize",
+                outcome: "raised",
+                origin: actor.origin,
+                resource: actor.id,
+                detail: "hourly detokenize count over vault.bulk_alarm_per_hour",
+            };
+            state.vault.audit(&e).await.map_err(|_| audit_down())?;
+        }
+        Admit::No => {
+            let e = audit::Event {
+                actor: actor.id,
+                role: actor.role,
+                action: "detokenize",
+                outcome: "rate_limited",
+                origin: actor.origin,
+                resource: &req.token,
+                detail: "",
+            };
+            state.vault.audit(&e).await.map_err(|_| audit_down())?;
+            return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "detokenize rate limit for this key"));
+        }
+    }
+    let card = state.vault.detokenize(&req.token, actor, Instant::now()).await.map_err(|e| match e {
+        VaultError::UnknownToken => ApiError::new(StatusCode::NOT_FOUND, "no such token"),
+        VaultError::Expired => ApiError::new(StatusCode::GONE, "token expired"),
+        VaultError::AuditUnavailable(_) => audit_down(),
+        other => {
+            tracing::error!(error = %other, "detokenize failed");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the vault could not read the card")
+        }
+    })?;
+    let month = card.expiry.get(0..2).and_then(|m| m.parse().ok());
+    let year = card.expiry.get(2..4).and_then(|y| y.parse::<u16>().ok()).map(|y| 2000 + y);
+    Ok(Json(Detokenized {
+        token: req.token,
+        pan: card.pan.to_string(),
+        expiry_month: month,
+        expiry_year: year,
+        security_code: card.security_code.map(|c| c.expose().to_string()),
+    }))
+}
+
+fn audit_down() -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the audit trail cannot be written, so nothing is revealed")
+}
+
+/// Per-key detokenize counting: a fixed one-minute window for the limit, a fixed one-hour
+/// window for the bulk alarm (raised once per key per hour).
+pub struct Limits {
+    per_minute: u32,
+    alarm_per_hour: u32,
+    keys: Mutex<HashMap<String, Window>>,
+}
+
+struct Window {
+    minute_from: Instant,
+    minute: u32,
+    hour_from: Instant,
+    hour: u32,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admit {
+    Yes,
+    YesWithAlarm,
+    No,
+}
+
+impl Limits {
+    pub fn new(per_minute: u32, alarm_per_hour: u32) -> Limits {
+        Limits { per_minute, alarm_per_hour, keys: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn admit(&self, key: &str, now: Instant) -> Admit {
+        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        let w = keys.entry(key.to_string()).or_insert(Window { minute_from: now, minute: 0, hour_from: now, hour: 0 });
+        if now.duration_since(w.minute_from) >= Duration::from_secs(60) {
+            (w.minute_from, w.minute) = (now, 0);
+        }
+        if now.duration_since(w.hour_from) >= Duration::from_secs(3600) {
+            (w.hour_from, w.hour) = (now, 0);
+        }
+        if w.minute >= self.per_minute {
+            return Admit::No;
+        }
+        w.minute += 1;
+        w.hour += 1;
+        if w.hour == self.alarm_per_hour + 1 { Admit::YesWithAlarm } else { Admit::Yes }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_per_minute_and_alarm_once_per_hour() {
+        let l = Limits::new(3, 4);
+        let t0 = Instant::now();
+        let admits: Vec<Admit> = (0..4).map(|_| l.admit("k", t0)).collect();
+        assert_eq!(admits, [Admit::Yes, Admit::Yes, Admit::Yes, Admit::No]);
+        assert_eq!(l.admit("other", t0), Admit::Yes, "per key");
+        let t1 = t0 + Duration::from_secs(61);
+        assert_eq!(l.admit("k", t1), Admit::Yes);
+        assert_eq!(l.admit("k", t1), Admit::YesWithAlarm, "fifth in the hour");
+        assert_eq!(l.admit("k", t1), Admit::Yes, "raised once");
+    }
+
+    #[test]
+    fn parse_errors_never_quote_the_body() {
+        let body = Bytes::from_static(b"{\"pan\": 4111111111111111}");
+        let e = parse::<TokenizeRequest>(&body).err().unwrap();
+        assert!(!format!("{e:?}").contains("4111"), "{e:?}");
+        let e = parse::<TokenizeRequest>(&Bytes::from_static(b"{\"pan\": \"4111111111111111\"")).err().unwrap();
+        assert!(!format!("{e:?}").contains("4111"), "{e:?}");
+    }
+}

@@ -1,0 +1,179 @@
+//! The audit trail (PCI DSS 10.2, 10.3): an append-only table (triggers refuse UPDATE and
+//! DELETE) in which each record carries an HMAC-SHA256, under a key wrapped by the KEK, of its
+//! own content and the previous record's MAC. Changing, deleting, inserting or reordering a
+//! record breaks the chain where it happened; `verify` names the place. Records hold who,
+//! what, when, outcome, origin and resource (10.2.2) and never card data.
+//!
+//! Appending takes the single `audit_head` row first (UPDATE … RETURNING), which serializes
+//! writers across connections and processes on SQLite and PostgreSQL alike.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hmac::{Hmac, Mac};
+use serde::Serialize;
+use sha2::Sha256;
+use sqlx::{AnyConnection, AnyPool};
+
+use super::VaultError;
+use super::crypto::{SecretKey, hex};
+
+/// One thing that happened, as the audit trail records it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Event<'a> {
+    /// API key id, `call:<session>` or `cli`.
+    pub actor: &'a str,
+    pub role: &'a str,
+    pub action: &'a str,
+    pub outcome: &'a str,
+    /// Client IP, SIP source, or `local`.
+    pub origin: &'a str,
+    /// Session id, token, key id: what was acted on.
+    pub resource: &'a str,
+    pub detail: &'a str,
+}
+
+/// A stored record.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Record {
+    pub seq: i64,
+    pub at_ms: i64,
+    pub actor: String,
+    pub role: String,
+    pub action: String,
+    pub outcome: String,
+    pub origin: String,
+    pub resource: String,
+    pub detail: String,
+    pub mac: String,
+}
+
+/// What `verify` found wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    /// Records `from..=to` are gone.
+    Deleted { from: i64, to: i64 },
+    /// This record's MAC does not match its content and place: changed, inserted or moved.
+    Altered { seq: i64 },
+    /// The head disagrees with the newest record: records at the end deleted, or one added
+    /// without the head.
+    Head { head_seq: i64, last_seq: i64 },
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Finding::Deleted { from, to } if from == to => write!(f, "record {from} deleted"),
+            Finding::Deleted { from, to } => write!(f, "records {from} to {to} deleted"),
+            Finding::Altered { seq } => {
+                write!(f, "record {seq} fails its MAC: changed, inserted or moved")
+            }
+            Finding::Head { head_seq, last_seq } => write!(
+                f,
+                "the chain head is at record {head_seq} but the newest record is {last_seq}: records removed from the end or added past it"
+            ),
+        }
+    }
+}
+
+fn mac(key: &SecretKey, prev: &str, seq: i64, at_ms: i64, e: &Event) -> String {
+    // Invariant: HMAC accepts keys of any length.
+    let mut m = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(key.expose()).expect("any key length");
+    // Length-prefixed fields: no separator inside a field can shift content between fields.
+    let seq = seq.to_string();
+    let at = at_ms.to_string();
+    for field in [prev, &seq, &at, e.actor, e.role, e.action, e.outcome, e.origin, e.resource, e.detail] {
+        m.update(&(field.len() as u64).to_le_bytes());
+        m.update(field.as_bytes());
+    }
+    hex(&m.finalize().into_bytes())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Appends inside the caller's transaction, so the record commits with what it describes.
+pub async fn append_in(conn: &mut AnyConnection, key: &SecretKey, e: &Event<'_>) -> Result<i64, VaultError> {
+    let (seq, prev): (i64, String) =
+        sqlx::query_as("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, mac").fetch_one(&mut *conn).await?;
+    let at_ms = now_ms();
+    let mac = mac(key, &prev, seq, at_ms, e);
+    sqlx::query(
+        "INSERT INTO audit_log (seq, at_ms, actor, role, action, outcome, origin, resource, detail, mac) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(seq)
+    .bind(at_ms)
+    .bind(e.actor)
+    .bind(e.role)
+    .bind(e.action)
+    .bind(e.outcome)
+    .bind(e.origin)
+    .bind(e.resource)
+    .bind(e.detail)
+    .bind(&mac)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE audit_head SET mac = $1 WHERE id = 1").bind(&mac).execute(&mut *conn).await?;
+    Ok(seq)
+}
+
+/// Appends in a transaction of its own.
+pub async fn append(pool: &AnyPool, key: &SecretKey, e: &Event<'_>) -> Result<i64, VaultError> {
+    let mut tx = pool.begin().await?;
+    let seq = append_in(&mut tx, key, e).await?;
+    tx.commit().await?;
+    Ok(seq)
+}
+
+/// Records from `after` (exclusive), oldest first, at most `limit`.
+pub async fn records(pool: &AnyPool, after: i64, limit: i64) -> Result<Vec<Record>, VaultError> {
+    Ok(sqlx::query_as("SELECT * FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2")
+        .bind(after)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?)
+}
+
+/// Walks the whole chain; returns how many records it checked and what is wrong.
+pub async fn verify(pool: &AnyPool, key: &SecretKey) -> Result<(i64, Vec<Finding>), VaultError> {
+    let mut findings = Vec::new();
+    let (mut expected, mut prev, mut checked, mut after_gap) = (1i64, String::new(), 0i64, false);
+    loop {
+        let page = records(pool, expected - 1, 1000).await?;
+        let Some(last) = page.last() else { break };
+        let next_after = last.seq;
+        for r in page {
+            if r.seq != expected {
+                findings.push(Finding::Deleted { from: expected, to: r.seq - 1 });
+                after_gap = true;
+            }
+            let e = Event {
+                actor: &r.actor,
+                role: &r.role,
+                action: &r.action,
+                outcome: &r.outcome,
+                origin: &r.origin,
+                resource: &r.resource,
+                detail: &r.detail,
+            };
+            // After a deletion the first survivor cannot match (its predecessor is gone);
+            // that is the deletion already reported, not a second finding.
+            if mac(key, &prev, r.seq, r.at_ms, &e) != r.mac && !after_gap {
+                findings.push(Finding::Altered { seq: r.seq });
+            }
+            after_gap = false;
+            prev = r.mac;
+            expected = r.seq + 1;
+            checked += 1;
+        }
+        // Pages continue after the last seq seen, gaps included.
+        expected = expected.max(next_after + 1);
+    }
+    let (head_seq, head_mac): (i64, String) =
+        sqlx::query_as("SELECT seq, mac FROM audit_head WHERE id = 1").fetch_one(pool).await?;
+    if head_seq != expected - 1 || head_mac != prev {
+        findings.push(Finding::Head { head_seq, last_seq: expected - 1 });
+    }
+    Ok((checked, findings))
+}

@@ -1,0 +1,176 @@
+//! The key ring (envelope encryption, PCI DSS 3.6, 3.7): AES-256 data keys wrapped under the
+//! key-encrypting key, with versions. New records are sealed under the newest encryption key;
+//! older ones only decrypt until re-encryption has moved every record off them. The
+//! fingerprint key (HMAC lookups, convergent tokens) and the audit key (the audit chain's
+//! MACs) are one key each.
+
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+
+use serde::Serialize;
+use sqlx::AnyPool;
+
+use super::crypto::{self, SecretKey};
+use super::{VaultError, unix_now};
+
+pub struct KeyRing {
+    kek: SecretKey,
+    /// Every encryption key by id; the newest (largest id) seals new records.
+    encryption: RwLock<BTreeMap<i64, SecretKey>>,
+    pub fingerprint: SecretKey,
+    pub audit: SecretKey,
+}
+
+/// One key version as `tonewall keys status` shows it: no key material.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct KeyStatus {
+    pub id: i64,
+    pub purpose: String,
+    pub created_at: i64,
+    pub encryptions: i64,
+    pub records: i64,
+    pub current: bool,
+}
+
+fn key_aad(purpose: &str, id: i64) -> String {
+    format!("tonewall:dek:{purpose}:{id}")
+}
+
+impl KeyRing {
+    /// Loads every key, creating the first of each purpose on first run.
+    pub async fn load(pool: &AnyPool, kek: SecretKey) -> Result<KeyRing, VaultError> {
+        if newest_id(pool, "encryption").await?.is_none() {
+            create(pool, &kek, "encryption").await?;
+        }
+        let fingerprint = match newest_id(pool, "fingerprint").await? {
+            Some(id) => unwrap(pool, &kek, "fingerprint", id).await?,
+            None => create(pool, &kek, "fingerprint").await?.1,
+        };
+        let audit = audit_key(pool, &kek).await?;
+        let ring = KeyRing { kek, encryption: RwLock::new(BTreeMap::new()), fingerprint, audit };
+        ring.refresh(pool).await?;
+        Ok(ring)
+    }
+
+    /// The newest encryption key and its id.
+    pub fn current(&self) -> (i64, SecretKey) {
+        let keys = self.read();
+        // Invariant: `load` leaves at least one encryption key in the ring.
+        let (id, key) = keys.last_key_value().expect("an encryption key");
+        (*id, key.clone())
+    }
+
+    pub fn get(&self, id: i64) -> Option<SecretKey> {
+        self.read().get(&id).cloned()
+    }
+
+    /// Loads keys another process (`tonewall keys rotate`) added; returns whether any were new.
+    pub async fn refresh(&self, pool: &AnyPool) -> Result<bool, VaultError> {
+        let known = self.read().keys().next_back().copied().unwrap_or(0);
+        let rows: Vec<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT id, wrapped FROM data_keys WHERE purpose = 'encryption' AND id > $1 ORDER BY id")
+                .bind(known)
+                .fetch_all(pool)
+                .await?;
+        let mut fresh = Vec::new();
+        for (id, wrapped) in &rows {
+            fresh.push((*id, crypto::unwrap(&self.kek, wrapped, key_aad("encryption", *id).as_bytes())?));
+        }
+        let mut keys = self.encryption.write().unwrap_or_else(|p| p.into_inner());
+        keys.extend(fresh);
+        Ok(!rows.is_empty())
+    }
+
+    /// Makes a new encryption key, which seals every record from now on; returns its id.
+    pub async fn rotate(&self, pool: &AnyPool) -> Result<i64, VaultError> {
+        let (id, _) = create(pool, &self.kek, "encryption").await?;
+        self.refresh(pool).await?;
+        tracing::info!(key_id = id, "new data key: new records are sealed under it");
+        Ok(id)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<i64, SecretKey>> {
+        // Writers only extend the map; a poisoned lock still holds a consistent map.
+        self.encryption.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Every data key with its use counts, oldest first.
+pub async fn status(pool: &AnyPool) -> Result<Vec<KeyStatus>, VaultError> {
+    let rows: Vec<(i64, String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT k.id, k.purpose, k.created_at, k.encryptions, (SELECT COUNT(*) FROM cards c WHERE c.key_id = k.id) \
+         FROM data_keys k ORDER BY k.id",
+    )
+    .fetch_all(pool)
+    .await?;
+    let newest = rows.iter().filter(|r| r.1 == "encryption").map(|r| r.0).max();
+    Ok(rows
+        .into_iter()
+        .map(|(id, purpose, created_at, encryptions, records)| KeyStatus {
+            current: purpose == "encryption" && Some(id) == newest,
+            id,
+            purpose,
+            created_at,
+            encryptions,
+            records,
+        })
+        .collect())
+}
+
+async fn newest_id(pool: &AnyPool, purpose: &str) -> Result<Option<i64>, VaultError> {
+    let row: Option<(i64,)> = sqlx::query_as("SELECT id FROM data_keys WHERE purpose = $1 ORDER BY id DESC LIMIT 1")
+        .bind(purpose)
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.map(|r| r.0))
+}
+
+async fn unwrap(pool: &AnyPool, kek: &SecretKey, purpose: &str, id: i64) -> Result<SecretKey, VaultError> {
+    let (wrapped,): (Vec<u8>,) =
+        sqlx::query_as("SELECT wrapped FROM data_keys WHERE id = $1").bind(id).fetch_one(pool).await?;
+    Ok(crypto::unwrap(kek, &wrapped, key_aad(purpose, id).as_bytes())?)
+}
+
+/// Creates and stores a wrapped key. Two processes racing for the same id: one insert fails
+/// on the primary key and is retried with the next id.
+async fn create(pool: &AnyPool, kek: &SecretKey, purpose: &str) -> Result<(i64, SecretKey), VaultError> {
+    let mut tries = 0;
+    loop {
+        let (id,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(id), 0) + 1 FROM data_keys").fetch_one(pool).await?;
+        let key = SecretKey::generate();
+        let wrapped = crypto::wrap(kek, &key, key_aad(purpose, id).as_bytes());
+        let inserted = sqlx::query("INSERT INTO data_keys (id, purpose, wrapped, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(id)
+            .bind(purpose)
+            .bind(wrapped)
+            .bind(unix_now())
+            .execute(pool)
+            .await;
+        match inserted {
+            Ok(_) => return Ok((id, key)),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() && tries < 5 => tries += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+async fn audit_key(pool: &AnyPool, kek: &SecretKey) -> Result<SecretKey, VaultError> {
+    let row: Option<(Vec<u8>,)> =
+        sqlx::query_as("SELECT wrapped FROM audit_keys WHERE id = 1").fetch_optional(pool).await?;
+    if let Some((wrapped,)) = row {
+        return Ok(crypto::unwrap(kek, &wrapped, key_aad("audit", 1).as_bytes())?);
+    }
+    let key = SecretKey::generate();
+    let wrapped = crypto::wrap(kek, &key, key_aad("audit", 1).as_bytes());
+    // Two first starts racing: the loser reads the winner's key.
+    let inserted = sqlx::query("INSERT INTO audit_keys (id, wrapped, created_at) VALUES (1, $1, $2)")
+        .bind(wrapped)
+        .bind(unix_now())
+        .execute(pool)
+        .await;
+    match inserted {
+        Ok(_) => Ok(key),
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Box::pin(audit_key(pool, kek)).await,
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,72 @@
+//! Databases for tests: a SQLite file in a temporary directory, or a fresh PostgreSQL database
+//! on the server named by `TONEWALL_TEST_POSTGRES` (`scripts/test-postgres.sh` starts one and
+//! prints the URL; `.ci/run` does both), dropped again when the test ends.
+
+use std::path::Path;
+
+use sqlx::Connection;
+
+pub const POSTGRES_ENV: &str = "TONEWALL_TEST_POSTGRES";
+
+pub struct TestDatabase {
+    /// `storage.database_url`: empty for SQLite.
+    pub url: String,
+    pub label: &'static str,
+    drop_with: Option<(String, String)>,
+}
+
+impl TestDatabase {
+    pub fn sqlite() -> TestDatabase {
+        TestDatabase { url: String::new(), label: "sqlite", drop_with: None }
+    }
+
+    /// A new, empty PostgreSQL database. Panics with the setup command when none is configured:
+    /// a vault test never passes by skipping PostgreSQL.
+    pub async fn postgres() -> TestDatabase {
+        let admin = std::env::var(POSTGRES_ENV).unwrap_or_else(|_| {
+            panic!(
+                "{POSTGRES_ENV} is not set: run `export {POSTGRES_ENV}=$(scripts/test-postgres.sh)` \
+                 (needs `apt-get install -y postgresql`)"
+            )
+        });
+        let name = format!("tonewall_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {POSTGRES_ENV}: {e}"));
+        // The name is ours (a UUID), not input: safe to splice.
+        let create = format!("CREATE DATABASE {name}");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(create)).execute(&mut conn).await.expect("create test database");
+        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+        TestDatabase { url: format!("{base}/{name}"), label: "postgres", drop_with: Some((admin.clone(), name)) }
+    }
+
+    /// Both backends, for tests that must hold on each.
+    pub async fn both() -> [TestDatabase; 2] {
+        [TestDatabase::sqlite(), TestDatabase::postgres().await]
+    }
+
+    /// Where this database's files live for SQLite (the data directory in either case).
+    pub fn options(&self, data_dir: &Path) -> super::VaultOptions {
+        let mut o = super::VaultOptions::development(data_dir);
+        if !self.url.is_empty() {
+            o.url = self.url.clone();
+        }
+        o
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Some((admin, name)) = self.drop_with.take() else { return };
+        // Drop runs outside async: a thread with its own runtime does the DROP.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            rt.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&admin).await.ok()?;
+                let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(drop)).execute(&mut conn).await.ok()
+            })
+        })
+        .join();
+    }
+}
