@@ -177,3 +177,83 @@ pub async fn verify(pool: &AnyPool, key: &SecretKey) -> Result<(i64, Vec<Finding
     }
     Ok((checked, findings))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vault::Vault;
+    use crate::vault::testing::TestDatabase;
+
+    fn event(n: usize) -> String {
+        format!("session-{n}")
+    }
+
+    async fn chain(vault: &Vault, n: usize) {
+        for i in 0..n {
+            let r = event(i);
+            let e = Event { actor: "k1", role: "agent", action: "session.create", outcome: "ok", origin: "127.0.0.1", resource: &r, detail: "" };
+            vault.audit(&e).await.unwrap();
+        }
+    }
+
+    async fn findings(vault: &Vault) -> Vec<Finding> {
+        verify(vault.pool(), &vault.keys().audit).await.unwrap().1
+    }
+
+    /// What an attacker with database access does first.
+    async fn drop_guards(vault: &Vault) {
+        let sql = match vault.backend() {
+            crate::vault::Backend::Sqlite => "DROP TRIGGER audit_log_no_update; DROP TRIGGER audit_log_no_delete;",
+            crate::vault::Backend::Postgres => "DROP TRIGGER audit_log_no_update ON audit_log;",
+        };
+        sqlx::raw_sql(sql).execute(vault.pool()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_table_is_append_only_and_verify_names_each_tampering() {
+        for db in TestDatabase::both().await {
+            let dir = tempfile::tempdir().unwrap();
+            let vault = Vault::open(db.options(dir.path())).await.unwrap();
+            chain(&vault, 10).await;
+            assert_eq!(verify(vault.pool(), &vault.keys().audit).await.unwrap(), (10, vec![]), "{}", db.label);
+            // The database itself refuses changes and deletions.
+            let update = sqlx::query("UPDATE audit_log SET outcome = 'denied' WHERE seq = 3").execute(vault.pool()).await;
+            assert!(update.unwrap_err().to_string().contains("append-only"), "{}", db.label);
+            assert!(sqlx::query("DELETE FROM audit_log WHERE seq = 3").execute(vault.pool()).await.is_err());
+            drop_guards(&vault).await;
+
+            // Changed.
+            sqlx::query("UPDATE audit_log SET outcome = 'denied' WHERE seq = 3").execute(vault.pool()).await.unwrap();
+            assert_eq!(findings(&vault).await, vec![Finding::Altered { seq: 3 }], "{}", db.label);
+            sqlx::query("UPDATE audit_log SET outcome = 'ok' WHERE seq = 3").execute(vault.pool()).await.unwrap();
+            assert_eq!(findings(&vault).await, vec![], "restored");
+
+            // Reordered: two records swap places.
+            sqlx::query("UPDATE audit_log SET seq = -5 WHERE seq = 5").execute(vault.pool()).await.unwrap();
+            sqlx::query("UPDATE audit_log SET seq = 5 WHERE seq = 6").execute(vault.pool()).await.unwrap();
+            sqlx::query("UPDATE audit_log SET seq = 6 WHERE seq = -5").execute(vault.pool()).await.unwrap();
+            // The chain breaks at both moved records (and at the next one, whose predecessor changed).
+            let f = findings(&vault).await;
+            assert!(f.starts_with(&[Finding::Altered { seq: 5 }, Finding::Altered { seq: 6 }]), "{f:?}");
+            sqlx::query("UPDATE audit_log SET seq = -5 WHERE seq = 5").execute(vault.pool()).await.unwrap();
+            sqlx::query("UPDATE audit_log SET seq = 5 WHERE seq = 6").execute(vault.pool()).await.unwrap();
+            sqlx::query("UPDATE audit_log SET seq = 6 WHERE seq = -5").execute(vault.pool()).await.unwrap();
+
+            // Deleted from the middle.
+            sqlx::query("DELETE FROM audit_log WHERE seq = 7").execute(vault.pool()).await.unwrap();
+            assert_eq!(findings(&vault).await, vec![Finding::Deleted { from: 7, to: 7 }], "{}", db.label);
+
+            // Inserted: a forged record at the end (the MAC cannot be made without the key).
+            sqlx::query(
+                "INSERT INTO audit_log (seq, at_ms, actor, role, action, outcome, origin, resource, detail, mac) \
+                 SELECT 11, at_ms, actor, role, action, outcome, origin, resource, detail, mac FROM audit_log WHERE seq = 10",
+            )
+            .execute(vault.pool())
+            .await
+            .unwrap();
+            let f = findings(&vault).await;
+            assert!(f.contains(&Finding::Altered { seq: 11 }), "{}: {f:?}", db.label);
+            assert!(f.contains(&Finding::Head { head_seq: 10, last_seq: 11 }), "{f:?}");
+        }
+    }
+}
