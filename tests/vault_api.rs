@@ -1,0 +1,169 @@
+//! The vault through the HTTP API on a real server on loopback: who may tokenize and
+//! detokenize, the security code released once, per-key limits and the bulk alarm in the
+//! audit trail, and the processor webhook of a real call: signed, retried, and kept across a
+//! restart.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode};
+use common::{TestServer, http, wait_final};
+use tonewall::api::auth::Role;
+use tonewall::softphone::agent::Agent;
+use tonewall::softphone::caller::{self, CallerOptions};
+use tonewall::vault::audit;
+use tonewall::vault::crypto::SecretKey;
+use tonewall::vault::secret::SecretSource;
+use tonewall::vault::webhook::{SIGNATURE_HEADER, signature};
+
+#[tokio::test]
+async fn processors_tokenize_and_detokenize_and_no_other_role_can() {
+    let t = TestServer::start().await;
+    let (agent, processor, qa) = (t.key(Role::Agent).await, t.key(Role::Processor).await, t.key(Role::Qa).await);
+    let url = |p: &str| format!("{}{p}", t.base);
+    let card = r#"{"pan":"4111111111111111","expiry":"1230","security_code":"737"}"#;
+    for k in [&agent, &qa] {
+        assert_eq!(http("POST", &url("/v1/tokenize"), Some(k), Some(card)).await.0, 403);
+    }
+    assert_eq!(http("POST", &url("/v1/tokenize"), None, Some(card)).await.0, 401);
+    let (s, v) = http("POST", &url("/v1/tokenize"), Some(&processor), Some(card)).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!((v["brand"].as_str(), v["last4"].as_str()), (Some("visa"), Some("1111")));
+    let token = v["token"].as_str().unwrap().to_string();
+    assert!(token.starts_with("tok_") && !v.to_string().contains("411111"));
+    // Bad input never comes back in an error.
+    let (s, v) = http("POST", &url("/v1/tokenize"), Some(&processor), Some(r#"{"pan":4111111111111111}"#)).await;
+    assert_eq!(s, 400);
+    assert!(!v.to_string().contains("4111"), "{v}");
+    let (s, v) = http("POST", &url("/v1/tokenize"), Some(&processor), Some(r#"{"pan":"4111111111111112"}"#)).await;
+    assert_eq!(s, 422);
+    assert!(!v.to_string().contains("4111"), "{v}");
+
+    let body = format!(r#"{{"token":"{token}"}}"#);
+    for k in [&agent, &qa] {
+        assert_eq!(http("POST", &url("/v1/detokenize"), Some(k), Some(&body)).await.0, 403);
+    }
+    let (s, v) = http("POST", &url("/v1/detokenize"), Some(&processor), Some(&body)).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["pan"], "4111111111111111");
+    assert_eq!((v["expiry_month"].as_u64(), v["expiry_year"].as_u64()), (Some(12), Some(2030)));
+    assert_eq!(v["security_code"], "737");
+    let (_, v) = http("POST", &url("/v1/detokenize"), Some(&processor), Some(&body)).await;
+    assert!(v["security_code"].is_null(), "released once: {v}");
+    let (s, _) = http("POST", &url("/v1/detokenize"), Some(&processor), Some(r#"{"token":"tok_none"}"#)).await;
+    assert_eq!(s, 404);
+
+    let vault = &t.server.shared.vault;
+    let records = audit::records(vault.pool(), 0, 100).await.unwrap();
+    let detok: Vec<(&str, &str)> =
+        records.iter().filter(|r| r.action == "detokenize").map(|r| (r.outcome.as_str(), r.origin.as_str())).collect();
+    assert_eq!(detok, [("revealed", "127.0.0.1"), ("revealed", "127.0.0.1"), ("unknown_token", "127.0.0.1")]);
+    assert_eq!(audit::verify(vault.pool(), &vault.keys().audit).await.unwrap().1, vec![]);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn detokenize_is_limited_per_key_and_bulk_use_raises_an_alarm() {
+    let t = TestServer::start_with(|c| {
+        c.vault.detokenize_per_minute = 3;
+        c.vault.bulk_alarm_per_hour = 2;
+    })
+    .await;
+    let (p1, p2) = (t.key(Role::Processor).await, t.key(Role::Processor).await);
+    let url = format!("{}/v1/detokenize", t.base);
+    let tokenize = format!("{}/v1/tokenize", t.base);
+    let (_, v) = http("POST", &tokenize, Some(&p1), Some(r#"{"pan":"4111111111111111"}"#)).await;
+    let token = v["token"].as_str().unwrap().to_string();
+    let body = format!(r#"{{"token":"{token}"}}"#);
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(http("POST", &url, Some(&p1), Some(&body)).await.0);
+    }
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    assert_eq!(http("POST", &url, Some(&p2), Some(&body)).await.0, 200, "the limit is per key");
+    let vault = &t.server.shared.vault;
+    let records = audit::records(vault.pool(), 0, 100).await.unwrap();
+    let actions: Vec<String> = records.iter().map(|r| format!("{}:{}", r.action, r.outcome)).collect();
+    assert_eq!(actions.iter().filter(|a| *a == "alarm.bulk_detokenize:raised").count(), 1, "{actions:?}");
+    assert_eq!(actions.iter().filter(|a| *a == "detokenize:rate_limited").count(), 1, "{actions:?}");
+    t.stop().await;
+}
+
+type Received = Arc<Mutex<Vec<(HeaderMap, String)>>>;
+
+/// A processor's webhook endpoint on loopback: records every request, answers 500 to the
+/// first `fail_first` and 200 after.
+async fn receiver(listener: tokio::net::TcpListener, fail_first: usize) -> Received {
+    let got: Received = Arc::default();
+    let log = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: String| {
+            let log = log.clone();
+            async move {
+                let mut l = log.lock().unwrap();
+                l.push((headers, body));
+                if l.len() <= fail_first { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::OK }
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    got
+}
+
+#[tokio::test]
+async fn a_completed_call_sends_a_signed_webhook_retried_and_kept_across_a_restart() {
+    // The processor is down while the call completes; tonewall restarts; then the processor
+    // answers 500 once, then 200.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_addr = listener.local_addr().unwrap();
+    let secret_hex = "42".repeat(32);
+    let dir = tempfile::tempdir().unwrap();
+    let adjust = |c: &mut tonewall::config::Config| {
+        c.storage.data_dir = dir.path().to_path_buf();
+        c.webhook.url = format!("http://{hook_addr}/hook");
+        c.webhook.secret = SecretSource::Hex(secret_hex.clone());
+        c.webhook.retry_base_s = 1;
+    };
+    drop(listener);
+    let t = TestServer::start_with(adjust).await;
+    let key = t.key(Role::Agent).await;
+    let agent = Agent::start().await.unwrap();
+    let body = format!(r#"{{"fields":["pan","expiry","cvv"],"reference":"order-77","agent_uri":"{}"}}"#, agent.uri);
+    let (_, v) = http("POST", &format!("{}/v1/sessions", t.base), Some(&key), Some(&body)).await;
+    let (id, uri) = (v["id"].as_str().unwrap().to_string(), v["transfer_uri"].as_str().unwrap().to_string());
+    let opts = CallerOptions { linger: Duration::from_secs(3), ..CallerOptions::new(t.server.sip_addr, &uri, "4111111111111111#,1230,737") };
+    caller::place_call(opts).await.unwrap();
+    let s = wait_final(&t.base, &key, &id, Duration::from_secs(5)).await;
+    assert_eq!(s["state"], "completed", "{s}");
+    tokio::time::sleep(Duration::from_millis(1500)).await; // at least one refused attempt
+    agent.finish().await.unwrap();
+    t.stop().await;
+
+    let listener = tokio::net::TcpListener::bind(hook_addr).await.unwrap();
+    let got = receiver(listener, 1).await;
+    let t = TestServer::start_with(adjust).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while got.lock().unwrap().len() < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let got = got.lock().unwrap().clone();
+    assert_eq!(got.len(), 2, "one 500, then delivered");
+    let secret = SecretKey::from_bytes(&tonewall::vault::crypto::unhex(&secret_hex).unwrap()).unwrap();
+    for (headers, body) in &got {
+        let sig = headers[SIGNATURE_HEADER].to_str().unwrap();
+        let t_value: i64 = sig.strip_prefix("t=").and_then(|r| r.split(',').next()).unwrap().parse().unwrap();
+        assert_eq!(sig, signature(&secret, t_value, body), "the processor can verify it");
+    }
+    assert_eq!(got[0].1, got[1].1, "the same event, the same idempotency key");
+    let event: serde_json::Value = serde_json::from_str(&got[1].1).unwrap();
+    assert_eq!(event["event"], "session.completed");
+    assert_eq!((event["session_id"].as_str(), event["reference"].as_str()), (Some(id.as_str()), Some("order-77")));
+    assert_eq!((event["brand"].as_str(), event["last4"].as_str()), (Some("visa"), Some("1111")));
+    assert_eq!(event["token"], s["result"]["token"]);
+    assert_eq!(got[1].0["idempotency-key"].to_str().unwrap(), event["idempotency_key"].as_str().unwrap());
+    assert!(!got[1].1.contains("411111"), "no card data in the webhook");
+    t.stop().await;
+}
