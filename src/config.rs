@@ -198,7 +198,10 @@ impl Config {
         if self.vault.production && !self.webhook.url.is_empty() && self.webhook.secret.is_development() {
             return bad("webhook.secret", "production mode refuses a development secret");
         }
-        if !self.webhook.url.is_empty() && !self.webhook.url.starts_with("http://") && !self.webhook.url.starts_with("https://") {
+        if !self.webhook.url.is_empty()
+            && !self.webhook.url.starts_with("http://")
+            && !self.webhook.url.starts_with("https://")
+        {
             return bad("webhook.url", "must be an http:// or https:// URL");
         }
         Ok(())

@@ -213,7 +213,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ApiKey { action: ApiKeyAction::Create { role, common } } => {
             let vault = open_vault(&common).await?;
             let (id, key) = auth::create_key(vault.pool(), role).await?;
-            let e = audit::Event { action: "api_key.create", outcome: "created", resource: &id, detail: role.as_str(), ..cli_event() };
+            let e = audit::Event {
+                action: "api_key.create",
+                outcome: "created",
+                resource: &id,
+                detail: role.as_str(),
+                ..cli_event()
+            };
             vault.audit(&e).await?;
             println!("{key}");
             Ok(())
@@ -222,7 +228,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let vault = open_vault(&common).await?;
             let id = vault.keys().rotate(vault.pool()).await?;
             let resource = id.to_string();
-            vault.audit(&audit::Event { action: "key.rotate", outcome: "created", resource: &resource, ..cli_event() }).await?;
+            vault
+                .audit(&audit::Event { action: "key.rotate", outcome: "created", resource: &resource, ..cli_event() })
+                .await?;
             println!("data key {id} is now current; re-encrypting older records");
             let mut total = 0;
             loop {
@@ -234,7 +242,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("  {total} records re-encrypted");
             }
             let detail = format!("{total} records");
-            vault.audit(&audit::Event { action: "key.reencrypt", outcome: "done", resource: &resource, detail: &detail, ..cli_event() }).await?;
+            vault
+                .audit(&audit::Event {
+                    action: "key.reencrypt",
+                    outcome: "done",
+                    resource: &resource,
+                    detail: &detail,
+                    ..cli_event()
+                })
+                .await?;
             println!("done: every record is under data key {id}");
             Ok(())
         }

@@ -134,7 +134,10 @@ async fn a_completed_call_sends_a_signed_webhook_retried_and_kept_across_a_resta
     let body = format!(r#"{{"fields":["pan","expiry","cvv"],"reference":"order-77","agent_uri":"{}"}}"#, agent.uri);
     let (_, v) = http("POST", &format!("{}/v1/sessions", t.base), Some(&key), Some(&body)).await;
     let (id, uri) = (v["id"].as_str().unwrap().to_string(), v["transfer_uri"].as_str().unwrap().to_string());
-    let opts = CallerOptions { linger: Duration::from_secs(3), ..CallerOptions::new(t.server.sip_addr, &uri, "4111111111111111#,1230,737") };
+    let opts = CallerOptions {
+        linger: Duration::from_secs(3),
+        ..CallerOptions::new(t.server.sip_addr, &uri, "4111111111111111#,1230,737")
+    };
     caller::place_call(opts).await.unwrap();
     let s = wait_final(&t.base, &key, &id, Duration::from_secs(5)).await;
     assert_eq!(s["state"], "completed", "{s}");

@@ -60,7 +60,9 @@ pub async fn lookup(pool: &AnyPool, key: &str) -> Result<Option<(String, Role)>,
     if !key.starts_with(KEY_PREFIX) || key.len() > 128 {
         return Ok(None);
     }
-    let row: Option<(String, String)> =
-        sqlx::query_as("SELECT id, role FROM api_keys WHERE key_hash = $1").bind(hash(key)).fetch_optional(pool).await?;
+    let row: Option<(String, String)> = sqlx::query_as("SELECT id, role FROM api_keys WHERE key_hash = $1")
+        .bind(hash(key))
+        .fetch_optional(pool)
+        .await?;
     Ok(row.and_then(|(id, role)| Role::parse(&role).map(|r| (id, r))))
 }

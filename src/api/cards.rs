@@ -70,7 +70,10 @@ pub async fn tokenize(
         None => None,
     };
     let merchant = req.merchant.as_deref().unwrap_or("default");
-    if merchant.is_empty() || merchant.len() > 64 || !merchant.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+    if merchant.is_empty()
+        || merchant.len() > 64
+        || !merchant.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
         return Err(bad("merchant must be 1-64 letters, digits, '-', '_' or '.'"));
     }
     let origin = peer.ip().to_string();

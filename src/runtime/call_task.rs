@@ -10,12 +10,12 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use super::Shared;
-use crate::vault::{Actor, Completion};
 use crate::call::{Call, CallEvent, Command, LegId, Output};
 use crate::capture::collector::CapturedCard;
 use crate::media::rtp::MAX_PACKET;
 use crate::session::SessionId;
 use crate::sip::message::SipMessage;
+use crate::vault::{Actor, Completion};
 
 pub struct CallTask {
     pub call: Call,

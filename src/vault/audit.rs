@@ -95,7 +95,9 @@ fn now_ms() -> i64 {
 /// Appends inside the caller's transaction, so the record commits with what it describes.
 pub async fn append_in(conn: &mut AnyConnection, key: &SecretKey, e: &Event<'_>) -> Result<i64, VaultError> {
     let (seq, prev): (i64, String) =
-        sqlx::query_as("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, mac").fetch_one(&mut *conn).await?;
+        sqlx::query_as("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, mac")
+            .fetch_one(&mut *conn)
+            .await?;
     let at_ms = now_ms();
     let mac = mac(key, &prev, seq, at_ms, e);
     sqlx::query(
@@ -191,7 +193,15 @@ mod tests {
     async fn chain(vault: &Vault, n: usize) {
         for i in 0..n {
             let r = event(i);
-            let e = Event { actor: "k1", role: "agent", action: "session.create", outcome: "ok", origin: "127.0.0.1", resource: &r, detail: "" };
+            let e = Event {
+                actor: "k1",
+                role: "agent",
+                action: "session.create",
+                outcome: "ok",
+                origin: "127.0.0.1",
+                resource: &r,
+                detail: "",
+            };
             vault.audit(&e).await.unwrap();
         }
     }
@@ -217,7 +227,8 @@ mod tests {
             chain(&vault, 10).await;
             assert_eq!(verify(vault.pool(), &vault.keys().audit).await.unwrap(), (10, vec![]), "{}", db.label);
             // The database itself refuses changes and deletions.
-            let update = sqlx::query("UPDATE audit_log SET outcome = 'denied' WHERE seq = 3").execute(vault.pool()).await;
+            let update =
+                sqlx::query("UPDATE audit_log SET outcome = 'denied' WHERE seq = 3").execute(vault.pool()).await;
             assert!(update.unwrap_err().to_string().contains("append-only"), "{}", db.label);
             assert!(sqlx::query("DELETE FROM audit_log WHERE seq = 3").execute(vault.pool()).await.is_err());
             drop_guards(&vault).await;

@@ -113,7 +113,8 @@ impl VaultOptions {
             production: c.vault.production,
             token_format: c.vault.token_format,
             convergent: c.vault.convergent,
-            token_ttl: (c.vault.token_ttl_days > 0).then(|| Duration::from_secs(u64::from(c.vault.token_ttl_days) * 86_400)),
+            token_ttl: (c.vault.token_ttl_days > 0)
+                .then(|| Duration::from_secs(u64::from(c.vault.token_ttl_days) * 86_400)),
             security_code_ttl: Duration::from_secs(c.vault.security_code_ttl_s),
             max_encryptions_per_key: c.vault.max_encryptions_per_key as i64,
             webhook: (!c.webhook.url.is_empty()).then(|| {
@@ -230,13 +231,12 @@ impl Vault {
         let mut token = None;
         for _ in 0..20 {
             if self.options.convergent {
-                let existing: Option<(String,)> = sqlx::query_as(
-                    "SELECT token FROM cards WHERE merchant = $1 AND fingerprint = $2 AND convergent",
-                )
-                .bind(merchant)
-                .bind(&fingerprint)
-                .fetch_optional(&mut *tx)
-                .await?;
+                let existing: Option<(String,)> =
+                    sqlx::query_as("SELECT token FROM cards WHERE merchant = $1 AND fingerprint = $2 AND convergent")
+                        .bind(merchant)
+                        .bind(&fingerprint)
+                        .fetch_optional(&mut *tx)
+                        .await?;
                 if let Some((t,)) = existing {
                     outcome = "existing";
                     token = Some(t);
@@ -395,15 +395,16 @@ impl Vault {
                 .bind(new_id)
                 .execute(&mut *tx)
                 .await?;
-            moved += sqlx::query("UPDATE cards SET key_id = $1, nonce = $2, ciphertext = $3 WHERE id = $4 AND key_id = $5")
-                .bind(new_id)
-                .bind(nonce)
-                .bind(ct)
-                .bind(&id)
-                .bind(old_id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+            moved +=
+                sqlx::query("UPDATE cards SET key_id = $1, nonce = $2, ciphertext = $3 WHERE id = $4 AND key_id = $5")
+                    .bind(new_id)
+                    .bind(nonce)
+                    .bind(ct)
+                    .bind(&id)
+                    .bind(old_id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
             tx.commit().await?;
         }
         Ok(moved)
@@ -499,11 +500,12 @@ mod tests {
             assert!(matches!(vault.detokenize("tok_nope", ACTOR, now).await, Err(VaultError::UnknownToken)));
             // A ciphertext moved to another row no longer decrypts (associated data binds the id).
             let rec2 = store(&vault, "4111111111111111").await;
-            let (nonce, ct): (Vec<u8>, Vec<u8>) = sqlx::query_as("SELECT nonce, ciphertext FROM cards WHERE token = $1")
-                .bind(&rec.token)
-                .fetch_one(vault.pool())
-                .await
-                .unwrap();
+            let (nonce, ct): (Vec<u8>, Vec<u8>) =
+                sqlx::query_as("SELECT nonce, ciphertext FROM cards WHERE token = $1")
+                    .bind(&rec.token)
+                    .fetch_one(vault.pool())
+                    .await
+                    .unwrap();
             sqlx::query("UPDATE cards SET nonce = $1, ciphertext = $2 WHERE token = $3")
                 .bind(nonce)
                 .bind(ct)
@@ -511,7 +513,10 @@ mod tests {
                 .execute(vault.pool())
                 .await
                 .unwrap();
-            assert!(matches!(vault.detokenize(&rec2.token, ACTOR, now).await, Err(VaultError::Crypto(CryptoError::Decrypt))));
+            assert!(matches!(
+                vault.detokenize(&rec2.token, ACTOR, now).await,
+                Err(VaultError::Crypto(CryptoError::Decrypt))
+            ));
             // Every detokenize, refused ones included, is in the audit trail, which verifies.
             let (checked, findings) = audit::verify(vault.pool(), &vault.keys().audit).await.unwrap();
             assert_eq!((checked, findings), (6, vec![]), "{}: 2 tokenizations, 4 detokenizations", db.label);

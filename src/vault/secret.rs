@@ -78,8 +78,12 @@ fn load_or_create(path: &Path) -> Result<SecretKey, VaultError> {
     }
     let fail = |why: String| VaultError::Secret(format!("key file {}: {why}", path.display()));
     let key = SecretKey::generate();
-    let mut f =
-        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|e| fail(e.to_string()))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| fail(e.to_string()))?;
     f.write_all(Zeroizing::new(crypto::hex(key.expose())).as_bytes()).map_err(|e| fail(e.to_string()))?;
     f.sync_all().map_err(|e| fail(e.to_string()))?;
     tracing::warn!(

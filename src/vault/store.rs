@@ -39,7 +39,9 @@ pub async fn open(url: &str) -> Result<(AnyPool, Backend), VaultError> {
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Backend::Postgres
     } else {
-        return Err(VaultError::Config("storage.database_url must start with postgres:// (or be empty for SQLite)".into()));
+        return Err(VaultError::Config(
+            "storage.database_url must start with postgres:// (or be empty for SQLite)".into(),
+        ));
     };
     let options = AnyPoolOptions::new()
         .max_connections(if backend == Backend::Sqlite { 4 } else { 16 })

@@ -124,3 +124,70 @@ pub fn files_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
+
+/// `tonewall serve` as its own process (the built binary), for tests that kill it or read its
+/// logs. Loopback addresses are picked by the OS; stderr (the log) goes to `log`.
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    pub base: String,
+    pub sip: std::net::SocketAddr,
+}
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tonewall");
+
+/// Writes a config file: the embedded default with `replace` pairs applied.
+pub fn write_config(dir: &Path, replace: &[(&str, &str)]) -> std::path::PathBuf {
+    let mut text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/sip-config/tonewall.toml")).unwrap();
+    for (from, to) in replace {
+        assert!(text.contains(from), "config has no {from}");
+        text = text.replace(from, to);
+    }
+    let path = dir.join("tonewall.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Runs a `tonewall` command to completion: (success, stdout, stderr).
+pub fn tonewall(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = std::process::Command::new(BIN).args(args).envs(env.iter().copied()).output().expect("run tonewall");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+impl ServeProcess {
+    pub fn start(config: &Path, data_dir: &Path, log: &Path, env: &[(&str, &str)]) -> ServeProcess {
+        use std::io::BufRead;
+        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let mut child = std::process::Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(config)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--sip-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn tonewall serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+        // "tonewall serving: SIP udp:127.0.0.1:P  HTTP http://127.0.0.1:Q"
+        let field = |tag: &str| line.split_whitespace().find_map(|w| w.strip_prefix(tag)).map(str::to_string);
+        let (Some(sip), Some(http)) = (field("udp:"), field("http://")) else {
+            let _ = child.kill();
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("serve did not start: {line:?}\n{log}");
+        };
+        ServeProcess { child, base: format!("http://{http}"), sip: sip.parse().unwrap() }
+    }
+
+    pub fn kill(mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+}
