@@ -143,6 +143,13 @@ fn forbid_core_dumps() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `YYYY-MM-DD HH:MM` of a Unix time, UTC.
+fn utc(secs: i64) -> String {
+    let (year, month, day) = tonewall::runtime::civil_from_days(secs.div_euclid(86_400));
+    let rem = secs.rem_euclid(86_400);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}", rem / 3600, rem % 3600 / 60)
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
@@ -256,13 +263,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Keys { action: KeysAction::Status { common } } => {
             let vault = open_vault(&common).await?;
-            println!("{:>4}  {:<12} {:<20} {:>12} {:>10}", "id", "purpose", "created (UTC)", "encryptions", "records");
+            println!("{:>4}  {:<12} {:<17} {:>12} {:>10}", "id", "purpose", "created (UTC)", "encryptions", "records");
             for k in keyring::status(vault.pool()).await? {
                 println!(
-                    "{:>4}  {:<12} {:<20} {:>12} {:>10}{}",
+                    "{:>4}  {:<12} {:<17} {:>12} {:>10}{}",
                     k.id,
                     k.purpose,
-                    k.created_at,
+                    utc(k.created_at),
                     k.encryptions,
                     k.records,
                     if k.current { "  current" } else { "" }
