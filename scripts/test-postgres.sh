@@ -13,7 +13,7 @@ if [ -z "$version" ]; then
   version=$(ls /usr/lib/postgresql | sort -n | tail -1)
   $SUDO pg_createcluster "$version" main >&2
 fi
-$SUDO pg_ctlcluster "$version" main start 2>/dev/null || true
+$SUDO pg_ctlcluster "$version" main start >&2 2>/dev/null || true
 for _ in $(seq 50); do
   if $SUDO runuser -u postgres -- psql -qtAc "SELECT 1" >/dev/null 2>&1; then break; fi
   sleep 0.2

@@ -1,6 +1,7 @@
 //! Databases for tests: a SQLite file in a temporary directory, or a fresh PostgreSQL database
-//! on the server named by `TONEWALL_TEST_POSTGRES` (`scripts/test-postgres.sh` starts one and
-//! prints the URL; `.ci/run` does both), dropped again when the test ends.
+//! on the server named by `TONEWALL_TEST_POSTGRES`, dropped again when the test ends. Without
+//! that variable the tests run `scripts/test-postgres.sh`, which starts Debian's PostgreSQL
+//! and prints the URL (`.ci/run` runs it once and exports the variable).
 
 use std::path::Path;
 
@@ -23,12 +24,7 @@ impl TestDatabase {
     /// A new, empty PostgreSQL database. Panics with the setup command when none is configured:
     /// a vault test never passes by skipping PostgreSQL.
     pub async fn postgres() -> TestDatabase {
-        let admin = std::env::var(POSTGRES_ENV).unwrap_or_else(|_| {
-            panic!(
-                "{POSTGRES_ENV} is not set: run `export {POSTGRES_ENV}=$(scripts/test-postgres.sh)` \
-                 (needs `apt-get install -y postgresql`)"
-            )
-        });
+        let admin = admin_url();
         let name = format!("tonewall_test_{}", uuid::Uuid::new_v4().simple());
         let mut conn = sqlx::PgConnection::connect(&admin)
             .await
@@ -53,6 +49,30 @@ impl TestDatabase {
         }
         o
     }
+}
+
+/// The server's URL: from the environment, or from starting it once per test binary.
+fn admin_url() -> String {
+    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    URL.get_or_init(|| {
+        if let Ok(url) = std::env::var(POSTGRES_ENV) {
+            return url;
+        }
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/test-postgres.sh");
+        let out = std::process::Command::new(script).output();
+        match out {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+            other => panic!(
+                "PostgreSQL is needed for the vault tests and could not be started by {script} ({}): \
+                 `apt-get install -y postgresql`, or set {POSTGRES_ENV} to a server URL",
+                match other {
+                    Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+                    Err(e) => e.to_string(),
+                }
+            ),
+        }
+    })
+    .clone()
 }
 
 impl Drop for TestDatabase {
