@@ -131,6 +131,16 @@ impl VaultOptions {
     }
 }
 
+/// A card row as stored: sealed, with what opening it needs.
+#[derive(sqlx::FromRow)]
+struct Sealed {
+    id: String,
+    key_id: i64,
+    nonce: Vec<u8>,
+    ciphertext: Vec<u8>,
+    expires_at: Option<i64>,
+}
+
 struct HeldCode {
     code: SecurityCode,
     until: Instant,
@@ -342,12 +352,12 @@ impl Vault {
     }
 
     async fn reveal(&self, token: &str) -> Result<RevealedCard, VaultError> {
-        let row: Option<(String, i64, Vec<u8>, Vec<u8>, Option<i64>)> =
+        let row: Option<Sealed> =
             sqlx::query_as("SELECT id, key_id, nonce, ciphertext, expires_at FROM cards WHERE token = $1")
                 .bind(token)
                 .fetch_optional(&self.pool)
                 .await?;
-        let (id, key_id, nonce, ct, expires_at) = row.ok_or(VaultError::UnknownToken)?;
+        let Sealed { id, key_id, nonce, ciphertext: ct, expires_at } = row.ok_or(VaultError::UnknownToken)?;
         if expires_at.is_some_and(|t| t <= unix_now()) {
             return Err(VaultError::Expired);
         }
@@ -374,14 +384,14 @@ impl Vault {
     /// traffic and another process doing the same, and resumes wherever a crash stopped it.
     pub async fn reencrypt(&self, limit: i64) -> Result<u64, VaultError> {
         let (new_id, new_key) = self.keys.current();
-        let rows: Vec<(String, i64, Vec<u8>, Vec<u8>)> =
-            sqlx::query_as("SELECT id, key_id, nonce, ciphertext FROM cards WHERE key_id <> $1 LIMIT $2")
+        let rows: Vec<Sealed> =
+            sqlx::query_as("SELECT id, key_id, nonce, ciphertext, expires_at FROM cards WHERE key_id <> $1 LIMIT $2")
                 .bind(new_id)
                 .bind(limit)
                 .fetch_all(&self.pool)
                 .await?;
         let mut moved = 0;
-        for (id, old_id, nonce, ct) in rows {
+        for Sealed { id, key_id: old_id, nonce, ciphertext: ct, .. } in rows {
             if old_id > new_id {
                 // Another process rotated past our newest key: catch up first.
                 self.keys.refresh(&self.pool).await?;

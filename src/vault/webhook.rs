@@ -86,6 +86,16 @@ pub async fn enqueue_in(
     Ok(())
 }
 
+#[derive(sqlx::FromRow)]
+struct Due {
+    id: String,
+    url: String,
+    body: String,
+    attempts: i64,
+    next_attempt_at: i64,
+    created_at: i64,
+}
+
 /// Delivery counts for one pass.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Pass {
@@ -97,7 +107,7 @@ pub struct Pass {
 /// Sends every event that is due; returns what happened.
 pub async fn deliver_due(pool: &AnyPool, hook: &Hook) -> Result<Pass, VaultError> {
     let now = unix_now();
-    let due: Vec<(String, String, String, i64, i64, i64)> = sqlx::query_as(
+    let due: Vec<Due> = sqlx::query_as(
         "SELECT id, url, body, attempts, next_attempt_at, created_at FROM webhooks \
          WHERE delivered_at IS NULL AND given_up_at IS NULL AND next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT 50",
     )
@@ -105,7 +115,7 @@ pub async fn deliver_due(pool: &AnyPool, hook: &Hook) -> Result<Pass, VaultError
     .fetch_all(pool)
     .await?;
     let mut pass = Pass::default();
-    for (id, url, body, attempts, next_at, created_at) in due {
+    for Due { id, url, body, attempts, next_attempt_at: next_at, created_at } in due {
         // Claim it: only the process whose update matches sends it.
         let claimed = sqlx::query("UPDATE webhooks SET next_attempt_at = $1 WHERE id = $2 AND next_attempt_at = $3")
             .bind(now + LEASE_S)
