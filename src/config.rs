@@ -13,6 +13,7 @@ use crate::call::Masking;
 use crate::capture::collector::CollectorConfig;
 use crate::media::masker::Replacement;
 use crate::sip::transaction::Timers;
+use crate::vault::kek::KekSource;
 use crate::vault::secret::SecretSource;
 use crate::vault::token::TokenFormat;
 
@@ -90,7 +91,7 @@ pub struct StorageConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VaultConfig {
-    pub kek: SecretSource,
+    pub kek: KekSource,
     pub production: bool,
     pub token_format: TokenFormat,
     pub convergent: bool,
@@ -270,6 +271,11 @@ mod tests {
         assert!(Config::parse("x", &inline).unwrap_err().to_string().contains("vault.kek"));
         let env = dev.replace("kek = \"dev_file\"", "kek = { env = \"TONEWALL_KEK\" }");
         assert!(Config::parse("x", &env).is_ok(), "production with the KEK in the environment");
+        let token = dev.replace(
+            "kek = \"dev_file\"",
+            "kek = { pkcs11 = { module = \"/m.so\", token_label = \"t\", key_label = \"k\", pin_env = \"P\" } }",
+        );
+        assert!(Config::parse("x", &token).is_ok(), "production with the KEK in a PKCS#11 token");
         let mut c = Config::embedded();
         assert!(c.set_production().unwrap_err().to_string().contains("vault.kek"), "--production refuses it too");
         let bad_addr = EMBEDDED.replace("listen = \"127.0.0.1:8080\"", "listen = \"nowhere\"");

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use tonewall::api::auth::{self, Role};
 use tonewall::config::Config;
 use tonewall::runtime::Server;
+use tonewall::vault::kek::{self, KekSource};
 use tonewall::vault::{Actor, Vault, VaultOptions, audit, keyring};
 
 fn cli_event() -> audit::Event<'static> {
@@ -112,6 +113,12 @@ enum KeysAction {
         #[command(flatten)]
         common: Common,
     },
+    /// Create the key-encrypting key inside the PKCS#11 token that vault.kek names
+    /// (AES-256, non-extractable).
+    HsmCreate {
+        #[command(flatten)]
+        common: Common,
+    },
 }
 
 #[derive(Subcommand)]
@@ -122,6 +129,16 @@ enum AuditAction {
         #[command(flatten)]
         common: Common,
     },
+}
+
+#[cfg(feature = "hsm")]
+fn create_token_key(c: &kek::Pkcs11Config) -> anyhow::Result<()> {
+    Ok(kek::hsm::TokenKey::create(c)?)
+}
+
+#[cfg(not(feature = "hsm"))]
+fn create_token_key(_: &kek::Pkcs11Config) -> anyhow::Result<()> {
+    anyhow::bail!("this build has no PKCS#11 support: build with `--features hsm`")
 }
 
 const CLI_ACTOR: Actor<'static> = Actor { id: "cli", role: "admin", origin: "local" };
@@ -275,6 +292,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     if k.current { "  current" } else { "" }
                 );
             }
+            Ok(())
+        }
+        Command::Keys { action: KeysAction::HsmCreate { common } } => {
+            let cfg = common.load()?;
+            let KekSource::Pkcs11 { pkcs11 } = &cfg.vault.kek else {
+                anyhow::bail!("vault.kek is not a PKCS#11 key: set vault.kek = {{ pkcs11 = {{ ... }} }}");
+            };
+            create_token_key(pkcs11)?;
+            println!("created AES-256 key {:?} on token {:?} (not extractable)", pkcs11.key_label, pkcs11.token_label);
             Ok(())
         }
         Command::Audit { action: AuditAction::Verify { common } } => {

@@ -10,11 +10,12 @@ use std::sync::RwLock;
 use serde::Serialize;
 use sqlx::AnyPool;
 
-use super::crypto::{self, SecretKey};
+use super::crypto::SecretKey;
+use super::kek::Kek;
 use super::{VaultError, unix_now};
 
 pub struct KeyRing {
-    kek: SecretKey,
+    kek: Kek,
     /// Every encryption key by id; the newest (largest id) seals new records.
     encryption: RwLock<BTreeMap<i64, SecretKey>>,
     pub fingerprint: SecretKey,
@@ -38,7 +39,7 @@ fn key_aad(purpose: &str, id: i64) -> String {
 
 impl KeyRing {
     /// Loads every key, creating the first of each purpose on first run.
-    pub async fn load(pool: &AnyPool, kek: SecretKey) -> Result<KeyRing, VaultError> {
+    pub async fn load(pool: &AnyPool, kek: Kek) -> Result<KeyRing, VaultError> {
         if newest_id(pool, "encryption").await?.is_none() {
             create(pool, &kek, "encryption").await?;
         }
@@ -74,7 +75,7 @@ impl KeyRing {
                 .await?;
         let mut fresh = Vec::new();
         for (id, wrapped) in &rows {
-            fresh.push((*id, crypto::unwrap(&self.kek, wrapped, key_aad("encryption", *id).as_bytes())?));
+            fresh.push((*id, self.kek.unwrap(wrapped, key_aad("encryption", *id).as_bytes())?));
         }
         let mut keys = self.encryption.write().unwrap_or_else(|p| p.into_inner());
         keys.extend(fresh);
@@ -125,20 +126,20 @@ async fn newest_id(pool: &AnyPool, purpose: &str) -> Result<Option<i64>, VaultEr
     Ok(row.map(|r| r.0))
 }
 
-async fn unwrap(pool: &AnyPool, kek: &SecretKey, purpose: &str, id: i64) -> Result<SecretKey, VaultError> {
+async fn unwrap(pool: &AnyPool, kek: &Kek, purpose: &str, id: i64) -> Result<SecretKey, VaultError> {
     let (wrapped,): (Vec<u8>,) =
         sqlx::query_as("SELECT wrapped FROM data_keys WHERE id = $1").bind(id).fetch_one(pool).await?;
-    Ok(crypto::unwrap(kek, &wrapped, key_aad(purpose, id).as_bytes())?)
+    kek.unwrap(&wrapped, key_aad(purpose, id).as_bytes())
 }
 
 /// Creates and stores a wrapped key. Two processes racing for the same id: one insert fails
 /// on the primary key and is retried with the next id.
-async fn create(pool: &AnyPool, kek: &SecretKey, purpose: &str) -> Result<(i64, SecretKey), VaultError> {
+async fn create(pool: &AnyPool, kek: &Kek, purpose: &str) -> Result<(i64, SecretKey), VaultError> {
     let mut tries = 0;
     loop {
         let (id,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(id), 0) + 1 FROM data_keys").fetch_one(pool).await?;
         let key = SecretKey::generate();
-        let wrapped = crypto::wrap(kek, &key, key_aad(purpose, id).as_bytes());
+        let wrapped = kek.wrap(&key, key_aad(purpose, id).as_bytes())?;
         let inserted = sqlx::query("INSERT INTO data_keys (id, purpose, wrapped, created_at) VALUES ($1, $2, $3, $4)")
             .bind(id)
             .bind(purpose)
@@ -154,14 +155,14 @@ async fn create(pool: &AnyPool, kek: &SecretKey, purpose: &str) -> Result<(i64, 
     }
 }
 
-async fn audit_key(pool: &AnyPool, kek: &SecretKey) -> Result<SecretKey, VaultError> {
+async fn audit_key(pool: &AnyPool, kek: &Kek) -> Result<SecretKey, VaultError> {
     let row: Option<(Vec<u8>,)> =
         sqlx::query_as("SELECT wrapped FROM audit_keys WHERE id = 1").fetch_optional(pool).await?;
     if let Some((wrapped,)) = row {
-        return Ok(crypto::unwrap(kek, &wrapped, key_aad("audit", 1).as_bytes())?);
+        return kek.unwrap(&wrapped, key_aad("audit", 1).as_bytes());
     }
     let key = SecretKey::generate();
-    let wrapped = crypto::wrap(kek, &key, key_aad("audit", 1).as_bytes());
+    let wrapped = kek.wrap(&key, key_aad("audit", 1).as_bytes())?;
     // Two first starts racing: the loser reads the winner's key.
     let inserted = sqlx::query("INSERT INTO audit_keys (id, wrapped, created_at) VALUES (1, $1, $2)")
         .bind(wrapped)

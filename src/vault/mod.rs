@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod crypto;
+pub mod kek;
 pub mod keyring;
 pub mod secret;
 pub mod store;
@@ -29,6 +30,7 @@ use crate::capture::card::{Brand, SecurityCode};
 use crate::capture::collector::CapturedCard;
 use crate::config::Config;
 use crypto::CryptoError;
+use kek::{Kek, KekSource};
 use keyring::KeyRing;
 use secret::SecretSource;
 pub use store::Backend;
@@ -94,7 +96,7 @@ pub struct Completion<'a> {
 pub struct VaultOptions {
     pub url: String,
     pub data_dir: PathBuf,
-    pub kek: SecretSource,
+    pub kek: KekSource,
     pub production: bool,
     pub token_format: TokenFormat,
     pub convergent: bool,
@@ -179,7 +181,7 @@ impl Vault {
         if options.production && options.kek.is_development() {
             return Err(VaultError::Config("production mode refuses the development key-encrypting key".into()));
         }
-        let kek = options.kek.load(&dir.join(KEK_FILE))?;
+        let kek = Kek::open(&options.kek, &dir.join(KEK_FILE))?;
         let webhook = match &options.webhook {
             Some((url, secret, retry_base)) => Some(webhook::Hook {
                 url: url.clone(),
