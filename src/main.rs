@@ -14,10 +14,6 @@ use tonewall::runtime::Server;
 use tonewall::vault::kek::{self, KekSource};
 use tonewall::vault::{Actor, Vault, VaultOptions, audit, keyring};
 
-fn cli_event() -> audit::Event<'static> {
-    audit::Event { actor: CLI_ACTOR.id, role: CLI_ACTOR.role, origin: CLI_ACTOR.origin, ..Default::default() }
-}
-
 #[derive(Parser)]
 #[command(name = "tonewall", version, about = "PCI DSS payment capture for phone calls")]
 struct Cli {
@@ -237,14 +233,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ApiKey { action: ApiKeyAction::Create { role, common } } => {
             let vault = open_vault(&common).await?;
             let (id, key) = auth::create_key(vault.pool(), role).await?;
-            let e = audit::Event {
-                action: "api_key.create",
-                outcome: "created",
-                resource: &id,
-                detail: role.as_str(),
-                ..cli_event()
-            };
-            vault.audit(&e).await?;
+            vault
+                .audit(&audit::Event { detail: role.as_str(), ..CLI_ACTOR.did("api_key.create", "created", &id) })
+                .await?;
             println!("{key}");
             Ok(())
         }
@@ -252,9 +243,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let vault = open_vault(&common).await?;
             let id = vault.keys().rotate(vault.pool()).await?;
             let resource = id.to_string();
-            vault
-                .audit(&audit::Event { action: "key.rotate", outcome: "created", resource: &resource, ..cli_event() })
-                .await?;
+            vault.audit(&CLI_ACTOR.did("key.rotate", "created", &resource)).await?;
             println!("data key {id} is now current; re-encrypting older records");
             let mut total = 0;
             loop {
@@ -266,15 +255,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("  {total} records re-encrypted");
             }
             let detail = format!("{total} records");
-            vault
-                .audit(&audit::Event {
-                    action: "key.reencrypt",
-                    outcome: "done",
-                    resource: &resource,
-                    detail: &detail,
-                    ..cli_event()
-                })
-                .await?;
+            vault.audit(&audit::Event { detail: &detail, ..CLI_ACTOR.did("key.reencrypt", "done", &resource) }).await?;
             println!("done: every record is under data key {id}");
             Ok(())
         }

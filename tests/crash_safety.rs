@@ -15,21 +15,8 @@ use tonewall::vault::testing::TestDatabase;
 /// A Luhn-valid 16-digit Visa test number from a counter.
 fn pan(n: u64) -> String {
     let body = format!("4{n:014}");
-    let sum: u32 = body
-        .bytes()
-        .rev()
-        .enumerate()
-        .map(|(i, b)| {
-            let d = u32::from(b - b'0');
-            if i % 2 == 0 {
-                let x = d * 2;
-                if x > 9 { x - 9 } else { x }
-            } else {
-                d
-            }
-        })
-        .sum();
-    format!("{body}{}", (10 - sum % 10) % 10)
+    let digits: Vec<u8> = body.bytes().map(|b| b - b'0').collect();
+    format!("{body}{}", tonewall::capture::card::luhn_check_digit(&digits))
 }
 
 /// xorshift64*: the kill schedule, reproducible from the printed seed.
@@ -106,14 +93,13 @@ async fn kill_loop(db: &TestDatabase, kills: usize) {
     assert!(acked.len() > kills, "the clients got work done between kills: {}", acked.len());
 
     let serve = ServeProcess::start(&config, &data, &log, &[]);
+    let detokenize = |token: &str| {
+        let (url, body) = (format!("{}/v1/detokenize", serve.base), format!(r#"{{"token":"{token}"}}"#));
+        let key = key.clone();
+        async move { http("POST", &url, Some(&key), Some(&body)).await }
+    };
     for (token, p) in &acked {
-        let (s, v) = http(
-            "POST",
-            &format!("{}/v1/detokenize", serve.base),
-            Some(&key),
-            Some(&format!(r#"{{"token":"{token}"}}"#)),
-        )
-        .await;
+        let (s, v) = detokenize(token).await;
         assert_eq!((s, v["pan"].as_str()), (200, Some(p.as_str())), "acknowledged token {token} lost or wrong");
     }
     // Every row in the table, acknowledged or not (killed before the reply), is whole.
@@ -122,13 +108,7 @@ async fn kill_loop(db: &TestDatabase, kills: usize) {
     let tokens: Vec<(String,)> = sqlx::query_as("SELECT token FROM cards").fetch_all(vault.pool()).await.unwrap();
     assert!(tokens.len() >= acked.len());
     for (token,) in &tokens {
-        let (s, _) = http(
-            "POST",
-            &format!("{}/v1/detokenize", serve.base),
-            Some(&key),
-            Some(&format!(r#"{{"token":"{token}"}}"#)),
-        )
-        .await;
+        let (s, _) = detokenize(token).await;
         assert_eq!(s, 200, "stored row {token} does not decrypt");
     }
     serve.kill();

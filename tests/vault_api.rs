@@ -28,6 +28,7 @@ async fn processors_tokenize_and_detokenize_and_no_other_role_can() {
         assert_eq!(http("POST", &url("/v1/tokenize"), Some(k), Some(card)).await.0, 403);
     }
     assert_eq!(http("POST", &url("/v1/tokenize"), None, Some(card)).await.0, 401);
+    assert_eq!(http("POST", &url("/v1/detokenize"), Some("twk_guess"), Some("{}")).await.0, 401);
     let (s, v) = http("POST", &url("/v1/tokenize"), Some(&processor), Some(card)).await;
     assert_eq!(s, 201, "{v}");
     assert_eq!((v["brand"].as_str(), v["last4"].as_str()), (Some("visa"), Some("1111")));
@@ -60,6 +61,11 @@ async fn processors_tokenize_and_detokenize_and_no_other_role_can() {
     let detok: Vec<(&str, &str)> =
         records.iter().filter(|r| r.action == "detokenize").map(|r| (r.outcome.as_str(), r.origin.as_str())).collect();
     assert_eq!(detok, [("revealed", "127.0.0.1"), ("revealed", "127.0.0.1"), ("unknown_token", "127.0.0.1")]);
+    let guess = records.iter().find(|r| r.action == "auth").expect("the unknown key is audited");
+    assert_eq!(
+        (guess.outcome.as_str(), guess.resource.as_str(), guess.origin.as_str()),
+        ("unknown_key", "/v1/detokenize", "127.0.0.1")
+    );
     assert_eq!(audit::verify(vault.pool(), &vault.keys().audit).await.unwrap().1, vec![]);
     t.stop().await;
 }

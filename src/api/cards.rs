@@ -5,13 +5,12 @@
 //! JSON extractor, so that no error message can echo a card number back.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +18,7 @@ use super::auth::Role;
 use super::{ApiError, AppState, Caller};
 use crate::capture::card::{Expiry, Pan, SecurityCode};
 use crate::capture::collector::CapturedCard;
-use crate::vault::{Actor, TokenRecord, VaultError, audit};
+use crate::vault::{TokenRecord, VaultError, audit};
 
 const PROCESSOR: &[Role] = &[Role::Processor];
 
@@ -48,7 +47,6 @@ pub struct TokenizeRequest {
 /// Card-on-file import: stores a card a processor already holds and returns its token.
 pub async fn tokenize(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     caller: Caller,
     body: Bytes,
 ) -> Result<(StatusCode, Json<TokenRecord>), ApiError> {
@@ -76,8 +74,7 @@ pub async fn tokenize(
     {
         return Err(bad("merchant must be 1-64 letters, digits, '-', '_' or '.'"));
     }
-    let origin = peer.ip().to_string();
-    let actor = Actor { id: &caller.key_id, role: caller.role.as_str(), origin: &origin };
+    let actor = caller.actor();
     let card = CapturedCard { pan, expiry, security_code };
     // No session completes here, so no webhook fires.
     let record = state.vault.tokenize(card, actor, merchant, None, Instant::now()).await.map_err(|e| {
@@ -105,40 +102,22 @@ pub struct Detokenized {
 
 pub async fn detokenize(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     caller: Caller,
     body: Bytes,
 ) -> Result<Json<Detokenized>, ApiError> {
     caller.require(PROCESSOR)?;
     let req: DetokenizeRequest = parse(&body)?;
-    let origin = peer.ip().to_string();
-    let actor = Actor { id: &caller.key_id, role: caller.role.as_str(), origin: &origin };
+    let actor = caller.actor();
     match state.limits.admit(&caller.key_id, Instant::now()) {
         Admit::Yes => {}
         Admit::YesWithAlarm => {
             tracing::error!(key = caller.key_id, "ALARM: bulk detokenization by one API key");
-            let e = audit::Event {
-                actor: actor.id,
-                role: actor.role,
-                action: "alarm.bulk_detokenize",
-                outcome: "raised",
-                origin: actor.origin,
-                resource: actor.id,
-                detail: "hourly detokenize count over vault.bulk_alarm_per_hour",
-            };
+            let detail = "hourly detokenize count over vault.bulk_alarm_per_hour";
+            let e = audit::Event { detail, ..actor.did("alarm.bulk_detokenize", "raised", actor.id) };
             state.vault.audit(&e).await.map_err(|_| audit_down())?;
         }
         Admit::No => {
-            let e = audit::Event {
-                actor: actor.id,
-                role: actor.role,
-                action: "detokenize",
-                outcome: "rate_limited",
-                origin: actor.origin,
-                resource: &req.token,
-                detail: "",
-            };
-            state.vault.audit(&e).await.map_err(|_| audit_down())?;
+            state.vault.audit(&actor.did("detokenize", "rate_limited", &req.token)).await.map_err(|_| audit_down())?;
             return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "detokenize rate limit for this key"));
         }
     }

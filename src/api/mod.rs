@@ -6,11 +6,12 @@ pub mod auth;
 pub mod cards;
 mod sessions;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{FromRequestParts, Query};
+use axum::extract::{ConnectInfo, FromRequestParts, Query};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
@@ -19,7 +20,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::session::Sessions;
-use crate::vault::Vault;
+use crate::vault::{Actor, Vault, audit};
 use auth::Role;
 
 #[derive(Clone)]
@@ -62,13 +63,31 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The authenticated caller of a route: key id and role.
+async fn audit_or_log(state: &AppState, e: &audit::Event<'_>) {
+    if let Err(err) = state.vault.audit(e).await {
+        tracing::error!(error = %err, action = e.action, "audit record not written");
+    }
+}
+
+/// The authenticated caller of a route: key id, role, and the client's IP.
 pub struct Caller {
     pub key_id: String,
     pub role: Role,
+    pub origin: String,
 }
 
 impl Caller {
+    /// Who this is, as the audit trail records it.
+    pub fn actor(&self) -> Actor<'_> {
+        Actor { id: &self.key_id, role: self.role.as_str(), origin: &self.origin }
+    }
+
+    /// Records what this caller did. The actions audited this way reveal no card data, so a
+    /// failed write is logged, not fatal (detokenize, which does, fails closed in the vault).
+    pub async fn audit(&self, state: &AppState, action: &str, outcome: &str, resource: &str) {
+        audit_or_log(state, &self.actor().did(action, outcome, resource)).await;
+    }
+
     pub fn require(&self, allowed: &[Role]) -> Result<(), ApiError> {
         if allowed.contains(&self.role) {
             Ok(())
@@ -95,12 +114,19 @@ impl FromRequestParts<AppState> for Caller {
                 Query::<TokenQuery>::try_from_uri(&parts.uri).ok().and_then(|q| q.0.access_token).unwrap_or_default()
             }
         };
+        let origin =
+            parts.extensions.get::<ConnectInfo<SocketAddr>>().map_or("unknown".into(), |c| c.0.ip().to_string());
         if key.is_empty() {
             return Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer key"));
         }
         match auth::lookup(state.vault.pool(), &key).await {
-            Ok(Some((key_id, role))) => Ok(Caller { key_id, role }),
-            Ok(None) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unknown bearer key")),
+            Ok(Some((key_id, role))) => Ok(Caller { key_id, role, origin }),
+            Ok(None) => {
+                // PCI DSS 10.2.1.4: invalid access attempts are audited (the key itself is not).
+                let nobody = Actor { id: "unknown", role: "none", origin: &origin };
+                audit_or_log(state, &nobody.did("auth", "unknown_key", parts.uri.path())).await;
+                Err(ApiError::new(StatusCode::UNAUTHORIZED, "unknown bearer key"))
+            }
             Err(e) => {
                 tracing::error!(error = %e, "key lookup failed");
                 Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "key store unavailable"))

@@ -64,6 +64,7 @@ pub async fn create(
     validate(&req).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, m))?;
     let view = state.sessions.create(req.fields, req.reference, req.agent_uri, &state.sip_host);
     tracing::info!(session = view.id.as_str(), key = caller.key_id, "session created");
+    caller.audit(&state, "session.create", "created", view.id.as_str()).await;
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
@@ -91,6 +92,7 @@ pub async fn cancel(
     match state.sessions.cancel(&id) {
         Ok(v) => {
             tracing::info!(session = id.as_str(), key = caller.key_id, "session cancelled");
+            caller.audit(&state, "session.cancel", "cancelled", id.as_str()).await;
             Ok(Json(v))
         }
         Err(SessionError::NotFound) => Err(ApiError::new(StatusCode::NOT_FOUND, "no such session")),

@@ -119,6 +119,19 @@ pub fn brand_of(digits: &[u8]) -> Option<Brand> {
     })
 }
 
+/// The Luhn check digit that completes `body` (digit values 0..=9) into a valid number: for
+/// test and load-generation card numbers.
+pub fn luhn_check_digit(body: &[u8]) -> u8 {
+    let mut with_zero = body.to_vec();
+    with_zero.push(0);
+    (0..10)
+        .find(|d| {
+            with_zero[body.len()] = *d;
+            luhn_valid(&with_zero)
+        })
+        .unwrap_or(0)
+}
+
 /// ISO/IEC 7812-1 Annex B: the Luhn check over digit values (0..=9).
 pub fn luhn_valid(digits: &[u8]) -> bool {
     if digits.is_empty() {
@@ -274,6 +287,7 @@ mod tests {
             let mut off = v.clone();
             off[3] = (off[3] + 1) % 10;
             assert!(!luhn_valid(&off), "{pan} with one digit changed");
+            assert_eq!(luhn_check_digit(&v[..v.len() - 1]), v[v.len() - 1], "{pan}'s check digit");
         }
         assert!(!luhn_valid(&[]));
     }

@@ -84,6 +84,13 @@ pub struct Actor<'a> {
     pub origin: &'a str,
 }
 
+impl Actor<'_> {
+    /// The audit record of this actor doing `action` to `resource`.
+    pub fn did<'b>(&'b self, action: &'b str, outcome: &'b str, resource: &'b str) -> audit::Event<'b> {
+        audit::Event { actor: self.id, role: self.role, origin: self.origin, action, outcome, resource, detail: "" }
+    }
+}
+
 /// The session a tokenization completes, if any (then the processor webhook fires).
 #[derive(Debug, Clone, Copy)]
 pub struct Completion<'a> {
@@ -299,13 +306,8 @@ impl Vault {
             expiry_year: card.expiry.map(|e| e.year()),
         };
         let event = audit::Event {
-            actor: actor.id,
-            role: actor.role,
-            action: "tokenize",
-            outcome,
-            origin: actor.origin,
-            resource: &record.token,
             detail: completion.map_or("", |c| c.session_id),
+            ..actor.did("tokenize", outcome, &record.token)
         };
         audit::append_in(&mut tx, &self.keys.audit, &event).await?;
         if let (Some(hook), Some(c)) = (&self.webhook, completion) {
@@ -335,16 +337,7 @@ impl Vault {
             Err(VaultError::Expired) => "expired",
             Err(_) => "error",
         };
-        let event = audit::Event {
-            actor: actor.id,
-            role: actor.role,
-            action: "detokenize",
-            outcome,
-            origin: actor.origin,
-            resource: token,
-            detail: "",
-        };
-        if let Err(e) = self.audit(&event).await {
+        if let Err(e) = self.audit(&actor.did("detokenize", outcome, token)).await {
             tracing::error!(error = %e, "audit record not written: detokenize refused");
             return Err(VaultError::AuditUnavailable(e.to_string()));
         }
@@ -431,16 +424,8 @@ impl Vault {
             .rows_affected();
         if n > 0 {
             let detail = format!("{n} cards");
-            let e = audit::Event {
-                actor: "system",
-                role: "system",
-                action: "token.expire",
-                outcome: "deleted",
-                origin: "local",
-                resource: "cards",
-                detail: &detail,
-            };
-            self.audit(&e).await?;
+            let system = Actor { id: "system", role: "system", origin: "local" };
+            self.audit(&audit::Event { detail: &detail, ..system.did("token.expire", "deleted", "cards") }).await?;
         }
         Ok(n)
     }

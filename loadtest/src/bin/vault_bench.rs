@@ -36,19 +36,11 @@ struct Args {
 
 const ACTOR: Actor<'static> = Actor { id: "bench", role: "processor", origin: "local" };
 
-/// Luhn-valid 16-digit test numbers from a counter.
+/// A Luhn-valid 16-digit Visa test number from a counter.
 fn pan(n: usize) -> String {
     let body = format!("4{n:014}");
-    let sum: u32 = body
-        .bytes()
-        .rev()
-        .enumerate()
-        .map(|(i, b)| {
-            let d = u32::from(b - b'0');
-            if i % 2 == 0 { (d * 2) / 10 + (d * 2) % 10 } else { d }
-        })
-        .sum();
-    format!("{body}{}", (10 - sum % 10) % 10)
+    let digits: Vec<u8> = body.bytes().map(|b| b - b'0').collect();
+    format!("{body}{}", tonewall::capture::card::luhn_check_digit(&digits))
 }
 
 fn report(what: &str, backend: &str, mut latencies: Vec<Duration>, wall: Duration) {
