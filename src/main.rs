@@ -146,13 +146,9 @@ async fn open_vault(common: &Common) -> anyhow::Result<Vault> {
 
 /// No core dumps: a dump of this process could hold keys and card data (PCI DSS 3.3, 3.6).
 fn forbid_core_dumps() -> anyhow::Result<()> {
-    let zero = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: setrlimit and prctl take plain values and a pointer to a live local.
-    let (limit, dumpable) =
-        unsafe { (libc::setrlimit(libc::RLIMIT_CORE, &zero), libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0)) };
-    if limit != 0 || dumpable != 0 {
-        anyhow::bail!("could not disable core dumps: {}", std::io::Error::last_os_error());
-    }
+    use nix::sys::resource::{Resource, setrlimit};
+    setrlimit(Resource::RLIMIT_CORE, 0, 0).context("disabling core dumps")?;
+    nix::sys::prctl::set_dumpable(false).context("marking the process not dumpable")?;
     Ok(())
 }
 

@@ -13,6 +13,9 @@ pub mod signal;
 
 use std::f32::consts::{PI, TAU};
 
+use multiversion::multiversion;
+use multiversion::target::target_cfg_f;
+
 use analysis::WINDOW;
 
 pub use detector::Detector;
@@ -246,29 +249,17 @@ fn log10(x: f32) -> f32 {
 /// Goertzel recursion s[n] = w[n]·x[n] + 2cos ω·s[n−1] − s[n−2].
 type Recursion = (f32, [f32; LANES], [f32; LANES]);
 
-/// The per-sample arithmetic of one window, compiled for AVX2 with fused multiply-add too,
-/// and run that way where the CPU has them (half the instructions of baseline x86-64).
-fn window_and_recurse(window: &[f32; WINDOW], feedback: &[f32; LANES], x: &[f32; WINDOW]) -> Recursion {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has the features `window_and_recurse_avx2` is compiled for.
-        return unsafe { window_and_recurse_avx2(window, feedback, x) };
-    }
-    window_and_recurse_with::<false>(window, feedback, x)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn window_and_recurse_avx2(window: &[f32; WINDOW], feedback: &[f32; LANES], x: &[f32; WINDOW]) -> Recursion {
-    window_and_recurse_with::<true>(window, feedback, x)
-}
-
-#[inline(always)]
-fn window_and_recurse_with<const FMA: bool>(w: &[f32; WINDOW], c: &[f32; LANES], x: &[f32; WINDOW]) -> Recursion {
+/// The per-sample arithmetic of one window. Compiled twice, for baseline x86-64 and for AVX2
+/// with fused multiply-add, and run the second way where the CPU has them (half the
+/// instructions); `multiversion` does the run-time dispatch.
+#[multiversion(targets("x86_64+avx2+fma"))]
+fn window_and_recurse(w: &[f32; WINDOW], c: &[f32; LANES], x: &[f32; WINDOW]) -> Recursion {
     let windowed: [f32; WINDOW] = std::array::from_fn(|n| x[n] * w[n]);
     let squares = sum_of_squares(&windowed);
+    // A constant in each compiled copy: without the instruction, mul_add is a libm call.
+    let fma = target_cfg_f!(target_feature = "fma");
     let step =
-        |c: f32, prev: f32, prev2: f32, x: f32| if FMA { c.mul_add(prev, x - prev2) } else { c * prev + (x - prev2) };
+        |c: f32, prev: f32, prev2: f32, x: f32| if fma { c.mul_add(prev, x - prev2) } else { c * prev + (x - prev2) };
     // Four samples per turn, the two state arrays swapping roles: no copies between steps.
     let (mut a, mut b) = ([0.0f32; LANES], [0.0f32; LANES]);
     for quad in windowed.as_chunks::<4>().0 {
