@@ -52,6 +52,8 @@ pub enum VaultError {
     UnknownToken,
     #[error("token expired")]
     Expired,
+    #[error("no unused token after 20 draws")]
+    TokensExhausted,
     #[error("the audit trail cannot be written, so the request is refused: {0}")]
     AuditUnavailable(String),
     #[error("could not create data directory {path}: {why}")]
@@ -297,7 +299,7 @@ impl Vault {
                 Err(e) => return Err(e.into()),
             }
         }
-        let token = token.ok_or_else(|| VaultError::Config("no free token after 20 draws".into()))?;
+        let token = token.ok_or(VaultError::TokensExhausted)?;
         let record = TokenRecord {
             token,
             brand: card.pan.brand(),
