@@ -112,6 +112,12 @@ pub enum SessionError {
     NotWaiting(SessionState),
     #[error("session already ended ({0:?})")]
     Final(SessionState),
+    #[error("session is {0:?}, not capturing")]
+    NotCapturing(SessionState),
+    #[error("the session does not ask for this field")]
+    FieldNotRequested,
+    #[error("the caller has not reached this field yet")]
+    FieldNotReached,
 }
 
 struct Entry {
@@ -120,6 +126,8 @@ struct Entry {
     updates: broadcast::Sender<SessionUpdate>,
     call: Option<mpsc::Sender<Command>>,
     created: Instant,
+    /// Attempts per field, known once a call is attached.
+    max_attempts: u8,
 }
 
 #[derive(Default)]
@@ -169,7 +177,9 @@ impl Sessions {
             error: None,
         };
         let (updates, _) = broadcast::channel(256);
-        self.lock().insert(id, Entry { view: view.clone(), agent_uri, updates, call: None, created: Instant::now() });
+        let entry =
+            Entry { view: view.clone(), agent_uri, updates, call: None, created: Instant::now(), max_attempts: 0 };
+        self.lock().insert(id, entry);
         view
     }
 
@@ -194,6 +204,7 @@ impl Sessions {
             return Err(SessionError::NotWaiting(e.view.state));
         }
         e.call = Some(call);
+        e.max_attempts = max_attempts;
         e.view.state = SessionState::Capturing;
         for f in &mut e.view.fields {
             f.attempts_left = max_attempts;
@@ -221,6 +232,24 @@ impl Sessions {
         Ok(e.view.clone())
     }
 
+    /// The agent asks the caller again for `field` (and the fields after it).
+    pub fn restart_field(&self, id: &SessionId, field: FieldName) -> Result<SessionView, SessionError> {
+        let map = self.lock();
+        let e = map.get(id).ok_or(SessionError::NotFound)?;
+        if e.view.state != SessionState::Capturing {
+            return Err(SessionError::NotCapturing(e.view.state));
+        }
+        let f = e.view.fields.iter().find(|f| f.name == field).ok_or(SessionError::FieldNotRequested)?;
+        if f.state == FieldState::Pending {
+            return Err(SessionError::FieldNotReached);
+        }
+        if let Some(call) = &e.call {
+            // A full inbox means the call is busy; the agent can ask again.
+            let _ = call.try_send(Command::RestartField(field));
+        }
+        Ok(e.view.clone())
+    }
+
     /// Applies what a call reported. Card data never passes here: only counts and masks.
     pub fn apply(&self, id: &SessionId, event: &CallEvent) {
         let mut map = self.lock();
@@ -244,9 +273,14 @@ impl Sessions {
                 "digit"
             }
             CallEvent::FieldRestarted { field } => {
-                if let Some(f) = field_mut(&mut e.view, *field) {
-                    f.digits = 0;
-                    f.masked.clear();
+                let max_attempts = e.max_attempts;
+                if let Some(at) = e.view.fields.iter().position(|f| f.name == *field) {
+                    for (i, f) in e.view.fields.iter_mut().enumerate().skip(at) {
+                        f.state = if i == at { FieldState::Entering } else { FieldState::Pending };
+                        f.digits = 0;
+                        f.masked.clear();
+                        f.attempts_left = max_attempts;
+                    }
                 }
                 "field_restarted"
             }

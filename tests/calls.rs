@@ -214,3 +214,52 @@ async fn websocket_shows_masked_progress_and_never_a_digit() {
     }
     t.stop().await;
 }
+
+#[tokio::test]
+async fn the_agent_asks_again_for_the_card_number_and_the_second_one_is_captured() {
+    let t = TestServer::start().await;
+    let key = t.key(Role::Agent).await;
+    let (id, uri) = session(&t, &key, None).await;
+    let url = |p: &str| format!("{}/v1/sessions/{id}{p}", t.base);
+    let (s, v) = http("POST", &url("/fields/expiry/restart"), Some(&key), None).await;
+    assert_eq!(s, 409, "no call yet: {v}");
+    // The caller keys one card, waits four seconds, then keys another and the rest.
+    let keypad = "4111111111111111#,,,,5555555555554444#,1230,321";
+    let caller = tokio::spawn(call_owned(t.server.sip_addr, uri, keypad));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, v) = http("GET", &url(""), Some(&key), None).await;
+        if v["fields"][0]["state"] == "done" {
+            assert_eq!(v["fields"][0]["masked"], "•••• •••• •••• 1111");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the first card never arrived: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (s, v) = http("POST", &url("/fields/cvv/restart"), Some(&key), None).await;
+    assert_eq!(s, 409, "cvv not reached yet: {v}");
+    let (s, v) = http("POST", &url("/fields/zip/restart"), Some(&key), None).await;
+    assert_eq!(s, 404, "{v}");
+    let (s, v) = http("POST", &url("/fields/pan/restart"), Some(&key), None).await;
+    assert_eq!(s, 200, "{v}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, v) = http("GET", &url(""), Some(&key), None).await;
+    assert_eq!(
+        (v["fields"][0]["state"].as_str(), v["fields"][0]["digits"].as_u64()),
+        (Some("entering"), Some(0)),
+        "{v}"
+    );
+    assert_eq!(v["fields"][1]["state"], "pending");
+    let s = wait_final(&t.base, &key, &id, Duration::from_secs(20)).await;
+    assert_eq!((s["state"].as_str(), s["result"]["last4"].as_str()), (Some("completed"), Some("4444")), "{s}");
+    caller.await.unwrap();
+    let records = tonewall::vault::audit::records(t.server.shared.vault.pool(), 0, 100).await.unwrap();
+    assert!(records.iter().any(|r| r.action == "session.field_restart" && r.resource == id));
+    t.stop().await;
+}
+
+async fn call_owned(sip: std::net::SocketAddr, uri: String, keypad: &'static str) -> CallerReport {
+    caller::place_call(CallerOptions { linger: Duration::from_secs(2), ..CallerOptions::new(sip, &uri, keypad) })
+        .await
+        .expect("call placed")
+}

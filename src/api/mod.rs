@@ -38,6 +38,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sessions", post(sessions::create))
         .route("/v1/sessions/{id}", get(sessions::show))
         .route("/v1/sessions/{id}/cancel", post(sessions::cancel))
+        .route("/v1/sessions/{id}/fields/{name}/restart", post(sessions::restart_field))
         .route("/v1/sessions/{id}/events", get(sessions::events))
         .route("/v1/tokenize", post(cards::tokenize))
         .route("/v1/detokenize", post(cards::detokenize))

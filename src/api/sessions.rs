@@ -100,6 +100,25 @@ pub async fn cancel(
     }
 }
 
+pub async fn restart_field(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, field)): Path<(String, String)>,
+) -> Result<Json<SessionView>, ApiError> {
+    caller.require(AGENT_ROLES)?;
+    let id = session_id(&id)?;
+    let field: FieldName = serde_json::from_value(serde_json::Value::String(field))
+        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "no such field: pan, expiry or cvv"))?;
+    match state.sessions.restart_field(&id, field) {
+        Ok(v) => {
+            caller.audit(&state, "session.field_restart", "requested", id.as_str()).await;
+            Ok(Json(v))
+        }
+        Err(SessionError::NotFound) => Err(ApiError::new(StatusCode::NOT_FOUND, "no such session")),
+        Err(e) => Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),
+    }
+}
+
 pub async fn events(
     State(state): State<AppState>,
     caller: Caller,

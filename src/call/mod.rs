@@ -102,6 +102,7 @@ pub enum CallEvent {
         field: FieldName,
         count: usize,
     },
+    /// This field and every one after it start over.
     FieldRestarted {
         field: FieldName,
     },
@@ -127,6 +128,8 @@ pub enum CallEvent {
 #[derive(Debug)]
 pub enum Command {
     Cancel,
+    /// The agent asks the caller again for this field (and those after it).
+    RestartField(FieldName),
     Tokenized {
         ok: bool,
     },
@@ -480,6 +483,16 @@ impl Call {
                     self.bridge.player().stop();
                     self.event(CallEvent::Cancelled);
                     self.finish_capture(now, None);
+                }
+            }
+            Command::RestartField(field) => {
+                if let Capture::Collecting(c) = &mut self.capture {
+                    // Checked by the session registry first; a race with the caller's own
+                    // keys can still make it moot, which is harmless.
+                    if c.restart(field, now).is_ok() {
+                        self.bridge.player().stop();
+                        self.drain_capture(now);
+                    }
                 }
             }
             Command::Tokenized { ok } => {

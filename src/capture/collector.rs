@@ -97,6 +97,16 @@ pub enum CaptureEvent {
     Failed { field: FieldName },
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RestartError {
+    #[error("the session is not collecting")]
+    NotCollecting,
+    #[error("the session does not ask for this field")]
+    NotRequested,
+    #[error("the caller has not reached this field yet")]
+    NotReached,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Collecting,
@@ -176,6 +186,33 @@ impl Collector {
             }
             Key::Letter(_) => {}
         }
+    }
+
+    /// The agent asks the caller again for `field`, which must already have been reached:
+    /// it and every field after it are collected again, with fresh attempts (the security
+    /// code's length depends on the card, so nothing after a restarted field stands).
+    pub fn restart(&mut self, field: FieldName, now: Instant) -> Result<(), RestartError> {
+        if self.phase != Phase::Collecting {
+            return Err(RestartError::NotCollecting);
+        }
+        let at = self.fields.iter().position(|f| *f == field).ok_or(RestartError::NotRequested)?;
+        if at > self.index {
+            return Err(RestartError::NotReached);
+        }
+        for f in &self.fields[at..=self.index] {
+            match f {
+                FieldName::Pan => self.pan = None,
+                FieldName::Expiry => self.expiry = None,
+                FieldName::Cvv => self.security_code = None,
+            }
+        }
+        // One event: a restarted field takes those after it along.
+        self.events.push_back(CaptureEvent::FieldRestarted { field });
+        self.index = at;
+        self.entry.clear();
+        self.attempts = 0;
+        self.ask_current(now);
+        Ok(())
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -367,6 +404,37 @@ mod tests {
         assert!(ev.iter().any(|e| matches!(e, CaptureEvent::FieldRestarted { field: FieldName::Pan })));
         assert!(ev.iter().any(|e| matches!(e, CaptureEvent::FieldDone { field: FieldName::Pan, .. })));
         assert_eq!(c.current_field(), Some(FieldName::Expiry));
+    }
+
+    #[test]
+    fn the_agent_can_ask_again_for_a_field_already_entered() {
+        let t = crate::test_origin();
+        let mut c = collector(t);
+        assert_eq!(c.restart(FieldName::Expiry, t), Err(RestartError::NotReached));
+        keys(&mut c, "4111111111111111#12", t);
+        drain(&mut c);
+        assert_eq!(c.current_field(), Some(FieldName::Expiry));
+        // Back to the card number: it and the half-entered expiry start over.
+        c.restart(FieldName::Pan, t).unwrap();
+        let restarted: Vec<FieldName> = drain(&mut c)
+            .into_iter()
+            .filter_map(|e| match e {
+                CaptureEvent::FieldRestarted { field } => Some(field),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(restarted, [FieldName::Pan]);
+        assert_eq!(c.current_field(), Some(FieldName::Pan));
+        keys(&mut c, "5555555555554444#1230321", t);
+        let card = drain(&mut c).into_iter().find_map(|e| match e {
+            CaptureEvent::Completed(c) => Some(c),
+            _ => None,
+        });
+        assert_eq!(card.expect("completed").pan.last4(), "4444", "the second card is the one captured");
+        assert_eq!(c.restart(FieldName::Pan, t), Err(RestartError::NotCollecting));
+        let mut only_pan =
+            Collector::new(vec![FieldName::Pan], CollectorConfig::default(), YearMonth { year: 2026, month: 11 }, t);
+        assert_eq!(only_pan.restart(FieldName::Cvv, t), Err(RestartError::NotRequested));
     }
 
     #[test]
