@@ -20,7 +20,10 @@ async fn keys_and_roles_guard_every_route() {
     let url = format!("{}/v1/sessions", t.base);
     let (s, v) = http("POST", &url, None, Some(BODY)).await;
     assert_eq!(s, 401);
-    assert_eq!(v["error"], "missing bearer key");
+    assert_eq!(
+        (v["error"]["code"].as_str(), v["error"]["message"].as_str()),
+        (Some("unauthorized"), Some("missing bearer key"))
+    );
     assert_eq!(http("POST", &url, Some("twk_notakey"), Some(BODY)).await.0, 401);
     let (s, v) = http("POST", &url, Some(&processor), Some(BODY)).await;
     assert_eq!(s, 403, "{v}");
@@ -43,7 +46,8 @@ async fn bad_input_gets_a_clear_400_or_404() {
     let url = format!("{}/v1/sessions", t.base);
     let (s, v) = http("POST", &url, Some(&key), Some("{not json")).await;
     assert_eq!(s, 400);
-    assert!(v["error"].as_str().unwrap().contains("parse"), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("parse"), "{v}");
+    assert_eq!(v["error"]["code"], "bad_request");
     let cases = [
         (r#"{"fields":["expiry"]}"#, "pan"),
         (r#"{"fields":["pan","pan"]}"#, "repeat"),
@@ -55,7 +59,7 @@ async fn bad_input_gets_a_clear_400_or_404() {
     for (body, want) in cases {
         let (s, v) = http("POST", &url, Some(&key), Some(body)).await;
         assert_eq!(s, 400, "{body}");
-        assert!(v["error"].as_str().unwrap().contains(want), "{body}: {v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains(want), "{body}: {v}");
     }
     let (s, _) = http("GET", &format!("{url}/0123456789abcdef0123456789abcdef"), Some(&key), None).await;
     assert_eq!(s, 404);
@@ -95,5 +99,85 @@ async fn session_life_cycle_and_websocket() {
     // Without a key the WebSocket upgrade is refused.
     let bare = format!("ws://{}/v1/sessions/{id}/events", t.server.http_addr);
     assert!(tokio_tungstenite::connect_async(bare).await.is_err());
+    t.stop().await;
+}
+
+/// Every operation in `/v1/openapi.json` × every role (and no key): 401 without a key, 403
+/// for a role its `x-roles` leaves out, never 401/403 for one it lists; every error in the
+/// one JSON shape.
+#[tokio::test]
+async fn openapi_describes_every_route_and_the_permission_matrix_holds() {
+    let t = TestServer::start().await;
+    let (s, spec) = http("GET", &format!("{}/v1/openapi.json", t.base), None, None).await;
+    assert_eq!((s, spec["openapi"].as_str()), (200, Some("3.1.0")));
+    let mut paths: Vec<&str> = spec["paths"].as_object().unwrap().keys().map(String::as_str).collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            "/healthz",
+            "/v1/detokenize",
+            "/v1/openapi.json",
+            "/v1/sessions",
+            "/v1/sessions/{id}",
+            "/v1/sessions/{id}/cancel",
+            "/v1/sessions/{id}/events",
+            "/v1/sessions/{id}/fields/{name}/restart",
+            "/v1/tokenize",
+        ],
+        "the routes the server has"
+    );
+    let roles = [Role::Agent, Role::Processor, Role::Qa, Role::Admin];
+    let mut keys = Vec::new();
+    for r in roles {
+        keys.push((r, t.key(r).await));
+    }
+    let agent = &keys[0].1;
+    let (_, v) = http("POST", &format!("{}/v1/sessions", t.base), Some(agent), Some(BODY)).await;
+    let id = v["id"].as_str().unwrap().to_string();
+    let mut checked = 0;
+    for (path, ops) in spec["paths"].as_object().unwrap() {
+        let url = format!("{}{}", t.base, path.replace("{id}", &id).replace("{name}", "pan"));
+        for (method, op) in ops.as_object().unwrap().iter().filter(|(m, _)| *m != "parameters") {
+            let method = if method == "post" { "POST" } else { "GET" };
+            let allowed: Vec<&str> = op["x-roles"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
+            let public = allowed == ["public"];
+            let (s, v) = http(method, &url, None, Some("{}")).await;
+            if public {
+                assert_eq!(s, 200, "{method} {path} is public");
+            } else {
+                assert_eq!(
+                    (s, v["error"]["code"].as_str()),
+                    (401, Some("unauthorized")),
+                    "{method} {path} without a key"
+                );
+            }
+            for (role, key) in &keys {
+                let (s, v) = http(method, &url, Some(key), Some("{}")).await;
+                if public || allowed.contains(&role.as_str()) {
+                    assert!(![401, 403].contains(&s), "{method} {path} as {}: {s} {v}", role.as_str());
+                } else {
+                    assert_eq!(
+                        (s, v["error"]["code"].as_str()),
+                        (403, Some("forbidden")),
+                        "{method} {path} as {}",
+                        role.as_str()
+                    );
+                }
+                if s >= 400 {
+                    assert!(
+                        v["error"]["code"].is_string() && v["error"]["message"].is_string(),
+                        "{method} {path}: {v}"
+                    );
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 9 * roles.len());
+    let (s, v) = http("GET", &format!("{}/v1/nowhere", t.base), Some(agent), None).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")));
+    let (s, v) = http("GET", &format!("{}/v1/tokenize", t.base), Some(agent), None).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (405, Some("method_not_allowed")));
     t.stop().await;
 }

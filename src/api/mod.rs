@@ -1,6 +1,7 @@
 //! HTTP API (axum): `/v1` JSON routes behind bearer keys with roles, the session WebSocket,
-//! and `/healthz`. Errors are JSON `{"error": "..."}` with the right status; request bodies
-//! that do not parse are 400 with the parser's message.
+//! `/v1/openapi.json` (which describes every route and the roles that may use it) and
+//! `/healthz`. Every error, the router's own 404 and 405 included, is JSON
+//! `{"error": {"code": "...", "message": "..."}}` with the matching status.
 
 pub mod auth;
 pub mod cards;
@@ -42,7 +43,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sessions/{id}/events", get(sessions::events))
         .route("/v1/tokenize", post(cards::tokenize))
         .route("/v1/detokenize", post(cards::detokenize))
+        .route("/v1/openapi.json", get(openapi))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "this route does not take that method")
+        })
         .with_state(state)
 }
 
@@ -58,10 +63,36 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// A stable, machine-readable name for the status.
+    fn code(&self) -> &'static str {
+        match self.status {
+            StatusCode::BAD_REQUEST => "bad_request",
+            StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::FORBIDDEN => "forbidden",
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+            StatusCode::CONFLICT => "conflict",
+            StatusCode::GONE => "gone",
+            StatusCode::UNPROCESSABLE_ENTITY => "invalid",
+            StatusCode::TOO_MANY_REQUESTS => "rate_limited",
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            _ => "error",
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.message }))).into_response()
+        let body = json!({ "error": { "code": self.code(), "message": self.message } });
+        (self.status, Json(body)).into_response()
     }
+}
+
+/// The API's description (OpenAPI 3.1); `x-roles` on each operation is the permission matrix
+/// the route × role test checks against the running server.
+async fn openapi() -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], include_str!("openapi.json")).into_response()
 }
 
 async fn audit_or_log(state: &AppState, e: &audit::Event<'_>) {

@@ -2,6 +2,7 @@
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -123,9 +124,11 @@ pub async fn events(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     caller.require(AGENT_ROLES)?;
+    let ws =
+        ws.map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "this route is a WebSocket: send an upgrade request"))?;
     let id = session_id(&id)?;
     let (view, rx) =
         state.sessions.subscribe(&id).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such session"))?;
