@@ -1,7 +1,7 @@
 //! tonewall: PCI DSS payment capture for phone calls. See DESIGN.md for the map.
 //!
 //! `sip`, `media`, `capture` and `call` are sans-IO protocol cores; `vault`, `api` and
-//! `runtime` are the drivers that do IO.
+//! `runtime` and `recording` are the drivers that do IO.
 
 pub mod api;
 pub mod call;
@@ -9,6 +9,7 @@ pub mod capture;
 pub mod config;
 pub mod demo;
 pub mod media;
+pub mod recording;
 pub mod runtime;
 pub mod session;
 pub mod sip;

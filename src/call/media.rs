@@ -17,6 +17,7 @@ use crate::sip::sdp::MediaParams;
 use super::LegId;
 pub use super::outbox::MediaPacket;
 use super::outbox::Outbox;
+use super::recording::Tap;
 use super::to_agent::{AgentSink, ToAgent, in_codec};
 
 const FRAME: Duration = Duration::from_millis(20);
@@ -68,6 +69,14 @@ impl Bridge {
 
     pub fn set_agent(&mut self, agent: Option<MediaParams>) {
         self.agent = agent;
+        if agent.is_some() {
+            self.to_agent.recording.start();
+        }
+    }
+
+    /// The call's recording (see `recording::Tap`).
+    pub fn recording(&mut self) -> &mut Tap {
+        &mut self.to_agent.recording
     }
 
     fn agent_sink(&self) -> Option<AgentSink> {
@@ -162,11 +171,20 @@ impl Bridge {
             return;
         };
         self.stats.agent_packets += 1;
-        if rtp.payload_type() != agent.codec.payload_type() || self.player.is_playing() {
+        if rtp.payload_type() != agent.codec.payload_type() {
             return;
         }
         let payload = rtp.payload();
         let samples = payload.len().min(MAX_PACKET - 64);
+        // The recording has the agent throughout, prompts or not.
+        let mut pcm = [0i16; MAX_PACKET];
+        for (o, b) in pcm[..samples].iter_mut().zip(payload) {
+            *o = agent.codec.decode(*b);
+        }
+        self.to_agent.recording.agent(&pcm[..samples]);
+        if self.player.is_playing() {
+            return;
+        }
         let (to, codec) = (self.caller.remote, self.caller.codec);
         let (outbox, stream) = (&mut self.outbox, &mut self.to_caller);
         in_codec(&payload[..samples], agent.codec, codec, |body| {

@@ -8,6 +8,7 @@
 mod agent_invite;
 pub mod media;
 mod outbox;
+pub mod recording;
 mod to_agent;
 
 use std::collections::VecDeque;
@@ -280,6 +281,18 @@ impl Call {
 
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
+    }
+
+    /// The next 20 ms of the recording (interleaved stereo), when there is one; with `ended`,
+    /// what is left at the end of the call.
+    pub fn poll_recording(&mut self, out: &mut [i16; recording::STEREO_FRAME], ended: bool) -> bool {
+        let tap = self.bridge.recording();
+        if ended { tap.flush(out) } else { tap.poll_frame(out) }
+    }
+
+    /// Where the recording's caller channel was masked, and in which field.
+    pub fn masked_spans(&mut self) -> Vec<recording::MaskedSpan> {
+        self.bridge.recording().spans().to_vec()
     }
 
     pub fn poll_packet(&mut self) -> Option<&MediaPacket> {
@@ -582,6 +595,8 @@ impl Call {
         while let Some(e) = c.poll_event() {
             events.push(e);
         }
+        let field = c.current_field();
+        self.bridge.recording().set_field(field);
         for e in events {
             match e {
                 CaptureEvent::Prompt(id) => {

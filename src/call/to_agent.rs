@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use super::LegId;
 use super::outbox::Outbox;
+use super::recording::{AgentBound, Tap};
 use crate::media::g711::Codec;
 use crate::media::masker::{Feed, LOOKAHEAD, Masker, Replacement};
 use crate::media::rtp::{FRAME_SAMPLES, MAX_PACKET, OutStream, RtpReader, Source, Ssrc};
@@ -72,6 +73,8 @@ pub struct ToAgent {
     /// A key the strict detector decided while audio was being fed in.
     heard: Option<Key>,
     pub masked_frames: u64,
+    /// The recording: everything sent to the agent, as sent.
+    pub recording: Tap,
 }
 
 impl ToAgent {
@@ -88,6 +91,7 @@ impl ToAgent {
             last_key: None,
             heard: None,
             masked_frames: 0,
+            recording: Tap::default(),
         }
     }
 
@@ -187,7 +191,7 @@ impl ToAgent {
             } else if let Some(a) = agent {
                 // Direct mode: whole silence frames in the agent's codec.
                 let silence = [a.codec.silence(); FRAME_SAMPLES];
-                self.emit(a, out, at, &silence, now);
+                self.emit(a, out, at, &silence, masked, now);
             }
             self.masked_frames += u64::from(masked);
             at = at.wrapping_add(if self.masking.is_some() { n as u32 } else { FRAME_SAMPLES as u32 });
@@ -209,7 +213,7 @@ impl ToAgent {
         self.covered = Some(ts.wrapping_add(payload.len() as u32));
         let Some(mut m) = self.masking.take() else {
             if let Some(a) = agent {
-                in_codec(payload, codec, a.codec, |body| self.emit(a, out, ts, body, now));
+                in_codec(payload, codec, a.codec, |body| self.emit(a, out, ts, body, false, now));
             }
             return;
         };
@@ -235,7 +239,9 @@ impl ToAgent {
         let mut left = count;
         while left >= FRAME_SAMPLES {
             let mut pcm = [0i16; FRAME_SAMPLES];
+            let before = m.masker.replaced;
             m.masker.pop(&mut pcm);
+            let replaced = m.masker.replaced > before;
             left -= FRAME_SAMPLES;
             let ts = m.out_ts.unwrap_or(0);
             m.out_ts = Some(ts.wrapping_add(FRAME_SAMPLES as u32));
@@ -244,13 +250,23 @@ impl ToAgent {
                 for (o, s) in payload.iter_mut().zip(pcm.iter()) {
                     *o = a.codec.encode(*s);
                 }
-                self.emit(a, out, ts, &payload, now);
+                self.emit(a, out, ts, &payload, replaced, now);
             }
         }
     }
 
-    /// One frame to the agent, in its codec, on the continuous outgoing stream.
-    fn emit(&mut self, a: AgentSink, out: &mut Outbox, src_ts: u32, payload: &[u8], now: Instant) {
+    /// One frame to the agent, in its codec, on the continuous outgoing stream; and the same
+    /// frame, decoded, to the recording.
+    #[allow(clippy::too_many_arguments)]
+    fn emit(&mut self, a: AgentSink, out: &mut Outbox, src_ts: u32, payload: &[u8], replaced: bool, now: Instant) {
+        if self.recording.is_on() {
+            let mut pcm = [0i16; MAX_PACKET];
+            let n = payload.len().min(MAX_PACKET);
+            for (o, b) in pcm[..n].iter_mut().zip(payload) {
+                *o = a.codec.decode(*b);
+            }
+            self.recording.caller(AgentBound::new(&pcm[..n]), replaced);
+        }
         out.send(
             LegId::Agent,
             a.remote,
