@@ -39,7 +39,15 @@ pub struct Config {
     pub capture: CaptureConfig,
     pub storage: StorageConfig,
     pub vault: VaultConfig,
+    pub recordings: RecordingsConfig,
     pub webhook: WebhookConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingsConfig {
+    pub enabled: bool,
+    pub retention_days: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]

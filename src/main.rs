@@ -73,6 +73,11 @@ enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// Call recordings.
+    Recordings {
+        #[command(subcommand)]
+        action: RecordingsAction,
+    },
     /// The audit trail.
     Audit {
         #[command(subcommand)]
@@ -112,6 +117,18 @@ enum KeysAction {
     /// Create the key-encrypting key inside the PKCS#11 token that vault.kek names
     /// (AES-256, non-extractable).
     HsmCreate {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Subcommand)]
+enum RecordingsAction {
+    /// Delete recordings (file and metadata) older than recordings.retention_days; audited.
+    Purge {
+        /// Use this many days instead of recordings.retention_days.
+        #[arg(long)]
+        older_than_days: Option<u32>,
         #[command(flatten)]
         common: Common,
     },
@@ -278,6 +295,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             create_token_key(pkcs11)?;
             println!("created AES-256 key {:?} on token {:?} (not extractable)", pkcs11.key_label, pkcs11.token_label);
+            Ok(())
+        }
+        Command::Recordings { action: RecordingsAction::Purge { older_than_days, common } } => {
+            let cfg = common.load()?;
+            let days = older_than_days.unwrap_or(cfg.recordings.retention_days);
+            let vault = Vault::open(VaultOptions::from_config(&cfg)).await?;
+            let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+            let before = now_ms - i64::from(days) * 86_400_000;
+            let n = tonewall::recording::purge(&vault, &cfg.storage.data_dir, before).await?;
+            let detail = format!("{n} recordings older than {days} days");
+            vault
+                .audit(&audit::Event { detail: &detail, ..CLI_ACTOR.did("recording.purge", "deleted", "recordings") })
+                .await?;
+            println!("deleted {detail}");
             Ok(())
         }
         Command::Audit { action: AuditAction::Verify { common } } => {

@@ -118,6 +118,9 @@ async fn openapi_describes_every_route_and_the_permission_matrix_holds() {
             "/healthz",
             "/v1/detokenize",
             "/v1/openapi.json",
+            "/v1/recordings",
+            "/v1/recordings/{id}",
+            "/v1/recordings/{id}/audio",
             "/v1/sessions",
             "/v1/sessions/{id}",
             "/v1/sessions/{id}/cancel",
@@ -174,7 +177,7 @@ async fn openapi_describes_every_route_and_the_permission_matrix_holds() {
             }
         }
     }
-    assert_eq!(checked, 9 * roles.len());
+    assert_eq!(checked, 12 * roles.len());
     let (s, v) = http("GET", &format!("{}/v1/nowhere", t.base), Some(agent), None).await;
     assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")));
     let (s, v) = http("GET", &format!("{}/v1/tokenize", t.base), Some(agent), None).await;

@@ -120,7 +120,56 @@ async fn judged_call(keying: Keying, background: bool, loss_percent: u8, jitter_
         let peak = dtmf_band_peak_dbm0(&heard.audio);
         assert!(peak < -55.0, "{case}: {peak:.1} dBm0 at a DTMF frequency on the agent leg");
     }
+    judge_recording(&t, &case).await;
     t.stop().await;
+}
+
+/// The call's recording, fetched as QA would: stereo, the caller channel masked (the judge
+/// hears no digit), the masked spans labelled by field, seekable by range.
+async fn judge_recording(t: &TestServer, case: &str) {
+    let qa = t.key(Role::Qa).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let meta = loop {
+        let (_, v) = http("GET", &format!("{}/v1/recordings?reference=judge", t.base), Some(&qa), None).await;
+        if v["total"] == 1 {
+            break v["recordings"][0].clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{case}: no recording: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let spans = meta["masked_spans"].as_array().unwrap();
+    assert!(!spans.is_empty(), "{case}: masked spans recorded: {meta}");
+    for f in ["pan", "expiry", "cvv"] {
+        assert!(spans.iter().any(|s| s["field"] == f), "{case}: a span labelled {f}: {meta}");
+    }
+    let url = format!("{}/v1/recordings/{}/audio", t.base, meta["id"].as_str().unwrap());
+    let wav = fetch(&url, &qa, None).await;
+    assert_eq!(wav.0, 200);
+    let mut reader = hound::WavReader::new(std::io::Cursor::new(&wav.1)).unwrap();
+    assert_eq!((reader.spec().channels, reader.spec().sample_rate), (2, 8000), "{case}");
+    let samples: Vec<i16> = reader.samples::<i16>().map(Result::unwrap).collect();
+    let caller: Vec<i16> = samples.iter().step_by(2).copied().collect();
+    assert!(caller.len() as i64 >= meta["duration_ms"].as_i64().unwrap() * 8 - 160, "{case}");
+    assert!(caller.len() > 8000 * 8, "{case}: the recording holds the whole capture");
+    assert_eq!(multimon_digits(&caller), "", "{case}: the judge heard digits in the recording");
+    assert_eq!(multimon_digits(&samples), "", "{case}: nor in both channels read as one");
+    let part = fetch(&url, &qa, Some("bytes=44-1043")).await;
+    assert_eq!((part.0, part.1.as_slice()), (206, &wav.1[44..1044]), "{case}: range requests seek");
+}
+
+/// GET with an optional Range header: (status, body bytes).
+async fn fetch(url: &str, key: &str, range: Option<&str>) -> (u16, Vec<u8>) {
+    let (url, key, range) = (url.to_string(), key.to_string(), range.map(str::to_string));
+    tokio::task::spawn_blocking(move || {
+        let mut req = ureq::get(&url).header("Authorization", &format!("Bearer {key}"));
+        if let Some(r) = &range {
+            req = req.header("Range", r);
+        }
+        let mut resp = req.call().unwrap();
+        (resp.status().as_u16(), resp.body_mut().read_to_vec().unwrap())
+    })
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -175,3 +175,25 @@ async fn kek_from_the_environment_production_mode_and_no_core_dumps() {
     assert!(!ok && err.contains("production mode refuses"), "{err}");
     assert!(!dev.data.join("kek.dev.hex").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recordings_purge_deletes_old_recordings_and_is_audited() {
+    let s = Setup::new(&[]);
+    let vault = tonewall::vault::Vault::open(tonewall::vault::VaultOptions::development(&s.data)).await.unwrap();
+    let day_ms = 86_400_000;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    for started in [now - 100 * day_ms, now - 10 * day_ms] {
+        let mut w = tonewall::recording::Writer::create(&s.data, &vault, started).unwrap();
+        w.write(&[0; tonewall::call::recording::STEREO_FRAME]).unwrap();
+        w.finish(vault.pool(), "call", "session", "ref", &[]).await.unwrap();
+    }
+    drop(vault);
+    let (ok, out, err) = s.run(&["recordings", "purge"], &[]);
+    assert!(ok && out.contains("deleted 1 recordings older than 90 days"), "{out}{err}");
+    let (ok, out, _) = s.run(&["recordings", "purge", "--older-than-days", "5"], &[]);
+    assert!(ok && out.contains("deleted 1 recordings"), "{out}");
+    assert_eq!(std::fs::read_dir(s.data.join("recordings")).unwrap().count(), 0);
+    let vault = tonewall::vault::Vault::open(tonewall::vault::VaultOptions::development(&s.data)).await.unwrap();
+    let records = tonewall::vault::audit::records(vault.pool(), 0, 100).await.unwrap();
+    assert_eq!(records.iter().filter(|r| r.action == "recording.purge").count(), 2);
+}

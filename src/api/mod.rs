@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod cards;
+mod recordings;
 mod sessions;
 
 use std::net::SocketAddr;
@@ -31,6 +32,8 @@ pub struct AppState {
     /// host:port written into transfer URIs.
     pub sip_host: String,
     pub limits: Arc<cards::Limits>,
+    /// Where recordings are kept.
+    pub data_dir: std::path::PathBuf,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -41,6 +44,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sessions/{id}/cancel", post(sessions::cancel))
         .route("/v1/sessions/{id}/fields/{name}/restart", post(sessions::restart_field))
         .route("/v1/sessions/{id}/events", get(sessions::events))
+        .route("/v1/recordings", get(recordings::list))
+        .route("/v1/recordings/{id}", get(recordings::show))
+        .route("/v1/recordings/{id}/audio", get(recordings::audio))
         .route("/v1/tokenize", post(cards::tokenize))
         .route("/v1/detokenize", post(cards::detokenize))
         .route("/v1/openapi.json", get(openapi))

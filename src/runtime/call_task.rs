@@ -4,15 +4,17 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use super::Shared;
+use crate::call::recording::STEREO_FRAME;
 use crate::call::{Call, CallEvent, Command, LegId, Output};
 use crate::capture::collector::CapturedCard;
 use crate::media::rtp::MAX_PACKET;
+use crate::recording::{RecordingError, Writer};
 use crate::session::SessionId;
 use crate::sip::message::SipMessage;
 use crate::vault::{Actor, Completion};
@@ -34,8 +36,10 @@ impl CallTask {
     pub async fn run(mut self) {
         let mut caller_buf = [0u8; MAX_PACKET];
         let mut agent_buf = [0u8; MAX_PACKET];
+        let mut recorder = Recorder::default();
         loop {
             self.flush();
+            self.record(&mut recorder, false);
             if self.call.is_ended() {
                 break;
             }
@@ -56,6 +60,8 @@ impl CallTask {
                 _ = sleep_until(deadline) => self.call.handle_timeout(Instant::now()),
             }
         }
+        self.record(&mut recorder, true);
+        self.finish_recording(recorder).await;
         // The security code lives no longer than its call (PCI DSS 3.3.1).
         if let Some(result) = self.shared.sessions.view(&self.session).and_then(|v| v.result) {
             self.shared.vault.drop_security_code(&result.token);
@@ -69,6 +75,43 @@ impl CallTask {
             masked_frames = stats.masked_frames,
             "call ended"
         );
+    }
+
+    /// Moves finished 20 ms stereo frames from the call to its recording file (opened with the
+    /// first frame). A write error ends this call's recording, loudly, not the call.
+    fn record(&mut self, r: &mut Recorder, ended: bool) {
+        if !self.shared.config.recordings.enabled || r.failed {
+            return;
+        }
+        let mut frame = [0i16; STEREO_FRAME];
+        while self.call.poll_recording(&mut frame, ended) {
+            if r.writer.is_none() {
+                let started = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+                match Writer::create(&self.shared.config.storage.data_dir, &self.shared.vault, started) {
+                    Ok(w) => r.writer = Some(w),
+                    Err(e) => return r.fail(&self.session, e),
+                }
+            }
+            if let Some(Err(e)) = r.writer.as_mut().map(|w| w.write(&frame)) {
+                return r.fail(&self.session, e);
+            }
+        }
+    }
+
+    async fn finish_recording(&mut self, r: Recorder) {
+        let Some(writer) = r.writer else { return };
+        let reference = self.shared.sessions.view(&self.session).map(|v| v.reference).unwrap_or_default();
+        let spans = self.call.masked_spans();
+        let call_id = self.call.caller_call_id().to_string();
+        match writer.finish(self.shared.vault.pool(), &call_id, self.session.as_str(), &reference, &spans).await {
+            Ok(m) => tracing::info!(
+                session = self.session.as_str(),
+                recording = m.id,
+                duration_ms = m.duration_ms,
+                "recording stored"
+            ),
+            Err(e) => tracing::error!(session = self.session.as_str(), error = %e, "recording could not be stored"),
+        }
     }
 
     fn flush(&mut self) {
@@ -129,6 +172,20 @@ impl CallTask {
             // The call may have ended meanwhile; then there is nobody left to tell.
             let _ = cmd.send(Command::Tokenized { ok }).await;
         });
+    }
+}
+
+#[derive(Default)]
+struct Recorder {
+    writer: Option<Writer>,
+    failed: bool,
+}
+
+impl Recorder {
+    fn fail(&mut self, session: &SessionId, e: RecordingError) {
+        tracing::error!(session = session.as_str(), error = %e, "recording stopped");
+        self.failed = true;
+        self.writer = None;
     }
 }
 

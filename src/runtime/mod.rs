@@ -132,7 +132,8 @@ impl Server {
             shared.config.vault.detokenize_per_minute,
             shared.config.vault.bulk_alarm_per_hour,
         ));
-        let app = api::router(AppState { sessions, vault: vault.clone(), sip_host, limits })
+        let data_dir = shared.config.storage.data_dir.clone();
+        let app = api::router(AppState { sessions, vault: vault.clone(), sip_host, limits, data_dir })
             .into_make_service_with_connect_info::<SocketAddr>();
         let mut http_stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {

@@ -1,0 +1,165 @@
+//! `/v1/recordings` for QA reviewers (role `qa`): search and page through recordings, read
+//! their metadata (masked spans included), and replay them as WAV with HTTP range requests
+//! (RFC 9110 §14) so a browser's player can seek. Each replay is audited first and refused
+//! when the audit record cannot be written (PCI DSS 10.7.2).
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::auth::Role;
+use super::{ApiError, AppState, Caller};
+use crate::recording::{self, Metadata};
+
+const QA: &[Role] = &[Role::Qa];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Unix milliseconds, inclusive.
+    from: Option<i64>,
+    /// Unix milliseconds, exclusive.
+    to: Option<i64>,
+    reference: Option<String>,
+    page: Option<i64>,
+    per_page: Option<i64>,
+}
+
+#[derive(Serialize)]
+pub struct Page {
+    recordings: Vec<Metadata>,
+    page: i64,
+    per_page: i64,
+    total: i64,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> ApiError {
+    tracing::error!(error = %e, "recording store failed");
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the recording store could not be read")
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Page>, ApiError> {
+    caller.require(QA)?;
+    let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let page = q.page.unwrap_or(1).max(1);
+    let per_page = q.per_page.unwrap_or(50).clamp(1, 200);
+    let (recordings, total) = recording::list(state.vault.pool(), q.from, q.to, q.reference.as_deref(), page, per_page)
+        .await
+        .map_err(unavailable)?;
+    Ok(Json(Page { recordings, page, per_page, total }))
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Metadata>, ApiError> {
+    caller.require(QA)?;
+    recording::metadata(state.vault.pool(), &id)
+        .await
+        .map_err(unavailable)?
+        .map(Json)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such recording"))
+}
+
+pub async fn audio(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    caller.require(QA)?;
+    if recording::metadata(state.vault.pool(), &id).await.map_err(unavailable)?.is_none() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "no such recording"));
+    }
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let detail = if range.is_empty() { "whole" } else { range };
+    let actor = caller.actor();
+    let event = crate::vault::audit::Event { detail, ..actor.did("recording.replay", "played", &id) };
+    if let Err(e) = state.vault.audit(&event).await {
+        tracing::error!(error = %e, "audit record not written: replay refused");
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the audit trail cannot be written, so nothing is played",
+        ));
+    }
+    let wav = recording::wav(&state.vault, &state.data_dir, &id)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such recording"))?;
+    let total = wav.len() as u64;
+    let mut response = match byte_range(range, total) {
+        Range::Whole => Response::new(Body::from(wav)),
+        Range::Part(start, end) => {
+            let mut r = Response::new(Body::from(wav[start as usize..=end as usize].to_vec()));
+            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+            let value = format!("bytes {start}-{end}/{total}");
+            r.headers_mut().insert(header::CONTENT_RANGE, HeaderValue::from_str(&value).map_err(unavailable)?);
+            r
+        }
+        Range::Unsatisfiable => {
+            let mut r = ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, "range outside the recording").into_response();
+            let value = format!("bytes */{total}");
+            r.headers_mut().insert(header::CONTENT_RANGE, HeaderValue::from_str(&value).map_err(unavailable)?);
+            return Ok(r);
+        }
+    };
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("audio/wav"));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Range {
+    Whole,
+    /// Inclusive byte positions.
+    Part(u64, u64),
+    Unsatisfiable,
+}
+
+/// A single `bytes=` range (first-last, first-, or -suffix); anything else is the whole body.
+fn byte_range(header: &str, total: u64) -> Range {
+    let Some(spec) = header.trim().strip_prefix("bytes=") else { return Range::Whole };
+    if spec.contains(',') {
+        return Range::Whole; // several ranges: answered whole, as RFC 9110 allows
+    }
+    let Some((first, last)) = spec.split_once('-') else { return Range::Whole };
+    let (first, last) = (first.trim(), last.trim());
+    let parsed = match (first.parse::<u64>(), last.parse::<u64>()) {
+        (Ok(f), Ok(l)) if f <= l => Some((f, l.min(total.saturating_sub(1)))),
+        (Ok(f), Err(_)) if last.is_empty() => Some((f, total.saturating_sub(1))),
+        (Err(_), Ok(n)) if first.is_empty() && n > 0 => Some((total.saturating_sub(n), total.saturating_sub(1))),
+        _ => return Range::Whole,
+    };
+    match parsed {
+        Some((f, l)) if f < total && f <= l => Range::Part(f, l),
+        _ => Range::Unsatisfiable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_ranges() {
+        assert_eq!(byte_range("", 100), Range::Whole);
+        assert_eq!(byte_range("bytes=0-9", 100), Range::Part(0, 9));
+        assert_eq!(byte_range("bytes=90-", 100), Range::Part(90, 99));
+        assert_eq!(byte_range("bytes=-10", 100), Range::Part(90, 99));
+        assert_eq!(byte_range("bytes=50-500", 100), Range::Part(50, 99));
+        assert_eq!(byte_range("bytes=100-", 100), Range::Unsatisfiable);
+        assert_eq!(byte_range("bytes=0-1,5-6", 100), Range::Whole);
+        assert_eq!(byte_range("bytes=x-y", 100), Range::Whole);
+        assert_eq!(byte_range("items=0-1", 100), Range::Whole);
+    }
+}
