@@ -128,7 +128,9 @@ async fn judged_call(keying: Keying, background: bool, loss_percent: u8, jitter_
 /// hears no digit), the masked spans labelled by field, seekable by range.
 async fn judge_recording(t: &TestServer, case: &str) {
     let qa = t.key(Role::Qa).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    // The recording is stored when the call ends; if the agent softphone stopped before
+    // answering tonewall's BYE, that is after Timer F (64·T1 = 32 s).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(45);
     let meta = loop {
         let (_, v) = http("GET", &format!("{}/v1/recordings?reference=judge", t.base), Some(&qa), None).await;
         if v["total"] == 1 {

@@ -39,6 +39,8 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/desktop", get(|| page(include_str!("../../web/desktop.html"))))
+        .route("/qa", get(|| page(include_str!("../../web/qa.html"))))
         .route("/v1/sessions", post(sessions::create))
         .route("/v1/sessions/{id}", get(sessions::show))
         .route("/v1/sessions/{id}/cancel", post(sessions::cancel))
@@ -93,6 +95,21 @@ impl IntoResponse for ApiError {
         let body = json!({ "error": { "code": self.code(), "message": self.message } });
         (self.status, Json(body)).into_response()
     }
+}
+
+/// A page of the web UI: self-contained (no external assets, it works offline inside a
+/// contact center), allowed in frames (platforms embed the desktop), never cached.
+async fn page(html: &'static str) -> Response {
+    let mut r = axum::response::Html(html).into_response();
+    let h = r.headers_mut();
+    h.insert(axum::http::header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
+    h.insert(
+        axum::http::header::CONTENT_SECURITY_POLICY,
+        axum::http::HeaderValue::from_static(
+            "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self' ws: wss:; media-src 'self'",
+        ),
+    );
+    r
 }
 
 /// The API's description (OpenAPI 3.1); `x-roles` on each operation is the permission matrix

@@ -1,0 +1,137 @@
+//! The pages in a real browser (headless Chromium, 360 px wide): an agent signs in to
+//! `/desktop`, starts a payment, watches a real call on loopback fill it in — dots, never
+//! digits, the brand and ✓ per field — and gets the token; a QA reviewer opens the call's
+//! recording in `/qa` and sees its masked spans. Screenshots are kept under
+//! `target/test-artifacts/`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::TestServer;
+use common::browser::Browser;
+use tonewall::api::auth::Role;
+use tonewall::softphone::agent::Agent;
+use tonewall::softphone::caller::{self, CallerOptions};
+
+const PAN: &str = "4111111111111111";
+
+fn artifact(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts").join(name)
+}
+
+/// Sets an input's value the way typing does (the page reads it on submit).
+fn fill(id: &str, value: &str) -> String {
+    format!("document.getElementById({id:?}).value = {value:?}; true")
+}
+
+fn click(selector: &str) -> String {
+    format!("document.querySelector({selector:?}).click(); true")
+}
+
+fn text(selector: &str) -> String {
+    format!("((document.querySelector({selector:?}) || {{}}).textContent || '')")
+}
+
+fn visible(id: &str) -> String {
+    format!("!document.getElementById({id:?}).hidden")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_takes_a_payment_in_the_desktop_and_qa_replays_it() {
+    let t = TestServer::start().await;
+    let (agent_key, qa_key) = (t.key(Role::Agent).await, t.key(Role::Qa).await);
+    let agent = Agent::start().await.unwrap();
+    let mut b = Browser::open(&format!("{}/desktop", t.base)).await;
+    let long = Duration::from_secs(20);
+
+    // Sign in: a wrong key is refused with a message, the right one opens the form.
+    b.wait_for(&visible("signin"), long).await;
+    b.eval(&fill("key", "twk_wrong")).await;
+    b.eval(&click("#signin-button")).await;
+    let refused = b.wait_for(&text("#message"), long).await;
+    assert!(refused.as_str().unwrap().contains("Sign-in failed"), "{refused}");
+    b.eval(&fill("key", &agent_key)).await;
+    b.eval(&click("#signin-button")).await;
+    b.wait_for(&visible("start"), long).await;
+    let widths = b.eval("[window.innerWidth, document.documentElement.scrollWidth]").await;
+    b.screenshot(&artifact("desktop-start.png")).await;
+    assert!(widths[1].as_u64() <= Some(360) && widths[0].as_u64() <= Some(360), "fits a 360 px iframe: {widths}");
+    let unlabelled = b
+        .eval("[...document.querySelectorAll('input:not([type=checkbox])')].filter(i => !document.querySelector(`label[for=${i.id}]`)).length")
+        .await;
+    assert_eq!(unlabelled, 0, "every input has a label");
+
+    // Start a payment with the agent on the call.
+    b.eval(&fill("reference", "order-desk-1")).await;
+    b.eval(&fill("agent-uri", &agent.uri)).await;
+    b.eval(&click("#start-button")).await;
+    let uri = b.wait_for(&text("#transfer-uri"), long).await.as_str().unwrap().to_string();
+    assert!(uri.starts_with("sip:pay-"), "{uri}");
+    b.wait_for("document.querySelectorAll('#fields li').length === 3", long).await;
+    b.screenshot(&artifact("desktop-waiting.png")).await;
+
+    // The caller keys the card with pauses, so each step can be seen.
+    let sip = t.server.sip_addr;
+    let call = tokio::spawn(async move {
+        let keys = format!("{PAN}#,,1230,,737");
+        let opts = CallerOptions { linger: Duration::from_secs(3), ..CallerOptions::new(sip, &uri, &keys) };
+        caller::place_call(opts).await.unwrap()
+    });
+    let dots = b.wait_for(&format!("{} .includes('•')", text("li[data-field=pan] .dots")), long).await;
+    assert_eq!(dots, true);
+    let pan_done =
+        b.wait_for(&format!("(t => t.includes('✓') && t)({})", text("li[data-field=pan] .dots")), long).await;
+    assert_eq!(pan_done, "•••• •••• •••• 1111 ✓", "dots and the last four only");
+    b.wait_for(&format!("{} .includes('✓')", text("li[data-field=expiry] .dots")), long).await;
+    let seen = b.eval("document.body.innerText").await;
+    assert!(!seen.as_str().unwrap().contains(PAN), "the page never shows the card number");
+    b.wait_for(&visible("result"), long).await;
+    let token = b.eval(&text("#token")).await;
+    assert!(token.as_str().unwrap().starts_with("tok_"), "{token}");
+    assert_eq!(b.eval(&text("#result-brand")).await, "visa");
+    assert_eq!(b.eval(&text("#result-last4")).await, "1111");
+    let page = b.eval("document.body.innerText").await;
+    assert!(!page.as_str().unwrap().contains(PAN) && !page.as_str().unwrap().contains("737"), "{page}");
+    b.screenshot(&artifact("desktop-completed.png")).await;
+    call.await.unwrap();
+    agent.finish().await.unwrap();
+    drop(b);
+
+    // QA: the call's recording with its masked spans, labelled by field, on a waveform.
+    let mut q = Browser::open(&format!("{}/qa", t.base)).await;
+    q.wait_for(&visible("signin"), long).await;
+    q.eval(&fill("key", &qa_key)).await;
+    q.eval(&click("#signin-form button")).await;
+    q.wait_for(&visible("search"), long).await;
+    q.eval(&fill("reference", "order-desk-1")).await;
+    let deadline = tokio::time::Instant::now() + long;
+    loop {
+        q.eval(&click("#search-form button")).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if q.eval("document.querySelectorAll('#rows tr').length").await == 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the recording never appeared");
+    }
+    q.eval(&click("#rows tr button")).await;
+    q.wait_for("document.getElementById('player').dataset.loaded", long).await;
+    let fields = q
+        .eval("[...new Set([...document.querySelectorAll('#spans li')].map(li => li.dataset.field))].sort().join(',')")
+        .await;
+    for f in ["pan", "expiry", "cvv"] {
+        assert!(fields.as_str().unwrap().split(',').any(|x| x == f), "a masked span labelled {f}: {fields}");
+    }
+    let drawn = q
+        .eval(
+            "(() => { const c = document.getElementById('wave'); const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; \
+             let shaded = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) shaded++; return shaded; })()",
+        )
+        .await;
+    assert!(drawn.as_u64().unwrap() > 1000, "the waveform and spans are drawn: {drawn}");
+    let audio = q.eval("document.getElementById('audio').src").await;
+    assert!(audio.as_str().unwrap().contains("/audio?access_token="), "{audio}");
+    q.screenshot(&artifact("qa-recording.png")).await;
+    t.stop().await;
+}
