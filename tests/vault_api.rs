@@ -176,3 +176,22 @@ async fn a_completed_call_sends_a_signed_webhook_retried_and_kept_across_a_resta
     assert!(!got[1].1.contains("411111"), "no card data in the webhook");
     t.stop().await;
 }
+
+#[tokio::test]
+async fn a_replay_is_audited_and_refused_when_the_audit_trail_cannot_be_written() {
+    let t = TestServer::start().await;
+    let qa = t.key(Role::Qa).await;
+    let vault = &t.server.shared.vault;
+    let mut w = tonewall::recording::Writer::create(t.dir.path(), vault, 1_700_000_000_000).unwrap();
+    w.write(&[7; tonewall::call::recording::STEREO_FRAME]).unwrap();
+    let meta = w.finish(vault.pool(), "call", "session", "ref", &[]).await.unwrap();
+    let url = format!("{}/v1/recordings/{}/audio", t.base, meta.id);
+    let (s, _) = http("GET", &url, Some(&qa), None).await;
+    assert_eq!(s, 200);
+    let records = audit::records(vault.pool(), 0, 100).await.unwrap();
+    assert!(records.iter().any(|r| r.action == "recording.replay" && r.resource == meta.id && r.outcome == "played"));
+    sqlx::query("DROP TABLE audit_log").execute(vault.pool()).await.unwrap();
+    let (s, v) = http("GET", &url, Some(&qa), None).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (503, Some("unavailable")), "{v}");
+    t.stop().await;
+}
