@@ -15,6 +15,9 @@ const RING: usize = 16_384;
 /// so a silent or missing leg never stalls the recording.
 const MAX_LAG: usize = 1600;
 const MAX_SPANS: usize = 1024;
+/// A span that opens this soon (500 ms) after a field's capture ended is that key's tail
+/// (the masker releases only after 500 ms of quiet): it keeps the field's label.
+const TAIL: u64 = 4000;
 pub const STEREO_FRAME: usize = 2 * FRAME_SAMPLES;
 
 /// Caller audio on its way to the agent, after masking. Made only in `to_agent`.
@@ -79,6 +82,8 @@ pub struct Tap {
     left: Channel,
     right: Channel,
     field: Option<FieldName>,
+    /// The field whose capture ended last, and where on the left channel it ended.
+    ended: Option<(FieldName, u64)>,
     open: Option<(u64, Option<FieldName>)>,
     spans: Vec<MaskedSpan>,
 }
@@ -90,6 +95,7 @@ impl Default for Tap {
             left: Channel::new(),
             right: Channel::new(),
             field: None,
+            ended: None,
             open: None,
             spans: Vec::with_capacity(MAX_SPANS),
         }
@@ -108,7 +114,19 @@ impl Tap {
 
     /// The field being captured now (labels the masked spans).
     pub fn set_field(&mut self, field: Option<FieldName>) {
+        if let (Some(f), None) = (self.field, field) {
+            self.ended = Some((f, self.left.position));
+        }
         self.field = field;
+    }
+
+    /// The label of a span opening at `at`.
+    fn label(&self, at: u64) -> Option<FieldName> {
+        match (self.field, self.ended) {
+            (Some(f), _) => Some(f),
+            (None, Some((f, end))) if at.saturating_sub(end) < TAIL => Some(f),
+            _ => None,
+        }
     }
 
     pub fn caller(&mut self, audio: AgentBound, replaced: bool) {
@@ -117,7 +135,7 @@ impl Tap {
         }
         let at = self.left.position;
         match (replaced, self.open) {
-            (true, None) => self.open = Some((at, self.field)),
+            (true, None) => self.open = Some((at, self.label(at))),
             (false, Some(_)) => self.close_span(at),
             _ => {}
         }
@@ -222,12 +240,24 @@ mod tests {
         for replaced in [false, false, true, true, false, true] {
             tap.caller(AgentBound::new(&[0; FRAME_SAMPLES]), replaced);
         }
+        // Capture ends; the last key's tail is masked 100 ms later, a tone 1 s later is not
+        // part of any field.
+        tap.set_field(None);
+        for replaced in [false, false, false, false, false, true, false] {
+            tap.caller(AgentBound::new(&[0; FRAME_SAMPLES]), replaced);
+        }
+        for _ in 0..50 {
+            tap.caller(AgentBound::new(&[0; FRAME_SAMPLES]), false);
+        }
+        tap.caller(AgentBound::new(&[0; FRAME_SAMPLES]), true);
         let spans = tap.spans().to_vec();
         assert_eq!(
             spans,
             [
                 MaskedSpan { start_ms: 40, end_ms: 80, field: Some(FieldName::Pan) },
-                MaskedSpan { start_ms: 100, end_ms: 120, field: Some(FieldName::Pan) }
+                MaskedSpan { start_ms: 100, end_ms: 120, field: Some(FieldName::Pan) },
+                MaskedSpan { start_ms: 220, end_ms: 240, field: Some(FieldName::Pan) },
+                MaskedSpan { start_ms: 1260, end_ms: 1280, field: None },
             ]
         );
     }
