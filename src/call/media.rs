@@ -177,11 +177,13 @@ impl Bridge {
         let payload = rtp.payload();
         let samples = payload.len().min(MAX_PACKET - 64);
         // The recording has the agent throughout, prompts or not.
-        let mut pcm = [0i16; MAX_PACKET];
-        for (o, b) in pcm[..samples].iter_mut().zip(payload) {
-            *o = agent.codec.decode(*b);
+        if self.to_agent.recording.is_on() {
+            let mut pcm = [0i16; MAX_PACKET];
+            for (o, b) in pcm[..samples].iter_mut().zip(payload) {
+                *o = agent.codec.decode(*b);
+            }
+            self.to_agent.recording.agent(&pcm[..samples]);
         }
-        self.to_agent.recording.agent(&pcm[..samples]);
         if self.player.is_playing() {
             return;
         }

@@ -81,6 +81,8 @@ pub struct CallConfig {
     pub seed: u64,
     /// What replaces tones toward the agent, and whether to mask outside capture too.
     pub masking: Masking,
+    /// Record the bridged call (`recordings.enabled`); off, the tap never starts.
+    pub record: bool,
     pub prompts: Arc<Prompts>,
 }
 
@@ -254,6 +256,9 @@ impl Call {
             ended: false,
             caller_codec: params.codec,
         };
+        if !cfg.record {
+            call.bridge.recording().disable();
+        }
         if let Some(uri) = cfg.agent_uri {
             call.dial_agent(uri, now);
         }

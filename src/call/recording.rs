@@ -79,6 +79,9 @@ impl Channel {
 
 pub struct Tap {
     on: bool,
+    /// Recording is switched off for this deployment: the tap never starts, so the
+    /// per-packet decoding for it is skipped too.
+    disabled: bool,
     left: Channel,
     right: Channel,
     field: Option<FieldName>,
@@ -92,6 +95,7 @@ impl Default for Tap {
     fn default() -> Self {
         Tap {
             on: false,
+            disabled: false,
             left: Channel::new(),
             right: Channel::new(),
             field: None,
@@ -105,7 +109,12 @@ impl Default for Tap {
 impl Tap {
     /// Recording starts when the agent is bridged and never pauses after.
     pub fn start(&mut self) {
-        self.on = true;
+        self.on = !self.disabled;
+    }
+
+    pub fn disable(&mut self) {
+        self.disabled = true;
+        self.on = false;
     }
 
     pub fn is_on(&self) -> bool {
@@ -212,6 +221,12 @@ mod tests {
 
     #[test]
     fn interleaves_both_sides_and_pads_a_silent_one() {
+        let mut off = Tap::default();
+        off.disable();
+        off.start();
+        off.caller(AgentBound::new(&[1; FRAME_SAMPLES]), false);
+        off.agent(&[2; FRAME_SAMPLES]);
+        assert!(!off.is_on() && frames(&mut off).is_empty(), "a disabled tap never records");
         let mut tap = Tap::default();
         tap.caller(AgentBound::new(&[1; FRAME_SAMPLES]), false);
         assert!(frames(&mut tap).is_empty(), "nothing before the agent is bridged");

@@ -51,6 +51,7 @@ fn config(agent: Option<&str>) -> CallConfig {
         seed: 0xfeed,
         prompts: prompts(),
         masking: Masking { replacement: crate::media::masker::Replacement::Silence, always: false },
+        record: true,
     }
 }
 

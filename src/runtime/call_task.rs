@@ -80,7 +80,7 @@ impl CallTask {
     /// Moves finished 20 ms stereo frames from the call to its recording file (opened with the
     /// first frame). A write error ends this call's recording, loudly, not the call.
     fn record(&mut self, r: &mut Recorder, ended: bool) {
-        if !self.shared.config.recordings.enabled || r.failed {
+        if r.failed {
             return;
         }
         let mut frame = [0i16; STEREO_FRAME];

@@ -109,6 +109,7 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, from: SocketAddr) {
         today: current_month(),
         seed: rand::random(),
         masking: shared.config.masking(),
+        record: shared.config.recordings.enabled,
         prompts: shared.prompts.clone(),
     };
     let call = match Call::accept(invite, cfg, Instant::now()) {

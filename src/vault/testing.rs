@@ -41,7 +41,7 @@ impl TestDatabase {
         [TestDatabase::sqlite(), TestDatabase::postgres().await]
     }
 
-    /// Where this database's files live for SQLite (the data directory in either case).
+    /// The development vault options in `data_dir`, pointed at this database.
     pub fn options(&self, data_dir: &Path) -> super::VaultOptions {
         let mut o = super::VaultOptions::development(data_dir);
         if !self.url.is_empty() {
