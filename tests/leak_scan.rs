@@ -4,7 +4,7 @@
 //! debug log level. Then the SQLite file with its WAL and shared memory, a `pg_dump`, every
 //! log line, every command's output and every API response except detokenize's are searched
 //! for the test card numbers (with or without spaces and dashes) and security codes in clear:
-//! zero hits.
+//! zero hits. Sealed recordings are searched for card numbers only (see `scan`).
 
 mod common;
 
@@ -137,7 +137,11 @@ async fn scan(db: TestDatabase) {
             if has_pan(bytes, pan) {
                 hits.push(format!("{name}: card number ending {}", &pan[pan.len() - 4..]));
             }
-            if let Some(around) = code_at(bytes, code) {
+            // A sealed recording is a few hundred KB of AES-GCM output, where three given
+            // bytes between two non-alphanumeric ones turn up by chance; what the recording
+            // holds is audio, judged by the DTMF detector in tests/masking_judge.rs.
+            let sealed_audio = name.ends_with(".twrec");
+            if let Some(around) = code_at(bytes, code).filter(|_| !sealed_audio) {
                 hits.push(format!("{name}: a security code in {around:?}"));
             }
         }
