@@ -53,13 +53,25 @@ pub struct RecordingsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SipConfig {
-    /// UDP address SIP listens on.
+    /// UDP (and, with `tcp`, TCP) address SIP listens on; `[::]:5060` serves IPv6 and IPv4.
     pub listen: SocketAddr,
     /// host[:port] written into transfer URIs; the listen address when empty.
     #[serde(default)]
     pub public_host: String,
+    pub tcp: bool,
+    /// TLS listen address; empty for none.
+    pub tls_listen: String,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
     pub t1_ms: u64,
     pub t2_ms: u64,
+    pub t4_ms: u64,
+    /// Most open TCP and TLS connections.
+    pub max_connections: usize,
+    /// A connection with no call on it and no traffic for this long is closed.
+    pub idle_timeout_s: u64,
+    /// New out-of-dialog requests per second one source address may send (twice that in a burst).
+    pub rate_per_source: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -163,6 +175,18 @@ impl Config {
         if self.sip.t2_ms < self.sip.t1_ms {
             return bad("sip.t2_ms", "must not be below sip.t1_ms");
         }
+        if !(100..=60_000).contains(&self.sip.t4_ms) {
+            return bad("sip.t4_ms", "must be between 100 and 60000");
+        }
+        if self.sip.rate_per_source == 0 {
+            return bad("sip.rate_per_source", "must be at least 1");
+        }
+        if self.sip.max_connections == 0 || self.sip.idle_timeout_s == 0 {
+            return bad("sip.max_connections", "connection limits must be at least 1");
+        }
+        if let Some(key) = self.tls_listen_addr().err() {
+            return bad(key, "must be empty or an address such as 127.0.0.1:5061");
+        }
         if !(1..=10).contains(&self.capture.max_attempts) {
             return bad("capture.max_attempts", "must be between 1 and 10");
         }
@@ -224,7 +248,27 @@ impl Config {
     }
 
     pub fn timers(&self) -> Timers {
-        Timers { t1: Duration::from_millis(self.sip.t1_ms), t2: Duration::from_millis(self.sip.t2_ms) }
+        Timers {
+            t1: Duration::from_millis(self.sip.t1_ms),
+            t2: Duration::from_millis(self.sip.t2_ms),
+            t4: Duration::from_millis(self.sip.t4_ms),
+        }
+    }
+
+    /// The TLS certificate and key files; empty settings mean data_dir/tls/{cert,key}.pem.
+    pub fn tls_files(&self) -> (PathBuf, PathBuf) {
+        let or_default = |p: &PathBuf, name: &str| {
+            if p.as_os_str().is_empty() { self.storage.data_dir.join("tls").join(name) } else { p.clone() }
+        };
+        (or_default(&self.sip.tls_cert, "cert.pem"), or_default(&self.sip.tls_key, "key.pem"))
+    }
+
+    /// The TLS listen address, if TLS is on.
+    pub fn tls_listen_addr(&self) -> Result<Option<SocketAddr>, &'static str> {
+        match self.sip.tls_listen.trim() {
+            "" => Ok(None),
+            a => a.parse().map(Some).map_err(|_| "sip.tls_listen"),
+        }
     }
 
     pub fn masking(&self) -> Masking {

@@ -120,6 +120,12 @@ enum KeysAction {
         #[command(flatten)]
         common: Common,
     },
+    /// Write a self-signed TLS certificate and key for SIP over TLS, for development, where
+    /// sip.tls_cert and sip.tls_key look by default (data_dir/tls).
+    TlsDev {
+        #[command(flatten)]
+        common: Common,
+    },
 }
 
 #[derive(Subcommand)]
@@ -295,6 +301,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             create_token_key(pkcs11)?;
             println!("created AES-256 key {:?} on token {:?} (not extractable)", pkcs11.key_label, pkcs11.token_label);
+            Ok(())
+        }
+        Command::Keys { action: KeysAction::TlsDev { common } } => {
+            let cfg = common.load()?;
+            let (cert, key) = cfg.tls_files();
+            tonewall::runtime::transport::write_dev_pair(&cert, &key)?;
+            println!("wrote {} and {} (self-signed, development only)", cert.display(), key.display());
             Ok(())
         }
         Command::Recordings { action: RecordingsAction::Purge { older_than_days, common } } => {

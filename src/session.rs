@@ -11,7 +11,7 @@ use serde::Serialize;
 use thiserror::Error;
 use tokio::sync::{broadcast, mpsc};
 
-use crate::call::{CallEvent, Command};
+use crate::call::{AfterCapture, CallEvent, Command, EndReason};
 use crate::capture::collector::{FieldName, masked_pan};
 use crate::vault::TokenRecord;
 
@@ -92,6 +92,12 @@ pub struct SessionView {
     pub reference: String,
     pub transfer_uri: String,
     pub agent_connected: bool,
+    /// What happens to the caller after capture: "bridge", "transfer" or "hangup".
+    pub after_capture: &'static str,
+    /// The caller has put the call on hold.
+    pub on_hold: bool,
+    /// The caller was transferred back (REFER accepted and the transfer succeeded).
+    pub transferred: bool,
     pub fields: Vec<FieldView>,
     pub result: Option<TokenRecord>,
     pub error: Option<String>,
@@ -123,6 +129,7 @@ pub enum SessionError {
 struct Entry {
     view: SessionView,
     agent_uri: Option<String>,
+    after_capture: AfterCapture,
     updates: broadcast::Sender<SessionUpdate>,
     call: Option<mpsc::Sender<Command>>,
     created: Instant,
@@ -140,6 +147,7 @@ pub struct Sessions {
 pub struct Attached {
     pub fields: Vec<FieldName>,
     pub agent_uri: Option<String>,
+    pub after_capture: AfterCapture,
 }
 
 impl Sessions {
@@ -153,6 +161,7 @@ impl Sessions {
         fields: Vec<FieldName>,
         reference: String,
         agent_uri: Option<String>,
+        after_capture: AfterCapture,
         sip_host: &str,
     ) -> SessionView {
         let id = SessionId::new();
@@ -172,13 +181,27 @@ impl Sessions {
             state: SessionState::Waiting,
             reference,
             agent_connected: false,
+            after_capture: match after_capture {
+                AfterCapture::Bridge => "bridge",
+                AfterCapture::Transfer(_) => "transfer",
+                AfterCapture::Hangup => "hangup",
+            },
+            on_hold: false,
+            transferred: false,
             fields,
             result: None,
             error: None,
         };
         let (updates, _) = broadcast::channel(256);
-        let entry =
-            Entry { view: view.clone(), agent_uri, updates, call: None, created: Instant::now(), max_attempts: 0 };
+        let entry = Entry {
+            view: view.clone(),
+            agent_uri,
+            after_capture,
+            updates,
+            call: None,
+            created: Instant::now(),
+            max_attempts: 0,
+        };
         self.lock().insert(id, entry);
         view
     }
@@ -213,7 +236,11 @@ impl Sessions {
             f.state = FieldState::Entering;
         }
         publish(e, "call_started");
-        Ok(Attached { fields: e.view.fields.iter().map(|f| f.name).collect(), agent_uri: e.agent_uri.clone() })
+        Ok(Attached {
+            fields: e.view.fields.iter().map(|f| f.name).collect(),
+            agent_uri: e.agent_uri.clone(),
+            after_capture: e.after_capture.clone(),
+        })
     }
 
     /// Cancels a session; a call in progress is told to stop capturing.
@@ -318,7 +345,19 @@ impl Sessions {
                 "failed"
             }
             CallEvent::Cancelled => return,
-            CallEvent::Ended(_) => {
+            CallEvent::Hold { on } => {
+                e.view.on_hold = *on;
+                if *on { "hold" } else { "resumed" }
+            }
+            CallEvent::Transferring => "transferring",
+            CallEvent::TransferFailed { status } => {
+                e.view.error = Some(format!("the transfer back failed ({status})"));
+                "transfer_failed"
+            }
+            CallEvent::Ended(reason) => {
+                if *reason == EndReason::Transferred {
+                    e.view.transferred = true;
+                }
                 e.call = None;
                 e.view.agent_connected = false;
                 if !e.view.state.is_final() {
@@ -380,7 +419,13 @@ mod tests {
     #[test]
     fn progress_is_masked_and_states_move_forward() {
         let s = Sessions::default();
-        let v = s.create(vec![FieldName::Pan, FieldName::Expiry], "order-1".into(), None, "127.0.0.1:5060");
+        let v = s.create(
+            vec![FieldName::Pan, FieldName::Expiry],
+            "order-1".into(),
+            None,
+            AfterCapture::Hangup,
+            "127.0.0.1:5060",
+        );
         assert!(v.transfer_uri.starts_with("sip:pay-"));
         let (tx, _rx) = mpsc::channel(1);
         let attached = s.attach(&v.id, tx.clone(), 3).unwrap();

@@ -12,6 +12,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::auth::Role;
 use super::{ApiError, AppState, Caller};
+use crate::call::AfterCapture;
 use crate::capture::collector::FieldName;
 use crate::session::{SessionError, SessionId, SessionView};
 
@@ -24,6 +25,29 @@ pub struct CreateSession {
     #[serde(default)]
     reference: String,
     agent_uri: Option<String>,
+    /// "bridge" (the default with an agent_uri), "transfer" or "hangup" (the default without).
+    after_capture: Option<String>,
+    /// Where "transfer" sends the caller; the agent_uri when absent.
+    transfer_uri: Option<String>,
+}
+
+fn sip_uri_ok(uri: &str) -> bool {
+    uri.len() <= 256 && uri.starts_with("sip:") && uri.contains('@') && !uri.contains(['<', '>', ' ', '\r', '\n', '"'])
+}
+
+/// What happens after capture, from the request's `after_capture` and URIs.
+fn after_capture(req: &CreateSession) -> Result<AfterCapture, String> {
+    match req.after_capture.as_deref() {
+        None if req.agent_uri.is_some() => Ok(AfterCapture::Bridge),
+        None | Some("hangup") => Ok(AfterCapture::Hangup),
+        Some("bridge") if req.agent_uri.is_some() => Ok(AfterCapture::Bridge),
+        Some("bridge") => Err("after_capture \"bridge\" needs an agent_uri".into()),
+        Some("transfer") => match req.transfer_uri.as_ref().or(req.agent_uri.as_ref()) {
+            Some(uri) => Ok(AfterCapture::Transfer(uri.clone())),
+            None => Err("after_capture \"transfer\" needs a transfer_uri or an agent_uri".into()),
+        },
+        Some(_) => Err("after_capture must be \"bridge\", \"transfer\" or \"hangup\"".into()),
+    }
 }
 
 fn validate(req: &CreateSession) -> Result<(), String> {
@@ -43,16 +67,13 @@ fn validate(req: &CreateSession) -> Result<(), String> {
     if req.reference.len() > 200 || req.reference.chars().any(char::is_control) {
         return Err("reference must be at most 200 printable characters".into());
     }
-    if let Some(uri) = &req.agent_uri {
-        let ok = uri.len() <= 256
-            && uri.starts_with("sip:")
-            && uri.contains('@')
-            && !uri.contains(['<', '>', ' ', '\r', '\n', '"']);
-        if !ok {
-            return Err("agent_uri must be a sip: URI such as sip:agent@10.0.0.5:5060".into());
-        }
+    if req.agent_uri.as_deref().is_some_and(|u| !sip_uri_ok(u)) {
+        return Err("agent_uri must be a sip: URI such as sip:agent@10.0.0.5:5060".into());
     }
-    Ok(())
+    if req.transfer_uri.as_deref().is_some_and(|u| !sip_uri_ok(u)) {
+        return Err("transfer_uri must be a sip: URI such as sip:queue@10.0.0.5:5060".into());
+    }
+    after_capture(req).map(|_| ())
 }
 
 pub async fn create(
@@ -63,7 +84,9 @@ pub async fn create(
     caller.require(AGENT_ROLES)?;
     let Json(req) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     validate(&req).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, m))?;
-    let view = state.sessions.create(req.fields, req.reference, req.agent_uri, &state.sip_host);
+    // Checked by `validate` above.
+    let after = after_capture(&req).unwrap_or(AfterCapture::Hangup);
+    let view = state.sessions.create(req.fields, req.reference, req.agent_uri, after, &state.sip_host);
     tracing::info!(session = view.id.as_str(), key = caller.key_id, "session created");
     caller.audit(&state, "session.create", "created", view.id.as_str()).await;
     Ok((StatusCode::CREATED, Json(view)).into_response())

@@ -31,6 +31,8 @@ pub enum CallerMedia {
 
 pub struct Bridge {
     caller: MediaParams,
+    /// False while the caller has us on hold (sendonly or inactive): nothing is sent to it.
+    caller_receives: bool,
     agent: Option<MediaParams>,
     to_caller: OutStream,
     to_agent: ToAgent,
@@ -56,6 +58,7 @@ impl Bridge {
             OutStream::new(Ssrc((seed as u32).rotate_left(16) ^ 0x5A5A_5A5A), (seed >> 48) as u16, (seed >> 8) as u32);
         Bridge {
             caller,
+            caller_receives: true,
             agent: None,
             to_caller: OutStream::new(Ssrc(seed as u32), (seed >> 32) as u16, (seed >> 16) as u32),
             to_agent: ToAgent::new(to_agent_stream, replacement),
@@ -65,6 +68,12 @@ impl Bridge {
             outbox: Outbox::new(caller.remote),
             stats: BridgeStats::default(),
         }
+    }
+
+    /// A new answer on the caller's leg (re-INVITE): address, codec and whether it takes media.
+    pub fn set_caller(&mut self, caller: MediaParams, receives: bool) {
+        self.caller = caller;
+        self.caller_receives = receives;
     }
 
     pub fn set_agent(&mut self, agent: Option<MediaParams>) {
@@ -129,6 +138,13 @@ impl Bridge {
             return;
         }
         let codec = self.caller.codec;
+        // Stay on a 20 ms grid, but do not burst to catch up after a stall. Held, the prompt
+        // runs on in time, unheard.
+        let next = due + FRAME;
+        self.next_prompt_frame = Some(if next + FRAME * 5 < now { now + FRAME } else { next });
+        if !self.caller_receives {
+            return;
+        }
         let mut payload = [0u8; FRAME_SAMPLES];
         for (o, s) in payload.iter_mut().zip(pcm.iter()) {
             *o = codec.encode(*s);
@@ -145,9 +161,6 @@ impl Bridge {
             now,
         );
         self.prompt_ts = self.prompt_ts.wrapping_add(FRAME_SAMPLES as u32);
-        // Stay on a 20 ms grid, but do not burst to catch up after a stall.
-        let next = due + FRAME;
-        self.next_prompt_frame = Some(if next + FRAME * 5 < now { now + FRAME } else { next });
     }
 
     /// A packet from the caller: audio goes on to the agent (masked in capture mode);
@@ -184,7 +197,7 @@ impl Bridge {
             }
             self.to_agent.recording.agent(&pcm[..samples]);
         }
-        if self.player.is_playing() {
+        if self.player.is_playing() || !self.caller_receives {
             return;
         }
         let (to, codec) = (self.caller.remote, self.caller.codec);

@@ -5,11 +5,14 @@
 //! happened, then drains `poll_output` (SIP to send, events), `poll_packet` (RTP to send)
 //! and sleeps until `poll_timeout`. Nothing here blocks, reads a clock or does IO.
 
+mod agent;
 mod agent_invite;
+mod caller;
 pub mod media;
 mod outbox;
 pub mod recording;
 mod to_agent;
+mod transactions;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -18,17 +21,19 @@ use std::time::Instant;
 
 use crate::capture::card::YearMonth;
 use crate::capture::collector::{CaptureEvent, CapturedCard, Collector, CollectorConfig, FieldName, PromptId};
-use crate::media::g711::Codec;
 use crate::media::masker::Replacement;
 use crate::media::player::PromptAudio;
 use crate::media::telephone_event::Key;
 use crate::sip::dialog::Dialog;
 use crate::sip::message::{Method, Request, ResponseBuilder, SipMessage};
-use crate::sip::sdp::{self, MediaParams, RemoteDescription};
-use crate::sip::transaction::{Retransmit, RetransmitStep, Timers};
+use crate::sip::sdp::RemoteDescription;
+use crate::sip::session_timer::{self, Negotiation};
+use crate::sip::stream::Transport;
+use crate::sip::transaction::{ClientInvite, Retransmit, RetransmitStep, Timers};
 
-use agent_invite::{AgentInvite, INVITE_CSEQ};
+use agent_invite::AgentInvite;
 use media::{Bridge, CallerMedia, MediaPacket};
+use transactions::{Answer, Purpose, Transactions};
 
 /// Which side of the call a message or packet belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -66,12 +71,26 @@ pub struct Masking {
     pub always: bool,
 }
 
+/// What happens to the caller when capture ends (per session).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterCapture {
+    /// Stay bridged to the agent leg; without one, hang up.
+    Bridge,
+    /// Transfer the caller to this URI with REFER (RFC 3515) and follow its NOTIFYs.
+    Transfer(String),
+    /// Hang up after the closing prompt.
+    Hangup,
+}
+
 pub struct CallConfig {
     /// Our SIP address, for Via and Contact.
     pub local_sip: SocketAddr,
+    /// The transport the caller's INVITE came on; the caller's leg stays on it.
+    pub caller_transport: Transport,
     pub caller_rtp: SocketAddr,
     pub agent_rtp: SocketAddr,
     pub agent_uri: Option<String>,
+    pub after_capture: AfterCapture,
     pub fields: Vec<FieldName>,
     pub collector: CollectorConfig,
     pub timers: Timers,
@@ -91,6 +110,10 @@ pub enum EndReason {
     CallerHungUp,
     HungUpByTonewall,
     NoAck,
+    /// The session timer ran out without a refresh (RFC 4028 §10).
+    SessionExpired,
+    /// The caller was transferred away (RFC 3515).
+    Transferred,
 }
 
 #[derive(Debug)]
@@ -125,6 +148,16 @@ pub enum CallEvent {
         reason: String,
     },
     Cancelled,
+    /// The caller put us on hold (or took us off it).
+    Hold {
+        on: bool,
+    },
+    /// REFER sent to take the caller back to the agent.
+    Transferring,
+    /// The transfer failed with this status (from the REFER or the NOTIFY sipfrag).
+    TransferFailed {
+        status: u16,
+    },
     Ended(EndReason),
 }
 
@@ -147,31 +180,35 @@ pub enum Output {
 }
 
 enum CallerLeg {
-    /// 200 sent, resent until the ACK (§13.3.1.4).
+    /// A 2xx to the caller's INVITE (or re-INVITE) with this branch, resent until the ACK
+    /// (§13.3.1.4).
     Answering {
         ok: Retransmit,
+        branch: Option<String>,
     },
     Confirmed,
-    Ending {
-        bye: Retransmit,
-    },
+    /// Our BYE is out.
+    Ending,
     Ended,
 }
 
 enum AgentLeg {
     Absent,
-    /// INVITE sent; `retransmit` stops at the first provisional response.
     Inviting {
-        retransmit: Option<Retransmit>,
+        tx: ClientInvite,
         invite: AgentInvite,
+    },
+    /// CANCEL sent; the INVITE transaction still runs (a 200 may cross the CANCEL, §9.1).
+    Cancelling {
+        tx: ClientInvite,
+        give_up: Instant,
     },
     Connected {
         dialog: Dialog,
         ack: Vec<u8>,
     },
-    Ending {
-        bye: Retransmit,
-    },
+    /// Our BYE is out.
+    Ending,
     Ended,
 }
 
@@ -183,83 +220,109 @@ enum Capture {
     Cancelled,
 }
 
+/// What to do once the prompt playing now has finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum WhenQuiet {
+    Nothing,
+    HangUp,
+    Refer(String),
+}
+
 pub struct Call {
     local_sip: SocketAddr,
+    caller_transport: Transport,
+    caller_rtp: SocketAddr,
     agent_rtp: SocketAddr,
     timers: Timers,
     seed: u64,
     prompts: Arc<Prompts>,
+    transactions: Transactions,
     caller_invite_branch: Option<String>,
     caller_dialog: Dialog,
     caller: CallerLeg,
+    /// The caller's current offer/answer, for re-INVITEs (hold, codec change, refresh).
+    caller_media: caller::Negotiated,
+    session_timer: Option<caller::Timer>,
+    /// Our session-refreshing re-INVITE, when one is out (RFC 4028 §7.4).
+    refresh: Option<ClientInvite>,
+    /// The ACK of the last 2xx to our re-INVITE, for its retransmissions.
+    refresh_ack: Option<Vec<u8>>,
+    transfer: caller::Transfer,
     agent: AgentLeg,
     agent_call_id: String,
     agent_tag: String,
+    after_capture: AfterCapture,
     capture: Capture,
     bridge: Bridge,
     outputs: VecDeque<Output>,
     branches: u64,
-    hangup_when_quiet: bool,
+    when_quiet: WhenQuiet,
     ended: bool,
-    caller_codec: Codec,
     mask_always: bool,
 }
 
 impl Call {
     /// Answers a new INVITE: 100, 180, then 200 with our SDP answer; dials the agent if one
-    /// is named. A refused offer gives back the 488 to send instead.
+    /// is named. A refused offer gives back the 488 (or 422) to send instead.
     pub fn accept(invite: &Request, cfg: CallConfig, now: Instant) -> Result<Call, Vec<u8>> {
         let offer = RemoteDescription::parse(invite.body()).map_err(|e| {
             ResponseBuilder::new(invite, 488, "Not Acceptable Here")
                 .header("Warning", &format!("304 tonewall \"{e}\""))
                 .build()
         })?;
+        let session_timer = match session_timer::negotiate(invite) {
+            Negotiation::TooSmall => return Err(caller::too_small(invite)),
+            Negotiation::None => None,
+            Negotiation::Timer(t) => Some(caller::Timer { timer: t, next: t.deadline(now) }),
+        };
         let params = offer.negotiate();
         let local_tag = format!("tw{:x}", cfg.seed);
-        let answer = sdp::write(cfg.caller_rtp, cfg.seed >> 1, &[params.codec], params.event_pt);
-        let contact = format!("<sip:tonewall@{}>", cfg.local_sip);
-        let mut outputs = VecDeque::new();
-        for (status, reason) in [(100, "Trying"), (180, "Ringing")] {
-            let tag = if status == 100 { None } else { Some(local_tag.as_str()) };
-            let mut b = ResponseBuilder::new(invite, status, reason);
-            if let Some(t) = tag {
-                b = b.to_tag(t).header("Contact", &contact);
-            }
-            outputs.push_back(Output::Sip { leg: LegId::Caller, bytes: b.build() });
-        }
-        let ok = ResponseBuilder::new(invite, 200, "OK")
-            .to_tag(&local_tag)
-            .header("Contact", &contact)
-            .header("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO")
-            .body("application/sdp", answer.as_bytes())
-            .build();
-        outputs.push_back(Output::Sip { leg: LegId::Caller, bytes: ok.clone() });
-        outputs.push_back(Output::Event(CallEvent::Answered));
+        let reliable = cfg.caller_transport.reliable();
         let mut call = Call {
             local_sip: cfg.local_sip,
+            caller_transport: cfg.caller_transport,
+            caller_rtp: cfg.caller_rtp,
             agent_rtp: cfg.agent_rtp,
             timers: cfg.timers,
             seed: cfg.seed,
             prompts: cfg.prompts,
+            transactions: Transactions::new(cfg.timers),
             caller_invite_branch: invite.branch(),
-            caller_dialog: Dialog::uas(invite, &local_tag, &cfg.local_sip.to_string()),
-            caller: CallerLeg::Answering { ok: Retransmit::invite_2xx(ok, now, cfg.timers) },
+            caller_dialog: Dialog::uas(invite, &local_tag, &cfg.local_sip.to_string(), cfg.caller_transport),
+            caller: CallerLeg::Confirmed,
+            caller_media: caller::Negotiated { params, direction: offer.direction.answer(), version: cfg.seed >> 1 },
+            session_timer,
+            refresh: None,
+            refresh_ack: None,
+            transfer: caller::Transfer::Idle,
             agent: AgentLeg::Absent,
             agent_call_id: format!("{:x}-agent@tonewall", cfg.seed),
             agent_tag: format!("twa{:x}", cfg.seed.rotate_left(32)),
+            after_capture: cfg.after_capture,
             capture: Capture::Collecting(Box::new(Collector::new(cfg.fields, cfg.collector, cfg.today, now))),
             bridge: Bridge::new(params, cfg.seed, cfg.masking.replacement),
             mask_always: cfg.masking.always,
-            outputs,
+            outputs: VecDeque::new(),
             branches: 0,
-            hangup_when_quiet: false,
+            when_quiet: WhenQuiet::Nothing,
             ended: false,
-            caller_codec: params.codec,
         };
+        call.transactions.receive(now, LegId::Caller, invite, reliable);
+        call.bridge.set_caller(params, offer.direction.receives());
+        let contact = call.caller_contact();
+        for (status, reason) in [(100, "Trying"), (180, "Ringing")] {
+            let mut b = ResponseBuilder::new(invite, status, reason);
+            if status == 180 {
+                b = b.to_tag(&local_tag).header("Contact", &contact);
+            }
+            call.respond(now, LegId::Caller, invite, status, b.build());
+        }
+        call.answer_offer(now, invite, &local_tag);
+        call.event(CallEvent::Answered);
         if !cfg.record {
             call.bridge.recording().disable();
         }
-        if let Some(uri) = cfg.agent_uri {
+        if let (Some(uri), AfterCapture::Bridge) = (cfg.agent_uri, &call.after_capture) {
             call.dial_agent(uri, now);
         }
         call.bridge.set_masking(true);
@@ -285,6 +348,9 @@ impl Call {
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
+        while let Some((leg, bytes)) = self.transactions.poll_transmit() {
+            self.outputs.push_back(Output::Sip { leg, bytes });
+        }
         self.outputs.pop_front()
     }
 
@@ -306,20 +372,24 @@ impl Call {
 
     pub fn poll_timeout(&self) -> Option<Instant> {
         let caller = match &self.caller {
-            CallerLeg::Answering { ok } => Some(ok.poll_timeout()),
-            CallerLeg::Ending { bye } => Some(bye.poll_timeout()),
+            CallerLeg::Answering { ok, .. } => Some(ok.poll_timeout()),
             _ => None,
         };
         let agent = match &self.agent {
-            AgentLeg::Inviting { retransmit: Some(r), .. } => Some(r.poll_timeout()),
-            AgentLeg::Ending { bye } => Some(bye.poll_timeout()),
+            AgentLeg::Inviting { tx, .. } => tx.poll_timeout(),
+            AgentLeg::Cancelling { tx, give_up } => tx.poll_timeout().map_or(Some(*give_up), |t| Some(t.min(*give_up))),
             _ => None,
         };
         let capture = match &self.capture {
             Capture::Collecting(c) => c.poll_timeout(),
             _ => None,
         };
-        [caller, agent, capture, self.bridge.poll_timeout()].into_iter().flatten().min()
+        let session = self.session_timer.as_ref().filter(|_| self.refresh.is_none()).map(|t| t.next);
+        let refresh = self.refresh.as_ref().and_then(ClientInvite::poll_timeout);
+        [caller, agent, capture, session, refresh, self.transactions.poll_timeout(), self.bridge.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn next_branch(&mut self) -> String {
@@ -335,150 +405,59 @@ impl Call {
         self.outputs.push_back(Output::Event(e));
     }
 
-    fn dial_agent(&mut self, uri: String, now: Instant) {
-        let other = if self.caller_codec == Codec::Pcmu { Codec::Pcma } else { Codec::Pcmu };
-        let offer = sdp::write(self.agent_rtp, self.seed >> 2, &[self.caller_codec, other], None);
-        let branch = self.next_branch();
-        let invite = AgentInvite::new(&uri, self.local_sip, &branch, &self.agent_tag, &self.agent_call_id, &offer);
-        self.send(LegId::Agent, invite.bytes().to_vec());
-        let retransmit = Some(Retransmit::invite(invite.bytes().to_vec(), now, self.timers));
-        self.agent = AgentLeg::Inviting { retransmit, invite };
+    fn reliable(&self, leg: LegId) -> bool {
+        leg == LegId::Caller && self.caller_transport.reliable()
+    }
+
+    /// Sends a response through the request's server transaction.
+    fn respond(&mut self, now: Instant, leg: LegId, req: &Request, status: u16, bytes: Vec<u8>) {
+        let reliable = self.reliable(leg);
+        self.transactions.respond(now, leg, req, status, bytes, reliable);
+    }
+
+    /// A bare response with just a status line.
+    fn reply(&mut self, now: Instant, leg: LegId, req: &Request, status: u16, reason: &str) {
+        let bytes = ResponseBuilder::new(req, status, reason).build();
+        self.respond(now, leg, req, status, bytes);
+    }
+
+    /// Sends an in-dialog non-INVITE request in a client transaction.
+    fn request(&mut self, now: Instant, leg: LegId, purpose: Purpose, method: Method, bytes: Vec<u8>, branch: &str) {
+        let reliable = self.reliable(leg);
+        self.transactions.request(now, leg, purpose, method, branch, bytes, reliable);
     }
 
     pub fn handle_sip(&mut self, now: Instant, leg: LegId, msg: SipMessage) {
-        match (leg, msg) {
-            (LegId::Caller, SipMessage::Request(r)) => self.caller_request(now, &r),
-            (LegId::Caller, SipMessage::Response(r)) => {
-                if r.cseq().method == Method::Bye && r.status() >= 200 {
-                    self.caller = CallerLeg::Ended;
+        match msg {
+            SipMessage::Request(r) => {
+                if self.transactions.receive(now, leg, &r, self.reliable(leg)) {
+                    match leg {
+                        LegId::Caller => self.caller_request(now, &r),
+                        LegId::Agent => self.agent_request(now, &r),
+                    }
                 }
             }
-            (LegId::Agent, SipMessage::Request(r)) => self.agent_request(now, &r),
-            (LegId::Agent, SipMessage::Response(r)) => self.agent_response(now, &r),
+            SipMessage::Response(r) => {
+                if let Some(answer) = self.transactions.response(now, leg, &r) {
+                    self.on_answer(now, answer);
+                } else {
+                    match leg {
+                        LegId::Caller => self.caller_response(now, &r),
+                        LegId::Agent => self.agent_response(now, &r),
+                    }
+                }
+            }
         }
         self.check_end();
     }
 
-    fn caller_request(&mut self, now: Instant, req: &Request) {
-        let in_dialog = self.caller_dialog.matches(req);
-        match req.method() {
-            Method::Invite if req.branch() == self.caller_invite_branch && req.to_tag().is_none() => {
-                // A retransmitted INVITE: resend the 200 if it is still unacknowledged.
-                if let CallerLeg::Answering { ok } = &self.caller {
-                    let bytes = ok.bytes().to_vec();
-                    self.send(LegId::Caller, bytes);
-                }
-            }
-            Method::Ack => {
-                if matches!(self.caller, CallerLeg::Answering { .. }) {
-                    self.caller = CallerLeg::Confirmed;
-                }
-            }
-            Method::Bye if in_dialog => {
-                self.caller_dialog.accept_remote_cseq(req);
-                self.send(LegId::Caller, ResponseBuilder::new(req, 200, "OK").build());
-                self.caller = CallerLeg::Ended;
-                self.abandon_capture("the caller hung up");
-                self.hang_up_agent(now);
-                self.event(CallEvent::Ended(EndReason::CallerHungUp));
-            }
-            Method::Cancel => {
-                // The INVITE was answered at once, so CANCEL has nothing left to cancel (§9.2).
-                self.send(LegId::Caller, ResponseBuilder::new(req, 200, "OK").build());
-            }
-            Method::Options => {
-                let resp = ResponseBuilder::new(req, 200, "OK")
-                    .header("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO")
-                    .build();
-                self.send(LegId::Caller, resp);
-            }
-            Method::Info if in_dialog => {
-                self.send(LegId::Caller, ResponseBuilder::new(req, 200, "OK").build());
-                if let Some(key) = dtmf_relay_key(req) {
-                    self.on_key(key, now);
-                }
-            }
-            Method::Invite if in_dialog => {
-                // Re-INVITE: hold and codec changes arrive with "SIP edge"; until then we
-                // refuse without touching the established session (§14.2).
-                self.send(LegId::Caller, ResponseBuilder::new(req, 488, "Not Acceptable Here").build());
-            }
-            Method::Bye | Method::Info | Method::Invite => {
-                self.send(LegId::Caller, ResponseBuilder::new(req, 481, "Call/Transaction Does Not Exist").build());
-            }
-            Method::Other(_) => {
-                let resp = ResponseBuilder::new(req, 405, "Method Not Allowed")
-                    .header("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO")
-                    .build();
-                self.send(LegId::Caller, resp);
-            }
-        }
-    }
-
-    fn agent_request(&mut self, now: Instant, req: &Request) {
-        match req.method() {
-            Method::Bye => {
-                self.send(LegId::Agent, ResponseBuilder::new(req, 200, "OK").build());
-                self.agent = AgentLeg::Ended;
-                self.bridge.set_agent(None);
-                self.event(CallEvent::AgentHungUp);
-                if !matches!(self.capture, Capture::Collecting(_) | Capture::Tokenizing) {
-                    self.hang_up_caller(now);
-                }
-            }
-            Method::Ack => {}
-            Method::Options => self.send(LegId::Agent, ResponseBuilder::new(req, 200, "OK").build()),
-            _ => self.send(LegId::Agent, ResponseBuilder::new(req, 501, "Not Implemented").build()),
-        }
-    }
-
-    fn agent_response(&mut self, now: Instant, resp: &crate::sip::message::Response) {
-        let status = resp.status();
-        match (&mut self.agent, &resp.cseq().method) {
-            (AgentLeg::Inviting { retransmit, .. }, Method::Invite) if status < 200 => *retransmit = None,
-            (AgentLeg::Inviting { .. }, Method::Invite) if status < 300 => {
-                let mut dialog = Dialog::uac(resp, INVITE_CSEQ, &self.local_sip.to_string());
-                let branch = self.next_branch();
-                let ack = dialog.ack(INVITE_CSEQ, &branch);
-                self.send(LegId::Agent, ack.clone());
-                match RemoteDescription::parse(resp.body()) {
-                    Ok(answer) => {
-                        let p = answer.negotiate();
-                        self.bridge.set_agent(Some(MediaParams { event_pt: None, ..p }));
-                        self.agent = AgentLeg::Connected { dialog, ack };
-                        self.event(CallEvent::AgentAnswered);
-                    }
-                    Err(_) => {
-                        let branch = self.next_branch();
-                        let bye = dialog.request(Method::Bye, &branch).build();
-                        self.send(LegId::Agent, bye.clone());
-                        self.agent = AgentLeg::Ending { bye: Retransmit::non_invite(bye, now, self.timers) };
-                        self.event(CallEvent::AgentUnavailable { status: 488 });
-                    }
-                }
-            }
-            (AgentLeg::Inviting { invite, .. }, Method::Invite) => {
-                let ack = invite.ack_non_2xx(resp.to());
-                self.send(LegId::Agent, ack);
-                self.agent = AgentLeg::Ended;
-                self.event(CallEvent::AgentUnavailable { status });
-                self.after_agent_lost(now);
-            }
-            (AgentLeg::Connected { ack, .. }, Method::Invite) if (200..300).contains(&status) => {
-                // Our ACK was lost: the 2xx is retransmitted, answer it again (§13.2.2.4).
-                let ack = ack.clone();
-                self.send(LegId::Agent, ack);
-            }
-            (AgentLeg::Ending { .. }, Method::Bye) if status >= 200 => self.agent = AgentLeg::Ended,
+    /// The final answer to one of our BYEs, REFERs or CANCELs (or its Timer F).
+    fn on_answer(&mut self, now: Instant, a: Answer) {
+        match (a.leg, a.purpose) {
+            (LegId::Caller, Purpose::Bye) => self.caller = CallerLeg::Ended,
+            (LegId::Agent, Purpose::Bye) => self.agent = AgentLeg::Ended,
+            (LegId::Caller, Purpose::Refer) => self.on_refer_answer(now, a.status),
             _ => {}
-        }
-    }
-
-    /// With no agent to talk to, a caller whose capture has ended is hung up.
-    fn after_agent_lost(&mut self, now: Instant) {
-        if !matches!(self.capture, Capture::Collecting(_) | Capture::Tokenizing) {
-            self.hangup_when_quiet = true;
-            self.check_quiet_hangup(now);
         }
     }
 
@@ -536,54 +515,39 @@ impl Call {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        let mut resend = Vec::new();
-        match &mut self.caller {
-            CallerLeg::Answering { ok } => match ok.handle_timeout(now) {
-                RetransmitStep::Send(b) => resend.push((LegId::Caller, b.to_vec())),
+        if let CallerLeg::Answering { ok, .. } = &mut self.caller {
+            match ok.handle_timeout(now) {
+                RetransmitStep::Send(b) => {
+                    let b = b.to_vec();
+                    self.send(LegId::Caller, b);
+                }
                 RetransmitStep::GiveUp => {
                     // No ACK within 64·T1: confirm and end the session with BYE (§13.3.1.4).
                     self.caller = CallerLeg::Confirmed;
-                    self.abandon_capture("the caller never acknowledged the answer");
-                    self.hang_up_caller(now);
-                    self.hang_up_agent(now);
+                    self.end_everything(now, "the caller never acknowledged the answer");
                     self.event(CallEvent::Ended(EndReason::NoAck));
                 }
                 RetransmitStep::Wait => {}
-            },
-            CallerLeg::Ending { bye } => match bye.handle_timeout(now) {
-                RetransmitStep::Send(b) => resend.push((LegId::Caller, b.to_vec())),
-                RetransmitStep::GiveUp => self.caller = CallerLeg::Ended,
-                RetransmitStep::Wait => {}
-            },
-            _ => {}
+            }
         }
-        match &mut self.agent {
-            AgentLeg::Inviting { retransmit: Some(r), .. } => match r.handle_timeout(now) {
-                RetransmitStep::Send(b) => resend.push((LegId::Agent, b.to_vec())),
-                RetransmitStep::GiveUp => {
-                    self.agent = AgentLeg::Ended;
-                    self.event(CallEvent::AgentUnavailable { status: 408 });
-                    self.after_agent_lost(now);
-                }
-                RetransmitStep::Wait => {}
-            },
-            AgentLeg::Ending { bye } => match bye.handle_timeout(now) {
-                RetransmitStep::Send(b) => resend.push((LegId::Agent, b.to_vec())),
-                RetransmitStep::GiveUp => self.agent = AgentLeg::Ended,
-                RetransmitStep::Wait => {}
-            },
-            _ => {}
+        self.agent_timeout(now);
+        for a in self.transactions.handle_timeout(now) {
+            self.on_answer(now, a);
         }
-        for (leg, bytes) in resend {
-            self.send(leg, bytes);
-        }
+        self.session_timeout(now);
         if let Capture::Collecting(c) = &mut self.capture {
             c.handle_timeout(now);
             self.drain_capture(now);
         }
         self.bridge.handle_timeout(now);
-        self.check_quiet_hangup(now);
+        self.check_quiet(now);
         self.check_end();
+    }
+
+    fn end_everything(&mut self, now: Instant, why: &str) {
+        self.abandon_capture(why);
+        self.hang_up_caller(now);
+        self.hang_up_agent(now);
     }
 
     fn on_key(&mut self, key: Key, now: Instant) {
@@ -629,8 +593,8 @@ impl Call {
         }
     }
 
-    /// After capture ends: play a closing prompt if any, then stay bridged to the agent or,
-    /// without one, hang up once the prompt has played.
+    /// After capture ends: play a closing prompt if any, then, per the session, stay bridged
+    /// to the agent, transfer the caller back, or hang up once the prompt has played.
     fn finish_capture(&mut self, now: Instant, prompt: Option<PromptId>) {
         if !self.mask_always {
             self.bridge.set_masking(false);
@@ -640,10 +604,13 @@ impl Call {
             self.bridge.player().enqueue(audio);
             self.bridge.kick_player(now);
         }
-        if !matches!(self.agent, AgentLeg::Connected { .. } | AgentLeg::Inviting { .. }) {
-            self.hangup_when_quiet = true;
-            self.check_quiet_hangup(now);
-        }
+        let agent_on = matches!(self.agent, AgentLeg::Connected { .. } | AgentLeg::Inviting { .. });
+        self.when_quiet = match &self.after_capture {
+            AfterCapture::Transfer(uri) => WhenQuiet::Refer(uri.clone()),
+            AfterCapture::Bridge if agent_on => WhenQuiet::Nothing,
+            AfterCapture::Bridge | AfterCapture::Hangup => WhenQuiet::HangUp,
+        };
+        self.check_quiet(now);
     }
 
     fn abandon_capture(&mut self, reason: &str) {
@@ -653,10 +620,17 @@ impl Call {
         }
     }
 
-    fn check_quiet_hangup(&mut self, now: Instant) {
-        if self.hangup_when_quiet && !self.bridge.is_prompting() {
-            self.hangup_when_quiet = false;
-            self.hang_up_caller(now);
+    fn check_quiet(&mut self, now: Instant) {
+        if self.when_quiet == WhenQuiet::Nothing || self.bridge.is_prompting() {
+            return;
+        }
+        match std::mem::replace(&mut self.when_quiet, WhenQuiet::Nothing) {
+            WhenQuiet::HangUp => {
+                self.hang_up_caller(now);
+                self.hang_up_agent(now);
+            }
+            WhenQuiet::Refer(uri) => self.refer_caller(now, &uri),
+            WhenQuiet::Nothing => {}
         }
     }
 
@@ -664,23 +638,11 @@ impl Call {
         if matches!(self.caller, CallerLeg::Answering { .. } | CallerLeg::Confirmed) {
             let branch = self.next_branch();
             let bye = self.caller_dialog.request(Method::Bye, &branch).build();
-            self.send(LegId::Caller, bye.clone());
-            self.caller = CallerLeg::Ending { bye: Retransmit::non_invite(bye, now, self.timers) };
+            self.request(now, LegId::Caller, Purpose::Bye, Method::Bye, bye, &branch);
+            self.caller = CallerLeg::Ending;
+            self.session_timer = None;
+            self.refresh = None;
         }
-    }
-
-    fn hang_up_agent(&mut self, now: Instant) {
-        let branch = self.next_branch();
-        match std::mem::replace(&mut self.agent, AgentLeg::Ended) {
-            AgentLeg::Connected { mut dialog, .. } => {
-                let bye = dialog.request(Method::Bye, &branch).build();
-                self.send(LegId::Agent, bye.clone());
-                self.agent = AgentLeg::Ending { bye: Retransmit::non_invite(bye, now, self.timers) };
-            }
-            AgentLeg::Inviting { invite, .. } => self.send(LegId::Agent, invite.cancel()),
-            other => self.agent = other,
-        }
-        self.bridge.set_agent(None);
     }
 
     fn check_end(&mut self) {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use rtp_rs::{RtpPacketBuilder, Seq};
 
 use super::*;
+use crate::media::g711::Codec;
 use crate::media::telephone_event::TelephoneEvent;
 use crate::sip::message::{Response, parse};
 
@@ -41,9 +42,11 @@ fn config(agent: Option<&str>) -> CallConfig {
     let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
     CallConfig {
         local_sip: addr(5060),
+        caller_transport: Transport::Udp,
         caller_rtp: addr(20000),
         agent_rtp: addr(20002),
         agent_uri: agent.map(str::to_string),
+        after_capture: if agent.is_some() { AfterCapture::Bridge } else { AfterCapture::Hangup },
         fields: vec![FieldName::Pan, FieldName::Expiry, FieldName::Cvv],
         collector: CollectorConfig::default(),
         timers: Timers::default(),

@@ -10,6 +10,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use super::Shared;
+use super::transport::Flow;
 use crate::call::recording::STEREO_FRAME;
 use crate::call::{Call, CallEvent, Command, LegId, Output};
 use crate::capture::collector::CapturedCard;
@@ -23,7 +24,7 @@ pub struct CallTask {
     pub call: Call,
     pub session: SessionId,
     pub shared: Arc<Shared>,
-    pub caller_sip: SocketAddr,
+    pub caller: Flow,
     pub agent_sip: Option<SocketAddr>,
     pub caller_rtp: UdpSocket,
     pub agent_rtp: UdpSocket,
@@ -117,12 +118,9 @@ impl CallTask {
     fn flush(&mut self) {
         while let Some(out) = self.call.poll_output() {
             match out {
-                Output::Sip { leg, bytes } => {
-                    let to = match leg {
-                        LegId::Caller => Some(self.caller_sip),
-                        LegId::Agent => self.agent_sip,
-                    };
-                    if let Some(to) = to {
+                Output::Sip { leg: LegId::Caller, bytes } => self.shared.send_flow(&self.caller, &bytes),
+                Output::Sip { leg: LegId::Agent, bytes } => {
+                    if let Some(to) = self.agent_sip {
                         self.shared.send_sip(&bytes, to);
                     }
                 }
@@ -152,7 +150,7 @@ impl CallTask {
         let shared = self.shared.clone();
         let session = self.session.clone();
         let cmd = self.cmd_tx.clone();
-        let origin = format!("sip:{}", self.caller_sip);
+        let origin = format!("sip:{}", self.caller.remote);
         tokio::spawn(async move {
             let reference = shared.sessions.view(&session).map(|v| v.reference).unwrap_or_default();
             let actor_id = format!("call:{}", session.as_str());

@@ -1,7 +1,7 @@
-//! The SIP UDP endpoint (RFC 3261 §18): receives datagrams, answers what needs no call
-//! (malformed → 400, out-of-dialog OPTIONS → 200, unknown session → 404), routes the rest by
-//! Call-ID to the task that owns the call, and starts a call task for each new INVITE to a
-//! `pay-<session>` URI.
+//! The SIP endpoint (RFC 3261 §8.2, §18): takes messages from every transport, answers what
+//! needs no call statelessly (malformed → 400, out-of-dialog OPTIONS → 200, unknown session →
+//! 404, too many from one source → 503), routes the rest by Call-ID to the task that owns the
+//! call, and starts a call task for each new INVITE to a `pay-<session>` URI.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,12 +10,14 @@ use std::time::Instant;
 use tokio::sync::{mpsc, watch};
 
 use super::call_task::CallTask;
+use super::transport::Flow;
 use super::{Route, Shared, current_month};
-use crate::call::{Call, CallConfig, LegId};
+use crate::call::{AfterCapture, Call, CallConfig, LegId};
 use crate::session::SessionId;
 use crate::sip::message::{self, Method, Request, ResponseBuilder, SipMessage};
+use crate::sip::stream::Transport;
 
-const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO";
+const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, REFER, NOTIFY";
 
 pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut buf = vec![0u8; message::MAX_MESSAGE + 1];
@@ -31,60 +33,80 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             },
             _ = stop.wait_for(|s| *s) => return,
         };
-        let bytes = &buf[..n];
-        // Keep-alives (RFC 5626 §4.4.1 CRLF) and stray bytes are not messages.
-        if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-            continue;
+        receive(&shared, &buf[..n], &Flow::udp(from)).await;
+    }
+}
+
+/// One datagram or framed stream message from `flow`.
+pub async fn receive(shared: &Arc<Shared>, bytes: &[u8], flow: &Flow) {
+    // Keep-alives (RFC 5626 §4.4.1 CRLF) and stray bytes are not messages.
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return;
+    }
+    match message::parse(bytes) {
+        Ok(SipMessage::Request(mut req)) => {
+            req.stamp_source(flow.remote);
+            handle_request(shared, req, flow).await
         }
-        match message::parse(bytes) {
-            Ok(msg) => handle(&shared, msg, from).await,
-            Err(e) => {
-                tracing::info!(%from, error = %e, "malformed SIP message");
-                if let Some(resp) = message::bad_request(bytes, &e) {
-                    shared.send_sip(&resp, from);
-                }
+        Ok(SipMessage::Response(resp)) => {
+            if let Some(route) = shared.route(resp.call_id()) {
+                let _ = route.inbox.try_send((route.leg, SipMessage::Response(resp)));
+            }
+            // Otherwise a response for no call of ours (§18.1.2: discard).
+        }
+        Err(e) => {
+            tracing::info!(from = %flow.remote, error = %e, "malformed SIP message");
+            if let Some(resp) = message::bad_request(bytes, &e) {
+                // The 400 goes where the message came from: its Via may be what is broken.
+                shared.send_flow(flow, &resp);
             }
         }
     }
 }
 
-async fn handle(shared: &Arc<Shared>, msg: SipMessage, from: SocketAddr) {
-    let call_id = match &msg {
-        SipMessage::Request(r) => r.call_id(),
-        SipMessage::Response(r) => r.call_id(),
-    };
-    if let Some(route) = shared.route(call_id) {
+async fn handle_request(shared: &Arc<Shared>, req: Request, flow: &Flow) {
+    if let Some(route) = shared.route(req.call_id()) {
         // A call whose inbox is full is overwhelmed; UDP senders retransmit.
-        let _ = route.inbox.try_send((route.leg, msg));
+        let _ = route.inbox.try_send((route.leg, SipMessage::Request(req)));
         return;
     }
-    let SipMessage::Request(req) = msg else {
-        return; // a response for no call of ours (§18.1.2: discard)
-    };
-    let reply = |status: u16, reason: &str| shared.send_sip(&ResponseBuilder::new(&req, status, reason).build(), from);
+    let reply =
+        |status: u16, reason: &str| shared.reply(flow, &req, &ResponseBuilder::new(&req, status, reason).build());
+    if req.method() == Method::Ack {
+        return; // an ACK for nothing we know (or for a stateless error response)
+    }
+    if !shared.allow_source(flow.remote.ip()) {
+        let resp = ResponseBuilder::new(&req, 503, "Service Unavailable").header("Retry-After", "1").build();
+        return shared.reply(flow, &req, &resp);
+    }
     match req.method() {
-        Method::Invite if req.to_tag().is_none() => start_call(shared, &req, from).await,
-        Method::Options => shared.send_sip(
+        Method::Invite if req.to_tag().is_none() => start_call(shared, &req, flow).await,
+        Method::Options => shared.reply(
+            flow,
+            &req,
             &ResponseBuilder::new(&req, 200, "OK").header("Allow", ALLOW).header("Accept", "application/sdp").build(),
-            from,
         ),
         Method::Ack => {}
-        Method::Invite | Method::Bye | Method::Cancel | Method::Info => reply(481, "Call/Transaction Does Not Exist"),
-        Method::Other(_) => {
-            shared.send_sip(&ResponseBuilder::new(&req, 405, "Method Not Allowed").header("Allow", ALLOW).build(), from)
+        Method::Invite | Method::Bye | Method::Cancel | Method::Info | Method::Update | Method::Notify => {
+            reply(481, "Call/Transaction Does Not Exist")
         }
+        Method::Refer | Method::Other(_) => shared.reply(
+            flow,
+            &req,
+            &ResponseBuilder::new(&req, 405, "Method Not Allowed").header("Allow", ALLOW).build(),
+        ),
     }
 }
 
-async fn start_call(shared: &Arc<Shared>, invite: &Request, from: SocketAddr) {
-    let not_found = || shared.send_sip(&ResponseBuilder::new(invite, 404, "Not Found").build(), from);
+async fn start_call(shared: &Arc<Shared>, invite: &Request, flow: &Flow) {
+    let not_found = || shared.reply(flow, invite, &ResponseBuilder::new(invite, 404, "Not Found").build());
     let Some(session) = invite.uri_user().and_then(SessionId::from_sip_user) else {
         return not_found();
     };
     let Some((caller_rtp, agent_rtp)) = shared.ports.bind_pair().await else {
         tracing::warn!("RTP port range exhausted");
         let resp = ResponseBuilder::new(invite, 503, "Service Unavailable").header("Retry-After", "5").build();
-        return shared.send_sip(&resp, from);
+        return shared.reply(flow, invite, &resp);
     };
     let (sip_tx, sip_rx) = mpsc::channel(64);
     let (cmd_tx, cmd_rx) = mpsc::channel(16);
@@ -93,16 +115,18 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, from: SocketAddr) {
         // Unknown and already-used sessions get the same answer: no enumeration.
         Err(_) => return not_found(),
     };
-    let agent_sip = match &attached.agent_uri {
-        Some(uri) => resolve_sip_uri(uri).await,
-        None => None,
+    let agent_sip = match (&attached.agent_uri, &attached.after_capture) {
+        (Some(uri), AfterCapture::Bridge) => resolve_sip_uri(uri).await,
+        _ => None,
     };
     let local = |s: &tokio::net::UdpSocket| s.local_addr().unwrap_or(shared.sip_addr);
     let cfg = CallConfig {
         local_sip: shared.sip_addr,
+        caller_transport: flow.transport,
         caller_rtp: local(&caller_rtp),
         agent_rtp: local(&agent_rtp),
         agent_uri: attached.agent_uri.filter(|_| agent_sip.is_some()),
+        after_capture: attached.after_capture,
         fields: attached.fields,
         collector: shared.config.collector(),
         timers: shared.config.timers(),
@@ -115,10 +139,10 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, from: SocketAddr) {
     let call = match Call::accept(invite, cfg, Instant::now()) {
         Ok(c) => c,
         Err(refusal) => {
-            shared.send_sip(&refusal, from);
+            shared.reply(flow, invite, &refusal);
             shared.sessions.apply(
                 &session,
-                &crate::call::CallEvent::CaptureFailed { reason: "the caller's media offer was not acceptable".into() },
+                &crate::call::CallEvent::CaptureFailed { reason: "the caller's offer was not acceptable".into() },
             );
             return;
         }
@@ -128,12 +152,17 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, from: SocketAddr) {
         routes.insert(call.caller_call_id().to_string(), Route { leg: LegId::Caller, inbox: sip_tx.clone() });
         routes.insert(call.agent_call_id().to_string(), Route { leg: LegId::Agent, inbox: sip_tx });
     }
-    tracing::info!(session = session.as_str(), %from, agent = agent_sip.is_some(), "call answered");
+    // Over UDP the caller's leg answers where §18.2.2 says (its rport, or its Via port).
+    let caller = match flow.transport {
+        Transport::Udp => flow.to(invite.reply_address(flow.remote)),
+        _ => flow.clone(),
+    };
+    tracing::info!(session = session.as_str(), from = %flow.remote, transport = flow.transport.via_token(), agent = agent_sip.is_some(), "call answered");
     let task = CallTask {
         call,
         session,
         shared: shared.clone(),
-        caller_sip: from,
+        caller,
         agent_sip,
         caller_rtp,
         agent_rtp,

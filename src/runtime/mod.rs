@@ -1,10 +1,11 @@
-//! IO drivers: the SIP UDP endpoint, one task per call, the HTTP API server, and the wiring
-//! that starts and stops them together.
+//! IO drivers: the SIP transports and endpoint, one task per call, the HTTP API server, and
+//! the wiring that starts and stops them together.
 
 mod call_task;
 mod endpoint;
 pub mod ports;
 pub mod prompts;
+pub mod transport;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use crate::capture::card::YearMonth;
 use crate::config::Config;
 use crate::session::Sessions;
 use crate::sip::message::SipMessage;
+use crate::sip::rate_limit::SourceLimiter;
 use crate::vault::{Vault, VaultError, VaultOptions, webhook};
 use ports::PortPool;
 
@@ -31,6 +33,8 @@ pub enum ServerError {
     SipBind { addr: SocketAddr, why: String },
     #[error("cannot listen for HTTP on {addr}: {why}")]
     HttpBind { addr: SocketAddr, why: String },
+    #[error(transparent)]
+    Tls(#[from] transport::TlsError),
     #[error(transparent)]
     Vault(#[from] VaultError),
     #[error(transparent)]
@@ -57,6 +61,7 @@ pub struct Shared {
     sip_addr: SocketAddr,
     ports: PortPool,
     routes: Mutex<HashMap<String, Route>>,
+    limiter: Mutex<SourceLimiter>,
 }
 
 impl Shared {
@@ -76,6 +81,12 @@ impl Shared {
         }
     }
 
+    /// Per-source rate limit for new out-of-dialog requests.
+    fn allow_source(&self, ip: std::net::IpAddr) -> bool {
+        // Each critical section leaves the buckets consistent.
+        self.limiter.lock().unwrap_or_else(|p| p.into_inner()).allow(ip, std::time::Instant::now())
+    }
+
     pub fn active_calls(&self) -> usize {
         self.routes().values().filter(|r| r.leg == LegId::Caller).count()
     }
@@ -89,7 +100,9 @@ impl Shared {
 
 /// A running tonewall: SIP endpoint, call tasks and HTTP API.
 pub struct Server {
+    /// UDP, and TCP on the same address when `sip.tcp` is on.
     pub sip_addr: SocketAddr,
+    pub tls_addr: Option<SocketAddr>,
     pub http_addr: SocketAddr,
     pub shared: Arc<Shared>,
     stop: watch::Sender<bool>,
@@ -105,6 +118,24 @@ impl Server {
             .await
             .map_err(|e| ServerError::SipBind { addr: sip_listen, why: e.to_string() })?;
         let sip_addr = sip.local_addr().map_err(|e| ServerError::SipBind { addr: sip_listen, why: e.to_string() })?;
+        let sip_bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr).await.map_err(|e| ServerError::SipBind { addr, why: e.to_string() })
+        };
+        let tcp = if config.sip.tcp { Some(sip_bind(sip_addr).await?) } else { None };
+        let tls = match config.tls_listen_addr() {
+            Ok(Some(addr)) => {
+                let (cert, key) = config.tls_files();
+                let acceptor = transport::tls_acceptor(&cert, &key)?;
+                Some((sip_bind(addr).await?, acceptor))
+            }
+            _ => None,
+        };
+        let tls_addr = match &tls {
+            Some((l, _)) => {
+                Some(l.local_addr().map_err(|e| ServerError::SipBind { addr: sip_addr, why: e.to_string() })?)
+            }
+            None => None,
+        };
         let http_listen = config.http.listen;
         let http = TcpListener::bind(http_listen)
             .await
@@ -115,6 +146,7 @@ impl Server {
             if config.sip.public_host.is_empty() { sip_addr.to_string() } else { config.sip.public_host.clone() };
         let ports = PortPool::new(sip_addr.ip(), config.media.rtp_port_min, config.media.rtp_port_max);
         let sessions = Arc::new(Sessions::default());
+        let config_rate = config.sip.rate_per_source;
         let shared = Arc::new(Shared {
             config,
             sessions: sessions.clone(),
@@ -124,10 +156,17 @@ impl Server {
             sip_addr,
             ports,
             routes: Mutex::new(HashMap::new()),
+            limiter: Mutex::new(SourceLimiter::new(config_rate)),
         });
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(endpoint::run(shared.clone(), stop_rx.clone())));
+        if let Some(l) = tcp {
+            tasks.push(tokio::spawn(transport::listen(shared.clone(), l, None, stop_rx.clone())));
+        }
+        if let Some((l, acceptor)) = tls {
+            tasks.push(tokio::spawn(transport::listen(shared.clone(), l, Some(acceptor), stop_rx.clone())));
+        }
         let limits = Arc::new(api::cards::Limits::new(
             shared.config.vault.detokenize_per_minute,
             shared.config.vault.bulk_alarm_per_hour,
@@ -161,8 +200,8 @@ impl Server {
             }
         }));
         tasks.push(tokio::spawn(vault_upkeep(vault, stop_rx)));
-        tracing::info!(sip = %sip_addr, http = %http_addr, "tonewall listening");
-        Ok(Server { sip_addr, http_addr, shared, stop, tasks })
+        tracing::info!(sip = %sip_addr, tls = ?tls_addr, http = %http_addr, "tonewall listening");
+        Ok(Server { sip_addr, tls_addr, http_addr, shared, stop, tasks })
     }
 
     /// Hangs up every call (BYE), waits up to `grace` for them to end, then stops.

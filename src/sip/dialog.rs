@@ -2,6 +2,7 @@
 //! the in-dialog requests built from them (§12.2.1.1), including the ACK for a 2xx (§13.2.2.4).
 
 use super::message::{Method, Request, RequestBuilder, Response, uri_of};
+use super::stream::Transport;
 
 #[derive(Debug, Clone)]
 pub struct Dialog {
@@ -19,6 +20,8 @@ pub struct Dialog {
     remote_cseq: Option<u32>,
     /// Our host:port for Via and Contact.
     local_addr: String,
+    /// The transport our requests in this dialog go out on.
+    transport: Transport,
 }
 
 /// A header value without its `;tag=` parameter.
@@ -31,7 +34,7 @@ fn strip_tag(value: &str) -> String {
 
 impl Dialog {
     /// The UAS half, from an INVITE we answer with a 2xx carrying `local_tag`.
-    pub fn uas(invite: &Request, local_tag: &str, local_addr: &str) -> Dialog {
+    pub fn uas(invite: &Request, local_tag: &str, local_addr: &str, transport: Transport) -> Dialog {
         Dialog {
             call_id: invite.call_id().to_string(),
             local_tag: local_tag.to_string(),
@@ -43,6 +46,7 @@ impl Dialog {
             local_cseq: 0,
             remote_cseq: Some(invite.cseq().seq),
             local_addr: local_addr.to_string(),
+            transport,
         }
     }
 
@@ -61,6 +65,7 @@ impl Dialog {
             local_cseq: invite_cseq,
             remote_cseq: None,
             local_addr: local_addr.to_string(),
+            transport: Transport::Udp,
         }
     }
 
@@ -100,7 +105,7 @@ impl Dialog {
 
     fn builder(&self, method: Method, seq: u32, branch: &str) -> RequestBuilder<'static> {
         let mut b = RequestBuilder::new(&method, &self.remote_target)
-            .header("Via", &format!("SIP/2.0/UDP {};branch={branch};rport", self.local_addr))
+            .header("Via", &format!("SIP/2.0/{} {};branch={branch};rport", self.transport.via_token(), self.local_addr))
             .header("Max-Forwards", "70")
             .header("From", &format!("{};tag={}", self.local_uri, self.local_tag))
             .header("To", &format!("{};tag={}", self.remote_uri, self.remote_tag))
@@ -109,7 +114,7 @@ impl Dialog {
         for r in &self.route_set {
             b = b.header("Route", r);
         }
-        b.header("Contact", &format!("<sip:tonewall@{}>", self.local_addr))
+        b.header("Contact", &format!("<sip:tonewall@{}{}>", self.local_addr, self.transport.uri_param()))
     }
 }
 
@@ -127,7 +132,7 @@ Call-ID: c1\r\nCSeq: 7 INVITE\r\nContact: <sip:caller@127.0.0.1:5070>\r\nContent
     #[test]
     fn uas_bye_targets_contact_with_route_set_and_swapped_tags() {
         let SipMessage::Request(inv) = parse(INVITE.as_bytes()).unwrap() else { panic!() };
-        let mut d = Dialog::uas(&inv, "tw1", "127.0.0.1:5060");
+        let mut d = Dialog::uas(&inv, "tw1", "127.0.0.1:5060", Transport::Udp);
         let bye = d.request(Method::Bye, "z9hG4bKb").build();
         let SipMessage::Request(bye) = parse(&bye).unwrap() else { panic!() };
         assert_eq!(bye.request_uri(), "sip:caller@127.0.0.1:5070");

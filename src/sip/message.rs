@@ -5,6 +5,7 @@
 //! the builders below, so their header order and casing are ours.
 
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 
 use rsipstack::sip as rs;
 use rsipstack::sip::{HasHeaders, Header};
@@ -42,6 +43,9 @@ pub enum Method {
     Cancel,
     Options,
     Info,
+    Refer,
+    Notify,
+    Update,
     Other(String),
 }
 
@@ -54,6 +58,9 @@ impl Method {
             "CANCEL" => Method::Cancel,
             "OPTIONS" => Method::Options,
             "INFO" => Method::Info,
+            "REFER" => Method::Refer,
+            "NOTIFY" => Method::Notify,
+            "UPDATE" => Method::Update,
             other => Method::Other(other.to_string()),
         }
     }
@@ -66,6 +73,9 @@ impl Method {
             Method::Cancel => "CANCEL",
             Method::Options => "OPTIONS",
             Method::Info => "INFO",
+            Method::Refer => "REFER",
+            Method::Notify => "NOTIFY",
+            Method::Update => "UPDATE",
             Method::Other(s) => s,
         }
     }
@@ -197,6 +207,54 @@ pub fn param(value: &str, name: &str) -> Option<String> {
     })
 }
 
+/// Whether `;name` (with or without a value) is among a header value's parameters.
+pub fn param_present(value: &str, name: &str) -> bool {
+    param(value, name).is_some()
+}
+
+/// `host[:port]` of a Via value: `SIP/2.0/UDP host:port;params`.
+pub fn via_sent_by(via: &str) -> &str {
+    let after_proto = via.trim_start().split_once(char::is_whitespace).map_or("", |(_, r)| r);
+    after_proto.split(';').next().unwrap_or("").trim()
+}
+
+/// The transport token of a Via value (`UDP`, `TCP`, `TLS`), upper-cased by the caller.
+pub fn via_transport(via: &str) -> &str {
+    via.trim_start().split(char::is_whitespace).next().unwrap_or("").rsplit('/').next().unwrap_or("")
+}
+
+/// `host` and `port` of `host[:port]`, IPv6 references kept in brackets.
+pub fn split_host_port(hostport: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = hostport.strip_prefix('[') {
+        let Some((h, after)) = rest.split_once(']') else { return (hostport, None) };
+        let host = &hostport[..h.len() + 2];
+        return (host, after.strip_prefix(':').and_then(|p| p.trim().parse().ok()));
+    }
+    match hostport.rsplit_once(':') {
+        Some((h, p)) => (h, p.trim().parse().ok()),
+        None => (hostport, None),
+    }
+}
+
+/// The ACK for a non-2xx final response to `invite` (§17.1.1.3): the INVITE's Request-URI,
+/// top Via, From, Call-ID, CSeq number and Route, with the response's To.
+pub fn ack_for(invite: &Request, response_to: &str) -> Vec<u8> {
+    let mut b = RequestBuilder::new(&Method::Ack, &invite.request_uri())
+        .header("Via", invite.top_via())
+        .header("Max-Forwards", "70")
+        .header("From", invite.from())
+        .header("To", response_to)
+        .header("Call-ID", invite.call_id())
+        .header("CSeq", &format!("{} ACK", invite.cseq().seq));
+    for r in invite.headers_named("Route") {
+        b = b.header("Route", r);
+    }
+    b.build()
+}
+
+/// The product name in Server and User-Agent: no version, so scanners learn nothing from it.
+pub const PRODUCT: &str = "tonewall";
+
 /// The URI inside a name-addr (`"Name" <sip:x@y>;tag=1`) or an addr-spec (`sip:x@y;tag=1`).
 pub fn uri_of(value: &str) -> &str {
     match (value.find('<'), value.find('>')) {
@@ -230,6 +288,14 @@ macro_rules! common_accessors {
             let top = self.common.vias[0].split(',').next().unwrap_or("");
             param(top, "branch")
         }
+        /// The first Via value (the first of a comma-separated list, too).
+        pub fn top_via(&self) -> &str {
+            self.common.vias[0].split(',').next().unwrap_or("").trim()
+        }
+        /// The top Via's sent-by (`host[:port]`, §18.2.2).
+        pub fn top_via_sent_by(&self) -> &str {
+            via_sent_by(self.top_via())
+        }
         pub fn body(&self) -> &[u8] {
             &self.inner.body
         }
@@ -256,6 +322,51 @@ impl Request {
 
     pub fn request_uri(&self) -> String {
         self.inner.uri.to_string()
+    }
+
+    /// Records where the request really came from in its top Via (§18.2.1, RFC 3581 §4):
+    /// `received` when the source address differs from sent-by or `rport` was asked for,
+    /// and the source port in an empty `rport`.
+    pub fn stamp_source(&mut self, source: SocketAddr) {
+        let top = self.top_via().to_string();
+        let (host, _) = split_host_port(via_sent_by(&top));
+        let wants_rport = param_present(&top, "rport");
+        let ip = source.ip().to_string();
+        let mut stamped = String::with_capacity(top.len() + 48);
+        for (i, p) in top.split(';').enumerate() {
+            let name = p.split('=').next().unwrap_or("").trim();
+            if i > 0 && (name.eq_ignore_ascii_case("rport") || name.eq_ignore_ascii_case("received")) {
+                continue;
+            }
+            if i > 0 {
+                stamped.push(';');
+            }
+            stamped.push_str(p);
+        }
+        if wants_rport || host.trim_matches(['[', ']']) != ip {
+            let _ = write!(stamped, ";received={ip}");
+        }
+        if wants_rport {
+            let _ = write!(stamped, ";rport={}", source.port());
+        }
+        let rest = self.common.vias[0].split_once(',').map(|(_, r)| format!(",{r}")).unwrap_or_default();
+        self.common.vias[0] = format!("{stamped}{rest}");
+    }
+
+    /// Where a response to this request goes over an unreliable transport (§18.2.2 with
+    /// RFC 3581 §4): `maddr` when it is an address, else the source address (`rport`), else
+    /// the source host and the sent-by port.
+    pub fn reply_address(&self, source: SocketAddr) -> SocketAddr {
+        let top = self.top_via();
+        let (_, port) = split_host_port(via_sent_by(top));
+        let port = port.unwrap_or(5060);
+        if let Some(maddr) = param(top, "maddr").and_then(|m| m.trim_matches(['[', ']']).parse().ok()) {
+            return SocketAddr::new(maddr, port);
+        }
+        match param(top, "rport").and_then(|p| p.parse::<u16>().ok()) {
+            Some(rport) => SocketAddr::new(source.ip(), rport),
+            None => SocketAddr::new(source.ip(), port),
+        }
     }
 
     /// The user part of the Request-URI (`pay-<session>` for transfer-ins).
@@ -318,7 +429,7 @@ impl<'a> ResponseBuilder<'a> {
                 let _ = write!(s, "To: {}\r\n", c.to);
             }
         }
-        let _ = write!(s, "Call-ID: {}\r\nCSeq: {}\r\n", c.call_id, c.cseq_raw);
+        let _ = write!(s, "Call-ID: {}\r\nCSeq: {}\r\nServer: {PRODUCT}\r\n", c.call_id, c.cseq_raw);
         s.push_str(&self.extra);
         finish(s, self.body)
     }
@@ -345,7 +456,8 @@ impl<'a> RequestBuilder<'a> {
         self
     }
 
-    pub fn build(self) -> Vec<u8> {
+    pub fn build(mut self) -> Vec<u8> {
+        let _ = write!(self.head, "User-Agent: {PRODUCT}\r\n");
         finish(self.head, self.body)
     }
 }

@@ -33,6 +33,41 @@ pub struct MediaParams {
     pub event_pt: Option<u8>,
 }
 
+/// Which way media flows, from the describing side's point of view (RFC 3264 §5.1, §8.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Direction {
+    #[default]
+    SendRecv,
+    SendOnly,
+    RecvOnly,
+    Inactive,
+}
+
+impl Direction {
+    /// The direction an answer gives to an offer's (§6.1): sendonly ↔ recvonly.
+    pub fn answer(self) -> Direction {
+        match self {
+            Direction::SendOnly => Direction::RecvOnly,
+            Direction::RecvOnly => Direction::SendOnly,
+            d => d,
+        }
+    }
+
+    /// Whether the describing side wants to receive media.
+    pub fn receives(self) -> bool {
+        matches!(self, Direction::SendRecv | Direction::RecvOnly)
+    }
+
+    fn attribute(self) -> &'static str {
+        match self {
+            Direction::SendRecv => "sendrecv",
+            Direction::SendOnly => "sendonly",
+            Direction::RecvOnly => "recvonly",
+            Direction::Inactive => "inactive",
+        }
+    }
+}
+
 /// An offer or answer, reduced to its first audio stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteDescription {
@@ -40,6 +75,7 @@ pub struct RemoteDescription {
     /// Supported audio codecs in the sender's order of preference.
     pub codecs: Vec<Codec>,
     pub event_pt: Option<u8>,
+    pub direction: Direction,
 }
 
 impl RemoteDescription {
@@ -87,7 +123,18 @@ impl RemoteDescription {
         if codecs.is_empty() {
             return Err(SdpError::NoCommonCodec);
         }
-        Ok(RemoteDescription { remote: SocketAddr::new(ip, port), codecs, event_pt })
+        // Media-level attributes win over session-level ones; c=0.0.0.0 is RFC 2543 hold.
+        let attr = |name: &str| media.attribute(name).is_some() || sd.attribute(name).is_some();
+        let direction = if ip.is_unspecified() || attr("inactive") {
+            Direction::Inactive
+        } else if attr("sendonly") {
+            Direction::SendOnly
+        } else if attr("recvonly") {
+            Direction::RecvOnly
+        } else {
+            Direction::SendRecv
+        };
+        Ok(RemoteDescription { remote: SocketAddr::new(ip, port), codecs, event_pt, direction })
     }
 
     /// RFC 3264 §6.1: answer with the offerer's first codec we support, and echo its
@@ -99,12 +146,25 @@ impl RemoteDescription {
 
 /// Our description of one audio stream: used for answers (one codec) and offers (several).
 pub fn write(local: SocketAddr, session_id: u64, codecs: &[Codec], event_pt: Option<u8>) -> String {
+    write_version(local, session_id, session_id, codecs, event_pt, Direction::SendRecv)
+}
+
+/// The same, for a later description in the session: `version` must grow with every change
+/// (RFC 3264 §8), and `direction` says whether we send, receive, both or neither.
+pub fn write_version(
+    local: SocketAddr,
+    session_id: u64,
+    version: u64,
+    codecs: &[Codec],
+    event_pt: Option<u8>,
+    direction: Direction,
+) -> String {
     let ip_kind = if local.is_ipv4() { "IP4" } else { "IP6" };
     let ip = local.ip();
     let mut fmts: Vec<String> = codecs.iter().map(|c| c.payload_type().to_string()).collect();
     fmts.extend(event_pt.map(|pt| pt.to_string()));
     let mut s = format!(
-        "v=0\r\no=tonewall {session_id} {session_id} IN {ip_kind} {ip}\r\ns=tonewall\r\nc=IN {ip_kind} {ip}\r\nt=0 0\r\nm=audio {} RTP/AVP {}\r\n",
+        "v=0\r\no=tonewall {session_id} {version} IN {ip_kind} {ip}\r\ns=tonewall\r\nc=IN {ip_kind} {ip}\r\nt=0 0\r\nm=audio {} RTP/AVP {}\r\n",
         local.port(),
         fmts.join(" ")
     );
@@ -114,7 +174,7 @@ pub fn write(local: SocketAddr, session_id: u64, codecs: &[Codec], event_pt: Opt
     if let Some(pt) = event_pt {
         let _ = write!(s, "a=rtpmap:{pt} telephone-event/8000\r\na=fmtp:{pt} 0-15\r\n");
     }
-    s.push_str("a=ptime:20\r\na=sendrecv\r\n");
+    let _ = write!(s, "a=ptime:20\r\na={}\r\n", direction.attribute());
     s
 }
 
@@ -147,6 +207,20 @@ a=rtpmap:96 telephone-event/8000\r\na=fmtp:96 0-16\r\n";
         assert_eq!(d.codecs, vec![Codec::Pcmu]);
         assert_eq!(d.event_pt, None);
         assert_eq!(d.remote, "127.0.0.2:7000".parse().unwrap());
+    }
+
+    #[test]
+    fn hold_directions() {
+        let d = |extra: &str| RemoteDescription::parse(format!("{OFFER}{extra}").as_bytes()).unwrap().direction;
+        assert_eq!(d(""), Direction::SendRecv);
+        assert_eq!(d("a=sendonly\r\n"), Direction::SendOnly);
+        assert_eq!(d("a=inactive\r\n"), Direction::Inactive);
+        let old_hold = OFFER.replace("c=IN IP4 127.0.0.1", "c=IN IP4 0.0.0.0");
+        assert_eq!(RemoteDescription::parse(old_hold.as_bytes()).unwrap().direction, Direction::Inactive);
+        assert_eq!(Direction::SendOnly.answer(), Direction::RecvOnly);
+        let ans = write_version("127.0.0.1:2".parse().unwrap(), 7, 9, &[Codec::Pcmu], None, Direction::RecvOnly);
+        assert!(ans.contains("o=tonewall 7 9 IN IP4") && ans.contains("a=recvonly\r\n"), "{ans}");
+        assert_eq!(RemoteDescription::parse(ans.as_bytes()).unwrap().direction, Direction::RecvOnly);
     }
 
     #[test]

@@ -1,0 +1,184 @@
+//! The agent's leg, where tonewall is the UAC (RFC 3261 §13.2): the INVITE in a client
+//! transaction (Timers A, B, D), the ACK for its 2xx from the dialog, CANCEL while it rings
+//! (§9.1) including a 200 that crosses the CANCEL (ACK, then BYE), and BYE either way.
+
+use std::time::Instant;
+
+use super::agent_invite::{AgentInvite, INVITE_CSEQ};
+use super::transactions::Purpose;
+use super::{AgentLeg, Call, CallEvent, Capture, LegId, WhenQuiet};
+use crate::media::g711::Codec;
+use crate::sip::dialog::Dialog;
+use crate::sip::message::{Method, Request, Response, ResponseBuilder, SipMessage, parse};
+use crate::sip::sdp::{self, MediaParams, RemoteDescription};
+use crate::sip::transaction::{ClientInvite, ClientInviteState, Delivery, Outcome};
+
+impl Call {
+    pub(super) fn dial_agent(&mut self, uri: String, now: Instant) {
+        let codec = self.caller_media.params.codec;
+        let other = if codec == Codec::Pcmu { Codec::Pcma } else { Codec::Pcmu };
+        let offer = sdp::write(self.agent_rtp, self.seed >> 2, &[codec, other], None);
+        let branch = self.next_branch();
+        let invite = AgentInvite::new(&uri, self.local_sip, &branch, &self.agent_tag, &self.agent_call_id, &offer);
+        let Ok(SipMessage::Request(parsed)) = parse(invite.bytes()) else {
+            // The URI was checked by the API; if it still makes a bad request, say so and go on
+            // without an agent.
+            self.event(CallEvent::AgentUnavailable { status: 400 });
+            return;
+        };
+        let tx = ClientInvite::new(parsed, invite.bytes().to_vec(), now, self.timers, false);
+        self.agent = AgentLeg::Inviting { tx, invite };
+        self.drain_agent_invite();
+    }
+
+    fn drain_agent_invite(&mut self) {
+        let mut out = Vec::new();
+        if let AgentLeg::Inviting { tx, .. } | AgentLeg::Cancelling { tx, .. } = &mut self.agent {
+            while let Some(b) = tx.poll_transmit() {
+                out.push(b);
+            }
+        }
+        for b in out {
+            self.send(LegId::Agent, b);
+        }
+    }
+
+    pub(super) fn agent_request(&mut self, now: Instant, req: &Request) {
+        let in_dialog = matches!(&self.agent, AgentLeg::Connected { dialog, .. } if dialog.matches(req));
+        match req.method() {
+            Method::Bye if in_dialog => {
+                self.reply(now, LegId::Agent, req, 200, "OK");
+                self.agent = AgentLeg::Ended;
+                self.bridge.set_agent(None);
+                self.event(CallEvent::AgentHungUp);
+                if !matches!(self.capture, Capture::Collecting(_) | Capture::Tokenizing) {
+                    self.hang_up_caller(now);
+                }
+            }
+            Method::Ack => {}
+            Method::Options => self.reply(now, LegId::Agent, req, 200, "OK"),
+            Method::Bye => self.reply(now, LegId::Agent, req, 481, "Call/Transaction Does Not Exist"),
+            _ => {
+                let resp = ResponseBuilder::new(req, 501, "Not Implemented").build();
+                self.respond(now, LegId::Agent, req, 501, resp);
+            }
+        }
+    }
+
+    pub(super) fn agent_response(&mut self, now: Instant, resp: &Response) {
+        if resp.cseq().method != Method::Invite {
+            return;
+        }
+        let status = resp.status();
+        match &mut self.agent {
+            AgentLeg::Inviting { tx, .. } | AgentLeg::Cancelling { tx, .. } if tx.matches(resp) => {
+                let delivery = tx.handle_response(now, resp);
+                self.drain_agent_invite();
+                if delivery == Delivery::Absorbed {
+                    return;
+                }
+                match status {
+                    100..=199 => {}
+                    200..=299 => self.agent_answered(now, resp),
+                    _ => {
+                        let cancelled = matches!(self.agent, AgentLeg::Cancelling { .. });
+                        self.agent = AgentLeg::Ended;
+                        if !cancelled {
+                            self.event(CallEvent::AgentUnavailable { status });
+                            self.after_agent_lost(now);
+                        }
+                    }
+                }
+            }
+            AgentLeg::Connected { ack, .. } if (200..300).contains(&status) => {
+                // Our ACK was lost: the 2xx is retransmitted, answer it again (§13.2.2.4).
+                let ack = ack.clone();
+                self.send(LegId::Agent, ack);
+            }
+            _ => {}
+        }
+    }
+
+    /// The agent's 2xx: ACK it; then bridge, or, when we had already cancelled (the 200
+    /// crossed our CANCEL), hang up at once with BYE (§9.1, §15).
+    fn agent_answered(&mut self, now: Instant, resp: &Response) {
+        let cancelled = matches!(self.agent, AgentLeg::Cancelling { .. });
+        let mut dialog = Dialog::uac(resp, INVITE_CSEQ, &self.local_sip.to_string());
+        let branch = self.next_branch();
+        let ack = dialog.ack(INVITE_CSEQ, &branch);
+        self.send(LegId::Agent, ack.clone());
+        let answer = RemoteDescription::parse(resp.body());
+        match answer {
+            Ok(answer) if !cancelled => {
+                let p = answer.negotiate();
+                self.bridge.set_agent(Some(MediaParams { event_pt: None, ..p }));
+                self.agent = AgentLeg::Connected { dialog, ack };
+                self.event(CallEvent::AgentAnswered);
+            }
+            other => {
+                let branch = self.next_branch();
+                let bye = dialog.request(Method::Bye, &branch).build();
+                self.request(now, LegId::Agent, Purpose::Bye, Method::Bye, bye, &branch);
+                self.agent = AgentLeg::Ending;
+                if other.is_err() && !cancelled {
+                    self.event(CallEvent::AgentUnavailable { status: 488 });
+                }
+            }
+        }
+    }
+
+    pub(super) fn agent_timeout(&mut self, now: Instant) {
+        let ended = match &mut self.agent {
+            AgentLeg::Inviting { tx, .. } => {
+                tx.handle_timeout(now);
+                matches!(tx.state(), ClientInviteState::Terminated(_)).then(|| tx.state())
+            }
+            // No final answer 64·T1 after our CANCEL: the INVITE is given up (§9.1).
+            AgentLeg::Cancelling { tx, give_up } => {
+                tx.handle_timeout(now);
+                let done = matches!(tx.state(), ClientInviteState::Terminated(_)) || now >= *give_up;
+                done.then(|| tx.state())
+            }
+            _ => None,
+        };
+        self.drain_agent_invite();
+        if let Some(state) = ended {
+            let was_inviting = matches!(self.agent, AgentLeg::Inviting { .. });
+            self.agent = AgentLeg::Ended;
+            if was_inviting && state == ClientInviteState::Terminated(Outcome::TimedOut) {
+                // Timer B: the agent never answered.
+                self.event(CallEvent::AgentUnavailable { status: 408 });
+                self.after_agent_lost(now);
+            }
+        }
+    }
+
+    /// With no agent to talk to, a caller whose capture has ended is hung up.
+    fn after_agent_lost(&mut self, now: Instant) {
+        if !matches!(self.capture, Capture::Collecting(_) | Capture::Tokenizing)
+            && self.when_quiet == WhenQuiet::Nothing
+        {
+            self.when_quiet = WhenQuiet::HangUp;
+            self.check_quiet(now);
+        }
+    }
+
+    pub(super) fn hang_up_agent(&mut self, now: Instant) {
+        match std::mem::replace(&mut self.agent, AgentLeg::Ended) {
+            AgentLeg::Connected { mut dialog, .. } => {
+                let branch = self.next_branch();
+                let bye = dialog.request(Method::Bye, &branch).build();
+                self.request(now, LegId::Agent, Purpose::Bye, Method::Bye, bye, &branch);
+                self.agent = AgentLeg::Ending;
+            }
+            AgentLeg::Inviting { tx, invite } => {
+                // The INVITE transaction runs on: a 2xx that crosses the CANCEL gets ACK and BYE.
+                let branch = invite.branch().to_string();
+                self.request(now, LegId::Agent, Purpose::Cancel, Method::Cancel, invite.cancel(), &branch);
+                self.agent = AgentLeg::Cancelling { tx, give_up: now + 64 * self.timers.t1 };
+            }
+            other => self.agent = other,
+        }
+        self.bridge.set_agent(None);
+    }
+}

@@ -1,0 +1,384 @@
+//! The caller's leg, where tonewall is the UAS (RFC 3261 §12–§15): in-dialog requests,
+//! re-INVITE and UPDATE for hold, resume and codec change (RFC 3264 §8, RFC 3311), 491 glare
+//! (§14.1), session timers (RFC 4028) and the transfer back by REFER with its NOTIFY sipfrag
+//! (RFC 3515 §2.4.4–§2.4.5).
+
+use std::time::{Duration, Instant};
+
+use super::transactions::Purpose;
+use super::{Call, CallEvent, CallerLeg, Capture, EndReason, LegId};
+use crate::sip::message::{Method, Request, Response, ResponseBuilder};
+use crate::sip::sdp::{self, Direction, MediaParams, RemoteDescription};
+use crate::sip::session_timer::{self, MIN_SE, Negotiation, Refresher, SessionTimer};
+use crate::sip::transaction::{ClientInvite, ClientInviteState, Delivery, Outcome, Retransmit};
+
+pub(super) const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, REFER, NOTIFY";
+
+/// The caller's side of the offer/answer: what we send it, and which way.
+pub(super) struct Negotiated {
+    pub params: MediaParams,
+    /// Our direction in the last answer.
+    pub direction: Direction,
+    /// The o= version of our last description (RFC 3264 §8).
+    pub version: u64,
+}
+
+/// A running session timer and when it next needs us.
+pub(super) struct Timer {
+    pub timer: SessionTimer,
+    pub next: Instant,
+}
+
+/// The transfer back to the agent (RFC 3515).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Transfer {
+    Idle,
+    /// REFER sent, no final answer yet.
+    Referring,
+    /// 202 Accepted: waiting for the NOTIFY that reports the outcome.
+    Accepted,
+    Done,
+}
+
+/// 422 for a Session-Expires below our Min-SE (RFC 4028 §8.1).
+pub(super) fn too_small(req: &Request) -> Vec<u8> {
+    ResponseBuilder::new(req, 422, "Session Interval Too Small").header("Min-SE", &MIN_SE.to_string()).build()
+}
+
+impl Call {
+    pub(super) fn caller_contact(&self) -> String {
+        format!("<sip:tonewall@{}{}>", self.local_sip, self.caller_transport.uri_param())
+    }
+
+    /// The 2xx with our SDP answer (and session timer) to an INVITE or re-INVITE, resent
+    /// until its ACK.
+    pub(super) fn answer_offer(&mut self, now: Instant, req: &Request, local_tag: &str) {
+        let m = &self.caller_media;
+        let answer = sdp::write_version(
+            self.caller_rtp,
+            self.seed >> 1,
+            m.version,
+            &[m.params.codec],
+            m.params.event_pt,
+            m.direction,
+        );
+        let contact = self.caller_contact();
+        let mut b = ResponseBuilder::new(req, 200, "OK")
+            .to_tag(local_tag)
+            .header("Contact", &contact)
+            .header("Allow", ALLOW)
+            .header("Supported", "timer");
+        let expires = self.session_timer.as_ref().map(|t| (t.timer.header(), t.timer.refresher));
+        if let Some((value, refresher)) = &expires {
+            b = b.header("Session-Expires", value);
+            if *refresher == Refresher::Peer {
+                b = b.header("Require", "timer");
+            }
+        }
+        let ok = b.body("application/sdp", answer.as_bytes()).build();
+        self.respond(now, LegId::Caller, req, 200, ok.clone());
+        self.caller = CallerLeg::Answering { ok: Retransmit::invite_2xx(ok, now, self.timers), branch: req.branch() };
+    }
+
+    pub(super) fn caller_request(&mut self, now: Instant, req: &Request) {
+        let in_dialog = self.caller_dialog.matches(req);
+        if in_dialog && !self.caller_dialog.accept_remote_cseq(req) {
+            return self.reply(now, LegId::Caller, req, 500, "Server Internal Error"); // §12.2.2
+        }
+        let answering_branch = match &self.caller {
+            CallerLeg::Answering { branch, .. } => branch.clone(),
+            _ => None,
+        };
+        match req.method() {
+            Method::Invite if req.branch().is_some() && req.branch() == answering_branch => {
+                // A retransmitted INVITE: the dialog resends its unacknowledged 2xx.
+                if let CallerLeg::Answering { ok, .. } = &self.caller {
+                    let bytes = ok.bytes().to_vec();
+                    self.send(LegId::Caller, bytes);
+                }
+            }
+            Method::Ack => {
+                if matches!(self.caller, CallerLeg::Answering { .. }) && in_dialog {
+                    self.caller = CallerLeg::Confirmed;
+                }
+            }
+            Method::Bye if in_dialog => {
+                self.reply(now, LegId::Caller, req, 200, "OK");
+                self.caller = CallerLeg::Ended;
+                self.abandon_capture("the caller hung up");
+                self.hang_up_agent(now);
+                self.event(CallEvent::Ended(EndReason::CallerHungUp));
+            }
+            Method::Cancel => {
+                // The INVITE was answered at once, so there is nothing left to cancel: 200 to
+                // the CANCEL, the INVITE keeps its 200 (§9.2). An unknown one gets 481.
+                let ours = req.branch().is_some() && req.branch() == self.caller_invite_branch;
+                if ours {
+                    self.reply(now, LegId::Caller, req, 200, "OK");
+                } else {
+                    self.reply(now, LegId::Caller, req, 481, "Call/Transaction Does Not Exist");
+                }
+            }
+            Method::Options => {
+                let resp = ResponseBuilder::new(req, 200, "OK")
+                    .header("Allow", ALLOW)
+                    .header("Accept", "application/sdp")
+                    .header("Supported", "timer")
+                    .build();
+                self.respond(now, LegId::Caller, req, 200, resp);
+            }
+            Method::Info if in_dialog => {
+                self.reply(now, LegId::Caller, req, 200, "OK");
+                if let Some(key) = super::dtmf_relay_key(req) {
+                    self.on_key(key, now);
+                }
+            }
+            Method::Invite | Method::Update if in_dialog => self.renegotiate(now, req),
+            Method::Notify if in_dialog => self.on_notify(now, req),
+            Method::Bye | Method::Info | Method::Invite | Method::Update | Method::Notify => {
+                self.reply(now, LegId::Caller, req, 481, "Call/Transaction Does Not Exist");
+            }
+            Method::Refer | Method::Other(_) => {
+                let resp = ResponseBuilder::new(req, 405, "Method Not Allowed").header("Allow", ALLOW).build();
+                self.respond(now, LegId::Caller, req, 405, resp);
+            }
+        }
+    }
+
+    /// A re-INVITE or UPDATE from the caller: hold, resume, codec change or a session
+    /// refresh. A refused offer leaves the session as it was (§14.2).
+    fn renegotiate(&mut self, now: Instant, req: &Request) {
+        let is_invite = req.method() == Method::Invite;
+        if is_invite && self.refresh.as_ref().is_some_and(|r| r.state() == ClientInviteState::Calling) {
+            // Our own re-INVITE is out: glare (§14.1).
+            return self.reply(now, LegId::Caller, req, 491, "Request Pending");
+        }
+        if is_invite && matches!(self.caller, CallerLeg::Answering { .. }) {
+            // The previous 2xx is not acknowledged yet (§14.2).
+            let resp = ResponseBuilder::new(req, 500, "Server Internal Error").header("Retry-After", "1").build();
+            return self.respond(now, LegId::Caller, req, 500, resp);
+        }
+        if !matches!(self.caller, CallerLeg::Confirmed | CallerLeg::Answering { .. }) {
+            return self.reply(now, LegId::Caller, req, 481, "Call/Transaction Does Not Exist");
+        }
+        let timer = match session_timer::negotiate(req) {
+            Negotiation::TooSmall => {
+                let resp = too_small(req);
+                return self.respond(now, LegId::Caller, req, 422, resp);
+            }
+            Negotiation::None => None,
+            Negotiation::Timer(t) => Some(Timer { timer: t, next: t.deadline(now) }),
+        };
+        if !req.body().is_empty() {
+            let offer = match RemoteDescription::parse(req.body()) {
+                Ok(o) => o,
+                Err(e) => {
+                    let resp = ResponseBuilder::new(req, 488, "Not Acceptable Here")
+                        .header("Warning", &format!("304 tonewall \"{e}\""))
+                        .build();
+                    return self.respond(now, LegId::Caller, req, 488, resp);
+                }
+            };
+            let params = offer.negotiate();
+            let was_held = matches!(self.caller_media.direction, Direction::RecvOnly | Direction::Inactive);
+            let direction = offer.direction.answer();
+            if params != self.caller_media.params || direction != self.caller_media.direction {
+                self.caller_media.version += 1;
+            }
+            self.caller_media.params = params;
+            self.caller_media.direction = direction;
+            self.bridge.set_caller(params, offer.direction.receives());
+            let held = !offer.direction.receives();
+            if held != was_held {
+                self.event(CallEvent::Hold { on: held });
+            }
+        }
+        self.session_timer = timer;
+        let tag = self.caller_dialog.local_tag.clone();
+        self.answer_offer(now, req, &tag);
+        if !is_invite {
+            // UPDATE has no ACK: its 2xx goes through the transaction only (RFC 3311 §5.2).
+            self.caller = CallerLeg::Confirmed;
+        }
+    }
+
+    /// Responses on the caller's leg that no non-INVITE transaction took: those to our
+    /// refreshing re-INVITE.
+    pub(super) fn caller_response(&mut self, now: Instant, resp: &Response) {
+        if resp.cseq().method != Method::Invite {
+            return;
+        }
+        let Some(tx) = self.refresh.as_mut().filter(|t| t.matches(resp)) else {
+            // A 2xx to an earlier refresh again: its ACK again (§13.2.2.4).
+            if (200..300).contains(&resp.status())
+                && let Some(ack) = self.refresh_ack.clone()
+            {
+                self.send(LegId::Caller, ack);
+            }
+            return;
+        };
+        if tx.handle_response(now, resp) == Delivery::Absorbed {
+            self.drain_refresh();
+            return;
+        }
+        self.drain_refresh();
+        match resp.status() {
+            100..=199 => {}
+            200..=299 => {
+                let branch = self.next_branch();
+                let ack = self.caller_dialog.ack(resp.cseq().seq, &branch);
+                self.send(LegId::Caller, ack.clone());
+                self.refresh_ack = Some(ack);
+                self.refresh = None;
+                if let Some(t) = &mut self.session_timer {
+                    t.next = t.timer.deadline(now);
+                }
+            }
+            491 => {
+                // Glare: try again after 0–2 s, the wait for a dialog we did not start (§14.1).
+                self.refresh = None;
+                if let Some(t) = &mut self.session_timer {
+                    t.next = now + Duration::from_millis(self.seed.rotate_left(self.branches as u32) % 2000);
+                }
+            }
+            _ => {
+                self.refresh = None;
+                self.end_everything(now, "the session refresh failed");
+            }
+        }
+    }
+
+    fn drain_refresh(&mut self) {
+        while let Some(b) = self.refresh.as_mut().and_then(ClientInvite::poll_transmit) {
+            self.send(LegId::Caller, b);
+        }
+    }
+
+    /// Session timer and refresh re-INVITE timeouts.
+    pub(super) fn session_timeout(&mut self, now: Instant) {
+        if let Some(tx) = &mut self.refresh {
+            tx.handle_timeout(now);
+            let timed_out = tx.state() == ClientInviteState::Terminated(Outcome::TimedOut);
+            self.drain_refresh();
+            if timed_out {
+                self.refresh = None;
+                self.end_everything(now, "the caller did not answer the session refresh");
+            }
+            return;
+        }
+        let Some(t) = &self.session_timer else { return };
+        if now < t.next || !matches!(self.caller, CallerLeg::Confirmed | CallerLeg::Answering { .. }) {
+            return;
+        }
+        match t.timer.refresher {
+            Refresher::Peer => {
+                self.session_timer = None;
+                self.end_everything(now, "the caller's session expired");
+                self.event(CallEvent::Ended(EndReason::SessionExpired));
+            }
+            Refresher::Us => self.send_refresh(now, t.timer),
+        }
+    }
+
+    /// A re-INVITE with our current description, unchanged (RFC 4028 §7.4).
+    fn send_refresh(&mut self, now: Instant, timer: SessionTimer) {
+        let m = &self.caller_media;
+        let sdp = sdp::write_version(
+            self.caller_rtp,
+            self.seed >> 1,
+            m.version,
+            &[m.params.codec],
+            m.params.event_pt,
+            m.direction,
+        );
+        let branch = self.next_branch();
+        let bytes = self
+            .caller_dialog
+            .request(Method::Invite, &branch)
+            .header("Session-Expires", &timer.header())
+            .header("Supported", "timer")
+            .body("application/sdp", sdp.as_bytes())
+            .build();
+        match crate::sip::message::parse(&bytes) {
+            Ok(crate::sip::message::SipMessage::Request(invite)) => {
+                let reliable = self.reliable(LegId::Caller);
+                self.refresh = Some(ClientInvite::new(invite, bytes, now, self.timers, reliable));
+                self.drain_refresh();
+            }
+            _ => {
+                // Our own request always parses; if it ever did not, end cleanly, loudly.
+                tracing::error!("could not build the session refresh");
+                self.end_everything(now, "the session refresh could not be built");
+            }
+        }
+    }
+
+    /// Sends the caller back to `uri` (RFC 3515 §2.4.1).
+    pub(super) fn refer_caller(&mut self, now: Instant, uri: &str) {
+        if !matches!(self.caller, CallerLeg::Confirmed | CallerLeg::Answering { .. }) {
+            return;
+        }
+        let branch = self.next_branch();
+        let referred_by = format!("<sip:tonewall@{}>", self.local_sip);
+        let refer = self
+            .caller_dialog
+            .request(Method::Refer, &branch)
+            .header("Refer-To", &format!("<{uri}>"))
+            .header("Referred-By", &referred_by)
+            .build();
+        self.request(now, LegId::Caller, Purpose::Refer, Method::Refer, refer, &branch);
+        self.transfer = Transfer::Referring;
+        self.event(CallEvent::Transferring);
+    }
+
+    pub(super) fn on_refer_answer(&mut self, now: Instant, status: u16) {
+        if self.transfer != Transfer::Referring {
+            return;
+        }
+        if (200..300).contains(&status) {
+            self.transfer = Transfer::Accepted;
+        } else {
+            self.transfer_failed(now, status);
+        }
+    }
+
+    /// NOTIFY for the REFER's implicit subscription: its message/sipfrag body carries the
+    /// status line of the transfer INVITE (RFC 3515 §2.4.5).
+    fn on_notify(&mut self, now: Instant, req: &Request) {
+        let is_refer = req
+            .header("Event")
+            .or_else(|| req.header("o"))
+            .is_some_and(|e| e.split(';').next().is_some_and(|p| p.trim().eq_ignore_ascii_case("refer")));
+        if !is_refer || !matches!(self.transfer, Transfer::Referring | Transfer::Accepted) {
+            let resp = ResponseBuilder::new(req, 489, "Bad Event").build();
+            return self.respond(now, LegId::Caller, req, 489, resp);
+        }
+        self.reply(now, LegId::Caller, req, 200, "OK");
+        let status = std::str::from_utf8(req.body())
+            .ok()
+            .and_then(|b| b.trim_start().strip_prefix("SIP/2.0 "))
+            .and_then(|rest| rest.get(..3))
+            .and_then(|code| code.parse::<u16>().ok());
+        match status {
+            Some(200..=299) => {
+                self.transfer = Transfer::Done;
+                self.abandon_capture("the caller was transferred");
+                self.hang_up_caller(now);
+                self.hang_up_agent(now);
+                self.event(CallEvent::Ended(EndReason::Transferred));
+            }
+            Some(s) if s >= 300 => self.transfer_failed(now, s),
+            _ => {}
+        }
+    }
+
+    /// A transfer that failed leaves the caller with nobody: they hear the end of the call.
+    fn transfer_failed(&mut self, now: Instant, status: u16) {
+        self.transfer = Transfer::Done;
+        self.event(CallEvent::TransferFailed { status });
+        if !matches!(self.capture, Capture::Collecting(_) | Capture::Tokenizing) {
+            self.hang_up_caller(now);
+            self.hang_up_agent(now);
+        }
+    }
+}

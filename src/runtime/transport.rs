@@ -1,0 +1,239 @@
+//! SIP transports (RFC 3261 §18): the UDP socket, TCP and TLS listeners and one task per
+//! stream connection. Every message, whatever it came on, reaches `endpoint::receive` with
+//! the `Flow` that answers it: responses and in-dialog requests to a caller go back on the
+//! connection its INVITE came on. TLS is rustls with the ring provider, TLS 1.2 and 1.3.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
+
+use super::{Shared, endpoint};
+use crate::sip::message::{self, MessageError};
+use crate::sip::stream::{Decoder, Transport};
+
+/// Messages queued for one connection before further ones are dropped (the peer is stuck).
+const CONNECTION_QUEUE: usize = 256;
+/// How long a TLS handshake may take.
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Error)]
+pub enum TlsError {
+    #[error("TLS {what} {path}: {why} (for development: `tonewall keys tls-dev`)")]
+    Read { what: &'static str, path: String, why: String },
+    #[error("TLS configuration refused: {0}")]
+    Config(String),
+}
+
+/// Where a message came from and how to reach that peer again.
+#[derive(Clone, Debug)]
+pub struct Flow {
+    pub transport: Transport,
+    pub remote: SocketAddr,
+    /// The connection's writer, for TCP and TLS.
+    conn: Option<mpsc::Sender<Vec<u8>>>,
+}
+
+impl Flow {
+    pub fn udp(remote: SocketAddr) -> Flow {
+        Flow { transport: Transport::Udp, remote, conn: None }
+    }
+
+    /// The same flow, answering UDP at another address (§18.2.2).
+    pub fn to(&self, remote: SocketAddr) -> Flow {
+        Flow { remote, ..self.clone() }
+    }
+}
+
+impl Shared {
+    /// Sends on a flow. A stream whose queue is full or closed loses the message, as UDP
+    /// would; the transaction layer retransmits or times out.
+    pub(super) fn send_flow(&self, flow: &Flow, bytes: &[u8]) {
+        match &flow.conn {
+            None => self.send_sip(bytes, flow.remote),
+            Some(conn) => {
+                if conn.try_send(bytes.to_vec()).is_err() {
+                    tracing::warn!(to = %flow.remote, "SIP connection closed or full; message dropped");
+                }
+            }
+        }
+    }
+
+    /// A response to `req`: back on its connection, or over UDP per §18.2.2 with rport.
+    pub(super) fn reply(&self, flow: &Flow, req: &message::Request, bytes: &[u8]) {
+        match flow.transport {
+            Transport::Udp => self.send_sip(bytes, req.reply_address(flow.remote)),
+            _ => self.send_flow(flow, bytes),
+        }
+    }
+}
+
+/// Loads the certificate chain and key for the TLS listener.
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
+    let unreadable = |what, path: &Path, why: String| TlsError::Read { what, path: path.display().to_string(), why };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| unreadable("certificate", cert, e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| unreadable("certificate", cert, e.to_string()))?;
+    if certs.is_empty() {
+        return Err(unreadable("certificate", cert, "no certificate in the file".into()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| unreadable("key", key, e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Writes a self-signed certificate for localhost, 127.0.0.1 and ::1 and its key (mode 0600),
+/// for development and tests only.
+pub fn write_dev_pair(cert: &Path, key: &Path) -> Result<(), TlsError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let pair = rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Config(e.to_string()))?;
+    let unwritable = |path: &Path, e: std::io::Error| TlsError::Read {
+        what: "output",
+        path: path.display().to_string(),
+        why: e.to_string(),
+    };
+    for (path, text, mode) in [(cert, pair.cert.pem(), 0o644), (key, pair.signing_key.serialize_pem(), 0o600)] {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| unwritable(dir, e))?;
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(path)
+            .map_err(|e| unwritable(path, e))?;
+        f.write_all(text.as_bytes()).map_err(|e| unwritable(path, e))?;
+    }
+    Ok(())
+}
+
+/// Accepts TCP (or, with `tls`, TLS) connections until `stop`, at most
+/// `sip.max_connections` at once.
+pub async fn listen(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(shared.config.sip.max_connections));
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let (tcp, remote) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors, typically: back off instead of spinning.
+                tracing::warn!(error = %e, "SIP accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%remote, "SIP connection refused: sip.max_connections reached");
+            continue; // dropping the socket closes it
+        };
+        let _ = tcp.set_nodelay(true);
+        let (shared, tls, stop) = (shared.clone(), tls.clone(), stop.clone());
+        tokio::spawn(async move {
+            match tls {
+                None => serve(shared, tcp, Transport::Tcp, remote, stop).await,
+                Some(acceptor) => match tokio::time::timeout(HANDSHAKE_LIMIT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => serve(shared, stream, Transport::Tls, remote, stop).await,
+                    Ok(Err(e)) => tracing::info!(%remote, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::info!(%remote, "TLS handshake timed out"),
+                },
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// One connection: frames what arrives, answers unframeable input with 400 and closes, and
+/// closes when idle with no call using it.
+async fn serve<S>(
+    shared: Arc<Shared>,
+    stream: S,
+    transport: Transport,
+    remote: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(CONNECTION_QUEUE);
+    let writer = tokio::spawn(async move {
+        while let Some(b) = rx.recv().await {
+            if wr.write_all(&b).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    let flow = Flow { transport, remote, conn: Some(tx) };
+    let idle = Duration::from_secs(shared.config.sip.idle_timeout_s);
+    let mut decoder = Decoder::default();
+    let mut buf = vec![0u8; 16 * 1024];
+    'connection: loop {
+        let read = tokio::select! {
+            r = rd.read(&mut buf) => Some(r),
+            _ = tokio::time::sleep(idle) => None,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let n = match read {
+            Some(Ok(0) | Err(_)) => break,
+            Some(Ok(n)) => n,
+            // Idle; calls hold a clone of the writer while they last.
+            None if flow.conn.as_ref().is_some_and(|c| c.strong_count() > 1) => continue,
+            None => {
+                tracing::debug!(%remote, "idle SIP connection closed");
+                break;
+            }
+        };
+        decoder.push(&buf[..n]);
+        while let Some(framed) = decoder.next_message() {
+            match framed {
+                Ok(bytes) => endpoint::receive(&shared, &bytes, &flow).await,
+                Err(e) => {
+                    tracing::info!(%remote, error = %e, "unframeable SIP stream; closing");
+                    if let Ok(msg) = std::str::from_utf8(decoder_head(&buf[..n])) {
+                        let why = MessageError::Parse(e.to_string());
+                        if let Some(resp) = message::bad_request(msg.as_bytes(), &why) {
+                            shared.send_flow(&flow, &resp);
+                        }
+                    }
+                    break 'connection;
+                }
+            }
+        }
+    }
+    drop(flow);
+    // The writer ends once every call holding this connection has let go of it.
+    let _ = writer.await;
+}
+
+/// The head of the last chunk read, for a best-effort 400 before closing.
+fn decoder_head(chunk: &[u8]) -> &[u8] {
+    let end = chunk.windows(4).position(|w| w == b"\r\n\r\n").map_or(chunk.len(), |i| i + 4);
+    &chunk[..end]
+}
