@@ -210,7 +210,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cfg.sip.listen = sip_listen.unwrap_or(cfg.sip.listen);
             cfg.http.listen = http_listen.unwrap_or(cfg.http.listen);
             let server = Server::start(cfg).await?;
-            println!("tonewall serving: SIP udp:{}  HTTP http://{}", server.sip_addr, server.http_addr);
+            let tcp = if server.shared.config.sip.tcp { format!(" tcp:{}", server.sip_addr) } else { String::new() };
+            let tls = server.tls_addr.map(|a| format!(" tls:{a}")).unwrap_or_default();
+            println!("tonewall serving: SIP udp:{}{tcp}{tls}  HTTP http://{}", server.sip_addr, server.http_addr);
             tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
             tracing::info!("shutting down: hanging up active calls");
             server.shutdown(Duration::from_secs(5)).await;

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod sipp;
 
 use std::path::Path;
 use std::time::Duration;
@@ -132,7 +133,10 @@ pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
 pub struct ServeProcess {
     pub child: std::process::Child,
     pub base: String,
+    /// UDP, and TCP on the same port.
     pub sip: std::net::SocketAddr,
+    /// With `sip.tls_listen` set.
+    pub tls: Option<std::net::SocketAddr>,
 }
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tonewall");
@@ -178,14 +182,15 @@ impl ServeProcess {
             let _ = tx.send(line);
         });
         let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
-        // "tonewall serving: SIP udp:127.0.0.1:P  HTTP http://127.0.0.1:Q"
+        // "tonewall serving: SIP udp:127.0.0.1:P tcp:127.0.0.1:P [tls:127.0.0.1:T]  HTTP http://127.0.0.1:Q"
         let field = |tag: &str| line.split_whitespace().find_map(|w| w.strip_prefix(tag)).map(str::to_string);
         let (Some(sip), Some(http)) = (field("udp:"), field("http://")) else {
             let _ = child.kill();
             let log = std::fs::read_to_string(log).unwrap_or_default();
             panic!("serve did not start: {line:?}\n{log}");
         };
-        ServeProcess { child, base: format!("http://{http}"), sip: sip.parse().unwrap() }
+        let tls = field("tls:").and_then(|t| t.parse().ok());
+        ServeProcess { child, base: format!("http://{http}"), sip: sip.parse().unwrap(), tls }
     }
 
     pub fn kill(mut self) {

@@ -1,0 +1,228 @@
+//! tonewall's SIP edge against sipp (Debian `sip-tester`), the independent peer, on the real
+//! `tonewall serve` binary: a basic call over UDP, TCP and TLS, the first 200 lost, re-INVITE
+//! hold and resume, BYE from either side, a B2BUA call with sipp as both caller and agent,
+//! CANCEL toward a ringing agent, and the transfer back with REFER. Every run is one call on
+//! loopback, bounded by sipp's own timeouts.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::sipp::{self, free_udp_port, keypad_pcap};
+use common::{ServeProcess, http, require_tool, tonewall, wait_final, write_config};
+
+const KEYPAD: &str = "4111111111111111#,1230,321";
+
+struct Edge {
+    dir: tempfile::TempDir,
+    serve: ServeProcess,
+    key: String,
+}
+
+impl Edge {
+    fn start(tls: bool) -> Edge {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let (ok, key, err) =
+            tonewall(&["api-key", "create", "--role", "agent", "--data-dir", data.to_str().unwrap()], &[]);
+        assert!(ok, "{err}");
+        let mut replace = vec![];
+        if tls {
+            let (ok, _, err) = tonewall(&["keys", "tls-dev", "--data-dir", data.to_str().unwrap()], &[]);
+            assert!(ok, "{err}");
+            replace.push(("tls_listen = \"\"", "tls_listen = \"127.0.0.1:0\""));
+        }
+        let config = write_config(dir.path(), &replace);
+        let serve = ServeProcess::start(&config, &data, &dir.path().join("server.log"), &[("RUST_LOG", "debug")]);
+        Edge { dir, serve, key: key.trim().to_string() }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A session; returns its id and the SIP user of its transfer URI.
+    async fn session(&self, extra: &str) -> (String, String) {
+        let body = format!(r#"{{"fields":["pan","expiry","cvv"],"reference":"edge"{extra}}}"#);
+        let (s, v) = http("POST", &format!("{}/v1/sessions", self.serve.base), Some(&self.key), Some(&body)).await;
+        assert_eq!(s, 201, "{v}");
+        let id = v["id"].as_str().unwrap().to_string();
+        (id.clone(), format!("pay-{id}"))
+    }
+
+    async fn session_view(&self, id: &str) -> serde_json::Value {
+        wait_final(&self.serve.base, &self.key, id, Duration::from_secs(10)).await
+    }
+
+    /// sipp as the caller toward `target` with `scenario` (after substitutions).
+    fn caller(
+        &self,
+        scenario: &str,
+        subs: &[(&str, &str)],
+        user: &str,
+        target: &str,
+        extra: &[&str],
+    ) -> sipp::KillOnDrop {
+        let path = sipp::scenario(self.path(), scenario, subs);
+        let mut args = vec![target, "-s", user];
+        args.extend_from_slice(extra);
+        sipp::spawn(self.path(), &path, free_udp_port(1), &args)
+    }
+
+    fn keypad_pcap(&self) -> PathBuf {
+        let pcap = self.path().join("keypad.pcap");
+        std::fs::write(&pcap, keypad_pcap(KEYPAD)).unwrap();
+        pcap
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.path().join("server.log")).unwrap_or_default()
+    }
+}
+
+fn ended_by_caller(v: &serde_json::Value) {
+    assert_eq!(v["state"], "failed", "{v}");
+    assert_eq!(v["error"], "the caller hung up", "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn basic_call_over_udp_and_tcp_caller_hangs_up() {
+    let edge = Edge::start(false);
+    let target = edge.serve.sip.to_string();
+    for transport in ["u1", "t1"] {
+        let (id, user) = edge.session("").await;
+        let sipp = edge.caller("basic_call.xml", &[("PAUSE_MS", "1000")], &user, &target, &["-t", transport]);
+        sipp::passed(sipp, edge.path(), transport).await;
+        ended_by_caller(&edge.session_view(&id).await);
+    }
+    let log = edge.log();
+    assert!(log.lines().any(|l| l.contains("call answered") && l.contains("TCP")), "a call came over TCP:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn basic_call_over_tls() {
+    require_tool("socat", "apt-get install -y socat");
+    let edge = Edge::start(true);
+    let tls = edge.serve.tls.expect("serve listens for TLS");
+    // Debian's sipp has no TLS: sipp speaks TCP to socat, which is the TLS client and checks
+    // tonewall's certificate against the development pair.
+    let front = common::sipp::free_tcp_port();
+    let cert = edge.path().join("data/tls/cert.pem");
+    let socat = Command::new("socat")
+        .arg(format!("TCP-LISTEN:{front},bind=127.0.0.1,reuseaddr"))
+        .arg(format!("OPENSSL:{tls},cafile={},verify=1,openssl-min-proto-version=TLS1.2", cert.display()))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn socat");
+    let _socat = sipp::KillOnDrop(Some(socat));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (id, user) = edge.session("").await;
+    let sipp =
+        edge.caller("basic_call.xml", &[("PAUSE_MS", "1000")], &user, &format!("127.0.0.1:{front}"), &["-t", "t1"]);
+    sipp::passed(sipp, edge.path(), "TLS").await;
+    ended_by_caller(&edge.session_view(&id).await);
+    let log = edge.log();
+    assert!(log.lines().any(|l| l.contains("call answered") && l.contains("TLS")), "the call came over TLS:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn first_200_lost_is_sent_again_until_the_ack() {
+    let edge = Edge::start(false);
+    let (id, user) = edge.session("").await;
+    let trace = edge.path().join("messages.log");
+    let extra = ["-trace_msg", "-message_file", trace.to_str().unwrap()];
+    let sipp = edge.caller("first_200_lost.xml", &[("PAUSE_MS", "2500")], &user, &edge.serve.sip.to_string(), &extra);
+    sipp::passed(sipp, edge.path(), "first 200 lost").await;
+    ended_by_caller(&edge.session_view(&id).await);
+    // sipp traces each message it receives, retransmissions too: the 200 at 0, 0.5 and 1.5 s
+    // before the ACK, and none in the 2.5 s after it.
+    let trace = std::fs::read_to_string(&trace).unwrap();
+    let oks = trace
+        .split("-----------------------------------------------")
+        .filter(|m| m.contains("message received") && m.contains("SIP/2.0 200 OK") && m.contains("CSeq: 1 INVITE"))
+        .count();
+    assert_eq!(oks, 3, "the INVITE's 200 arrived {oks} times:\n{trace}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reinvite_hold_and_resume() {
+    let edge = Edge::start(false);
+    let (id, user) = edge.session("").await;
+    let sipp = edge.caller("hold_resume.xml", &[("PAUSE_MS", "300")], &user, &edge.serve.sip.to_string(), &[]);
+    sipp::passed(sipp, edge.path(), "hold and resume").await;
+    let v = edge.session_view(&id).await;
+    ended_by_caller(&v);
+    assert_eq!(v["on_hold"], false, "resumed before the end: {v}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tonewall_hangs_up_after_capture() {
+    let edge = Edge::start(false);
+    let (id, user) = edge.session("").await;
+    let pcap = edge.keypad_pcap();
+    let sipp = edge.caller(
+        "pay_by_keypad.xml",
+        &[("PCAP_FILE", pcap.to_str().unwrap())],
+        &user,
+        &edge.serve.sip.to_string(),
+        &[],
+    );
+    sipp::passed(sipp, edge.path(), "BYE from tonewall").await;
+    let v = edge.session_view(&id).await;
+    assert_eq!(v["state"], "completed", "{v}");
+    assert_eq!(v["result"]["last4"], "1111");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn b2bua_call_with_sipp_as_caller_and_agent() {
+    let edge = Edge::start(false);
+    let agent_port = free_udp_port(1);
+    let agent = sipp::spawn(edge.path(), &sipp::scenario(edge.path(), "agent_answers.xml", &[]), agent_port, &[]);
+    let (id, user) = edge.session(&format!(r#","agent_uri":"sip:agent@127.0.0.1:{agent_port}""#)).await;
+    let pcap = edge.keypad_pcap();
+    let caller = edge.caller(
+        "pay_then_hang_up.xml",
+        &[("PCAP_FILE", pcap.to_str().unwrap())],
+        &user,
+        &edge.serve.sip.to_string(),
+        &[],
+    );
+    sipp::passed(caller, edge.path(), "B2BUA caller").await;
+    sipp::passed(agent, edge.path(), "B2BUA agent").await;
+    let v = edge.session_view(&id).await;
+    assert_eq!(v["state"], "completed", "{v}");
+    assert_eq!(v["after_capture"], "bridge");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ringing_agent_is_cancelled_when_the_caller_hangs_up() {
+    let edge = Edge::start(false);
+    let agent_port = free_udp_port(1);
+    let agent = sipp::spawn(edge.path(), &sipp::scenario(edge.path(), "agent_cancelled.xml", &[]), agent_port, &[]);
+    let (id, user) = edge.session(&format!(r#","agent_uri":"sip:agent@127.0.0.1:{agent_port}""#)).await;
+    let caller = edge.caller("basic_call.xml", &[("PAUSE_MS", "1500")], &user, &edge.serve.sip.to_string(), &[]);
+    sipp::passed(caller, edge.path(), "caller").await;
+    sipp::passed(agent, edge.path(), "cancelled agent").await;
+    ended_by_caller(&edge.session_view(&id).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refer_back_to_the_agent_after_capture() {
+    let edge = Edge::start(false);
+    let agent_uri = "sip:agent@127.0.0.1:5099";
+    let (id, user) = edge.session(&format!(r#","after_capture":"transfer","transfer_uri":"{agent_uri}""#)).await;
+    let pcap = edge.keypad_pcap();
+    let sipp = edge.caller(
+        "refer_back.xml",
+        &[("PCAP_FILE", pcap.to_str().unwrap()), ("REFER_TO", agent_uri)],
+        &user,
+        &edge.serve.sip.to_string(),
+        &[],
+    );
+    sipp::passed(sipp, edge.path(), "REFER back").await;
+    let v = edge.session_view(&id).await;
+    assert_eq!(v["state"], "completed", "{v}");
+    assert_eq!(v["transferred"], true, "{v}");
+}
