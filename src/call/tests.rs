@@ -311,3 +311,196 @@ Content-Type: {ct}\r\nContent-Length: {}\r\n\r\n{body}",
     });
     assert_eq!(done.as_deref(), Some("•••• •••• •••• 1111"));
 }
+
+/// An in-dialog request from the caller with extra headers and a body.
+fn caller_with(call: &Call, method: &str, cseq: u32, headers: &str, ct: &str, body: &str) -> SipMessage {
+    let text = format!(
+        "{method} sip:tonewall@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK{method}{cseq}\r\n\
+From: <sip:caller@127.0.0.1:5070>;tag=ct\r\nTo: <sip:pay-1@127.0.0.1:5060>;tag={}\r\nCall-ID: caller-1\r\nCSeq: {cseq} {method}\r\n\
+{headers}Content-Type: {ct}\r\nContent-Length: {}\r\n\r\n{body}",
+        call.caller_dialog.local_tag,
+        body.len()
+    );
+    parse(text.as_bytes()).unwrap()
+}
+
+fn invite_with(headers: &str) -> Request {
+    let text = format!(
+        "INVITE sip:pay-1@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKc1\r\n\
+From: <sip:caller@127.0.0.1:5070>;tag=ct\r\nTo: <sip:pay-1@127.0.0.1:5060>\r\nCall-ID: caller-1\r\nCSeq: 1 INVITE\r\n\
+Contact: <sip:caller@127.0.0.1:5070>\r\n{headers}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{OFFER}",
+        OFFER.len()
+    );
+    match parse(text.as_bytes()).unwrap() {
+        SipMessage::Request(r) => r,
+        SipMessage::Response(_) => unreachable!(),
+    }
+}
+
+/// Runs the call's timers up to `until`, collecting what it sends and reports.
+fn run_until(call: &mut Call, until: Instant) -> (Vec<(LegId, String)>, Vec<CallEvent>) {
+    let (mut sip, mut events) = (vec![], vec![]);
+    while let Some(due) = call.poll_timeout() {
+        if due > until {
+            break;
+        }
+        call.handle_timeout(due);
+        let (s, e) = drain(call);
+        sip.extend(s);
+        events.extend(e);
+    }
+    (sip, events)
+}
+
+#[test]
+fn reinvite_holds_and_resumes_and_held_caller_gets_no_audio() {
+    let t = crate::test_origin();
+    let mut call = Call::accept(&invite(OFFER), config(None), t).unwrap();
+    call.handle_sip(t, LegId::Caller, caller_request(&call, "ACK", 1));
+    drain(&mut call);
+    let hold = format!("{OFFER}a=sendonly\r\n").replace("o=- 1 1", "o=- 1 2");
+    call.handle_sip(t, LegId::Caller, caller_with(&call, "INVITE", 2, "", "application/sdp", &hold));
+    let (sip, events) = drain(&mut call);
+    let ok = &sip.iter().find(|(_, s)| s.starts_with("SIP/2.0 200")).expect("200 to the re-INVITE").1;
+    assert!(ok.contains("a=recvonly\r\n") && ok.contains("CSeq: 2 INVITE"), "{ok}");
+    assert!(events.iter().any(|e| matches!(e, CallEvent::Hold { on: true })));
+    call.handle_sip(t, LegId::Caller, caller_request(&call, "ACK", 2));
+    // The card-number prompt runs on in time but nothing goes to the held caller.
+    call.handle_timeout(t + Duration::from_millis(20));
+    let mut to_caller = 0;
+    while let Some(p) = call.poll_packet() {
+        to_caller += usize::from(p.leg == LegId::Caller);
+    }
+    assert_eq!(to_caller, 0);
+    // Resume with a codec change to PCMA.
+    let resume = OFFER.replace("RTP/AVP 0 101", "RTP/AVP 8 101").replace("a=rtpmap:0 PCMU", "a=rtpmap:8 PCMA");
+    call.handle_sip(t, LegId::Caller, caller_with(&call, "INVITE", 3, "", "application/sdp", &resume));
+    let (sip, events) = drain(&mut call);
+    let ok = &sip.iter().find(|(_, s)| s.starts_with("SIP/2.0 200")).unwrap().1;
+    assert!(ok.contains("a=sendrecv\r\n") && ok.contains("m=audio 20000 RTP/AVP 8 101"), "{ok}");
+    assert!(events.iter().any(|e| matches!(e, CallEvent::Hold { on: false })));
+    // A broken offer is refused and changes nothing (§14.2).
+    call.handle_sip(t, LegId::Caller, caller_request(&call, "ACK", 3));
+    call.handle_sip(t, LegId::Caller, caller_with(&call, "INVITE", 4, "", "application/sdp", "v=0\r\n"));
+    assert!(drain(&mut call).0[0].1.starts_with("SIP/2.0 488"));
+}
+
+#[test]
+fn session_timer_without_refresh_ends_the_call() {
+    let t = crate::test_origin();
+    let inv = invite_with("Supported: timer\r\nSession-Expires: 90\r\n");
+    // A caller slow enough that capture does not time out first.
+    let slow = CollectorConfig { first_digit: Duration::from_secs(600), ..CollectorConfig::default() };
+    let mut call = Call::accept(&inv, CallConfig { collector: slow, ..config(None) }, t).unwrap();
+    let (sip, _) = drain(&mut call);
+    let ok = &sip.iter().find(|(_, s)| s.starts_with("SIP/2.0 200")).unwrap().1;
+    assert!(ok.contains("Session-Expires: 90;refresher=uac\r\n") && ok.contains("Require: timer\r\n"), "{ok}");
+    call.handle_sip(t, LegId::Caller, caller_request(&call, "ACK", 1));
+    // A refresh (UPDATE) at 40 s moves the deadline; none after it ends the call at 100 s.
+    let at40 = t + Duration::from_secs(40);
+    run_until(&mut call, at40);
+    call.handle_sip(
+        at40,
+        LegId::Caller,
+        caller_with(&call, "UPDATE", 2, "Supported: timer\r\nSession-Expires: 90\r\n", "text/plain", ""),
+    );
+    assert!(drain(&mut call).0.iter().any(|(_, s)| s.starts_with("SIP/2.0 200")));
+    let (sip, events) = run_until(&mut call, t + Duration::from_secs(99));
+    assert!(!sip.iter().any(|(_, s)| s.starts_with("BYE")), "the refresh moved the deadline");
+    assert!(!events.iter().any(|e| matches!(e, CallEvent::Ended(_))));
+    let (sip, events) = run_until(&mut call, t + Duration::from_secs(101));
+    assert!(sip.iter().any(|(_, s)| s.starts_with("BYE sip:caller@127.0.0.1:5070")));
+    assert!(events.iter().any(|e| matches!(e, CallEvent::Ended(EndReason::SessionExpired))));
+    let small = invite_with("Session-Expires: 30\r\n");
+    let Err(refusal) = Call::accept(&small, config(None), t) else { panic!("accepted 30 s") };
+    assert!(String::from_utf8(refusal).unwrap().starts_with("SIP/2.0 422"));
+}
+
+#[test]
+fn we_refresh_when_asked_and_glare_gets_491_both_ways() {
+    let t = crate::test_origin();
+    let mut call = Call::accept(&invite_with("Session-Expires: 90;refresher=uas\r\n"), config(None), t).unwrap();
+    call.handle_sip(t, LegId::Caller, caller_request(&call, "ACK", 1));
+    drain(&mut call);
+    let (sip, _) = run_until(&mut call, t + Duration::from_secs(45));
+    let reinvite =
+        sip.iter().find(|(_, s)| s.starts_with("INVITE sip:caller@127.0.0.1:5070")).expect("refresh").1.clone();
+    assert!(reinvite.contains("Session-Expires: 90;refresher=uas") && reinvite.contains("CSeq: 1 INVITE"));
+    // The caller's own re-INVITE crosses ours: 491 (§14.1).
+    let now = t + Duration::from_secs(45);
+    call.handle_sip(now, LegId::Caller, caller_with(&call, "INVITE", 2, "", "application/sdp", OFFER));
+    assert!(drain(&mut call).0.iter().any(|(_, s)| s.starts_with("SIP/2.0 491")));
+    // Ours gets 491 as well: we try again within 2 s, and ACK the 200 that follows.
+    call.handle_sip(now, LegId::Caller, response_to(&reinvite, 491, "ct", ""));
+    let (sip, _) = drain(&mut call);
+    assert!(sip.iter().any(|(_, s)| s.starts_with("ACK") && s.contains("CSeq: 1 ACK")), "ACK for the 491: {sip:?}");
+    let (sip, _) = run_until(&mut call, now + Duration::from_secs(2));
+    let retry = sip.iter().find(|(_, s)| s.starts_with("INVITE")).expect("retried").1.clone();
+    assert!(retry.contains("CSeq: 2 INVITE"));
+    call.handle_sip(now, LegId::Caller, response_to(&retry, 200, "ct", OFFER));
+    let (sip, _) = drain(&mut call);
+    assert!(sip.iter().any(|(_, s)| s.starts_with("ACK sip:caller") && s.contains("CSeq: 2 ACK")));
+    assert!(!call.is_ended());
+}
+
+#[test]
+fn transfer_back_with_refer_and_notify_sipfrag() {
+    let t = crate::test_origin();
+    let cfg = CallConfig { after_capture: AfterCapture::Transfer("sip:agent@127.0.0.1:5080".into()), ..config(None) };
+    let mut call = Call::accept(&invite(OFFER), cfg, t).unwrap();
+    call.handle_sip(t, LegId::Caller, caller_request(&call, "ACK", 1));
+    drain(&mut call);
+    key_all(&mut call, "4111111111111111#1230123", t);
+    drain(&mut call);
+    call.handle_command(t, Command::Tokenized { ok: true });
+    let (sip, events) = run_until(&mut call, t + Duration::from_millis(400));
+    let refer = sip.iter().find(|(_, s)| s.starts_with("REFER sip:caller@127.0.0.1:5070")).expect("REFER").1.clone();
+    assert!(refer.contains("Refer-To: <sip:agent@127.0.0.1:5080>\r\n"), "{refer}");
+    assert!(events.iter().any(|e| matches!(e, CallEvent::Transferring)));
+    call.handle_sip(t, LegId::Caller, response_to(&refer, 202, "ct", ""));
+    let frag = "SIP/2.0 100 Trying\r\n";
+    call.handle_sip(t, LegId::Caller, caller_with(&call, "NOTIFY", 2, "Event: refer\r\n", "message/sipfrag", frag));
+    let (sip, _) = drain(&mut call);
+    assert!(sip[0].1.starts_with("SIP/2.0 200") && sip.len() == 1, "{sip:?}");
+    let frag = "SIP/2.0 200 OK\r\n";
+    call.handle_sip(t, LegId::Caller, caller_with(&call, "NOTIFY", 3, "Event: refer\r\n", "message/sipfrag", frag));
+    let (sip, events) = drain(&mut call);
+    assert!(sip.iter().any(|(_, s)| s.starts_with("BYE sip:caller")), "{sip:?}");
+    assert!(events.iter().any(|e| matches!(e, CallEvent::Ended(EndReason::Transferred))));
+}
+
+#[test]
+fn cancel_crossed_by_the_agents_200_gets_ack_and_bye() {
+    let t = crate::test_origin();
+    let mut call = Call::accept(&invite(OFFER), config(Some("sip:agent@127.0.0.1:5080")), t).unwrap();
+    let (sip, _) = drain(&mut call);
+    let agent_invite = sip.iter().find(|(leg, _)| *leg == LegId::Agent).unwrap().1.clone();
+    call.handle_sip(t, LegId::Agent, response_to(&agent_invite, 180, "ag", ""));
+    call.handle_sip(t, LegId::Caller, caller_request(&call, "BYE", 2));
+    let (sip, _) = drain(&mut call);
+    assert!(sip.iter().any(|(leg, s)| *leg == LegId::Agent && s.starts_with("CANCEL sip:agent")), "{sip:?}");
+    let answer = "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 7000 RTP/AVP 0\r\n";
+    call.handle_sip(t, LegId::Agent, response_to(&agent_invite, 200, "ag", answer));
+    let (sip, _) = drain(&mut call);
+    let lines: Vec<&str> = sip.iter().filter(|(l, _)| *l == LegId::Agent).map(|(_, s)| first_line(s)).collect();
+    assert_eq!(lines, vec!["ACK sip:agent@127.0.0.1:5080 SIP/2.0", "BYE sip:agent@127.0.0.1:5080 SIP/2.0"]);
+    assert!(!call.is_ended(), "until the agent answers the BYE");
+}
+
+#[test]
+fn timeouts_end_the_call_cleanly() {
+    // Timer B: an agent that never answers is given up after 64·T1.
+    let t = crate::test_origin();
+    let mut call = Call::accept(&invite(OFFER), config(Some("sip:agent@127.0.0.1:5080")), t).unwrap();
+    call.handle_sip(t, LegId::Caller, caller_request(&call, "ACK", 1));
+    drain(&mut call);
+    let (sip, events) = run_until(&mut call, t + Duration::from_secs(33));
+    assert_eq!(sip.iter().filter(|(l, s)| *l == LegId::Agent && s.starts_with("INVITE")).count(), 6, "Timer A");
+    assert!(events.iter().any(|e| matches!(e, CallEvent::AgentUnavailable { status: 408 })));
+    // Timer F: a caller that never answers our BYE; the call still ends, so its ports go.
+    call.handle_command(t + Duration::from_secs(33), Command::Hangup);
+    drain(&mut call);
+    let (_, events) = run_until(&mut call, t + Duration::from_secs(70));
+    assert!(call.is_ended());
+    assert!(events.iter().any(|e| matches!(e, CallEvent::Ended(_))));
+}
