@@ -114,14 +114,11 @@ impl Server {
         let vault = Arc::new(Vault::open(VaultOptions::from_config(&config)).await?);
         let prompts = Arc::new(prompts::english()?);
         let sip_listen = config.sip.listen;
-        let sip = UdpSocket::bind(sip_listen)
-            .await
-            .map_err(|e| ServerError::SipBind { addr: sip_listen, why: e.to_string() })?;
+        let (sip, tcp) = bind_sip(sip_listen, config.sip.tcp).await?;
         let sip_addr = sip.local_addr().map_err(|e| ServerError::SipBind { addr: sip_listen, why: e.to_string() })?;
         let sip_bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr).await.map_err(|e| ServerError::SipBind { addr, why: e.to_string() })
         };
-        let tcp = if config.sip.tcp { Some(sip_bind(sip_addr).await?) } else { None };
         let tls = match config.tls_listen_addr() {
             Ok(Some(addr)) => {
                 let (cert, key) = config.tls_files();
@@ -218,6 +215,27 @@ impl Server {
             let _ = t.await;
         }
     }
+}
+
+/// The SIP UDP socket and, with `tcp`, a TCP listener on the same port. With port 0 the OS
+/// picks the UDP port, which may be taken for TCP (by an outgoing connection, say): then
+/// another is tried, a bounded number of times.
+async fn bind_sip(listen: SocketAddr, tcp: bool) -> Result<(UdpSocket, Option<TcpListener>), ServerError> {
+    let fail = |why: String| ServerError::SipBind { addr: listen, why };
+    let attempts = if listen.port() == 0 { 50 } else { 1 };
+    let mut last = String::new();
+    for _ in 0..attempts {
+        let udp = UdpSocket::bind(listen).await.map_err(|e| fail(e.to_string()))?;
+        if !tcp {
+            return Ok((udp, None));
+        }
+        let addr = udp.local_addr().map_err(|e| fail(e.to_string()))?;
+        match TcpListener::bind(addr).await {
+            Ok(l) => return Ok((udp, Some(l))),
+            Err(e) => last = format!("TCP on {addr}: {e}"),
+        }
+    }
+    Err(fail(last))
 }
 
 /// The vault's background work, every second: keys another process made, records still under
