@@ -270,3 +270,32 @@ async fn call_owned(sip: std::net::SocketAddr, uri: String, keypad: &'static str
         .await
         .expect("call placed")
 }
+
+#[tokio::test]
+async fn tcp_frames_by_content_length_and_refuses_a_message_without_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = TestServer::start().await;
+    let mut conn = tokio::net::TcpStream::connect(t.server.sip_addr).await.unwrap();
+    // Two OPTIONS in one write, the second split across two: two answers on the connection.
+    let options = request("OPTIONS", "tonewall", "").replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    let both = format!("{options}{options}");
+    let (first, second) = both.as_bytes().split_at(options.len() + 20);
+    conn.write_all(first).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    conn.write_all(second).await.unwrap();
+    let mut got = String::new();
+    let mut buf = [0u8; 4096];
+    while got.matches("SIP/2.0 200 OK").count() < 2 {
+        let n = tokio::time::timeout(Duration::from_secs(2), conn.read(&mut buf)).await.expect("answers").unwrap();
+        assert!(n > 0, "closed early: {got}");
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    // On a stream Content-Length is mandatory (RFC 3261 §18.3): 400, then the connection closes.
+    let unframed = options.replace("Content-Length: 0\r\n", "");
+    conn.write_all(unframed.as_bytes()).await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(2), conn.read_to_end(&mut rest)).await.expect("closed").unwrap();
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.starts_with("SIP/2.0 400 Bad Request\r\n"), "{rest}");
+    t.stop().await;
+}

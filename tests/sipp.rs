@@ -5,12 +5,10 @@
 
 mod common;
 
-use std::io::Read;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::sipp::{KillOnDrop, free_tcp_port, free_udp_port, keypad_pcap, wait_with_timeout};
+use common::sipp::{self, KillOnDrop, free_tcp_port, free_udp_port, keypad_pcap, wait_with_timeout};
 use common::{contains, files_under, http, require_tool, wait_final};
 
 const PAN: &str = "5555555555554444";
@@ -69,33 +67,10 @@ async fn sipp_caller_keys_a_mastercard_and_no_pan_is_left_behind() {
 
     let pcap = dir.path().join("keypad.pcap");
     std::fs::write(&pcap, keypad_pcap(KEYPAD)).unwrap();
-    let scenario_src =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp/pay_by_keypad.xml")).unwrap();
-    let scenario = dir.path().join("pay_by_keypad.xml");
-    std::fs::write(&scenario, scenario_src.replace("PCAP_FILE", pcap.to_str().unwrap())).unwrap();
-    let (sipp_port, media_port) = (free_udp_port(1), free_udp_port(4));
-    let mut sipp = Command::new("sipp")
-        .arg(format!("127.0.0.1:{sip_port}"))
-        .arg("-sf")
-        .arg(&scenario)
-        .args(["-s", &user, "-m", "1", "-l", "1", "-i", "127.0.0.1", "-p", &sipp_port.to_string()])
-        .args(["-mi", "127.0.0.1", "-mp", &media_port.to_string(), "-timeout", "60s", "-timeout_error", "-nostdin"])
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = tokio::task::spawn_blocking(move || {
-        let st = wait_with_timeout(&mut sipp, Duration::from_secs(90));
-        let mut err = String::new();
-        if let Some(mut e) = sipp.stderr.take() {
-            let _ = e.read_to_string(&mut err);
-        }
-        (st, err)
-    })
-    .await
-    .unwrap();
-    assert!(status.0.is_some_and(|s| s.success()), "sipp failed: {:?}\n{}", status.0, status.1);
+    let scenario = sipp::scenario(dir.path(), "pay_by_keypad.xml", &[("PCAP_FILE", pcap.to_str().unwrap())]);
+    let target = format!("127.0.0.1:{sip_port}");
+    let caller = sipp::spawn(dir.path(), &scenario, free_udp_port(1), &[&target, "-s", &user]);
+    sipp::passed(caller, dir.path(), "pay by keypad").await;
 
     let session = wait_final(&base, &key, &id, Duration::from_secs(5)).await;
     assert_eq!(session["state"], "completed", "{session}");

@@ -50,18 +50,23 @@ impl Call {
         format!("<sip:tonewall@{}{}>", self.local_sip, self.caller_transport.uri_param())
     }
 
-    /// The 2xx with our SDP answer (and session timer) to an INVITE or re-INVITE, resent
-    /// until its ACK.
-    pub(super) fn answer_offer(&mut self, now: Instant, req: &Request, local_tag: &str) {
+    /// Our current description toward the caller (answers and refreshes alike).
+    fn caller_sdp(&self) -> String {
         let m = &self.caller_media;
-        let answer = sdp::write_version(
+        sdp::write_version(
             self.caller_rtp,
             self.seed >> 1,
             m.version,
             &[m.params.codec],
             m.params.event_pt,
             m.direction,
-        );
+        )
+    }
+
+    /// The 2xx with our SDP answer (and session timer) to an INVITE or re-INVITE, resent
+    /// until its ACK.
+    pub(super) fn answer_offer(&mut self, now: Instant, req: &Request, local_tag: &str) {
+        let answer = self.caller_sdp();
         let contact = self.caller_contact();
         let mut b = ResponseBuilder::new(req, 200, "OK")
             .to_tag(local_tag)
@@ -282,15 +287,7 @@ impl Call {
 
     /// A re-INVITE with our current description, unchanged (RFC 4028 §7.4).
     fn send_refresh(&mut self, now: Instant, timer: SessionTimer) {
-        let m = &self.caller_media;
-        let sdp = sdp::write_version(
-            self.caller_rtp,
-            self.seed >> 1,
-            m.version,
-            &[m.params.codec],
-            m.params.event_pt,
-            m.direction,
-        );
+        let sdp = self.caller_sdp();
         let branch = self.next_branch();
         let bytes = self
             .caller_dialog

@@ -216,11 +216,9 @@ async fn serve<S>(
                 Ok(bytes) => endpoint::receive(&shared, &bytes, &flow).await,
                 Err(e) => {
                     tracing::info!(%remote, error = %e, "unframeable SIP stream; closing");
-                    if let Ok(msg) = std::str::from_utf8(decoder_head(&buf[..n])) {
-                        let why = MessageError::Parse(e.to_string());
-                        if let Some(resp) = message::bad_request(msg.as_bytes(), &why) {
-                            shared.send_flow(&flow, &resp);
-                        }
+                    let why = MessageError::Parse(e.to_string());
+                    if let Some(resp) = message::bad_request(decoder.pending(), &why) {
+                        shared.send_flow(&flow, &resp);
                     }
                     break 'connection;
                 }
@@ -230,10 +228,4 @@ async fn serve<S>(
     drop(flow);
     // The writer ends once every call holding this connection has let go of it.
     let _ = writer.await;
-}
-
-/// The head of the last chunk read, for a best-effort 400 before closing.
-fn decoder_head(chunk: &[u8]) -> &[u8] {
-    let end = chunk.windows(4).position(|w| w == b"\r\n\r\n").map_or(chunk.len(), |i| i + 4);
-    &chunk[..end]
 }

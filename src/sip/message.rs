@@ -207,20 +207,10 @@ pub fn param(value: &str, name: &str) -> Option<String> {
     })
 }
 
-/// Whether `;name` (with or without a value) is among a header value's parameters.
-pub fn param_present(value: &str, name: &str) -> bool {
-    param(value, name).is_some()
-}
-
 /// `host[:port]` of a Via value: `SIP/2.0/UDP host:port;params`.
 pub fn via_sent_by(via: &str) -> &str {
     let after_proto = via.trim_start().split_once(char::is_whitespace).map_or("", |(_, r)| r);
     after_proto.split(';').next().unwrap_or("").trim()
-}
-
-/// The transport token of a Via value (`UDP`, `TCP`, `TLS`), upper-cased by the caller.
-pub fn via_transport(via: &str) -> &str {
-    via.trim_start().split(char::is_whitespace).next().unwrap_or("").rsplit('/').next().unwrap_or("")
 }
 
 /// `host` and `port` of `host[:port]`, IPv6 references kept in brackets.
@@ -330,7 +320,7 @@ impl Request {
     pub fn stamp_source(&mut self, source: SocketAddr) {
         let top = self.top_via().to_string();
         let (host, _) = split_host_port(via_sent_by(&top));
-        let wants_rport = param_present(&top, "rport");
+        let wants_rport = param(&top, "rport").is_some();
         let ip = source.ip().to_string();
         let mut stamped = String::with_capacity(top.len() + 48);
         for (i, p) in top.split(';').enumerate() {

@@ -84,9 +84,9 @@ impl Decoder {
         Some(Ok(std::mem::replace(&mut self.buf, rest)))
     }
 
-    /// Bytes held for a message not complete yet.
-    pub fn buffered(&self) -> usize {
-        self.buf.len()
+    /// Bytes held for a message not complete yet (after an error: the offending head).
+    pub fn pending(&self) -> &[u8] {
+        &self.buf
     }
 }
 
@@ -125,7 +125,7 @@ mod tests {
         assert_eq!(d.next_message(), Some(Ok(MSG.to_vec())));
         assert_eq!(d.next_message(), Some(Ok(MSG.to_vec())));
         assert_eq!(d.next_message(), None);
-        assert_eq!(d.buffered(), 5);
+        assert_eq!(d.pending(), &MSG[..5]);
     }
 
     #[test]
