@@ -8,7 +8,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::sipp::{self, KillOnDrop, free_tcp_port, free_udp_port, keypad_pcap, wait_with_timeout};
+use common::sipp::{self, KillOnDrop, free_sip_port, free_tcp_port, free_udp_port, keypad_pcap, wait_with_timeout};
 use common::{contains, files_under, http, require_tool, wait_final};
 
 const PAN: &str = "5555555555554444";
@@ -28,7 +28,9 @@ async fn sipp_caller_keys_a_mastercard_and_no_pan_is_left_behind() {
     let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
     assert!(key.starts_with("twk_") && !key.contains('\n'), "api-key create prints one key and nothing else");
 
-    let (sip_port, http_port) = (free_udp_port(1), free_tcp_port());
+    // SIP takes the port over UDP and TCP; HTTP needs another.
+    let sip_port = free_sip_port();
+    let http_port = std::iter::repeat_with(free_tcp_port).find(|p| *p != sip_port).unwrap();
     let log_path = dir.path().join("server.log");
     let log = std::fs::File::create(&log_path).unwrap();
     let server = Command::new(common::BIN)

@@ -83,6 +83,18 @@ pub fn free_udp_port(block: u16) -> u16 {
     }
 }
 
+/// A port free for SIP over both UDP and TCP (`serve` listens on both), for a fixed
+/// `--sip-listen`.
+pub fn free_sip_port() -> u16 {
+    loop {
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 pub fn free_tcp_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
