@@ -12,6 +12,7 @@ use thiserror::Error;
 use crate::call::Masking;
 use crate::capture::collector::CollectorConfig;
 use crate::media::masker::Replacement;
+use crate::media::srtp::SrtpPolicy;
 use crate::sip::transaction::Timers;
 use crate::vault::kek::KekSource;
 use crate::vault::secret::SecretSource;
@@ -72,6 +73,8 @@ pub struct SipConfig {
     pub idle_timeout_s: u64,
     /// New out-of-dialog requests per second one source address may send (twice that in a burst).
     pub rate_per_source: u32,
+    /// SRTP on the caller's leg of session calls.
+    pub srtp: SrtpPolicy,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -7,12 +7,11 @@ use std::time::{Duration, Instant};
 
 use super::transactions::Purpose;
 use super::{Call, CallEvent, CallerLeg, Capture, EndReason, LegId};
-use crate::sip::message::{Method, Request, Response, ResponseBuilder};
-use crate::sip::sdp::{self, Direction, MediaParams, RemoteDescription};
+use crate::media::srtp::{CryptoAttr, MasterKey, SrtpPolicy};
+use crate::sip::message::{ALLOW, Method, Request, Response, ResponseBuilder};
+use crate::sip::sdp::{self, Direction, MediaParams, Profile, RemoteDescription};
 use crate::sip::session_timer::{self, MIN_SE, Negotiation, Refresher, SessionTimer};
 use crate::sip::transaction::{ClientInvite, ClientInviteState, Delivery, Outcome, Retransmit};
-
-pub(super) const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, REFER, NOTIFY";
 
 /// The caller's side of the offer/answer: what we send it, and which way.
 pub(super) struct Negotiated {
@@ -21,6 +20,42 @@ pub(super) struct Negotiated {
     pub direction: Direction,
     /// The o= version of our last description (RFC 3264 §8).
     pub version: u64,
+    /// With SRTP: the caller's key we took, and our answer carrying our own key.
+    pub srtp: Option<(CryptoAttr, CryptoAttr)>,
+}
+
+/// What an offer's SRTP side comes to under a route's policy (RFC 4568 §7.1.2).
+pub(super) enum SrtpAnswer {
+    Plain,
+    /// The offer's first usable key, and our answer to it.
+    Keyed {
+        theirs: CryptoAttr,
+        ours: CryptoAttr,
+    },
+}
+
+pub(super) fn negotiate_srtp(
+    offer: &RemoteDescription,
+    policy: SrtpPolicy,
+    our_key: &MasterKey,
+) -> Result<SrtpAnswer, &'static str> {
+    match (offer.profile, policy) {
+        (Profile::Avp, SrtpPolicy::Required) => Err("this route requires SRTP (RTP/SAVP with a=crypto)"),
+        (Profile::Avp, _) => Ok(SrtpAnswer::Plain),
+        (Profile::Savp, SrtpPolicy::Off) => Err("SRTP is off for this route"),
+        (Profile::Savp, _) => {
+            let theirs = offer
+                .crypto
+                .first()
+                .ok_or("no usable crypto suite offered (AES_CM_128_HMAC_SHA1_80 or AEAD_AES_128_GCM, no MKI)")?;
+            Ok(SrtpAnswer::Keyed { theirs: theirs.clone(), ours: CryptoAttr::answer(theirs, our_key) })
+        }
+    }
+}
+
+/// The 488 for an offer we cannot take, naming why (RFC 3261 §21.4.26, Warning 304/305).
+pub(super) fn not_acceptable(req: &Request, why: &str) -> Vec<u8> {
+    ResponseBuilder::new(req, 488, "Not Acceptable Here").header("Warning", &format!("304 tonewall \"{why}\"")).build()
 }
 
 /// A running session timer and when it next needs us.
@@ -60,7 +95,25 @@ impl Call {
             &[m.params.codec],
             m.params.event_pt,
             m.direction,
+            m.srtp.as_ref().map(|(_, ours)| ours),
         )
+    }
+
+    /// Takes a new offer's SRTP side: the caller may change its key (we then decrypt with
+    /// the new one); our key and our outbound context stay, so our rollover count does too.
+    /// False when the offer switches between RTP and SRTP, which we refuse.
+    fn rekey_caller(&mut self, answer: SrtpAnswer) -> bool {
+        match (answer, &mut self.caller_media.srtp) {
+            (SrtpAnswer::Plain, None) => true,
+            (SrtpAnswer::Keyed { theirs, ours }, Some(current)) => {
+                if theirs != current.0 && !self.bridge.rekey_caller(&theirs) {
+                    return false;
+                }
+                *current = (theirs, ours);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// The 2xx with our SDP answer (and session timer) to an INVITE or re-INVITE, resent
@@ -177,13 +230,16 @@ impl Call {
         if !req.body().is_empty() {
             let offer = match RemoteDescription::parse(req.body()) {
                 Ok(o) => o,
-                Err(e) => {
-                    let resp = ResponseBuilder::new(req, 488, "Not Acceptable Here")
-                        .header("Warning", &format!("304 tonewall \"{e}\""))
-                        .build();
-                    return self.respond(now, LegId::Caller, req, 488, resp);
-                }
+                Err(e) => return self.respond(now, LegId::Caller, req, 488, not_acceptable(req, &e.to_string())),
             };
+            let srtp = match negotiate_srtp(&offer, self.srtp_policy, &self.srtp_key) {
+                Ok(a) => a,
+                Err(why) => return self.respond(now, LegId::Caller, req, 488, not_acceptable(req, why)),
+            };
+            if !self.rekey_caller(srtp) {
+                let why = "the offer changes between RTP and SRTP mid-call";
+                return self.respond(now, LegId::Caller, req, 488, not_acceptable(req, why));
+            }
             let params = offer.negotiate();
             let was_held = matches!(self.caller_media.direction, Direction::RecvOnly | Direction::Inactive);
             let direction = offer.direction.answer();

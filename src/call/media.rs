@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crate::media::masker::Replacement;
 use crate::media::player::Player;
 use crate::media::rtp::{FRAME_SAMPLES, MAX_PACKET, OutStream, RtpReader, Source, Ssrc};
+use crate::media::srtp::{CryptoAttr, SrtpLeg};
 use crate::media::telephone_event::Key;
 use crate::sip::sdp::MediaParams;
 
@@ -40,6 +41,8 @@ pub struct Bridge {
     next_prompt_frame: Option<Instant>,
     prompt_ts: u32,
     outbox: Outbox,
+    /// The caller's leg is SRTP (RFC 3711): unprotect what arrives, protect what we send.
+    caller_srtp: Option<SrtpLeg>,
     stats: BridgeStats,
 }
 
@@ -50,6 +53,8 @@ pub struct BridgeStats {
     pub agent_packets: u64,
     pub masked_frames: u64,
     pub dropped_packets: u64,
+    /// SRTP packets that failed authentication or the replay check.
+    pub srtp_rejected: u64,
 }
 
 impl Bridge {
@@ -66,6 +71,7 @@ impl Bridge {
             next_prompt_frame: None,
             prompt_ts: 0,
             outbox: Outbox::new(caller.remote),
+            caller_srtp: None,
             stats: BridgeStats::default(),
         }
     }
@@ -74,6 +80,15 @@ impl Bridge {
     pub fn set_caller(&mut self, caller: MediaParams, receives: bool) {
         self.caller = caller;
         self.caller_receives = receives;
+    }
+
+    pub fn set_caller_srtp(&mut self, srtp: Option<SrtpLeg>) {
+        self.caller_srtp = srtp;
+    }
+
+    /// The caller's new SRTP key (a re-INVITE); false if it cannot be used.
+    pub fn rekey_caller(&mut self, theirs: &CryptoAttr) -> bool {
+        self.caller_srtp.as_mut().is_some_and(|leg| leg.set_inbound(theirs).is_ok())
     }
 
     pub fn set_agent(&mut self, agent: Option<MediaParams>) {
@@ -123,7 +138,20 @@ impl Bridge {
     }
 
     pub fn poll_packet(&mut self) -> Option<&MediaPacket> {
-        self.outbox.poll()
+        loop {
+            let p = self.outbox.poll()?;
+            let Some(srtp) = self.caller_srtp.as_mut().filter(|_| p.leg == LegId::Caller) else {
+                return self.outbox.front();
+            };
+            match srtp.protect(&mut p.buf, p.len) {
+                Ok(len) => {
+                    p.len = len;
+                    return self.outbox.front();
+                }
+                // Only after 2^48 packets on one key; such a packet is not sent in clear.
+                Err(_) => self.stats.dropped_packets += 1,
+            }
+        }
     }
 
     /// Plays the next prompt frame when due.
@@ -166,6 +194,17 @@ impl Bridge {
     /// A packet from the caller: audio goes on to the agent (masked in capture mode);
     /// telephone-events and in-band tones are reported once as keys and never reach the agent.
     pub fn handle_caller_packet(&mut self, packet: &[u8], now: Instant) -> CallerMedia {
+        match self.caller_srtp.as_mut().map(|s| s.unprotect(packet)) {
+            None => self.handle_caller_rtp(packet, now),
+            Some(Ok(plain)) => self.handle_caller_rtp(plain.as_ref(), now),
+            Some(Err(_)) => {
+                self.stats.srtp_rejected += 1;
+                CallerMedia::Nothing
+            }
+        }
+    }
+
+    fn handle_caller_rtp(&mut self, packet: &[u8], now: Instant) -> CallerMedia {
         let Ok(rtp) = RtpReader::new(packet) else {
             self.stats.dropped_packets += 1;
             return CallerMedia::Nothing;

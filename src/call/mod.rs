@@ -23,6 +23,7 @@ use crate::capture::card::YearMonth;
 use crate::capture::collector::{CaptureEvent, CapturedCard, Collector, CollectorConfig, FieldName, PromptId};
 use crate::media::masker::Replacement;
 use crate::media::player::PromptAudio;
+use crate::media::srtp::{MasterKey, SrtpLeg, SrtpPolicy};
 use crate::media::telephone_event::Key;
 use crate::sip::dialog::Dialog;
 use crate::sip::message::{Method, Request, ResponseBuilder, SipMessage};
@@ -103,6 +104,10 @@ pub struct CallConfig {
     /// Record the bridged call (`recordings.enabled`); off, the tap never starts.
     pub record: bool,
     pub prompts: Arc<Prompts>,
+    /// Whether the caller's leg takes, needs or refuses SRTP (RTP/SAVP with SDES keys).
+    pub srtp: SrtpPolicy,
+    /// Our SRTP master key and salt for this call, drawn by the driver from the OS generator.
+    pub srtp_key: MasterKey,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,17 +264,24 @@ pub struct Call {
     when_quiet: WhenQuiet,
     ended: bool,
     mask_always: bool,
+    srtp_policy: SrtpPolicy,
+    srtp_key: MasterKey,
 }
 
 impl Call {
     /// Answers a new INVITE: 100, 180, then 200 with our SDP answer; dials the agent if one
     /// is named. A refused offer gives back the 488 (or 422) to send instead.
     pub fn accept(invite: &Request, cfg: CallConfig, now: Instant) -> Result<Call, Vec<u8>> {
-        let offer = RemoteDescription::parse(invite.body()).map_err(|e| {
-            ResponseBuilder::new(invite, 488, "Not Acceptable Here")
-                .header("Warning", &format!("304 tonewall \"{e}\""))
-                .build()
-        })?;
+        let offer =
+            RemoteDescription::parse(invite.body()).map_err(|e| caller::not_acceptable(invite, &e.to_string()))?;
+        let (srtp, caller_srtp) = match caller::negotiate_srtp(&offer, cfg.srtp, &cfg.srtp_key) {
+            Ok(caller::SrtpAnswer::Plain) => (None, None),
+            Ok(caller::SrtpAnswer::Keyed { theirs, ours }) => {
+                let leg = SrtpLeg::new(&theirs, &ours).map_err(|e| caller::not_acceptable(invite, &e.to_string()))?;
+                (Some((theirs, ours)), Some(leg))
+            }
+            Err(why) => return Err(caller::not_acceptable(invite, why)),
+        };
         let session_timer = match session_timer::negotiate(invite) {
             Negotiation::TooSmall => return Err(caller::too_small(invite)),
             Negotiation::None => None,
@@ -290,7 +302,12 @@ impl Call {
             caller_invite_branch: invite.branch(),
             caller_dialog: Dialog::uas(invite, &local_tag, &cfg.local_sip.to_string(), cfg.caller_transport),
             caller: CallerLeg::Confirmed,
-            caller_media: caller::Negotiated { params, direction: offer.direction.answer(), version: cfg.seed >> 1 },
+            caller_media: caller::Negotiated {
+                params,
+                direction: offer.direction.answer(),
+                version: cfg.seed >> 1,
+                srtp,
+            },
             session_timer,
             refresh: None,
             refresh_ack: None,
@@ -306,7 +323,10 @@ impl Call {
             branches: 0,
             when_quiet: WhenQuiet::Nothing,
             ended: false,
+            srtp_policy: cfg.srtp,
+            srtp_key: cfg.srtp_key,
         };
+        call.bridge.set_caller_srtp(caller_srtp);
         call.transactions.receive(now, LegId::Caller, invite, reliable);
         call.bridge.set_caller(params, offer.direction.receives());
         let contact = call.caller_contact();

@@ -49,7 +49,8 @@ impl Outbox {
         self.queue.push_back(p);
     }
 
-    pub fn poll(&mut self) -> Option<&MediaPacket> {
+    /// The next packet to send, which may still be changed (SRTP protects it in place).
+    pub fn poll(&mut self) -> Option<&mut MediaPacket> {
         if self.front_taken
             && let Some(done) = self.queue.pop_front()
         {
@@ -57,6 +58,11 @@ impl Outbox {
         }
         // The packet handed out stays at the front (its buffer borrowed) until the next call.
         self.front_taken = !self.queue.is_empty();
+        self.queue.front_mut()
+    }
+
+    /// The packet `poll` last handed out.
+    pub fn front(&self) -> Option<&MediaPacket> {
         self.queue.front()
     }
 }

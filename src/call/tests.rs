@@ -9,6 +9,7 @@ use rtp_rs::{RtpPacketBuilder, Seq};
 
 use super::*;
 use crate::media::g711::Codec;
+use crate::media::srtp::{MasterKey, SrtpLeg, SrtpPolicy};
 use crate::media::telephone_event::TelephoneEvent;
 use crate::sip::message::{Response, parse};
 
@@ -55,6 +56,8 @@ fn config(agent: Option<&str>) -> CallConfig {
         prompts: prompts(),
         masking: Masking { replacement: crate::media::masker::Replacement::Silence, always: false },
         record: true,
+        srtp: SrtpPolicy::Optional,
+        srtp_key: MasterKey::from_random(&[7; 30]),
     }
 }
 
@@ -503,4 +506,83 @@ fn timeouts_end_the_call_cleanly() {
     let (_, events) = run_until(&mut call, t + Duration::from_secs(70));
     assert!(call.is_ended());
     assert!(events.iter().any(|e| matches!(e, CallEvent::Ended(_))));
+}
+
+/// The caller's SDES key in the SAVP offers below (RFC 4568 §9.1's example key).
+const CALLER_KEY: &str = "1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR";
+
+fn savp_offer() -> String {
+    OFFER.replace("RTP/AVP", "RTP/SAVP") + "a=crypto:" + CALLER_KEY + "\r\n"
+}
+
+fn protect(leg: &mut SrtpLeg, packet: &[u8]) -> Vec<u8> {
+    let mut buf = [0u8; 1024];
+    buf[..packet.len()].copy_from_slice(packet);
+    let n = leg.protect(&mut buf, packet.len()).unwrap();
+    buf[..n].to_vec()
+}
+
+#[test]
+fn srtp_caller_keys_a_card_and_hears_protected_prompts() {
+    use crate::media::srtp::CryptoAttr;
+    let t = crate::test_origin();
+    let mut call = Call::accept(&invite(&savp_offer()), config(None), t).unwrap();
+    let (sip, _) = drain(&mut call);
+    let ok = &sip.iter().find(|(_, s)| s.starts_with("SIP/2.0 200")).unwrap().1;
+    assert!(ok.contains("m=audio 20000 RTP/SAVP 0 101\r\n"), "{ok}");
+    let ours = ok.lines().find_map(|l| l.strip_prefix("a=crypto:")).expect("our key in the answer");
+    assert!(ours.starts_with("1 AES_CM_128_HMAC_SHA1_80 inline:"), "answer keeps the offer's tag and suite");
+    let ours = CryptoAttr::parse(ours).unwrap().unwrap();
+    let theirs = CryptoAttr::parse(CALLER_KEY).unwrap().unwrap();
+    assert_ne!(ours, theirs, "we key our direction ourselves");
+    // The caller's phone: decrypts with our key, encrypts with its own.
+    let mut phone = SrtpLeg::new(&ours, &theirs).unwrap();
+    call.handle_sip(t, LegId::Caller, caller_request(&call, "ACK", 1));
+    drain(&mut call);
+    // The first prompt goes out protected.
+    call.handle_timeout(t + Duration::from_millis(20));
+    let mut heard = 0;
+    while let Some(p) = call.poll_packet() {
+        let plain = phone.unprotect(&p.buf[..p.len]).expect("a prompt packet our phone can decrypt");
+        assert_eq!(plain.as_ref()[1] & 0x7f, 0, "PCMU");
+        heard += 1;
+    }
+    assert!(heard > 0);
+    // Keys arrive as SRTP; a clear-text packet is refused and counted.
+    call.handle_rtp(t, LegId::Caller, &event_packet(9000, 1, 4, true));
+    assert_eq!(call.media_stats().srtp_rejected, 1);
+    for (i, c) in "4111111111111111#1230123".chars().enumerate() {
+        let code = Key::from_char(c).unwrap().event_code();
+        for (j, end) in [false, true, true, true].into_iter().enumerate() {
+            let p = event_packet(i as u16 * 4 + j as u16, 1000 + i as u32 * 2000, code, end);
+            call.handle_rtp(t, LegId::Caller, &protect(&mut phone, &p));
+        }
+    }
+    let (_, events) = drain(&mut call);
+    assert!(events.iter().any(|e| matches!(e, CallEvent::CardCaptured(_))), "{events:?}");
+    assert_eq!(call.media_stats().srtp_rejected, 1);
+    // A re-INVITE that drops SRTP mid-call is refused and changes nothing.
+    call.handle_sip(t, LegId::Caller, caller_with(&call, "INVITE", 2, "", "application/sdp", OFFER));
+    let (sip, _) = drain(&mut call);
+    assert!(sip.iter().any(|(_, s)| s.starts_with("SIP/2.0 488")), "{sip:?}");
+}
+
+#[test]
+fn srtp_policy_refuses_with_488_and_says_why() {
+    let cases = [
+        (SrtpPolicy::Required, OFFER.to_string(), "requires SRTP"),
+        (SrtpPolicy::Off, savp_offer(), "SRTP is off"),
+        (SrtpPolicy::Optional, OFFER.replace("RTP/AVP", "RTP/SAVP"), "no usable crypto suite"),
+    ];
+    for (policy, offer, why) in cases {
+        let refusal = Call::accept(&invite(&offer), CallConfig { srtp: policy, ..config(None) }, crate::test_origin())
+            .err()
+            .expect("refused");
+        let text = String::from_utf8(refusal).unwrap();
+        assert!(text.starts_with("SIP/2.0 488 ") && text.contains(why), "{text}");
+        assert!(!text.contains("inline:"), "a refusal carries no key");
+    }
+    // Required and offered: taken.
+    let cfg = CallConfig { srtp: SrtpPolicy::Required, ..config(None) };
+    assert!(Call::accept(&invite(&savp_offer()), cfg, crate::test_origin()).is_ok());
 }

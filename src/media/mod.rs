@@ -5,4 +5,5 @@ pub mod g711;
 pub mod masker;
 pub mod player;
 pub mod rtp;
+pub mod srtp;
 pub mod telephone_event;

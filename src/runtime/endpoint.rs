@@ -13,11 +13,10 @@ use super::call_task::CallTask;
 use super::transport::Flow;
 use super::{Route, Shared, current_month};
 use crate::call::{AfterCapture, Call, CallConfig, LegId};
+use crate::media::srtp::MasterKey;
 use crate::session::SessionId;
-use crate::sip::message::{self, Method, Request, ResponseBuilder, SipMessage};
+use crate::sip::message::{self, ALLOW, Method, Request, ResponseBuilder, SipMessage};
 use crate::sip::stream::Transport;
-
-const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, REFER, NOTIFY";
 
 pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut buf = vec![0u8; message::MAX_MESSAGE + 1];
@@ -65,6 +64,12 @@ pub async fn receive(shared: &Arc<Shared>, bytes: &[u8], flow: &Flow) {
 }
 
 async fn handle_request(shared: &Arc<Shared>, req: Request, flow: &Flow) {
+    // Extensions the request requires and we lack (§8.2.2.3; never for ACK or CANCEL).
+    let unsupported = req.unsupported_required(message::SUPPORTED);
+    if !unsupported.is_empty() && !matches!(req.method(), Method::Ack | Method::Cancel) {
+        let resp = ResponseBuilder::new(&req, 420, "Bad Extension").header("Unsupported", &unsupported.join(", "));
+        return shared.reply(flow, &req, &resp.build());
+    }
     if let Some(route) = shared.route(req.call_id()) {
         // A call whose inbox is full is overwhelmed; UDP senders retransmit.
         let _ = route.inbox.try_send((route.leg, SipMessage::Request(req)));
@@ -135,6 +140,8 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, flow: &Flow) {
         masking: shared.config.masking(),
         record: shared.config.recordings.enabled,
         prompts: shared.prompts.clone(),
+        srtp: shared.config.sip.srtp,
+        srtp_key: MasterKey::from_random(&rand::random()),
     };
     let call = match Call::accept(invite, cfg, Instant::now()) {
         Ok(c) => c,

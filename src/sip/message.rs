@@ -11,10 +11,14 @@ use rsipstack::sip as rs;
 use rsipstack::sip::{HasHeaders, Header};
 use thiserror::Error;
 
+use super::syntax;
+
 /// Largest SIP message accepted over UDP (RFC 3261 §18.1.1 allows 65,535 bytes).
 pub const MAX_MESSAGE: usize = 65_535;
 /// Most header lines a message may carry before it is refused.
 pub const MAX_HEADERS: usize = 128;
+/// Largest body accepted: an SDP offer with many codecs and crypto lines is a few KiB.
+pub const MAX_BODY: usize = 16_384;
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum MessageError {
@@ -32,6 +36,34 @@ pub enum MessageError {
     CseqMismatch,
     #[error("body is shorter than Content-Length")]
     TruncatedBody,
+    #[error("body of {0} bytes exceeds the {MAX_BODY}-byte limit")]
+    BodyTooLarge(usize),
+    #[error("more than one {0} header")]
+    DuplicateHeader(&'static str),
+    #[error("malformed Request-Line")]
+    BadRequestLine,
+    #[error("malformed Request-URI")]
+    BadRequestUri,
+    #[error("SIP version other than SIP/2.0")]
+    UnsupportedVersion,
+    #[error("Request-URI scheme other than sip or sips")]
+    UnsupportedScheme,
+    #[error("method not implemented")]
+    UnknownMethod,
+}
+
+impl MessageError {
+    /// The stateless answer to a request with this fault (RFC 3261 §8.2, §21.4).
+    pub fn status(&self) -> (u16, &'static str) {
+        match self {
+            MessageError::TooLarge(_) => (513, "Message Too Large"),
+            MessageError::BodyTooLarge(_) => (413, "Request Entity Too Large"),
+            MessageError::UnsupportedVersion => (505, "Version Not Supported"),
+            MessageError::UnsupportedScheme => (416, "Unsupported URI Scheme"),
+            MessageError::UnknownMethod => (501, "Not Implemented"),
+            _ => (400, "Bad Request"),
+        }
+    }
 }
 
 /// The methods tonewall handles; anything else is carried by name.
@@ -121,6 +153,11 @@ pub fn parse(bytes: &[u8]) -> Result<SipMessage, MessageError> {
     if bytes.len() > MAX_MESSAGE {
         return Err(MessageError::TooLarge(bytes.len()));
     }
+    if !bytes.starts_with(b"SIP/") {
+        let line = bytes.split(|&b| b == b'\n').next().unwrap_or(bytes);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        syntax::request_line(&String::from_utf8_lossy(line))?;
+    }
     let msg = rs::parser::parse_message(bytes).map_err(|e| MessageError::Parse(short(&e.to_string())))?;
     match msg {
         rs::SipMessage::Request(r) => {
@@ -160,18 +197,35 @@ fn common(headers: &rs::Headers, body_len: usize) -> Result<Common, MessageError
     if headers.len() > MAX_HEADERS {
         return Err(MessageError::TooManyHeaders);
     }
+    if body_len > MAX_BODY {
+        return Err(MessageError::BodyTooLarge(body_len));
+    }
     let mut vias = Vec::new();
     let (mut from, mut to, mut call_id, mut cseq) = (None, None, None, None);
+    let (mut content_length, mut max_forwards, mut content_type) = (None, None, None);
+    // Headers that may appear once (RFC 3261 §7.3.1, RFC 4475 §3.3.9).
+    fn once<T>(slot: &mut Option<T>, value: T, name: &'static str) -> Result<(), MessageError> {
+        match slot.replace(value) {
+            Some(_) => Err(MessageError::DuplicateHeader(name)),
+            None => Ok(()),
+        }
+    }
     for h in headers.iter() {
         match h {
-            Header::Via(v) => vias.push(v.value().to_string()),
-            Header::From(v) => from = Some(v.value().to_string()),
-            Header::To(v) => to = Some(v.value().to_string()),
-            Header::CallId(v) => call_id = Some(v.value().trim().to_string()),
-            Header::CSeq(v) => cseq = Some(v.value().trim().to_string()),
+            Header::Via(v) => {
+                syntax::via(v.value())?;
+                vias.push(v.value().to_string())
+            }
+            Header::From(v) => once(&mut from, v.value().to_string(), "From")?,
+            Header::To(v) => once(&mut to, v.value().to_string(), "To")?,
+            Header::CallId(v) => once(&mut call_id, v.value().trim().to_string(), "Call-ID")?,
+            Header::CSeq(v) => once(&mut cseq, v.value().trim().to_string(), "CSeq")?,
+            Header::MaxForwards(_) => once(&mut max_forwards, (), "Max-Forwards")?,
+            Header::ContentType(_) => once(&mut content_type, (), "Content-Type")?,
             Header::ContentLength(v) => {
                 let declared: usize =
                     v.value().trim().parse().map_err(|_| MessageError::BadHeader("Content-Length"))?;
+                once(&mut content_length, (), "Content-Length")?;
                 if declared > body_len {
                     return Err(MessageError::TruncatedBody);
                 }
@@ -184,6 +238,8 @@ fn common(headers: &rs::Headers, body_len: usize) -> Result<Common, MessageError
     }
     let from = from.ok_or(MessageError::MissingHeader("From"))?;
     let to = to.ok_or(MessageError::MissingHeader("To"))?;
+    syntax::name_addr(&from, "From")?;
+    syntax::name_addr(&to, "To")?;
     let call_id = call_id.filter(|c| !c.is_empty()).ok_or(MessageError::MissingHeader("Call-ID"))?;
     let cseq_raw = cseq.ok_or(MessageError::MissingHeader("CSeq"))?;
     let mut parts = cseq_raw.split_whitespace();
@@ -312,6 +368,17 @@ impl Request {
 
     pub fn request_uri(&self) -> String {
         self.inner.uri.to_string()
+    }
+
+    /// The option tags in Require that are not in `supported` (§20.32).
+    pub fn unsupported_required(&self, supported: &[&str]) -> Vec<String> {
+        self.headers_named("Require")
+            .into_iter()
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && !supported.iter().any(|s| s.eq_ignore_ascii_case(t)))
+            .map(str::to_string)
+            .collect()
     }
 
     /// Records where the request really came from in its top Via (§18.2.1, RFC 3581 §4):
@@ -467,40 +534,50 @@ fn finish(mut head: String, body: Option<(&str, &[u8])>) -> Vec<u8> {
     }
 }
 
-/// A 400 for a request too broken to parse fully, if its Via, From, To, Call-ID and CSeq
-/// lines can still be found (RFC 3261 §8.2: answer what can be answered). `None` for
-/// responses and for requests without those lines: those are dropped.
+/// The stateless answer to a request too broken to parse fully (400, or the status its fault
+/// calls for), built from whatever Via, From, To, Call-ID and CSeq lines can still be found
+/// (RFC 3261 §8.2: answer what can be answered; a 505 or 416 must reach the sender). `None`
+/// for responses and for requests without a Via: those are dropped.
 pub fn bad_request(bytes: &[u8], why: &MessageError) -> Option<Vec<u8>> {
-    let text = std::str::from_utf8(&bytes[..bytes.len().min(MAX_MESSAGE)]).ok()?;
-    let mut lines = text.split("\r\n");
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_MESSAGE)]);
+    let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
     let start = lines.next()?;
-    if start.starts_with("SIP/") || !start.ends_with("SIP/2.0") {
+    if start.starts_with("SIP/") || !start.contains(" SIP/") {
         return None;
     }
     let wanted = [("via", "v"), ("from", "f"), ("to", "t"), ("call-id", "i"), ("cseq", "")];
-    let mut found: Vec<(usize, &str)> = Vec::new();
+    let mut found: Vec<Option<&str>> = vec![None; wanted.len()];
     for line in lines.take_while(|l| !l.is_empty()) {
         let Some((name, value)) = line.split_once(':') else { continue };
         let name = name.trim().to_ascii_lowercase();
-        if let Some(i) =
-            wanted.iter().position(|(long, compact)| name == *long || (!compact.is_empty() && name == *compact))
-        {
-            found.push((i, value.trim()));
+        let slot = wanted.iter().position(|(long, compact)| name == *long || (!compact.is_empty() && name == *compact));
+        // The first of each: a duplicate may be what is wrong.
+        if let Some(slot) = slot.and_then(|i| found.get_mut(i)).filter(|s| s.is_none()) {
+            *slot = Some(value.trim());
         }
     }
-    if !(0..wanted.len()).all(|i| found.iter().any(|(j, _)| *j == i)) {
-        return None;
-    }
-    found.sort_by_key(|(i, _)| *i);
+    found[0]?;
     let names = ["Via", "From", "To", "Call-ID", "CSeq"];
-    let mut s = String::from("SIP/2.0 400 Bad Request\r\n");
-    for (i, v) in found {
-        let _ = write!(s, "{}: {v}\r\n", names[i]);
+    let (status, reason) = why.status();
+    let mut s = format!("SIP/2.0 {status} {reason}\r\n");
+    for (name, v) in names.iter().zip(found) {
+        if let Some(v) = v {
+            let _ = write!(s, "{name}: {v}\r\n");
+        }
+    }
+    if status == 501 {
+        let _ = write!(s, "Allow: {ALLOW}\r\n");
     }
     // The reason names the rule broken, never the offending bytes.
     let _ = write!(s, "Warning: 399 tonewall \"{}\"\r\n", why.to_string().replace('"', "'"));
     Some(finish(s, None))
 }
+
+/// The option tags tonewall supports (RFC 3261 §19.2, §20.37).
+pub const SUPPORTED: &[&str] = &["timer"];
+
+/// The methods tonewall's endpoint answers (Allow, RFC 3261 §20.5).
+pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, REFER, NOTIFY";
 
 #[cfg(test)]
 mod tests {
@@ -579,6 +656,29 @@ l: 4\r\n\r\nv=0\n";
         assert!(text.contains("Call-ID: a84b4c76e66710@pc33\r\n"));
         assert!(text.contains("Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK776asdhds;rport\r\n"));
         assert!(bad_request(b"hello", &err).is_none());
+    }
+
+    #[test]
+    fn limits_and_faults_get_their_own_status() {
+        let big_body = "a".repeat(MAX_BODY + 1);
+        let big = INVITE.replace("l: 4\r\n\r\nv=0\n", &format!("l: {}\r\n\r\n{big_body}", big_body.len()));
+        let cases = [
+            (big, "413 Request Entity Too Large", "body of 16385 bytes exceeds the 16384-byte limit"),
+            (INVITE.replace("SIP/2.0\r\nv:", "SIP/3.0\r\nv:"), "505 Version Not Supported", "SIP version"),
+            (INVITE.replace("INVITE sip:", "NEWMETHOD sip:"), "501 Not Implemented", "not implemented"),
+            (INVITE.replace("sip:pay-abc@127.0.0.1:5060 SIP", "tel:+15551234 SIP"), "416 Unsupported", "scheme"),
+            (INVITE.replace("i: a84b", "Call-ID: other\r\ni: a84b"), "400 Bad Request", "more than one Call-ID"),
+            (INVITE.replace("Max-Forwards: 70\r\n", &"X-Pad: 1\r\n".repeat(MAX_HEADERS)), "400", "headers"),
+        ];
+        for (msg, status, warning) in cases {
+            let err = parse(msg.as_bytes()).unwrap_err();
+            let resp = String::from_utf8(bad_request(msg.as_bytes(), &err).expect("answerable")).unwrap();
+            assert!(resp.starts_with(&format!("SIP/2.0 {status}")), "{resp}");
+            assert!(resp.contains(warning), "{resp}");
+            assert!(resp.contains("Call-ID: "), "{resp}");
+        }
+        // Too large for a datagram: refused before any parsing.
+        assert_eq!(parse(&vec![b'a'; MAX_MESSAGE + 1]).unwrap_err().status().0, 513);
     }
 
     #[test]

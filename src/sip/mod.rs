@@ -7,4 +7,5 @@ pub mod rate_limit;
 pub mod sdp;
 pub mod session_timer;
 pub mod stream;
+pub mod syntax;
 pub mod transaction;

@@ -11,13 +11,16 @@ use rtc_sdp::description::session::SessionDescription;
 use thiserror::Error;
 
 use crate::media::g711::Codec;
+use crate::media::srtp::CryptoAttr;
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum SdpError {
     #[error("SDP does not parse: {0}")]
     Parse(String),
-    #[error("SDP has no active audio stream over RTP/AVP")]
+    #[error("SDP has no active audio stream over RTP/AVP or RTP/SAVP")]
     NoAudio,
+    #[error("SDP has a malformed crypto attribute")]
+    BadCrypto,
     #[error("SDP offers no codec we support (PCMU, PCMA)")]
     NoCommonCodec,
     #[error("SDP has no usable connection address")]
@@ -68,6 +71,13 @@ impl Direction {
     }
 }
 
+/// The transport profile of the audio stream: plain RTP (RFC 3551) or SRTP (RFC 3711 §12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    Avp,
+    Savp,
+}
+
 /// An offer or answer, reduced to its first audio stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteDescription {
@@ -76,6 +86,9 @@ pub struct RemoteDescription {
     pub codecs: Vec<Codec>,
     pub event_pt: Option<u8>,
     pub direction: Direction,
+    pub profile: Profile,
+    /// The SDES keys (RFC 4568) of an `RTP/SAVP` stream we can use, in preference order.
+    pub crypto: Vec<CryptoAttr>,
 }
 
 impl RemoteDescription {
@@ -94,9 +107,17 @@ impl RemoteDescription {
             .find(|m| {
                 m.media_name.media == "audio"
                     && m.media_name.port.value > 0
-                    && m.media_name.protos.join("/") == "RTP/AVP"
+                    && matches!(m.media_name.protos.join("/").as_str(), "RTP/AVP" | "RTP/SAVP")
             })
             .ok_or(SdpError::NoAudio)?;
+        let profile = if media.media_name.protos.join("/") == "RTP/SAVP" { Profile::Savp } else { Profile::Avp };
+        let mut crypto = Vec::new();
+        if profile == Profile::Savp {
+            for a in media.attributes.iter().filter(|a| a.key == "crypto") {
+                let value = a.value.as_deref().unwrap_or("");
+                crypto.extend(CryptoAttr::parse(value).map_err(|_| SdpError::BadCrypto)?);
+            }
+        }
         let port = u16::try_from(media.media_name.port.value).map_err(|_| SdpError::NoAudio)?;
         let conn = media.connection_information.as_ref().or(sd.connection_information.as_ref());
         let ip: IpAddr =
@@ -134,7 +155,7 @@ impl RemoteDescription {
         } else {
             Direction::SendRecv
         };
-        Ok(RemoteDescription { remote: SocketAddr::new(ip, port), codecs, event_pt, direction })
+        Ok(RemoteDescription { remote: SocketAddr::new(ip, port), codecs, event_pt, direction, profile, crypto })
     }
 
     /// RFC 3264 §6.1: answer with the offerer's first codec we support, and echo its
@@ -146,11 +167,12 @@ impl RemoteDescription {
 
 /// Our description of one audio stream: used for answers (one codec) and offers (several).
 pub fn write(local: SocketAddr, session_id: u64, codecs: &[Codec], event_pt: Option<u8>) -> String {
-    write_version(local, session_id, session_id, codecs, event_pt, Direction::SendRecv)
+    write_version(local, session_id, session_id, codecs, event_pt, Direction::SendRecv, None)
 }
 
 /// The same, for a later description in the session: `version` must grow with every change
-/// (RFC 3264 §8), and `direction` says whether we send, receive, both or neither.
+/// (RFC 3264 §8), and `direction` says whether we send, receive, both or neither. With
+/// `crypto` the stream is `RTP/SAVP` keyed by that SDES line.
 pub fn write_version(
     local: SocketAddr,
     session_id: u64,
@@ -158,14 +180,16 @@ pub fn write_version(
     codecs: &[Codec],
     event_pt: Option<u8>,
     direction: Direction,
+    crypto: Option<&CryptoAttr>,
 ) -> String {
     let ip_kind = if local.is_ipv4() { "IP4" } else { "IP6" };
     let ip = local.ip();
     let mut fmts: Vec<String> = codecs.iter().map(|c| c.payload_type().to_string()).collect();
     fmts.extend(event_pt.map(|pt| pt.to_string()));
     let mut s = format!(
-        "v=0\r\no=tonewall {session_id} {version} IN {ip_kind} {ip}\r\ns=tonewall\r\nc=IN {ip_kind} {ip}\r\nt=0 0\r\nm=audio {} RTP/AVP {}\r\n",
+        "v=0\r\no=tonewall {session_id} {version} IN {ip_kind} {ip}\r\ns=tonewall\r\nc=IN {ip_kind} {ip}\r\nt=0 0\r\nm=audio {} {} {}\r\n",
         local.port(),
+        if crypto.is_some() { "RTP/SAVP" } else { "RTP/AVP" },
         fmts.join(" ")
     );
     for c in codecs {
@@ -175,6 +199,9 @@ pub fn write_version(
         let _ = write!(s, "a=rtpmap:{pt} telephone-event/8000\r\na=fmtp:{pt} 0-15\r\n");
     }
     let _ = write!(s, "a=ptime:20\r\na={}\r\n", direction.attribute());
+    if let Some(c) = crypto {
+        s.push_str(&c.sdp_line());
+    }
     s
 }
 
@@ -218,9 +245,25 @@ a=rtpmap:96 telephone-event/8000\r\na=fmtp:96 0-16\r\n";
         let old_hold = OFFER.replace("c=IN IP4 127.0.0.1", "c=IN IP4 0.0.0.0");
         assert_eq!(RemoteDescription::parse(old_hold.as_bytes()).unwrap().direction, Direction::Inactive);
         assert_eq!(Direction::SendOnly.answer(), Direction::RecvOnly);
-        let ans = write_version("127.0.0.1:2".parse().unwrap(), 7, 9, &[Codec::Pcmu], None, Direction::RecvOnly);
+        let ans = write_version("127.0.0.1:2".parse().unwrap(), 7, 9, &[Codec::Pcmu], None, Direction::RecvOnly, None);
         assert!(ans.contains("o=tonewall 7 9 IN IP4") && ans.contains("a=recvonly\r\n"), "{ans}");
         assert_eq!(RemoteDescription::parse(ans.as_bytes()).unwrap().direction, Direction::RecvOnly);
+    }
+
+    #[test]
+    fn savp_offers_carry_their_usable_keys_and_answers_carry_ours() {
+        let savp = OFFER.replace("RTP/AVP", "RTP/SAVP")
+            + "a=crypto:1 AES_256_CM_HMAC_SHA1_80 inline:d0RmdmcmVCspeEc3QGZiNWpVLFJhQX1cfHAwJSoj\r\n"
+            + "a=crypto:2 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR|2^20\r\n";
+        let d = RemoteDescription::parse(savp.as_bytes()).unwrap();
+        assert_eq!(d.profile, Profile::Savp);
+        assert_eq!(d.crypto.iter().map(|c| c.tag).collect::<Vec<_>>(), vec![2]);
+        let ours = CryptoAttr::answer(&d.crypto[0], &crate::media::srtp::MasterKey::from_random(&[3; 30]));
+        let local = "127.0.0.1:2".parse().unwrap();
+        let ans = write_version(local, 7, 9, &[Codec::Pcmu], None, Direction::SendRecv, Some(&ours));
+        assert!(ans.contains("m=audio 2 RTP/SAVP 0\r\n") && ans.contains("a=crypto:2 AES_CM_128_HMAC_SHA1_80 inline:"));
+        assert_eq!(RemoteDescription::parse(ans.as_bytes()).unwrap().crypto, vec![ours]);
+        assert_eq!(RemoteDescription::parse(OFFER.as_bytes()).unwrap().profile, Profile::Avp);
     }
 
     #[test]
@@ -229,8 +272,10 @@ a=rtpmap:96 telephone-event/8000\r\na=fmtp:96 0-16\r\n";
         assert_eq!(RemoteDescription::parse(g729.as_bytes()), Err(SdpError::NoCommonCodec));
         let video = OFFER.replace("m=audio", "m=video");
         assert_eq!(RemoteDescription::parse(video.as_bytes()), Err(SdpError::NoAudio));
-        let srtp = OFFER.replace("RTP/AVP", "RTP/SAVP");
-        assert_eq!(RemoteDescription::parse(srtp.as_bytes()), Err(SdpError::NoAudio));
+        let bad_key = OFFER.replace("RTP/AVP", "RTP/SAVP") + "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:AAAA\r\n";
+        assert_eq!(RemoteDescription::parse(bad_key.as_bytes()), Err(SdpError::BadCrypto));
+        let avpf = OFFER.replace("RTP/AVP", "RTP/AVPF");
+        assert_eq!(RemoteDescription::parse(avpf.as_bytes()), Err(SdpError::NoAudio));
         let no_c = OFFER.replace("c=IN IP4 127.0.0.1\r\n", "");
         assert_eq!(RemoteDescription::parse(no_c.as_bytes()), Err(SdpError::NoAddress));
         assert!(matches!(RemoteDescription::parse(b"hello"), Err(SdpError::Parse(_))));
