@@ -75,6 +75,31 @@ pub struct SipConfig {
     pub rate_per_source: u32,
     /// SRTP on the caller's leg of session calls.
     pub srtp: SrtpPolicy,
+    /// Inline mode: calls whose Request-URI user starts with a route's prefix are forwarded
+    /// to its target, media anchored, capture off until the API switches it on.
+    #[serde(default)]
+    pub routes: Vec<SipRoute>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SipRoute {
+    /// Shown in `GET /v1/calls`.
+    pub name: String,
+    /// Request-URI users that start with this go this way (`pay-` stays for sessions).
+    pub user_prefix: String,
+    /// The contact-center target, a sip: URI.
+    pub target: String,
+    /// SRTP on the caller's leg of this route's calls.
+    #[serde(default)]
+    pub srtp: SrtpPolicy,
+}
+
+impl SipConfig {
+    /// The inline route for a Request-URI user, if any.
+    pub fn route_for(&self, user: &str) -> Option<&SipRoute> {
+        self.routes.iter().find(|r| user.starts_with(&r.user_prefix))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -186,6 +211,15 @@ impl Config {
         }
         if self.sip.max_connections == 0 || self.sip.idle_timeout_s == 0 {
             return bad("sip.max_connections", "connection limits must be at least 1");
+        }
+        for r in &self.sip.routes {
+            if r.name.is_empty() || r.user_prefix.is_empty() || r.user_prefix.starts_with("pay-") {
+                return bad("sip.routes", "each route needs a name and a user_prefix that does not start with pay-");
+            }
+            let target_ok = r.target.starts_with("sip:") && !r.target.contains(['<', '>', ' ', '"']);
+            if !target_ok {
+                return bad("sip.routes", "a route's target must be a sip: URI such as sip:queue@10.0.0.5:5060");
+            }
         }
         if let Some(key) = self.tls_listen_addr().err() {
             return bad(key, "must be empty or an address such as 127.0.0.1:5061");

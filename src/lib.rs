@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod call;
+pub mod calls;
 pub mod capture;
 pub mod config;
 pub mod demo;

@@ -116,6 +116,8 @@ async fn openapi_describes_every_route_and_the_permission_matrix_holds() {
         paths,
         [
             "/healthz",
+            "/v1/calls",
+            "/v1/calls/{id}/capture",
             "/v1/detokenize",
             "/v1/openapi.json",
             "/v1/recordings",
@@ -177,7 +179,7 @@ async fn openapi_describes_every_route_and_the_permission_matrix_holds() {
             }
         }
     }
-    assert_eq!(checked, 12 * roles.len());
+    assert_eq!(checked, 14 * roles.len());
     let (s, v) = http("GET", &format!("{}/v1/nowhere", t.base), Some(agent), None).await;
     assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")));
     let (s, v) = http("GET", &format!("{}/v1/tokenize", t.base), Some(agent), None).await;

@@ -23,12 +23,18 @@ struct Edge {
 
 impl Edge {
     fn start(tls: bool) -> Edge {
+        Edge::start_with(tls, "")
+    }
+
+    /// With `routes` (TOML `[[sip.routes]]` tables) added to the [sip] section.
+    fn start_with(tls: bool, routes: &str) -> Edge {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let (ok, key, err) =
             tonewall(&["api-key", "create", "--role", "agent", "--data-dir", data.to_str().unwrap()], &[]);
         assert!(ok, "{err}");
-        let mut replace = vec![];
+        let with_routes = format!("{routes}\n[http]");
+        let mut replace = vec![("\n[http]", with_routes.as_str())];
         if tls {
             let (ok, _, err) = tonewall(&["keys", "tls-dev", "--data-dir", data.to_str().unwrap()], &[]);
             assert!(ok, "{err}");
@@ -225,4 +231,62 @@ async fn refer_back_to_the_agent_after_capture() {
     let v = edge.session_view(&id).await;
     assert_eq!(v["state"], "completed", "{v}");
     assert_eq!(v["transferred"], true, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inline_route_forwards_to_the_target_and_captures_on_request() {
+    let agent_port = free_udp_port(1);
+    let route = format!(
+        "[[sip.routes]]\nname = \"sales\"\nuser_prefix = \"sales\"\ntarget = \"sip:queue@127.0.0.1:{agent_port}\"\n"
+    );
+    let edge = Edge::start_with(false, &route);
+    let agent = sipp::spawn(edge.path(), &sipp::scenario(edge.path(), "agent_answers.xml", &[]), agent_port, &[]);
+    let pcap = edge.keypad_pcap();
+    let caller = edge.caller(
+        "inline_call.xml",
+        &[("PCAP_FILE", pcap.to_str().unwrap())],
+        "sales-7",
+        &edge.serve.sip.to_string(),
+        &[],
+    );
+    // The call shows up once the target has answered; an agent sees only the number's end.
+    let calls_url = format!("{}/v1/calls", edge.serve.base);
+    let mut call = serde_json::Value::Null;
+    for _ in 0..50 {
+        let (s, v) = http("GET", &calls_url, Some(&edge.key), None).await;
+        assert_eq!(s, 200, "{v}");
+        if v["calls"][0]["answered"] == true {
+            call = v["calls"][0].clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!((call["mode"].as_str(), call["route"].as_str()), (Some("inline"), Some("sales")), "{call}");
+    assert_eq!(call["caller"], "…0123", "{call}");
+    let id = call["id"].as_str().unwrap();
+    let body = r#"{"fields":["pan","expiry","cvv"],"reference":"inline"}"#;
+    let capture_url = format!("{}/v1/calls/{id}/capture", edge.serve.base);
+    let (s, session) = http("POST", &capture_url, Some(&edge.key), Some(body)).await;
+    assert_eq!(s, 201, "{session}");
+    assert_eq!(session["state"], "capturing", "{session}");
+    // A second capture while this one runs is refused.
+    let (s, v) = http("POST", &capture_url, Some(&edge.key), Some(body)).await;
+    assert_eq!(s, 409, "{v}");
+    // The keys start 3 s after the answer and take about 9 s.
+    let done = wait_final(&edge.serve.base, &edge.key, session["id"].as_str().unwrap(), Duration::from_secs(20)).await;
+    assert_eq!(done["state"], "completed", "{done}");
+    assert_eq!(done["result"]["last4"], "1111");
+    sipp::passed(caller, edge.path(), "inline caller").await;
+    sipp::passed(agent, edge.path(), "inline target").await;
+    // Unknown call ids and users outside any route get the same answers as always.
+    let (s, _) = http(
+        "POST",
+        &format!("{}/v1/calls/call_{}/capture", edge.serve.base, "0".repeat(32)),
+        Some(&edge.key),
+        Some(body),
+    )
+    .await;
+    assert_eq!(s, 404);
+    let (_, v) = http("GET", &calls_url, Some(&edge.key), None).await;
+    assert_eq!(v["calls"].as_array().map(Vec::len), Some(0), "the ended call is gone: {v}");
 }

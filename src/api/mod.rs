@@ -4,6 +4,7 @@
 //! `{"error": {"code": "...", "message": "..."}}` with the matching status.
 
 pub mod auth;
+mod calls;
 pub mod cards;
 mod recordings;
 mod sessions;
@@ -21,6 +22,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::calls::Calls;
 use crate::session::Sessions;
 use crate::vault::{Actor, Vault, audit};
 use auth::Role;
@@ -28,12 +30,15 @@ use auth::Role;
 #[derive(Clone)]
 pub struct AppState {
     pub sessions: Arc<Sessions>,
+    pub calls: Arc<Calls>,
     pub vault: Arc<Vault>,
     /// host:port written into transfer URIs.
     pub sip_host: String,
     pub limits: Arc<cards::Limits>,
     /// Where recordings are kept.
     pub data_dir: std::path::PathBuf,
+    /// `capture.max_attempts`, for captures started on inline calls.
+    pub max_attempts: u8,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -46,6 +51,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sessions/{id}/cancel", post(sessions::cancel))
         .route("/v1/sessions/{id}/fields/{name}/restart", post(sessions::restart_field))
         .route("/v1/sessions/{id}/events", get(sessions::events))
+        .route("/v1/calls", get(calls::list))
+        .route("/v1/calls/{id}/capture", post(calls::capture))
         .route("/v1/recordings", get(recordings::list))
         .route("/v1/recordings/{id}", get(recordings::show))
         .route("/v1/recordings/{id}/audio", get(recordings::audio))

@@ -16,7 +16,7 @@ use crate::call::AfterCapture;
 use crate::capture::collector::FieldName;
 use crate::session::{SessionError, SessionId, SessionView};
 
-const AGENT_ROLES: &[Role] = &[Role::Agent, Role::Admin];
+pub(super) const AGENT_ROLES: &[Role] = &[Role::Agent, Role::Admin];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -50,23 +50,29 @@ fn after_capture(req: &CreateSession) -> Result<AfterCapture, String> {
     }
 }
 
-fn validate(req: &CreateSession) -> Result<(), String> {
-    if req.fields.first() != Some(&FieldName::Pan) {
+/// The fields and reference of a capture, whether a session's or an inline call's.
+pub(super) fn validate_capture(fields: &[FieldName], reference: &str) -> Result<(), String> {
+    if fields.first() != Some(&FieldName::Pan) {
         return Err("fields must start with \"pan\"".into());
     }
-    let mut seen = req.fields.clone();
+    let mut seen = fields.to_vec();
     seen.dedup();
-    if seen.len() != req.fields.len() || req.fields.len() > 3 {
+    if seen.len() != fields.len() || fields.len() > 3 {
         return Err("fields must not repeat".into());
     }
     let order = [FieldName::Pan, FieldName::Expiry, FieldName::Cvv];
-    let positions: Vec<usize> = req.fields.iter().filter_map(|f| order.iter().position(|o| o == f)).collect();
+    let positions: Vec<usize> = fields.iter().filter_map(|f| order.iter().position(|o| o == f)).collect();
     if positions.windows(2).any(|w| w[0] >= w[1]) {
         return Err("fields must be in the order pan, expiry, cvv".into());
     }
-    if req.reference.len() > 200 || req.reference.chars().any(char::is_control) {
+    if reference.len() > 200 || reference.chars().any(char::is_control) {
         return Err("reference must be at most 200 printable characters".into());
     }
+    Ok(())
+}
+
+fn validate(req: &CreateSession) -> Result<(), String> {
+    validate_capture(&req.fields, &req.reference)?;
     if req.agent_uri.as_deref().is_some_and(|u| !sip_uri_ok(u)) {
         return Err("agent_uri must be a sip: URI such as sip:agent@10.0.0.5:5060".into());
     }

@@ -78,14 +78,15 @@ impl Call {
                     return;
                 }
                 match status {
-                    100..=199 => {}
+                    100 => {}
+                    101..=199 => self.ring_proceeding_caller(now),
                     200..=299 => self.agent_answered(now, resp),
                     _ => {
                         let cancelled = matches!(self.agent, AgentLeg::Cancelling { .. });
                         self.agent = AgentLeg::Ended;
                         if !cancelled {
                             self.event(CallEvent::AgentUnavailable { status });
-                            self.after_agent_lost(now);
+                            self.after_agent_lost(now, status);
                         }
                     }
                 }
@@ -114,6 +115,7 @@ impl Call {
                 self.bridge.set_agent(Some(MediaParams { event_pt: None, ..p }));
                 self.agent = AgentLeg::Connected { dialog, ack };
                 self.event(CallEvent::AgentAnswered);
+                self.answer_proceeding_caller(now);
             }
             other => {
                 let branch = self.next_branch();
@@ -122,6 +124,7 @@ impl Call {
                 self.agent = AgentLeg::Ending;
                 if other.is_err() && !cancelled {
                     self.event(CallEvent::AgentUnavailable { status: 488 });
+                    self.refuse_proceeding_caller(now, 488);
                 }
             }
         }
@@ -148,13 +151,17 @@ impl Call {
             if was_inviting && state == ClientInviteState::Terminated(Outcome::TimedOut) {
                 // Timer B: the agent never answered.
                 self.event(CallEvent::AgentUnavailable { status: 408 });
-                self.after_agent_lost(now);
+                self.after_agent_lost(now, 408);
             }
         }
     }
 
-    /// With no agent to talk to, a caller whose capture has ended is hung up.
-    fn after_agent_lost(&mut self, now: Instant) {
+    /// With no agent to talk to, a caller whose capture has ended is hung up; an inline
+    /// caller not yet answered gets the agent's refusal.
+    fn after_agent_lost(&mut self, now: Instant, status: u16) {
+        if self.refuse_proceeding_caller(now, status) {
+            return;
+        }
         if !matches!(self.capture, Capture::Collecting(_) | Capture::Tokenizing)
             && self.when_quiet == WhenQuiet::Nothing
         {

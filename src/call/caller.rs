@@ -116,6 +116,58 @@ impl Call {
         }
     }
 
+    /// 180 Ringing to the caller's INVITE, with our tag and Contact (an early dialog).
+    pub(super) fn caller_ringing(&mut self, now: Instant, invite: &Request) {
+        let contact = self.caller_contact();
+        let ringing = ResponseBuilder::new(invite, 180, "Ringing")
+            .to_tag(&self.caller_dialog.local_tag)
+            .header("Contact", &contact);
+        self.respond(now, LegId::Caller, invite, 180, ringing.build());
+    }
+
+    /// Inline mode: the agent answered, so the caller is answered now.
+    pub(super) fn answer_proceeding_caller(&mut self, now: Instant) {
+        if let CallerLeg::Proceeding { invite, .. } = &self.caller {
+            let invite = invite.clone();
+            let tag = self.caller_dialog.local_tag.clone();
+            self.answer_offer(now, &invite, &tag);
+            self.event(CallEvent::Answered);
+        }
+    }
+
+    /// Inline mode: the agent rings, so the caller hears ringing (once).
+    pub(super) fn ring_proceeding_caller(&mut self, now: Instant) {
+        if let CallerLeg::Proceeding { invite, ringing: ringing @ false } = &mut self.caller {
+            *ringing = true;
+            let invite = invite.clone();
+            self.caller_ringing(now, &invite);
+        }
+    }
+
+    /// Inline mode: the agent leg failed with `status`; the caller's INVITE gets that
+    /// refusal, except what only the agent's side can act on (redirects, authentication),
+    /// which becomes 480.
+    pub(super) fn refuse_proceeding_caller(&mut self, now: Instant, status: u16) -> bool {
+        let CallerLeg::Proceeding { invite, .. } = &self.caller else { return false };
+        let invite = invite.clone();
+        let (status, reason) = match status {
+            404 => (404, "Not Found"),
+            408 => (408, "Request Timeout"),
+            486 => (486, "Busy Here"),
+            487 => (487, "Request Terminated"),
+            488 => (488, "Not Acceptable Here"),
+            500..=599 => (503, "Service Unavailable"),
+            600 => (600, "Busy Everywhere"),
+            603 => (603, "Decline"),
+            _ => (480, "Temporarily Unavailable"),
+        };
+        let resp = ResponseBuilder::new(&invite, status, reason).to_tag(&self.caller_dialog.local_tag).build();
+        self.respond(now, LegId::Caller, &invite, status, resp);
+        self.caller = CallerLeg::Ended;
+        self.event(CallEvent::Ended(EndReason::AgentRefused));
+        true
+    }
+
     /// The 2xx with our SDP answer (and session timer) to an INVITE or re-INVITE, resent
     /// until its ACK.
     pub(super) fn answer_offer(&mut self, now: Instant, req: &Request, local_tag: &str) {
@@ -168,11 +220,19 @@ impl Call {
                 self.event(CallEvent::Ended(EndReason::CallerHungUp));
             }
             Method::Cancel => {
-                // The INVITE was answered at once, so there is nothing left to cancel: 200 to
-                // the CANCEL, the INVITE keeps its 200 (§9.2). An unknown one gets 481.
+                // Answered already, there is nothing left to cancel: 200 to the CANCEL, the
+                // INVITE keeps its 200 (§9.2). Still proceeding (inline mode), the INVITE gets
+                // 487 and the agent leg is cancelled. An unknown CANCEL gets 481.
                 let ours = req.branch().is_some() && req.branch() == self.caller_invite_branch;
                 if ours {
                     self.reply(now, LegId::Caller, req, 200, "OK");
+                    if let CallerLeg::Proceeding { invite, .. } = &self.caller {
+                        let invite = invite.clone();
+                        self.reply(now, LegId::Caller, &invite, 487, "Request Terminated");
+                        self.caller = CallerLeg::Ended;
+                        self.hang_up_agent(now);
+                        self.event(CallEvent::Ended(EndReason::CallerCancelled));
+                    }
                 } else {
                     self.reply(now, LegId::Caller, req, 481, "Call/Transaction Does Not Exist");
                 }

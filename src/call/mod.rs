@@ -108,6 +108,10 @@ pub struct CallConfig {
     pub srtp: SrtpPolicy,
     /// Our SRTP master key and salt for this call, drawn by the driver from the OS generator.
     pub srtp_key: MasterKey,
+    /// Inline mode: a B2BUA to `agent_uri` that answers the caller only when the agent
+    /// answers (and passes on its refusal otherwise), with no capture until
+    /// `Command::StartCapture`. `fields` is then empty.
+    pub inline: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +123,10 @@ pub enum EndReason {
     SessionExpired,
     /// The caller was transferred away (RFC 3515).
     Transferred,
+    /// Inline mode: the caller gave up before the agent answered (CANCEL).
+    CallerCancelled,
+    /// Inline mode: the agent leg refused or never answered; the caller got that refusal.
+    AgentRefused,
 }
 
 #[derive(Debug)]
@@ -176,6 +184,10 @@ pub enum Command {
     },
     /// Hang up every leg (shutdown).
     Hangup,
+    /// Inline mode: ask the caller for these fields now (capture starts masking at once).
+    StartCapture {
+        fields: Vec<FieldName>,
+    },
 }
 
 #[derive(Debug)]
@@ -185,6 +197,11 @@ pub enum Output {
 }
 
 enum CallerLeg {
+    /// Inline mode: the caller's INVITE waits for the agent's answer (100 Trying sent).
+    Proceeding {
+        invite: Box<Request>,
+        ringing: bool,
+    },
     /// A 2xx to the caller's INVITE (or re-INVITE) with this branch, resent until the ACK
     /// (§13.3.1.4).
     Answering {
@@ -218,6 +235,8 @@ enum AgentLeg {
 }
 
 enum Capture {
+    /// Inline mode before (or between) captures: audio passes unmasked.
+    Idle,
     Collecting(Box<Collector>),
     Tokenizing,
     Completed,
@@ -266,6 +285,9 @@ pub struct Call {
     mask_always: bool,
     srtp_policy: SrtpPolicy,
     srtp_key: MasterKey,
+    /// For captures started later (inline mode).
+    collector: CollectorConfig,
+    today: YearMonth,
 }
 
 impl Call {
@@ -289,6 +311,11 @@ impl Call {
         };
         let params = offer.negotiate();
         let local_tag = format!("tw{:x}", cfg.seed);
+        let capture = if cfg.fields.is_empty() {
+            Capture::Idle
+        } else {
+            Capture::Collecting(Box::new(Collector::new(cfg.fields, cfg.collector, cfg.today, now)))
+        };
         let reliable = cfg.caller_transport.reliable();
         let mut call = Call {
             local_sip: cfg.local_sip,
@@ -316,7 +343,7 @@ impl Call {
             agent_call_id: format!("{:x}-agent@tonewall", cfg.seed),
             agent_tag: format!("twa{:x}", cfg.seed.rotate_left(32)),
             after_capture: cfg.after_capture,
-            capture: Capture::Collecting(Box::new(Collector::new(cfg.fields, cfg.collector, cfg.today, now))),
+            capture,
             bridge: Bridge::new(params, cfg.seed, cfg.masking.replacement),
             mask_always: cfg.masking.always,
             outputs: VecDeque::new(),
@@ -325,27 +352,31 @@ impl Call {
             ended: false,
             srtp_policy: cfg.srtp,
             srtp_key: cfg.srtp_key,
+            collector: cfg.collector,
+            today: cfg.today,
         };
         call.bridge.set_caller_srtp(caller_srtp);
         call.transactions.receive(now, LegId::Caller, invite, reliable);
         call.bridge.set_caller(params, offer.direction.receives());
-        let contact = call.caller_contact();
-        for (status, reason) in [(100, "Trying"), (180, "Ringing")] {
-            let mut b = ResponseBuilder::new(invite, status, reason);
-            if status == 180 {
-                b = b.to_tag(&local_tag).header("Contact", &contact);
-            }
-            call.respond(now, LegId::Caller, invite, status, b.build());
-        }
-        call.answer_offer(now, invite, &local_tag);
-        call.event(CallEvent::Answered);
+        call.reply(now, LegId::Caller, invite, 100, "Trying");
         if !cfg.record {
             call.bridge.recording().disable();
         }
-        if let (Some(uri), AfterCapture::Bridge) = (cfg.agent_uri, &call.after_capture) {
-            call.dial_agent(uri, now);
+        match (cfg.agent_uri, cfg.inline) {
+            (Some(uri), true) => {
+                call.caller = CallerLeg::Proceeding { invite: Box::new(invite.clone()), ringing: false };
+                call.dial_agent(uri, now);
+            }
+            (agent_uri, _) => {
+                call.caller_ringing(now, invite);
+                call.answer_offer(now, invite, &local_tag);
+                call.event(CallEvent::Answered);
+                if let (Some(uri), AfterCapture::Bridge) = (agent_uri, &call.after_capture) {
+                    call.dial_agent(uri, now);
+                }
+            }
         }
-        call.bridge.set_masking(true);
+        call.bridge.set_masking(call.mask_always || matches!(call.capture, Capture::Collecting(_)));
         call.drain_capture(now);
         Ok(call)
     }
@@ -530,6 +561,7 @@ impl Call {
                 self.hang_up_caller(now);
                 self.hang_up_agent(now);
             }
+            Command::StartCapture { fields } => self.start_capture(now, fields),
         }
         self.check_end();
     }
@@ -568,6 +600,20 @@ impl Call {
         self.abandon_capture(why);
         self.hang_up_caller(now);
         self.hang_up_agent(now);
+    }
+
+    /// A capture on a call that has none running (inline mode): prompts start and the
+    /// masker takes the agent's audio path at once.
+    fn start_capture(&mut self, now: Instant, fields: Vec<FieldName>) {
+        let idle = matches!(self.capture, Capture::Idle | Capture::Completed | Capture::Failed | Capture::Cancelled);
+        if !idle || fields.is_empty() || !matches!(self.caller, CallerLeg::Answering { .. } | CallerLeg::Confirmed) {
+            self.event(CallEvent::CaptureFailed { reason: "the call cannot start a capture now".into() });
+            return;
+        }
+        self.capture = Capture::Collecting(Box::new(Collector::new(fields, self.collector, self.today, now)));
+        self.when_quiet = WhenQuiet::Nothing;
+        self.bridge.set_masking(true);
+        self.drain_capture(now);
     }
 
     fn on_key(&mut self, key: Key, now: Instant) {
@@ -655,6 +701,12 @@ impl Call {
     }
 
     fn hang_up_caller(&mut self, now: Instant) {
+        if let CallerLeg::Proceeding { invite, .. } = &self.caller {
+            let invite = invite.clone();
+            self.reply(now, LegId::Caller, &invite, 503, "Service Unavailable");
+            self.caller = CallerLeg::Ended;
+            return;
+        }
         if matches!(self.caller, CallerLeg::Answering { .. } | CallerLeg::Confirmed) {
             let branch = self.next_branch();
             let bye = self.caller_dialog.request(Method::Bye, &branch).build();

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use rtp_rs::{RtpPacketBuilder, Seq};
 
 use super::*;
+use crate::capture::collector::FieldName;
 use crate::media::g711::Codec;
 use crate::media::srtp::{MasterKey, SrtpLeg, SrtpPolicy};
 use crate::media::telephone_event::TelephoneEvent;
@@ -58,6 +59,7 @@ fn config(agent: Option<&str>) -> CallConfig {
         record: true,
         srtp: SrtpPolicy::Optional,
         srtp_key: MasterKey::from_random(&[7; 30]),
+        inline: false,
     }
 }
 
@@ -585,4 +587,93 @@ fn srtp_policy_refuses_with_488_and_says_why() {
     // Required and offered: taken.
     let cfg = CallConfig { srtp: SrtpPolicy::Required, ..config(None) };
     assert!(Call::accept(&invite(&savp_offer()), cfg, crate::test_origin()).is_ok());
+}
+
+fn inline_config() -> CallConfig {
+    CallConfig {
+        inline: true,
+        fields: vec![],
+        after_capture: AfterCapture::Bridge,
+        ..config(Some("sip:queue@127.0.0.1:5080"))
+    }
+}
+
+const AGENT_ANSWER: &str =
+    "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 7000 RTP/AVP 0\r\n";
+
+fn caller_lines(sip: &[(LegId, String)]) -> Vec<&str> {
+    sip.iter().filter(|(l, _)| *l == LegId::Caller).map(|(_, s)| first_line(s)).collect()
+}
+
+#[test]
+fn inline_call_is_answered_when_the_target_answers_and_captures_on_command() {
+    let t = crate::test_origin();
+    let mut call = Call::accept(&invite(OFFER), inline_config(), t).unwrap();
+    let (sip, events) = drain(&mut call);
+    assert_eq!(caller_lines(&sip), vec!["SIP/2.0 100 Trying"], "nothing more until the target answers");
+    assert!(events.is_empty(), "{events:?}");
+    let agent_invite = sip.iter().find(|(l, _)| *l == LegId::Agent).expect("target dialled").1.clone();
+    assert!(agent_invite.starts_with("INVITE sip:queue@127.0.0.1:5080 SIP/2.0"));
+    call.handle_sip(t, LegId::Agent, response_to(&agent_invite, 180, "ag", ""));
+    call.handle_sip(t, LegId::Agent, response_to(&agent_invite, 183, "ag", ""));
+    assert_eq!(caller_lines(&drain(&mut call).0), vec!["SIP/2.0 180 Ringing"], "ringing once");
+    call.handle_sip(t, LegId::Agent, response_to(&agent_invite, 200, "ag", AGENT_ANSWER));
+    let (sip, events) = drain(&mut call);
+    assert_eq!(caller_lines(&sip), vec!["SIP/2.0 200 OK"]);
+    assert!(events.iter().any(|e| matches!(e, CallEvent::Answered)));
+    call.handle_sip(t, LegId::Caller, caller_request(&call, "ACK", 1));
+    // No capture yet: no prompt plays, the caller's audio reaches the agent unmasked.
+    call.handle_timeout(t + Duration::from_millis(40));
+    assert!(call.poll_packet().is_none(), "no prompt before a capture starts");
+    let speech = RtpPacketBuilder::new()
+        .payload_type(0)
+        .ssrc(9)
+        .sequence(Seq::from(1))
+        .timestamp(160)
+        .payload(&[0x2a; 160])
+        .build()
+        .unwrap();
+    call.handle_rtp(t, LegId::Caller, &speech);
+    let p = call.poll_packet().expect("relayed to the agent");
+    assert_eq!((p.leg, crate::media::rtp::RtpReader::new(&p.buf[..p.len]).unwrap().payload()[0]), (LegId::Agent, 0x2a));
+    drain(&mut call);
+    // The API starts a capture: prompts to the caller, keys collected, agent path masked.
+    call.handle_command(t, Command::StartCapture { fields: vec![FieldName::Pan, FieldName::Expiry, FieldName::Cvv] });
+    call.handle_timeout(t + Duration::from_millis(60));
+    let mut prompt = 0;
+    while let Some(p) = call.poll_packet() {
+        prompt += usize::from(p.leg == LegId::Caller);
+    }
+    assert!(prompt > 0, "the first prompt plays");
+    key_all(&mut call, "4111111111111111#1230123", t + Duration::from_millis(80));
+    let (_, events) = drain(&mut call);
+    assert!(events.iter().any(|e| matches!(e, CallEvent::CardCaptured(_))), "{events:?}");
+    call.handle_command(t, Command::Tokenized { ok: true });
+    let (sip, events) = drain(&mut call);
+    assert!(events.iter().any(|e| matches!(e, CallEvent::Completed)));
+    assert!(sip.iter().all(|(_, s)| !s.starts_with("BYE")), "the call stays bridged after capture");
+}
+
+#[test]
+fn inline_target_refusal_reaches_the_caller_and_caller_cancel_reaches_the_target() {
+    let t = crate::test_origin();
+    let mut call = Call::accept(&invite(OFFER), inline_config(), t).unwrap();
+    let agent_invite = drain(&mut call).0.into_iter().find(|(l, _)| *l == LegId::Agent).unwrap().1;
+    call.handle_sip(t, LegId::Agent, response_to(&agent_invite, 486, "ag", ""));
+    let (sip, events) = drain(&mut call);
+    assert_eq!(caller_lines(&sip), vec!["SIP/2.0 486 Busy Here"]);
+    assert!(events.iter().any(|e| matches!(e, CallEvent::Ended(EndReason::AgentRefused))));
+    assert!(call.is_ended());
+
+    let mut call = Call::accept(&invite(OFFER), inline_config(), t).unwrap();
+    let agent_invite = drain(&mut call).0.into_iter().find(|(l, _)| *l == LegId::Agent).unwrap().1;
+    call.handle_sip(t, LegId::Agent, response_to(&agent_invite, 180, "ag", ""));
+    drain(&mut call);
+    let cancel = "CANCEL sip:pay-1@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKc1\r\n\
+From: <sip:caller@127.0.0.1:5070>;tag=ct\r\nTo: <sip:pay-1@127.0.0.1:5060>\r\nCall-ID: caller-1\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n";
+    call.handle_sip(t, LegId::Caller, parse(cancel.as_bytes()).unwrap());
+    let (sip, events) = drain(&mut call);
+    assert_eq!(caller_lines(&sip), vec!["SIP/2.0 200 OK", "SIP/2.0 487 Request Terminated"]);
+    assert!(sip.iter().any(|(l, s)| *l == LegId::Agent && s.starts_with("CANCEL sip:queue@")), "{sip:?}");
+    assert!(events.iter().any(|e| matches!(e, CallEvent::Ended(EndReason::CallerCancelled))));
 }

@@ -13,6 +13,7 @@ use super::Shared;
 use super::transport::Flow;
 use crate::call::recording::STEREO_FRAME;
 use crate::call::{Call, CallEvent, Command, LegId, Output};
+use crate::calls::CallId;
 use crate::capture::collector::CapturedCard;
 use crate::media::rtp::MAX_PACKET;
 use crate::recording::{RecordingError, Writer};
@@ -21,8 +22,10 @@ use crate::sip::message::SipMessage;
 use crate::vault::{Actor, Completion};
 
 pub struct CallTask {
+    pub id: CallId,
     pub call: Call,
-    pub session: SessionId,
+    /// The session capturing on this call; an inline call has none until the API starts one.
+    pub session: Option<SessionId>,
     pub shared: Arc<Shared>,
     pub caller: Flow,
     pub agent_sip: Option<SocketAddr>,
@@ -64,13 +67,15 @@ impl CallTask {
         self.record(&mut recorder, true);
         self.finish_recording(recorder).await;
         // The security code lives no longer than its call (PCI DSS 3.3.1).
-        if let Some(result) = self.shared.sessions.view(&self.session).and_then(|v| v.result) {
+        let result = self.session.as_ref().and_then(|s| self.shared.sessions.view(s)).and_then(|v| v.result);
+        if let Some(result) = result {
             self.shared.vault.drop_security_code(&result.token);
         }
         self.shared.unroute(&[self.call.caller_call_id(), self.call.agent_call_id()]);
+        self.shared.calls.remove(&self.id);
         let stats = self.call.media_stats();
         tracing::info!(
-            session = self.session.as_str(),
+            call = self.id.as_str(),
             caller_packets = stats.caller_packets,
             agent_packets = stats.agent_packets,
             masked_frames = stats.masked_frames,
@@ -90,28 +95,30 @@ impl CallTask {
                 let started = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
                 match Writer::create(&self.shared.config.storage.data_dir, &self.shared.vault, started) {
                     Ok(w) => r.writer = Some(w),
-                    Err(e) => return r.fail(&self.session, e),
+                    Err(e) => return r.fail(&self.id, e),
                 }
             }
             if let Some(Err(e)) = r.writer.as_mut().map(|w| w.write(&frame)) {
-                return r.fail(&self.session, e);
+                return r.fail(&self.id, e);
             }
         }
     }
 
     async fn finish_recording(&mut self, r: Recorder) {
         let Some(writer) = r.writer else { return };
-        let reference = self.shared.sessions.view(&self.session).map(|v| v.reference).unwrap_or_default();
+        let session = self.session.as_ref().map_or("", SessionId::as_str);
+        let reference =
+            self.session.as_ref().and_then(|s| self.shared.sessions.view(s)).map(|v| v.reference).unwrap_or_default();
         let spans = self.call.masked_spans();
         let call_id = self.call.caller_call_id().to_string();
-        match writer.finish(self.shared.vault.pool(), &call_id, self.session.as_str(), &reference, &spans).await {
+        match writer.finish(self.shared.vault.pool(), &call_id, session, &reference, &spans).await {
             Ok(m) => tracing::info!(
-                session = self.session.as_str(),
+                call = self.id.as_str(),
                 recording = m.id,
                 duration_ms = m.duration_ms,
                 "recording stored"
             ),
-            Err(e) => tracing::error!(session = self.session.as_str(), error = %e, "recording could not be stored"),
+            Err(e) => tracing::error!(call = self.id.as_str(), error = %e, "recording could not be stored"),
         }
     }
 
@@ -125,12 +132,21 @@ impl CallTask {
                     }
                 }
                 Output::Event(e) => {
-                    if let CallEvent::AgentUnavailable { status } = e {
-                        tracing::warn!(session = self.session.as_str(), status, "agent leg failed");
+                    match &e {
+                        CallEvent::AgentUnavailable { status } => {
+                            tracing::warn!(call = self.id.as_str(), status, "agent leg failed")
+                        }
+                        CallEvent::Answered => self.shared.calls.mark_answered(&self.id),
+                        _ => {}
                     }
-                    self.shared.sessions.apply(&self.session, &e);
+                    // An inline call learns its session when the API starts a capture.
+                    if let Some(current) = self.shared.calls.session(&self.id) {
+                        self.session = Some(current);
+                    }
+                    let Some(session) = self.session.clone() else { continue };
+                    self.shared.sessions.apply(&session, &e);
                     if let CallEvent::CardCaptured(card) = e {
-                        self.tokenize(*card);
+                        self.tokenize(session, *card);
                     }
                 }
             }
@@ -146,9 +162,8 @@ impl CallTask {
     }
 
     /// Tokenizes off the call's task (the core never waits on the vault) and reports back.
-    fn tokenize(&self, card: CapturedCard) {
+    fn tokenize(&self, session: SessionId, card: CapturedCard) {
         let shared = self.shared.clone();
-        let session = self.session.clone();
         let cmd = self.cmd_tx.clone();
         let origin = format!("sip:{}", self.caller.remote);
         tokio::spawn(async move {
@@ -180,8 +195,8 @@ struct Recorder {
 }
 
 impl Recorder {
-    fn fail(&mut self, session: &SessionId, e: RecordingError) {
-        tracing::error!(session = session.as_str(), error = %e, "recording stopped");
+    fn fail(&mut self, call: &CallId, e: RecordingError) {
+        tracing::error!(call = call.as_str(), error = %e, "recording stopped");
         self.failed = true;
         self.writer = None;
     }

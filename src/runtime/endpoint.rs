@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, watch};
 
@@ -13,8 +13,10 @@ use super::call_task::CallTask;
 use super::transport::Flow;
 use super::{Route, Shared, current_month};
 use crate::call::{AfterCapture, Call, CallConfig, LegId};
+use crate::calls::{CallId, CallMode, NewCall};
+use crate::config::SipRoute;
 use crate::media::srtp::MasterKey;
-use crate::session::SessionId;
+use crate::session::{Attached, SessionId};
 use crate::sip::message::{self, ALLOW, Method, Request, ResponseBuilder, SipMessage};
 use crate::sip::stream::Transport;
 
@@ -103,10 +105,21 @@ async fn handle_request(shared: &Arc<Shared>, req: Request, flow: &Flow) {
     }
 }
 
+/// Whom a new INVITE is for: a waiting session, or an inline route.
+enum Admission {
+    Session(SessionId),
+    Inline(SipRoute),
+}
+
 async fn start_call(shared: &Arc<Shared>, invite: &Request, flow: &Flow) {
     let not_found = || shared.reply(flow, invite, &ResponseBuilder::new(invite, 404, "Not Found").build());
-    let Some(session) = invite.uri_user().and_then(SessionId::from_sip_user) else {
-        return not_found();
+    let user = invite.uri_user().unwrap_or("");
+    let admission = match SessionId::from_sip_user(user) {
+        Some(session) => Admission::Session(session),
+        None => match shared.config.sip.route_for(user) {
+            Some(route) => Admission::Inline(route.clone()),
+            None => return not_found(),
+        },
     };
     let Some((caller_rtp, agent_rtp)) = shared.ports.bind_pair().await else {
         tracing::warn!("RTP port range exhausted");
@@ -115,15 +128,28 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, flow: &Flow) {
     };
     let (sip_tx, sip_rx) = mpsc::channel(64);
     let (cmd_tx, cmd_rx) = mpsc::channel(16);
-    let attached = match shared.sessions.attach(&session, cmd_tx.clone(), shared.config.capture.max_attempts) {
-        Ok(a) => a,
-        // Unknown and already-used sessions get the same answer: no enumeration.
-        Err(_) => return not_found(),
+    let (session, attached) = match &admission {
+        Admission::Session(id) => {
+            match shared.sessions.attach(id, cmd_tx.clone(), shared.config.capture.max_attempts) {
+                Ok(a) => (Some(id.clone()), a),
+                // Unknown and already-used sessions get the same answer: no enumeration.
+                Err(_) => return not_found(),
+            }
+        }
+        Admission::Inline(route) => {
+            let inline =
+                Attached { fields: vec![], agent_uri: Some(route.target.clone()), after_capture: AfterCapture::Bridge };
+            (None, inline)
+        }
     };
     let agent_sip = match (&attached.agent_uri, &attached.after_capture) {
         (Some(uri), AfterCapture::Bridge) => resolve_sip_uri(uri).await,
         _ => None,
     };
+    if matches!(admission, Admission::Inline(_)) && agent_sip.is_none() {
+        tracing::warn!(route = ?attached.agent_uri, "inline route target does not resolve");
+        return shared.reply(flow, invite, &ResponseBuilder::new(invite, 503, "Service Unavailable").build());
+    }
     let local = |s: &tokio::net::UdpSocket| s.local_addr().unwrap_or(shared.sip_addr);
     let cfg = CallConfig {
         local_sip: shared.sip_addr,
@@ -140,17 +166,21 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, flow: &Flow) {
         masking: shared.config.masking(),
         record: shared.config.recordings.enabled,
         prompts: shared.prompts.clone(),
-        srtp: shared.config.sip.srtp,
+        srtp: match &admission {
+            Admission::Inline(route) => route.srtp,
+            Admission::Session(_) => shared.config.sip.srtp,
+        },
         srtp_key: MasterKey::from_random(&rand::random()),
+        inline: matches!(admission, Admission::Inline(_)),
     };
     let call = match Call::accept(invite, cfg, Instant::now()) {
         Ok(c) => c,
         Err(refusal) => {
             shared.reply(flow, invite, &refusal);
-            shared.sessions.apply(
-                &session,
-                &crate::call::CallEvent::CaptureFailed { reason: "the caller's offer was not acceptable".into() },
-            );
+            if let Some(session) = &session {
+                let reason = "the caller's offer was not acceptable".into();
+                shared.sessions.apply(session, &crate::call::CallEvent::CaptureFailed { reason });
+            }
             return;
         }
     };
@@ -159,13 +189,29 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, flow: &Flow) {
         routes.insert(call.caller_call_id().to_string(), Route { leg: LegId::Caller, inbox: sip_tx.clone() });
         routes.insert(call.agent_call_id().to_string(), Route { leg: LegId::Agent, inbox: sip_tx });
     }
+    let id = CallId::new();
+    let mode = match admission {
+        Admission::Inline(route) => CallMode::Inline { route: route.name },
+        Admission::Session(_) => CallMode::Session,
+    };
+    let started_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let new = NewCall {
+        mode,
+        sip_call_id: invite.call_id().to_string(),
+        caller: invite.from_user().to_string(),
+        started_unix_ms,
+        session: session.clone(),
+        commands: cmd_tx.clone(),
+    };
+    shared.calls.insert(id.clone(), new);
     // Over UDP the caller's leg answers where §18.2.2 says (its rport, or its Via port).
     let caller = match flow.transport {
         Transport::Udp => flow.to(invite.reply_address(flow.remote)),
         _ => flow.clone(),
     };
-    tracing::info!(session = session.as_str(), from = %flow.remote, transport = flow.transport.via_token(), agent = agent_sip.is_some(), "call answered");
+    tracing::info!(call = id.as_str(), session = session.as_ref().map(SessionId::as_str), from = %flow.remote, transport = flow.transport.via_token(), agent = agent_sip.is_some(), "call answered");
     let task = CallTask {
+        id,
         call,
         session,
         shared: shared.clone(),

@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::{self, AppState};
 use crate::call::{Command, LegId, Prompts};
+use crate::calls::Calls;
 use crate::capture::card::YearMonth;
 use crate::config::Config;
 use crate::session::Sessions;
@@ -55,6 +56,7 @@ struct Route {
 pub struct Shared {
     pub config: Config,
     pub sessions: Arc<Sessions>,
+    pub calls: Arc<Calls>,
     pub vault: Arc<Vault>,
     prompts: Arc<Prompts>,
     sip: Arc<UdpSocket>,
@@ -143,10 +145,12 @@ impl Server {
             if config.sip.public_host.is_empty() { sip_addr.to_string() } else { config.sip.public_host.clone() };
         let ports = PortPool::new(sip_addr.ip(), config.media.rtp_port_min, config.media.rtp_port_max);
         let sessions = Arc::new(Sessions::default());
+        let calls = Arc::new(Calls::default());
         let config_rate = config.sip.rate_per_source;
         let shared = Arc::new(Shared {
             config,
             sessions: sessions.clone(),
+            calls: calls.clone(),
             vault: vault.clone(),
             prompts,
             sip: Arc::new(sip),
@@ -169,8 +173,9 @@ impl Server {
             shared.config.vault.bulk_alarm_per_hour,
         ));
         let data_dir = shared.config.storage.data_dir.clone();
-        let app = api::router(AppState { sessions, vault: vault.clone(), sip_host, limits, data_dir })
-            .into_make_service_with_connect_info::<SocketAddr>();
+        let max_attempts = shared.config.capture.max_attempts;
+        let state = AppState { sessions, calls, vault: vault.clone(), sip_host, limits, data_dir, max_attempts };
+        let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
         let mut http_stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
             let shutdown = async move {

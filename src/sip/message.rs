@@ -430,6 +430,13 @@ impl Request {
     pub fn uri_user(&self) -> Option<&str> {
         self.inner.uri.auth.as_ref().map(|a| a.user.as_str())
     }
+
+    /// The user part of the From URI: the caller's number, usually.
+    pub fn from_user(&self) -> &str {
+        let uri = uri_of(self.from());
+        let rest = uri.split_once(':').map_or(uri, |(_, r)| r);
+        rest.split(['@', ';']).next().unwrap_or("")
+    }
 }
 
 impl Response {

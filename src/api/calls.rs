@@ -1,0 +1,67 @@
+//! `/v1/calls`: the calls in progress, and starting a capture on a call routed inline.
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::auth::Role;
+use super::sessions::{AGENT_ROLES, validate_capture};
+use super::{ApiError, AppState, Caller};
+use crate::call::{AfterCapture, Command};
+use crate::calls::{CallId, CallsError};
+use crate::capture::collector::FieldName;
+
+/// Agents see the last four digits of a caller's number, enough to find their call; admins
+/// see the whole number.
+pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    caller.require(AGENT_ROLES)?;
+    let calls = state.calls.list(caller.role == Role::Admin);
+    Ok(Json(json!({ "calls": calls })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartCapture {
+    fields: Vec<FieldName>,
+    #[serde(default)]
+    reference: String,
+}
+
+/// Starts a capture on an answered inline call: a session is made for it (same fields, view
+/// and events as any session), the caller is prompted, and the agent's audio is masked.
+pub async fn capture(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Result<Json<StartCapture>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    caller.require(AGENT_ROLES)?;
+    let Json(req) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    validate_capture(&req.fields, &req.reference).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, m))?;
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "no such call");
+    let call_id = CallId::parse(&id).ok_or_else(not_found)?;
+    let (commands, current) = state.calls.capture_target(&call_id).map_err(|e| match e {
+        CallsError::NotFound => not_found(),
+        e => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+    })?;
+    if current.and_then(|s| state.sessions.view(&s)).is_some_and(|v| !v.state.is_final()) {
+        return Err(ApiError::new(StatusCode::CONFLICT, "a capture is already running on this call"));
+    }
+    let fields = req.fields.clone();
+    let view = state.sessions.create(req.fields, req.reference, None, AfterCapture::Bridge, &state.sip_host);
+    // The call reports to the session from its first event on: bind it before starting.
+    let attached = state.sessions.attach(&view.id, commands.clone(), state.max_attempts);
+    state.calls.set_session(&call_id, view.id.clone());
+    if attached.is_err() || commands.send(Command::StartCapture { fields }).await.is_err() {
+        let _ = state.sessions.cancel(&view.id);
+        return Err(not_found());
+    }
+    tracing::info!(call = call_id.as_str(), session = view.id.as_str(), key = caller.key_id, "capture started");
+    caller.audit(&state, "call.capture", "started", view.id.as_str()).await;
+    let view = state.sessions.view(&view.id).unwrap_or(view);
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}

@@ -1,0 +1,219 @@
+//! The calls in progress, under tonewall's own call id: what `GET /v1/calls` lists, and how
+//! `POST /v1/calls/{id}/capture` reaches an inline call to start a capture on it.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::call::Command;
+use crate::session::SessionId;
+
+/// Tonewall's id for one call (`call_` and 32 hex digits); never the SIP Call-ID, which
+/// the API would otherwise have to escape and which names hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct CallId(String);
+
+impl CallId {
+    pub fn new() -> CallId {
+        CallId(format!("call_{}", uuid::Uuid::new_v4().simple()))
+    }
+
+    pub fn parse(s: &str) -> Option<CallId> {
+        let hex = s.strip_prefix("call_")?;
+        (hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| CallId(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for CallId {
+    fn default() -> Self {
+        CallId::new()
+    }
+}
+
+/// How a call came in: transferred to a session's URI, or routed inline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallMode {
+    Session,
+    Inline { route: String },
+}
+
+struct Entry {
+    mode: CallMode,
+    sip_call_id: String,
+    /// The user part of the caller's From (a phone number, usually).
+    caller: String,
+    started_unix_ms: i64,
+    answered: bool,
+    session: Option<SessionId>,
+    commands: mpsc::Sender<Command>,
+}
+
+/// One call as the API shows it. `caller` is the whole number only for roles that need it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallView {
+    pub id: CallId,
+    pub mode: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    pub sip_call_id: String,
+    pub caller: String,
+    pub started_unix_ms: i64,
+    pub answered: bool,
+    pub session_id: Option<SessionId>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CallsError {
+    #[error("no such call")]
+    NotFound,
+    #[error("only calls routed inline take a capture through this route")]
+    NotInline,
+    #[error("the call is not answered yet")]
+    NotAnswered,
+}
+
+#[derive(Default)]
+pub struct Calls {
+    entries: Mutex<HashMap<CallId, Entry>>,
+}
+
+pub struct NewCall {
+    pub mode: CallMode,
+    pub sip_call_id: String,
+    pub caller: String,
+    pub started_unix_ms: i64,
+    pub session: Option<SessionId>,
+    pub commands: mpsc::Sender<Command>,
+}
+
+impl Calls {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CallId, Entry>> {
+        // Each critical section leaves the map consistent, so a poisoned lock is usable.
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn insert(&self, id: CallId, c: NewCall) {
+        let entry = Entry {
+            mode: c.mode,
+            sip_call_id: c.sip_call_id,
+            caller: c.caller,
+            started_unix_ms: c.started_unix_ms,
+            answered: false,
+            session: c.session,
+            commands: c.commands,
+        };
+        self.lock().insert(id, entry);
+    }
+
+    pub fn remove(&self, id: &CallId) {
+        self.lock().remove(id);
+    }
+
+    pub fn mark_answered(&self, id: &CallId) {
+        if let Some(e) = self.lock().get_mut(id) {
+            e.answered = true;
+        }
+    }
+
+    /// The session capturing on this call now, if any.
+    pub fn session(&self, id: &CallId) -> Option<SessionId> {
+        self.lock().get(id).and_then(|e| e.session.clone())
+    }
+
+    /// Every call, oldest first; `full_caller` shows whole numbers, else only the last four
+    /// digits.
+    pub fn list(&self, full_caller: bool) -> Vec<CallView> {
+        let mut v: Vec<CallView> = self
+            .lock()
+            .iter()
+            .map(|(id, e)| CallView {
+                id: id.clone(),
+                mode: match e.mode {
+                    CallMode::Session => "session",
+                    CallMode::Inline { .. } => "inline",
+                },
+                route: match &e.mode {
+                    CallMode::Inline { route } => Some(route.clone()),
+                    CallMode::Session => None,
+                },
+                sip_call_id: e.sip_call_id.clone(),
+                caller: if full_caller { e.caller.clone() } else { last_four(&e.caller) },
+                started_unix_ms: e.started_unix_ms,
+                answered: e.answered,
+                session_id: e.session.clone(),
+            })
+            .collect();
+        v.sort_by_key(|c| c.started_unix_ms);
+        v
+    }
+
+    /// Checks that an inline, answered call can take a capture: its command inbox, and the
+    /// session capturing on it now (if one is), which the caller must check is over.
+    pub fn capture_target(&self, id: &CallId) -> Result<(mpsc::Sender<Command>, Option<SessionId>), CallsError> {
+        let map = self.lock();
+        let e = map.get(id).ok_or(CallsError::NotFound)?;
+        if e.mode == CallMode::Session {
+            return Err(CallsError::NotInline);
+        }
+        if !e.answered {
+            return Err(CallsError::NotAnswered);
+        }
+        Ok((e.commands.clone(), e.session.clone()))
+    }
+
+    pub fn set_session(&self, id: &CallId, session: SessionId) {
+        if let Some(e) = self.lock().get_mut(id) {
+            e.session = Some(session);
+        }
+    }
+}
+
+/// `…1234`: enough for an agent to tell its caller from another, not the number.
+fn last_four(number: &str) -> String {
+    let digits: Vec<char> = number.chars().filter(char::is_ascii_digit).collect();
+    let tail: String = digits[digits.len().saturating_sub(4)..].iter().collect();
+    if tail.is_empty() { String::new() } else { format!("…{tail}") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_with_or_without_the_whole_number_and_guards_capture() {
+        let calls = Calls::default();
+        let (tx, _rx) = mpsc::channel(1);
+        let id = CallId::new();
+        let new = |mode| NewCall {
+            mode,
+            sip_call_id: "abc@pbx".into(),
+            caller: "+441632960123".into(),
+            started_unix_ms: 5,
+            session: None,
+            commands: tx.clone(),
+        };
+        calls.insert(id.clone(), new(CallMode::Inline { route: "sales".into() }));
+        let session_call = CallId::new();
+        calls.insert(session_call.clone(), new(CallMode::Session));
+        let agent_view = calls.list(false);
+        assert_eq!(agent_view.len(), 2);
+        assert!(agent_view.iter().all(|c| c.caller == "…0123"));
+        assert_eq!(calls.list(true)[0].caller, "+441632960123");
+        assert_eq!(calls.capture_target(&id).err(), Some(CallsError::NotAnswered));
+        calls.mark_answered(&id);
+        calls.mark_answered(&session_call);
+        assert!(calls.capture_target(&id).is_ok());
+        assert_eq!(calls.capture_target(&session_call).err(), Some(CallsError::NotInline));
+        calls.remove(&id);
+        assert_eq!(calls.capture_target(&id).err(), Some(CallsError::NotFound));
+        assert_eq!(CallId::parse(id.as_str()), Some(id));
+        assert_eq!(CallId::parse("call_xyz"), None);
+    }
+}
