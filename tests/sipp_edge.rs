@@ -28,6 +28,10 @@ impl Edge {
 
     /// With `routes` (TOML `[[sip.routes]]` tables) added to the [sip] section.
     fn start_with(tls: bool, routes: &str) -> Edge {
+        Edge::start_on(tls, routes, "127.0.0.1:0")
+    }
+
+    fn start_on(tls: bool, routes: &str, sip_listen: &str) -> Edge {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let (ok, key, err) =
@@ -41,7 +45,8 @@ impl Edge {
             replace.push(("tls_listen = \"\"", "tls_listen = \"127.0.0.1:0\""));
         }
         let config = write_config(dir.path(), &replace);
-        let serve = ServeProcess::start(&config, &data, &dir.path().join("server.log"), &[("RUST_LOG", "debug")]);
+        let log = dir.path().join("server.log");
+        let serve = ServeProcess::start_on(&config, &data, &log, &[("RUST_LOG", "debug")], sip_listen);
         Edge { dir, serve, key: key.trim().to_string() }
     }
 
@@ -289,4 +294,20 @@ async fn inline_route_forwards_to_the_target_and_captures_on_request() {
     assert_eq!(s, 404);
     let (_, v) = http("GET", &calls_url, Some(&edge.key), None).await;
     assert_eq!(v["calls"].as_array().map(Vec::len), Some(0), "the ended call is gone: {v}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn card_call_over_ipv6() {
+    let edge = Edge::start_on(false, "", "[::1]:0");
+    assert!(edge.serve.sip.is_ipv6(), "{}", edge.serve.sip);
+    let (id, user) = edge.session("").await;
+    let pcap = edge.keypad_pcap();
+    let path = sipp::scenario(edge.path(), "pay_by_keypad.xml", &[("PCAP_FILE", pcap.to_str().unwrap())]);
+    let target = edge.serve.sip.to_string();
+    let caller = sipp::spawn_at(edge.path(), &path, "::1", free_udp_port(1), &[&target, "-s", &user]);
+    sipp::passed(caller, edge.path(), "IPv6 caller").await;
+    let v = edge.session_view(&id).await;
+    assert_eq!(v["state"], "completed", "{v}");
+    let log = edge.log();
+    assert!(log.lines().any(|l| l.contains("call answered") && l.contains("[::1]")), "the call came over IPv6:\n{log}");
 }

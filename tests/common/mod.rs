@@ -161,6 +161,17 @@ pub fn tonewall(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
 
 impl ServeProcess {
     pub fn start(config: &Path, data_dir: &Path, log: &Path, env: &[(&str, &str)]) -> ServeProcess {
+        Self::start_on(config, data_dir, log, env, "127.0.0.1:0")
+    }
+
+    /// `start` with SIP (and RTP) on `sip_listen`, `[::1]:0` for IPv6.
+    pub fn start_on(
+        config: &Path,
+        data_dir: &Path,
+        log: &Path,
+        env: &[(&str, &str)],
+        sip_listen: &str,
+    ) -> ServeProcess {
         use std::io::BufRead;
         let stderr = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let mut child = std::process::Command::new(BIN)
@@ -168,7 +179,7 @@ impl ServeProcess {
             .arg(config)
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--sip-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .args(["--sip-listen", sip_listen, "--http-listen", "127.0.0.1:0"])
             .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())
             .stderr(stderr)

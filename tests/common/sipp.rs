@@ -138,12 +138,17 @@ pub fn scenario(dir: &Path, name: &str, subs: &[(&str, &str)]) -> std::path::Pat
 
 /// Starts sipp on `scenario` for one call from 127.0.0.1:`port` (media on `port + 2`...).
 pub fn spawn(dir: &Path, scenario: &Path, port: u16, extra: &[&str]) -> KillOnDrop {
+    spawn_at(dir, scenario, "127.0.0.1", port, extra)
+}
+
+/// `spawn` with sipp's SIP and media on `ip` (`::1` for IPv6).
+pub fn spawn_at(dir: &Path, scenario: &Path, ip: &str, port: u16, extra: &[&str]) -> KillOnDrop {
     super::require_tool("sipp", "apt-get install -y sip-tester");
     let child = Command::new("sipp")
         .arg("-sf")
         .arg(scenario)
-        .args(["-m", "1", "-l", "1", "-i", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-mi", "127.0.0.1", "-mp", &free_udp_port(4).to_string(), "-timeout", "90s", "-timeout_error"])
+        .args(["-m", "1", "-l", "1", "-i", ip, "-p", &port.to_string()])
+        .args(["-mi", ip, "-mp", &free_udp_port(4).to_string(), "-timeout", "90s", "-timeout_error"])
         .args(["-nostdin", "-trace_err", "-error_file"])
         .arg(dir.join(format!("sipp-{port}-errors.log")))
         .args(extra)
