@@ -335,6 +335,7 @@ impl Sessions {
                 "field_done"
             }
             CallEvent::CardCaptured(_) => "tokenizing",
+            CallEvent::CallerReplaced => "caller_replaced",
             CallEvent::Completed => return,
             CallEvent::CaptureFailed { reason } => {
                 if e.view.state.is_final() {

@@ -299,3 +299,94 @@ async fn tcp_frames_by_content_length_and_refuses_a_message_without_it() {
     assert!(rest.starts_with("SIP/2.0 400 Bad Request\r\n"), "{rest}");
     t.stop().await;
 }
+
+/// The next final response (provisional ones skipped), or the next request, within 5 s.
+async fn next_final(ua: &tonewall::softphone::Ua) -> tonewall::sip::message::Response {
+    loop {
+        let (msg, _) = tokio::time::timeout(Duration::from_secs(5), ua.recv()).await.expect("an answer").unwrap();
+        if let tonewall::sip::message::SipMessage::Response(r) = msg
+            && r.status() >= 200
+        {
+            return r;
+        }
+    }
+}
+
+/// Attended transfer into tonewall (RFC 3891): a PBX replaces the caller's dialog with a new
+/// one from elsewhere; tonewall answers it, hangs up the old one, and the card keyed on the
+/// new leg completes the same session.
+#[tokio::test]
+async fn invite_with_replaces_moves_the_caller_and_the_capture_carries_on() {
+    use rtp_rs::{RtpPacketBuilder, Seq};
+    use tonewall::media::telephone_event::{Key, TelephoneEvent};
+    use tonewall::sip::message::{Method, SipMessage};
+    use tonewall::sip::sdp::{self, RemoteDescription};
+    use tonewall::softphone::Ua;
+
+    let t = TestServer::start().await;
+    let key = t.key(Role::Agent).await;
+    let (id, uri) = session(&t, &key, None).await;
+    let server = t.server.sip_addr;
+    let offer = |port: u16| sdp::write(([127, 0, 0, 1], port).into(), 1, &[Codec::Pcmu], Some(101));
+
+    let first = Ua::bind().await.unwrap();
+    let (invite, call_id, from_tag) = first.invite(&uri, &offer(40_000));
+    first.send(&invite, server).await.unwrap();
+    let ok = next_final(&first).await;
+    assert_eq!(ok.status(), 200);
+    let target = ok.contact_uri().unwrap().to_string();
+    first.send(&first.in_dialog(Method::Ack, &call_id, &from_tag, ok.to(), 1, &target), server).await.unwrap();
+
+    // Naming no dialog of ours: 481, and the call goes on.
+    let stranger = Ua::bind().await.unwrap();
+    let (invite, ..) = stranger.invite(&target, &offer(40_002));
+    let text = String::from_utf8(invite).unwrap().replacen(
+        "CSeq: 1 INVITE\r\n",
+        "CSeq: 1 INVITE\r\nReplaces: nosuch@pbx;to-tag=a;from-tag=b\r\n",
+        1,
+    );
+    stranger.send(text.as_bytes(), server).await.unwrap();
+    assert_eq!(next_final(&stranger).await.status(), 481);
+
+    let second = Ua::bind().await.unwrap();
+    let rtp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (invite, new_call_id, new_tag) = second.invite(&target, &offer(rtp.local_addr().unwrap().port()));
+    let replaces = format!("Replaces: {call_id};to-tag={};from-tag={from_tag}\r\n", ok.to_tag().unwrap());
+    let text =
+        String::from_utf8(invite).unwrap().replacen("CSeq: 1 INVITE\r\n", &format!("CSeq: 1 INVITE\r\n{replaces}"), 1);
+    second.send(text.as_bytes(), server).await.unwrap();
+    let ok2 = next_final(&second).await;
+    assert_eq!(ok2.status(), 200, "the replacing INVITE is answered");
+    assert_ne!(ok2.to_tag(), ok.to_tag(), "a new dialog");
+    second.send(&second.in_dialog(Method::Ack, &new_call_id, &new_tag, ok2.to(), 1, &target), server).await.unwrap();
+    // The old dialog is hung up.
+    let (bye, from) = tokio::time::timeout(Duration::from_secs(5), first.recv()).await.unwrap().unwrap();
+    let SipMessage::Request(bye) = bye else { panic!("expected BYE") };
+    assert_eq!((bye.method(), bye.call_id()), (Method::Bye, call_id.as_str()));
+    first.answer(&bye, from).await.unwrap();
+
+    // The card, keyed on the new leg's media.
+    let media = RemoteDescription::parse(ok2.body()).unwrap().remote;
+    let mut seq = 1u16;
+    for (i, c) in "4111111111111111#1230123".chars().enumerate() {
+        let code = Key::from_char(c).unwrap().event_code();
+        for j in 0..7u16 {
+            let ev = TelephoneEvent { code, end: j >= 4, volume: 10, duration: (j.min(4) + 1) * 160 }.to_bytes();
+            let p = RtpPacketBuilder::new()
+                .payload_type(101)
+                .ssrc(77)
+                .sequence(Seq::from(seq))
+                .timestamp(i as u32 * 1600)
+                .marked(j == 0)
+                .payload(&ev)
+                .build()
+                .unwrap();
+            seq += 1;
+            rtp.send_to(&p, media).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let s = wait_final(&t.base, &key, &id, Duration::from_secs(5)).await;
+    assert_eq!((s["state"].as_str(), s["result"]["last4"].as_str()), (Some("completed"), Some("1111")), "{s}");
+    t.stop().await;
+}

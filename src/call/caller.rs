@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::transactions::Purpose;
 use super::{Call, CallEvent, CallerLeg, Capture, EndReason, LegId};
 use crate::media::srtp::{CryptoAttr, MasterKey, SrtpPolicy};
-use crate::sip::message::{ALLOW, Method, Request, Response, ResponseBuilder};
+use crate::sip::message::{ALLOW, Method, Request, Response, ResponseBuilder, SUPPORTED_HEADER};
 use crate::sip::sdp::{self, Direction, MediaParams, Profile, RemoteDescription};
 use crate::sip::session_timer::{self, MIN_SE, Negotiation, Refresher, SessionTimer};
 use crate::sip::transaction::{ClientInvite, ClientInviteState, Delivery, Outcome, Retransmit};
@@ -177,7 +177,7 @@ impl Call {
             .to_tag(local_tag)
             .header("Contact", &contact)
             .header("Allow", ALLOW)
-            .header("Supported", "timer");
+            .header("Supported", SUPPORTED_HEADER);
         let expires = self.session_timer.as_ref().map(|t| (t.timer.header(), t.timer.refresher));
         if let Some((value, refresher)) = &expires {
             b = b.header("Session-Expires", value);
@@ -191,6 +191,10 @@ impl Call {
     }
 
     pub(super) fn caller_request(&mut self, now: Instant, req: &Request) {
+        // Routed here by its Replaces header: a new dialog to take over the caller's.
+        if req.method() == Method::Invite && req.call_id() != self.caller_dialog.call_id {
+            return self.take_over(now, req);
+        }
         let in_dialog = self.caller_dialog.matches(req);
         if in_dialog && !self.caller_dialog.accept_remote_cseq(req) {
             return self.reply(now, LegId::Caller, req, 500, "Server Internal Error"); // §12.2.2
@@ -241,7 +245,7 @@ impl Call {
                 let resp = ResponseBuilder::new(req, 200, "OK")
                     .header("Allow", ALLOW)
                     .header("Accept", "application/sdp")
-                    .header("Supported", "timer")
+                    .header("Supported", SUPPORTED_HEADER)
                     .build();
                 self.respond(now, LegId::Caller, req, 200, resp);
             }
@@ -409,7 +413,7 @@ impl Call {
             .caller_dialog
             .request(Method::Invite, &branch)
             .header("Session-Expires", &timer.header())
-            .header("Supported", "timer")
+            .header("Supported", SUPPORTED_HEADER)
             .body("application/sdp", sdp.as_bytes())
             .build();
         match crate::sip::message::parse(&bytes) {

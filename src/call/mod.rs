@@ -11,6 +11,7 @@ mod caller;
 pub mod media;
 mod outbox;
 pub mod recording;
+mod replace;
 mod to_agent;
 mod transactions;
 
@@ -41,6 +42,9 @@ use transactions::{Answer, Purpose, Transactions};
 pub enum LegId {
     Caller,
     Agent,
+    /// The caller's previous dialog, after an INVITE with Replaces took it over (RFC 3891):
+    /// only our BYE and what crosses it.
+    Replaced,
 }
 
 /// The prompt recordings, decoded once and shared by every call.
@@ -171,6 +175,9 @@ pub enum CallEvent {
     TransferFailed {
         status: u16,
     },
+    /// An INVITE with Replaces took over the caller's dialog: the caller's leg now answers
+    /// where that INVITE came from; the old dialog's messages are on `LegId::Replaced`.
+    CallerReplaced,
     Ended(EndReason),
 }
 
@@ -285,6 +292,8 @@ pub struct Call {
     mask_always: bool,
     srtp_policy: SrtpPolicy,
     srtp_key: MasterKey,
+    /// How many times an INVITE with Replaces took the caller's dialog over.
+    replacements: u32,
     /// For captures started later (inline mode).
     collector: CollectorConfig,
     today: YearMonth,
@@ -352,6 +361,7 @@ impl Call {
             ended: false,
             srtp_policy: cfg.srtp,
             srtp_key: cfg.srtp_key,
+            replacements: 0,
             collector: cfg.collector,
             today: cfg.today,
         };
@@ -457,7 +467,7 @@ impl Call {
     }
 
     fn reliable(&self, leg: LegId) -> bool {
-        leg == LegId::Caller && self.caller_transport.reliable()
+        leg != LegId::Agent && self.caller_transport.reliable()
     }
 
     /// Sends a response through the request's server transaction.
@@ -485,6 +495,7 @@ impl Call {
                     match leg {
                         LegId::Caller => self.caller_request(now, &r),
                         LegId::Agent => self.agent_request(now, &r),
+                        LegId::Replaced => self.replaced_request(now, &r),
                     }
                 }
             }
@@ -495,6 +506,7 @@ impl Call {
                     match leg {
                         LegId::Caller => self.caller_response(now, &r),
                         LegId::Agent => self.agent_response(now, &r),
+                        LegId::Replaced => {}
                     }
                 }
             }
@@ -520,6 +532,7 @@ impl Call {
                 }
             }
             LegId::Agent => self.bridge.handle_agent_packet(packet, now),
+            LegId::Replaced => {}
         }
     }
 

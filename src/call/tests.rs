@@ -111,7 +111,12 @@ fn event_packet(seq: u16, ts: u32, code: u8, end: bool) -> Vec<u8> {
 }
 
 fn key_all(call: &mut Call, keys: &str, t: Instant) {
-    for (i, c) in keys.chars().enumerate() {
+    key_from(call, keys, 0, t);
+}
+
+/// Keys as RFC 4733 events, the first as the `first`-th of the stream.
+fn key_from(call: &mut Call, keys: &str, first: usize, t: Instant) {
+    for (i, c) in keys.chars().enumerate().map(|(i, c)| (i + first, c)) {
         let code = Key::from_char(c).unwrap().event_code();
         let ts = 1000 + i as u32 * 2000;
         for end in [false, true, true, true] {
@@ -676,4 +681,57 @@ From: <sip:caller@127.0.0.1:5070>;tag=ct\r\nTo: <sip:pay-1@127.0.0.1:5060>\r\nCa
     assert_eq!(caller_lines(&sip), vec!["SIP/2.0 200 OK", "SIP/2.0 487 Request Terminated"]);
     assert!(sip.iter().any(|(l, s)| *l == LegId::Agent && s.starts_with("CANCEL sip:queue@")), "{sip:?}");
     assert!(events.iter().any(|e| matches!(e, CallEvent::Ended(EndReason::CallerCancelled))));
+}
+
+fn replacing_invite(replaces: &str) -> SipMessage {
+    let offer = OFFER.replace("m=audio 6000", "m=audio 6100");
+    let text = format!(
+        "INVITE sip:tonewall@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bKnew{}\r\n\
+From: <sip:transferee@127.0.0.1:5090>;tag=nt\r\nTo: <sip:tonewall@127.0.0.1:5060>\r\nCall-ID: new-1\r\nCSeq: 1 INVITE\r\n\
+Contact: <sip:transferee@127.0.0.1:5090>\r\nReplaces: {replaces}\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{offer}",
+        replaces.len(),
+        offer.len()
+    );
+    parse(text.as_bytes()).unwrap()
+}
+
+#[test]
+fn invite_with_replaces_takes_over_the_callers_dialog_and_capture_goes_on() {
+    let t = crate::test_origin();
+    let mut call = Call::accept(&invite(OFFER), config(None), t).unwrap();
+    call.handle_sip(t, LegId::Caller, caller_request(&call, "ACK", 1));
+    drain(&mut call);
+    key_all(&mut call, "4111", t);
+    drain(&mut call);
+    let ours = call.caller_dialog.local_tag.clone();
+    // Wrong tags, or early-only for a confirmed dialog: refused, nothing changes.
+    for (replaces, status) in [
+        ("caller-1;to-tag=nope;from-tag=ct".to_string(), "481"),
+        (format!("caller-1;to-tag={ours};from-tag=ct;early-only"), "486"),
+        (format!("caller-1;to-tag={ours}"), "400"),
+    ] {
+        call.handle_sip(t, LegId::Caller, replacing_invite(&replaces));
+        let (sip, events) = drain(&mut call);
+        assert!(caller_lines(&sip)[0].starts_with(&format!("SIP/2.0 {status}")), "{replaces}: {sip:?}");
+        assert!(!events.iter().any(|e| matches!(e, CallEvent::CallerReplaced)));
+    }
+    assert_eq!(call.caller_call_id(), "caller-1");
+    // The right dialog: 200 on the new one, BYE on the old, the capture carries on.
+    call.handle_sip(t, LegId::Caller, replacing_invite(&format!("caller-1;to-tag={ours};from-tag=ct")));
+    let (sip, events) = drain(&mut call);
+    assert!(matches!(events.first(), Some(CallEvent::CallerReplaced)), "{events:?}");
+    assert_eq!(caller_lines(&sip), vec!["SIP/2.0 200 OK"]);
+    let bye = &sip.iter().find(|(l, _)| *l == LegId::Replaced).expect("BYE to the old dialog").1;
+    assert!(bye.starts_with("BYE sip:caller@127.0.0.1:5070 SIP/2.0") && bye.contains("Call-ID: caller-1\r\n"), "{bye}");
+    assert_eq!(call.caller_call_id(), "new-1");
+    key_from(&mut call, "111111111111#1230123", 4, t);
+    let (_, events) = drain(&mut call);
+    let card = events.into_iter().find_map(|e| match e {
+        CallEvent::CardCaptured(c) => Some(c),
+        _ => None,
+    });
+    assert_eq!(card.expect("the new leg finished the card").pan.last4(), "1111");
+    // The old dialog's 200 to our BYE is taken; its BYE crossing ours gets 200.
+    call.handle_sip(t, LegId::Replaced, response_to(bye, 200, "ct", ""));
+    assert!(!call.is_ended());
 }

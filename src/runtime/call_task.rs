@@ -9,8 +9,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use super::Shared;
 use super::transport::Flow;
+use super::{Inbound, Shared};
 use crate::call::recording::STEREO_FRAME;
 use crate::call::{Call, CallEvent, Command, LegId, Output};
 use crate::calls::CallId;
@@ -31,9 +31,22 @@ pub struct CallTask {
     pub agent_sip: Option<SocketAddr>,
     pub caller_rtp: UdpSocket,
     pub agent_rtp: UdpSocket,
-    pub sip_rx: mpsc::Receiver<(LegId, SipMessage)>,
+    pub sip_rx: mpsc::Receiver<Inbound>,
     pub cmd_rx: mpsc::Receiver<Command>,
     pub cmd_tx: mpsc::Sender<Command>,
+    /// The caller's dialogs an INVITE with Replaces took over, and where their peers are.
+    pub replaced: Replaced,
+}
+
+/// What the task keeps of the caller's earlier dialogs (RFC 3891).
+#[derive(Default)]
+pub struct Replaced {
+    /// Where the INVITE with Replaces being handled came from.
+    pending: Option<Flow>,
+    /// Where the latest replaced dialog's peer is (its BYE goes there).
+    previous: Option<Flow>,
+    /// Every Call-ID routed to this call besides the current two.
+    call_ids: Vec<String>,
 }
 
 impl CallTask {
@@ -49,7 +62,7 @@ impl CallTask {
             }
             let deadline = self.call.poll_timeout().map(tokio::time::Instant::from_std);
             tokio::select! {
-                Some((leg, msg)) = self.sip_rx.recv() => self.call.handle_sip(Instant::now(), leg, msg),
+                Some(inbound) = self.sip_rx.recv() => self.inbound(inbound),
                 Some(cmd) = self.cmd_rx.recv() => self.call.handle_command(Instant::now(), cmd),
                 r = self.caller_rtp.recv_from(&mut caller_buf) => {
                     if let Ok((n, _)) = r {
@@ -72,6 +85,8 @@ impl CallTask {
             self.shared.vault.drop_security_code(&result.token);
         }
         self.shared.unroute(&[self.call.caller_call_id(), self.call.agent_call_id()]);
+        let replaced: Vec<&str> = self.replaced.call_ids.iter().map(String::as_str).collect();
+        self.shared.unroute(&replaced);
         self.shared.calls.remove(&self.id);
         let stats = self.call.media_stats();
         tracing::info!(
@@ -81,6 +96,28 @@ impl CallTask {
             masked_frames = stats.masked_frames,
             "call ended"
         );
+    }
+
+    fn inbound(&mut self, inbound: Inbound) {
+        if let Some(flow) = inbound.flow {
+            self.replaced.call_ids.push(self.call.caller_call_id().to_string());
+            if let SipMessage::Request(r) = &inbound.msg {
+                self.replaced.call_ids.push(r.call_id().to_string());
+            }
+            self.replaced.pending = Some(flow);
+        }
+        self.call.handle_sip(Instant::now(), inbound.leg, inbound.msg);
+    }
+
+    /// The call took the INVITE with Replaces: its flow is the caller's now, and the old
+    /// dialog's Call-ID routes to `LegId::Replaced`.
+    fn caller_replaced(&mut self) {
+        let Some(flow) = self.replaced.pending.take() else { return };
+        self.replaced.previous = Some(std::mem::replace(&mut self.caller, flow));
+        if let Some(old) = self.replaced.call_ids.iter().rev().nth(1) {
+            self.shared.reroute(old, LegId::Replaced);
+        }
+        tracing::info!(call = self.id.as_str(), from = %self.caller.remote, "caller's dialog replaced (RFC 3891)");
     }
 
     /// Moves finished 20 ms stereo frames from the call to its recording file (opened with the
@@ -126,6 +163,11 @@ impl CallTask {
         while let Some(out) = self.call.poll_output() {
             match out {
                 Output::Sip { leg: LegId::Caller, bytes } => self.shared.send_flow(&self.caller, &bytes),
+                Output::Sip { leg: LegId::Replaced, bytes } => {
+                    if let Some(flow) = &self.replaced.previous {
+                        self.shared.send_flow(flow, &bytes);
+                    }
+                }
                 Output::Sip { leg: LegId::Agent, bytes } => {
                     if let Some(to) = self.agent_sip {
                         self.shared.send_sip(&bytes, to);
@@ -137,6 +179,7 @@ impl CallTask {
                             tracing::warn!(call = self.id.as_str(), status, "agent leg failed")
                         }
                         CallEvent::Answered => self.shared.calls.mark_answered(&self.id),
+                        CallEvent::CallerReplaced => self.caller_replaced(),
                         _ => {}
                     }
                     // An inline call learns its session when the API starts a capture.
@@ -153,7 +196,7 @@ impl CallTask {
         }
         while let Some(p) = self.call.poll_packet() {
             let sock = match p.leg {
-                LegId::Caller => &self.caller_rtp,
+                LegId::Caller | LegId::Replaced => &self.caller_rtp,
                 LegId::Agent => &self.agent_rtp,
             };
             // RTP is loss-tolerant: a full socket buffer drops this packet, never blocks the call.

@@ -11,13 +11,14 @@ use tokio::sync::{mpsc, watch};
 
 use super::call_task::CallTask;
 use super::transport::Flow;
-use super::{Route, Shared, current_month};
+use super::{Inbound, Route, Shared, current_month};
 use crate::call::{AfterCapture, Call, CallConfig, LegId};
 use crate::calls::{CallId, CallMode, NewCall};
 use crate::config::SipRoute;
 use crate::media::srtp::MasterKey;
 use crate::session::{Attached, SessionId};
 use crate::sip::message::{self, ALLOW, Method, Request, ResponseBuilder, SipMessage};
+use crate::sip::replaces::Replaces;
 use crate::sip::stream::Transport;
 
 pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
@@ -51,7 +52,7 @@ pub async fn receive(shared: &Arc<Shared>, bytes: &[u8], flow: &Flow) {
         }
         Ok(SipMessage::Response(resp)) => {
             if let Some(route) = shared.route(resp.call_id()) {
-                let _ = route.inbox.try_send((route.leg, SipMessage::Response(resp)));
+                let _ = route.inbox.try_send(Inbound { leg: route.leg, msg: SipMessage::Response(resp), flow: None });
             }
             // Otherwise a response for no call of ours (§18.1.2: discard).
         }
@@ -74,7 +75,7 @@ async fn handle_request(shared: &Arc<Shared>, req: Request, flow: &Flow) {
     }
     if let Some(route) = shared.route(req.call_id()) {
         // A call whose inbox is full is overwhelmed; UDP senders retransmit.
-        let _ = route.inbox.try_send((route.leg, SipMessage::Request(req)));
+        let _ = route.inbox.try_send(Inbound { leg: route.leg, msg: SipMessage::Request(req), flow: None });
         return;
     }
     let reply =
@@ -87,7 +88,10 @@ async fn handle_request(shared: &Arc<Shared>, req: Request, flow: &Flow) {
         return shared.reply(flow, &req, &resp);
     }
     match req.method() {
-        Method::Invite if req.to_tag().is_none() => start_call(shared, &req, flow).await,
+        Method::Invite if req.to_tag().is_none() => match Replaces::of(&req) {
+            Some(replaces) => take_over(shared, req, replaces, flow),
+            None => start_call(shared, &req, flow).await,
+        },
         Method::Options => shared.reply(
             flow,
             &req,
@@ -103,6 +107,25 @@ async fn handle_request(shared: &Arc<Shared>, req: Request, flow: &Flow) {
             &ResponseBuilder::new(&req, 405, "Method Not Allowed").header("Allow", ALLOW).build(),
         ),
     }
+}
+
+/// An INVITE with Replaces (RFC 3891 §3) goes to the call that holds the dialog it names,
+/// under its own Call-ID from now on; the call checks the tags. Naming no dialog of ours is
+/// 481, a malformed header 400.
+fn take_over(shared: &Arc<Shared>, req: Request, replaces: Result<Replaces, ()>, flow: &Flow) {
+    let Ok(replaces) = replaces else {
+        return shared.reply(flow, &req, &ResponseBuilder::new(&req, 400, "Bad Request").build());
+    };
+    let Some(route) = shared.route(&replaces.call_id).filter(|r| r.leg == LegId::Caller) else {
+        let resp = ResponseBuilder::new(&req, 481, "Call/Transaction Does Not Exist").build();
+        return shared.reply(flow, &req, &resp);
+    };
+    shared.routes().insert(req.call_id().to_string(), route.clone());
+    let caller = match flow.transport {
+        Transport::Udp => flow.to(req.reply_address(flow.remote)),
+        _ => flow.clone(),
+    };
+    let _ = route.inbox.try_send(Inbound { leg: LegId::Caller, msg: SipMessage::Request(req), flow: Some(caller) });
 }
 
 /// Whom a new INVITE is for: a waiting session, or an inline route.
@@ -222,6 +245,7 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, flow: &Flow) {
         sip_rx,
         cmd_rx,
         cmd_tx,
+        replaced: Default::default(),
     };
     tokio::spawn(task.run());
 }

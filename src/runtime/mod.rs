@@ -45,11 +45,19 @@ pub enum ServerError {
 /// How long a session without a call stays visible to the API.
 const SESSION_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
+/// A SIP message for a call's task; `flow` only with an INVITE that takes over the caller's
+/// dialog (Replaces), whose caller may be somewhere new.
+pub struct Inbound {
+    pub leg: LegId,
+    pub msg: SipMessage,
+    pub flow: Option<transport::Flow>,
+}
+
 /// Where a SIP message for a known Call-ID goes.
 #[derive(Clone)]
 struct Route {
     leg: LegId,
-    inbox: mpsc::Sender<(LegId, SipMessage)>,
+    inbox: mpsc::Sender<Inbound>,
 }
 
 /// State every driver task shares. Calls themselves are not in here: each is owned by its task.
@@ -74,6 +82,13 @@ impl Shared {
 
     fn route(&self, call_id: &str) -> Option<Route> {
         self.routes().get(call_id).cloned()
+    }
+
+    /// Messages for `call_id` now belong to `leg` of the same call.
+    fn reroute(&self, call_id: &str, leg: LegId) {
+        if let Some(r) = self.routes().get_mut(call_id) {
+            r.leg = leg;
+        }
     }
 
     fn unroute(&self, call_ids: &[&str]) {

@@ -580,8 +580,11 @@ pub fn bad_request(bytes: &[u8], why: &MessageError) -> Option<Vec<u8>> {
     Some(finish(s, None))
 }
 
-/// The option tags tonewall supports (RFC 3261 §19.2, §20.37).
-pub const SUPPORTED: &[&str] = &["timer"];
+/// The option tags tonewall supports (RFC 3261 §19.2, §20.37): session timers (RFC 4028)
+/// and Replaces (RFC 3891).
+pub const SUPPORTED: &[&str] = &["timer", "replaces"];
+/// The same, as a Supported header value.
+pub const SUPPORTED_HEADER: &str = "timer, replaces";
 
 /// The methods tonewall's endpoint answers (Allow, RFC 3261 §20.5).
 pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, REFER, NOTIFY";

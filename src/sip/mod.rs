@@ -4,6 +4,7 @@
 pub mod dialog;
 pub mod message;
 pub mod rate_limit;
+pub mod replaces;
 pub mod sdp;
 pub mod session_timer;
 pub mod stream;

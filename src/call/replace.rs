@@ -1,0 +1,96 @@
+//! Attended transfer into tonewall (RFC 3891 §3): an INVITE whose Replaces header names the
+//! caller's confirmed dialog takes it over. The new dialog becomes the caller's leg, and the
+//! capture, the agent leg and the session carry on; the old dialog is ended with BYE on
+//! `LegId::Replaced`.
+
+use std::time::Instant;
+
+use super::caller::{self, Negotiated, SrtpAnswer, Timer};
+use super::transactions::Purpose;
+use super::{Call, CallEvent, CallerLeg, LegId};
+use crate::media::srtp::SrtpLeg;
+use crate::sip::dialog::Dialog;
+use crate::sip::message::{Method, Request};
+use crate::sip::replaces::Replaces;
+use crate::sip::sdp::RemoteDescription;
+use crate::sip::session_timer::{self, Negotiation};
+
+impl Call {
+    pub(super) fn take_over(&mut self, now: Instant, invite: &Request) {
+        let replaces = match Replaces::of(invite) {
+            Some(Ok(r)) => r,
+            Some(Err(())) => return self.reply(now, LegId::Caller, invite, 400, "Bad Request"),
+            None => return self.reply(now, LegId::Caller, invite, 481, "Call/Transaction Does Not Exist"),
+        };
+        let d = &self.caller_dialog;
+        if (&replaces.call_id, &replaces.to_tag, &replaces.from_tag) != (&d.call_id, &d.local_tag, &d.remote_tag) {
+            return self.reply(now, LegId::Caller, invite, 481, "Call/Transaction Does Not Exist");
+        }
+        match self.caller {
+            CallerLeg::Answering { .. } | CallerLeg::Confirmed if replaces.early_only => {
+                return self.reply(now, LegId::Caller, invite, 486, "Busy Here");
+            }
+            CallerLeg::Answering { .. } | CallerLeg::Confirmed => {}
+            // An early dialog the other side started cannot be replaced (§3).
+            CallerLeg::Proceeding { .. } => {
+                return self.reply(now, LegId::Caller, invite, 481, "Call/Transaction Does Not Exist");
+            }
+            CallerLeg::Ending | CallerLeg::Ended => return self.reply(now, LegId::Caller, invite, 603, "Decline"),
+        }
+        let offer = match RemoteDescription::parse(invite.body()) {
+            Ok(o) => o,
+            Err(e) => {
+                return self.respond(now, LegId::Caller, invite, 488, caller::not_acceptable(invite, &e.to_string()));
+            }
+        };
+        let (srtp, srtp_leg) = match caller::negotiate_srtp(&offer, self.srtp_policy, &self.srtp_key) {
+            Ok(SrtpAnswer::Plain) => (None, None),
+            Ok(SrtpAnswer::Keyed { theirs, ours }) => match SrtpLeg::new(&theirs, &ours) {
+                Ok(leg) => (Some((theirs, ours)), Some(leg)),
+                Err(e) => {
+                    return self.respond(
+                        now,
+                        LegId::Caller,
+                        invite,
+                        488,
+                        caller::not_acceptable(invite, &e.to_string()),
+                    );
+                }
+            },
+            Err(why) => return self.respond(now, LegId::Caller, invite, 488, caller::not_acceptable(invite, why)),
+        };
+        let session_timer = match session_timer::negotiate(invite) {
+            Negotiation::TooSmall => return self.respond(now, LegId::Caller, invite, 422, caller::too_small(invite)),
+            Negotiation::None => None,
+            Negotiation::Timer(t) => Some(Timer { timer: t, next: t.deadline(now) }),
+        };
+        // The driver points the caller's leg at the new dialog before anything is sent on it.
+        self.event(CallEvent::CallerReplaced);
+        let branch = self.next_branch();
+        let bye = self.caller_dialog.request(Method::Bye, &branch).build();
+        self.request(now, LegId::Replaced, Purpose::Bye, Method::Bye, bye, &branch);
+
+        self.replacements += 1;
+        let local_tag = format!("tw{:x}r{}", self.seed, self.replacements);
+        self.caller_dialog = Dialog::uas(invite, &local_tag, &self.local_sip.to_string(), self.caller_transport);
+        self.caller_invite_branch = invite.branch();
+        let params = offer.negotiate();
+        let version = self.caller_media.version + 1;
+        self.caller_media = Negotiated { params, direction: offer.direction.answer(), version, srtp };
+        self.bridge.set_caller(params, offer.direction.receives());
+        self.bridge.set_caller_srtp(srtp_leg);
+        self.session_timer = session_timer;
+        self.refresh = None;
+        self.refresh_ack = None;
+        self.answer_offer(now, invite, &local_tag);
+    }
+
+    /// The old dialog after a take-over: its BYE crossing ours gets 200, anything else 481.
+    pub(super) fn replaced_request(&mut self, now: Instant, req: &Request) {
+        match req.method() {
+            Method::Ack => {}
+            Method::Bye => self.reply(now, LegId::Replaced, req, 200, "OK"),
+            _ => self.reply(now, LegId::Replaced, req, 481, "Call/Transaction Does Not Exist"),
+        }
+    }
+}
