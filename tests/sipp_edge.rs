@@ -311,3 +311,16 @@ async fn card_call_over_ipv6() {
     let log = edge.log();
     assert!(log.lines().any(|l| l.contains("call answered") && l.contains("[::1]")), "the call came over IPv6:\n{log}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn caller_cancels_an_inline_call_while_the_target_rings() {
+    let agent_port = free_udp_port(1);
+    let route = format!(
+        "[[sip.routes]]\nname = \"sales\"\nuser_prefix = \"sales\"\ntarget = \"sip:queue@127.0.0.1:{agent_port}\"\n"
+    );
+    let edge = Edge::start_with(false, &route);
+    let target = sipp::spawn(edge.path(), &sipp::scenario(edge.path(), "agent_cancelled.xml", &[]), agent_port, &[]);
+    let caller = edge.caller("caller_cancels.xml", &[], "sales-9", &edge.serve.sip.to_string(), &[]);
+    sipp::passed(caller, edge.path(), "cancelling caller").await;
+    sipp::passed(target, edge.path(), "cancelled target").await;
+}

@@ -70,10 +70,16 @@ pub(super) enum Transfer {
     Idle,
     /// REFER sent, no final answer yet.
     Referring,
-    /// 202 Accepted: waiting for the NOTIFY that reports the outcome.
-    Accepted,
+    /// 202 Accepted: waiting for the NOTIFY that reports the outcome, until `give_up`.
+    Accepted {
+        give_up: Instant,
+    },
     Done,
 }
+
+/// How long after the 202 (or the latest provisional NOTIFY) the transfer may stay silent
+/// before it counts as failed: the transfer INVITE can ring for a while, but not forever.
+pub(super) const TRANSFER_SILENCE: Duration = Duration::from_secs(180);
 
 /// 422 for a Session-Expires below our Min-SE (RFC 4028 §8.1).
 pub(super) fn too_small(req: &Request) -> Vec<u8> {
@@ -453,7 +459,7 @@ impl Call {
             return;
         }
         if (200..300).contains(&status) {
-            self.transfer = Transfer::Accepted;
+            self.transfer = Transfer::Accepted { give_up: now + TRANSFER_SILENCE };
         } else {
             self.transfer_failed(now, status);
         }
@@ -466,7 +472,7 @@ impl Call {
             .header("Event")
             .or_else(|| req.header("o"))
             .is_some_and(|e| e.split(';').next().is_some_and(|p| p.trim().eq_ignore_ascii_case("refer")));
-        if !is_refer || !matches!(self.transfer, Transfer::Referring | Transfer::Accepted) {
+        if !is_refer || !matches!(self.transfer, Transfer::Referring | Transfer::Accepted { .. }) {
             let resp = ResponseBuilder::new(req, 489, "Bad Event").build();
             return self.respond(now, LegId::Caller, req, 489, resp);
         }
@@ -485,7 +491,20 @@ impl Call {
                 self.event(CallEvent::Ended(EndReason::Transferred));
             }
             Some(s) if s >= 300 => self.transfer_failed(now, s),
-            _ => {}
+            _ => {
+                if let Transfer::Accepted { give_up } = &mut self.transfer {
+                    *give_up = now + TRANSFER_SILENCE;
+                }
+            }
+        }
+    }
+
+    /// A transfer that went silent fails as a timeout would (408).
+    pub(super) fn transfer_timeout(&mut self, now: Instant) {
+        if let Transfer::Accepted { give_up } = self.transfer
+            && now >= give_up
+        {
+            self.transfer_failed(now, 408);
         }
     }
 

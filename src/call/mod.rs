@@ -447,10 +447,23 @@ impl Call {
         };
         let session = self.session_timer.as_ref().filter(|_| self.refresh.is_none()).map(|t| t.next);
         let refresh = self.refresh.as_ref().and_then(ClientInvite::poll_timeout);
-        [caller, agent, capture, session, refresh, self.transactions.poll_timeout(), self.bridge.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
+        let transfer = match self.transfer {
+            caller::Transfer::Accepted { give_up } => Some(give_up),
+            _ => None,
+        };
+        [
+            caller,
+            agent,
+            capture,
+            session,
+            refresh,
+            transfer,
+            self.transactions.poll_timeout(),
+            self.bridge.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn next_branch(&mut self) -> String {
@@ -600,6 +613,7 @@ impl Call {
             self.on_answer(now, a);
         }
         self.session_timeout(now);
+        self.transfer_timeout(now);
         if let Capture::Collecting(c) = &mut self.capture {
             c.handle_timeout(now);
             self.drain_capture(now);

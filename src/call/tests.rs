@@ -735,3 +735,33 @@ fn invite_with_replaces_takes_over_the_callers_dialog_and_capture_goes_on() {
     call.handle_sip(t, LegId::Replaced, response_to(bye, 200, "ct", ""));
     assert!(!call.is_ended());
 }
+
+#[test]
+fn a_transfer_that_goes_silent_fails_after_its_wait() {
+    let t = crate::test_origin();
+    let cfg = CallConfig { after_capture: AfterCapture::Transfer("sip:agent@127.0.0.1:5080".into()), ..config(None) };
+    let mut call = Call::accept(&invite(OFFER), cfg, t).unwrap();
+    call.handle_sip(t, LegId::Caller, caller_request(&call, "ACK", 1));
+    drain(&mut call);
+    key_all(&mut call, "4111111111111111#1230123", t);
+    drain(&mut call);
+    call.handle_command(t, Command::Tokenized { ok: true });
+    let (sip, _) = run_until(&mut call, t + Duration::from_millis(400));
+    let refer = sip.iter().find(|(_, s)| s.starts_with("REFER ")).expect("REFER").1.clone();
+    let accepted = t + Duration::from_millis(400);
+    call.handle_sip(accepted, LegId::Caller, response_to(&refer, 202, "ct", ""));
+    // A provisional NOTIFY a minute in restarts the wait.
+    let notified = accepted + Duration::from_secs(60);
+    let frag = "SIP/2.0 180 Ringing\r\n";
+    call.handle_sip(
+        notified,
+        LegId::Caller,
+        caller_with(&call, "NOTIFY", 2, "Event: refer\r\n", "message/sipfrag", frag),
+    );
+    drain(&mut call);
+    let (_, events) = run_until(&mut call, notified + caller::TRANSFER_SILENCE - Duration::from_secs(1));
+    assert!(!events.iter().any(|e| matches!(e, CallEvent::TransferFailed { .. })), "{events:?}");
+    let (sip, events) = run_until(&mut call, notified + caller::TRANSFER_SILENCE);
+    assert!(events.iter().any(|e| matches!(e, CallEvent::TransferFailed { status: 408 })), "{events:?}");
+    assert!(sip.iter().any(|(_, s)| s.starts_with("BYE sip:caller")), "the caller is not left hanging: {sip:?}");
+}
