@@ -1,7 +1,9 @@
 //! The SIP endpoint (RFC 3261 §8.2, §18): takes messages from every transport, answers what
-//! needs no call statelessly (malformed → 400, out-of-dialog OPTIONS → 200, unknown session →
-//! 404, too many from one source → 503), routes the rest by Call-ID to the task that owns the
-//! call, and starts a call task for each new INVITE to a `pay-<session>` URI.
+//! needs no call statelessly (malformed → 400 or the status its fault calls for, an unknown
+//! required extension → 420, out-of-dialog OPTIONS → 200, unknown session → 404, too many
+//! from one source → 503), routes the rest by Call-ID to the task that owns the call, hands
+//! an INVITE with Replaces (RFC 3891) to the call holding the dialog it names, and starts a
+//! call task for each new INVITE to a `pay-<session>` URI or to a user under an inline route.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
