@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use super::agent_invite::{AgentInvite, INVITE_CSEQ};
+use super::agent_invite::{AgentInvite, INVITE_CSEQ, Identity};
 use super::transactions::Purpose;
 use super::{AgentLeg, Call, CallEvent, Capture, LegId, WhenQuiet};
 use crate::media::g711::Codec;
@@ -19,7 +19,13 @@ impl Call {
         let other = if codec == Codec::Pcmu { Codec::Pcma } else { Codec::Pcmu };
         let offer = sdp::write(self.agent_rtp, self.seed >> 2, &[codec, other], None);
         let branch = self.next_branch();
-        let invite = AgentInvite::new(&uri, self.local_sip, &branch, &self.agent_tag, &self.agent_call_id, &offer);
+        let id = Identity {
+            local_sip: self.local_sip,
+            from_user: &self.agent_from_user,
+            tag: &self.agent_tag,
+            call_id: &self.agent_call_id,
+        };
+        let invite = AgentInvite::new(&uri, &id, &branch, &offer);
         let Ok(SipMessage::Request(parsed)) = parse(invite.bytes()) else {
             // The URI was checked by the API; if it still makes a bad request, say so and go on
             // without an agent.

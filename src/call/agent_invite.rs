@@ -19,10 +19,33 @@ pub struct AgentInvite {
     bytes: Vec<u8>,
 }
 
+/// The From user of our INVITE toward the agent: the caller's number for inline calls (the
+/// contact center's screen pop needs it), when it is a plain SIP user; "tonewall" otherwise.
+pub fn from_user(caller_user: Option<&str>) -> String {
+    match caller_user {
+        Some(u)
+            if !u.is_empty()
+                && u.len() <= 64
+                && u.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-_.*#".contains(&b)) =>
+        {
+            u.to_string()
+        }
+        _ => "tonewall".to_string(),
+    }
+}
+
+pub struct Identity<'a> {
+    pub local_sip: SocketAddr,
+    pub from_user: &'a str,
+    pub tag: &'a str,
+    pub call_id: &'a str,
+}
+
 impl AgentInvite {
-    pub fn new(uri: &str, local_sip: SocketAddr, branch: &str, tag: &str, call_id: &str, sdp: &str) -> AgentInvite {
+    pub fn new(uri: &str, id: &Identity, branch: &str, sdp: &str) -> AgentInvite {
+        let Identity { local_sip, from_user, tag, call_id } = *id;
         let via = format!("SIP/2.0/UDP {local_sip};branch={branch};rport");
-        let from = format!("<sip:tonewall@{local_sip}>;tag={tag}");
+        let from = format!("<sip:{from_user}@{local_sip}>;tag={tag}");
         let bytes = RequestBuilder::new(&Method::Invite, uri)
             .header("Via", &via)
             .header("Max-Forwards", "70")
@@ -67,14 +90,9 @@ mod tests {
 
     #[test]
     fn cancel_repeats_the_invite() {
-        let inv = AgentInvite::new(
-            "sip:a@127.0.0.1:5080",
-            "127.0.0.1:5060".parse().unwrap(),
-            "z9hG4bKx",
-            "t1",
-            "c1",
-            "v=0\r\n",
-        );
+        let id =
+            Identity { local_sip: "127.0.0.1:5060".parse().unwrap(), from_user: "+4412", tag: "t1", call_id: "c1" };
+        let inv = AgentInvite::new("sip:a@127.0.0.1:5080", &id, "z9hG4bKx", "v=0\r\n");
         let SipMessage::Request(i) = parse(inv.bytes()).unwrap() else { panic!() };
         let SipMessage::Request(c) = parse(&inv.cancel()).unwrap() else { panic!() };
         assert_eq!((c.branch(), c.call_id(), c.from_tag()), (i.branch(), i.call_id(), i.from_tag()));
@@ -82,5 +100,16 @@ mod tests {
         assert_eq!(c.request_uri(), i.request_uri());
         assert_eq!(c.to(), i.to());
         assert_eq!(inv.branch(), "z9hG4bKx");
+        assert_eq!(i.from_user(), "+4412");
+    }
+
+    #[test]
+    fn only_plain_caller_numbers_reach_the_agent_leg() {
+        assert_eq!(from_user(Some("+441632960123")), "+441632960123");
+        assert_eq!(from_user(Some("anonymous")), "anonymous");
+        assert_eq!(from_user(Some("a b")), "tonewall");
+        assert_eq!(from_user(Some("x%40y")), "tonewall");
+        assert_eq!(from_user(Some("")), "tonewall");
+        assert_eq!(from_user(None), "tonewall");
     }
 }

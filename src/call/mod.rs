@@ -282,6 +282,8 @@ pub struct Call {
     agent: AgentLeg,
     agent_call_id: String,
     agent_tag: String,
+    /// From user of our INVITE to the agent (the caller's number for inline calls).
+    agent_from_user: String,
     after_capture: AfterCapture,
     capture: Capture,
     bridge: Bridge,
@@ -351,6 +353,7 @@ impl Call {
             agent: AgentLeg::Absent,
             agent_call_id: format!("{:x}-agent@tonewall", cfg.seed),
             agent_tag: format!("twa{:x}", cfg.seed.rotate_left(32)),
+            agent_from_user: agent_invite::from_user(cfg.inline.then(|| invite.from_user())),
             after_capture: cfg.after_capture,
             capture,
             bridge: Bridge::new(params, cfg.seed, cfg.masking.replacement),

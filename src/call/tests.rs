@@ -619,6 +619,10 @@ fn inline_call_is_answered_when_the_target_answers_and_captures_on_command() {
     assert!(events.is_empty(), "{events:?}");
     let agent_invite = sip.iter().find(|(l, _)| *l == LegId::Agent).expect("target dialled").1.clone();
     assert!(agent_invite.starts_with("INVITE sip:queue@127.0.0.1:5080 SIP/2.0"));
+    assert!(
+        agent_invite.contains("From: <sip:caller@127.0.0.1:5060>;tag="),
+        "the caller's number goes on: {agent_invite}"
+    );
     call.handle_sip(t, LegId::Agent, response_to(&agent_invite, 180, "ag", ""));
     call.handle_sip(t, LegId::Agent, response_to(&agent_invite, 183, "ag", ""));
     assert_eq!(caller_lines(&drain(&mut call).0), vec!["SIP/2.0 180 Ringing"], "ringing once");
