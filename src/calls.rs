@@ -168,6 +168,11 @@ impl Calls {
         Ok((e.commands.clone(), e.session.clone()))
     }
 
+    /// Every call's command inbox (shutdown hangs them all up).
+    pub fn commands(&self) -> Vec<mpsc::Sender<Command>> {
+        self.lock().values().map(|e| e.commands.clone()).collect()
+    }
+
     pub fn set_session(&self, id: &CallId, session: SessionId) {
         if let Some(e) = self.lock().get_mut(id) {
             e.session = Some(session);
@@ -211,8 +216,10 @@ mod tests {
         calls.mark_answered(&session_call);
         assert!(calls.capture_target(&id).is_ok());
         assert_eq!(calls.capture_target(&session_call).err(), Some(CallsError::NotInline));
+        assert_eq!(calls.commands().len(), 2, "shutdown reaches session and inline calls alike");
         calls.remove(&id);
         assert_eq!(calls.capture_target(&id).err(), Some(CallsError::NotFound));
+        assert_eq!(calls.commands().len(), 1);
         assert_eq!(CallId::parse(id.as_str()), Some(id));
         assert_eq!(CallId::parse("call_xyz"), None);
     }

@@ -389,11 +389,6 @@ impl Sessions {
         map.retain(|_, e| e.call.is_some() || now.saturating_duration_since(e.created) < age);
         map.len()
     }
-
-    /// Every call attached to a session, to hang up on shutdown.
-    pub fn calls(&self) -> Vec<mpsc::Sender<Command>> {
-        self.lock().values().filter_map(|e| e.call.clone()).collect()
-    }
 }
 
 fn field_mut(view: &mut SessionView, name: FieldName) -> Option<&mut FieldView> {

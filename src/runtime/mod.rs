@@ -223,7 +223,7 @@ impl Server {
 
     /// Hangs up every call (BYE), waits up to `grace` for them to end, then stops.
     pub async fn shutdown(self, grace: Duration) {
-        for call in self.shared.sessions.calls() {
+        for call in self.shared.calls.commands() {
             let _ = call.send(Command::Hangup).await;
         }
         let deadline = tokio::time::Instant::now() + grace;
