@@ -317,8 +317,6 @@ async fn next_final(ua: &tonewall::softphone::Ua) -> tonewall::sip::message::Res
 /// new leg completes the same session.
 #[tokio::test]
 async fn invite_with_replaces_moves_the_caller_and_the_capture_carries_on() {
-    use rtp_rs::{RtpPacketBuilder, Seq};
-    use tonewall::media::telephone_event::{Key, TelephoneEvent};
     use tonewall::sip::message::{Method, SipMessage};
     use tonewall::sip::sdp::{self, RemoteDescription};
     use tonewall::softphone::Ua;
@@ -367,22 +365,9 @@ async fn invite_with_replaces_moves_the_caller_and_the_capture_carries_on() {
 
     // The card, keyed on the new leg's media.
     let media = RemoteDescription::parse(ok2.body()).unwrap().remote;
-    let mut seq = 1u16;
-    for (i, c) in "4111111111111111#1230123".chars().enumerate() {
-        let code = Key::from_char(c).unwrap().event_code();
-        for j in 0..7u16 {
-            let ev = TelephoneEvent { code, end: j >= 4, volume: 10, duration: (j.min(4) + 1) * 160 }.to_bytes();
-            let p = RtpPacketBuilder::new()
-                .payload_type(101)
-                .ssrc(77)
-                .sequence(Seq::from(seq))
-                .timestamp(i as u32 * 1600)
-                .marked(j == 0)
-                .payload(&ev)
-                .build()
-                .unwrap();
-            seq += 1;
-            rtp.send_to(&p, media).await.unwrap();
+    for key_packets in common::keypad_events("4111111111111111#1230123", 77) {
+        for packet in key_packets {
+            rtp.send_to(&packet, media).await.unwrap();
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

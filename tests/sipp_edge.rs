@@ -31,6 +31,17 @@ impl Edge {
         Edge::start_on(tls, routes, "127.0.0.1:0")
     }
 
+    /// With the inline route "sales" (users `sales…`) to sipp running `target_scenario`.
+    fn inline(target_scenario: &str) -> (Edge, sipp::KillOnDrop) {
+        let port = free_udp_port(1);
+        let route = format!(
+            "[[sip.routes]]\nname = \"sales\"\nuser_prefix = \"sales\"\ntarget = \"sip:queue@127.0.0.1:{port}\"\n"
+        );
+        let edge = Edge::start_with(false, &route);
+        let target = sipp::spawn(edge.path(), &sipp::scenario(edge.path(), target_scenario, &[]), port, &[]);
+        (edge, target)
+    }
+
     fn start_on(tls: bool, routes: &str, sip_listen: &str) -> Edge {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
@@ -240,12 +251,7 @@ async fn refer_back_to_the_agent_after_capture() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn inline_route_forwards_to_the_target_and_captures_on_request() {
-    let agent_port = free_udp_port(1);
-    let route = format!(
-        "[[sip.routes]]\nname = \"sales\"\nuser_prefix = \"sales\"\ntarget = \"sip:queue@127.0.0.1:{agent_port}\"\n"
-    );
-    let edge = Edge::start_with(false, &route);
-    let agent = sipp::spawn(edge.path(), &sipp::scenario(edge.path(), "agent_answers.xml", &[]), agent_port, &[]);
+    let (edge, agent) = Edge::inline("agent_answers.xml");
     let pcap = edge.keypad_pcap();
     let caller = edge.caller(
         "inline_call.xml",
@@ -314,12 +320,7 @@ async fn card_call_over_ipv6() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn caller_cancels_an_inline_call_while_the_target_rings() {
-    let agent_port = free_udp_port(1);
-    let route = format!(
-        "[[sip.routes]]\nname = \"sales\"\nuser_prefix = \"sales\"\ntarget = \"sip:queue@127.0.0.1:{agent_port}\"\n"
-    );
-    let edge = Edge::start_with(false, &route);
-    let target = sipp::spawn(edge.path(), &sipp::scenario(edge.path(), "agent_cancelled.xml", &[]), agent_port, &[]);
+    let (edge, target) = Edge::inline("agent_cancelled.xml");
     let caller = edge.caller("caller_cancels.xml", &[], "sales-9", &edge.serve.sip.to_string(), &[]);
     sipp::passed(caller, edge.path(), "cancelling caller").await;
     sipp::passed(target, edge.path(), "cancelled target").await;

@@ -11,11 +11,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use common::{TestServer, http, wait_final};
-use rtp_rs::{RtpPacketBuilder, Seq};
+use common::{TestServer, create_session, keypad_events, wait_final};
 use tokio::net::UdpSocket;
 use tonewall::api::auth::Role;
-use tonewall::media::telephone_event::{Key, TelephoneEvent};
 use tonewall::sip::message::{Method, SipMessage};
 use tonewall::softphone::Ua;
 
@@ -78,15 +76,8 @@ async fn libsrtp_caller_keys_a_card_over_srtp_with_both_suites() {
     let t = TestServer::start().await;
     let key = t.key(Role::Agent).await;
     for (suite, key_len) in [("AES_CM_128_HMAC_SHA1_80", 30), ("AEAD_AES_128_GCM", 28)] {
-        let (s, v) = http(
-            "POST",
-            &format!("{}/v1/sessions", t.base),
-            Some(&key),
-            Some(r#"{"fields":["pan","expiry","cvv"],"reference":"srtp"}"#),
-        )
-        .await;
-        assert_eq!(s, 201, "{v}");
-        let uri = v["transfer_uri"].as_str().unwrap();
+        let (id, uri) = create_session(&t.base, &key, "srtp").await;
+        let uri = uri.as_str();
         let caller_key = STANDARD.encode((0..key_len).map(|_| rand::random::<u8>()).collect::<Vec<_>>());
 
         let ua = Ua::bind().await.unwrap();
@@ -128,26 +119,13 @@ a=crypto:1 {suite} inline:{caller_key}\r\n",
             assert_eq!((plain[0] >> 6, plain[1] & 0x7f), (2, 0), "RTP v2, PCMU");
         }
         // Keys, protected by libsrtp.
-        let (ssrc, mut seq) = (rand::random::<u32>(), 100u16);
-        for (i, c) in "4111111111111111#1230123".chars().enumerate() {
-            let code = Key::from_char(c).unwrap().event_code();
-            for j in 0..7u16 {
-                let ev = TelephoneEvent { code, end: j >= 4, volume: 10, duration: (j.min(4) + 1) * 160 }.to_bytes();
-                let packet = RtpPacketBuilder::new()
-                    .payload_type(101)
-                    .ssrc(ssrc)
-                    .sequence(Seq::from(seq))
-                    .timestamp(8000 + i as u32 * 1600)
-                    .marked(j == 0)
-                    .payload(&ev)
-                    .build()
-                    .unwrap();
-                seq = seq.wrapping_add(1);
+        for key_packets in keypad_events("4111111111111111#1230123", rand::random()) {
+            for packet in key_packets {
                 rtp.send_to(&libsrtp.protect(&packet), media_to).await.unwrap();
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let done = wait_final(&t.base, &key, v["id"].as_str().unwrap(), Duration::from_secs(5)).await;
+        let done = wait_final(&t.base, &key, &id, Duration::from_secs(5)).await;
         assert_eq!(done["state"], "completed", "{suite}: {done}");
         assert_eq!(done["result"]["last4"], "1111");
         // Tonewall thanks the caller and hangs up; we answer its BYE.

@@ -236,22 +236,14 @@ async fn still_serves(t: &common::TestServer) {
     use tonewall::softphone::caller::{self, CallerOptions};
 
     let key = t.key(Role::Agent).await;
-    let (s, v) = common::http(
-        "POST",
-        &format!("{}/v1/sessions", t.base),
-        Some(&key),
-        Some(r#"{"fields":["pan","expiry","cvv"],"reference":"torture"}"#),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
-    let uri = v["transfer_uri"].as_str().unwrap();
+    let (id, uri) = common::create_session(&t.base, &key, "torture").await;
     let report = caller::place_call(CallerOptions {
         linger: Duration::from_secs(6),
-        ..CallerOptions::new(t.server.sip_addr, uri, "4111111111111111#,1230,123")
+        ..CallerOptions::new(t.server.sip_addr, &uri, "4111111111111111#,1230,123")
     })
     .await
     .expect("call placed");
     assert!(report.answered);
-    let done = common::wait_final(&t.base, &key, v["id"].as_str().unwrap(), Duration::from_secs(5)).await;
+    let done = common::wait_final(&t.base, &key, &id, Duration::from_secs(5)).await;
     assert_eq!(done["state"], "completed", "{done}");
 }

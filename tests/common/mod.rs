@@ -86,6 +86,43 @@ pub async fn http(method: &'static str, url: &str, key: Option<&str>, body: Opti
     .unwrap()
 }
 
+/// A session for a whole card (pan, expiry, cvv) through the API: its id and transfer URI.
+pub async fn create_session(base: &str, key: &str, reference: &str) -> (String, String) {
+    let body = format!(r#"{{"fields":["pan","expiry","cvv"],"reference":"{reference}"}}"#);
+    let (s, v) = http("POST", &format!("{base}/v1/sessions"), Some(key), Some(&body)).await;
+    assert_eq!(s, 201, "{v}");
+    (v["id"].as_str().unwrap().to_string(), v["transfer_uri"].as_str().unwrap().to_string())
+}
+
+/// The RFC 4733 packets (payload type 101) of each key in `keys`: 4 updates and 3 ends, with
+/// consecutive sequence numbers from 1 and a new event timestamp per key.
+pub fn keypad_events(keys: &str, ssrc: u32) -> Vec<Vec<Vec<u8>>> {
+    use tonewall::media::telephone_event::{Key, TelephoneEvent};
+    let mut seq = 1u16;
+    keys.chars()
+        .enumerate()
+        .map(|(i, c)| {
+            let code = Key::from_char(c).expect("a keypad key").event_code();
+            (0..7u16)
+                .map(|j| {
+                    let ev =
+                        TelephoneEvent { code, end: j >= 4, volume: 10, duration: (j.min(4) + 1) * 160 }.to_bytes();
+                    seq += 1;
+                    rtp_rs::RtpPacketBuilder::new()
+                        .payload_type(101)
+                        .ssrc(ssrc)
+                        .sequence(rtp_rs::Seq::from(seq))
+                        .timestamp(8000 + i as u32 * 1600)
+                        .marked(j == 0)
+                        .payload(&ev)
+                        .build()
+                        .unwrap()
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// Fails loudly when a tool the test needs is missing, naming how to install it.
 pub fn require_tool(cmd: &str, install: &str) {
     let found = std::process::Command::new("sh")
