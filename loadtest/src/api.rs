@@ -1,0 +1,60 @@
+//! tonewall's HTTP API as the agent desktop uses it: one payment session per call, read
+//! back at the end. One pooled HTTP/1.1 client (keep-alive) serves every call; requests run
+//! on tokio's blocking pool.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::{Value, json};
+
+#[derive(Clone)]
+pub struct Api {
+    agent: ureq::Agent,
+    base: Arc<str>,
+    auth: Arc<str>,
+}
+
+/// A created session: its id and the URI the caller is transferred to.
+pub struct Session {
+    pub id: String,
+    pub transfer_uri: String,
+}
+
+impl Api {
+    pub fn new(base: &str, key: &str) -> Api {
+        let config = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(10)))
+            .max_idle_connections_per_host(64)
+            .build();
+        Api { agent: config.into(), base: base.trim_end_matches('/').into(), auth: format!("Bearer {key}").into() }
+    }
+
+    /// `POST /v1/sessions` for a card, with the agent the call is bridged to.
+    pub async fn create_session(&self, agent_uri: String, reference: String) -> anyhow::Result<Session> {
+        let api = self.clone();
+        let body = json!({"fields": ["pan", "expiry", "cvv"], "reference": reference, "agent_uri": agent_uri});
+        let v = tokio::task::spawn_blocking(move || api.request("POST", "/v1/sessions", Some(body))).await??;
+        Ok(Session {
+            id: v["id"].as_str().context("session without id")?.to_string(),
+            transfer_uri: v["transfer_uri"].as_str().context("session without transfer_uri")?.to_string(),
+        })
+    }
+
+    /// `GET /v1/sessions/{id}`.
+    pub async fn session(&self, id: &str) -> anyhow::Result<Value> {
+        let api = self.clone();
+        let path = format!("/v1/sessions/{id}");
+        tokio::task::spawn_blocking(move || api.request("GET", &path, None)).await?
+    }
+
+    fn request(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let resp = match body {
+            Some(b) => self.agent.post(&url).header("Authorization", &*self.auth).send_json(b),
+            None => self.agent.get(&url).header("Authorization", &*self.auth).call(),
+        };
+        let mut resp = resp.with_context(|| format!("{method} {path}"))?;
+        Ok(resp.body_mut().read_json::<Value>()?)
+    }
+}

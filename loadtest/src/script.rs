@@ -1,0 +1,211 @@
+//! What each side of a load call sends, tick by tick (20 ms): recorded speech in PCMU with a
+//! frame number hidden in its first samples, and on the caller's side a card keyed once,
+//! either as RFC 4733 events (RFC 4733 §2.5: updates every 20 ms, three end packets) or as
+//! in-band tones over the speech.
+//!
+//! The frame number (the "watermark") lets the far side tell which frame it got and so
+//! measure each frame's trip through tonewall, whatever tonewall did to RTP sequence numbers
+//! and timestamps. It is six samples of the quietest PCMU codes (0xF0..=0xFF, at most ±31
+//! of 32767), which survive tonewall's decode/re-encode in masked mode unchanged and are
+//! inaudible under speech; a check byte keeps comfort noise from passing for one.
+
+use std::sync::Arc;
+
+use tonewall::media::dtmf::signal::{TonePair, push_tone, to_i16};
+use tonewall::media::g711::Codec;
+use tonewall::media::rtp::FRAME_SAMPLES;
+use tonewall::media::telephone_event::{Key, TelephoneEvent};
+use tonewall::softphone::caller::{Step, script};
+
+pub const EVENT_PT: u8 = 101;
+const WATERMARK_BYTES: usize = 6;
+/// A key: seven event packets (four updates, three end packets) or five tone frames, then
+/// quiet until the key's twelve ticks are up.
+const KEY_TICKS: u32 = 12;
+const EVENT_PACKETS: u32 = 7;
+const TONE_TICKS: u32 = 5;
+const EVENT_DURATION: u16 = 800;
+const TONE_DBM0: f32 = -10.0;
+
+/// How a caller keys its card.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keying {
+    Rfc4733,
+    InBand,
+}
+
+/// What one tick of a caller's keying sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Audio,
+    /// An RFC 4733 packet of the event that started `since` ticks ago.
+    Event {
+        code: u8,
+        since: u8,
+    },
+    /// In-band: tone frame `frame` of `key` over the speech.
+    Tone {
+        key: Key,
+        frame: u8,
+    },
+}
+
+/// A card keyed on the keypad, tick by tick.
+pub struct Keypad {
+    pub keying: Keying,
+    pub actions: Vec<Action>,
+    pub last4: String,
+}
+
+impl Keypad {
+    pub fn new(keying: Keying, pan: &str, expiry: &str, cvv: &str) -> Keypad {
+        let mut actions = Vec::new();
+        for step in script(&format!("{pan}#,{expiry},{cvv}")) {
+            match step {
+                Step::Press(key) => actions.extend((0..KEY_TICKS).map(|i| match keying {
+                    Keying::Rfc4733 if i < EVENT_PACKETS => Action::Event { code: key.event_code(), since: i as u8 },
+                    Keying::InBand if i < TONE_TICKS => Action::Tone { key, frame: i as u8 },
+                    _ => Action::Audio,
+                })),
+                Step::Pause(d) => actions.extend((0..d.as_millis() / 20).map(|_| Action::Audio)),
+            }
+        }
+        Keypad { keying, actions, last4: pan[pan.len() - 4..].to_string() }
+    }
+
+    pub fn ticks(&self) -> u32 {
+        self.actions.len() as u32
+    }
+}
+
+/// The RFC 4733 payload of an event packet `since` ticks after the key went down.
+pub fn event_payload(code: u8, since: u8) -> [u8; 4] {
+    let end = u32::from(since) >= EVENT_PACKETS - 3;
+    let duration = if end { EVENT_DURATION } else { (u16::from(since) + 1) * FRAME_SAMPLES as u16 };
+    TelephoneEvent { code, end, volume: 10, duration }.to_bytes()
+}
+
+/// Audio shared by every call: two speech loops (caller and agent) and the key tones.
+pub struct Sounds {
+    pub caller: Arc<[u8]>,
+    pub agent: Arc<[u8]>,
+    tones: Vec<(Key, Vec<i16>)>,
+}
+
+impl Sounds {
+    pub fn load() -> anyhow::Result<Sounds> {
+        let prompts = tonewall::runtime::prompts::english()?;
+        // About −22 dBm0, like a caller talking under the keys (as in the masking judge).
+        let pcmu = |s: &[i16]| -> Arc<[u8]> {
+            let whole = s.len() / FRAME_SAMPLES * FRAME_SAMPLES;
+            s[..whole].iter().map(|x| Codec::Pcmu.encode(x / 3)).collect()
+        };
+        let tones = "0123456789*#"
+            .chars()
+            .filter_map(Key::from_char)
+            .map(|k| {
+                let mut t = Vec::new();
+                push_tone(&mut t, TonePair::key(k, TONE_DBM0), TONE_TICKS as f32 * 20.0);
+                (k, to_i16(&t))
+            })
+            .collect();
+        Ok(Sounds { caller: pcmu(&prompts.card_number), agent: pcmu(&prompts.security_code), tones })
+    }
+
+    /// Writes frame `tick` of `speech` (looped, from `offset` frames in) into `out`; marks it
+    /// with `tick` unless a tone goes over it.
+    pub fn frame(&self, speech: &[u8], offset: u32, tick: u32, tone: Option<(Key, u8)>, out: &mut [u8]) {
+        let frames = (speech.len() / FRAME_SAMPLES) as u32;
+        let at = ((offset + tick) % frames) as usize * FRAME_SAMPLES;
+        let out = &mut out[..FRAME_SAMPLES];
+        out.copy_from_slice(&speech[at..at + FRAME_SAMPLES]);
+        match tone.and_then(|(k, f)| self.tones.iter().find(|(t, _)| *t == k).map(|(_, s)| (s, f))) {
+            Some((samples, f)) => {
+                let tone = &samples[usize::from(f) * FRAME_SAMPLES..][..FRAME_SAMPLES];
+                for (o, t) in out.iter_mut().zip(tone) {
+                    *o = Codec::Pcmu.encode(Codec::Pcmu.decode(*o).saturating_add(*t));
+                }
+            }
+            None => watermark(out, tick),
+        }
+    }
+}
+
+fn check_byte(k: u16) -> u8 {
+    (k as u8) ^ ((k >> 8) as u8) ^ 0xA5
+}
+
+/// Hides the low 16 bits of `tick` in the frame's first six samples.
+pub fn watermark(frame: &mut [u8], tick: u32) {
+    let k = tick as u16;
+    let c = check_byte(k);
+    let nibbles = [k & 15, (k >> 4) & 15, (k >> 8) & 15, k >> 12, u16::from(c & 15), u16::from(c >> 4)];
+    for (o, n) in frame.iter_mut().zip(nibbles) {
+        *o = 0xF0 | n as u8;
+    }
+}
+
+/// The frame number hidden by `watermark`, if the frame carries a valid one.
+pub fn read_watermark(frame: &[u8]) -> Option<u16> {
+    let m = frame.get(..WATERMARK_BYTES)?;
+    if m.iter().any(|b| b & 0xF0 != 0xF0) {
+        return None;
+    }
+    let n = |i: usize| u16::from(m[i] & 15);
+    let k = n(0) | n(1) << 4 | n(2) << 8 | n(3) << 12;
+    let c = (n(4) | n(5) << 4) as u8;
+    (c == check_byte(k)).then_some(k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watermark_survives_masked_mode_and_comfort_noise_does_not_pass_for_one() {
+        for tick in [0u32, 1, 255, 4096, 65535, 70000] {
+            let mut f = [0x55u8; FRAME_SAMPLES];
+            watermark(&mut f, tick);
+            // tonewall's masked path decodes and re-encodes every sample.
+            let again: Vec<u8> = f.iter().map(|b| Codec::Pcmu.encode(Codec::Pcmu.decode(*b))).collect();
+            assert_eq!(read_watermark(&again), Some(tick as u16));
+        }
+        let silence = [Codec::Pcmu.silence(); FRAME_SAMPLES];
+        assert_eq!(read_watermark(&silence), None);
+        let mut f = [0u8; FRAME_SAMPLES];
+        watermark(&mut f, 7);
+        f[4] ^= 1;
+        assert_eq!(read_watermark(&f), None, "a wrong check byte");
+    }
+
+    #[test]
+    fn keypads_key_the_whole_card_once() {
+        let k = Keypad::new(Keying::Rfc4733, "4111111111111111", "1230", "123");
+        // 24 keys of 12 ticks and two one-second pauses.
+        assert_eq!(k.ticks(), 24 * 12 + 2 * 50);
+        let starts = k.actions.iter().filter(|a| matches!(a, Action::Event { since: 0, .. })).count();
+        assert_eq!(starts, 24);
+        assert_eq!(k.last4, "1111");
+        let k = Keypad::new(Keying::InBand, "4111111111111111", "1230", "123");
+        assert!(k.actions.iter().all(|a| !matches!(a, Action::Event { .. })));
+        assert_eq!(k.actions.iter().filter(|a| matches!(a, Action::Tone { frame: 0, .. })).count(), 24);
+        assert!(event_payload(1, 6)[1] & 0x80 != 0 && event_payload(1, 3)[1] & 0x80 == 0, "E bit on the last three");
+    }
+
+    #[test]
+    fn tone_frames_carry_the_key_and_no_watermark() {
+        let s = Sounds::load().unwrap();
+        let mut f = [0u8; FRAME_SAMPLES];
+        s.frame(&s.caller, 3, 10, None, &mut f);
+        assert_eq!(read_watermark(&f), Some(10));
+        s.frame(&s.caller, 3, 10, Some((Key::from_char('5').unwrap(), 0)), &mut f);
+        assert_eq!(read_watermark(&f), None);
+        let pcm: Vec<i16> = f.iter().map(|b| Codec::Pcmu.decode(*b)).collect();
+        let mut d = tonewall::media::dtmf::detector::Detector::new();
+        let mut heard = None;
+        for _ in 0..3 {
+            heard = heard.or(d.process(&pcm));
+        }
+        assert_eq!(heard.map(|h| h.key), Key::from_char('5'));
+    }
+}
