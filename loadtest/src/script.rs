@@ -198,12 +198,13 @@ mod tests {
         let mut f = [0u8; FRAME_SAMPLES];
         s.frame(&s.caller, 3, 10, None, &mut f);
         assert_eq!(read_watermark(&f), Some(10));
-        s.frame(&s.caller, 3, 10, Some((Key::from_char('5').unwrap(), 0)), &mut f);
-        assert_eq!(read_watermark(&f), None);
-        let pcm: Vec<i16> = f.iter().map(|b| Codec::Pcmu.decode(*b)).collect();
+        let five = Key::from_char('5').unwrap();
         let mut d = tonewall::media::dtmf::detector::Detector::new();
         let mut heard = None;
-        for _ in 0..3 {
+        for frame in 0..TONE_TICKS as u8 {
+            s.frame(&s.caller, 3, 10 + u32::from(frame), Some((five, frame)), &mut f);
+            assert_eq!(read_watermark(&f), None);
+            let pcm: Vec<i16> = f.iter().map(|b| Codec::Pcmu.decode(*b)).collect();
             heard = heard.or(d.process(&pcm));
         }
         assert_eq!(heard.map(|h| h.key), Key::from_char('5'));
