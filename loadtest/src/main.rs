@@ -12,6 +12,7 @@
 mod api;
 mod media;
 mod mmsg;
+mod ng;
 mod procfs;
 mod report;
 mod script;
@@ -45,8 +46,8 @@ struct Args {
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     api: String,
     /// An agent API key (`tonewall api-key create --role agent`).
-    #[arg(long, env = "TONEWALL_API_KEY", hide_env_values = true)]
-    api_key: String,
+    #[arg(long, env = "TONEWALL_API_KEY", hide_env_values = true, required_unless_present = "rtpengine")]
+    api_key: Option<String>,
     /// Concurrent calls to hold (the top of the ramp if --ramp is given too).
     #[arg(long, default_value_t = 100)]
     calls: u32,
@@ -69,11 +70,19 @@ struct Args {
     #[arg(long)]
     server_pid: Option<u32>,
     /// Media tasks (each holds a share of the calls on two sockets).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 1)]
     shards: usize,
     /// Local address for the tool's SIP and RTP sockets.
     #[arg(long, default_value = "127.0.0.1")]
     bind: Ipv4Addr,
+    /// Runs the same media load through rtpengine instead, driven over its ng control
+    /// protocol at this address (for `compare-rtpengine.sh`); no SIP, no sessions.
+    #[arg(long)]
+    rtpengine: Option<SocketAddr>,
+    /// With --rtpengine: block DTMF (in-band detection, tones replaced by silence) behind a
+    /// delay buffer of this many ms.
+    #[arg(long)]
+    rtpengine_masking_ms: Option<i64>,
     /// Allows a target or API that is not on loopback (never against production).
     #[arg(long)]
     allow_non_loopback: bool,
@@ -107,10 +116,13 @@ async fn main() -> anyhow::Result<()> {
             args.api
         );
         ensure!(args.bind.is_loopback(), "--bind {} is not on loopback", args.bind);
+        if let Some(ng) = args.rtpengine {
+            ensure!(ng.ip().is_loopback(), "--rtpengine {ng} is not on loopback (--allow-non-loopback)");
+        }
     }
     let server_pid = match args.server_pid {
         Some(p) => p,
-        None => procfs::pid_listening_on(args.target)?,
+        None => procfs::pid_listening_on(args.rtpengine.unwrap_or(args.target))?,
     };
     let top = *levels.last().context("no load level")?;
     // Ramping at --rate, settling, measuring and draining each step; keying; hanging up.
@@ -150,6 +162,8 @@ struct Run {
     shards: Vec<Shard>,
     sip: SipDriver,
     api: Api,
+    /// Set when the load runs through rtpengine instead of tonewall.
+    ng: Option<ng::Ng>,
     events: mpsc::UnboundedReceiver<Event>,
     events_tx: mpsc::UnboundedSender<Event>,
     calls: HashMap<u32, Placed>,
@@ -183,6 +197,13 @@ async fn run(args: &Args, levels: &[u32], server_pid: u32) -> anyhow::Result<()>
             }
         }
     });
+    let ng = match args.rtpengine {
+        Some(addr) => {
+            let masking = args.rtpengine_masking_ms.map_or(ng::Masking::Off, |delay_ms| ng::Masking::On { delay_ms });
+            Some(ng::Ng::connect(addr, masking).await?)
+        }
+        None => None,
+    };
     let keypads = CARDS
         .iter()
         .flat_map(|(pan, cvv)| [Keying::Rfc4733, Keying::InBand].map(|k| Arc::new(Keypad::new(k, pan, EXPIRY, cvv))))
@@ -191,7 +212,8 @@ async fn run(args: &Args, levels: &[u32], server_pid: u32) -> anyhow::Result<()>
         bind: args.bind,
         shards,
         sip,
-        api: Api::new(&args.api, &args.api_key),
+        api: Api::new(&args.api, args.api_key.as_deref().unwrap_or_default()),
+        ng,
         events,
         events_tx,
         calls: HashMap::new(),
@@ -216,7 +238,11 @@ async fn run(args: &Args, levels: &[u32], server_pid: u32) -> anyhow::Result<()>
     }
     let failed = run.calls.values().filter(|c| matches!(c.state, CallState::Failed | CallState::Dropped)).count();
     let report = Report {
-        target: args.target.to_string(),
+        target: match (args.rtpengine, args.rtpengine_masking_ms) {
+            (Some(ng), None) => format!("rtpengine (plain relay) at {ng}"),
+            (Some(ng), Some(ms)) => format!("rtpengine (block DTMF, detect DTMF, {ms} ms delay buffer) at {ng}"),
+            (None, _) => format!("tonewall at {}", args.target),
+        },
         attempted: run.calls.len() as u64,
         failed: failed as u64,
         failures: run.failures.clone(),
@@ -333,6 +359,20 @@ impl Run {
                 state: CallState::Dialing,
             },
         );
+        if let Some(ng) = self.ng.clone() {
+            let events = self.events_tx.clone();
+            let shard = &self.shards[shard];
+            let (caller_rtp, agent_rtp) =
+                (SocketAddrV4::new(self.bind, shard.caller_port), SocketAddrV4::new(self.bind, shard.agent_port));
+            tokio::spawn(async move {
+                let e = match ng.setup(id, caller_rtp, agent_rtp).await {
+                    Ok((caller_leg, agent_leg)) => SipEvent::Connected { id, caller_leg, agent_leg },
+                    Err(e) => SipEvent::Failed { id, reason: format!("{e:#}") },
+                };
+                let _ = events.send(Event::Sip(e));
+            });
+            return id;
+        }
         let (api, events, sip_addr) = (self.api.clone(), self.events_tx.clone(), self.sip.addr);
         tokio::spawn(async move {
             let Ok(_permit) = http.acquire_owned().await else { return };
@@ -444,7 +484,18 @@ impl Run {
         for (id, shard) in up {
             pace.tick().await;
             let _ = self.shards[shard].tx.send(ShardCommand::Remove(id));
-            let _ = self.sip.tx.send(SipCommand::Hangup { id });
+            match self.ng.clone() {
+                Some(ng) => {
+                    let events = self.events_tx.clone();
+                    tokio::spawn(async move {
+                        let answered = ng.delete(id).await.is_ok();
+                        let _ = events.send(Event::Sip(SipEvent::Ended { id, answered }));
+                    });
+                }
+                None => {
+                    let _ = self.sip.tx.send(SipCommand::Hangup { id });
+                }
+            }
         }
         let by = Instant::now() + Duration::from_secs(10);
         while self.calls.values().any(|c| c.state == CallState::Up) && Instant::now() < by {
@@ -457,7 +508,9 @@ impl Run {
     async fn check_sessions(&self) -> [(u64, u64); 2] {
         let gate = Arc::new(Semaphore::new(16));
         let mut tasks = Vec::new();
-        for c in self.calls.values().filter(|c| c.connected.is_some()) {
+        // rtpengine relays; it captures nothing.
+        let calls = self.calls.values().filter(|c| c.connected.is_some() && self.ng.is_none());
+        for c in calls {
             let Some(session) = c.session.clone() else { continue };
             let (api, last4, gate) = (self.api.clone(), c.keypad.last4.clone(), gate.clone());
             let way = usize::from(c.keypad.keying == Keying::InBand);

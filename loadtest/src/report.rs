@@ -16,7 +16,7 @@ pub struct Step {
     pub calls: u32,
     pub setups_per_second: f64,
     pub failed: u64,
-    /// tonewall's CPU over the window, percent of one core.
+    /// The server's CPU over the window, percent of one core.
     pub cpu_percent: f64,
     pub tool_cpu_percent: f64,
     pub rss_bytes: u64,
@@ -50,7 +50,7 @@ impl WindowStats {
     }
 }
 
-const HEADER: &str = "calls  setups/s  failed  p50 ms  p99 ms  p99.9 ms  in capture p99  outside p99  loss      leaks  tonewall CPU  RSS MiB  KiB/call  tool CPU";
+const HEADER: &str = "calls  setups/s  failed  p50 ms  p99 ms  p99.9 ms  in capture p99  outside p99  loss      leaks  server CPU  RSS MiB  KiB/call  tool CPU";
 
 impl Step {
     pub fn print_line(&self) {
@@ -63,7 +63,7 @@ impl Step {
     fn line(&self) -> String {
         let s = &self.stats;
         format!(
-            "{:<6} {:>8.0}  {:>6}  {:>6.2}  {:>6.2}  {:>8.2}  {:>14.2}  {:>11.2}  {:<8.5}  {:>5}  {:>11.0}%  {:>7.1}  {:>8.1}  {:>7.0}%",
+            "{:<6} {:>8.0}  {:>6}  {:>6.2}  {:>6.2}  {:>8.2}  {:>14.2}  {:>11.2}  {:<8.5}  {:>5}  {:>9.0}%  {:>7.1}  {:>8.1}  {:>7.0}%",
             self.calls,
             self.setups_per_second,
             self.failed,
@@ -117,7 +117,7 @@ impl Report {
     }
 
     pub fn print(&self) {
-        println!("tonewall load test against {}", self.target);
+        println!("load test of {}", self.target);
         println!("{HEADER}");
         for s in &self.steps {
             println!("{}", s.line());
@@ -153,8 +153,9 @@ impl Report {
             "setup_ms": latency_ms_plain(&self.setup_ms),
         });
         let [(r1, a1), (r2, a2)] = self.captured;
+        let accuracy = if a1 + a2 == 0 { Value::Null } else { json!(self.accuracy()) };
         v["capture"] = json!({
-            "accuracy": self.accuracy(),
+            "accuracy": accuracy,
             "rfc4733": {"right": r1, "attempted": a1},
             "in_band": {"right": r2, "attempted": a2},
         });
@@ -180,14 +181,15 @@ impl Report {
             out,
             r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
 <rect width="100%" height="100%" fill="white"/>
-<text x="{cx}" y="22" text-anchor="middle" font-size="15">tonewall under load: relay latency and CPU against concurrent calls</text>
+<text x="{cx}" y="22" text-anchor="middle" font-size="15">{title}: relay latency and CPU against concurrent calls</text>
 <line x1="{left}" y1="{b}" x2="{r}" y2="{b}" stroke="black"/>
 <line x1="{left}" y1="{top}" x2="{left}" y2="{b}" stroke="black"/>
 <line x1="{r}" y1="{top}" x2="{r}" y2="{b}" stroke="black"/>
 <text x="{cx}" y="{xl}" text-anchor="middle">concurrent calls</text>
 <text transform="translate(18 {cy}) rotate(-90)" text-anchor="middle">caller → agent latency, ms</text>
-<text transform="translate({rl} {cy}) rotate(90)" text-anchor="middle">tonewall CPU, % of one core</text>
+<text transform="translate({rl} {cy}) rotate(90)" text-anchor="middle">server CPU, % of one core</text>
 "##,
+            title = self.target,
             cx = left + pw / 2.0,
             cy = top + ph / 2.0,
             b = top + ph,
