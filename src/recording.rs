@@ -20,8 +20,9 @@ use crate::vault::crypto::{self, SecretKey};
 use crate::vault::{Vault, VaultError};
 
 const MAGIC: &[u8; 7] = b"TWREC1\n";
-/// One second of 8 kHz 16-bit stereo.
-const CHUNK_BYTES: usize = 32_000;
+/// A quarter second of 8 kHz 16-bit stereo: sealed and written as it fills, so a call holds
+/// only this much plain audio in memory (and loses at most this much in a crash).
+const CHUNK_BYTES: usize = 8_000;
 const SAMPLE_RATE: u32 = 8000;
 
 #[derive(Debug, Error)]
@@ -109,7 +110,9 @@ impl Writer {
         let path = dir.join(format!("{id}.twrec"));
         let (key_id, key) = vault.keys().current();
         let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(io_err(&path))?;
-        let mut file = std::io::BufWriter::new(file);
+        // Sealed chunks are larger than the buffer and go straight to the file; the buffer
+        // only gathers each chunk's length and nonce.
+        let mut file = std::io::BufWriter::with_capacity(64, file);
         file.write_all(MAGIC).and_then(|()| file.write_all(&key_id.to_le_bytes())).map_err(io_err(&path))?;
         Ok(Writer {
             id,
@@ -349,7 +352,7 @@ mod tests {
         assert!(!sealed.windows(audio.len()).any(|w| w == audio), "no audio in clear on disk");
         assert_eq!(metadata(vault.pool(), &meta.id).await.unwrap(), Some(meta.clone()));
         // A flipped bit, a dropped chunk, a cut-off end: all refused.
-        let chunk = 4 + 12 + 32_000 + 16;
+        let chunk = 4 + 12 + CHUNK_BYTES + 16;
         let header = MAGIC.len() + 8;
         let tampered: [Vec<u8>; 3] = [
             {

@@ -192,7 +192,9 @@ impl Sessions {
             result: None,
             error: None,
         };
-        let (updates, _) = broadcast::channel(256);
+        // Each update carries the whole view, so a subscriber that lags past 32 (and skips
+        // ahead) still gets the latest state; 256 slots cost 60 KiB per session.
+        let (updates, _) = broadcast::channel(32);
         let entry = Entry {
             view: view.clone(),
             agent_uri,

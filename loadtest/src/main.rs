@@ -125,11 +125,14 @@ async fn main() -> anyhow::Result<()> {
         None => procfs::pid_listening_on(args.rtpengine.unwrap_or(args.target))?,
     };
     let top = *levels.last().context("no load level")?;
-    // Ramping at --rate, settling, measuring and draining each step; keying; hanging up.
-    let budget = levels.len() as f64 * (args.duration as f64 + 5.0 + sip::SETUP_TIMEOUT.as_secs_f64())
+    // Per step: ramping at --rate, waiting for the last set-ups, settling, measuring, draining.
+    // Then the last cards keyed, every call hung up and every session read back.
+    let per_step = sip::SETUP_TIMEOUT.as_secs_f64() + 10.0 + args.duration as f64;
+    let budget = levels.len() as f64 * per_step
         + 2.0 * f64::from(top) / args.rate
         + args.duration as f64
-        + 60.0;
+        + f64::from(top) / 50.0
+        + 90.0;
     let deadline = Duration::from_secs_f64(budget);
     match tokio::time::timeout(deadline, run(&args, &levels, server_pid)).await {
         Ok(r) => r,

@@ -5,12 +5,15 @@
 //! recording by construction. The tap also notes where audio was replaced (masked spans) and
 //! which field was being captured then.
 //!
-//! No allocation per packet: both channels are fixed rings, spans a list reserved up front.
+//! No allocation per packet: both channels are fixed rings; the span list grows at most a
+//! few times per call.
 
 use crate::capture::collector::FieldName;
 use crate::media::rtp::FRAME_SAMPLES;
 
-const RING: usize = 16_384;
+/// 512 ms per channel: more than `MAX_LAG` plus the largest packet, which is all a channel
+/// ever holds before the recording takes it.
+const RING: usize = 4096;
 /// A channel this far ahead (200 ms) is not waited for: the other is padded with silence,
 /// so a silent or missing leg never stalls the recording.
 const MAX_LAG: usize = 1600;
@@ -101,7 +104,8 @@ impl Default for Tap {
             field: None,
             ended: None,
             open: None,
-            spans: Vec::with_capacity(MAX_SPANS),
+            // Most calls mask a few dozen spans at most; the list grows (rarely) up to MAX_SPANS.
+            spans: Vec::with_capacity(32),
         }
     }
 }

@@ -21,6 +21,9 @@ use crate::session::SessionId;
 use crate::sip::message::SipMessage;
 use crate::vault::{Actor, Completion};
 
+/// Where the timer rests while the call has no deadline.
+const IDLE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 pub struct CallTask {
     pub id: CallId,
     pub call: Call,
@@ -54,13 +57,23 @@ impl CallTask {
         let mut caller_buf = [0u8; MAX_PACKET];
         let mut agent_buf = [0u8; MAX_PACKET];
         let mut recorder = Recorder::default();
+        // One timer for the call's life, moved only when its deadline changes: arming a new
+        // one per packet showed up in profiles.
+        let idle = || tokio::time::Instant::now() + IDLE;
+        let timer = tokio::time::sleep_until(idle());
+        tokio::pin!(timer);
+        let mut armed = None;
         loop {
             self.flush();
             self.record(&mut recorder, false);
             if self.call.is_ended() {
                 break;
             }
-            let deadline = self.call.poll_timeout().map(tokio::time::Instant::from_std);
+            let deadline = self.call.poll_timeout();
+            if deadline != armed {
+                armed = deadline;
+                timer.as_mut().reset(deadline.map_or_else(idle, tokio::time::Instant::from_std));
+            }
             tokio::select! {
                 Some(inbound) = self.sip_rx.recv() => self.inbound(inbound),
                 Some(cmd) = self.cmd_rx.recv() => self.call.handle_command(Instant::now(), cmd),
@@ -74,11 +87,12 @@ impl CallTask {
                         self.call.handle_rtp(Instant::now(), LegId::Agent, &agent_buf[..n]);
                     }
                 }
-                _ = sleep_until(deadline) => self.call.handle_timeout(Instant::now()),
+                _ = &mut timer, if armed.is_some() => self.call.handle_timeout(Instant::now()),
             }
         }
         self.record(&mut recorder, true);
-        self.finish_recording(recorder).await;
+        // Boxed: its database futures would otherwise sit in every call's task all call long.
+        Box::pin(self.finish_recording(recorder)).await;
         // The security code lives no longer than its call (PCI DSS 3.3.1).
         let result = self.session.as_ref().and_then(|s| self.shared.sessions.view(s)).and_then(|v| v.result);
         if let Some(result) = result {
@@ -101,12 +115,12 @@ impl CallTask {
     fn inbound(&mut self, inbound: Inbound) {
         if let Some(flow) = inbound.flow {
             self.replaced.call_ids.push(self.call.caller_call_id().to_string());
-            if let SipMessage::Request(r) = &inbound.msg {
+            if let SipMessage::Request(r) = &*inbound.msg {
                 self.replaced.call_ids.push(r.call_id().to_string());
             }
             self.replaced.pending = Some(flow);
         }
-        self.call.handle_sip(Instant::now(), inbound.leg, inbound.msg);
+        self.call.handle_sip(Instant::now(), inbound.leg, *inbound.msg);
     }
 
     /// The call took the INVITE with Replaces: its flow is the caller's now, and the old
@@ -126,8 +140,8 @@ impl CallTask {
         if r.failed {
             return;
         }
-        let mut frame = [0i16; STEREO_FRAME];
-        while self.call.poll_recording(&mut frame, ended) {
+        let frame = &mut r.frame;
+        while self.call.poll_recording(frame, ended) {
             if r.writer.is_none() {
                 let started = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
                 match Writer::create(&self.shared.config.storage.data_dir, &self.shared.vault, started) {
@@ -135,7 +149,7 @@ impl CallTask {
                     Err(e) => return r.fail(&self.id, e),
                 }
             }
-            if let Some(Err(e)) = r.writer.as_mut().map(|w| w.write(&frame)) {
+            if let Some(Err(e)) = r.writer.as_mut().map(|w| w.write(frame)) {
                 return r.fail(&self.id, e);
             }
         }
@@ -231,10 +245,17 @@ impl CallTask {
     }
 }
 
-#[derive(Default)]
 struct Recorder {
     writer: Option<Writer>,
     failed: bool,
+    /// The frame being moved, kept so that no loop turn clears 640 bytes it may not use.
+    frame: [i16; STEREO_FRAME],
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder { writer: None, failed: false, frame: [0; STEREO_FRAME] }
+    }
 }
 
 impl Recorder {
@@ -242,12 +263,5 @@ impl Recorder {
         tracing::error!(call = call.as_str(), error = %e, "recording stopped");
         self.failed = true;
         self.writer = None;
-    }
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }

@@ -54,7 +54,11 @@ pub async fn receive(shared: &Arc<Shared>, bytes: &[u8], flow: &Flow) {
         }
         Ok(SipMessage::Response(resp)) => {
             if let Some(route) = shared.route(resp.call_id()) {
-                let _ = route.inbox.try_send(Inbound { leg: route.leg, msg: SipMessage::Response(resp), flow: None });
+                let _ = route.inbox.try_send(Inbound {
+                    leg: route.leg,
+                    msg: Box::new(SipMessage::Response(resp)),
+                    flow: None,
+                });
             }
             // Otherwise a response for no call of ours (§18.1.2: discard).
         }
@@ -77,7 +81,7 @@ async fn handle_request(shared: &Arc<Shared>, req: Request, flow: &Flow) {
     }
     if let Some(route) = shared.route(req.call_id()) {
         // A call whose inbox is full is overwhelmed; UDP senders retransmit.
-        let _ = route.inbox.try_send(Inbound { leg: route.leg, msg: SipMessage::Request(req), flow: None });
+        let _ = route.inbox.try_send(Inbound { leg: route.leg, msg: Box::new(SipMessage::Request(req)), flow: None });
         return;
     }
     let reply =
@@ -127,7 +131,11 @@ fn take_over(shared: &Arc<Shared>, req: Request, replaces: Result<Replaces, ()>,
         Transport::Udp => flow.to(req.reply_address(flow.remote)),
         _ => flow.clone(),
     };
-    let _ = route.inbox.try_send(Inbound { leg: LegId::Caller, msg: SipMessage::Request(req), flow: Some(caller) });
+    let _ = route.inbox.try_send(Inbound {
+        leg: LegId::Caller,
+        msg: Box::new(SipMessage::Request(req)),
+        flow: Some(caller),
+    });
 }
 
 /// Whom a new INVITE is for: a waiting session, or an inline route.

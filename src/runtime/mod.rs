@@ -49,7 +49,9 @@ const SESSION_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// dialog (Replaces), whose caller may be somewhere new.
 pub struct Inbound {
     pub leg: LegId,
-    pub msg: SipMessage,
+    /// Boxed: a call's inbox reserves room for 32 messages at a time, and a SipMessage is
+    /// ten times the size of its box.
+    pub msg: Box<SipMessage>,
     pub flow: Option<transport::Flow>,
 }
 
