@@ -120,10 +120,6 @@ async fn main() -> anyhow::Result<()> {
             ensure!(ng.ip().is_loopback(), "--rtpengine {ng} is not on loopback (--allow-non-loopback)");
         }
     }
-    let server_pid = match args.server_pid {
-        Some(p) => p,
-        None => procfs::pid_listening_on(args.rtpengine.unwrap_or(args.target))?,
-    };
     let top = *levels.last().context("no load level")?;
     // Per step: ramping at --rate, waiting for the last set-ups, settling, measuring, draining.
     // Then the last cards keyed, every call hung up and every session read back.
@@ -134,7 +130,7 @@ async fn main() -> anyhow::Result<()> {
         + f64::from(top) / 50.0
         + 90.0;
     let deadline = Duration::from_secs_f64(budget);
-    match tokio::time::timeout(deadline, run(&args, &levels, server_pid)).await {
+    match tokio::time::timeout(deadline, run(&args, &levels)).await {
         Ok(r) => r,
         Err(_) => bail!("the run did not finish within its {:.0} s budget", deadline.as_secs_f64()),
     }
@@ -183,7 +179,7 @@ enum Event {
     SessionCreated { id: u32, session: String, uri: String },
 }
 
-async fn run(args: &Args, levels: &[u32], server_pid: u32) -> anyhow::Result<()> {
+async fn run(args: &Args, levels: &[u32]) -> anyhow::Result<()> {
     let sounds = Arc::new(Sounds::load()?);
     let mut shards = Vec::new();
     for _ in 0..args.shards {
@@ -206,6 +202,11 @@ async fn run(args: &Args, levels: &[u32], server_pid: u32) -> anyhow::Result<()>
             Some(ng::Ng::connect(addr, masking).await?)
         }
         None => None,
+    };
+    // After the ng ping: a daemon just started may not have bound its port before.
+    let server_pid = match args.server_pid {
+        Some(p) => p,
+        None => procfs::pid_listening_on(args.rtpengine.unwrap_or(args.target))?,
     };
     let keypads = CARDS
         .iter()

@@ -44,7 +44,9 @@ impl Ng {
         let (rx_sock, rx_waiters) = (sock.clone(), waiters.clone());
         tokio::spawn(async move {
             let mut buf = vec![0u8; 65536];
-            while let Ok((n, _)) = rx_sock.recv_from(&mut buf).await {
+            loop {
+                // An error here (an ICMP error reported late) concerns no one request.
+                let Ok((n, _)) = rx_sock.recv_from(&mut buf).await else { continue };
                 let Some(space) = buf[..n].iter().position(|b| *b == b' ') else { continue };
                 let cookie = String::from_utf8_lossy(&buf[..space]).to_string();
                 let Ok(Value::Dict(d)) = serde_bencode::from_bytes::<Value>(&buf[space + 1..n]) else { continue };
