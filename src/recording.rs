@@ -128,8 +128,10 @@ impl Writer {
     }
 
     pub fn write(&mut self, frame: &[i16; STEREO_FRAME]) -> Result<(), RecordingError> {
-        for s in frame {
-            self.chunk.extend_from_slice(&s.to_le_bytes());
+        let at = self.chunk.len();
+        self.chunk.resize(at + 2 * STEREO_FRAME, 0);
+        for (o, s) in self.chunk[at..].chunks_exact_mut(2).zip(frame) {
+            o.copy_from_slice(&s.to_le_bytes());
         }
         self.frames += 1;
         if self.chunk.len() >= CHUNK_BYTES {

@@ -183,7 +183,7 @@ async fn run(args: &Args, levels: &[u32]) -> anyhow::Result<()> {
     let sounds = Arc::new(Sounds::load()?);
     let mut shards = Vec::new();
     for _ in 0..args.shards {
-        shards.push(Shard::start(args.bind, sounds.clone()).await?);
+        shards.push(Shard::start(args.bind, sounds.clone())?);
     }
     let (events_tx, events) = mpsc::unbounded_channel();
     let (sip_tx, mut sip_rx) = mpsc::unbounded_channel();

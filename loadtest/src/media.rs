@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use tokio::net::UdpSocket;
+use std::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tonewall::media::dtmf::detector::Detector;
 use tonewall::media::g711::Codec;
@@ -202,10 +202,14 @@ pub struct Shard {
 
 impl Shard {
     /// Binds the shard's two sockets on `ip` and starts its task.
-    pub async fn start(ip: std::net::Ipv4Addr, sounds: Arc<Sounds>) -> anyhow::Result<Shard> {
-        let caller = UdpSocket::bind((ip, 0)).await?;
-        let agent = UdpSocket::bind((ip, 0)).await?;
+    pub fn start(ip: std::net::Ipv4Addr, sounds: Arc<Sounds>) -> anyhow::Result<Shard> {
+        // Plain sockets, not registered with the reactor: the shard reads them on its 1 ms
+        // tick, so an arriving packet wakes nobody (on loopback the sender would pay for
+        // the wake-up, and the sender is tonewall).
+        let caller = UdpSocket::bind((ip, 0))?;
+        let agent = UdpSocket::bind((ip, 0))?;
         for s in [&caller, &agent] {
+            s.set_nonblocking(true)?;
             mmsg::prepare(mmsg::fd_of(s), 8 << 20)?;
         }
         let (tx, rx) = mpsc::unbounded_channel();

@@ -55,11 +55,14 @@ impl Channel {
         Channel { ring: Box::new([0; RING]), len: 0, head: 0, position: 0 }
     }
 
+    /// Appends what fits (two slice copies: this runs for every packet of every call).
     fn push(&mut self, samples: &[i16]) {
-        for &s in samples.iter().take(RING - self.len) {
-            self.ring[(self.head + self.len) % RING] = s;
-            self.len += 1;
-        }
+        let n = samples.len().min(RING - self.len);
+        let tail = (self.head + self.len) % RING;
+        let first = n.min(RING - tail);
+        self.ring[tail..tail + first].copy_from_slice(&samples[..first]);
+        self.ring[..n - first].copy_from_slice(&samples[first..n]);
+        self.len += n;
         self.position += samples.len() as u64;
     }
 
@@ -72,11 +75,14 @@ impl Channel {
         self.position += n as u64;
     }
 
-    fn pop(&mut self) -> i16 {
-        let s = self.ring[self.head];
-        self.head = (self.head + 1) % RING;
-        self.len -= 1;
-        s
+    /// The oldest sample `i` places from the head (`i < len`).
+    fn peek(&self, i: usize) -> i16 {
+        self.ring[(self.head + i) % RING]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.head = (self.head + n) % RING;
+        self.len -= n;
     }
 }
 
@@ -186,10 +192,12 @@ impl Tap {
             let short = if l < r { &mut self.left } else { &mut self.right };
             short.pad(FRAME_SAMPLES - short.len);
         }
-        for pair in out.chunks_exact_mut(2) {
-            pair[0] = self.left.pop();
-            pair[1] = self.right.pop();
+        for (i, pair) in out.chunks_exact_mut(2).enumerate() {
+            pair[0] = self.left.peek(i);
+            pair[1] = self.right.peek(i);
         }
+        self.left.consume(FRAME_SAMPLES);
+        self.right.consume(FRAME_SAMPLES);
         true
     }
 
