@@ -104,6 +104,7 @@ async fn main() -> anyhow::Result<()> {
     levels.sort_unstable();
     levels.dedup();
     ensure!(levels.iter().all(|l| (1..=MAX_CALLS).contains(l)), "load levels must be 1..={MAX_CALLS} calls");
+    ensure!(levels.len() <= 50, "at most 50 load levels");
     ensure!(args.rate > 0.0 && args.rate <= 5000.0, "--rate must be in (0, 5000] calls per second");
     ensure!((1..=3600).contains(&args.duration), "--duration must be 1..=3600 seconds");
     ensure!((1..=16).contains(&args.shards), "--shards must be 1..=16");

@@ -53,11 +53,10 @@ impl WindowStats {
 const HEADER: &str = "calls  setups/s  failed  p50 ms  p99 ms  p99.9 ms  in capture p99  outside p99  loss      leaks  server CPU  RSS MiB  KiB/call  tool CPU";
 
 impl Step {
+    /// The step's row as soon as it is measured (stderr; the final table goes to stdout).
     pub fn print_line(&self) {
-        let s = &self.stats;
         eprintln!("{HEADER}");
         eprintln!("{}", self.line());
-        let _ = s;
     }
 
     fn line(&self) -> String {
