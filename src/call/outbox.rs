@@ -27,20 +27,20 @@ pub struct Outbox {
     free: Vec<usize>,
 }
 
-/// Buffers reserved when the call starts; a burst (a gap filled after an event) adds more
-/// once, and they are kept for the rest of the call.
-const RESERVED: usize = 4;
+/// Buffers written when the call starts: enough for the steady state.
+const WRITTEN: usize = 4;
+/// Room reserved for buffers when the call starts: a burst (a gap filled after an event)
+/// adds buffers up to this many without allocating (the room is address space until a
+/// burst first writes it, so it costs little resident memory).
+const RESERVED: usize = 16;
 
 impl Outbox {
     pub fn new(to: SocketAddr) -> Outbox {
-        let slots =
-            (0..RESERVED).map(|_| MediaPacket { leg: LegId::Caller, to, len: 0, buf: [0; MAX_PACKET] }).collect();
-        Outbox {
-            slots,
-            queue: VecDeque::with_capacity(RESERVED),
-            front_taken: false,
-            free: (0..RESERVED).rev().collect(),
-        }
+        let mut slots = Vec::with_capacity(RESERVED);
+        slots.extend((0..WRITTEN).map(|_| MediaPacket { leg: LegId::Caller, to, len: 0, buf: [0; MAX_PACKET] }));
+        let mut free = Vec::with_capacity(RESERVED);
+        free.extend((0..WRITTEN).rev());
+        Outbox { slots, queue: VecDeque::with_capacity(RESERVED), front_taken: false, free }
     }
 
     /// Writes a packet on `stream` toward `leg` at `to` and queues it.
@@ -98,8 +98,8 @@ mod tests {
         let mut stream = OutStream::new(Ssrc(7), 1, 0);
         let now = Instant::now();
         for round in 0..3 {
-            // More than the buffers reserved, so the pool grows once and is reused after.
-            for n in 0..(RESERVED + 4) {
+            // More than the buffers written, so the pool grows once and is reused after.
+            for n in 0..(WRITTEN + 4) {
                 out.send(
                     LegId::Agent,
                     to,
@@ -111,12 +111,13 @@ mod tests {
                     now,
                 );
             }
-            for n in 0..(RESERVED + 4) {
+            for n in 0..(WRITTEN + 4) {
                 let p = out.poll().expect("queued");
                 assert_eq!((p.len, p.buf[12], p.leg), (172, n as u8, LegId::Agent), "round {round}");
             }
             assert!(out.poll().is_none());
-            assert_eq!(out.slots.len(), RESERVED + 4, "no buffer beyond the largest burst");
+            assert_eq!(out.slots.len(), WRITTEN + 4, "no buffer beyond the largest burst");
+            assert_eq!(out.slots.capacity(), RESERVED, "grown within the reserved room");
         }
     }
 }

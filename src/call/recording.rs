@@ -5,8 +5,7 @@
 //! recording by construction. The tap also notes where audio was replaced (masked spans) and
 //! which field was being captured then.
 //!
-//! No allocation per packet: both channels are fixed rings; the span list grows at most a
-//! few times per call.
+//! No allocation per packet: both channels are fixed rings, spans a list reserved up front.
 
 use crate::capture::collector::FieldName;
 use crate::media::rtp::FRAME_SAMPLES;
@@ -110,8 +109,9 @@ impl Default for Tap {
             field: None,
             ended: None,
             open: None,
-            // Most calls mask a few dozen spans at most; the list grows (rarely) up to MAX_SPANS.
-            spans: Vec::with_capacity(32),
+            // Reserved whole so that no span allocates; pages a call never fills stay
+            // untouched address space, not resident memory.
+            spans: Vec::with_capacity(MAX_SPANS),
         }
     }
 }
