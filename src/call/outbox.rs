@@ -96,7 +96,7 @@ mod tests {
         let to: SocketAddr = "127.0.0.1:4000".parse().unwrap();
         let mut out = Outbox::new(to);
         let mut stream = OutStream::new(Ssrc(7), 1, 0);
-        let now = Instant::now();
+        let now = crate::test_origin();
         for round in 0..3 {
             // More than the buffers written, so the pool grows once and is reused after.
             for n in 0..(WRITTEN + 4) {
