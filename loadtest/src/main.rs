@@ -170,7 +170,7 @@ struct Run {
     keypads: Vec<Arc<Keypad>>,
     next_id: u32,
     key_within_ticks: u32,
-    setup_ms: Histogram<u64>,
+    setup_us: Histogram<u64>,
     failures: HashMap<String, u32>,
     rng: u64,
 }
@@ -225,7 +225,7 @@ async fn run(args: &Args, levels: &[u32]) -> anyhow::Result<()> {
         keypads,
         next_id: 0,
         key_within_ticks: (args.duration * 50) as u32,
-        setup_ms: Histogram::new_with_bounds(1, 600_000, 3)?,
+        setup_us: Histogram::new_with_bounds(1, 600_000_000, 3)?,
         failures: HashMap::new(),
         rng: 0x10ad_7e57,
     };
@@ -252,7 +252,7 @@ async fn run(args: &Args, levels: &[u32]) -> anyhow::Result<()> {
         failed: failed as u64,
         failures: run.failures.clone(),
         captured,
-        setup_ms: run.setup_ms.clone(),
+        setup_us: run.setup_us.clone(),
         steps,
         all,
     };
@@ -406,7 +406,7 @@ impl Run {
                 let now = Instant::now();
                 c.connected = Some(now);
                 c.state = CallState::Up;
-                let _ = self.setup_ms.record((now.duration_since(c.dialed).as_millis() as u64).max(1));
+                let _ = self.setup_us.record((now.duration_since(c.dialed).as_micros() as u64).max(1));
                 let media = CallMedia { id, caller_leg, agent_leg, keypad: c.keypad.clone(), key_at: c.key_at };
                 let _ = self.shards[c.shard].tx.send(ShardCommand::Add(media));
             }

@@ -31,7 +31,8 @@ pub struct Report {
     pub failures: HashMap<String, u32>,
     /// Per way of keying (RFC 4733, in-band): cards captured right, and calls that keyed one.
     pub captured: [(u64, u64); 2],
-    pub setup_ms: Histogram<u64>,
+    /// Dial to both legs up.
+    pub setup_us: Histogram<u64>,
     pub steps: Vec<Step>,
     pub all: WindowStats,
 }
@@ -122,7 +123,7 @@ impl Report {
             println!("{}", s.line());
         }
         println!(
-            "calls attempted {}, failed {}; cards captured right: RFC 4733 {}/{}, in-band {}/{} ({:.4}); leaks: {} digits in agent audio, {} RFC 4733 packets on the agent leg; set-up p50 {} ms, p99 {} ms",
+            "calls attempted {}, failed {}; cards captured right: RFC 4733 {}/{}, in-band {}/{} ({:.4}); leaks: {} digits in agent audio, {} RFC 4733 packets on the agent leg; set-up p50 {:.1} ms, p99 {:.1} ms",
             self.attempted,
             self.failed,
             self.captured[0].0,
@@ -132,8 +133,8 @@ impl Report {
             self.accuracy(),
             self.all.leaked_digits,
             self.all.leaked_events,
-            self.setup_ms.value_at_quantile(0.5),
-            self.setup_ms.value_at_quantile(0.99),
+            ms(&self.setup_us, 0.5),
+            ms(&self.setup_us, 0.99),
         );
         for (why, n) in &self.failures {
             println!("  {n} × {why}");
@@ -149,7 +150,7 @@ impl Report {
             "failed": self.failed,
             "concurrent": top.map_or(0, |s| s.calls),
             "failures": self.failures,
-            "setup_ms": latency_ms_plain(&self.setup_ms),
+            "setup_ms": latency(&self.setup_us),
         });
         let [(r1, a1), (r2, a2)] = self.captured;
         let accuracy = if a1 + a2 == 0 { Value::Null } else { json!(self.accuracy()) };
@@ -248,8 +249,3 @@ impl Report {
 
 /// A line of the chart: name, colour, value of a step, top of its axis.
 type Series = (&'static str, &'static str, fn(&Step) -> f64, f64);
-
-fn latency_ms_plain(h: &Histogram<u64>) -> Value {
-    let q = |q: f64| if h.is_empty() { 0 } else { h.value_at_quantile(q) };
-    json!({"p50": q(0.5), "p99": q(0.99), "max": q(1.0)})
-}
