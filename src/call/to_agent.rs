@@ -36,6 +36,9 @@ const ZEROS: [i16; FRAME_SAMPLES] = [0; FRAME_SAMPLES];
 /// Masking ends only after this many samples (500 ms) without a tone or event, so the tail
 /// of the key that completed the capture is not let through.
 const QUIET_BEFORE_RELEASE: u64 = 4000;
+/// An event's in-band copy is replaced this far (20 ms) beyond the event's span either
+/// side: phones start the tone a little before the event's timestamp or let it ring on.
+const COPY_MARGIN: u64 = 160;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Origin {
@@ -70,6 +73,9 @@ pub struct ToAgent {
     release_pending: bool,
     replacement: Replacement,
     last_key: Option<(Key, u32, Origin)>,
+    /// The caller's phone sends RFC 4733 events: its in-band copies are not keys of their
+    /// own (over a loud background the detector could misread or split one).
+    sends_events: bool,
     /// A key the strict detector decided while audio was being fed in.
     heard: Option<Key>,
     pub masked_frames: u64,
@@ -89,6 +95,7 @@ impl ToAgent {
             release_pending: false,
             replacement,
             last_key: None,
+            sends_events: false,
             heard: None,
             masked_frames: 0,
             recording: Tap::default(),
@@ -129,6 +136,7 @@ impl ToAgent {
             let ev = TelephoneEvent::parse(rtp.payload()).ok()?;
             let key = self.events.on_packet(ts, ev).and_then(|k| self.dedupe(k, Origin::Event, ts));
             let end = ts.wrapping_add(u32::from(ev.duration).max(FRAME_SAMPLES as u32));
+            self.replace_in_band_copy(ts, end);
             let start = match self.covered {
                 Some(c) if end.wrapping_sub(c) < MAX_FILL => c,
                 Some(c) if c.wrapping_sub(end) < MAX_FILL => return key, // already covered
@@ -162,6 +170,19 @@ impl ToAgent {
             self.release(agent, out, now);
         }
         key.and_then(|k| self.dedupe(k, Origin::InBand, ts))
+    }
+
+    /// Replaces the in-band copy of an event spanning `[from, until)` (caller timestamps),
+    /// in the look-ahead already or still to come, whether or not the gate hears it.
+    fn replace_in_band_copy(&mut self, from: u32, until: u32) {
+        let (Some(m), Some(covered)) = (self.masking.as_mut(), self.covered) else { return };
+        // The masker's position of `covered` is what it has written.
+        let offset = |ts: u32| i64::from(ts.wrapping_sub(covered) as i32);
+        if offset(from).abs() >= i64::from(MAX_FILL) {
+            return; // stale or far ahead: not this stream's present
+        }
+        let at = |ts: u32| (m.masker.written() as i64 + offset(ts)).max(0) as u64;
+        m.masker.replace_span(at(from).saturating_sub(COPY_MARGIN), at(until) + COPY_MARGIN);
     }
 
     /// Covers `[from, until)` (at most `max_frames`), masked or as silence.
@@ -279,8 +300,14 @@ impl ToAgent {
         );
     }
 
-    /// A key unless it is the other path's copy of the key just reported.
+    /// A key unless it is the other path's copy of the key just reported. Once the phone has
+    /// sent an event, keys come from events only.
     fn dedupe(&mut self, key: Key, origin: Origin, ts: u32) -> Option<Key> {
+        match origin {
+            Origin::Event => self.sends_events = true,
+            Origin::InBand if self.sends_events => return None,
+            Origin::InBand => {}
+        }
         if let Some((k, at, o)) = self.last_key
             && k == key
             && o != origin

@@ -1,13 +1,20 @@
 //! The masker (DESIGN.md, the masking contract): caller audio bound for the agent passes
-//! through a 20 ms look-ahead; the tone-presence gate watches every sample as it enters, and
-//! when it opens, everything still in the look-ahead back to the tone's onset is replaced, as
-//! is everything until the gate closes plus a hang-over. RFC 4733 spans enter already marked.
-//! The replacement is the same for every key: silence, comfort noise, or one flat non-DTMF
-//! tone.
+//! through a 20 ms look-ahead. Two layers, so that masking never depends on detection:
+//! - everything that leaves goes through the DTMF band-stop (`dtmf::bandstop`), so a tone
+//!   nothing detected is still 50 dB down, under whatever background hid it from the gate;
+//! - the tone-presence gate watches every sample as it enters, and when it opens,
+//!   everything still in the look-ahead back to the tone's onset is replaced, as is
+//!   everything until the gate closes plus a hang-over, so over a quiet background not even
+//!   the residue passes.
+//!
+//! RFC 4733 spans enter already marked, and `replace_span` marks an event's in-band copy
+//! that is already in the look-ahead. The replacement is the same for every key: silence,
+//! comfort noise, or one flat non-DTMF tone.
 
 use serde::Deserialize;
 
 use super::dtmf::analysis::Analysis;
+use super::dtmf::bandstop::BandStop;
 use super::dtmf::dbm0_to_amplitude;
 use super::dtmf::detector::{Detection, DetectorState};
 use super::dtmf::gate::GateState;
@@ -56,6 +63,7 @@ pub struct Masker {
     analysis: Analysis,
     gate: GateState,
     detector: DetectorState,
+    bandstop: BandStop,
     replacement: Replacement,
     ring: Box<[i16; RING]>,
     masked: Box<[bool; RING]>,
@@ -82,6 +90,7 @@ impl Masker {
             analysis: Analysis::new(),
             gate: GateState::default(),
             detector: DetectorState::default(),
+            bandstop: BandStop::new(),
             replacement,
             ring: Box::new([0; RING]),
             masked: Box::new([false; RING]),
@@ -116,7 +125,7 @@ impl Masker {
         let continues_mask = feed == Feed::Concealment && self.written < self.mask_until.max(self.last_marked + 1);
         let mask = feed == Feed::Replaced || continues_mask;
         if continues_mask {
-            self.mask_until = self.written + pcm.len() as u64 + HANGOVER as u64;
+            self.mask_until = self.mask_until.max(self.written + pcm.len() as u64 + HANGOVER as u64);
         }
         let mut rest = pcm;
         while !rest.is_empty() {
@@ -140,11 +149,28 @@ impl Masker {
             found = self.detector.on_hop(&hop).or(found);
             if self.gate.on_hop(&hop) {
                 mark(&mut self.masked, self.read.max(end.saturating_sub(LOOKBACK as u64)), end, true);
-                self.mask_until = end + HANGOVER as u64;
+                self.mask_until = self.mask_until.max(end + HANGOVER as u64);
                 self.last_marked = end;
             }
         }
         found
+    }
+
+    /// Samples written so far (the look-ahead's initial silence included): the position
+    /// `replace_span` counts in.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Replaces samples `from..to` (positions as `written` counts them): those still in the
+    /// look-ahead now, those not yet written as they arrive. Earlier ones are gone already.
+    pub fn replace_span(&mut self, from: u64, to: u64) {
+        let from = from.max(self.read);
+        if from < self.written {
+            mark(&mut self.masked, from, to.min(self.written), true);
+            self.last_marked = self.last_marked.max(to.min(self.written));
+        }
+        self.mask_until = self.mask_until.max(to);
     }
 
     /// Samples written since the last one marked for replacement.
@@ -162,7 +188,8 @@ impl Masker {
         (self.written - self.read) as usize
     }
 
-    /// Takes the next `out.len()` samples (at most `buffered()`), replacing marked ones.
+    /// Takes the next `out.len()` samples (at most `buffered()`), replacing marked ones, all
+    /// of it through the band-stop.
     pub fn pop(&mut self, out: &mut [i16]) {
         let mut done = 0;
         while done < out.len() {
@@ -181,6 +208,7 @@ impl Masker {
             self.read += run as u64;
             done += run;
         }
+        self.bandstop.process(out);
     }
 
     fn replace(&mut self, out: &mut [i16]) {
@@ -228,8 +256,9 @@ mod tests {
     use crate::media::dtmf::signal::{TonePair, power_dbm0, push_silence, push_sines, push_tone, to_i16};
     use crate::media::telephone_event::Key;
 
-    /// Runs `x` through a masker in 20 ms blocks; returns the output aligned with the input.
-    fn run(x: &[i16], r: Replacement) -> Vec<i16> {
+    /// Runs `x` through a masker in 20 ms blocks; returns the output aligned with the input
+    /// and how many samples were replaced.
+    fn run_counting(x: &[i16], r: Replacement) -> (Vec<i16>, u64) {
         let mut m = Masker::new(r);
         let mut out = Vec::new();
         for block in x.chunks(160) {
@@ -241,7 +270,22 @@ mod tests {
         let mut rest = vec![0; m.buffered()];
         m.pop(&mut rest);
         out.extend(rest);
-        out[LOOKAHEAD..].to_vec()
+        (out[LOOKAHEAD..].to_vec(), m.replaced)
+    }
+
+    fn run(x: &[i16], r: Replacement) -> Vec<i16> {
+        run_counting(x, r).0
+    }
+
+    /// Level of one frequency in `x`, dBm0 (Hann-windowed DFT).
+    fn level_at(x: &[i16], hz: f32) -> f32 {
+        let n = x.len() as f32;
+        let (re, im) = x.iter().enumerate().fold((0.0f32, 0.0f32), |(re, im), (i, s)| {
+            let w = 0.5 - 0.5 * (2.0 * std::f32::consts::PI * i as f32 / n).cos();
+            let t = 2.0 * std::f32::consts::PI * hz * i as f32 / 8000.0;
+            (re + w * f32::from(*s) * t.cos(), im - w * f32::from(*s) * t.sin())
+        });
+        crate::media::dtmf::amplitude_to_dbm0((re * re + im * im).sqrt() * 4.0 / n)
     }
 
     #[test]
@@ -256,10 +300,16 @@ mod tests {
             push_tone(&mut tone, TonePair::key(Key::Digit(5), -8.0), 80.0);
             let end = tone.len();
             crate::media::dtmf::signal::mix(&mut x, &tone, 0);
-            let out = run(&to_i16(&x), Replacement::Silence);
-            assert!(out[onset..end].iter().all(|s| *s == 0), "onset {onset_ms}: the whole tone is replaced");
-            assert!(out[..onset - LOOKBACK].iter().any(|s| *s != 0), "speech well before the tone passes");
-            assert!(out[end + HANGOVER + 64..].iter().any(|s| *s != 0), "speech after the tone passes again");
+            let (out, replaced) = run_counting(&to_i16(&x), Replacement::Silence);
+            assert!(replaced >= (end - onset) as u64, "onset {onset_ms}: at least the tone's length replaced");
+            // What is left where the tone was is the band-stop's ring-down of the voice.
+            for hz in [770.0, 1336.0] {
+                let left = level_at(&out[onset..end], hz);
+                assert!(left < -60.0, "onset {onset_ms}: {left:.1} dBm0 of the tone's {hz} Hz left");
+            }
+            let voice = |from: usize, to: usize| level_at(&out[from..to], 300.0);
+            assert!(voice(0, onset - LOOKBACK) > -21.5, "the voice well before the tone passes");
+            assert!(voice(end + HANGOVER + 64, out.len()) > -21.5, "the voice after the tone passes again");
         }
     }
 
@@ -271,17 +321,17 @@ mod tests {
             push_silence(&mut x, 100.0);
             push_tone(&mut x, TonePair::key(key, -10.0), 100.0);
             push_silence(&mut x, 100.0);
-            outs.push(run(&to_i16(&x), Replacement::FlatTone { hz: 2100.0, dbm0: -20.0 }));
+            outs.push(run_counting(&to_i16(&x), Replacement::FlatTone { hz: 2100.0, dbm0: -20.0 }));
         }
         // The spans differ by a few samples with the gate's timing; the sound is identical.
         let trimmed: Vec<&[i16]> = outs
             .iter()
-            .map(|o| {
+            .map(|(o, _)| {
                 let start = o.iter().position(|s| *s != 0).unwrap_or(0);
                 &o[start..]
             })
             .collect();
-        let common = trimmed.iter().map(|t| t.iter().rposition(|s| *s != 0).unwrap_or(0)).min().unwrap();
+        let common = outs.iter().map(|(_, replaced)| *replaced as usize).min().unwrap();
         assert!(common > 700, "about 100 ms replaced: {common}");
         assert!(
             trimmed[0][..common] == trimmed[1][..common] && trimmed[1][..common] == trimmed[2][..common],
@@ -294,24 +344,55 @@ mod tests {
         push_tone(&mut x, TonePair::key(Key::Digit(8), -10.0), 200.0);
         let out = run(&to_i16(&x), Replacement::ComfortNoise { dbm0: -60.0 });
         let lvl = power_dbm0(&out[1000..2200].iter().map(|s| f32::from(*s)).collect::<Vec<_>>());
-        assert!((lvl + 60.0).abs() < 1.5, "comfort noise at its level: {lvl}");
+        // White noise at its level, less the quarter of the band (665–1705 Hz of 4 kHz) the
+        // band-stop takes out: −61.3 dBm0, within the filter's 1 dB ripple.
+        assert!((lvl + 61.3).abs() < 1.5, "comfort noise at its level: {lvl}");
     }
 
     #[test]
     fn forced_spans_and_the_lookahead_delay() {
         let mut m = Masker::new(Replacement::Silence);
         assert_eq!(m.ready(), 0);
-        m.push(&[1000; 160], Feed::Audio);
+        let mut voice = Vec::new();
+        push_sines(&mut voice, &[(300.0, -20.0)], 20.0);
+        let voice = to_i16(&voice);
+        m.push(&voice, Feed::Audio);
         assert_eq!(m.ready(), 160);
         let mut o = [0; 160];
         m.pop(&mut o);
         assert_eq!(o, [0; 160], "the first 20 ms out is the look-ahead's silence");
-        m.push(&[1000; 160], Feed::Replaced);
+        m.push(&voice, Feed::Replaced);
         m.pop(&mut o);
-        assert_eq!(o, [1000; 160], "the first real audio comes out 20 ms late");
-        m.push(&[1000; 160], Feed::Concealment);
+        assert!(level_at(&o, 300.0) > -22.0, "the first real audio comes out 20 ms late");
+        assert_eq!(m.replaced, 0);
+        m.push(&voice, Feed::Concealment);
         m.pop(&mut o);
-        assert_eq!(o, [0; 160], "the forced span is replaced");
-        assert_eq!(m.replaced, 160);
+        assert_eq!(m.replaced, 160, "the forced span is replaced");
+        assert!(level_at(&o, 300.0) < -40.0, "{}", level_at(&o, 300.0));
+    }
+
+    #[test]
+    fn a_span_marked_late_is_replaced_back_into_the_lookahead_and_ahead() {
+        let mut m = Masker::new(Replacement::Silence);
+        let mut voice = Vec::new();
+        push_sines(&mut voice, &[(300.0, -20.0)], 60.0);
+        let voice = to_i16(&voice);
+        m.push(&voice[..160], Feed::Audio);
+        let mut o = [0; 160];
+        m.pop(&mut o); // the look-ahead's silence
+        // An event names the frame just written (still in the look-ahead) and the next one.
+        let at = m.written() - 160;
+        m.replace_span(at, at + 320);
+        m.push(&voice[160..320], Feed::Audio);
+        m.pop(&mut o);
+        m.push(&voice[320..], Feed::Audio);
+        m.pop(&mut o);
+        assert_eq!(m.replaced, 320, "both frames replaced");
+        m.pop(&mut o);
+        assert_eq!(m.replaced, 320, "the frame after the span passes");
+        assert!(level_at(&o[80..], 300.0) > -23.0);
+        // A span that has already left cannot be replaced, and marks nothing else.
+        m.replace_span(0, 160);
+        assert_eq!(m.quiet_for(), m.written() - (at + 320));
     }
 }

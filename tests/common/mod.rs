@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod judges;
 pub mod sipp;
 
 use std::path::Path;

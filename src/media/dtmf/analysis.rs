@@ -3,8 +3,22 @@
 //! tone, kept for the last three hops so each user can measure phase advance over the
 //! distance it needs (the gate over one hop, the detector over two). One analysis serves
 //! both, which halves the cost of running them side by side.
+//!
+//! The audio is analysed band-limited to the DTMF band (Butterworth high-pass at 550 Hz and
+//! low-pass at 1900 Hz, second order each): the low-frequency energy that carries most of
+//! speech, music and pink noise then does not count against a tone pair's share of the
+//! window, which is what lets the detector read keys over a background as loud as the
+//! tones. Levels are reported as they were before the filter.
 
-use super::{Bank, Spectrum};
+use super::biquad::Biquad;
+use super::{Bank, FREQS, Spectrum, analysis_frequencies};
+
+/// The pre-filter's corners, Hz.
+const HIGH_PASS_HZ: f32 = 550.0;
+const LOW_PASS_HZ: f32 = 1900.0;
+/// Added before each section, so that neither section's state decays into subnormal floats
+/// (a hundred times slower) in silence: each keeps this constant in its state instead.
+const ANTI_DENORMAL: f32 = 1e-15;
 
 pub const WINDOW: usize = 128;
 pub const HOP: usize = 32;
@@ -25,6 +39,7 @@ pub(crate) struct HopView<'a> {
 
 pub struct Analysis {
     bank: Bank,
+    prefilter: [Biquad; 2],
     history: [f32; WINDOW],
     pending: usize,
     shift_due: bool,
@@ -43,8 +58,12 @@ impl Default for Analysis {
 
 impl Analysis {
     pub fn new() -> Analysis {
+        let prefilter = [Biquad::high_pass(HIGH_PASS_HZ), Biquad::low_pass(LOW_PASS_HZ)];
+        let gains: [f32; FREQS] =
+            analysis_frequencies().map(|f| prefilter.iter().map(|b| b.power_gain(f)).product::<f32>());
         Analysis {
-            bank: Bank::new(),
+            bank: Bank::after_filter(gains),
+            prefilter,
             history: [0.0; WINDOW],
             pending: 0,
             shift_due: false,
@@ -72,7 +91,7 @@ impl Analysis {
         let used = samples.len().min(HOP - self.pending);
         let start = WINDOW - HOP + self.pending;
         for (h, s) in self.history[start..start + used].iter_mut().zip(samples) {
-            *h = f32::from(*s);
+            *h = self.prefilter.iter_mut().fold(f32::from(*s), |v, f| f.run(v + ANTI_DENORMAL));
         }
         self.pending += used;
         self.samples += used as u64;

@@ -7,6 +7,8 @@
 //! reject a tone 3.5% off while accepting one 1.5% + 2 Hz off.
 
 pub mod analysis;
+pub mod bandstop;
+pub mod biquad;
 pub mod detector;
 pub mod gate;
 pub mod signal;
@@ -171,6 +173,8 @@ pub(crate) struct Bank {
     cos: [f32; FREQS],
     sin: [f32; FREQS],
     window: [f32; WINDOW],
+    /// Added to each frequency's measured level: what the pre-filter took off there.
+    level_offset_db: [f32; FREQS],
 }
 
 impl Default for Bank {
@@ -181,6 +185,12 @@ impl Default for Bank {
 
 impl Bank {
     pub(crate) fn new() -> Bank {
+        Bank::after_filter([1.0; FREQS])
+    }
+
+    /// For windows of audio that passed a filter with these power gains at the analysis
+    /// frequencies: levels are those of the audio before it.
+    pub(crate) fn after_filter(power_gain: [f32; FREQS]) -> Bank {
         let omega = analysis_frequencies().map(|f| 2.0 * PI * f / SAMPLE_RATE);
         let mut feedback = [0.0; LANES];
         for (c, w) in feedback.iter_mut().zip(omega) {
@@ -191,6 +201,7 @@ impl Bank {
             cos: omega.map(f32::cos),
             sin: omega.map(f32::sin),
             window: std::array::from_fn(|n| 0.5 - 0.5 * (2.0 * PI * n as f32 / WINDOW as f32).cos()),
+            level_offset_db: power_gain.map(|g| -10.0 * g.log10()),
         }
     }
 
@@ -211,8 +222,8 @@ impl Bank {
             energy,
             row,
             col,
-            row_dbm0: power_to_dbm0(power[row]),
-            col_dbm0: power_to_dbm0(power[4 + col]),
+            row_dbm0: power_to_dbm0(power[row]) + self.level_offset_db[row],
+            col_dbm0: power_to_dbm0(power[4 + col]) + self.level_offset_db[4 + col],
         }
     }
 }

@@ -1,0 +1,634 @@
+//! The masking sweep: a whole card keyed in-band (or in-band and RFC 4733 at once) over
+//! recorded speech in five languages, music on hold, white and pink noise and babble, from
+//! 20 dB below each tone up to the tones' own level, with short and long tones and both
+//! twists, through the sans-IO call core in simulated time (no sockets, faster than real
+//! time). Every cell is judged by spandsp and multimon-ng, never by tonewall's own detector:
+//! - on the caller's unmasked audio (the positive control: what a judge can read);
+//! - on what the agent leg carried and on the recording's caller channel: no digit, ever;
+//! - the card tonewall captured is checked whole (number, expiry, security code): it must be
+//!   right wherever spandsp read the unmasked card whole.
+//!
+//! Backgrounds come from Debian's `asterisk-core-sounds-*-wav` and `asterisk-moh-opsound-wav`
+//! (CC-BY-SA-3.0 / CC-BY-3.0) and from sox's noise generators; levels are RMS over the
+//! background's active frames against each tone's RMS (tones at −10 dBm0 each).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::judges::{self, Heard};
+use common::require_tool;
+use rtp_rs::{RtpPacketBuilder, Seq};
+use tonewall::call::recording::STEREO_FRAME;
+use tonewall::call::{AfterCapture, Call, CallConfig, CallEvent, Command, LegId, Masking, Output, Prompts};
+use tonewall::capture::card::YearMonth;
+use tonewall::capture::collector::{CollectorConfig, FieldName};
+use tonewall::media::dtmf::signal::{Noise, TonePair, push_tone};
+use tonewall::media::dtmf::{Detector, dbm0_to_amplitude};
+use tonewall::media::g711::Codec;
+use tonewall::media::masker::Replacement;
+use tonewall::media::rtp::{FRAME_SAMPLES, RtpReader};
+use tonewall::media::srtp::{MasterKey, SrtpPolicy};
+use tonewall::media::telephone_event::{Key, TelephoneEvent};
+use tonewall::sip::message::{Request, ResponseBuilder, SipMessage, parse};
+use tonewall::sip::stream::Transport;
+use tonewall::sip::transaction::Timers;
+
+const SOUNDS: &str = "/usr/share/asterisk/sounds";
+const MOH: &str = "/usr/share/asterisk/moh";
+const INSTALL: &str = "apt-get install -y asterisk-core-sounds-en-wav asterisk-core-sounds-es-wav \
+asterisk-core-sounds-fr-wav asterisk-core-sounds-it-wav asterisk-core-sounds-ru-wav asterisk-moh-opsound-wav sox";
+
+/// Each tone's level, dBm0 (the mean of the two when twisted).
+const TONE_DBM0: f32 = -10.0;
+/// Background RMS against each tone, dB: 20 below up to equal, in 3 dB steps (and 0).
+const LEVELS: [f32; 8] = [-20.0, -17.0, -14.0, -11.0, -8.0, -5.0, -2.0, 0.0];
+const DURATIONS_MS: [f32; 3] = [40.0, 70.0, 100.0];
+/// High group against low group, dB (+4: the column tone louder; −8: quieter).
+const TWISTS_DB: [f32; 3] = [0.0, 4.0, -8.0];
+const GAP_MS: f32 = 80.0;
+/// Public test cards: number, expiry (MMYY), security code; between them every digit.
+const CARDS: [(&str, &str, &str); 4] = [
+    ("4111111111111111", "1230", "123"),
+    ("5555555555554444", "0629", "321"),
+    ("378282246310005", "1131", "4817"),
+    ("6011000990139424", "0728", "905"),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Background {
+    Speech(&'static str),
+    Music,
+    White,
+    Pink,
+    Babble,
+}
+
+impl Background {
+    const ALL: [Background; 9] = [
+        Background::Speech("en_US_f_Allison"),
+        Background::Speech("es_MX_f_Allison"),
+        Background::Speech("fr_CA_f_June"),
+        Background::Speech("it_IT_m_Carlo"),
+        Background::Speech("ru_RU_f_IvrvoiceRU"),
+        Background::Music,
+        Background::White,
+        Background::Pink,
+        Background::Babble,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Background::Speech(d) => &d[..2],
+            Background::Music => "music",
+            Background::White => "white",
+            Background::Pink => "pink",
+            Background::Babble => "babble",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keying {
+    InBand,
+    /// RFC 4733 events and the same key in-band in the audio, on one SSRC.
+    Both,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Cell {
+    index: usize,
+    background: Background,
+    level_db: f32,
+    keying: Keying,
+    duration_ms: f32,
+    twist_db: f32,
+}
+
+fn wavs(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}. Install the corpus with: {INSTALL}", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wav"))
+        .collect();
+    out.sort();
+    out
+}
+
+/// About `seconds` of a recording set with its pauses taken out (20 ms frames below
+/// −50 dBm0 dropped), so the level is the level of what is heard.
+fn active_audio(files: &[PathBuf], seconds: usize) -> Vec<f32> {
+    let floor = dbm0_to_amplitude(-50.0) / 2f32.sqrt();
+    let mut out = Vec::new();
+    for f in files {
+        let mut r = hound::WavReader::open(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let spec = r.spec();
+        assert_eq!((spec.sample_rate, spec.channels, spec.bits_per_sample), (8000, 1, 16), "{}", f.display());
+        let pcm: Vec<f32> = r.samples::<i16>().map(|s| f32::from(s.unwrap())).collect();
+        for frame in pcm.chunks_exact(FRAME_SAMPLES) {
+            if rms(frame) >= floor {
+                out.extend_from_slice(frame);
+            }
+        }
+        if out.len() >= seconds * 8000 {
+            break;
+        }
+    }
+    assert!(out.len() >= seconds * 8000, "too little audio in the corpus. Install it with: {INSTALL}");
+    out
+}
+
+fn rms(x: &[f32]) -> f32 {
+    (x.iter().map(|v| v * v).sum::<f32>() / x.len().max(1) as f32).sqrt()
+}
+
+/// Scales to unit RMS.
+fn normalized(mut x: Vec<f32>) -> Vec<f32> {
+    let r = rms(&x);
+    x.iter_mut().for_each(|v| *v /= r);
+    x
+}
+
+const SOURCE_SECONDS: usize = 120;
+
+fn speech(dir: &str) -> Vec<f32> {
+    active_audio(&wavs(&Path::new(SOUNDS).join(dir)), SOURCE_SECONDS)
+}
+
+/// Pink noise from sox (`-R`: the same every run).
+fn pink() -> Vec<f32> {
+    require_tool("sox", INSTALL);
+    let out = std::process::Command::new("sox")
+        .args(["-R", "-n", "-r", "8000", "-b", "16", "-e", "signed", "-c", "1", "-t", "raw", "-"])
+        .args(["synth", &SOURCE_SECONDS.to_string(), "pinknoise", "vol", "0.3"])
+        .output()
+        .expect("sox runs");
+    assert!(out.status.success(), "sox pinknoise failed");
+    out.stdout.chunks_exact(2).map(|b| f32::from(i16::from_le_bytes([b[0], b[1]]))).collect()
+}
+
+fn source(b: Background) -> Vec<f32> {
+    normalized(match b {
+        Background::Speech(dir) => speech(dir),
+        Background::Music => active_audio(&wavs(Path::new(MOH)), SOURCE_SECONDS),
+        Background::White => {
+            let mut n = Noise::new(0x5eed);
+            (0..SOURCE_SECONDS * 8000).map(|_| n.gaussian()).collect()
+        }
+        Background::Pink => pink(),
+        Background::Babble => {
+            // Three speakers talking at once, each at the same level.
+            let voices = ["en_US_f_Allison", "fr_CA_f_June", "it_IT_m_Carlo"].map(|d| normalized(speech(d)));
+            (0..SOURCE_SECONDS * 8000).map(|i| voices.iter().map(|v| v[i]).sum()).collect()
+        }
+    })
+}
+
+/// One key of the plan: which, and where its tone sits in the caller's audio.
+#[derive(Debug, Clone, Copy)]
+struct Press {
+    key: Key,
+    onset: usize,
+    len: usize,
+}
+
+struct Plan {
+    card: (&'static str, &'static str, &'static str),
+    presses: Vec<Press>,
+    audio: Vec<i16>,
+}
+
+const LEAD_IN_MS: usize = 1000;
+const TAIL_MS: usize = 1500;
+
+fn plan(cell: &Cell, background: &[f32]) -> Plan {
+    let card = CARDS[cell.index % CARDS.len()];
+    let keys: Vec<Key> =
+        format!("{}#{}#{}#", card.0, card.1, card.2).chars().map(|c| Key::from_char(c).unwrap()).collect();
+    let mut tones: Vec<f32> = vec![0.0; LEAD_IN_MS * 8];
+    let mut presses = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        // Onsets anywhere inside a 20 ms frame.
+        tones.extend(std::iter::repeat_n(0.0, (i * 53) % FRAME_SAMPLES));
+        let onset = tones.len();
+        // TonePair::twist is row minus column; the sweep's twist is column against row.
+        push_tone(&mut tones, TonePair::key(*key, TONE_DBM0).twist(-cell.twist_db), cell.duration_ms);
+        presses.push(Press { key: *key, onset, len: tones.len() - onset });
+        tones.extend(std::iter::repeat_n(0.0, (GAP_MS * 8.0) as usize));
+    }
+    tones.extend(std::iter::repeat_n(0.0, TAIL_MS * 8));
+    tones.resize(tones.len().next_multiple_of(FRAME_SAMPLES), 0.0);
+    let gain = dbm0_to_amplitude(TONE_DBM0) / 2f32.sqrt() * 10f32.powf(cell.level_db / 20.0);
+    let start = (cell.index * 7919 * 8) % (background.len() - tones.len());
+    let audio: Vec<f32> = tones.iter().zip(&background[start..]).map(|(t, b)| t + gain * b).collect();
+    Plan { card, presses, audio: tonewall::media::dtmf::signal::to_i16(&audio) }
+}
+
+// ---------------------------------------------------------------------------------------
+// The call, in simulated time.
+
+const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+m=audio 6000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n";
+const AGENT_ANSWER: &str =
+    "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 7000 RTP/AVP 0\r\n";
+
+fn request(text: &str) -> Request {
+    match parse(text.as_bytes()).expect("test SIP parses") {
+        SipMessage::Request(r) => r,
+        SipMessage::Response(_) => panic!("not a request"),
+    }
+}
+
+fn invite() -> Request {
+    request(&format!(
+        "INVITE sip:pay-1@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKc1\r\n\
+From: <sip:caller@127.0.0.1:5070>;tag=ct\r\nTo: <sip:pay-1@127.0.0.1:5060>\r\nCall-ID: caller-1\r\nCSeq: 1 INVITE\r\n\
+Contact: <sip:caller@127.0.0.1:5070>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{OFFER}",
+        OFFER.len()
+    ))
+}
+
+fn config(replacement: Replacement) -> CallConfig {
+    let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+    let prompt: Arc<[i16]> = vec![0i16; 1600].into();
+    CallConfig {
+        local_sip: addr(5060),
+        caller_transport: Transport::Udp,
+        caller_rtp: addr(20000),
+        agent_rtp: addr(20002),
+        agent_uri: Some("sip:agent@127.0.0.1:5080".into()),
+        after_capture: AfterCapture::Bridge,
+        fields: vec![FieldName::Pan, FieldName::Expiry, FieldName::Cvv],
+        collector: CollectorConfig::default(),
+        timers: Timers::default(),
+        today: YearMonth { year: 2026, month: 11 },
+        seed: 0x5eed,
+        prompts: Arc::new(Prompts {
+            card_number: prompt.clone(),
+            expiry: prompt.clone(),
+            security_code: prompt.clone(),
+            invalid: prompt.clone(),
+            thank_you: prompt,
+        }),
+        masking: Masking { replacement, always: false },
+        record: true,
+        srtp: SrtpPolicy::Optional,
+        srtp_key: MasterKey::from_random(&[7; 30]),
+        inline: false,
+    }
+}
+
+const CALLER_SSRC: u32 = 0x1234_5678;
+
+fn rtp(pt: u8, seq: u16, ts: u32, marked: bool, payload: &[u8]) -> Vec<u8> {
+    RtpPacketBuilder::new()
+        .payload_type(pt)
+        .ssrc(CALLER_SSRC)
+        .sequence(Seq::from(seq))
+        .timestamp(ts)
+        .marked(marked)
+        .payload(payload)
+        .build()
+        .expect("test RTP builds")
+}
+
+/// The RFC 4733 packets of one press (§2.5.1: an update every 20 ms with the duration so
+/// far, then three end packets), by the 20 ms tick each goes out on.
+fn event_packets(p: &Press) -> Vec<(usize, TelephoneEvent)> {
+    let first_tick = p.onset / FRAME_SAMPLES;
+    let last_tick = (p.onset + p.len).div_ceil(FRAME_SAMPLES);
+    let mut out = Vec::new();
+    for tick in first_tick + 1..=last_tick {
+        let duration = (tick * FRAME_SAMPLES - p.onset).min(p.len) as u16;
+        out.push((tick, TelephoneEvent { code: p.key.event_code(), end: false, volume: 10, duration }));
+    }
+    for i in 0..3 {
+        let ev = TelephoneEvent { code: p.key.event_code(), end: true, volume: 10, duration: p.len as u16 };
+        out.push((last_tick + 1 + i, ev));
+    }
+    out
+}
+
+struct Outcome {
+    card_right: bool,
+    agent: Vec<i16>,
+    non_audio_to_agent: usize,
+    recording: Vec<i16>,
+}
+
+fn simulate(plan: &Plan, keying: Keying, replacement: Replacement) -> Outcome {
+    let t0 = Instant::now();
+    let mut call = Call::accept(&invite(), config(replacement), t0).expect("call accepted");
+    let mut agent = Vec::new();
+    let mut non_audio_to_agent = 0;
+    let mut recording = Vec::new();
+    let mut frame = [0i16; STEREO_FRAME];
+    let mut card_right = None;
+    let mut events: Vec<(usize, Vec<u8>)> = Vec::new();
+    if keying == Keying::Both {
+        let mut seq_in_press = 0;
+        for p in &plan.presses {
+            for (tick, ev) in event_packets(p) {
+                let ts = p.onset as u32;
+                events.push((tick, rtp(101, 0, ts, seq_in_press == 0, &ev.to_bytes())));
+                seq_in_press += 1;
+            }
+            seq_in_press = 0;
+        }
+    }
+    let mut seq: u16 = 1;
+    let mut next_event = 0;
+    let ticks = plan.audio.len() / FRAME_SAMPLES;
+    for tick in 0..ticks + 50 {
+        let now = t0 + Duration::from_millis(20 * tick as u64);
+        while let Some(due) = call.poll_timeout().filter(|d| *d <= now) {
+            call.handle_timeout(due);
+        }
+        let mut outputs = Vec::new();
+        while let Some(o) = call.poll_output() {
+            outputs.push(o);
+        }
+        for o in outputs {
+            match o {
+                Output::Sip { leg: LegId::Agent, bytes } if bytes.starts_with(b"INVITE ") => {
+                    let inv = request(std::str::from_utf8(&bytes).expect("utf-8 INVITE"));
+                    let ok = ResponseBuilder::new(&inv, 200, "OK")
+                        .to_tag("ag")
+                        .header("Contact", "<sip:agent@127.0.0.1:5080>")
+                        .body("application/sdp", AGENT_ANSWER.as_bytes())
+                        .build();
+                    call.handle_sip(now, LegId::Agent, parse(&ok).expect("200 parses"));
+                }
+                Output::Sip { leg: LegId::Caller, bytes } if bytes.starts_with(b"SIP/2.0 200") => {
+                    let Ok(SipMessage::Response(r)) = parse(&bytes) else { panic!("200 parses") };
+                    let ack = format!(
+                        "ACK sip:pay-1@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKack\r\n\
+From: <sip:caller@127.0.0.1:5070>;tag=ct\r\nTo: <sip:pay-1@127.0.0.1:5060>;tag={}\r\nCall-ID: caller-1\r\n\
+CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+                        r.to_tag().expect("to-tag")
+                    );
+                    call.handle_sip(now, LegId::Caller, SipMessage::Request(request(&ack)));
+                }
+                Output::Event(CallEvent::CardCaptured(card)) => {
+                    let right = card.pan.expose() == plan.card.0
+                        && card
+                            .expiry
+                            .as_ref()
+                            .is_some_and(|e| format!("{:02}{:02}", e.month(), e.year() % 100) == plan.card.1)
+                        && card.security_code.as_ref().is_some_and(|c| c.expose() == plan.card.2);
+                    card_right = Some(right);
+                    call.handle_command(now, Command::Tokenized { ok: true });
+                }
+                Output::Event(CallEvent::CaptureFailed { .. }) => card_right = card_right.or(Some(false)),
+                _ => {}
+            }
+        }
+        if tick < ticks {
+            let ts = (tick * FRAME_SAMPLES) as u32;
+            let pcm = &plan.audio[tick * FRAME_SAMPLES..(tick + 1) * FRAME_SAMPLES];
+            let payload: Vec<u8> = pcm.iter().map(|s| Codec::Pcmu.encode(*s)).collect();
+            let audio = rtp(0, 0, ts, false, &payload);
+            // Half the keys send their event before the audio of the same tick, half after.
+            let mut batch = vec![audio];
+            while next_event < events.len() && events[next_event].0 == tick {
+                let ev = events[next_event].1.clone();
+                if next_event % 2 == 0 {
+                    batch.insert(0, ev)
+                } else {
+                    batch.push(ev)
+                }
+                next_event += 1;
+            }
+            for mut packet in batch {
+                packet[2..4].copy_from_slice(&seq.to_be_bytes());
+                seq = seq.wrapping_add(1);
+                call.handle_rtp(now, LegId::Caller, &packet);
+            }
+        }
+        while let Some(p) = call.poll_packet() {
+            if p.leg != LegId::Agent {
+                continue;
+            }
+            let r = RtpReader::new(&p.buf[..p.len]).expect("tonewall's RTP parses");
+            if r.payload_type() == 0 {
+                agent.extend(r.payload().iter().map(|b| Codec::Pcmu.decode(*b)));
+            } else {
+                non_audio_to_agent += 1;
+            }
+        }
+        while call.poll_recording(&mut frame, false) {
+            recording.extend_from_slice(&frame);
+        }
+    }
+    while call.poll_recording(&mut frame, true) {
+        recording.extend_from_slice(&frame);
+    }
+    Outcome { card_right: card_right.unwrap_or(false), agent, non_audio_to_agent, recording }
+}
+
+// ---------------------------------------------------------------------------------------
+// Judging.
+
+/// How many presses a judge read: a digit equal to the press's key reported while its tone
+/// sounded or within 60 ms after (spandsp reports on the block that decided).
+fn presses_read(presses: &[Press], heard: &[Heard]) -> usize {
+    presses
+        .iter()
+        .filter(|p| {
+            let (from, to) = (p.onset as u64, (p.onset + p.len) as u64 + 480);
+            heard.iter().any(|h| h.at >= from && h.at <= to && Some(h.digit) == key_char(p.key))
+        })
+        .count()
+}
+
+fn key_char(k: Key) -> Option<char> {
+    "0123456789*#ABCD".chars().nth(usize::from(k.event_code()))
+}
+
+fn keyed(presses: &[Press]) -> String {
+    presses.iter().filter_map(|p| key_char(p.key)).collect()
+}
+
+/// tonewall's own strict detector over the unmasked audio, for the table only.
+fn tonewall_heard(pcm: &[i16]) -> Vec<Heard> {
+    let mut d = Detector::new();
+    let mut out = Vec::new();
+    for block in pcm.chunks(FRAME_SAMPLES) {
+        if let Some(hit) = d.process(block) {
+            out.push(Heard { digit: key_char(hit.key).unwrap_or('?'), at: hit.at_sample });
+        }
+    }
+    out
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Verdict {
+    card_right: bool,
+    keys: usize,
+    spandsp_unmasked: usize,
+    spandsp_whole: bool,
+    multimon_unmasked_whole: bool,
+    tonewall_unmasked: usize,
+    spandsp_agent: usize,
+    spandsp_recording: usize,
+    multimon_agent: usize,
+    multimon_recording: usize,
+    non_audio_to_agent: usize,
+}
+
+impl Verdict {
+    fn recovered(&self) -> usize {
+        self.spandsp_agent + self.spandsp_recording + self.multimon_agent + self.multimon_recording
+    }
+}
+
+fn judge(cell: &Cell, background: &[f32]) -> Verdict {
+    let plan = plan(cell, background);
+    let outcome = simulate(&plan, cell.keying, Replacement::default());
+    let unmasked = judges::spandsp(&plan.audio);
+    let caller_channel = judges::channel(&outcome.recording, 0);
+    Verdict {
+        card_right: outcome.card_right,
+        keys: plan.presses.len(),
+        spandsp_unmasked: presses_read(&plan.presses, &unmasked),
+        spandsp_whole: unmasked.iter().map(|h| h.digit).collect::<String>() == keyed(&plan.presses),
+        multimon_unmasked_whole: judges::multimon(&plan.audio) == keyed(&plan.presses),
+        tonewall_unmasked: presses_read(&plan.presses, &tonewall_heard(&plan.audio)),
+        spandsp_agent: judges::spandsp(&outcome.agent).len(),
+        spandsp_recording: judges::spandsp(&caller_channel).len(),
+        multimon_agent: judges::multimon(&outcome.agent).len(),
+        multimon_recording: judges::multimon(&caller_channel).len(),
+        non_audio_to_agent: outcome.non_audio_to_agent,
+    }
+}
+
+fn cells() -> Vec<Cell> {
+    let mut out = Vec::new();
+    for background in Background::ALL {
+        for level_db in LEVELS {
+            for keying in [Keying::InBand, Keying::Both] {
+                for duration_ms in DURATIONS_MS {
+                    for twist_db in TWISTS_DB {
+                        let index = out.len();
+                        out.push(Cell { index, background, level_db, keying, duration_ms, twist_db });
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn no_digit_survives_masking_over_any_background_at_any_level() {
+    let sources: Vec<(Background, Vec<f32>)> = Background::ALL.iter().map(|b| (*b, source(*b))).collect();
+    let cells = cells();
+    let next = AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut verdicts: Vec<(Cell, Verdict)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(cell) = cells.get(i) else { break };
+                        let bg = &sources.iter().find(|(b, _)| *b == cell.background).expect("source").1;
+                        done.push((*cell, judge(cell, bg)));
+                    }
+                    done
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("worker")).collect()
+    });
+    verdicts.sort_by_key(|(c, _)| c.index);
+    print_table(&verdicts);
+    let mut failures = Vec::new();
+    for (c, v) in &verdicts {
+        let case = format!(
+            "{} at {:+} dB, {:?}, {} ms, twist {:+} dB",
+            c.background.name(),
+            c.level_db,
+            c.keying,
+            c.duration_ms,
+            c.twist_db
+        );
+        if v.recovered() > 0 || v.non_audio_to_agent > 0 {
+            failures.push(format!("{case}: digits recovered from the masked audio: {v:?}"));
+        }
+        if v.spandsp_whole && !v.card_right {
+            failures.push(format!("{case}: spandsp read the unmasked card whole, tonewall did not capture it: {v:?}"));
+        }
+        if c.keying == Keying::Both && !v.card_right {
+            failures.push(format!("{case}: the RFC 4733 card was not captured right: {v:?}"));
+        }
+    }
+    // The positive control: over quiet backgrounds the judges read every key of the unmasked
+    // audio, so their silence on the masked audio means something.
+    for (c, v) in verdicts.iter().filter(|(c, _)| c.level_db <= -17.0 && c.duration_ms >= 70.0 && c.twist_db == 0.0) {
+        if !(v.spandsp_whole && v.multimon_unmasked_whole) {
+            failures.push(format!("positive control: the judges did not read the unmasked card at {c:?}: {v:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// One row per background and level, summed over keying, durations and twists.
+fn print_table(verdicts: &[(Cell, Verdict)]) {
+    println!(
+        "| background | level | cells | tonewall cards right | spandsp cards whole (unmasked) | keys read unmasked: spandsp / tonewall | recovered from agent leg: spandsp / multimon-ng | from recording: spandsp / multimon-ng |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for b in Background::ALL {
+        for level in LEVELS {
+            let row: Vec<&Verdict> =
+                verdicts.iter().filter(|(c, _)| c.background == b && c.level_db == level).map(|(_, v)| v).collect();
+            let sum = |f: fn(&Verdict) -> usize| row.iter().map(|v| f(v)).sum::<usize>();
+            println!(
+                "| {} | {:+} dB | {} | {} | {} | {} / {} of {} | {} / {} | {} / {} |",
+                b.name(),
+                level,
+                row.len(),
+                sum(|v| usize::from(v.card_right)),
+                sum(|v| usize::from(v.spandsp_whole)),
+                sum(|v| v.spandsp_unmasked),
+                sum(|v| v.tonewall_unmasked),
+                sum(|v| v.keys),
+                sum(|v| v.spandsp_agent),
+                sum(|v| v.multimon_agent),
+                sum(|v| v.spandsp_recording),
+                sum(|v| v.multimon_recording),
+            );
+        }
+    }
+    // By duration and twist, in-band keying only (the detector's case).
+    println!(
+        "\n| tone | twist | in-band cells | tonewall cards right | spandsp cards whole | keys read unmasked: spandsp / tonewall |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for d in DURATIONS_MS {
+        for t in TWISTS_DB {
+            let row: Vec<&Verdict> = verdicts
+                .iter()
+                .filter(|(c, _)| c.keying == Keying::InBand && c.duration_ms == d && c.twist_db == t)
+                .map(|(_, v)| v)
+                .collect();
+            let sum = |f: fn(&Verdict) -> usize| row.iter().map(|v| f(v)).sum::<usize>();
+            println!(
+                "| {d} ms | {t:+} dB | {} | {} | {} | {} / {} of {} |",
+                row.len(),
+                sum(|v| usize::from(v.card_right)),
+                sum(|v| usize::from(v.spandsp_whole)),
+                sum(|v| v.spandsp_unmasked),
+                sum(|v| v.tonewall_unmasked),
+                sum(|v| v.keys)
+            );
+        }
+    }
+}
