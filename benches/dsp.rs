@@ -1,6 +1,6 @@
 //! Wall-clock micro-benchmarks (divan) of the per-call media work: the in-band analysis
-//! (gate + strict detector + look-ahead) per 20 ms frame, and the caller-to-agent relay per
-//! packet with and without capture-mode masking. For numbers that repeat on a noisy
+//! (gate + strict detector + look-ahead + band-stop) per 20 ms frame, and the caller-to-agent
+//! relay per packet without masking, with the gate alone and in capture mode. For numbers that repeat on a noisy
 //! machine, count instructions instead: see benches/README.md.
 
 use std::net::SocketAddr;
@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use divan::{Bencher, black_box};
 use rtp_rs::{RtpPacketBuilder, Seq};
-use tonewall::call::media::Bridge;
+use tonewall::call::media::{Bridge, MaskLevel};
 use tonewall::media::dtmf::signal::{Noise, TonePair, push_silence, push_tone, to_i16};
 use tonewall::media::g711::Codec;
 use tonewall::media::masker::{Feed, Masker, Replacement};
@@ -49,7 +49,7 @@ fn params(port: u16, codec: Codec) -> MediaParams {
     MediaParams { remote: SocketAddr::from(([127, 0, 0, 1], port)), codec, event_pt: Some(101) }
 }
 
-fn relay(b: Bencher, masked: bool) {
+fn relay(b: Bencher, level: MaskLevel) {
     let audio = keyed_audio();
     let packets: Vec<Vec<u8>> = audio
         .chunks_exact(160)
@@ -68,7 +68,7 @@ fn relay(b: Bencher, masked: bool) {
         .collect();
     let mut bridge = Bridge::new(params(4000, Codec::Pcmu), 3, Replacement::ComfortNoise { dbm0: -65.0 });
     bridge.set_agent(Some(params(5000, Codec::Pcmu)));
-    bridge.set_masking(masked);
+    bridge.set_masking(level);
     let t0 = Instant::now();
     let mut i = 0usize;
     b.bench_local(|| {
@@ -85,10 +85,17 @@ fn relay(b: Bencher, masked: bool) {
 
 #[divan::bench]
 fn relay_per_packet_direct(b: Bencher) {
-    relay(b, false);
+    relay(b, MaskLevel::Off);
 }
 
+/// "Always mask" outside a capture: the gate alone.
+#[divan::bench]
+fn relay_per_packet_masking_tones(b: Bencher) {
+    relay(b, MaskLevel::Tones);
+}
+
+/// A capture: the gate and the DTMF band-stop.
 #[divan::bench]
 fn relay_per_packet_capture_mode(b: Bencher) {
-    relay(b, true);
+    relay(b, MaskLevel::Capture);
 }

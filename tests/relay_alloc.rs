@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rtp_rs::{RtpPacketBuilder, Seq};
-use tonewall::call::media::Bridge;
+use tonewall::call::media::{Bridge, MaskLevel};
 use tonewall::media::g711::Codec;
 use tonewall::media::masker::Replacement;
 use tonewall::media::telephone_event::TelephoneEvent;
@@ -18,11 +18,12 @@ fn params(port: u16, codec: Codec) -> MediaParams {
 
 #[test]
 fn relaying_and_masking_make_no_allocation_per_packet() {
-    for masked in [false, true] {
+    for level in [MaskLevel::Off, MaskLevel::Tones, MaskLevel::Capture] {
         let mut bridge = Bridge::new(params(4000, Codec::Pcmu), 7, Replacement::ComfortNoise { dbm0: -65.0 });
         bridge.set_agent(Some(params(5000, Codec::Pcma)));
-        // Capture mode: the masker, the gate and the strict detector run on every packet.
-        bridge.set_masking(masked);
+        // Masked: the masker, the gate and the strict detector run on every packet (and in
+        // capture, the band-stop).
+        bridge.set_masking(level);
         relay_without_allocating(bridge);
     }
 }

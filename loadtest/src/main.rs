@@ -10,6 +10,7 @@
 //! and targets must be on loopback unless `--allow-non-loopback` is given.
 
 mod api;
+mod judge;
 mod media;
 mod mmsg;
 mod ng;
@@ -162,6 +163,7 @@ struct Run {
     shards: Vec<Shard>,
     sip: SipDriver,
     api: Api,
+    judge: judge::Judge,
     /// Set when the load runs through rtpengine instead of tonewall.
     ng: Option<ng::Ng>,
     events: mpsc::UnboundedReceiver<Event>,
@@ -182,9 +184,10 @@ enum Event {
 
 async fn run(args: &Args, levels: &[u32]) -> anyhow::Result<()> {
     let sounds = Arc::new(Sounds::load()?);
+    let judge = judge::Judge::start()?;
     let mut shards = Vec::new();
     for _ in 0..args.shards {
-        shards.push(Shard::start(args.bind, sounds.clone())?);
+        shards.push(Shard::start(args.bind, sounds.clone(), judge.clone(), args.rtpengine.is_none())?);
     }
     let (events_tx, events) = mpsc::unbounded_channel();
     let (sip_tx, mut sip_rx) = mpsc::unbounded_channel();
@@ -217,6 +220,7 @@ async fn run(args: &Args, levels: &[u32]) -> anyhow::Result<()> {
         bind: args.bind,
         shards,
         sip,
+        judge,
         api: Api::new(&args.api, args.api_key.as_deref().unwrap_or_default()),
         ng,
         events,
@@ -241,6 +245,8 @@ async fn run(args: &Args, levels: &[u32]) -> anyhow::Result<()> {
     for s in &steps {
         all.merge(&s.stats);
     }
+    // Keys judged after the last window closed (calls that keyed to the end) count too.
+    all.leaked_digits += tokio::task::block_in_place(|| run.judge.take(|_| true))?;
     let failed = run.calls.values().filter(|c| matches!(c.state, CallState::Failed | CallState::Dropped)).count();
     let report = Report {
         target: match (args.rtpengine, args.rtpengine_masking_ms) {
@@ -327,7 +333,7 @@ impl Run {
         self.shards_window(0);
         spinner.set_message("draining");
         self.pump(DRAIN).await;
-        let stats = self.collect(w).await;
+        let stats = self.collect(w).await?;
         spinner.finish_and_clear();
         let step = Step {
             level,
@@ -451,7 +457,7 @@ impl Run {
         }
     }
 
-    async fn collect(&self, w: u8) -> WindowStats {
+    async fn collect(&self, w: u8) -> anyhow::Result<WindowStats> {
         let mut all = WindowStats::new();
         for s in &self.shards {
             let (tx, rx) = oneshot::channel();
@@ -460,7 +466,8 @@ impl Run {
                 all.merge(&st);
             }
         }
-        all
+        all.leaked_digits += tokio::task::block_in_place(|| self.judge.take(|x| x == w))?;
+        Ok(all)
     }
 
     /// Waits until every call up has keyed its whole card and tonewall has had time to

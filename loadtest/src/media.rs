@@ -8,10 +8,18 @@
 //! and stamped by the kernel.
 //!
 //! Per frame sent toward the agent the call keeps a slot (send time, whether it arrived);
-//! a watermarked frame arriving at the agent closes its slot with a latency sample. A slot
-//! that is reused while still open was lost. Only "plain" frames count toward loss: frames
-//! of speech away from any key (tonewall replaces tones, and an RFC 4733 key's span,
-//! by design) and away from the moment masking ends (which drops 20 ms by design).
+//! a frame arriving at the agent closes its slot with a latency sample. A slot that is
+//! reused while still open was lost. Only "plain" frames count toward loss: frames of speech
+//! away from any key (tonewall replaces tones, and an RFC 4733 key's span, by design) and
+//! away from the moment masking ends (which drops 20 ms by design).
+//!
+//! A frame is known by the watermark it carries. During tonewall's capture the DTMF
+//! band-stop rewrites every sample, watermark included, so there a frame is known by its RTP
+//! timestamp instead: tonewall's agent stream keeps the caller's timeline (RFC 3550 §5.1,
+//! one fixed offset), its first packet answers the call's first frame, and while masking,
+//! the frame stamped for tick t carries the audio of tick t − 1 (the 20 ms look-ahead).
+//!
+//! The agent-leg audio around each call's keys goes to the leak judge (spandsp, `judge.rs`).
 
 use std::net::SocketAddrV4;
 use std::sync::Arc;
@@ -20,10 +28,10 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use std::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
-use tonewall::media::dtmf::detector::Detector;
 use tonewall::media::g711::Codec;
 use tonewall::media::rtp::{FRAME_SAMPLES, RtpReader};
 
+use crate::judge::Judge;
 use crate::mmsg::{self, RecvBatch, SendBatch};
 use crate::script::{self, Action, EVENT_PT, Keypad, Sounds};
 
@@ -141,7 +149,10 @@ struct Call {
     speech_offset: u32,
     to_agent: [Slot; SLOTS],
     to_caller: [Slot; SLOTS],
-    detector: Option<Box<Detector>>,
+    /// The RTP timestamp of tonewall's first packet toward the agent.
+    agent_leg_ts0: Option<u32>,
+    /// Agent-leg audio around the keys, for the leak judge.
+    heard: Vec<i16>,
 }
 
 impl Call {
@@ -157,7 +168,8 @@ impl Call {
             speech_offset: media.id % 97,
             to_agent: [Slot::default(); SLOTS],
             to_caller: [Slot::default(); SLOTS],
-            detector: None,
+            agent_leg_ts0: None,
+            heard: Vec::new(),
             media,
         }
     }
@@ -201,8 +213,14 @@ pub struct Shard {
 }
 
 impl Shard {
-    /// Binds the shard's two sockets on `ip` and starts its task.
-    pub fn start(ip: std::net::Ipv4Addr, sounds: Arc<Sounds>) -> anyhow::Result<Shard> {
+    /// Binds the shard's two sockets on `ip` and starts its task. `by_timestamp`: the target
+    /// is tonewall, whose capture frames are known by their RTP timestamp (module docs).
+    pub fn start(
+        ip: std::net::Ipv4Addr,
+        sounds: Arc<Sounds>,
+        judge: Judge,
+        by_timestamp: bool,
+    ) -> anyhow::Result<Shard> {
         // Plain sockets, not registered with the reactor: the shard reads them on its 1 ms
         // tick, so an arriving packet wakes nobody (on loopback the sender would pay for
         // the wake-up, and the sender is tonewall).
@@ -225,6 +243,8 @@ impl Shard {
             by_agent_port: vec![u32::MAX; 65536],
             window: 0,
             stats: vec![WindowStats::new()],
+            judge,
+            by_timestamp,
             out: Some(Box::new(Outgoing { caller: SendBatch::new(), agent: SendBatch::new(), calls: Vec::new() })),
             rx,
         };
@@ -245,6 +265,8 @@ struct ShardTask {
     by_agent_port: Vec<u32>,
     window: u8,
     stats: Vec<WindowStats>,
+    judge: Judge,
+    by_timestamp: bool,
     out: Option<Box<Outgoing>>,
     rx: mpsc::UnboundedReceiver<ShardCommand>,
 }
@@ -316,7 +338,10 @@ impl ShardTask {
                 let Some(i) = self.calls.iter().position(|c| c.as_ref().is_some_and(|c| c.media.id == id)) else {
                     return;
                 };
-                if let Some(c) = self.calls[i].take() {
+                if let Some(mut c) = self.calls[i].take() {
+                    if !c.heard.is_empty() {
+                        self.judge.submit(self.window, std::mem::take(&mut c.heard));
+                    }
                     self.by_caller_port[usize::from(c.media.caller_leg.port())] = u32::MAX;
                     self.by_agent_port[usize::from(c.media.agent_leg.port())] = u32::MAX;
                 }
@@ -417,11 +442,12 @@ impl ShardTask {
         let fd = mmsg::fd_of(if caller_side { &self.caller } else { &self.agent });
         let map = if caller_side { &self.by_caller_port } else { &self.by_agent_port };
         let (calls, stats, window) = (&mut self.calls, &mut self.stats, self.window);
+        let arrival = Arrival { caller_side, window, by_timestamp: self.by_timestamp, judge: &self.judge };
         loop {
             let n = recv.recv(fd, |p| {
                 let i = map[usize::from(p.from.port())];
                 if i != u32::MAX {
-                    arrived(calls, stats, i, caller_side, p.at_ns, p.data, window);
+                    arrived(calls, stats, i, &arrival, p.at_ns, p.data);
                 }
             });
             // A short batch means the queue is empty; an error (none expected on UDP) ends
@@ -433,16 +459,18 @@ impl ShardTask {
     }
 }
 
-/// One packet from tonewall: a frame for the caller (`caller_side`) or for the agent.
-fn arrived(
-    calls: &mut [Option<Call>],
-    stats: &mut [WindowStats],
-    i: u32,
+/// What every packet of one drain shares.
+struct Arrival<'a> {
+    /// A frame for the caller, or for the agent.
     caller_side: bool,
-    at_ns: u64,
-    data: &[u8],
     window: u8,
-) {
+    by_timestamp: bool,
+    judge: &'a Judge,
+}
+
+/// One packet from tonewall.
+fn arrived(calls: &mut [Option<Call>], stats: &mut [WindowStats], i: u32, a: &Arrival, at_ns: u64, data: &[u8]) {
+    let (caller_side, window) = (a.caller_side, a.window);
     let Some(call) = calls.get_mut(i as usize).and_then(Option::as_mut) else { return };
     let Ok(rtp) = RtpReader::new(data) else { return };
     let payload = rtp.payload();
@@ -459,23 +487,29 @@ fn arrived(
     if !caller_side {
         stats[w].frames_received += 1;
         if call.detecting(call.tick) {
-            let mut pcm = [0i16; FRAME_SAMPLES];
-            for (o, b) in pcm.iter_mut().zip(payload) {
-                *o = Codec::Pcmu.decode(*b);
-            }
-            let d = call.detector.get_or_insert_with(|| Box::new(Detector::new()));
-            if d.process(&pcm[..payload.len().min(FRAME_SAMPLES)]).is_some() {
-                stats[w].leaked_digits += 1;
-            }
-        } else {
-            call.detector = None;
+            call.heard.extend(payload.iter().take(FRAME_SAMPLES).map(|b| Codec::Pcmu.decode(*b)));
+        } else if !call.heard.is_empty() {
+            a.judge.submit(window, std::mem::take(&mut call.heard));
         }
     }
-    let Some(k) = script::read_watermark(payload) else { return };
-    // The frame number's low 16 bits: the newest sent tick with those bits.
-    let ring = if caller_side { &mut call.to_caller } else { &mut call.to_agent };
+    if !caller_side {
+        call.agent_leg_ts0.get_or_insert(rtp.timestamp());
+    }
     let newest = call.tick.wrapping_sub(1);
-    let tick = newest.wrapping_sub(newest.wrapping_sub(u32::from(k)) & 0xFFFF);
+    let tick = match script::read_watermark(payload) {
+        // The frame number's low 16 bits: the newest sent tick with those bits.
+        Some(k) => newest.wrapping_sub(newest.wrapping_sub(u32::from(k)) & 0xFFFF),
+        None if a.by_timestamp && !caller_side => {
+            let ts0 = call.agent_leg_ts0.unwrap_or(rtp.timestamp());
+            let t = (rtp.timestamp().wrapping_sub(ts0) / FRAME_SAMPLES as u32).wrapping_sub(1);
+            if call.capture(t) != Some(true) || t > newest {
+                return;
+            }
+            t
+        }
+        None => return,
+    };
+    let ring = if caller_side { &mut call.to_caller } else { &mut call.to_agent };
     let slot = &mut ring[tick as usize % SLOTS];
     if !slot.open || slot.tick != tick {
         return;

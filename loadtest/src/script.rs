@@ -7,7 +7,9 @@
 //! measure each frame's trip through tonewall, whatever tonewall did to RTP sequence numbers
 //! and timestamps. It is six samples of the quietest PCMU codes (0xF0..=0xFF, at most ±31
 //! of 32767), which survive tonewall's decode/re-encode in masked mode unchanged and are
-//! inaudible under speech; a check byte keeps comfort noise from passing for one.
+//! inaudible under speech; a check byte keeps comfort noise from passing for one. During a
+//! capture tonewall's DTMF band-stop rewrites every sample, so there frames are told apart
+//! by their RTP timestamps instead (`media.rs`).
 
 use std::sync::Arc;
 
@@ -162,7 +164,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_watermark_survives_masked_mode_and_comfort_noise_does_not_pass_for_one() {
+    fn the_watermark_survives_decoding_and_reencoding_and_comfort_noise_does_not_pass_for_one() {
         for tick in [0u32, 1, 255, 4096, 65535, 70000] {
             let mut f = [0x55u8; FRAME_SAMPLES];
             watermark(&mut f, tick);

@@ -71,6 +71,11 @@ async fn every_card_is_captured_and_nothing_leaks_through_tonewall() {
     // Frames crossed tonewall both ways and were matched to what was sent.
     assert!(f(&r, "/latency_ms/samples") > 0.0 && f(&r, "/latency_ms_to_caller/samples") > 0.0, "{r}");
     assert!(f(&r, "/latency_ms/p50") > 0.0 && f(&r, "/latency_ms/p999") >= f(&r, "/latency_ms/p50"));
+    // Capture frames, known by their RTP timestamps (the band-stop rewrites the watermark),
+    // carry audio at least the 20 ms look-ahead late; a frame misidentified by one tick
+    // would show as about 0 ms.
+    let during = |k: &str| f(&r, &format!("/steps/0/latency_ms_during_capture/{k}"));
+    assert!(during("samples") > 0.0 && during("p50") >= 19.0, "{r}");
     assert!(f(&r, "/plain_frames") > 0.0 && f(&r, "/loss") < 0.01, "{r}");
     assert!(f(&r, "/rss_bytes") > 1e6 && f(&r, "/cpu_percent") >= 0.0);
     assert_eq!(r["steps"].as_array().map(Vec::len), Some(2));

@@ -19,6 +19,7 @@ use super::LegId;
 pub use super::outbox::MediaPacket;
 use super::outbox::Outbox;
 use super::recording::Tap;
+pub use super::to_agent::MaskLevel;
 use super::to_agent::{AgentSink, ToAgent, in_codec};
 
 const FRAME: Duration = Duration::from_millis(20);
@@ -107,10 +108,10 @@ impl Bridge {
         self.agent.map(|a| AgentSink { remote: a.remote, codec: a.codec })
     }
 
-    /// Capture mode (or "always mask"): caller audio to the agent goes through the masker.
-    /// Switching off waits until the caller has been quiet for 500 ms.
-    pub fn set_masking(&mut self, on: bool) {
-        self.to_agent.set_masking(on);
+    /// How caller audio to the agent is masked (see `MaskLevel`). Lowering it waits until
+    /// the caller has been quiet for 500 ms.
+    pub fn set_masking(&mut self, level: MaskLevel) {
+        self.to_agent.set_masking(level);
     }
 
     /// Counters for logs and tests, read when asked rather than kept up to date per packet.
@@ -316,6 +317,41 @@ mod tests {
         let silence = vec![Codec::Pcma.silence(); 160];
         assert!(out[2..9].iter().all(|o| o.4 == silence));
         assert_eq!(b.stats().masked_frames, 7);
+    }
+
+    #[test]
+    fn an_events_in_band_copy_is_replaced_where_the_gate_hears_nothing() {
+        use crate::media::dtmf::signal::{TonePair, push_tone, to_i16};
+        let t = crate::test_origin();
+        let mut b = Bridge::new(params(4000, Codec::Pcmu), 5, Replacement::Silence);
+        b.set_agent(Some(params(5000, Codec::Pcmu)));
+        // The gate alone (no band-stop), and a copy twisted 20 dB, which it does not open on.
+        b.set_masking(MaskLevel::Tones);
+        let mut tone = Vec::new();
+        push_tone(&mut tone, TonePair::key(Key::Digit(9), -20.0).twist(-20.0), 100.0);
+        let tone = to_i16(&tone);
+        let frames: Vec<Vec<u8>> =
+            tone.chunks(160).map(|f| f.iter().map(|s| Codec::Pcmu.encode(*s)).collect()).collect();
+        let (mut seq, start) = (1u16, 1600u32);
+        for i in 0..10u32 {
+            b.handle_caller_packet(&packet(0, seq, i * 160, &[0xFF; 160]), t);
+            seq += 1;
+        }
+        for (i, f) in frames.iter().enumerate() {
+            // The phone's audio arrives before its event: the copy is already in the look-ahead.
+            b.handle_caller_packet(&packet(0, seq, start + i as u32 * 160, f), t);
+            let ev = TelephoneEvent { code: 9, end: false, volume: 10, duration: (i as u16 + 1) * 160 }.to_bytes();
+            b.handle_caller_packet(&packet(96, seq + 1, start, &ev), t);
+            seq += 2;
+        }
+        for i in 0..10u32 {
+            b.handle_caller_packet(&packet(0, seq, start + 800 + i * 160, &[0xFF; 160]), t);
+            seq += 1;
+        }
+        let out = drain(&mut b);
+        let carries_tone = |p: &(LegId, u16, u32, u8, Vec<u8>)| p.4.iter().any(|x| Codec::Pcmu.decode(*x).abs() > 300);
+        assert!(out.len() >= 25, "every frame went on to the agent: {}", out.len());
+        assert!(!out.iter().any(carries_tone), "no frame to the agent carries the copy");
     }
 
     #[test]

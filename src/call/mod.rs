@@ -34,7 +34,7 @@ use crate::sip::stream::Transport;
 use crate::sip::transaction::{ClientInvite, Retransmit, RetransmitStep, Timers};
 
 use agent_invite::AgentInvite;
-use media::{Bridge, CallerMedia, MediaPacket};
+use media::{Bridge, CallerMedia, MaskLevel, MediaPacket};
 use transactions::{Answer, Purpose, Transactions};
 
 /// Which side of the call a message or packet belongs to.
@@ -389,7 +389,11 @@ impl Call {
                 }
             }
         }
-        call.bridge.set_masking(call.mask_always || matches!(call.capture, Capture::Collecting(_)));
+        call.bridge.set_masking(match call.capture {
+            Capture::Collecting(_) => MaskLevel::Capture,
+            _ if call.mask_always => MaskLevel::Tones,
+            _ => MaskLevel::Off,
+        });
         call.drain_capture(now);
         Ok(call)
     }
@@ -642,7 +646,7 @@ impl Call {
         }
         self.capture = Capture::Collecting(Box::new(Collector::new(fields, self.collector, self.today, now)));
         self.when_quiet = WhenQuiet::Nothing;
-        self.bridge.set_masking(true);
+        self.bridge.set_masking(MaskLevel::Capture);
         self.drain_capture(now);
     }
 
@@ -692,9 +696,7 @@ impl Call {
     /// After capture ends: play a closing prompt if any, then, per the session, stay bridged
     /// to the agent, transfer the caller back, or hang up once the prompt has played.
     fn finish_capture(&mut self, now: Instant, prompt: Option<PromptId>) {
-        if !self.mask_always {
-            self.bridge.set_masking(false);
-        }
+        self.bridge.set_masking(if self.mask_always { MaskLevel::Tones } else { MaskLevel::Off });
         if let Some(id) = prompt {
             let audio = self.prompts.audio(id);
             self.bridge.player().enqueue(audio);

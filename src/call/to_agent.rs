@@ -40,6 +40,19 @@ const QUIET_BEFORE_RELEASE: u64 = 4000;
 /// side: phones start the tone a little before the event's timestamp or let it ring on.
 const COPY_MARGIN: u64 = 160;
 
+/// How the caller's audio is masked on its way to the agent (stronger levels later).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum MaskLevel {
+    /// Relayed as it comes, with no added delay.
+    Off,
+    /// Through the masker: tones the gate hears are replaced ("always mask", outside a
+    /// capture).
+    Tones,
+    /// A capture: the masker and its DTMF band-stop, so nothing decodable passes whether or
+    /// not the gate heard it.
+    Capture,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Origin {
     Event,
@@ -69,8 +82,8 @@ pub struct ToAgent {
     after_event: bool,
     ssrc: Ssrc,
     masking: Option<Masking>,
-    /// Masking was asked to end and will once the caller is quiet.
-    release_pending: bool,
+    /// The level asked for; a lower one than in force waits until the caller is quiet.
+    wanted: MaskLevel,
     replacement: Replacement,
     last_key: Option<(Key, u32, Origin)>,
     /// The caller's phone sends RFC 4733 events: its in-band copies are not keys of their
@@ -92,7 +105,7 @@ impl ToAgent {
             after_event: false,
             ssrc: Ssrc(0),
             masking: None,
-            release_pending: false,
+            wanted: MaskLevel::Off,
             replacement,
             last_key: None,
             sends_events: false,
@@ -102,19 +115,45 @@ impl ToAgent {
         }
     }
 
-    /// Turns masking on at once; off once the caller has been quiet for 500 ms.
-    pub fn set_masking(&mut self, on: bool) {
-        self.release_pending = !on;
-        if on && self.masking.is_none() {
-            self.masking =
-                Some(Masking { masker: Masker::new(self.replacement), out_ts: self.covered, last: [0; FRAME_SAMPLES] });
+    /// Raises masking to `level` at once; lowers it once the caller has been quiet for
+    /// 500 ms.
+    pub fn set_masking(&mut self, level: MaskLevel) {
+        self.wanted = level;
+        if level > self.level() {
+            let m = self.masking.get_or_insert_with(|| Masking {
+                masker: Masker::new(self.replacement),
+                out_ts: self.covered,
+                last: [0; FRAME_SAMPLES],
+            });
+            m.masker.set_band_stop(level == MaskLevel::Capture);
+        }
+    }
+
+    /// The level in force.
+    fn level(&self) -> MaskLevel {
+        match &self.masking {
+            None => MaskLevel::Off,
+            Some(m) if m.masker.band_stop() => MaskLevel::Capture,
+            Some(_) => MaskLevel::Tones,
+        }
+    }
+
+    /// Lowers masking to the level asked for, now.
+    fn lower(&mut self, agent: Option<AgentSink>, out: &mut Outbox, now: Instant) {
+        match self.wanted {
+            MaskLevel::Off => self.release(agent, out, now),
+            MaskLevel::Tones => {
+                if let Some(m) = self.masking.as_mut() {
+                    m.masker.set_band_stop(false);
+                }
+            }
+            MaskLevel::Capture => {}
         }
     }
 
     /// Ends masking now: what is past the look-ahead is sent, the newest 20 ms are dropped,
     /// which takes the added delay back out.
     fn release(&mut self, agent: Option<AgentSink>, out: &mut Outbox, now: Instant) {
-        self.release_pending = false;
         if let Some(mut m) = self.masking.take() {
             let keep = m.masker.buffered().saturating_sub(LOOKAHEAD);
             self.drain(&mut m, keep, agent, out, now);
@@ -166,8 +205,10 @@ impl ToAgent {
         self.after_event = false;
         self.audio(ts, payload, caller.codec, agent, out, now);
         let key = self.heard.take();
-        if self.release_pending && self.masking.as_ref().is_some_and(|m| m.masker.quiet_for() >= QUIET_BEFORE_RELEASE) {
-            self.release(agent, out, now);
+        if self.wanted < self.level()
+            && self.masking.as_ref().is_some_and(|m| m.masker.quiet_for() >= QUIET_BEFORE_RELEASE)
+        {
+            self.lower(agent, out, now);
         }
         key.and_then(|k| self.dedupe(k, Origin::InBand, ts))
     }

@@ -1,7 +1,8 @@
 //! The masker (DESIGN.md, the masking contract): caller audio bound for the agent passes
 //! through a 20 ms look-ahead. Two layers, so that masking never depends on detection:
-//! - everything that leaves goes through the DTMF band-stop (`dtmf::bandstop`), so a tone
-//!   nothing detected is still 50 dB down, under whatever background hid it from the gate;
+//! - during a capture, everything that leaves goes through the DTMF band-stop
+//!   (`dtmf::bandstop`), so a tone nothing detected is still 50 dB down, under whatever
+//!   background hid it from the gate;
 //! - the tone-presence gate watches every sample as it enters, and when it opens,
 //!   everything still in the look-ahead back to the tone's onset is replaced, as is
 //!   everything until the gate closes plus a hang-over, so over a quiet background not even
@@ -63,7 +64,8 @@ pub struct Masker {
     analysis: Analysis,
     gate: GateState,
     detector: DetectorState,
-    bandstop: BandStop,
+    /// On for a capture (`set_band_stop`); a fresh filter each time it is switched on.
+    bandstop: Option<BandStop>,
     replacement: Replacement,
     ring: Box<[i16; RING]>,
     masked: Box<[bool; RING]>,
@@ -90,7 +92,7 @@ impl Masker {
             analysis: Analysis::new(),
             gate: GateState::default(),
             detector: DetectorState::default(),
-            bandstop: BandStop::new(),
+            bandstop: Some(BandStop::new()),
             replacement,
             ring: Box::new([0; RING]),
             masked: Box::new([false; RING]),
@@ -189,7 +191,7 @@ impl Masker {
     }
 
     /// Takes the next `out.len()` samples (at most `buffered()`), replacing marked ones, all
-    /// of it through the band-stop.
+    /// of it through the band-stop when that is on.
     pub fn pop(&mut self, out: &mut [i16]) {
         let mut done = 0;
         while done < out.len() {
@@ -208,7 +210,20 @@ impl Masker {
             self.read += run as u64;
             done += run;
         }
-        self.bandstop.process(out);
+        if let Some(f) = self.bandstop.as_mut() {
+            f.process(out);
+        }
+    }
+
+    /// Switches the DTMF band-stop on (a capture) or off (the gate alone). It starts on.
+    pub fn set_band_stop(&mut self, on: bool) {
+        if on != self.bandstop.is_some() {
+            self.bandstop = on.then(BandStop::new);
+        }
+    }
+
+    pub fn band_stop(&self) -> bool {
+        self.bandstop.is_some()
     }
 
     fn replace(&mut self, out: &mut [i16]) {

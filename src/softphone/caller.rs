@@ -89,6 +89,9 @@ pub struct CallerReport {
     pub packets_heard: u64,
     pub hung_up_by_tonewall: bool,
     pub keys_sent: usize,
+    /// The audio it sent, decoded back from G.711 (before the link's loss): what a judge
+    /// must be able to read the keys from, the positive control for a masking test.
+    pub sent_audio: Vec<i16>,
 }
 
 /// A key: 4 event updates and 3 end packets on consecutive 20 ms ticks; in-band, 100 ms of
@@ -199,6 +202,7 @@ pub async fn place_call(opts: CallerOptions) -> Result<CallerReport, SoftphoneEr
                     for (o, s) in payload.iter_mut().zip(plan.audio.iter().skip(from)) {
                         *o = media.codec.encode(*s);
                     }
+                    report.sent_audio.extend(payload.iter().map(|b| media.codec.decode(*b)));
                     let pkt = RtpPacketBuilder::new().payload_type(media.codec.payload_type()).ssrc(ssrc).sequence(Seq::from(seq)).timestamp(ts).payload(&payload).build();
                     seq = seq.wrapping_add(1);
                     link.offer(pkt.ok());

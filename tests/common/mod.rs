@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod backgrounds;
 pub mod browser;
 pub mod judges;
 pub mod sipp;
@@ -246,4 +247,32 @@ impl ServeProcess {
         let _ = self.child.kill(); // SIGKILL
         let _ = self.child.wait();
     }
+}
+
+/// A test card as the caller keys it, to check whole after a call.
+#[derive(Debug, Clone, Copy)]
+pub struct TestCard {
+    pub pan: &'static str,
+    pub month: u64,
+    pub year: u64,
+    pub code: &'static str,
+}
+
+/// Asserts that the completed session's token detokenizes to exactly `card`: number, expiry
+/// and security code (so a code keyed as 321 and stored as 312 fails), through the API as a
+/// processor would. Nothing of the card is printed on failure but which part differs.
+pub async fn assert_card_whole(t: &TestServer, session: &Value, card: &TestCard, case: &str) {
+    assert_eq!(session["state"], "completed", "{case}: session not completed: {}", session["state"]);
+    let token = session["result"]["token"].as_str().unwrap_or_else(|| panic!("{case}: no token"));
+    let key = t.key(Role::Processor).await;
+    let body = format!(r#"{{"token":"{token}"}}"#);
+    let (s, v) = http("POST", &format!("{}/v1/detokenize", t.base), Some(&key), Some(&body)).await;
+    assert_eq!(s, 200, "{case}: detokenize answered {s}");
+    assert!(v["pan"].as_str() == Some(card.pan), "{case}: the stored card number differs from the keyed one");
+    assert_eq!(
+        (v["expiry_month"].as_u64(), v["expiry_year"].as_u64()),
+        (Some(card.month), Some(card.year)),
+        "{case}: expiry"
+    );
+    assert!(v["security_code"].as_str() == Some(card.code), "{case}: the security code differs from the keyed one");
 }
