@@ -235,11 +235,12 @@ impl Config {
         }
         match self.capture.masking {
             Replacement::FlatTone { hz, dbm0 }
-                if (600.0..=1700.0).contains(&hz) || !(300.0..=3400.0).contains(&hz) || dbm0 > -10.0 =>
+                // Clear of the DTMF band, and of the band-stop that runs over it in a capture.
+                if (600.0..=1800.0).contains(&hz) || !(300.0..=3400.0).contains(&hz) || dbm0 > -10.0 =>
             {
                 return bad(
                     "capture.masking",
-                    "a flat tone must lie in 300-600 or 1700-3400 Hz (away from DTMF) at -10 dBm0 or below",
+                    "a flat tone must lie in 300-600 or 1800-3400 Hz (away from DTMF and the capture band-stop) at -10 dBm0 or below",
                 );
             }
             Replacement::ComfortNoise { dbm0 } if dbm0 > -40.0 => {

@@ -2,15 +2,18 @@
 //! detector, which cannot see what it misses. The C harness the masking tests use
 //! (`tests/judges/spandsp_dtmf.c`) is compiled when the tool starts; the shards hand over
 //! each call's agent-leg audio around its keys, and one worker thread pipes it through the
-//! harness at the lowest CPU priority (`nice -n 19`), so judging takes as little as it can
-//! from the system under load. Digits are counted per measurement window.
+//! harness at the lowest CPU priority (`nice -n 19`), and only while no window is being
+//! measured (`hold`), so judging takes nothing from the system under load while it counts.
+//! Digits are counted per measurement window.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 
@@ -28,6 +31,7 @@ struct Tally {
 pub struct Judge {
     jobs: mpsc::Sender<(u8, Vec<i16>)>,
     tally: Arc<(Mutex<Tally>, Condvar)>,
+    held: Arc<AtomicBool>,
 }
 
 impl Judge {
@@ -54,9 +58,14 @@ impl Judge {
         let (jobs, rx) = mpsc::channel::<(u8, Vec<i16>)>();
         let tally: Arc<(Mutex<Tally>, Condvar)> = Arc::default();
         let t = tally.clone();
+        let held: Arc<AtomicBool> = Arc::default();
+        let h = held.clone();
         std::thread::spawn(move || {
             let _dir = dir; // the binary lives as long as the worker
             for (window, pcm) in rx {
+                while h.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 let heard = judge(&bin, &pcm);
                 let (lock, done) = &*t;
                 let mut tally = lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -68,7 +77,12 @@ impl Judge {
                 done.notify_all();
             }
         });
-        Ok(Judge { jobs, tally })
+        Ok(Judge { jobs, tally, held })
+    }
+
+    /// While held (a window is being measured), queued audio waits.
+    pub fn hold(&self, on: bool) {
+        self.held.store(on, Ordering::Relaxed);
     }
 
     /// Queues one call's agent-leg audio, counted toward `window`.
@@ -83,6 +97,7 @@ impl Judge {
     /// Waits until everything queued is judged; takes the digits heard in `windows`. A judge
     /// that failed to run is an error, never "no digit".
     pub fn take(&self, windows: impl Fn(u8) -> bool) -> anyhow::Result<u64> {
+        self.hold(false);
         let (lock, done) = &*self.tally;
         let mut tally = lock.lock().unwrap_or_else(|e| e.into_inner());
         while tally.pending > 0 {

@@ -326,6 +326,7 @@ impl Run {
         self.pump(SETTLE).await;
         spinner.set_message(format!("measuring {} calls for {} s", self.active(), args.duration));
         self.shards_window(w);
+        self.judge.hold(true);
         let (s0, t0) = (procfs::sample(pid)?, procfs::sample(std::process::id())?);
         let calls_measured = self.active();
         self.pump(Duration::from_secs(args.duration)).await;

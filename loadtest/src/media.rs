@@ -487,6 +487,10 @@ fn arrived(calls: &mut [Option<Call>], stats: &mut [WindowStats], i: u32, a: &Ar
     if !caller_side {
         stats[w].frames_received += 1;
         if call.detecting(call.tick) {
+            if call.heard.capacity() == 0 {
+                // Room for the whole keying window at once: no growth on the packet path.
+                call.heard.reserve_exact((call.media.keypad.ticks() + DETECT_AFTER + 26) as usize * FRAME_SAMPLES);
+            }
             call.heard.extend(payload.iter().take(FRAME_SAMPLES).map(|b| Codec::Pcmu.decode(*b)));
         } else if !call.heard.is_empty() {
             a.judge.submit(window, std::mem::take(&mut call.heard));
@@ -502,7 +506,9 @@ fn arrived(calls: &mut [Option<Call>], stats: &mut [WindowStats], i: u32, a: &Ar
         None if a.by_timestamp && !caller_side => {
             let ts0 = call.agent_leg_ts0.unwrap_or(rtp.timestamp());
             let t = (rtp.timestamp().wrapping_sub(ts0) / FRAME_SAMPLES as u32).wrapping_sub(1);
-            if call.capture(t) != Some(true) || t > newest {
+            // Only frames that relay audio the tool sent: an RFC 4733 key's span is filled by
+            // tonewall (its end packets' ticks when the caller's audio resumes).
+            if call.capture(t) != Some(true) || t > newest || matches!(call.action(t), Action::Event { .. }) {
                 return;
             }
             t

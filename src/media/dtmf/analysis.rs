@@ -10,7 +10,7 @@
 //! window, which is what lets the detector read keys over a background as loud as the
 //! tones. Levels are reported as they were before the filter.
 
-use super::biquad::Biquad;
+use super::biquad::{Biquad, cascade};
 use super::{Bank, FREQS, Spectrum, analysis_frequencies};
 
 /// The pre-filter's corners, Hz.
@@ -90,9 +90,11 @@ impl Analysis {
         }
         let used = samples.len().min(HOP - self.pending);
         let start = WINDOW - HOP + self.pending;
-        for (h, s) in self.history[start..start + used].iter_mut().zip(samples) {
-            *h = self.prefilter.iter_mut().fold(f32::from(*s), |v, f| f.run(v + ANTI_DENORMAL));
+        let fresh = &mut self.history[start..start + used];
+        for (h, s) in fresh.iter_mut().zip(samples) {
+            *h = f32::from(*s);
         }
+        cascade(&mut self.prefilter, ANTI_DENORMAL, fresh);
         self.pending += used;
         self.samples += used as u64;
         if self.pending < HOP {

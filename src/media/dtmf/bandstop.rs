@@ -26,7 +26,7 @@ const SECTIONS: [[f64; 5]; 7] = [
     [1.000000000e+00, -1.739420220e+00, 1.000000000e+00, -1.757503085e+00, 9.909996117e-01],
 ];
 
-use super::biquad::Biquad;
+use super::biquad::{Biquad, cascade};
 
 /// Added to every input sample: the filter passes DC, so its state never decays into
 /// subnormal floats (which cost a hundred times more per operation) during silence.
@@ -50,10 +50,17 @@ impl BandStop {
 
     /// Filters `pcm` in place.
     pub fn process(&mut self, pcm: &mut [i16]) {
-        for x in pcm {
-            let v = self.sections.iter_mut().fold(f32::from(*x) + ANTI_DENORMAL, |v, s| s.run(v));
-            // Rounded to nearest; `as` saturates at the i16 range.
-            *x = (v + 0.5f32.copysign(v)) as i16;
+        let mut buf = [0f32; 160];
+        for chunk in pcm.chunks_mut(buf.len()) {
+            let x = &mut buf[..chunk.len()];
+            for (v, s) in x.iter_mut().zip(chunk.iter()) {
+                *v = f32::from(*s);
+            }
+            cascade(&mut self.sections, ANTI_DENORMAL, x);
+            for (s, v) in chunk.iter_mut().zip(x.iter()) {
+                // Rounded to nearest; `as` saturates at the i16 range.
+                *s = (v + 0.5f32.copysign(*v)) as i16;
+            }
         }
     }
 }

@@ -324,6 +324,19 @@ mod tests {
     }
 
     #[test]
+    fn the_mu_law_digital_milliwatt_reads_0_dbm0() {
+        // ITU-T G.711 Table 5: the eight-byte sequence whose decoded sine is 1 kHz at 0 dBm0,
+        // a level anchor independent of FULL_SCALE_DBM0.
+        let dmw = [0x1Eu8, 0x0B, 0x0B, 0x1E, 0x9E, 0x8B, 0x8B, 0x9E];
+        let pcm: Vec<f32> =
+            dmw.iter().cycle().take(8000).map(|b| f32::from(crate::media::g711::ulaw_decode(*b))).collect();
+        let rms = (pcm.iter().map(|v| v * v).sum::<f32>() / pcm.len() as f32).sqrt();
+        let generated = dbm0_to_amplitude(0.0) / 2f32.sqrt();
+        let error_db = 20.0 * (rms / generated).log10();
+        assert!(error_db.abs() < 0.05, "the generator's 0 dBm0 is {error_db:.3} dB off the digital milliwatt");
+    }
+
+    #[test]
     fn bank_matches_a_direct_hann_windowed_dft() {
         let freqs = analysis_frequencies();
         let mut noise = signal::Noise::new(3);
