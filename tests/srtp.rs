@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use common::{TestServer, create_session, keypad_events, wait_final};
+use common::{TestCard, TestServer, assert_card_whole, create_session, keypad_events, wait_final};
 use tokio::net::UdpSocket;
 use tonewall::api::auth::Role;
 use tonewall::sip::message::{Method, SipMessage};
@@ -127,7 +127,9 @@ a=crypto:1 {suite} inline:{caller_key}\r\n",
         }
         let done = wait_final(&t.base, &key, &id, Duration::from_secs(5)).await;
         assert_eq!(done["state"], "completed", "{suite}: {done}");
-        assert_eq!(done["result"]["last4"], "1111");
+        // The whole card, security code included, while the call still holds the code.
+        let card = TestCard { pan: "4111111111111111", month: 12, year: 2030, code: "123" };
+        assert_card_whole(&t, &done, &card, suite).await;
         // Tonewall thanks the caller and hangs up; we answer its BYE.
         let bye = loop {
             let (msg, from) = tokio::time::timeout(Duration::from_secs(10), ua.recv()).await.expect("BYE").unwrap();

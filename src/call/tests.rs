@@ -192,7 +192,10 @@ fn capture_by_rfc4733_tokenize_thank_and_hang_up() {
         CallEvent::CardCaptured(c) => Some(c),
         _ => None,
     });
-    assert_eq!(card.expect("card captured").pan.last4(), "1111");
+    let card = card.expect("card captured");
+    assert_eq!(card.pan.expose(), "4111111111111111");
+    assert_eq!(card.expiry.map(|e| (e.month(), e.year())), Some((12, 2030)));
+    assert_eq!(card.security_code.as_ref().map(|c| c.expose()), Some("123"));
     call.handle_command(t, Command::Tokenized { ok: true });
     let (sip, events) = drain(&mut call);
     assert!(events.iter().any(|e| matches!(e, CallEvent::Completed)));

@@ -389,8 +389,10 @@ mod tests {
             _ => None,
         });
         let card = card.expect("completed");
-        assert_eq!(card.pan.last4(), "1111");
-        assert_eq!(card.expiry.unwrap().month(), 12);
+        // The whole card, as keyed: a code keyed as 123 and kept as 132 must fail here.
+        assert_eq!(card.pan.expose(), "4111111111111111");
+        assert_eq!(card.expiry.map(|e| (e.month(), e.year())), Some((12, 2030)));
+        assert_eq!(card.security_code.as_ref().map(|c| c.expose()), Some("123"));
         assert!(c.is_finished());
         assert_eq!(c.poll_timeout(), None);
     }
@@ -430,7 +432,9 @@ mod tests {
             CaptureEvent::Completed(c) => Some(c),
             _ => None,
         });
-        assert_eq!(card.expect("completed").pan.last4(), "4444", "the second card is the one captured");
+        let card = card.expect("completed");
+        assert_eq!(card.pan.expose(), "5555555555554444", "the second card is the one captured");
+        assert_eq!(card.security_code.as_ref().map(|c| c.expose()), Some("321"));
         assert_eq!(c.restart(FieldName::Pan, t), Err(RestartError::NotCollecting));
         let mut only_pan =
             Collector::new(vec![FieldName::Pan], CollectorConfig::default(), YearMonth { year: 2026, month: 11 }, t);
