@@ -36,6 +36,7 @@ use tonewall::media::telephone_event::{Key, TelephoneEvent};
 use tonewall::sip::message::{Request, ResponseBuilder, SipMessage, parse};
 use tonewall::sip::stream::Transport;
 use tonewall::sip::transaction::Timers;
+use tonewall::softphone::caller::Keying;
 
 /// Each tone's level, dBm0 (the mean of the two when twisted).
 const TONE_DBM0: f32 = -10.0;
@@ -52,13 +53,6 @@ const CARDS: [(&str, &str, &str); 4] = [
     ("378282246310005", "1131", "4817"),
     ("6011000990139424", "0728", "905"),
 ];
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Keying {
-    InBand,
-    /// RFC 4733 events and the same key in-band in the audio, on one SSRC.
-    Both,
-}
 
 #[derive(Debug, Clone, Copy)]
 struct Cell {
@@ -212,14 +206,10 @@ fn simulate(plan: &Plan, keying: Keying, replacement: Replacement) -> Outcome {
     let mut card_right = None;
     let mut events: Vec<(usize, Vec<u8>)> = Vec::new();
     if keying == Keying::Both {
-        let mut seq_in_press = 0;
         for p in &plan.presses {
-            for (tick, ev) in event_packets(p) {
-                let ts = p.onset as u32;
-                events.push((tick, rtp(101, 0, ts, seq_in_press == 0, &ev.to_bytes())));
-                seq_in_press += 1;
+            for (i, (tick, ev)) in event_packets(p).into_iter().enumerate() {
+                events.push((tick, rtp(101, 0, p.onset as u32, i == 0, &ev.to_bytes())));
             }
-            seq_in_press = 0;
         }
     }
     let mut seq: u16 = 1;
