@@ -80,6 +80,13 @@ fn judged(pcm: &[i16]) -> (String, String) {
     (judges::spandsp(pcm).iter().map(|h| h.digit).collect(), judges::multimon(pcm))
 }
 
+/// How many digits each judge heard in masked audio: counts only, so that a failure never
+/// prints what leaked.
+fn leaked(pcm: &[i16]) -> (usize, usize) {
+    let (s, m) = judged(pcm);
+    (s.len(), m.len())
+}
+
 struct Case {
     keying: Keying,
     backdrop: Backdrop,
@@ -132,11 +139,7 @@ async fn judged_call(c: Case) {
     let heard = agent.finish().await.unwrap();
     assert!(heard.audio.len() > 8000 * 8, "{case}: the agent heard the whole capture");
     assert_eq!(heard.non_audio_packets, 0, "{case}");
-    assert_eq!(
-        judged(&heard.audio),
-        (String::new(), String::new()),
-        "{case}: the judges heard digits on the agent leg"
-    );
+    assert_eq!(leaked(&heard.audio), (0, 0), "{case}: digits spandsp / multimon-ng heard on the agent leg");
     if background.is_some() {
         // The caller's voice still reaches the agent: at most 10 dB down (the DTMF band
         // taken out during capture, a few masked keys), where a muted leg would be −∞.
@@ -182,9 +185,8 @@ async fn judge_recording(t: &TestServer, case: &str, completed: bool) {
     let caller = judges::channel(&samples, 0);
     assert!(caller.len() as i64 >= meta["duration_ms"].as_i64().unwrap() * 8 - 160, "{case}");
     assert!(caller.len() > 8000 * 8, "{case}: the recording holds the whole capture");
-    let none = (String::new(), String::new());
-    assert_eq!(judged(&caller), none, "{case}: the judges heard digits in the recording's caller channel");
-    assert_eq!(judged(&judges::channel(&samples, 1)), none, "{case}: nor in its agent channel");
+    assert_eq!(leaked(&caller), (0, 0), "{case}: digits the judges heard in the recording's caller channel");
+    assert_eq!(leaked(&judges::channel(&samples, 1)), (0, 0), "{case}: and in its agent channel");
     let part = fetch(&url, &qa, Some("bytes=44-1043")).await;
     assert_eq!((part.0, part.1.as_slice()), (206, &wav.1[44..1044]), "{case}: range requests seek");
 }

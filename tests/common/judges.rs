@@ -120,7 +120,8 @@ pub fn multimon(pcm: &[i16]) -> String {
     cmd.args(["-q", "-c", "-a", "DTMF", "-t", "raw", "-"]);
     let out = pipe_through(cmd, resampled);
     let mut digits: String = out.lines().filter_map(|l| l.strip_prefix("DTMF: ")).collect();
-    assert_eq!(digits.pop(), Some(MARKER), "multimon-ng heard its marker last (it read everything): {digits}");
+    let heard = digits.len();
+    assert_eq!(digits.pop(), Some(MARKER), "multimon-ng did not hear its marker last ({heard} digits heard)");
     digits
 }
 
