@@ -40,12 +40,7 @@ fn main() {
     let mut out = [0i16; 160];
     for frame in pcm.chunks(160) {
         if let Some(d) = masker.push(frame, Feed::Audio) {
-            digits.push(match d.key {
-                Key::Digit(n) => char::from(b'0' + n),
-                Key::Star => '*',
-                Key::Hash => '#',
-                Key::Letter(l) => char::from(l),
-            });
+            digits.push(d.key.to_char());
         }
         let ready = masker.ready().min(160);
         masker.pop(&mut out[..ready]);

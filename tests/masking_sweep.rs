@@ -312,17 +312,13 @@ fn presses_read(presses: &[Press], heard: &[Heard]) -> usize {
         .iter()
         .filter(|p| {
             let (from, to) = (p.onset as u64, (p.onset + p.len) as u64 + 480);
-            heard.iter().any(|h| h.at >= from && h.at <= to && Some(h.digit) == key_char(p.key))
+            heard.iter().any(|h| h.at >= from && h.at <= to && h.digit == p.key.to_char())
         })
         .count()
 }
 
-fn key_char(k: Key) -> Option<char> {
-    "0123456789*#ABCD".chars().nth(usize::from(k.event_code()))
-}
-
 fn keyed(presses: &[Press]) -> String {
-    presses.iter().filter_map(|p| key_char(p.key)).collect()
+    presses.iter().map(|p| p.key.to_char()).collect()
 }
 
 /// tonewall's own strict detector over the unmasked audio, for the table only.
@@ -331,7 +327,7 @@ fn tonewall_heard(pcm: &[i16]) -> Vec<Heard> {
     let mut out = Vec::new();
     for block in pcm.chunks(FRAME_SAMPLES) {
         if let Some(hit) = d.process(block) {
-            out.push(Heard { digit: key_char(hit.key).unwrap_or('?'), at: hit.at_sample });
+            out.push(Heard { digit: hit.key.to_char(), at: hit.at_sample });
         }
     }
     out

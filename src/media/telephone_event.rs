@@ -45,6 +45,16 @@ impl Key {
             _ => None,
         }
     }
+
+    /// The keypad character: the inverse of `from_char`.
+    pub fn to_char(self) -> char {
+        match self {
+            Key::Digit(d) => char::from(b'0' + d),
+            Key::Star => '*',
+            Key::Hash => '#',
+            Key::Letter(l) => char::from(l),
+        }
+    }
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -140,6 +150,7 @@ mod tests {
         assert_eq!(Key::from_event_code(15), Some(Key::Letter(b'D')));
         assert_eq!(Key::from_event_code(16), None); // flash and other non-DTMF events
         for c in "0123456789*#ABCD".chars() {
+            assert_eq!(Key::from_char(c).map(Key::to_char), Some(c));
             let k = Key::from_char(c).unwrap();
             assert_eq!(Key::from_event_code(k.event_code()), Some(k));
         }
