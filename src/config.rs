@@ -1,6 +1,7 @@
 //! `sip-config/tonewall.toml` → typed `Config`. Every key has a default (the file in the
-//! repository is the default, embedded in the binary); unknown keys and bad values are
-//! errors that name the key.
+//! repository is the default, embedded in the binary); a file layers over it key by key, so
+//! `[vault]` with only `detokenize_per_minute` keeps every other vault default. Unknown keys
+//! and bad values are errors that name the key.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -29,6 +30,9 @@ pub enum ConfigError {
     Syntax { path: String, why: String },
     #[error("config key `{key}`: {why}")]
     Invalid { key: &'static str, why: String },
+    /// A key or value the typed config refuses, with its dotted path (`vault.kek`).
+    #[error("config {path}: key `{key}`: {why}")]
+    Key { path: String, key: String, why: String },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -178,8 +182,12 @@ impl Config {
     }
 
     pub fn parse(name: &str, text: &str) -> Result<Config, ConfigError> {
-        let cfg: Config =
-            toml::from_str(text).map_err(|e| ConfigError::Syntax { path: name.to_string(), why: e.to_string() })?;
+        let syntax = |e: toml::de::Error| ConfigError::Syntax { path: name.to_string(), why: e.to_string() };
+        let file: toml::Table = toml::from_str(text).map_err(syntax)?;
+        let merged = layer(defaults_table(), file);
+        let cfg: Config = serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|e| {
+            ConfigError::Key { path: name.to_string(), key: e.path().to_string(), why: e.inner().to_string() }
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -322,6 +330,28 @@ impl Config {
     }
 }
 
+/// The embedded default file as a table, the base every config file layers over.
+fn defaults_table() -> toml::Table {
+    // Invariant: the embedded default is checked by a unit test.
+    toml::from_str(EMBEDDED).expect("embedded config is valid TOML")
+}
+
+/// `file` over `base`, key by key within each section: a section the file names keeps the
+/// base's other keys. A key's value (an inline table such as `vault.kek` included) replaces
+/// the base's whole; a section or key the base lacks is kept, for the typed config to refuse
+/// by name.
+fn layer(mut base: toml::Table, file: toml::Table) -> toml::Table {
+    for (section, value) in file {
+        match (base.get_mut(&section), value) {
+            (Some(toml::Value::Table(keys)), toml::Value::Table(over)) => keys.extend(over),
+            (_, value) => {
+                base.insert(section, value);
+            }
+        }
+    }
+    base
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,7 +398,27 @@ mod tests {
         assert!(Config::parse("x", &token).is_ok(), "production with the KEK in a PKCS#11 token");
         let mut c = Config::embedded();
         assert!(c.set_production().unwrap_err().to_string().contains("vault.kek"), "--production refuses it too");
+        let unknown_key = Config::parse("x", "[vault]\ndetokenize_per_mintue = 5\n").unwrap_err().to_string();
+        assert!(unknown_key.contains("vault") && unknown_key.contains("detokenize_per_mintue"), "{unknown_key}");
         let bad_addr = EMBEDDED.replace("listen = \"127.0.0.1:8080\"", "listen = \"nowhere\"");
         assert!(Config::parse("x", &bad_addr).unwrap_err().to_string().contains("listen"));
+    }
+
+    #[test]
+    fn a_file_that_sets_one_key_keeps_the_other_defaults_of_its_section() {
+        let c = Config::parse("x", "[vault]\ndetokenize_per_minute = 5\n").unwrap();
+        assert_eq!(c.vault.detokenize_per_minute, 5);
+        let d = Config::embedded();
+        assert_eq!(c.vault.kek, d.vault.kek);
+        assert_eq!(c.vault.bulk_alarm_per_hour, d.vault.bulk_alarm_per_hour);
+        let c = Config::parse("x", "[capture]\nmax_attempts = 5\n").unwrap();
+        assert_eq!((c.capture.max_attempts, c.capture.inter_digit_timeout_ms), (5, d.capture.inter_digit_timeout_ms));
+        assert_eq!(c.capture.masking, d.capture.masking);
+        let c = Config::parse("x", "").unwrap();
+        assert_eq!(c.sip.listen, d.sip.listen);
+        let kek = Config::parse("x", "[vault]\nkek = { env = \"TONEWALL_KEK\" }\n").unwrap();
+        assert_eq!(kek.vault.kek, KekSource::Secret(SecretSource::Env("TONEWALL_KEK".into())));
+        let typo = Config::parse("x", "[vault]\nkek = { env = \"K\", file = \"/k\" }\n");
+        assert!(typo.unwrap_err().to_string().contains("vault.kek"), "an inline table replaces the default whole");
     }
 }

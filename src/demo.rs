@@ -11,21 +11,20 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::api::auth::{self, Role};
-use crate::config::Config;
-use crate::runtime::Server;
-use crate::softphone::agent::{Agent, AgentReport};
-use crate::softphone::caller::{self, CallerOptions};
-use crate::softphone::desktop;
+use tonewall::api::auth::{self, Role};
+use tonewall::config::Config;
+use tonewall::runtime::Server;
+use tonewall_testkit::agent::{Agent, AgentReport};
+use tonewall_testkit::caller::{self, CallerOptions};
+use tonewall_testkit::desktop;
 
 /// The Visa test card of the payment networks' documentation, expiry 12/30, code 123.
 const KEYPAD: &str = "4111111111111111#,1230,123";
 
-pub struct DemoOutcome {
+pub(crate) struct DemoOutcome {
     pub session: Value,
     pub agent: AgentReport,
     pub wav: PathBuf,
-    pub desktop_lines: Vec<String>,
 }
 
 pub async fn run(data_dir: &Path) -> anyhow::Result<DemoOutcome> {
@@ -56,19 +55,16 @@ async fn drive(server: &Server, data_dir: &Path) -> anyhow::Result<DemoOutcome> 
     ws_req.headers_mut().insert("Authorization", format!("Bearer {key}").parse()?);
     let (mut ws, _) = tokio_tungstenite::connect_async(ws_req).await.context("WebSocket")?;
     let watcher = tokio::spawn(async move {
-        let mut lines = Vec::new();
         while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
             let Ok(text) = msg.into_text() else { break };
             let Ok(v) = serde_json::from_str::<Value>(&text) else { continue };
             if let Some(line) = desktop_line(&v) {
                 println!("desktop    {line}");
-                lines.push(line);
             }
             if v["event"] == "call_ended" {
                 break;
             }
         }
-        lines
     });
 
     println!("caller     dialling {transfer_uri}, keying the card by RFC 4733");
@@ -77,12 +73,13 @@ async fn drive(server: &Server, data_dir: &Path) -> anyhow::Result<DemoOutcome> 
         "caller     answered={} keys sent={} packets heard={} (prompts and the agent's voice)",
         report.answered, report.keys_sent, report.packets_heard
     );
-    let desktop_lines = watcher.await.unwrap_or_default();
+    // The desktop's lines are printed as they come; waiting here lets the last one out.
+    let _ = watcher.await;
     let session = desktop::session(&base, &key, &id).await?;
     let agent = agent.finish().await?;
     let wav = data_dir.join("agent-heard.wav");
     agent.write_wav(&wav).context("writing the agent's recording")?;
-    Ok(DemoOutcome { session, agent, wav, desktop_lines })
+    Ok(DemoOutcome { session, agent, wav })
 }
 
 /// What the agent desktop shows for one WebSocket update.

@@ -1,6 +1,8 @@
 //! The `tonewall` command line: serve, demo, api-key create, keys rotate|status, audit verify,
 //! check-config.
 
+mod demo;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -222,7 +224,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if std::env::var_os("RUST_LOG").is_some() {
                 init_logging();
             }
-            let outcome = tonewall::demo::run(&data_dir).await?;
+            let outcome = demo::run(&data_dir).await?;
             let s = &outcome.session;
             println!();
             println!("── summary ─────────────────────────────────────────────");
@@ -247,7 +249,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 a.timestamp_jumps
             );
             println!("agent WAV    {}", outcome.wav.display());
-            tonewall::demo::verify(&outcome)?;
+            demo::verify(&outcome)?;
             println!("demo OK");
             Ok(())
         }

@@ -12,8 +12,8 @@ use std::time::Duration;
 use common::TestServer;
 use common::browser::Browser;
 use tonewall::api::auth::Role;
-use tonewall::softphone::agent::Agent;
-use tonewall::softphone::caller::{self, CallerOptions};
+use tonewall_testkit::agent::Agent;
+use tonewall_testkit::caller::{self, CallerOptions};
 
 const PAN: &str = "4111111111111111";
 

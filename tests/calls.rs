@@ -10,8 +10,8 @@ use serde_json::Value;
 use tokio::net::UdpSocket;
 use tonewall::api::auth::Role;
 use tonewall::media::g711::Codec;
-use tonewall::softphone::agent::Agent;
-use tonewall::softphone::caller::{self, CallerOptions, CallerReport};
+use tonewall_testkit::agent::Agent;
+use tonewall_testkit::caller::{self, CallerOptions, CallerReport};
 
 async fn session(t: &TestServer, key: &str, agent_uri: Option<&str>) -> (String, String) {
     let body = match agent_uri {
@@ -301,7 +301,7 @@ async fn tcp_frames_by_content_length_and_refuses_a_message_without_it() {
 }
 
 /// The next final response (provisional ones skipped), or the next request, within 5 s.
-async fn next_final(ua: &tonewall::softphone::Ua) -> tonewall::sip::message::Response {
+async fn next_final(ua: &tonewall_testkit::Ua) -> tonewall::sip::message::Response {
     loop {
         let (msg, _) = tokio::time::timeout(Duration::from_secs(5), ua.recv()).await.expect("an answer").unwrap();
         if let tonewall::sip::message::SipMessage::Response(r) = msg
@@ -319,7 +319,7 @@ async fn next_final(ua: &tonewall::softphone::Ua) -> tonewall::sip::message::Res
 async fn invite_with_replaces_moves_the_caller_and_the_capture_carries_on() {
     use tonewall::sip::message::{Method, SipMessage};
     use tonewall::sip::sdp::{self, RemoteDescription};
-    use tonewall::softphone::Ua;
+    use tonewall_testkit::Ua;
 
     let t = TestServer::start().await;
     let key = t.key(Role::Agent).await;

@@ -11,9 +11,9 @@ mod common;
 use std::time::Duration;
 
 use common::{ServeProcess, files_under, http, require_tool, tonewall, wait_final, write_config};
-use tonewall::softphone::agent::Agent;
-use tonewall::softphone::caller::{self, CallerOptions};
 use tonewall::vault::testing::TestDatabase;
+use tonewall_testkit::agent::Agent;
+use tonewall_testkit::caller::{self, CallerOptions};
 
 /// Test cards with security codes chosen not to occur by chance in timestamps or ports.
 const CARDS: [(&str, &str); 4] = [

@@ -17,8 +17,8 @@ use common::judges;
 use common::{TestCard, TestServer, assert_card_whole, http, wait_final};
 use tonewall::api::auth::Role;
 use tonewall::media::dtmf::{dbm0_to_amplitude, signal::to_i16};
-use tonewall::softphone::agent::Agent;
-use tonewall::softphone::caller::{self, CallerOptions, Keying};
+use tonewall_testkit::agent::Agent;
+use tonewall_testkit::caller::{self, CallerOptions, Keying};
 
 const KEYPAD: &str = "5555555555554444#,1230,321";
 const CARD: TestCard = TestCard { pan: "5555555555554444", month: 12, year: 2030, code: "321" };

@@ -36,7 +36,7 @@ use tonewall::media::telephone_event::{Key, TelephoneEvent};
 use tonewall::sip::message::{Request, ResponseBuilder, SipMessage, parse};
 use tonewall::sip::stream::Transport;
 use tonewall::sip::transaction::Timers;
-use tonewall::softphone::caller::Keying;
+use tonewall_testkit::caller::Keying;
 
 /// Each tone's level, dBm0 (the mean of the two when twisted).
 const TONE_DBM0: f32 = -10.0;

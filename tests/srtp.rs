@@ -15,7 +15,7 @@ use common::{TestCard, TestServer, assert_card_whole, create_session, keypad_eve
 use tokio::net::UdpSocket;
 use tonewall::api::auth::Role;
 use tonewall::sip::message::{Method, SipMessage};
-use tonewall::softphone::Ua;
+use tonewall_testkit::Ua;
 
 const PYTHON: &str = "/usr/bin/python3";
 

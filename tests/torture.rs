@@ -233,7 +233,7 @@ async fn final_status(ears: &[tokio::net::UdpSocket], wait: std::time::Duration)
 async fn still_serves(t: &common::TestServer) {
     use std::time::Duration;
     use tonewall::api::auth::Role;
-    use tonewall::softphone::caller::{self, CallerOptions};
+    use tonewall_testkit::caller::{self, CallerOptions};
 
     let key = t.key(Role::Agent).await;
     let (id, uri) = common::create_session(&t.base, &key, "torture").await;

@@ -11,12 +11,12 @@ use std::time::Duration;
 use axum::http::{HeaderMap, StatusCode};
 use common::{TestServer, http, wait_final};
 use tonewall::api::auth::Role;
-use tonewall::softphone::agent::Agent;
-use tonewall::softphone::caller::{self, CallerOptions};
 use tonewall::vault::audit;
 use tonewall::vault::crypto::SecretKey;
 use tonewall::vault::secret::SecretSource;
 use tonewall::vault::webhook::{SIGNATURE_HEADER, signature};
+use tonewall_testkit::agent::Agent;
+use tonewall_testkit::caller::{self, CallerOptions};
 
 #[tokio::test]
 async fn processors_tokenize_and_detokenize_and_no_other_role_can() {

@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tonewall::media::dtmf::Detector;
-use tonewall::media::masker::{Feed, LOOKAHEAD, Masker, Replacement};
+use tonewall_core::media::dtmf::Detector;
+use tonewall_core::media::masker::{Feed, LOOKAHEAD, Masker, Replacement};
 
 fuzz_target!(|data: &[u8]| {
     let pcm: Vec<i16> = data.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();

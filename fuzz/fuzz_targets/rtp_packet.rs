@@ -1,14 +1,14 @@
-//! Arbitrary datagrams on the caller's RTP port, in capture mode and out of it: no panic.
+//! Arbitrary datagrams on the caller's RTP port, at every masking level: no panic.
 #![no_main]
 
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
-use tonewall::call::media::Bridge;
-use tonewall::media::g711::Codec;
-use tonewall::media::masker::Replacement;
-use tonewall::sip::sdp::MediaParams;
+use tonewall_core::call::media::{Bridge, MaskLevel};
+use tonewall_core::media::g711::Codec;
+use tonewall_core::media::masker::Replacement;
+use tonewall_core::sip::sdp::MediaParams;
 
 fuzz_target!(|data: &[u8]| {
     let p = |port| MediaParams {
@@ -17,10 +17,10 @@ fuzz_target!(|data: &[u8]| {
         event_pt: Some(101),
     };
     let now = Instant::now();
-    for masked in [false, true] {
+    for level in [MaskLevel::Off, MaskLevel::Tones, MaskLevel::Capture] {
         let mut b = Bridge::new(p(4000), 1, Replacement::Silence);
         b.set_agent(Some(MediaParams { codec: Codec::Pcma, ..p(5000) }));
-        b.set_masking(masked);
+        b.set_masking(level);
         // The input as one packet, then cut into several.
         b.handle_caller_packet(data, now);
         for chunk in data.chunks(data.len().max(13) / 3 + 1) {

@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tonewall::media::srtp::{CryptoAttr, MasterKey};
-use tonewall::sip::sdp::{self, Direction, RemoteDescription};
+use tonewall_core::media::srtp::{CryptoAttr, MasterKey};
+use tonewall_core::sip::sdp::{self, Direction, RemoteDescription};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(offer) = RemoteDescription::parse(data) {

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tonewall::sip::message::{self, ResponseBuilder, SipMessage};
+use tonewall_core::sip::message::{self, ResponseBuilder, SipMessage};
 
 fuzz_target!(|data: &[u8]| {
     match message::parse(data) {

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tonewall::media::telephone_event::{EventTracker, TelephoneEvent};
+use tonewall_core::media::telephone_event::{EventTracker, TelephoneEvent};
 
 fuzz_target!(|data: &[u8]| {
     let mut t = EventTracker::default();

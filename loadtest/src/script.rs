@@ -17,7 +17,7 @@ use tonewall::media::dtmf::signal::{TonePair, push_tone, to_i16};
 use tonewall::media::g711::Codec;
 use tonewall::media::rtp::FRAME_SAMPLES;
 use tonewall::media::telephone_event::{Key, TelephoneEvent};
-use tonewall::softphone::caller::{Step, script};
+use tonewall_testkit::caller::{Step, script};
 
 pub const EVENT_PT: u8 = 101;
 const WATERMARK_BYTES: usize = 6;

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use thiserror::Error;
 use tokio::net::UdpSocket;
 
-use crate::sip::message::{self, Method, Request, RequestBuilder, ResponseBuilder, SipMessage};
+use tonewall_core::sip::message::{self, Method, Request, RequestBuilder, ResponseBuilder, SipMessage};
 
 #[derive(Debug, Error)]
 pub enum SoftphoneError {

@@ -13,10 +13,10 @@ use tokio::task::JoinHandle;
 use tokio::time::{MissedTickBehavior, interval};
 
 use super::{SoftphoneError, Ua};
-use crate::media::g711::Codec;
-use crate::media::rtp::{FRAME_SAMPLES, RtpReader};
-use crate::sip::message::{Method, ResponseBuilder, SipMessage};
-use crate::sip::sdp::{self, RemoteDescription};
+use tonewall_core::media::g711::Codec;
+use tonewall_core::media::rtp::{FRAME_SAMPLES, RtpReader};
+use tonewall_core::sip::message::{Method, ResponseBuilder, SipMessage};
+use tonewall_core::sip::sdp::{self, RemoteDescription};
 
 #[derive(Debug, Default, Clone)]
 pub struct AgentReport {

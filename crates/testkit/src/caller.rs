@@ -12,12 +12,12 @@ use tokio::net::UdpSocket;
 use tokio::time::{Instant, MissedTickBehavior, interval, timeout};
 
 use super::{SoftphoneError, Ua};
-use crate::media::dtmf::signal::{Noise, TonePair, push_silence, push_tone, to_i16};
-use crate::media::g711::Codec;
-use crate::media::rtp::{FRAME_SAMPLES, RtpReader};
-use crate::media::telephone_event::{Key, TelephoneEvent};
-use crate::sip::message::{Method, SipMessage};
-use crate::sip::sdp::{self, RemoteDescription};
+use tonewall_core::media::dtmf::signal::{Noise, TonePair, push_silence, push_tone, to_i16};
+use tonewall_core::media::g711::Codec;
+use tonewall_core::media::rtp::{FRAME_SAMPLES, RtpReader};
+use tonewall_core::media::telephone_event::{Key, TelephoneEvent};
+use tonewall_core::sip::message::{Method, SipMessage};
+use tonewall_core::sip::sdp::{self, RemoteDescription};
 
 /// One step of what the caller does on the keypad.
 #[derive(Debug, Clone, Copy)]
