@@ -15,6 +15,7 @@ use crate::capture::collector::CollectorConfig;
 use crate::media::masker::Replacement;
 use crate::media::srtp::SrtpPolicy;
 use crate::sip::transaction::Timers;
+use crate::vault::VaultOptions;
 use crate::vault::kek::KekSource;
 use crate::vault::secret::SecretSource;
 use crate::vault::token::TokenFormat;
@@ -327,6 +328,34 @@ impl Config {
             first_digit: Duration::from_millis(self.capture.first_digit_timeout_ms),
             max_attempts: self.capture.max_attempts,
         }
+    }
+}
+
+/// The vault's settings come from the config (config → vault, never the other way).
+impl VaultOptions {
+    pub fn from_config(c: &Config) -> VaultOptions {
+        VaultOptions {
+            url: crate::vault::store::url(&c.storage.database_url, &c.storage.data_dir),
+            data_dir: c.storage.data_dir.clone(),
+            kek: c.vault.kek.clone(),
+            production: c.vault.production,
+            token_format: c.vault.token_format,
+            convergent: c.vault.convergent,
+            token_ttl: (c.vault.token_ttl_days > 0)
+                .then(|| Duration::from_secs(u64::from(c.vault.token_ttl_days) * 86_400)),
+            security_code_ttl: Duration::from_secs(c.vault.security_code_ttl_s),
+            max_encryptions_per_key: c.vault.max_encryptions_per_key as i64,
+            webhook: (!c.webhook.url.is_empty()).then(|| {
+                (c.webhook.url.clone(), c.webhook.secret.clone(), Duration::from_secs(c.webhook.retry_base_s))
+            }),
+        }
+    }
+
+    /// The built-in defaults with SQLite and the development key in `data_dir`.
+    pub fn development(data_dir: &Path) -> VaultOptions {
+        let mut c = Config::embedded();
+        c.storage.data_dir = data_dir.to_path_buf();
+        VaultOptions::from_config(&c)
     }
 }
 

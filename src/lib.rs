@@ -4,9 +4,10 @@
 //! crate and are re-exported here; `vault`, `api`, `runtime` and `recording` are the drivers
 //! that do IO.
 
-pub use tonewall_core::{call, capture, media, sip};
+pub use tonewall_core::{call, capture, endpoint, media, sip};
 
 pub mod api;
+pub mod calendar;
 pub mod calls;
 pub mod config;
 pub mod recording;

@@ -14,7 +14,7 @@ use tonewall::api::auth::{self, Role};
 use tonewall::config::Config;
 use tonewall::runtime::Server;
 use tonewall::vault::kek::{self, KekSource};
-use tonewall::vault::{Actor, Vault, VaultOptions, audit, keyring};
+use tonewall::vault::{Actor, ActorRole, Vault, VaultOptions, audit, keyring};
 
 #[derive(Parser)]
 #[command(name = "tonewall", version, about = "PCI DSS payment capture for phone calls")]
@@ -162,7 +162,7 @@ fn create_token_key(_: &kek::Pkcs11Config) -> anyhow::Result<()> {
     anyhow::bail!("this build has no PKCS#11 support: build with `--features hsm`")
 }
 
-const CLI_ACTOR: Actor<'static> = Actor { id: "cli", role: "admin", origin: "local" };
+const CLI_ACTOR: Actor<'static> = Actor { id: "cli", role: ActorRole::Key(Role::Admin), origin: "local" };
 
 async fn open_vault(common: &Common) -> anyhow::Result<Vault> {
     let cfg = common.load()?;
@@ -179,7 +179,7 @@ fn forbid_core_dumps() -> anyhow::Result<()> {
 
 /// `YYYY-MM-DD HH:MM` of a Unix time, UTC.
 fn utc(secs: i64) -> String {
-    let (year, month, day) = tonewall::runtime::civil_from_days(secs.div_euclid(86_400));
+    let (year, month, day) = tonewall::calendar::civil_from_days(secs.div_euclid(86_400));
     let rem = secs.rem_euclid(86_400);
     format!("{year:04}-{month:02}-{day:02} {:02}:{:02}", rem / 3600, rem % 3600 / 60)
 }

@@ -320,7 +320,7 @@ impl Sessions {
                     f.attempts_left = *attempts_left;
                     f.state = if *attempts_left == 0 { FieldState::Failed } else { FieldState::Entering };
                 }
-                e.view.error = Some(reason.clone());
+                e.view.error = Some(reason.to_string());
                 "field_rejected"
             }
             CallEvent::FieldDone { field, masked } => {
@@ -337,14 +337,14 @@ impl Sessions {
                 "field_done"
             }
             CallEvent::CardCaptured(_) => "tokenizing",
-            CallEvent::CallerReplaced => "caller_replaced",
+            CallEvent::CallerReplaced { .. } => "caller_replaced",
             CallEvent::Completed => return,
             CallEvent::CaptureFailed { reason } => {
                 if e.view.state.is_final() {
                     return;
                 }
                 e.view.state = SessionState::Failed;
-                e.view.error = Some(reason.clone());
+                e.view.error = Some(reason.to_string());
                 "failed"
             }
             CallEvent::Cancelled => return,

@@ -23,7 +23,9 @@ use common::backgrounds::Background;
 use common::judges::{self, Heard};
 use rtp_rs::{RtpPacketBuilder, Seq};
 use tonewall::call::recording::STEREO_FRAME;
-use tonewall::call::{AfterCapture, Call, CallConfig, CallEvent, Command, LegId, Masking, Output, Prompts};
+use tonewall::call::{
+    AfterCapture, AgentTarget, Call, CallConfig, CallEvent, Command, Input, LegId, Masking, Mode, Output, Prompts,
+};
 use tonewall::capture::card::YearMonth;
 use tonewall::capture::collector::{CollectorConfig, FieldName};
 use tonewall::media::dtmf::signal::{TonePair, push_tone};
@@ -34,7 +36,7 @@ use tonewall::media::rtp::{FRAME_SAMPLES, RtpReader};
 use tonewall::media::srtp::{MasterKey, SrtpPolicy};
 use tonewall::media::telephone_event::{Key, TelephoneEvent};
 use tonewall::sip::message::{Request, ResponseBuilder, SipMessage, parse};
-use tonewall::sip::stream::Transport;
+use tonewall::sip::stream::{Flow, Transmit};
 use tonewall::sip::transaction::Timers;
 use tonewall_testkit::caller::Keying;
 
@@ -128,17 +130,24 @@ Contact: <sip:caller@127.0.0.1:5070>\r\nContent-Type: application/sdp\r\nContent
     ))
 }
 
+const AGENT: SocketAddr = addr(5080);
+
+const fn addr(port: u16) -> SocketAddr {
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), port)
+}
+
 fn config(replacement: Replacement) -> CallConfig {
-    let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
     let prompt: Arc<[i16]> = vec![0i16; 1600].into();
     CallConfig {
         local_sip: addr(5060),
-        caller_transport: Transport::Udp,
+        caller: Flow::udp(addr(5070)),
         caller_rtp: addr(20000),
         agent_rtp: addr(20002),
-        agent_uri: Some("sip:agent@127.0.0.1:5080".into()),
-        after_capture: AfterCapture::Bridge,
-        fields: vec![FieldName::Pan, FieldName::Expiry, FieldName::Cvv],
+        mode: Mode::Session {
+            fields: vec![FieldName::Pan, FieldName::Expiry, FieldName::Cvv],
+            after: AfterCapture::Bridge,
+            agent: Some(AgentTarget { uri: "sip:agent@127.0.0.1:5080".into(), addr: AGENT }),
+        },
         collector: CollectorConfig::default(),
         timers: Timers::default(),
         today: YearMonth { year: 2026, month: 11 },
@@ -154,7 +163,6 @@ fn config(replacement: Replacement) -> CallConfig {
         record: true,
         srtp: SrtpPolicy::Optional,
         srtp_key: MasterKey::from_random(&[7; 30]),
-        inline: false,
     }
 }
 
@@ -218,7 +226,7 @@ fn simulate(plan: &Plan, keying: Keying, replacement: Replacement) -> Outcome {
     for tick in 0..ticks + 50 {
         let now = t0 + Duration::from_millis(20 * tick as u64);
         while let Some(due) = call.poll_timeout().filter(|d| *d <= now) {
-            call.handle_timeout(due);
+            call.handle_input(due, Input::Timeout);
         }
         let mut outputs = Vec::new();
         while let Some(o) = call.poll_output() {
@@ -226,16 +234,17 @@ fn simulate(plan: &Plan, keying: Keying, replacement: Replacement) -> Outcome {
         }
         for o in outputs {
             match o {
-                Output::Sip { leg: LegId::Agent, bytes } if bytes.starts_with(b"INVITE ") => {
+                Output::Transmit(Transmit { to, bytes }) if to.remote == AGENT && bytes.starts_with(b"INVITE ") => {
                     let inv = request(std::str::from_utf8(&bytes).expect("utf-8 INVITE"));
                     let ok = ResponseBuilder::new(&inv, 200, "OK")
                         .to_tag("ag")
                         .header("Contact", "<sip:agent@127.0.0.1:5080>")
                         .body("application/sdp", AGENT_ANSWER.as_bytes())
                         .build();
-                    call.handle_sip(now, LegId::Agent, parse(&ok).expect("200 parses"));
+                    let msg = Box::new(parse(&ok).expect("200 parses"));
+                    call.handle_input(now, Input::Sip { leg: LegId::Agent, msg, from: Flow::udp(AGENT) });
                 }
-                Output::Sip { leg: LegId::Caller, bytes } if bytes.starts_with(b"SIP/2.0 200") => {
+                Output::Transmit(Transmit { to, bytes }) if to.remote != AGENT && bytes.starts_with(b"SIP/2.0 200") => {
                     let Ok(SipMessage::Response(r)) = parse(&bytes) else { panic!("200 parses") };
                     let ack = format!(
                         "ACK sip:pay-1@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKack\r\n\
@@ -243,7 +252,8 @@ From: <sip:caller@127.0.0.1:5070>;tag=ct\r\nTo: <sip:pay-1@127.0.0.1:5060>;tag={
 CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
                         r.to_tag().expect("to-tag")
                     );
-                    call.handle_sip(now, LegId::Caller, SipMessage::Request(request(&ack)));
+                    let msg = Box::new(SipMessage::Request(request(&ack)));
+                    call.handle_input(now, Input::Sip { leg: LegId::Caller, msg, from: Flow::udp(addr(5070)) });
                 }
                 Output::Event(CallEvent::CardCaptured(card)) => {
                     let right = card.pan.expose() == plan.card.0
@@ -253,7 +263,7 @@ CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
                             .is_some_and(|e| format!("{:02}{:02}", e.month(), e.year() % 100) == plan.card.1)
                         && card.security_code.as_ref().is_some_and(|c| c.expose() == plan.card.2);
                     card_right = Some(right);
-                    call.handle_command(now, Command::Tokenized { ok: true });
+                    call.handle_input(now, Input::Command(Command::CardStored));
                 }
                 Output::Event(CallEvent::CaptureFailed { .. }) => card_right = card_right.or(Some(false)),
                 _ => {}
@@ -278,7 +288,7 @@ CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
             for mut packet in batch {
                 packet[2..4].copy_from_slice(&seq.to_be_bytes());
                 seq = seq.wrapping_add(1);
-                call.handle_rtp(now, LegId::Caller, &packet);
+                call.handle_input(now, Input::Rtp { leg: LegId::Caller, packet: &packet });
             }
         }
         while let Some(p) = call.poll_packet() {

@@ -3,35 +3,12 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::AnyPool;
 
 use crate::vault::{crypto::hex, token::random_base62};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Agent,
-    Processor,
-    Qa,
-    Admin,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Agent => "agent",
-            Role::Processor => "processor",
-            Role::Qa => "qa",
-            Role::Admin => "admin",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Role> {
-        [Role::Agent, Role::Processor, Role::Qa, Role::Admin].into_iter().find(|r| r.as_str() == s)
-    }
-}
+pub use crate::vault::actor::Role;
 
 const KEY_PREFIX: &str = "twk_";
 

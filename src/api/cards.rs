@@ -56,7 +56,7 @@ pub async fn tokenize(
     let pan = Pan::parse(req.pan.as_bytes()).map_err(|_| bad("pan is not a valid card number"))?;
     let expiry = match &req.expiry {
         Some(e) => Some(
-            Expiry::parse(e.as_bytes(), crate::runtime::current_month())
+            Expiry::parse(e.as_bytes(), crate::calendar::current_month())
                 .map_err(|_| bad("expiry must be MMYY, not in the past"))?,
         ),
         None => None,

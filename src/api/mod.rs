@@ -24,7 +24,7 @@ use serde_json::json;
 
 use crate::calls::Calls;
 use crate::session::Sessions;
-use crate::vault::{Actor, Vault, audit};
+use crate::vault::{Actor, ActorRole, Vault, audit};
 use auth::Role;
 
 #[derive(Clone)]
@@ -141,7 +141,7 @@ pub struct Caller {
 impl Caller {
     /// Who this is, as the audit trail records it.
     pub fn actor(&self) -> Actor<'_> {
-        Actor { id: &self.key_id, role: self.role.as_str(), origin: &self.origin }
+        Actor { id: &self.key_id, role: ActorRole::Key(self.role), origin: &self.origin }
     }
 
     /// Records what this caller did. The actions audited this way reveal no card data, so a
@@ -185,7 +185,7 @@ impl FromRequestParts<AppState> for Caller {
             Ok(Some((key_id, role))) => Ok(Caller { key_id, role, origin }),
             Ok(None) => {
                 // PCI DSS 10.2.1.4: invalid access attempts are audited (the key itself is not).
-                let nobody = Actor { id: "unknown", role: "none", origin: &origin };
+                let nobody = Actor { id: "unknown", role: ActorRole::Unauthenticated, origin: &origin };
                 audit_or_log(state, &nobody.did("auth", "unknown_key", parts.uri.path())).await;
                 Err(ApiError::new(StatusCode::UNAUTHORIZED, "unknown bearer key"))
             }

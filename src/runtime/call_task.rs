@@ -2,54 +2,39 @@
 //! (SIP from the endpoint, RTP, commands, timeouts) and carries out what the call asks.
 //! No lock is held around the call; other tasks reach it only through its inboxes.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use super::transport::Flow;
-use super::{Inbound, Shared};
+use super::shared::{Inbound, Shared};
 use crate::call::recording::STEREO_FRAME;
-use crate::call::{Call, CallEvent, Command, LegId, Output};
+use crate::call::{Call, CallEvent, Command, Input, LegId, Output};
 use crate::calls::CallId;
 use crate::capture::collector::CapturedCard;
+use crate::endpoint::CallHandle;
 use crate::media::rtp::MAX_PACKET;
 use crate::recording::{RecordingError, Writer};
 use crate::session::SessionId;
-use crate::sip::message::SipMessage;
-use crate::vault::{Actor, Completion};
+use crate::vault::{Actor, ActorRole, Completion};
 
 /// Where the timer rests while the call has no deadline.
 const IDLE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 pub struct CallTask {
     pub id: CallId,
+    /// The endpoint's name for this call, for its routes.
+    pub handle: CallHandle,
     pub call: Call,
     /// The session capturing on this call; an inline call has none until the API starts one.
     pub session: Option<SessionId>,
     pub shared: Arc<Shared>,
-    pub caller: Flow,
-    pub agent_sip: Option<SocketAddr>,
     pub caller_rtp: UdpSocket,
     pub agent_rtp: UdpSocket,
     pub sip_rx: mpsc::Receiver<Inbound>,
     pub cmd_rx: mpsc::Receiver<Command>,
     pub cmd_tx: mpsc::Sender<Command>,
-    /// The caller's dialogs an INVITE with Replaces took over, and where their peers are.
-    pub replaced: Replaced,
-}
-
-/// What the task keeps of the caller's earlier dialogs (RFC 3891).
-#[derive(Default)]
-pub struct Replaced {
-    /// Where the INVITE with Replaces being handled came from.
-    pending: Option<Flow>,
-    /// Where the latest replaced dialog's peer is (its BYE goes there).
-    previous: Option<Flow>,
-    /// Every Call-ID routed to this call besides the current two.
-    call_ids: Vec<String>,
 }
 
 impl CallTask {
@@ -75,19 +60,23 @@ impl CallTask {
                 timer.as_mut().reset(deadline.map_or_else(idle, tokio::time::Instant::from_std));
             }
             tokio::select! {
-                Some(inbound) = self.sip_rx.recv() => self.inbound(inbound),
-                Some(cmd) = self.cmd_rx.recv() => self.call.handle_command(Instant::now(), cmd),
+                Some(Inbound { leg, msg, from }) = self.sip_rx.recv() => {
+                    self.call.handle_input(Instant::now(), Input::Sip { leg, msg, from });
+                }
+                Some(cmd) = self.cmd_rx.recv() => self.call.handle_input(Instant::now(), Input::Command(cmd)),
                 r = self.caller_rtp.recv_from(&mut caller_buf) => {
                     if let Ok((n, _)) = r {
-                        self.call.handle_rtp(Instant::now(), LegId::Caller, &caller_buf[..n]);
+                        let packet = &caller_buf[..n];
+                        self.call.handle_input(Instant::now(), Input::Rtp { leg: LegId::Caller, packet });
                     }
                 }
                 r = self.agent_rtp.recv_from(&mut agent_buf) => {
                     if let Ok((n, _)) = r {
-                        self.call.handle_rtp(Instant::now(), LegId::Agent, &agent_buf[..n]);
+                        let packet = &agent_buf[..n];
+                        self.call.handle_input(Instant::now(), Input::Rtp { leg: LegId::Agent, packet });
                     }
                 }
-                _ = &mut timer, if armed.is_some() => self.call.handle_timeout(Instant::now()),
+                _ = &mut timer, if armed.is_some() => self.call.handle_input(Instant::now(), Input::Timeout),
             }
         }
         self.record(&mut recorder, true);
@@ -98,9 +87,7 @@ impl CallTask {
         if let Some(result) = result {
             self.shared.vault.drop_security_code(&result.token);
         }
-        self.shared.unroute(&[self.call.caller_call_id(), self.call.agent_call_id()]);
-        let replaced: Vec<&str> = self.replaced.call_ids.iter().map(String::as_str).collect();
-        self.shared.unroute(&replaced);
+        self.shared.endpoint().remove_call(self.handle);
         self.shared.calls.remove(&self.id);
         let stats = self.call.media_stats();
         tracing::info!(
@@ -110,28 +97,6 @@ impl CallTask {
             masked_frames = stats.masked_frames,
             "call ended"
         );
-    }
-
-    fn inbound(&mut self, inbound: Inbound) {
-        if let Some(flow) = inbound.flow {
-            self.replaced.call_ids.push(self.call.caller_call_id().to_string());
-            if let SipMessage::Request(r) = &*inbound.msg {
-                self.replaced.call_ids.push(r.call_id().to_string());
-            }
-            self.replaced.pending = Some(flow);
-        }
-        self.call.handle_sip(Instant::now(), inbound.leg, *inbound.msg);
-    }
-
-    /// The call took the INVITE with Replaces: its flow is the caller's now, and the old
-    /// dialog's Call-ID routes to `LegId::Replaced`.
-    fn caller_replaced(&mut self) {
-        let Some(flow) = self.replaced.pending.take() else { return };
-        self.replaced.previous = Some(std::mem::replace(&mut self.caller, flow));
-        if let Some(old) = self.replaced.call_ids.iter().rev().nth(1) {
-            self.shared.reroute(old, LegId::Replaced);
-        }
-        tracing::info!(call = self.id.as_str(), from = %self.caller.remote, "caller's dialog replaced (RFC 3891)");
     }
 
     /// Moves finished 20 ms stereo frames from the call to its recording file (opened with the
@@ -176,24 +141,17 @@ impl CallTask {
     fn flush(&mut self) {
         while let Some(out) = self.call.poll_output() {
             match out {
-                Output::Sip { leg: LegId::Caller, bytes } => self.shared.send_flow(&self.caller, &bytes),
-                Output::Sip { leg: LegId::Replaced, bytes } => {
-                    if let Some(flow) = &self.replaced.previous {
-                        self.shared.send_flow(flow, &bytes);
-                    }
-                }
-                Output::Sip { leg: LegId::Agent, bytes } => {
-                    if let Some(to) = self.agent_sip {
-                        self.shared.send_sip(&bytes, to);
-                    }
-                }
+                Output::Transmit(t) => self.shared.send(&t.to, &t.bytes),
                 Output::Event(e) => {
                     match &e {
                         CallEvent::AgentUnavailable { status } => {
                             tracing::warn!(call = self.id.as_str(), status, "agent leg failed")
                         }
                         CallEvent::Answered => self.shared.calls.mark_answered(&self.id),
-                        CallEvent::CallerReplaced => self.caller_replaced(),
+                        CallEvent::CallerReplaced { previous_call_id, caller } => {
+                            self.shared.endpoint().caller_replaced(self.handle, previous_call_id, *caller);
+                            tracing::info!(call = self.id.as_str(), from = %caller.remote, "caller's dialog replaced (RFC 3891)");
+                        }
                         _ => {}
                     }
                     // An inline call learns its session when the API starts a capture.
@@ -222,25 +180,25 @@ impl CallTask {
     fn tokenize(&self, session: SessionId, card: CapturedCard) {
         let shared = self.shared.clone();
         let cmd = self.cmd_tx.clone();
-        let origin = format!("sip:{}", self.caller.remote);
+        let origin = format!("sip:{}", self.call.caller_flow().remote);
         tokio::spawn(async move {
             let reference = shared.sessions.view(&session).map(|v| v.reference).unwrap_or_default();
             let actor_id = format!("call:{}", session.as_str());
-            let actor = Actor { id: &actor_id, role: "call", origin: &origin };
+            let actor = Actor { id: &actor_id, role: ActorRole::Call, origin: &origin };
             let completion = Completion { session_id: session.as_str(), reference: &reference };
-            let ok = match shared.vault.tokenize(card, actor, "default", Some(completion), Instant::now()).await {
+            let answer = match shared.vault.tokenize(card, actor, "default", Some(completion), Instant::now()).await {
                 Ok(rec) => {
                     tracing::info!(session = session.as_str(), brand = rec.brand.as_str(), "card tokenized");
                     shared.sessions.complete(&session, rec);
-                    true
+                    Command::CardStored
                 }
                 Err(e) => {
                     tracing::error!(session = session.as_str(), error = %e, "tokenization failed");
-                    false
+                    Command::CardNotStored
                 }
             };
             // The call may have ended meanwhile; then there is nobody left to tell.
-            let _ = cmd.send(Command::Tokenized { ok }).await;
+            let _ = cmd.send(answer).await;
         });
     }
 }

@@ -1,9 +1,7 @@
-//! The SIP endpoint (RFC 3261 §8.2, §18): takes messages from every transport, answers what
-//! needs no call statelessly (malformed → 400 or the status its fault calls for, an unknown
-//! required extension → 420, out-of-dialog OPTIONS → 200, unknown session → 404, too many
-//! from one source → 503), routes the rest by Call-ID to the task that owns the call, hands
-//! an INVITE with Replaces (RFC 3891) to the call holding the dialog it names, and starts a
-//! call task for each new INVITE to a `pay-<session>` URI or to a user under an inline route.
+//! The SIP endpoint's driver: takes messages from every transport to the sans-IO
+//! `tonewall_core::endpoint::Endpoint` (which answers what needs no call, routes the rest and
+//! admits new INVITEs), carries out what it decides, and starts a call task for each new
+//! call it admits.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,16 +10,16 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
 
 use super::call_task::CallTask;
-use super::transport::Flow;
-use super::{Inbound, Route, Shared, current_month};
-use crate::call::{AfterCapture, Call, CallConfig, LegId};
+use super::shared::{Inbound, Shared};
+use crate::calendar::current_month;
+use crate::call::{AfterCapture, AgentTarget, Call, CallConfig, CaptureFailure, Mode};
 use crate::calls::{CallId, CallMode, NewCall};
 use crate::config::SipRoute;
+use crate::endpoint::{Admission, EndpointEvent};
 use crate::media::srtp::MasterKey;
-use crate::session::{Attached, SessionId};
-use crate::sip::message::{self, ALLOW, Method, Request, ResponseBuilder, SipMessage};
-use crate::sip::replaces::Replaces;
-use crate::sip::stream::Transport;
+use crate::session::SessionId;
+use crate::sip::message::{self, Request};
+use crate::sip::stream::Flow;
 
 pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut buf = vec![0u8; message::MAX_MESSAGE + 1];
@@ -37,161 +35,83 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             },
             _ = stop.wait_for(|s| *s) => return,
         };
-        receive(&shared, &buf[..n], &Flow::udp(from)).await;
+        receive(&shared, &buf[..n], Flow::udp(from)).await;
     }
 }
 
 /// One datagram or framed stream message from `flow`.
-pub async fn receive(shared: &Arc<Shared>, bytes: &[u8], flow: &Flow) {
-    // Keep-alives (RFC 5626 §4.4.1 CRLF) and stray bytes are not messages.
-    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-        return;
-    }
-    match message::parse(bytes) {
-        Ok(SipMessage::Request(mut req)) => {
-            req.stamp_source(flow.remote);
-            handle_request(shared, req, flow).await
+pub async fn receive(shared: &Arc<Shared>, bytes: &[u8], flow: Flow) {
+    let event = shared.endpoint().handle(Instant::now(), flow, bytes);
+    match event {
+        EndpointEvent::ToCall { call, leg, msg, from } => {
+            // A call whose inbox is full is overwhelmed; UDP senders retransmit.
+            let _ = call.try_send(Inbound { leg, msg, from });
         }
-        Ok(SipMessage::Response(resp)) => {
-            if let Some(route) = shared.route(resp.call_id()) {
-                let _ = route.inbox.try_send(Inbound {
-                    leg: route.leg,
-                    msg: Box::new(SipMessage::Response(resp)),
-                    flow: None,
-                });
-            }
-            // Otherwise a response for no call of ours (§18.1.2: discard).
+        EndpointEvent::NewCall { invite, admission, reply_to } => {
+            start_call(shared, &invite, admission, reply_to).await
         }
-        Err(e) => {
-            tracing::info!(from = %flow.remote, error = %e, "malformed SIP message");
-            if let Some(resp) = message::bad_request(bytes, &e) {
-                // The 400 goes where the message came from: its Via may be what is broken.
-                shared.send_flow(flow, &resp);
-            }
-        }
+        EndpointEvent::Respond(t) => shared.send(&t.to, &t.bytes),
+        EndpointEvent::Nothing => {}
     }
 }
 
-async fn handle_request(shared: &Arc<Shared>, req: Request, flow: &Flow) {
-    // Extensions the request requires and we lack (§8.2.2.3; never for ACK or CANCEL).
-    let unsupported = req.unsupported_required(message::SUPPORTED);
-    if !unsupported.is_empty() && !matches!(req.method(), Method::Ack | Method::Cancel) {
-        let resp = ResponseBuilder::new(&req, 420, "Bad Extension").header("Unsupported", &unsupported.join(", "));
-        return shared.reply(flow, &req, &resp.build());
-    }
-    if let Some(route) = shared.route(req.call_id()) {
-        // A call whose inbox is full is overwhelmed; UDP senders retransmit.
-        let _ = route.inbox.try_send(Inbound { leg: route.leg, msg: Box::new(SipMessage::Request(req)), flow: None });
-        return;
-    }
-    let reply =
-        |status: u16, reason: &str| shared.reply(flow, &req, &ResponseBuilder::new(&req, status, reason).build());
-    if req.method() == Method::Ack {
-        return; // an ACK for nothing we know (or for a stateless error response)
-    }
-    if !shared.allow_source(flow.remote.ip()) {
-        let resp = ResponseBuilder::new(&req, 503, "Service Unavailable").header("Retry-After", "1").build();
-        return shared.reply(flow, &req, &resp);
-    }
-    match req.method() {
-        Method::Invite if req.to_tag().is_none() => match Replaces::of(&req) {
-            Some(replaces) => take_over(shared, req, replaces, flow),
-            None => start_call(shared, &req, flow).await,
-        },
-        Method::Options => shared.reply(
-            flow,
-            &req,
-            &ResponseBuilder::new(&req, 200, "OK").header("Allow", ALLOW).header("Accept", "application/sdp").build(),
-        ),
-        Method::Ack => {}
-        Method::Invite | Method::Bye | Method::Cancel | Method::Info | Method::Update | Method::Notify => {
-            reply(481, "Call/Transaction Does Not Exist")
-        }
-        Method::Refer | Method::Other(_) => shared.reply(
-            flow,
-            &req,
-            &ResponseBuilder::new(&req, 405, "Method Not Allowed").header("Allow", ALLOW).build(),
-        ),
-    }
-}
-
-/// An INVITE with Replaces (RFC 3891 §3) goes to the call that holds the dialog it names,
-/// under its own Call-ID from now on; the call checks the tags. Naming no dialog of ours is
-/// 481, a malformed header 400.
-fn take_over(shared: &Arc<Shared>, req: Request, replaces: Result<Replaces, ()>, flow: &Flow) {
-    let Ok(replaces) = replaces else {
-        return shared.reply(flow, &req, &ResponseBuilder::new(&req, 400, "Bad Request").build());
-    };
-    let Some(route) = shared.route(&replaces.call_id).filter(|r| r.leg == LegId::Caller) else {
-        let resp = ResponseBuilder::new(&req, 481, "Call/Transaction Does Not Exist").build();
-        return shared.reply(flow, &req, &resp);
-    };
-    shared.routes().insert(req.call_id().to_string(), route.clone());
-    let caller = match flow.transport {
-        Transport::Udp => flow.to(req.reply_address(flow.remote)),
-        _ => flow.clone(),
-    };
-    let _ = route.inbox.try_send(Inbound {
-        leg: LegId::Caller,
-        msg: Box::new(SipMessage::Request(req)),
-        flow: Some(caller),
-    });
-}
-
-/// Whom a new INVITE is for: a waiting session, or an inline route.
-enum Admission {
+/// Whom an admitted INVITE is for, once the driver has looked it up.
+enum Admitted {
     Session(SessionId),
     Inline(SipRoute),
 }
 
-async fn start_call(shared: &Arc<Shared>, invite: &Request, flow: &Flow) {
-    let not_found = || shared.reply(flow, invite, &ResponseBuilder::new(invite, 404, "Not Found").build());
-    let user = invite.uri_user().unwrap_or("");
-    let admission = match SessionId::from_sip_user(user) {
-        Some(session) => Admission::Session(session),
-        None => match shared.config.sip.route_for(user) {
-            Some(route) => Admission::Inline(route.clone()),
-            None => return not_found(),
+async fn start_call(shared: &Arc<Shared>, invite: &Request, admission: Admission, flow: Flow) {
+    let refuse = |status, reason, retry: Option<u32>| {
+        let t = shared.endpoint().refuse(invite, flow, status, reason, retry);
+        shared.send(&t.to, &t.bytes);
+    };
+    let admitted = match admission {
+        Admission::Session { id } => match SessionId::parse(&id) {
+            Some(id) => Admitted::Session(id),
+            None => return refuse(404, "Not Found", None),
+        },
+        Admission::Inline { route } => match shared.config.sip.routes.get(route) {
+            Some(r) => Admitted::Inline(r.clone()),
+            None => return refuse(404, "Not Found", None),
         },
     };
     let Some((caller_rtp, agent_rtp)) = shared.ports.bind_pair().await else {
         tracing::warn!("RTP port range exhausted");
-        let resp = ResponseBuilder::new(invite, 503, "Service Unavailable").header("Retry-After", "5").build();
-        return shared.reply(flow, invite, &resp);
+        return refuse(503, "Service Unavailable", Some(5));
     };
     let (sip_tx, sip_rx) = mpsc::channel(64);
     let (cmd_tx, cmd_rx) = mpsc::channel(16);
-    let (session, attached) = match &admission {
-        Admission::Session(id) => {
-            match shared.sessions.attach(id, cmd_tx.clone(), shared.config.capture.max_attempts) {
-                Ok(a) => (Some(id.clone()), a),
-                // Unknown and already-used sessions get the same answer: no enumeration.
-                Err(_) => return not_found(),
+    let (session, mode) = match &admitted {
+        Admitted::Session(id) => match shared.sessions.attach(id, cmd_tx.clone(), shared.config.capture.max_attempts) {
+            Ok(a) => {
+                let agent = match (a.agent_uri, &a.after_capture) {
+                    (Some(uri), AfterCapture::Bridge) => {
+                        resolve_sip_uri(&uri).await.map(|addr| AgentTarget { uri, addr })
+                    }
+                    _ => None,
+                };
+                (Some(id.clone()), Mode::Session { fields: a.fields, after: a.after_capture, agent })
             }
-        }
-        Admission::Inline(route) => {
-            let inline =
-                Attached { fields: vec![], agent_uri: Some(route.target.clone()), after_capture: AfterCapture::Bridge };
-            (None, inline)
-        }
+            // Unknown and already-used sessions get the same answer: no enumeration.
+            Err(_) => return refuse(404, "Not Found", None),
+        },
+        Admitted::Inline(route) => match resolve_sip_uri(&route.target).await {
+            Some(addr) => (None, Mode::Inline { agent: AgentTarget { uri: route.target.clone(), addr } }),
+            None => {
+                tracing::warn!(route = route.name, "inline route target does not resolve");
+                return refuse(503, "Service Unavailable", None);
+            }
+        },
     };
-    let agent_sip = match (&attached.agent_uri, &attached.after_capture) {
-        (Some(uri), AfterCapture::Bridge) => resolve_sip_uri(uri).await,
-        _ => None,
-    };
-    if matches!(admission, Admission::Inline(_)) && agent_sip.is_none() {
-        tracing::warn!(route = ?attached.agent_uri, "inline route target does not resolve");
-        return shared.reply(flow, invite, &ResponseBuilder::new(invite, 503, "Service Unavailable").build());
-    }
     let local = |s: &tokio::net::UdpSocket| s.local_addr().unwrap_or(shared.sip_addr);
+    let bridged = matches!(&mode, Mode::Session { agent: Some(_), .. } | Mode::Inline { .. });
     let cfg = CallConfig {
         local_sip: shared.sip_addr,
-        caller_transport: flow.transport,
+        caller: flow,
         caller_rtp: local(&caller_rtp),
         agent_rtp: local(&agent_rtp),
-        agent_uri: attached.agent_uri.filter(|_| agent_sip.is_some()),
-        after_capture: attached.after_capture,
-        fields: attached.fields,
+        mode,
         collector: shared.config.collector(),
         timers: shared.config.timers(),
         today: current_month(),
@@ -199,33 +119,29 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, flow: &Flow) {
         masking: shared.config.masking(),
         record: shared.config.recordings.enabled,
         prompts: shared.prompts.clone(),
-        srtp: match &admission {
-            Admission::Inline(route) => route.srtp,
-            Admission::Session(_) => shared.config.sip.srtp,
+        srtp: match &admitted {
+            Admitted::Inline(route) => route.srtp,
+            Admitted::Session(_) => shared.config.sip.srtp,
         },
         srtp_key: MasterKey::from_random(&rand::random()),
-        inline: matches!(admission, Admission::Inline(_)),
     };
     let call = match Call::accept(invite, cfg, Instant::now()) {
         Ok(c) => c,
         Err(refusal) => {
-            shared.reply(flow, invite, &refusal);
+            let t = shared.endpoint().refuse_with(invite, flow, refusal);
+            shared.send(&t.to, &t.bytes);
             if let Some(session) = &session {
-                let reason = "the caller's offer was not acceptable".into();
+                let reason = CaptureFailure::OfferRefused;
                 shared.sessions.apply(session, &crate::call::CallEvent::CaptureFailed { reason });
             }
             return;
         }
     };
-    {
-        let mut routes = shared.routes();
-        routes.insert(call.caller_call_id().to_string(), Route { leg: LegId::Caller, inbox: sip_tx.clone() });
-        routes.insert(call.agent_call_id().to_string(), Route { leg: LegId::Agent, inbox: sip_tx });
-    }
+    let handle = shared.endpoint().insert_call(sip_tx, call.caller_call_id(), call.agent_call_id(), flow);
     let id = CallId::new();
-    let mode = match admission {
-        Admission::Inline(route) => CallMode::Inline { route: route.name },
-        Admission::Session(_) => CallMode::Session,
+    let mode = match admitted {
+        Admitted::Inline(route) => CallMode::Inline { route: route.name },
+        Admitted::Session(_) => CallMode::Session,
     };
     let started_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     let new = NewCall {
@@ -237,26 +153,9 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, flow: &Flow) {
         commands: cmd_tx.clone(),
     };
     shared.calls.insert(id.clone(), new);
-    // Over UDP the caller's leg answers where §18.2.2 says (its rport, or its Via port).
-    let caller = match flow.transport {
-        Transport::Udp => flow.to(invite.reply_address(flow.remote)),
-        _ => flow.clone(),
-    };
-    tracing::info!(call = id.as_str(), session = session.as_ref().map(SessionId::as_str), from = %flow.remote, transport = flow.transport.via_token(), agent = agent_sip.is_some(), "call answered");
-    let task = CallTask {
-        id,
-        call,
-        session,
-        shared: shared.clone(),
-        caller,
-        agent_sip,
-        caller_rtp,
-        agent_rtp,
-        sip_rx,
-        cmd_rx,
-        cmd_tx,
-        replaced: Default::default(),
-    };
+    tracing::info!(call = id.as_str(), session = session.as_ref().map(SessionId::as_str), from = %flow.remote, transport = flow.transport.via_token(), agent = bridged, "call answered");
+    let task =
+        CallTask { id, handle, call, session, shared: shared.clone(), caller_rtp, agent_rtp, sip_rx, cmd_rx, cmd_tx };
     tokio::spawn(task.run());
 }
 

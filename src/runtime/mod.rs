@@ -5,28 +5,27 @@ mod call_task;
 mod endpoint;
 pub mod ports;
 pub mod prompts;
+mod shared;
 pub mod transport;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
 use thiserror::Error;
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api::{self, AppState};
-use crate::call::{Command, LegId, Prompts};
+use crate::call::Command;
 use crate::calls::Calls;
-use crate::capture::card::YearMonth;
 use crate::config::Config;
 use crate::session::Sessions;
-use crate::sip::message::SipMessage;
-use crate::sip::rate_limit::SourceLimiter;
 use crate::vault::{Vault, VaultError, VaultOptions, webhook};
 use ports::PortPool;
+use shared::Registries;
+pub use shared::Shared;
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -44,78 +43,6 @@ pub enum ServerError {
 
 /// How long a session without a call stays visible to the API.
 const SESSION_RETENTION: Duration = Duration::from_secs(24 * 3600);
-
-/// A SIP message for a call's task; `flow` only with an INVITE that takes over the caller's
-/// dialog (Replaces), whose caller may be somewhere new.
-pub struct Inbound {
-    pub leg: LegId,
-    /// Boxed: a call's inbox reserves room for 32 messages at a time, and a SipMessage is
-    /// ten times the size of its box.
-    pub msg: Box<SipMessage>,
-    pub flow: Option<transport::Flow>,
-}
-
-/// Where a SIP message for a known Call-ID goes.
-#[derive(Clone)]
-struct Route {
-    leg: LegId,
-    inbox: mpsc::Sender<Inbound>,
-}
-
-/// State every driver task shares. Calls themselves are not in here: each is owned by its task.
-pub struct Shared {
-    pub config: Config,
-    pub sessions: Arc<Sessions>,
-    pub calls: Arc<Calls>,
-    pub vault: Arc<Vault>,
-    prompts: Arc<Prompts>,
-    sip: Arc<UdpSocket>,
-    sip_addr: SocketAddr,
-    ports: PortPool,
-    routes: Mutex<HashMap<String, Route>>,
-    limiter: Mutex<SourceLimiter>,
-}
-
-impl Shared {
-    fn routes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Route>> {
-        // Inserts and removes only: a poisoned map is still consistent.
-        self.routes.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn route(&self, call_id: &str) -> Option<Route> {
-        self.routes().get(call_id).cloned()
-    }
-
-    /// Messages for `call_id` now belong to `leg` of the same call.
-    fn reroute(&self, call_id: &str, leg: LegId) {
-        if let Some(r) = self.routes().get_mut(call_id) {
-            r.leg = leg;
-        }
-    }
-
-    fn unroute(&self, call_ids: &[&str]) {
-        let mut r = self.routes();
-        for id in call_ids {
-            r.remove(*id);
-        }
-    }
-
-    /// Per-source rate limit for new out-of-dialog requests.
-    fn allow_source(&self, ip: std::net::IpAddr) -> bool {
-        // Each critical section leaves the buckets consistent.
-        self.limiter.lock().unwrap_or_else(|p| p.into_inner()).allow(ip, std::time::Instant::now())
-    }
-
-    pub fn active_calls(&self) -> usize {
-        self.routes().values().filter(|r| r.leg == LegId::Caller).count()
-    }
-
-    fn send_sip(&self, bytes: &[u8], to: SocketAddr) {
-        if let Err(e) = self.sip.try_send_to(bytes, to) {
-            tracing::warn!(%to, error = %e, "SIP send failed");
-        }
-    }
-}
 
 /// A running tonewall: SIP endpoint, call tasks and HTTP API.
 pub struct Server {
@@ -163,19 +90,14 @@ impl Server {
         let ports = PortPool::new(sip_addr.ip(), config.media.rtp_port_min, config.media.rtp_port_max);
         let sessions = Arc::new(Sessions::default());
         let calls = Arc::new(Calls::default());
-        let config_rate = config.sip.rate_per_source;
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Shared::new(
             config,
-            sessions: sessions.clone(),
-            calls: calls.clone(),
-            vault: vault.clone(),
+            Registries { sessions: sessions.clone(), calls: calls.clone(), vault: vault.clone() },
             prompts,
-            sip: Arc::new(sip),
+            sip,
             sip_addr,
             ports,
-            routes: Mutex::new(HashMap::new()),
-            limiter: Mutex::new(SourceLimiter::new(config_rate)),
-        });
+        ));
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(endpoint::run(shared.clone(), stop_rx.clone())));
@@ -285,45 +207,5 @@ async fn vault_upkeep(vault: Arc<Vault>, mut stop: watch::Receiver<bool>) {
         {
             tracing::warn!(error = %e, "webhook delivery pass failed");
         }
-    }
-}
-
-/// The current month in UTC, for expiry checks (days-from-civil inverse, H. Hinnant).
-pub fn current_month() -> YearMonth {
-    let days = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() / 86_400) as i64;
-    month_of_day(days)
-}
-
-fn month_of_day(days_since_epoch: i64) -> YearMonth {
-    let (year, month, _) = civil_from_days(days_since_epoch);
-    YearMonth { year: year as u16, month }
-}
-
-/// (year, month, day) of a day counted from 1970-01-01 (H. Hinnant's civil_from_days).
-pub fn civil_from_days(days_since_epoch: i64) -> (i64, u8, u8) {
-    let z = days_since_epoch + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month as u8, day as u8)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn civil_months() {
-        assert_eq!(month_of_day(0), YearMonth { year: 1970, month: 1 });
-        assert_eq!(civil_from_days(20_454), (2026, 1, 1));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(month_of_day(20_454), YearMonth { year: 2026, month: 1 }); // 2026-01-01
-        assert_eq!(month_of_day(20_453), YearMonth { year: 2025, month: 12 });
-        assert_eq!(month_of_day(11_016), YearMonth { year: 2000, month: 2 }); // 2000-02-29
     }
 }

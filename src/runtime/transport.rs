@@ -1,7 +1,7 @@
 //! SIP transports (RFC 3261 §18): the UDP socket, TCP and TLS listeners and one task per
 //! stream connection. Every message, whatever it came on, reaches `endpoint::receive` with
 //! the `Flow` that answers it: responses and in-dialog requests to a caller go back on the
-//! connection its INVITE came on. TLS is rustls with the ring provider, TLS 1.2 and 1.3.
+//! connection its INVITE came on, named by a `ConnectionId` whose writer `Shared` keeps. TLS is rustls with the ring provider, TLS 1.2 and 1.3.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -17,9 +17,10 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 
-use super::{Shared, endpoint};
+use super::endpoint;
+use super::shared::Shared;
 use crate::sip::message::{self, MessageError};
-use crate::sip::stream::{Decoder, Transport};
+use crate::sip::stream::{Decoder, Flow, Transport};
 
 /// Messages queued for one connection before further ones are dropped (the peer is stuck).
 const CONNECTION_QUEUE: usize = 256;
@@ -32,49 +33,6 @@ pub enum TlsError {
     Read { what: &'static str, path: String, why: String },
     #[error("TLS configuration refused: {0}")]
     Config(String),
-}
-
-/// Where a message came from and how to reach that peer again.
-#[derive(Clone, Debug)]
-pub struct Flow {
-    pub transport: Transport,
-    pub remote: SocketAddr,
-    /// The connection's writer, for TCP and TLS.
-    conn: Option<mpsc::Sender<Vec<u8>>>,
-}
-
-impl Flow {
-    pub fn udp(remote: SocketAddr) -> Flow {
-        Flow { transport: Transport::Udp, remote, conn: None }
-    }
-
-    /// The same flow, answering UDP at another address (§18.2.2).
-    pub fn to(&self, remote: SocketAddr) -> Flow {
-        Flow { remote, ..self.clone() }
-    }
-}
-
-impl Shared {
-    /// Sends on a flow. A stream whose queue is full or closed loses the message, as UDP
-    /// would; the transaction layer retransmits or times out.
-    pub(super) fn send_flow(&self, flow: &Flow, bytes: &[u8]) {
-        match &flow.conn {
-            None => self.send_sip(bytes, flow.remote),
-            Some(conn) => {
-                if conn.try_send(bytes.to_vec()).is_err() {
-                    tracing::warn!(to = %flow.remote, "SIP connection closed or full; message dropped");
-                }
-            }
-        }
-    }
-
-    /// A response to `req`: back on its connection, or over UDP per §18.2.2 with rport.
-    pub(super) fn reply(&self, flow: &Flow, req: &message::Request, bytes: &[u8]) {
-        match flow.transport {
-            Transport::Udp => self.send_sip(bytes, req.reply_address(flow.remote)),
-            _ => self.send_flow(flow, bytes),
-        }
-    }
 }
 
 /// Loads the certificate chain and key for the TLS listener.
@@ -190,7 +148,7 @@ async fn serve<S>(
         }
         let _ = wr.shutdown().await;
     });
-    let flow = Flow { transport, remote, conn: Some(tx) };
+    let flow = Flow::stream(transport, remote, shared.open_connection(tx));
     let idle = Duration::from_secs(shared.config.sip.idle_timeout_s);
     let mut decoder = Decoder::default();
     let mut buf = vec![0u8; 16 * 1024];
@@ -203,8 +161,8 @@ async fn serve<S>(
         let n = match read {
             Some(Ok(0) | Err(_)) => break,
             Some(Ok(n)) => n,
-            // Idle; calls hold a clone of the writer while they last.
-            None if flow.conn.as_ref().is_some_and(|c| c.strong_count() > 1) => continue,
+            // Idle, but a call's caller is on it: it stays open while the call lasts.
+            None if flow.connection.is_some_and(|c| shared.endpoint().connection_in_use(c)) => continue,
             None => {
                 tracing::debug!(%remote, "idle SIP connection closed");
                 break;
@@ -213,19 +171,20 @@ async fn serve<S>(
         decoder.push(&buf[..n]);
         while let Some(framed) = decoder.next_message() {
             match framed {
-                Ok(bytes) => endpoint::receive(&shared, &bytes, &flow).await,
+                Ok(bytes) => endpoint::receive(&shared, &bytes, flow).await,
                 Err(e) => {
                     tracing::info!(%remote, error = %e, "unframeable SIP stream; closing");
                     let why = MessageError::Parse(e.to_string());
                     if let Some(resp) = message::bad_request(decoder.pending(), &why) {
-                        shared.send_flow(&flow, &resp);
+                        shared.send(&flow, &resp);
                     }
                     break 'connection;
                 }
             }
         }
     }
-    drop(flow);
-    // The writer ends once every call holding this connection has let go of it.
+    if let Some(id) = flow.connection {
+        shared.close_connection(id);
+    }
     let _ = writer.await;
 }

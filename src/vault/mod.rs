@@ -5,6 +5,7 @@
 //! detokenization writes an audit record (`audit`) in the same transaction, and detokenizing
 //! fails closed when that record cannot be written.
 
+pub mod actor;
 pub mod audit;
 pub mod crypto;
 pub mod kek;
@@ -17,7 +18,7 @@ pub mod token;
 pub mod webhook;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -28,7 +29,7 @@ use zeroize::Zeroizing;
 
 use crate::capture::card::{Brand, SecurityCode};
 use crate::capture::collector::CapturedCard;
-use crate::config::Config;
+pub use actor::{Actor, ActorRole, Role};
 use crypto::CryptoError;
 use kek::{Kek, KekSource};
 use keyring::KeyRing;
@@ -78,21 +79,6 @@ pub struct RevealedCard {
     pub security_code: Option<SecurityCode>,
 }
 
-/// Who asks, from where, for what: the audit record's who, origin and resource.
-#[derive(Debug, Clone, Copy)]
-pub struct Actor<'a> {
-    pub id: &'a str,
-    pub role: &'a str,
-    pub origin: &'a str,
-}
-
-impl Actor<'_> {
-    /// The audit record of this actor doing `action` to `resource`.
-    pub fn did<'b>(&'b self, action: &'b str, outcome: &'b str, resource: &'b str) -> audit::Event<'b> {
-        audit::Event { actor: self.id, role: self.role, origin: self.origin, action, outcome, resource, detail: "" }
-    }
-}
-
 /// The session a tokenization completes, if any (then the processor webhook fires).
 #[derive(Debug, Clone, Copy)]
 pub struct Completion<'a> {
@@ -113,33 +99,6 @@ pub struct VaultOptions {
     pub security_code_ttl: Duration,
     pub max_encryptions_per_key: i64,
     pub webhook: Option<(String, SecretSource, Duration)>,
-}
-
-impl VaultOptions {
-    pub fn from_config(c: &Config) -> VaultOptions {
-        VaultOptions {
-            url: store::url(&c.storage.database_url, &c.storage.data_dir),
-            data_dir: c.storage.data_dir.clone(),
-            kek: c.vault.kek.clone(),
-            production: c.vault.production,
-            token_format: c.vault.token_format,
-            convergent: c.vault.convergent,
-            token_ttl: (c.vault.token_ttl_days > 0)
-                .then(|| Duration::from_secs(u64::from(c.vault.token_ttl_days) * 86_400)),
-            security_code_ttl: Duration::from_secs(c.vault.security_code_ttl_s),
-            max_encryptions_per_key: c.vault.max_encryptions_per_key as i64,
-            webhook: (!c.webhook.url.is_empty()).then(|| {
-                (c.webhook.url.clone(), c.webhook.secret.clone(), Duration::from_secs(c.webhook.retry_base_s))
-            }),
-        }
-    }
-
-    /// The built-in defaults with SQLite and the development key in `data_dir`.
-    pub fn development(data_dir: &Path) -> VaultOptions {
-        let mut c = Config::embedded();
-        c.storage.data_dir = data_dir.to_path_buf();
-        VaultOptions::from_config(&c)
-    }
 }
 
 /// A card row as stored: sealed, with what opening it needs.
@@ -426,7 +385,7 @@ impl Vault {
             .rows_affected();
         if n > 0 {
             let detail = format!("{n} cards");
-            let system = Actor { id: "system", role: "system", origin: "local" };
+            let system = Actor { id: "system", role: ActorRole::System, origin: "local" };
             self.audit(&audit::Event { detail: &detail, ..system.did("token.expire", "deleted", "cards") }).await?;
         }
         Ok(n)
@@ -462,7 +421,7 @@ mod tests {
     use crate::capture::card::{Expiry, Pan, YearMonth};
     use testing::TestDatabase;
 
-    const ACTOR: Actor<'static> = Actor { id: "test", role: "processor", origin: "127.0.0.1" };
+    const ACTOR: Actor<'static> = Actor { id: "test", role: ActorRole::Key(Role::Processor), origin: "127.0.0.1" };
 
     fn card(pan: &str, cvv: &str) -> CapturedCard {
         let pan = Pan::parse(pan.as_bytes()).unwrap();

@@ -6,6 +6,7 @@
 
 pub mod call;
 pub mod capture;
+pub mod endpoint;
 pub mod media;
 pub mod sip;
 

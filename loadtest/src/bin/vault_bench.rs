@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 use tonewall::capture::card::Pan;
 use tonewall::capture::collector::CapturedCard;
 use tonewall::vault::testing::TestDatabase;
-use tonewall::vault::{Actor, Vault};
+use tonewall::vault::{Actor, ActorRole, Role, Vault};
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Backend {
@@ -34,7 +34,7 @@ struct Args {
     max_seconds: u64,
 }
 
-const ACTOR: Actor<'static> = Actor { id: "bench", role: "processor", origin: "local" };
+const ACTOR: Actor<'static> = Actor { id: "bench", role: ActorRole::Key(Role::Processor), origin: "local" };
 
 /// A Luhn-valid 16-digit Visa test number from a counter.
 fn pan(n: usize) -> String {

@@ -6,11 +6,12 @@
 use std::time::{Duration, Instant};
 
 use super::transactions::Purpose;
-use super::{Call, CallEvent, CallerLeg, Capture, EndReason, LegId};
+use super::{Call, CallEvent, CallerLeg, Capture, CaptureFailure, EndReason, LegId};
 use crate::media::srtp::{CryptoAttr, MasterKey, SrtpPolicy};
 use crate::sip::message::{ALLOW, Method, Request, Response, ResponseBuilder, SUPPORTED_HEADER};
 use crate::sip::sdp::{self, Direction, MediaParams, Profile, RemoteDescription};
 use crate::sip::session_timer::{self, MIN_SE, Negotiation, Refresher, SessionTimer};
+use crate::sip::stream::Flow;
 use crate::sip::transaction::{ClientInvite, ClientInviteState, Delivery, Outcome, Retransmit};
 
 /// The caller's side of the offer/answer: what we send it, and which way.
@@ -88,7 +89,7 @@ pub(super) fn too_small(req: &Request) -> Vec<u8> {
 
 impl Call {
     pub(super) fn caller_contact(&self) -> String {
-        format!("<sip:tonewall@{}{}>", self.local_sip, self.caller_transport.uri_param())
+        format!("<sip:tonewall@{}{}>", self.local_sip, self.caller_flow.transport.uri_param())
     }
 
     /// Our current description toward the caller (answers and refreshes alike).
@@ -196,10 +197,10 @@ impl Call {
         self.caller = CallerLeg::Answering { ok: Retransmit::invite_2xx(ok, now, self.timers), branch: req.branch() };
     }
 
-    pub(super) fn caller_request(&mut self, now: Instant, req: &Request) {
+    pub(super) fn caller_request(&mut self, now: Instant, req: &Request, from: Flow) {
         // Routed here by its Replaces header: a new dialog to take over the caller's.
         if req.method() == Method::Invite && req.call_id() != self.caller_dialog.call_id {
-            return self.take_over(now, req);
+            return self.take_over(now, req, from);
         }
         let in_dialog = self.caller_dialog.matches(req);
         if in_dialog && !self.caller_dialog.accept_remote_cseq(req) {
@@ -225,7 +226,7 @@ impl Call {
             Method::Bye if in_dialog => {
                 self.reply(now, LegId::Caller, req, 200, "OK");
                 self.caller = CallerLeg::Ended;
-                self.abandon_capture("the caller hung up");
+                self.abandon_capture(CaptureFailure::CallerHungUp);
                 self.hang_up_agent(now);
                 self.event(CallEvent::Ended(EndReason::CallerHungUp));
             }
@@ -374,7 +375,7 @@ impl Call {
             }
             _ => {
                 self.refresh = None;
-                self.end_everything(now, "the session refresh failed");
+                self.end_everything(now, CaptureFailure::RefreshFailed);
             }
         }
     }
@@ -393,7 +394,7 @@ impl Call {
             self.drain_refresh();
             if timed_out {
                 self.refresh = None;
-                self.end_everything(now, "the caller did not answer the session refresh");
+                self.end_everything(now, CaptureFailure::RefreshUnanswered);
             }
             return;
         }
@@ -404,7 +405,7 @@ impl Call {
         match t.timer.refresher {
             Refresher::Peer => {
                 self.session_timer = None;
-                self.end_everything(now, "the caller's session expired");
+                self.end_everything(now, CaptureFailure::SessionExpired);
                 self.event(CallEvent::Ended(EndReason::SessionExpired));
             }
             Refresher::Us => self.send_refresh(now, t.timer),
@@ -431,7 +432,7 @@ impl Call {
             _ => {
                 // Our own request always parses; if it ever did not, end cleanly, loudly.
                 tracing::error!("could not build the session refresh");
-                self.end_everything(now, "the session refresh could not be built");
+                self.end_everything(now, CaptureFailure::RefreshUnbuildable);
             }
         }
     }
@@ -485,7 +486,7 @@ impl Call {
         match status {
             Some(200..=299) => {
                 self.transfer = Transfer::Done;
-                self.abandon_capture("the caller was transferred");
+                self.abandon_capture(CaptureFailure::Transferred);
                 self.hang_up_caller(now);
                 self.hang_up_agent(now);
                 self.event(CallEvent::Ended(EndReason::Transferred));

@@ -1,9 +1,11 @@
 //! One payment call, sans-IO: the caller's leg (we are its UAS, RFC 3261 §13.3), an optional
 //! agent leg (we are its UAC, §13.2), the media bridge between them and the capture flow.
 //!
-//! The driver feeds SIP messages, RTP packets, commands and timeouts with the time they
-//! happened, then drains `poll_output` (SIP to send, events), `poll_packet` (RTP to send)
-//! and sleeps until `poll_timeout`. Nothing here blocks, reads a clock or does IO.
+//! The driver feeds every input (a SIP message with the flow it came on, an RTP packet, a
+//! command, a timeout) to `handle_input` with the time it happened, then drains
+//! `poll_output` (SIP to send, each with its destination, and events), `poll_packet` (RTP to
+//! send, borrowed, with its destination) and sleeps until `poll_timeout`. Nothing here
+//! blocks, reads a clock or does IO.
 
 mod agent;
 mod agent_invite;
@@ -21,7 +23,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::capture::card::YearMonth;
-use crate::capture::collector::{CaptureEvent, CapturedCard, Collector, CollectorConfig, FieldName, PromptId};
+use crate::capture::collector::{
+    CaptureEvent, CapturedCard, Collector, CollectorConfig, FieldName, PromptId, Rejection,
+};
 use crate::media::masker::Replacement;
 use crate::media::player::PromptAudio;
 use crate::media::srtp::{MasterKey, SrtpLeg, SrtpPolicy};
@@ -30,7 +34,7 @@ use crate::sip::dialog::Dialog;
 use crate::sip::message::{Method, Request, ResponseBuilder, SipMessage};
 use crate::sip::sdp::RemoteDescription;
 use crate::sip::session_timer::{self, Negotiation};
-use crate::sip::stream::Transport;
+use crate::sip::stream::{Flow, Transmit};
 use crate::sip::transaction::{ClientInvite, Retransmit, RetransmitStep, Timers};
 
 use agent_invite::AgentInvite;
@@ -87,16 +91,32 @@ pub enum AfterCapture {
     Hangup,
 }
 
+/// The agent leg's far end: the URI our INVITE names and the address it goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentTarget {
+    pub uri: String,
+    pub addr: SocketAddr,
+}
+
+/// What a call is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// A payment session: the caller is answered at once and asked for `fields`; then
+    /// `after`. With `agent`, the agent is dialled and bridged while the caller keys.
+    Session { fields: Vec<FieldName>, after: AfterCapture, agent: Option<AgentTarget> },
+    /// Inline: a B2BUA to `agent` that answers the caller only when the agent answers (and
+    /// passes on its refusal otherwise), with no capture until `Command::StartCapture`.
+    Inline { agent: AgentTarget },
+}
+
 pub struct CallConfig {
     /// Our SIP address, for Via and Contact.
     pub local_sip: SocketAddr,
-    /// The transport the caller's INVITE came on; the caller's leg stays on it.
-    pub caller_transport: Transport,
+    /// Where the caller's INVITE is answered (§18.2.2); the caller's leg stays on it.
+    pub caller: Flow,
     pub caller_rtp: SocketAddr,
     pub agent_rtp: SocketAddr,
-    pub agent_uri: Option<String>,
-    pub after_capture: AfterCapture,
-    pub fields: Vec<FieldName>,
+    pub mode: Mode,
     pub collector: CollectorConfig,
     pub timers: Timers,
     /// The current month, for expiry checks.
@@ -112,10 +132,6 @@ pub struct CallConfig {
     pub srtp: SrtpPolicy,
     /// Our SRTP master key and salt for this call, drawn by the driver from the OS generator.
     pub srtp_key: MasterKey,
-    /// Inline mode: a B2BUA to `agent_uri` that answers the caller only when the agent
-    /// answers (and passes on its refusal otherwise), with no capture until
-    /// `Command::StartCapture`. `fields` is then empty.
-    pub inline: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,17 +168,18 @@ pub enum CallEvent {
     FieldRejected {
         field: FieldName,
         attempts_left: u8,
-        reason: String,
+        reason: Rejection,
     },
     FieldDone {
         field: FieldName,
         masked: String,
     },
-    /// The driver tokenizes the card and answers with `Command::Tokenized`.
+    /// The driver tokenizes the card and answers with `Command::CardStored` or
+    /// `Command::CardNotStored`.
     CardCaptured(Box<CapturedCard>),
     Completed,
     CaptureFailed {
-        reason: String,
+        reason: CaptureFailure,
     },
     Cancelled,
     /// The caller put us on hold (or took us off it).
@@ -176,9 +193,42 @@ pub enum CallEvent {
         status: u16,
     },
     /// An INVITE with Replaces took over the caller's dialog: the caller's leg now answers
-    /// where that INVITE came from; the old dialog's messages are on `LegId::Replaced`.
-    CallerReplaced,
+    /// at `caller`, where that INVITE came from; the old dialog, `previous_call_id`, is
+    /// `LegId::Replaced` from now on.
+    CallerReplaced {
+        previous_call_id: String,
+        caller: Flow,
+    },
     Ended(EndReason),
+}
+
+/// Why a capture ended without a card.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CaptureFailure {
+    #[error("too many invalid attempts for {}", .0.as_str())]
+    TooManyAttempts(FieldName),
+    #[error("the card could not be stored")]
+    NotStored,
+    #[error("the call cannot start a capture now")]
+    CannotStart,
+    #[error("the caller's offer was not acceptable")]
+    OfferRefused,
+    #[error("the caller hung up")]
+    CallerHungUp,
+    #[error("the caller was transferred")]
+    Transferred,
+    #[error("the service is shutting down")]
+    ShuttingDown,
+    #[error("the caller never acknowledged the answer")]
+    NoAck,
+    #[error("the session refresh failed")]
+    RefreshFailed,
+    #[error("the caller did not answer the session refresh")]
+    RefreshUnanswered,
+    #[error("the session refresh could not be built")]
+    RefreshUnbuildable,
+    #[error("the caller's session expired")]
+    SessionExpired,
 }
 
 #[derive(Debug)]
@@ -186,9 +236,10 @@ pub enum Command {
     Cancel,
     /// The agent asks the caller again for this field (and those after it).
     RestartField(FieldName),
-    Tokenized {
-        ok: bool,
-    },
+    /// The vault holds the captured card (and the agent has its token).
+    CardStored,
+    /// The vault could not store the captured card.
+    CardNotStored,
     /// Hang up every leg (shutdown).
     Hangup,
     /// Inline mode: ask the caller for these fields now (capture starts masking at once).
@@ -197,10 +248,53 @@ pub enum Command {
     },
 }
 
+/// Everything that happens to a call.
+#[derive(Debug)]
+pub enum Input<'a> {
+    /// A SIP message for one of the call's legs; `from` answers it (§18.2.2). Boxed, as the
+    /// endpoint hands it over.
+    Sip {
+        leg: LegId,
+        msg: Box<SipMessage>,
+        from: Flow,
+    },
+    /// An RTP (or SRTP) packet on one of the call's media sockets.
+    Rtp {
+        leg: LegId,
+        packet: &'a [u8],
+    },
+    Command(Command),
+    /// `poll_timeout`'s instant has come.
+    Timeout,
+}
+
 #[derive(Debug)]
 pub enum Output {
-    Sip { leg: LegId, bytes: Vec<u8> },
+    /// SIP to send, with its destination.
+    Transmit(Transmit),
     Event(CallEvent),
+}
+
+/// The call's timers, one per deadline `poll_timeout` takes the earliest of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timer {
+    /// Our 2xx to the caller's INVITE, resent until its ACK (§13.3.1.4).
+    CallerAnswer,
+    /// The INVITE to the agent (Timers A, B, D, §17.1.1), or how long a CANCELled one may
+    /// still run (§9.1).
+    AgentInvite,
+    /// The collector's first-digit and inter-digit timeouts.
+    Capture,
+    /// The session timer: refresh or expiry (RFC 4028 §10).
+    SessionTimer,
+    /// Our refreshing re-INVITE's retransmissions and Timer B (RFC 4028 §7.4).
+    Refresh,
+    /// A transfer whose NOTIFYs went silent (RFC 3515).
+    TransferSilence,
+    /// The non-INVITE and server transactions (Timers E, F, G, H, I, J, K).
+    Transactions,
+    /// The media bridge: prompt playout, masking release.
+    Media,
 }
 
 enum CallerLeg {
@@ -261,9 +355,14 @@ enum WhenQuiet {
 
 pub struct Call {
     local_sip: SocketAddr,
-    caller_transport: Transport,
     caller_rtp: SocketAddr,
     agent_rtp: SocketAddr,
+    /// Where the caller's leg is answered; an INVITE with Replaces moves it.
+    caller_flow: Flow,
+    /// Where the replaced dialog's peer is (its BYE goes there).
+    replaced_flow: Option<Flow>,
+    /// Where the agent leg's messages go.
+    agent_addr: Option<SocketAddr>,
     timers: Timers,
     seed: u64,
     prompts: Arc<Prompts>,
@@ -322,15 +421,21 @@ impl Call {
         };
         let params = offer.negotiate();
         let local_tag = format!("tw{:x}", cfg.seed);
-        let capture = if cfg.fields.is_empty() {
+        let (fields, after_capture, agent, inline) = match cfg.mode {
+            Mode::Session { fields, after, agent } => (fields, after, agent, false),
+            Mode::Inline { agent } => (vec![], AfterCapture::Bridge, Some(agent), true),
+        };
+        let capture = if fields.is_empty() {
             Capture::Idle
         } else {
-            Capture::Collecting(Box::new(Collector::new(cfg.fields, cfg.collector, cfg.today, now)))
+            Capture::Collecting(Box::new(Collector::new(fields, cfg.collector, cfg.today, now)))
         };
-        let reliable = cfg.caller_transport.reliable();
+        let transport = cfg.caller.transport;
         let mut call = Call {
             local_sip: cfg.local_sip,
-            caller_transport: cfg.caller_transport,
+            caller_flow: cfg.caller,
+            replaced_flow: None,
+            agent_addr: agent.as_ref().map(|a| a.addr),
             caller_rtp: cfg.caller_rtp,
             agent_rtp: cfg.agent_rtp,
             timers: cfg.timers,
@@ -338,7 +443,7 @@ impl Call {
             prompts: cfg.prompts,
             transactions: Transactions::new(cfg.timers),
             caller_invite_branch: invite.branch(),
-            caller_dialog: Dialog::uas(invite, &local_tag, &cfg.local_sip.to_string(), cfg.caller_transport),
+            caller_dialog: Dialog::uas(invite, &local_tag, &cfg.local_sip.to_string(), transport),
             caller: CallerLeg::Confirmed,
             caller_media: caller::Negotiated {
                 params,
@@ -353,8 +458,8 @@ impl Call {
             agent: AgentLeg::Absent,
             agent_call_id: format!("{:x}-agent@tonewall", cfg.seed),
             agent_tag: format!("twa{:x}", cfg.seed.rotate_left(32)),
-            agent_from_user: agent_invite::from_user(cfg.inline.then(|| invite.from_user())),
-            after_capture: cfg.after_capture,
+            agent_from_user: agent_invite::from_user(inline.then(|| invite.from_user())),
+            after_capture,
             capture,
             bridge: Bridge::new(params, cfg.seed, cfg.masking.replacement),
             mask_always: cfg.masking.always,
@@ -369,23 +474,23 @@ impl Call {
             today: cfg.today,
         };
         call.bridge.set_caller_srtp(caller_srtp);
-        call.transactions.receive(now, LegId::Caller, invite, reliable);
+        call.transactions.receive(now, LegId::Caller, invite, transport.reliable());
         call.bridge.set_caller(params, offer.direction.receives());
         call.reply(now, LegId::Caller, invite, 100, "Trying");
         if !cfg.record {
             call.bridge.recording().disable();
         }
-        match (cfg.agent_uri, cfg.inline) {
-            (Some(uri), true) => {
+        match (agent, inline) {
+            (Some(agent), true) => {
                 call.caller = CallerLeg::Proceeding { invite: Box::new(invite.clone()), ringing: false };
-                call.dial_agent(uri, now);
+                call.dial_agent(agent.uri, now);
             }
-            (agent_uri, _) => {
+            (agent, _) => {
                 call.caller_ringing(now, invite);
                 call.answer_offer(now, invite, &local_tag);
                 call.event(CallEvent::Answered);
-                if let (Some(uri), AfterCapture::Bridge) = (agent_uri, &call.after_capture) {
-                    call.dial_agent(uri, now);
+                if let (Some(agent), AfterCapture::Bridge) = (agent, &call.after_capture) {
+                    call.dial_agent(agent.uri, now);
                 }
             }
         }
@@ -403,6 +508,11 @@ impl Call {
         &self.agent_call_id
     }
 
+    /// Where the caller's leg is now.
+    pub fn caller_flow(&self) -> Flow {
+        self.caller_flow
+    }
+
     pub fn caller_call_id(&self) -> &str {
         &self.caller_dialog.call_id
     }
@@ -417,9 +527,18 @@ impl Call {
 
     pub fn poll_output(&mut self) -> Option<Output> {
         while let Some((leg, bytes)) = self.transactions.poll_transmit() {
-            self.outputs.push_back(Output::Sip { leg, bytes });
+            self.send(leg, bytes);
         }
         self.outputs.pop_front()
+    }
+
+    /// Where `leg`'s messages go: the agent leg is always UDP.
+    fn flow(&self, leg: LegId) -> Option<Flow> {
+        match leg {
+            LegId::Caller => Some(self.caller_flow),
+            LegId::Replaced => self.replaced_flow,
+            LegId::Agent => self.agent_addr.map(Flow::udp),
+        }
     }
 
     /// The next 20 ms of the recording (interleaved stereo), when there is one; with `ended`,
@@ -439,6 +558,11 @@ impl Call {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers().map(|(_, at)| at).min()
+    }
+
+    /// Every timer that is armed, and when it fires.
+    fn timers(&self) -> impl Iterator<Item = (Timer, Instant)> {
         let caller = match &self.caller {
             CallerLeg::Answering { ok, .. } => Some(ok.poll_timeout()),
             _ => None,
@@ -453,24 +577,23 @@ impl Call {
             _ => None,
         };
         let session = self.session_timer.as_ref().filter(|_| self.refresh.is_none()).map(|t| t.next);
-        let refresh = self.refresh.as_ref().and_then(ClientInvite::poll_timeout);
         let transfer = match self.transfer {
             caller::Transfer::Accepted { give_up } => Some(give_up),
             _ => None,
         };
+        // In the order their handlers run when several are due at once.
         [
-            caller,
-            agent,
-            capture,
-            session,
-            refresh,
-            transfer,
-            self.transactions.poll_timeout(),
-            self.bridge.poll_timeout(),
+            (Timer::CallerAnswer, caller),
+            (Timer::AgentInvite, agent),
+            (Timer::Transactions, self.transactions.poll_timeout()),
+            (Timer::SessionTimer, session),
+            (Timer::Refresh, self.refresh.as_ref().and_then(ClientInvite::poll_timeout)),
+            (Timer::TransferSilence, transfer),
+            (Timer::Capture, capture),
+            (Timer::Media, self.bridge.poll_timeout()),
         ]
         .into_iter()
-        .flatten()
-        .min()
+        .filter_map(|(timer, at)| Some((timer, at?)))
     }
 
     fn next_branch(&mut self) -> String {
@@ -478,8 +601,11 @@ impl Call {
         format!("z9hG4bK{:x}.{}", self.seed, self.branches)
     }
 
+    /// Queues `bytes` for `leg`'s peer. The replaced leg has one only after a take-over.
     fn send(&mut self, leg: LegId, bytes: Vec<u8>) {
-        self.outputs.push_back(Output::Sip { leg, bytes });
+        if let Some(to) = self.flow(leg) {
+            self.outputs.push_back(Output::Transmit(Transmit { to, bytes }));
+        }
     }
 
     fn event(&mut self, e: CallEvent) {
@@ -487,7 +613,7 @@ impl Call {
     }
 
     fn reliable(&self, leg: LegId) -> bool {
-        leg != LegId::Agent && self.caller_transport.reliable()
+        self.flow(leg).is_some_and(|f| f.transport.reliable())
     }
 
     /// Sends a response through the request's server transaction.
@@ -508,12 +634,22 @@ impl Call {
         self.transactions.request(now, leg, purpose, method, branch, bytes, reliable);
     }
 
-    pub fn handle_sip(&mut self, now: Instant, leg: LegId, msg: SipMessage) {
-        match msg {
+    pub fn handle_input(&mut self, now: Instant, input: Input) {
+        match input {
+            Input::Sip { leg, msg, from } => self.on_sip(now, leg, msg, from),
+            Input::Rtp { leg, packet } => self.on_rtp(now, leg, packet),
+            Input::Command(cmd) => self.on_command(now, cmd),
+            Input::Timeout => self.on_timeout(now),
+        }
+        self.check_end();
+    }
+
+    fn on_sip(&mut self, now: Instant, leg: LegId, msg: Box<SipMessage>, from: Flow) {
+        match *msg {
             SipMessage::Request(r) => {
                 if self.transactions.receive(now, leg, &r, self.reliable(leg)) {
                     match leg {
-                        LegId::Caller => self.caller_request(now, &r),
+                        LegId::Caller => self.caller_request(now, &r, from),
                         LegId::Agent => self.agent_request(now, &r),
                         LegId::Replaced => self.replaced_request(now, &r),
                     }
@@ -531,7 +667,6 @@ impl Call {
                 }
             }
         }
-        self.check_end();
     }
 
     /// The final answer to one of our BYEs, REFERs or CANCELs (or its Timer F).
@@ -544,7 +679,7 @@ impl Call {
         }
     }
 
-    pub fn handle_rtp(&mut self, now: Instant, leg: LegId, packet: &[u8]) {
+    fn on_rtp(&mut self, now: Instant, leg: LegId, packet: &[u8]) {
         match leg {
             LegId::Caller => {
                 if let CallerMedia::Key(key) = self.bridge.handle_caller_packet(packet, now) {
@@ -556,7 +691,7 @@ impl Call {
         }
     }
 
-    pub fn handle_command(&mut self, now: Instant, cmd: Command) {
+    fn on_command(&mut self, now: Instant, cmd: Command) {
         match cmd {
             Command::Cancel => {
                 if matches!(self.capture, Capture::Collecting(_)) {
@@ -576,61 +711,70 @@ impl Call {
                     }
                 }
             }
-            Command::Tokenized { ok } => {
-                if matches!(self.capture, Capture::Tokenizing) {
-                    if ok {
-                        self.capture = Capture::Completed;
-                        self.event(CallEvent::Completed);
-                        self.finish_capture(now, Some(PromptId::ThankYou));
-                    } else {
-                        self.capture = Capture::Failed;
-                        self.event(CallEvent::CaptureFailed { reason: "the card could not be stored".into() });
-                        self.finish_capture(now, None);
-                    }
-                }
+            Command::CardStored if matches!(self.capture, Capture::Tokenizing) => {
+                self.capture = Capture::Completed;
+                self.event(CallEvent::Completed);
+                self.finish_capture(now, Some(PromptId::ThankYou));
             }
+            Command::CardNotStored if matches!(self.capture, Capture::Tokenizing) => {
+                self.capture = Capture::Failed;
+                self.event(CallEvent::CaptureFailed { reason: CaptureFailure::NotStored });
+                self.finish_capture(now, None);
+            }
+            Command::CardStored | Command::CardNotStored => {}
             Command::Hangup => {
-                self.abandon_capture("the service is shutting down");
+                self.abandon_capture(CaptureFailure::ShuttingDown);
                 self.hang_up_caller(now);
                 self.hang_up_agent(now);
             }
             Command::StartCapture { fields } => self.start_capture(now, fields),
         }
-        self.check_end();
     }
 
-    pub fn handle_timeout(&mut self, now: Instant) {
-        if let CallerLeg::Answering { ok, .. } = &mut self.caller {
-            match ok.handle_timeout(now) {
-                RetransmitStep::Send(b) => {
-                    let b = b.to_vec();
-                    self.send(LegId::Caller, b);
+    /// Runs the handler of every timer that is due.
+    fn on_timeout(&mut self, now: Instant) {
+        let due: Vec<Timer> = self.timers().filter(|(_, at)| *at <= now).map(|(t, _)| t).collect();
+        for timer in due {
+            match timer {
+                Timer::CallerAnswer => self.answer_timeout(now),
+                Timer::AgentInvite => self.agent_timeout(now),
+                Timer::Capture => {
+                    if let Capture::Collecting(c) = &mut self.capture {
+                        c.handle_timeout(now);
+                        self.drain_capture(now);
+                    }
                 }
-                RetransmitStep::GiveUp => {
-                    // No ACK within 64·T1: confirm and end the session with BYE (§13.3.1.4).
-                    self.caller = CallerLeg::Confirmed;
-                    self.end_everything(now, "the caller never acknowledged the answer");
-                    self.event(CallEvent::Ended(EndReason::NoAck));
+                Timer::SessionTimer | Timer::Refresh => self.session_timeout(now),
+                Timer::TransferSilence => self.transfer_timeout(now),
+                Timer::Transactions => {
+                    for a in self.transactions.handle_timeout(now) {
+                        self.on_answer(now, a);
+                    }
                 }
-                RetransmitStep::Wait => {}
+                Timer::Media => self.bridge.handle_timeout(now),
             }
         }
-        self.agent_timeout(now);
-        for a in self.transactions.handle_timeout(now) {
-            self.on_answer(now, a);
-        }
-        self.session_timeout(now);
-        self.transfer_timeout(now);
-        if let Capture::Collecting(c) = &mut self.capture {
-            c.handle_timeout(now);
-            self.drain_capture(now);
-        }
-        self.bridge.handle_timeout(now);
         self.check_quiet(now);
-        self.check_end();
     }
 
-    fn end_everything(&mut self, now: Instant, why: &str) {
+    /// Our 2xx to the caller again, or, with no ACK within 64·T1, the end (§13.3.1.4).
+    fn answer_timeout(&mut self, now: Instant) {
+        let CallerLeg::Answering { ok, .. } = &mut self.caller else { return };
+        match ok.handle_timeout(now) {
+            RetransmitStep::Send(b) => {
+                let b = b.to_vec();
+                self.send(LegId::Caller, b);
+            }
+            RetransmitStep::GiveUp => {
+                self.caller = CallerLeg::Confirmed;
+                self.end_everything(now, CaptureFailure::NoAck);
+                self.event(CallEvent::Ended(EndReason::NoAck));
+            }
+            RetransmitStep::Wait => {}
+        }
+    }
+
+    fn end_everything(&mut self, now: Instant, why: CaptureFailure) {
         self.abandon_capture(why);
         self.hang_up_caller(now);
         self.hang_up_agent(now);
@@ -641,7 +785,7 @@ impl Call {
     fn start_capture(&mut self, now: Instant, fields: Vec<FieldName>) {
         let idle = matches!(self.capture, Capture::Idle | Capture::Completed | Capture::Failed | Capture::Cancelled);
         if !idle || fields.is_empty() || !matches!(self.caller, CallerLeg::Answering { .. } | CallerLeg::Confirmed) {
-            self.event(CallEvent::CaptureFailed { reason: "the call cannot start a capture now".into() });
+            self.event(CallEvent::CaptureFailed { reason: CaptureFailure::CannotStart });
             return;
         }
         self.capture = Capture::Collecting(Box::new(Collector::new(fields, self.collector, self.today, now)));
@@ -685,8 +829,7 @@ impl Call {
                 }
                 CaptureEvent::Failed { field } => {
                     self.capture = Capture::Failed;
-                    let reason = format!("too many invalid attempts for {}", field.as_str());
-                    self.event(CallEvent::CaptureFailed { reason });
+                    self.event(CallEvent::CaptureFailed { reason: CaptureFailure::TooManyAttempts(field) });
                     self.finish_capture(now, None);
                 }
             }
@@ -711,10 +854,10 @@ impl Call {
         self.check_quiet(now);
     }
 
-    fn abandon_capture(&mut self, reason: &str) {
+    fn abandon_capture(&mut self, reason: CaptureFailure) {
         if matches!(self.capture, Capture::Collecting(_) | Capture::Tokenizing) {
             self.capture = Capture::Failed;
-            self.event(CallEvent::CaptureFailed { reason: reason.to_string() });
+            self.event(CallEvent::CaptureFailed { reason });
         }
     }
 

@@ -14,9 +14,10 @@ use crate::sip::message::{Method, Request};
 use crate::sip::replaces::Replaces;
 use crate::sip::sdp::RemoteDescription;
 use crate::sip::session_timer::{self, Negotiation};
+use crate::sip::stream::Flow;
 
 impl Call {
-    pub(super) fn take_over(&mut self, now: Instant, invite: &Request) {
+    pub(super) fn take_over(&mut self, now: Instant, invite: &Request, from: Flow) {
         let replaces = match Replaces::of(invite) {
             Some(Ok(r)) => r,
             Some(Err(())) => return self.reply(now, LegId::Caller, invite, 400, "Bad Request"),
@@ -64,15 +65,17 @@ impl Call {
             Negotiation::None => None,
             Negotiation::Timer(t) => Some(Timer { timer: t, next: t.deadline(now) }),
         };
-        // The driver points the caller's leg at the new dialog before anything is sent on it.
-        self.event(CallEvent::CallerReplaced);
+        // The old dialog's peer gets its BYE where it is; the caller's leg answers the new one.
+        let previous_call_id = self.caller_dialog.call_id.clone();
+        self.replaced_flow = Some(std::mem::replace(&mut self.caller_flow, from));
+        self.event(CallEvent::CallerReplaced { previous_call_id, caller: from });
         let branch = self.next_branch();
         let bye = self.caller_dialog.request(Method::Bye, &branch).build();
         self.request(now, LegId::Replaced, Purpose::Bye, Method::Bye, bye, &branch);
 
         self.replacements += 1;
         let local_tag = format!("tw{:x}r{}", self.seed, self.replacements);
-        self.caller_dialog = Dialog::uas(invite, &local_tag, &self.local_sip.to_string(), self.caller_transport);
+        self.caller_dialog = Dialog::uas(invite, &local_tag, &self.local_sip.to_string(), from.transport);
         self.caller_invite_branch = invite.branch();
         let params = offer.negotiate();
         let version = self.caller_media.version + 1;

@@ -40,16 +40,31 @@ fn prompts() -> Arc<Prompts> {
     })
 }
 
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Where the test's peers are: the caller's phone, the agent, and the phone that takes the
+/// caller's dialog over with Replaces.
+const PHONE: u16 = 5070;
+const AGENT: u16 = 5080;
+const TRANSFEREE: u16 = 5090;
+
+fn agent_at(uri: &str) -> AgentTarget {
+    AgentTarget { uri: uri.to_string(), addr: addr(AGENT) }
+}
+
+fn session(after: AfterCapture, agent: Option<&str>) -> Mode {
+    Mode::Session { fields: vec![FieldName::Pan, FieldName::Expiry, FieldName::Cvv], after, agent: agent.map(agent_at) }
+}
+
 fn config(agent: Option<&str>) -> CallConfig {
-    let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
     CallConfig {
         local_sip: addr(5060),
-        caller_transport: Transport::Udp,
+        caller: Flow::udp(addr(PHONE)),
         caller_rtp: addr(20000),
         agent_rtp: addr(20002),
-        agent_uri: agent.map(str::to_string),
-        after_capture: if agent.is_some() { AfterCapture::Bridge } else { AfterCapture::Hangup },
-        fields: vec![FieldName::Pan, FieldName::Expiry, FieldName::Cvv],
+        mode: session(if agent.is_some() { AfterCapture::Bridge } else { AfterCapture::Hangup }, agent),
         collector: CollectorConfig::default(),
         timers: Timers::default(),
         today: YearMonth { year: 2026, month: 11 },
@@ -59,16 +74,52 @@ fn config(agent: Option<&str>) -> CallConfig {
         record: true,
         srtp: SrtpPolicy::Optional,
         srtp_key: MasterKey::from_random(&[7; 30]),
-        inline: false,
     }
 }
 
-/// Drains outputs: SIP start lines per leg, and events.
+/// The tests drive the call leg by leg; each input goes through `handle_input` as the
+/// driver's would, from the peer of its leg.
+trait Drive {
+    fn handle_sip(&mut self, now: Instant, leg: LegId, msg: SipMessage);
+    fn handle_rtp(&mut self, now: Instant, leg: LegId, packet: &[u8]);
+    fn handle_command(&mut self, now: Instant, cmd: Command);
+    fn handle_timeout(&mut self, now: Instant);
+}
+
+impl Drive for Call {
+    fn handle_sip(&mut self, now: Instant, leg: LegId, msg: SipMessage) {
+        let takes_over = matches!(&msg, SipMessage::Request(r) if r.header("Replaces").is_some());
+        let port = match leg {
+            LegId::Agent => AGENT,
+            LegId::Caller if takes_over => TRANSFEREE,
+            LegId::Caller | LegId::Replaced => PHONE,
+        };
+        self.handle_input(now, Input::Sip { leg, msg: Box::new(msg), from: Flow::udp(addr(port)) });
+    }
+    fn handle_rtp(&mut self, now: Instant, leg: LegId, packet: &[u8]) {
+        self.handle_input(now, Input::Rtp { leg, packet });
+    }
+    fn handle_command(&mut self, now: Instant, cmd: Command) {
+        self.handle_input(now, Input::Command(cmd));
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        self.handle_input(now, Input::Timeout);
+    }
+}
+
+/// Drains outputs: SIP messages per leg (known by their destination), and events.
 fn drain(call: &mut Call) -> (Vec<(LegId, String)>, Vec<CallEvent>) {
     let (mut sip, mut events) = (vec![], vec![]);
     while let Some(o) = call.poll_output() {
         match o {
-            Output::Sip { leg, bytes } => sip.push((leg, String::from_utf8(bytes).unwrap())),
+            Output::Transmit(Transmit { to, bytes }) => {
+                let leg = match to {
+                    _ if to.remote == addr(AGENT) => LegId::Agent,
+                    _ if to == call.caller_flow => LegId::Caller,
+                    _ => LegId::Replaced,
+                };
+                sip.push((leg, String::from_utf8(bytes).unwrap()));
+            }
             Output::Event(e) => events.push(e),
         }
     }
@@ -196,7 +247,7 @@ fn capture_by_rfc4733_tokenize_thank_and_hang_up() {
     assert_eq!(card.pan.expose(), "4111111111111111");
     assert_eq!(card.expiry.map(|e| (e.month(), e.year())), Some((12, 2030)));
     assert_eq!(card.security_code.as_ref().map(|c| c.expose()), Some("123"));
-    call.handle_command(t, Command::Tokenized { ok: true });
+    call.handle_command(t, Command::CardStored);
     let (sip, events) = drain(&mut call);
     assert!(events.iter().any(|e| matches!(e, CallEvent::Completed)));
     assert!(sip.is_empty(), "the thank-you prompt plays before the BYE");
@@ -459,13 +510,14 @@ fn we_refresh_when_asked_and_glare_gets_491_both_ways() {
 /// A call set to transfer the caller back, its card taken and tokenized, run until the
 /// thank-you prompt has played: what it reported, and its REFER.
 fn transferring_call(t: Instant) -> (Call, Vec<CallEvent>, String) {
-    let cfg = CallConfig { after_capture: AfterCapture::Transfer("sip:agent@127.0.0.1:5080".into()), ..config(None) };
+    let cfg =
+        CallConfig { mode: session(AfterCapture::Transfer("sip:agent@127.0.0.1:5080".into()), None), ..config(None) };
     let mut call = Call::accept(&invite(OFFER), cfg, t).unwrap();
     call.handle_sip(t, LegId::Caller, caller_request(&call, "ACK", 1));
     drain(&mut call);
     key_all(&mut call, "4111111111111111#1230123", t);
     drain(&mut call);
-    call.handle_command(t, Command::Tokenized { ok: true });
+    call.handle_command(t, Command::CardStored);
     let (sip, events) = run_until(&mut call, t + Duration::from_millis(400));
     let refer = sip.iter().find(|(_, s)| s.starts_with("REFER ")).expect("REFER").1.clone();
     (call, events, refer)
@@ -606,12 +658,7 @@ fn srtp_policy_refuses_with_488_and_says_why() {
 }
 
 fn inline_config() -> CallConfig {
-    CallConfig {
-        inline: true,
-        fields: vec![],
-        after_capture: AfterCapture::Bridge,
-        ..config(Some("sip:queue@127.0.0.1:5080"))
-    }
+    CallConfig { mode: Mode::Inline { agent: agent_at("sip:queue@127.0.0.1:5080") }, ..config(None) }
 }
 
 const AGENT_ANSWER: &str =
@@ -668,7 +715,7 @@ fn inline_call_is_answered_when_the_target_answers_and_captures_on_command() {
     key_all(&mut call, "4111111111111111#1230123", t + Duration::from_millis(80));
     let (_, events) = drain(&mut call);
     assert!(events.iter().any(|e| matches!(e, CallEvent::CardCaptured(_))), "{events:?}");
-    call.handle_command(t, Command::Tokenized { ok: true });
+    call.handle_command(t, Command::CardStored);
     let (sip, events) = drain(&mut call);
     assert!(events.iter().any(|e| matches!(e, CallEvent::Completed)));
     assert!(sip.iter().all(|(_, s)| !s.starts_with("BYE")), "the call stays bridged after capture");
@@ -728,13 +775,13 @@ fn invite_with_replaces_takes_over_the_callers_dialog_and_capture_goes_on() {
         call.handle_sip(t, LegId::Caller, replacing_invite(&replaces));
         let (sip, events) = drain(&mut call);
         assert!(caller_lines(&sip)[0].starts_with(&format!("SIP/2.0 {status}")), "{replaces}: {sip:?}");
-        assert!(!events.iter().any(|e| matches!(e, CallEvent::CallerReplaced)));
+        assert!(!events.iter().any(|e| matches!(e, CallEvent::CallerReplaced { .. })));
     }
     assert_eq!(call.caller_call_id(), "caller-1");
     // The right dialog: 200 on the new one, BYE on the old, the capture carries on.
     call.handle_sip(t, LegId::Caller, replacing_invite(&format!("caller-1;to-tag={ours};from-tag=ct")));
     let (sip, events) = drain(&mut call);
-    assert!(matches!(events.first(), Some(CallEvent::CallerReplaced)), "{events:?}");
+    assert!(matches!(events.first(), Some(CallEvent::CallerReplaced { .. })), "{events:?}");
     assert_eq!(caller_lines(&sip), vec!["SIP/2.0 200 OK"]);
     let bye = &sip.iter().find(|(l, _)| *l == LegId::Replaced).expect("BYE to the old dialog").1;
     assert!(bye.starts_with("BYE sip:caller@127.0.0.1:5070 SIP/2.0") && bye.contains("Call-ID: caller-1\r\n"), "{bye}");

@@ -86,12 +86,21 @@ pub struct CapturedCard {
     pub security_code: Option<SecurityCode>,
 }
 
+/// Why a field's entry was refused. Never carries the digits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("no digits were entered")]
+    NothingEntered,
+    #[error(transparent)]
+    Invalid(#[from] CardError),
+}
+
 #[derive(Debug)]
 pub enum CaptureEvent {
     Prompt(PromptId),
     DigitEntered { field: FieldName, count: usize },
     FieldRestarted { field: FieldName },
-    FieldRejected { field: FieldName, attempts_left: u8, reason: String },
+    FieldRejected { field: FieldName, attempts_left: u8, reason: Rejection },
     FieldDone { field: FieldName, masked: String },
     Completed(Box<CapturedCard>),
     Failed { field: FieldName },
@@ -220,7 +229,7 @@ impl Collector {
             Some(d) if now >= d && self.phase == Phase::Collecting => {
                 self.deadline = None;
                 if self.entry.is_empty() {
-                    self.reject("no digits were entered".into(), now);
+                    self.reject(Rejection::NothingEntered, now);
                 } else {
                     self.submit(now);
                 }
@@ -261,7 +270,7 @@ impl Collector {
                     self.ask_current(now);
                 }
             }
-            Err(e) => self.reject(e.to_string(), now),
+            Err(e) => self.reject(Rejection::Invalid(e), now),
         }
     }
 
@@ -288,7 +297,7 @@ impl Collector {
         }
     }
 
-    fn reject(&mut self, reason: String, now: Instant) {
+    fn reject(&mut self, reason: Rejection, now: Instant) {
         let field = self.fields[self.index];
         self.attempts += 1;
         let attempts_left = self.config.max_attempts.saturating_sub(self.attempts);

@@ -2,6 +2,8 @@
 //! and Content-Length, which is mandatory on a stream. CRLF keep-alives between messages
 //! (RFC 5626 §4.4.1) are skipped. Sans-IO: bytes in, whole messages out.
 
+use std::net::SocketAddr;
+
 use thiserror::Error;
 
 use super::message::MAX_MESSAGE;
@@ -36,6 +38,41 @@ impl Transport {
             Transport::Tls => ";transport=tls",
         }
     }
+}
+
+/// A TCP or TLS connection, named by the driver that owns its socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(pub u64);
+
+/// Where a SIP message came from, and how to reach that peer again (§18.2.2): a UDP
+/// address, or the connection a stream message arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Flow {
+    pub transport: Transport,
+    pub remote: SocketAddr,
+    pub connection: Option<ConnectionId>,
+}
+
+impl Flow {
+    pub fn udp(remote: SocketAddr) -> Flow {
+        Flow { transport: Transport::Udp, remote, connection: None }
+    }
+
+    pub fn stream(transport: Transport, remote: SocketAddr, connection: ConnectionId) -> Flow {
+        Flow { transport, remote, connection: Some(connection) }
+    }
+
+    /// The same flow, answering UDP at another address (§18.2.2: rport, or the Via port).
+    pub fn to(self, remote: SocketAddr) -> Flow {
+        Flow { remote, ..self }
+    }
+}
+
+/// A SIP message to send, with its destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub to: Flow,
+    pub bytes: Vec<u8>,
 }
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]

@@ -1,0 +1,271 @@
+//! The SIP endpoint, sans-IO (RFC 3261 §8.2, §18; RFC 3891 §3), shaped like quinn-proto's
+//! `Endpoint`: the driver hands it every message with the flow it came on and gets back one
+//! `EndpointEvent`. It owns what no single call owns: which Call-ID belongs to which call and
+//! leg, the per-source rate limit, admission of new INVITEs, and the answers that need no
+//! call (malformed → 400 or the status its fault calls for, an unknown required extension →
+//! 420, out-of-dialog OPTIONS → 200, no such call → 481, REFER or an unknown method outside
+//! a dialog → 405, nobody to take the call → 404, too many new requests from one source → 503).
+//!
+//! `C` is whatever the driver needs to reach a call (its inbox); the endpoint only stores and
+//! clones it.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use crate::call::LegId;
+use crate::sip::message::{self, ALLOW, Method, Request, ResponseBuilder, SipMessage};
+use crate::sip::rate_limit::SourceLimiter;
+use crate::sip::replaces::Replaces;
+use crate::sip::stream::{ConnectionId, Flow, Transmit, Transport};
+
+/// One call the endpoint routes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallHandle(pub u64);
+
+/// The Request-URI user that starts a payment session's call (`pay-<session id>`).
+pub const SESSION_PREFIX: &str = "pay-";
+
+#[derive(Debug, Clone, Default)]
+pub struct EndpointConfig {
+    /// New out-of-dialog requests per second from one source address (twice that in a burst).
+    pub rate_per_source: u32,
+    /// Inline routes' Request-URI user prefixes, in the configuration's order.
+    pub inline_prefixes: Vec<String>,
+}
+
+/// Whom a new INVITE is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// A payment session: the part of the Request-URI user after `pay-`, for the driver to
+    /// look up (an unknown one gets `Endpoint::refuse` with 404).
+    Session { id: String },
+    /// The inline route with this index in `EndpointConfig::inline_prefixes`.
+    Inline { route: usize },
+}
+
+#[derive(Debug)]
+pub enum EndpointEvent<C> {
+    /// A message for a call: feed it to `call` as `leg`. `from` answers it (§18.2.2); a call
+    /// adopts it only when the message is an INVITE with Replaces that takes its dialog over.
+    ToCall { call: C, leg: LegId, msg: Box<SipMessage>, from: Flow },
+    /// A new INVITE that someone may take. The driver sets the call up and registers it with
+    /// `insert_call`, or refuses it with `refuse` or `refuse_with`; until then the INVITE's
+    /// retransmissions are absorbed.
+    NewCall { invite: Box<Request>, admission: Admission, reply_to: Flow },
+    /// A stateless answer.
+    Respond(Transmit),
+    /// Nothing to do: a keep-alive, a stray ACK, a response for no call of ours (§18.1.2).
+    Nothing,
+}
+
+struct Registered<C> {
+    inbox: C,
+    /// Where the caller's leg is: its connection must stay open while the call lasts.
+    caller: Flow,
+}
+
+pub struct Endpoint<C> {
+    config: EndpointConfig,
+    limiter: SourceLimiter,
+    routes: HashMap<String, (CallHandle, LegId)>,
+    calls: HashMap<CallHandle, Registered<C>>,
+    /// Call-IDs of new INVITEs the driver is still setting up.
+    pending: HashSet<String>,
+    next_handle: u64,
+}
+
+impl<C: Clone> Endpoint<C> {
+    pub fn new(config: EndpointConfig) -> Endpoint<C> {
+        Endpoint {
+            limiter: SourceLimiter::new(config.rate_per_source),
+            config,
+            routes: HashMap::new(),
+            calls: HashMap::new(),
+            pending: HashSet::new(),
+            next_handle: 0,
+        }
+    }
+
+    /// One datagram, or one message framed from a stream, from `from`.
+    pub fn handle(&mut self, now: Instant, from: Flow, bytes: &[u8]) -> EndpointEvent<C> {
+        // Keep-alives (RFC 5626 §4.4.1 CRLF) and stray bytes are not messages.
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return EndpointEvent::Nothing;
+        }
+        match message::parse(bytes) {
+            Ok(SipMessage::Request(mut req)) => {
+                req.stamp_source(from.remote);
+                self.request(now, req, from)
+            }
+            Ok(SipMessage::Response(resp)) => match self.route(resp.call_id()) {
+                Some((_, call, leg)) => {
+                    EndpointEvent::ToCall { call, leg, msg: Box::new(SipMessage::Response(resp)), from }
+                }
+                None => EndpointEvent::Nothing,
+            },
+            // The 400 goes where the message came from: its Via may be what is broken.
+            Err(e) => match message::bad_request(bytes, &e) {
+                Some(bytes) => EndpointEvent::Respond(Transmit { to: from, bytes }),
+                None => EndpointEvent::Nothing,
+            },
+        }
+    }
+
+    fn request(&mut self, now: Instant, req: Request, from: Flow) -> EndpointEvent<C> {
+        // Extensions the request requires and we lack (§8.2.2.3; never for ACK or CANCEL).
+        let unsupported = req.unsupported_required(message::SUPPORTED);
+        if !unsupported.is_empty() && !matches!(req.method(), Method::Ack | Method::Cancel) {
+            let resp = ResponseBuilder::new(&req, 420, "Bad Extension").header("Unsupported", &unsupported.join(", "));
+            return EndpointEvent::Respond(reply(&req, from, resp.build()));
+        }
+        if let Some((_, call, leg)) = self.route(req.call_id()) {
+            return EndpointEvent::ToCall { call, leg, msg: Box::new(SipMessage::Request(req)), from };
+        }
+        if self.pending.contains(req.call_id()) {
+            // A retransmission while the driver sets the call up; the answer is on its way.
+            return EndpointEvent::Nothing;
+        }
+        if req.method() == Method::Ack {
+            return EndpointEvent::Nothing; // an ACK for nothing we know (or for a stateless error)
+        }
+        if !self.limiter.allow(from.remote.ip(), now) {
+            return EndpointEvent::Respond(self.refuse(&req, from, 503, "Service Unavailable", Some(1)));
+        }
+        let stateless = |status, reason| EndpointEvent::Respond(reply(&req, from, plain(&req, status, reason)));
+        match req.method() {
+            Method::Invite if req.to_tag().is_none() => match Replaces::of(&req) {
+                Some(replaces) => self.take_over(req, replaces, from),
+                None => self.admit(req, from),
+            },
+            Method::Options => {
+                let ok =
+                    ResponseBuilder::new(&req, 200, "OK").header("Allow", ALLOW).header("Accept", "application/sdp");
+                EndpointEvent::Respond(reply(&req, from, ok.build()))
+            }
+            Method::Ack => EndpointEvent::Nothing,
+            Method::Invite | Method::Bye | Method::Cancel | Method::Info | Method::Update | Method::Notify => {
+                stateless(481, "Call/Transaction Does Not Exist")
+            }
+            Method::Refer | Method::Other(_) => {
+                let resp = ResponseBuilder::new(&req, 405, "Method Not Allowed").header("Allow", ALLOW);
+                EndpointEvent::Respond(reply(&req, from, resp.build()))
+            }
+        }
+    }
+
+    /// An INVITE with Replaces (RFC 3891 §3) goes to the call that holds the dialog it names,
+    /// under its own Call-ID from now on; the call checks the tags. Naming no dialog of ours
+    /// is 481, a malformed header 400.
+    fn take_over(&mut self, req: Request, replaces: Result<Replaces, ()>, from: Flow) -> EndpointEvent<C> {
+        let Ok(replaces) = replaces else {
+            return EndpointEvent::Respond(reply(&req, from, plain(&req, 400, "Bad Request")));
+        };
+        let Some((handle, call, LegId::Caller)) = self.route(&replaces.call_id) else {
+            return EndpointEvent::Respond(reply(&req, from, plain(&req, 481, "Call/Transaction Does Not Exist")));
+        };
+        self.routes.insert(req.call_id().to_string(), (handle, LegId::Caller));
+        let from = reply_flow(&req, from);
+        EndpointEvent::ToCall { call, leg: LegId::Caller, msg: Box::new(SipMessage::Request(req)), from }
+    }
+
+    /// A new INVITE to `pay-<session>` or to a user under an inline route; 404 otherwise.
+    fn admit(&mut self, invite: Request, from: Flow) -> EndpointEvent<C> {
+        let user = invite.uri_user().unwrap_or("");
+        let admission = match user.strip_prefix(SESSION_PREFIX) {
+            Some(id) => Admission::Session { id: id.to_string() },
+            None => match self.config.inline_prefixes.iter().position(|p| user.starts_with(p.as_str())) {
+                Some(route) => Admission::Inline { route },
+                None => return EndpointEvent::Respond(reply(&invite, from, plain(&invite, 404, "Not Found"))),
+            },
+        };
+        let reply_to = reply_flow(&invite, from);
+        self.pending.insert(invite.call_id().to_string());
+        EndpointEvent::NewCall { invite: Box::new(invite), admission, reply_to }
+    }
+
+    /// The answer to a new INVITE the driver turns away (404 for a session it cannot find,
+    /// 503 when out of ports), or to a request the rate limit stops; sent where §18.2.2 says.
+    pub fn refuse(
+        &mut self,
+        req: &Request,
+        from: Flow,
+        status: u16,
+        reason: &str,
+        retry_after_s: Option<u32>,
+    ) -> Transmit {
+        let mut resp = ResponseBuilder::new(req, status, reason);
+        if let Some(s) = retry_after_s {
+            resp = resp.header("Retry-After", &s.to_string());
+        }
+        self.refuse_with(req, from, resp.build())
+    }
+
+    /// A new INVITE refused with a response the call built (488 for an offer it cannot take).
+    pub fn refuse_with(&mut self, invite: &Request, from: Flow, bytes: Vec<u8>) -> Transmit {
+        self.pending.remove(invite.call_id());
+        reply(invite, from, bytes)
+    }
+
+    /// Routes a new call's two Call-IDs to it; `caller` is its caller leg's flow.
+    pub fn insert_call(&mut self, inbox: C, caller_call_id: &str, agent_call_id: &str, caller: Flow) -> CallHandle {
+        self.next_handle += 1;
+        let handle = CallHandle(self.next_handle);
+        self.pending.remove(caller_call_id);
+        self.routes.insert(caller_call_id.to_string(), (handle, LegId::Caller));
+        self.routes.insert(agent_call_id.to_string(), (handle, LegId::Agent));
+        self.calls.insert(handle, Registered { inbox, caller });
+        handle
+    }
+
+    /// The call took an INVITE with Replaces: the old dialog's Call-ID is its `Replaced` leg
+    /// now, and its caller is at `caller`.
+    pub fn caller_replaced(&mut self, call: CallHandle, previous_call_id: &str, caller: Flow) {
+        if let Some(route) = self.routes.get_mut(previous_call_id).filter(|(h, _)| *h == call) {
+            route.1 = LegId::Replaced;
+        }
+        if let Some(c) = self.calls.get_mut(&call) {
+            c.caller = caller;
+        }
+    }
+
+    /// The call has ended: none of its Call-IDs route anywhere any more.
+    pub fn remove_call(&mut self, call: CallHandle) {
+        self.calls.remove(&call);
+        self.routes.retain(|_, (h, _)| *h != call);
+    }
+
+    pub fn active_calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Whether a call's caller leg is on this connection (an idle connection that carries
+    /// one stays open).
+    pub fn connection_in_use(&self, connection: ConnectionId) -> bool {
+        self.calls.values().any(|c| c.caller.connection == Some(connection))
+    }
+
+    fn route(&self, call_id: &str) -> Option<(CallHandle, C, LegId)> {
+        let (handle, leg) = self.routes.get(call_id)?;
+        Some((*handle, self.calls.get(handle)?.inbox.clone(), *leg))
+    }
+}
+
+/// Where a caller's leg is answered (§18.2.2): over UDP its rport or Via port, over a stream
+/// the connection it came on.
+pub fn reply_flow(req: &Request, from: Flow) -> Flow {
+    match from.transport {
+        Transport::Udp => from.to(req.reply_address(from.remote)),
+        Transport::Tcp | Transport::Tls => from,
+    }
+}
+
+fn reply(req: &Request, from: Flow, bytes: Vec<u8>) -> Transmit {
+    Transmit { to: reply_flow(req, from), bytes }
+}
+
+fn plain(req: &Request, status: u16, reason: &str) -> Vec<u8> {
+    ResponseBuilder::new(req, status, reason).build()
+}
+
+#[cfg(test)]
+mod tests;

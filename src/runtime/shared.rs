@@ -1,0 +1,127 @@
+//! What every driver task shares: the configuration, the registries the API reads, the
+//! vault, the SIP socket and connections, and the sans-IO endpoint. Calls themselves are not
+//! in here: each is owned by its task.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use super::ports::PortPool;
+use crate::call::{LegId, Prompts};
+use crate::calls::Calls;
+use crate::config::Config;
+use crate::endpoint::{Endpoint, EndpointConfig};
+use crate::session::Sessions;
+use crate::sip::message::SipMessage;
+use crate::sip::stream::{ConnectionId, Flow};
+use crate::vault::Vault;
+
+/// A SIP message for a call's task, and the flow that answers it.
+pub struct Inbound {
+    pub leg: LegId,
+    /// Boxed: a call's inbox reserves room for 64 messages at a time, and a SipMessage is
+    /// ten times the size of its box.
+    pub msg: Box<SipMessage>,
+    pub from: Flow,
+}
+
+/// How the endpoint reaches a call: its task's SIP inbox.
+pub type CallInbox = mpsc::Sender<Inbound>;
+
+/// State every driver task shares. Calls themselves are not in here: each is owned by its task.
+pub struct Shared {
+    pub config: Config,
+    pub sessions: Arc<Sessions>,
+    pub calls: Arc<Calls>,
+    pub vault: Arc<Vault>,
+    pub(super) prompts: Arc<Prompts>,
+    pub(super) sip: Arc<UdpSocket>,
+    pub(super) sip_addr: SocketAddr,
+    pub(super) ports: PortPool,
+    /// Routing, admission, rate limits and stateless answers (sans-IO; held only while it
+    /// decides, never across an await).
+    endpoint: Mutex<Endpoint<CallInbox>>,
+    /// The writers of open TCP and TLS connections.
+    connections: Mutex<HashMap<ConnectionId, mpsc::Sender<Vec<u8>>>>,
+    next_connection: AtomicU64,
+}
+
+/// Locks a mutex whose every critical section leaves its data consistent, so that a
+/// poisoned one is still good to use.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The registries the API reads too.
+pub(super) struct Registries {
+    pub sessions: Arc<Sessions>,
+    pub calls: Arc<Calls>,
+    pub vault: Arc<Vault>,
+}
+
+impl Shared {
+    pub(super) fn new(
+        config: Config,
+        registries: Registries,
+        prompts: Arc<Prompts>,
+        sip: UdpSocket,
+        sip_addr: SocketAddr,
+        ports: PortPool,
+    ) -> Shared {
+        let endpoint = Endpoint::new(EndpointConfig {
+            rate_per_source: config.sip.rate_per_source,
+            inline_prefixes: config.sip.routes.iter().map(|r| r.user_prefix.clone()).collect(),
+        });
+        let Registries { sessions, calls, vault } = registries;
+        Shared {
+            config,
+            sessions,
+            calls,
+            vault,
+            prompts,
+            sip: Arc::new(sip),
+            sip_addr,
+            ports,
+            endpoint: Mutex::new(endpoint),
+            connections: Mutex::new(HashMap::new()),
+            next_connection: AtomicU64::new(0),
+        }
+    }
+
+    pub(super) fn endpoint(&self) -> MutexGuard<'_, Endpoint<CallInbox>> {
+        lock(&self.endpoint)
+    }
+
+    pub fn active_calls(&self) -> usize {
+        self.endpoint().active_calls()
+    }
+
+    /// Sends on a flow. A stream whose queue is full or closed loses the message, as UDP
+    /// would; the transaction layer retransmits or times out.
+    pub(super) fn send(&self, flow: &Flow, bytes: &[u8]) {
+        let Some(id) = flow.connection else {
+            if let Err(e) = self.sip.try_send_to(bytes, flow.remote) {
+                tracing::warn!(to = %flow.remote, error = %e, "SIP send failed");
+            }
+            return;
+        };
+        let conn = lock(&self.connections).get(&id).cloned();
+        if conn.is_none_or(|c| c.try_send(bytes.to_vec()).is_err()) {
+            tracing::warn!(to = %flow.remote, "SIP connection closed or full; message dropped");
+        }
+    }
+
+    pub(super) fn open_connection(&self, writer: mpsc::Sender<Vec<u8>>) -> ConnectionId {
+        let id = ConnectionId(self.next_connection.fetch_add(1, Ordering::Relaxed));
+        lock(&self.connections).insert(id, writer);
+        id
+    }
+
+    pub(super) fn close_connection(&self, id: ConnectionId) {
+        lock(&self.connections).remove(&id);
+    }
+}
