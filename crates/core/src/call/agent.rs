@@ -2,28 +2,84 @@
 //! transaction (Timers A, B, D), the ACK for its 2xx from the dialog, CANCEL while it rings
 //! (§9.1) including a 200 that crosses the CANCEL (ACK, then BYE), and BYE either way.
 
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::agent_invite::{AgentInvite, INVITE_CSEQ, Identity};
+use super::capture_flow::WhenQuiet;
 use super::transactions::Purpose;
-use super::{AgentLeg, Call, CallEvent, Capture, LegId, WhenQuiet};
+use super::{Call, CallEvent, LegId};
 use crate::media::g711::Codec;
 use crate::sip::dialog::Dialog;
 use crate::sip::message::{Method, Request, Response, ResponseBuilder, SipMessage, parse};
 use crate::sip::sdp::{self, MediaParams, RemoteDescription};
 use crate::sip::transaction::{ClientInvite, ClientInviteState, Delivery, Outcome};
 
+/// Where our INVITE to the agent is.
+pub(super) enum AgentState {
+    Absent,
+    Inviting {
+        tx: ClientInvite,
+        invite: AgentInvite,
+    },
+    /// CANCEL sent; the INVITE transaction still runs (a 200 may cross the CANCEL, §9.1).
+    Cancelling {
+        tx: ClientInvite,
+        give_up: Instant,
+    },
+    Connected {
+        dialog: Dialog,
+        ack: Vec<u8>,
+    },
+    /// Our BYE is out.
+    Ending,
+    Ended,
+}
+
+/// The agent's leg, owned by the call: our INVITE and its dialog, and who we are on it.
+pub(super) struct AgentLeg {
+    pub state: AgentState,
+    /// Where the agent's messages go.
+    pub addr: Option<SocketAddr>,
+    pub call_id: String,
+    pub tag: String,
+    /// From user of our INVITE (the caller's number for inline calls).
+    pub from_user: String,
+}
+
+impl AgentLeg {
+    /// Whether the agent is on the call, or being called.
+    pub fn is_on(&self) -> bool {
+        matches!(self.state, AgentState::Connected { .. } | AgentState::Inviting { .. })
+    }
+
+    /// Whether the leg is over (or never began).
+    pub fn is_done(&self) -> bool {
+        matches!(self.state, AgentState::Absent | AgentState::Ended)
+    }
+
+    /// Our INVITE's Timers A, B and D, or how long a CANCELled one may still run.
+    pub fn timer(&self) -> (super::Timer, Option<Instant>) {
+        let at = match &self.state {
+            AgentState::Inviting { tx, .. } => tx.poll_timeout(),
+            AgentState::Cancelling { tx, give_up } => Some(tx.poll_timeout().map_or(*give_up, |t| t.min(*give_up))),
+            _ => None,
+        };
+        (super::Timer::AgentInvite, at)
+    }
+}
+
 impl Call {
     pub(super) fn dial_agent(&mut self, uri: String, now: Instant) {
-        let codec = self.caller_media.params.codec;
+        let codec = self.caller.media.params.codec;
         let other = if codec == Codec::Pcmu { Codec::Pcma } else { Codec::Pcmu };
         let offer = sdp::write(self.agent_rtp, self.seed >> 2, &[codec, other], None);
         let branch = self.next_branch();
         let id = Identity {
             local_sip: self.local_sip,
-            from_user: &self.agent_from_user,
-            tag: &self.agent_tag,
-            call_id: &self.agent_call_id,
+            from_user: &self.agent.from_user,
+            tag: &self.agent.tag,
+            call_id: &self.agent.call_id,
         };
         let invite = AgentInvite::new(&uri, &id, &branch, &offer);
         let Ok(SipMessage::Request(parsed)) = parse(invite.bytes()) else {
@@ -33,13 +89,13 @@ impl Call {
             return;
         };
         let tx = ClientInvite::new(parsed, invite.bytes().to_vec(), now, self.timers, false);
-        self.agent = AgentLeg::Inviting { tx, invite };
+        self.agent.state = AgentState::Inviting { tx, invite };
         self.drain_agent_invite();
     }
 
     fn drain_agent_invite(&mut self) {
         let mut out = Vec::new();
-        if let AgentLeg::Inviting { tx, .. } | AgentLeg::Cancelling { tx, .. } = &mut self.agent {
+        if let AgentState::Inviting { tx, .. } | AgentState::Cancelling { tx, .. } = &mut self.agent.state {
             while let Some(b) = tx.poll_transmit() {
                 out.push(b);
             }
@@ -50,14 +106,14 @@ impl Call {
     }
 
     pub(super) fn agent_request(&mut self, now: Instant, req: &Request) {
-        let in_dialog = matches!(&self.agent, AgentLeg::Connected { dialog, .. } if dialog.matches(req));
+        let in_dialog = matches!(&self.agent.state, AgentState::Connected { dialog, .. } if dialog.matches(req));
         match req.method() {
             Method::Bye if in_dialog => {
                 self.reply(now, LegId::Agent, req, 200, "OK");
-                self.agent = AgentLeg::Ended;
+                self.agent.state = AgentState::Ended;
                 self.bridge.set_agent(None);
                 self.event(CallEvent::AgentHungUp);
-                if !matches!(self.capture, Capture::Collecting(_) | Capture::Tokenizing) {
+                if !self.capture.is_running() {
                     self.hang_up_caller(now);
                 }
             }
@@ -76,8 +132,8 @@ impl Call {
             return;
         }
         let status = resp.status();
-        match &mut self.agent {
-            AgentLeg::Inviting { tx, .. } | AgentLeg::Cancelling { tx, .. } if tx.matches(resp) => {
+        match &mut self.agent.state {
+            AgentState::Inviting { tx, .. } | AgentState::Cancelling { tx, .. } if tx.matches(resp) => {
                 let delivery = tx.handle_response(now, resp);
                 self.drain_agent_invite();
                 if delivery == Delivery::Absorbed {
@@ -88,8 +144,8 @@ impl Call {
                     101..=199 => self.ring_proceeding_caller(now),
                     200..=299 => self.agent_answered(now, resp),
                     _ => {
-                        let cancelled = matches!(self.agent, AgentLeg::Cancelling { .. });
-                        self.agent = AgentLeg::Ended;
+                        let cancelled = matches!(self.agent.state, AgentState::Cancelling { .. });
+                        self.agent.state = AgentState::Ended;
                         if !cancelled {
                             self.event(CallEvent::AgentUnavailable { status });
                             self.after_agent_lost(now, status);
@@ -97,7 +153,7 @@ impl Call {
                     }
                 }
             }
-            AgentLeg::Connected { ack, .. } if (200..300).contains(&status) => {
+            AgentState::Connected { ack, .. } if (200..300).contains(&status) => {
                 // Our ACK was lost: the 2xx is retransmitted, answer it again (§13.2.2.4).
                 let ack = ack.clone();
                 self.send(LegId::Agent, ack);
@@ -109,7 +165,7 @@ impl Call {
     /// The agent's 2xx: ACK it; then bridge, or, when we had already cancelled (the 200
     /// crossed our CANCEL), hang up at once with BYE (§9.1, §15).
     fn agent_answered(&mut self, now: Instant, resp: &Response) {
-        let cancelled = matches!(self.agent, AgentLeg::Cancelling { .. });
+        let cancelled = matches!(self.agent.state, AgentState::Cancelling { .. });
         let mut dialog = Dialog::uac(resp, INVITE_CSEQ, &self.local_sip.to_string());
         let branch = self.next_branch();
         let ack = dialog.ack(INVITE_CSEQ, &branch);
@@ -119,7 +175,7 @@ impl Call {
             Ok(answer) if !cancelled => {
                 let p = answer.negotiate();
                 self.bridge.set_agent(Some(MediaParams { event_pt: None, ..p }));
-                self.agent = AgentLeg::Connected { dialog, ack };
+                self.agent.state = AgentState::Connected { dialog, ack };
                 self.event(CallEvent::AgentAnswered);
                 self.answer_proceeding_caller(now);
             }
@@ -127,7 +183,7 @@ impl Call {
                 let branch = self.next_branch();
                 let bye = dialog.request(Method::Bye, &branch).build();
                 self.request(now, LegId::Agent, Purpose::Bye, Method::Bye, bye, &branch);
-                self.agent = AgentLeg::Ending;
+                self.agent.state = AgentState::Ending;
                 if other.is_err() && !cancelled {
                     self.event(CallEvent::AgentUnavailable { status: 488 });
                     self.refuse_proceeding_caller(now, 488);
@@ -137,13 +193,13 @@ impl Call {
     }
 
     pub(super) fn agent_timeout(&mut self, now: Instant) {
-        let ended = match &mut self.agent {
-            AgentLeg::Inviting { tx, .. } => {
+        let ended = match &mut self.agent.state {
+            AgentState::Inviting { tx, .. } => {
                 tx.handle_timeout(now);
                 matches!(tx.state(), ClientInviteState::Terminated(_)).then(|| tx.state())
             }
             // No final answer 64·T1 after our CANCEL: the INVITE is given up (§9.1).
-            AgentLeg::Cancelling { tx, give_up } => {
+            AgentState::Cancelling { tx, give_up } => {
                 tx.handle_timeout(now);
                 let done = matches!(tx.state(), ClientInviteState::Terminated(_)) || now >= *give_up;
                 done.then(|| tx.state())
@@ -152,8 +208,8 @@ impl Call {
         };
         self.drain_agent_invite();
         if let Some(state) = ended {
-            let was_inviting = matches!(self.agent, AgentLeg::Inviting { .. });
-            self.agent = AgentLeg::Ended;
+            let was_inviting = matches!(self.agent.state, AgentState::Inviting { .. });
+            self.agent.state = AgentState::Ended;
             if was_inviting && state == ClientInviteState::Terminated(Outcome::TimedOut) {
                 // Timer B: the agent never answered.
                 self.event(CallEvent::AgentUnavailable { status: 408 });
@@ -168,29 +224,27 @@ impl Call {
         if self.refuse_proceeding_caller(now, status) {
             return;
         }
-        if !matches!(self.capture, Capture::Collecting(_) | Capture::Tokenizing)
-            && self.when_quiet == WhenQuiet::Nothing
-        {
-            self.when_quiet = WhenQuiet::HangUp;
+        if !self.capture.is_running() && self.capture.when_quiet == WhenQuiet::Nothing {
+            self.capture.when_quiet = WhenQuiet::HangUp;
             self.check_quiet(now);
         }
     }
 
     pub(super) fn hang_up_agent(&mut self, now: Instant) {
-        match std::mem::replace(&mut self.agent, AgentLeg::Ended) {
-            AgentLeg::Connected { mut dialog, .. } => {
+        match std::mem::replace(&mut self.agent.state, AgentState::Ended) {
+            AgentState::Connected { mut dialog, .. } => {
                 let branch = self.next_branch();
                 let bye = dialog.request(Method::Bye, &branch).build();
                 self.request(now, LegId::Agent, Purpose::Bye, Method::Bye, bye, &branch);
-                self.agent = AgentLeg::Ending;
+                self.agent.state = AgentState::Ending;
             }
-            AgentLeg::Inviting { tx, invite } => {
+            AgentState::Inviting { tx, invite } => {
                 // The INVITE transaction runs on: a 2xx that crosses the CANCEL gets ACK and BYE.
                 let branch = invite.branch().to_string();
                 self.request(now, LegId::Agent, Purpose::Cancel, Method::Cancel, invite.cancel(), &branch);
-                self.agent = AgentLeg::Cancelling { tx, give_up: now + 64 * self.timers.t1 };
+                self.agent.state = AgentState::Cancelling { tx, give_up: now + 64 * self.timers.t1 };
             }
-            other => self.agent = other,
+            other => self.agent.state = other,
         }
         self.bridge.set_agent(None);
     }

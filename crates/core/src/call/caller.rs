@@ -6,8 +6,9 @@
 use std::time::{Duration, Instant};
 
 use super::transactions::Purpose;
-use super::{Call, CallEvent, CallerLeg, Capture, CaptureFailure, EndReason, LegId};
+use super::{Call, CallEvent, CaptureFailure, EndReason, LegId};
 use crate::media::srtp::{CryptoAttr, MasterKey, SrtpPolicy};
+use crate::sip::dialog::Dialog;
 use crate::sip::message::{ALLOW, Method, Request, Response, ResponseBuilder, SUPPORTED_HEADER};
 use crate::sip::sdp::{self, Direction, MediaParams, Profile, RemoteDescription};
 use crate::sip::session_timer::{self, MIN_SE, Negotiation, Refresher, SessionTimer};
@@ -23,6 +24,79 @@ pub(super) struct Negotiated {
     pub version: u64,
     /// With SRTP: the caller's key we took, and our answer carrying our own key.
     pub srtp: Option<(CryptoAttr, CryptoAttr)>,
+}
+
+/// Where the caller's INVITE dialog is.
+pub(super) enum CallerState {
+    /// Inline mode: the caller's INVITE waits for the agent's answer (100 Trying sent).
+    Proceeding {
+        invite: Box<Request>,
+        ringing: bool,
+    },
+    /// A 2xx to the caller's INVITE (or re-INVITE) with this branch, resent until the ACK
+    /// (§13.3.1.4).
+    Answering {
+        ok: Retransmit,
+        branch: Option<String>,
+    },
+    Confirmed,
+    /// Our BYE is out.
+    Ending,
+    Ended,
+}
+
+/// The caller's leg, owned by the call: its dialog and where it is, its offer/answer, the
+/// session timer and our refresh, the transfer back, and what Replaces took over.
+pub(super) struct CallerLeg {
+    /// Where the caller's leg is answered; an INVITE with Replaces moves it.
+    pub flow: Flow,
+    /// Where the replaced dialog's peer is (its BYE goes there).
+    pub replaced_flow: Option<Flow>,
+    /// The branch of the INVITE that made the dialog, for its CANCEL (§9.2).
+    pub invite_branch: Option<String>,
+    pub dialog: Dialog,
+    pub state: CallerState,
+    /// The current offer/answer, for re-INVITEs (hold, codec change, refresh).
+    pub media: Negotiated,
+    pub session_timer: Option<Timer>,
+    /// Our session-refreshing re-INVITE, when one is out (RFC 4028 §7.4).
+    pub refresh: Option<ClientInvite>,
+    /// The ACK of the last 2xx to our re-INVITE, for its retransmissions.
+    pub refresh_ack: Option<Vec<u8>>,
+    pub transfer: Transfer,
+    /// How many times an INVITE with Replaces took the dialog over.
+    pub replacements: u32,
+    pub srtp_policy: SrtpPolicy,
+    pub srtp_key: MasterKey,
+}
+
+impl CallerLeg {
+    /// Whether the dialog is up (answered, acknowledged or not).
+    pub fn is_up(&self) -> bool {
+        matches!(self.state, CallerState::Answering { .. } | CallerState::Confirmed)
+    }
+
+    /// The leg's deadlines: our 2xx's retransmission, the session timer (while no refresh is
+    /// out), the refresh's own timers, and the transfer's silence.
+    pub fn timers(&self) -> [(super::Timer, Option<Instant>); 4] {
+        let answer = match &self.state {
+            CallerState::Answering { ok, .. } => Some(ok.poll_timeout()),
+            _ => None,
+        };
+        let transfer = match self.transfer {
+            Transfer::Accepted { give_up } => Some(give_up),
+            _ => None,
+        };
+        [
+            (super::Timer::CallerAnswer, answer),
+            (
+                super::Timer::SessionTimer,
+                self.session_timer.as_ref().filter(|_| self.refresh.is_none()).map(|t| t.next),
+            ),
+            (super::Timer::Refresh, self.refresh.as_ref().and_then(ClientInvite::poll_timeout)),
+            (super::Timer::TransferSilence, transfer),
+        ]
+    }
 }
 
 /// What an offer's SRTP side comes to under a route's policy (RFC 4568 §7.1.2).
@@ -89,12 +163,12 @@ pub(super) fn too_small(req: &Request) -> Vec<u8> {
 
 impl Call {
     pub(super) fn caller_contact(&self) -> String {
-        format!("<sip:tonewall@{}{}>", self.local_sip, self.caller_flow.transport.uri_param())
+        format!("<sip:tonewall@{}{}>", self.local_sip, self.caller.flow.transport.uri_param())
     }
 
     /// Our current description toward the caller (answers and refreshes alike).
     fn caller_sdp(&self) -> String {
-        let m = &self.caller_media;
+        let m = &self.caller.media;
         sdp::write_version(
             self.caller_rtp,
             self.seed >> 1,
@@ -110,7 +184,7 @@ impl Call {
     /// the new one); our key and our outbound context stay, so our rollover count does too.
     /// False when the offer switches between RTP and SRTP, which we refuse.
     fn rekey_caller(&mut self, answer: SrtpAnswer) -> bool {
-        match (answer, &mut self.caller_media.srtp) {
+        match (answer, &mut self.caller.media.srtp) {
             (SrtpAnswer::Plain, None) => true,
             (SrtpAnswer::Keyed { theirs, ours }, Some(current)) => {
                 if theirs != current.0 && !self.bridge.rekey_caller(&theirs) {
@@ -127,16 +201,16 @@ impl Call {
     pub(super) fn caller_ringing(&mut self, now: Instant, invite: &Request) {
         let contact = self.caller_contact();
         let ringing = ResponseBuilder::new(invite, 180, "Ringing")
-            .to_tag(&self.caller_dialog.local_tag)
+            .to_tag(&self.caller.dialog.local_tag)
             .header("Contact", &contact);
         self.respond(now, LegId::Caller, invite, 180, ringing.build());
     }
 
     /// Inline mode: the agent answered, so the caller is answered now.
     pub(super) fn answer_proceeding_caller(&mut self, now: Instant) {
-        if let CallerLeg::Proceeding { invite, .. } = &self.caller {
+        if let CallerState::Proceeding { invite, .. } = &self.caller.state {
             let invite = invite.clone();
-            let tag = self.caller_dialog.local_tag.clone();
+            let tag = self.caller.dialog.local_tag.clone();
             self.answer_offer(now, &invite, &tag);
             self.event(CallEvent::Answered);
         }
@@ -144,7 +218,7 @@ impl Call {
 
     /// Inline mode: the agent rings, so the caller hears ringing (once).
     pub(super) fn ring_proceeding_caller(&mut self, now: Instant) {
-        if let CallerLeg::Proceeding { invite, ringing: ringing @ false } = &mut self.caller {
+        if let CallerState::Proceeding { invite, ringing: ringing @ false } = &mut self.caller.state {
             *ringing = true;
             let invite = invite.clone();
             self.caller_ringing(now, &invite);
@@ -155,7 +229,7 @@ impl Call {
     /// refusal, except what only the agent's side can act on (redirects, authentication),
     /// which becomes 480.
     pub(super) fn refuse_proceeding_caller(&mut self, now: Instant, status: u16) -> bool {
-        let CallerLeg::Proceeding { invite, .. } = &self.caller else { return false };
+        let CallerState::Proceeding { invite, .. } = &self.caller.state else { return false };
         let invite = invite.clone();
         let (status, reason) = match status {
             404 => (404, "Not Found"),
@@ -168,9 +242,9 @@ impl Call {
             603 => (603, "Decline"),
             _ => (480, "Temporarily Unavailable"),
         };
-        let resp = ResponseBuilder::new(&invite, status, reason).to_tag(&self.caller_dialog.local_tag).build();
+        let resp = ResponseBuilder::new(&invite, status, reason).to_tag(&self.caller.dialog.local_tag).build();
         self.respond(now, LegId::Caller, &invite, status, resp);
-        self.caller = CallerLeg::Ended;
+        self.caller.state = CallerState::Ended;
         self.event(CallEvent::Ended(EndReason::AgentRefused));
         true
     }
@@ -185,7 +259,7 @@ impl Call {
             .header("Contact", &contact)
             .header("Allow", ALLOW)
             .header("Supported", SUPPORTED_HEADER);
-        let expires = self.session_timer.as_ref().map(|t| (t.timer.header(), t.timer.refresher));
+        let expires = self.caller.session_timer.as_ref().map(|t| (t.timer.header(), t.timer.refresher));
         if let Some((value, refresher)) = &expires {
             b = b.header("Session-Expires", value);
             if *refresher == Refresher::Peer {
@@ -194,38 +268,39 @@ impl Call {
         }
         let ok = b.body("application/sdp", answer.as_bytes()).build();
         self.respond(now, LegId::Caller, req, 200, ok.clone());
-        self.caller = CallerLeg::Answering { ok: Retransmit::invite_2xx(ok, now, self.timers), branch: req.branch() };
+        self.caller.state =
+            CallerState::Answering { ok: Retransmit::invite_2xx(ok, now, self.timers), branch: req.branch() };
     }
 
     pub(super) fn caller_request(&mut self, now: Instant, req: &Request, from: Flow) {
         // Routed here by its Replaces header: a new dialog to take over the caller's.
-        if req.method() == Method::Invite && req.call_id() != self.caller_dialog.call_id {
+        if req.method() == Method::Invite && req.call_id() != self.caller.dialog.call_id {
             return self.take_over(now, req, from);
         }
-        let in_dialog = self.caller_dialog.matches(req);
-        if in_dialog && !self.caller_dialog.accept_remote_cseq(req) {
+        let in_dialog = self.caller.dialog.matches(req);
+        if in_dialog && !self.caller.dialog.accept_remote_cseq(req) {
             return self.reply(now, LegId::Caller, req, 500, "Server Internal Error"); // §12.2.2
         }
-        let answering_branch = match &self.caller {
-            CallerLeg::Answering { branch, .. } => branch.clone(),
+        let answering_branch = match &self.caller.state {
+            CallerState::Answering { branch, .. } => branch.clone(),
             _ => None,
         };
         match req.method() {
             Method::Invite if req.branch().is_some() && req.branch() == answering_branch => {
                 // A retransmitted INVITE: the dialog resends its unacknowledged 2xx.
-                if let CallerLeg::Answering { ok, .. } = &self.caller {
+                if let CallerState::Answering { ok, .. } = &self.caller.state {
                     let bytes = ok.bytes().to_vec();
                     self.send(LegId::Caller, bytes);
                 }
             }
             Method::Ack => {
-                if matches!(self.caller, CallerLeg::Answering { .. }) && in_dialog {
-                    self.caller = CallerLeg::Confirmed;
+                if matches!(self.caller.state, CallerState::Answering { .. }) && in_dialog {
+                    self.caller.state = CallerState::Confirmed;
                 }
             }
             Method::Bye if in_dialog => {
                 self.reply(now, LegId::Caller, req, 200, "OK");
-                self.caller = CallerLeg::Ended;
+                self.caller.state = CallerState::Ended;
                 self.abandon_capture(CaptureFailure::CallerHungUp);
                 self.hang_up_agent(now);
                 self.event(CallEvent::Ended(EndReason::CallerHungUp));
@@ -234,13 +309,13 @@ impl Call {
                 // Answered already, there is nothing left to cancel: 200 to the CANCEL, the
                 // INVITE keeps its 200 (§9.2). Still proceeding (inline mode), the INVITE gets
                 // 487 and the agent leg is cancelled. An unknown CANCEL gets 481.
-                let ours = req.branch().is_some() && req.branch() == self.caller_invite_branch;
+                let ours = req.branch().is_some() && req.branch() == self.caller.invite_branch;
                 if ours {
                     self.reply(now, LegId::Caller, req, 200, "OK");
-                    if let CallerLeg::Proceeding { invite, .. } = &self.caller {
+                    if let CallerState::Proceeding { invite, .. } = &self.caller.state {
                         let invite = invite.clone();
                         self.reply(now, LegId::Caller, &invite, 487, "Request Terminated");
-                        self.caller = CallerLeg::Ended;
+                        self.caller.state = CallerState::Ended;
                         self.hang_up_agent(now);
                         self.event(CallEvent::Ended(EndReason::CallerCancelled));
                     }
@@ -278,16 +353,16 @@ impl Call {
     /// refresh. A refused offer leaves the session as it was (§14.2).
     fn renegotiate(&mut self, now: Instant, req: &Request) {
         let is_invite = req.method() == Method::Invite;
-        if is_invite && self.refresh.as_ref().is_some_and(|r| r.state() == ClientInviteState::Calling) {
+        if is_invite && self.caller.refresh.as_ref().is_some_and(|r| r.state() == ClientInviteState::Calling) {
             // Our own re-INVITE is out: glare (§14.1).
             return self.reply(now, LegId::Caller, req, 491, "Request Pending");
         }
-        if is_invite && matches!(self.caller, CallerLeg::Answering { .. }) {
+        if is_invite && matches!(self.caller.state, CallerState::Answering { .. }) {
             // The previous 2xx is not acknowledged yet (§14.2).
             let resp = ResponseBuilder::new(req, 500, "Server Internal Error").header("Retry-After", "1").build();
             return self.respond(now, LegId::Caller, req, 500, resp);
         }
-        if !matches!(self.caller, CallerLeg::Confirmed | CallerLeg::Answering { .. }) {
+        if !self.caller.is_up() {
             return self.reply(now, LegId::Caller, req, 481, "Call/Transaction Does Not Exist");
         }
         let timer = match session_timer::negotiate(req) {
@@ -303,7 +378,7 @@ impl Call {
                 Ok(o) => o,
                 Err(e) => return self.respond(now, LegId::Caller, req, 488, not_acceptable(req, &e.to_string())),
             };
-            let srtp = match negotiate_srtp(&offer, self.srtp_policy, &self.srtp_key) {
+            let srtp = match negotiate_srtp(&offer, self.caller.srtp_policy, &self.caller.srtp_key) {
                 Ok(a) => a,
                 Err(why) => return self.respond(now, LegId::Caller, req, 488, not_acceptable(req, why)),
             };
@@ -312,25 +387,25 @@ impl Call {
                 return self.respond(now, LegId::Caller, req, 488, not_acceptable(req, why));
             }
             let params = offer.negotiate();
-            let was_held = matches!(self.caller_media.direction, Direction::RecvOnly | Direction::Inactive);
+            let was_held = matches!(self.caller.media.direction, Direction::RecvOnly | Direction::Inactive);
             let direction = offer.direction.answer();
-            if params != self.caller_media.params || direction != self.caller_media.direction {
-                self.caller_media.version += 1;
+            if params != self.caller.media.params || direction != self.caller.media.direction {
+                self.caller.media.version += 1;
             }
-            self.caller_media.params = params;
-            self.caller_media.direction = direction;
+            self.caller.media.params = params;
+            self.caller.media.direction = direction;
             self.bridge.set_caller(params, offer.direction.receives());
             let held = !offer.direction.receives();
             if held != was_held {
                 self.event(CallEvent::Hold { on: held });
             }
         }
-        self.session_timer = timer;
-        let tag = self.caller_dialog.local_tag.clone();
+        self.caller.session_timer = timer;
+        let tag = self.caller.dialog.local_tag.clone();
         self.answer_offer(now, req, &tag);
         if !is_invite {
             // UPDATE has no ACK: its 2xx goes through the transaction only (RFC 3311 §5.2).
-            self.caller = CallerLeg::Confirmed;
+            self.caller.state = CallerState::Confirmed;
         }
     }
 
@@ -340,10 +415,10 @@ impl Call {
         if resp.cseq().method != Method::Invite {
             return;
         }
-        let Some(tx) = self.refresh.as_mut().filter(|t| t.matches(resp)) else {
+        let Some(tx) = self.caller.refresh.as_mut().filter(|t| t.matches(resp)) else {
             // A 2xx to an earlier refresh again: its ACK again (§13.2.2.4).
             if (200..300).contains(&resp.status())
-                && let Some(ack) = self.refresh_ack.clone()
+                && let Some(ack) = self.caller.refresh_ack.clone()
             {
                 self.send(LegId::Caller, ack);
             }
@@ -358,53 +433,53 @@ impl Call {
             100..=199 => {}
             200..=299 => {
                 let branch = self.next_branch();
-                let ack = self.caller_dialog.ack(resp.cseq().seq, &branch);
+                let ack = self.caller.dialog.ack(resp.cseq().seq, &branch);
                 self.send(LegId::Caller, ack.clone());
-                self.refresh_ack = Some(ack);
-                self.refresh = None;
-                if let Some(t) = &mut self.session_timer {
+                self.caller.refresh_ack = Some(ack);
+                self.caller.refresh = None;
+                if let Some(t) = &mut self.caller.session_timer {
                     t.next = t.timer.deadline(now);
                 }
             }
             491 => {
                 // Glare: try again after 0–2 s, the wait for a dialog we did not start (§14.1).
-                self.refresh = None;
-                if let Some(t) = &mut self.session_timer {
+                self.caller.refresh = None;
+                if let Some(t) = &mut self.caller.session_timer {
                     t.next = now + Duration::from_millis(self.seed.rotate_left(self.branches as u32) % 2000);
                 }
             }
             _ => {
-                self.refresh = None;
+                self.caller.refresh = None;
                 self.end_everything(now, CaptureFailure::RefreshFailed);
             }
         }
     }
 
     fn drain_refresh(&mut self) {
-        while let Some(b) = self.refresh.as_mut().and_then(ClientInvite::poll_transmit) {
+        while let Some(b) = self.caller.refresh.as_mut().and_then(ClientInvite::poll_transmit) {
             self.send(LegId::Caller, b);
         }
     }
 
     /// Session timer and refresh re-INVITE timeouts.
     pub(super) fn session_timeout(&mut self, now: Instant) {
-        if let Some(tx) = &mut self.refresh {
+        if let Some(tx) = &mut self.caller.refresh {
             tx.handle_timeout(now);
             let timed_out = tx.state() == ClientInviteState::Terminated(Outcome::TimedOut);
             self.drain_refresh();
             if timed_out {
-                self.refresh = None;
+                self.caller.refresh = None;
                 self.end_everything(now, CaptureFailure::RefreshUnanswered);
             }
             return;
         }
-        let Some(t) = &self.session_timer else { return };
-        if now < t.next || !matches!(self.caller, CallerLeg::Confirmed | CallerLeg::Answering { .. }) {
+        let Some(t) = &self.caller.session_timer else { return };
+        if now < t.next || !self.caller.is_up() {
             return;
         }
         match t.timer.refresher {
             Refresher::Peer => {
-                self.session_timer = None;
+                self.caller.session_timer = None;
                 self.end_everything(now, CaptureFailure::SessionExpired);
                 self.event(CallEvent::Ended(EndReason::SessionExpired));
             }
@@ -417,7 +492,8 @@ impl Call {
         let sdp = self.caller_sdp();
         let branch = self.next_branch();
         let bytes = self
-            .caller_dialog
+            .caller
+            .dialog
             .request(Method::Invite, &branch)
             .header("Session-Expires", &timer.header())
             .header("Supported", SUPPORTED_HEADER)
@@ -426,7 +502,7 @@ impl Call {
         match crate::sip::message::parse(&bytes) {
             Ok(crate::sip::message::SipMessage::Request(invite)) => {
                 let reliable = self.reliable(LegId::Caller);
-                self.refresh = Some(ClientInvite::new(invite, bytes, now, self.timers, reliable));
+                self.caller.refresh = Some(ClientInvite::new(invite, bytes, now, self.timers, reliable));
                 self.drain_refresh();
             }
             _ => {
@@ -439,28 +515,29 @@ impl Call {
 
     /// Sends the caller back to `uri` (RFC 3515 §2.4.1).
     pub(super) fn refer_caller(&mut self, now: Instant, uri: &str) {
-        if !matches!(self.caller, CallerLeg::Confirmed | CallerLeg::Answering { .. }) {
+        if !self.caller.is_up() {
             return;
         }
         let branch = self.next_branch();
         let referred_by = format!("<sip:tonewall@{}>", self.local_sip);
         let refer = self
-            .caller_dialog
+            .caller
+            .dialog
             .request(Method::Refer, &branch)
             .header("Refer-To", &format!("<{uri}>"))
             .header("Referred-By", &referred_by)
             .build();
         self.request(now, LegId::Caller, Purpose::Refer, Method::Refer, refer, &branch);
-        self.transfer = Transfer::Referring;
+        self.caller.transfer = Transfer::Referring;
         self.event(CallEvent::Transferring);
     }
 
     pub(super) fn on_refer_answer(&mut self, now: Instant, status: u16) {
-        if self.transfer != Transfer::Referring {
+        if self.caller.transfer != Transfer::Referring {
             return;
         }
         if (200..300).contains(&status) {
-            self.transfer = Transfer::Accepted { give_up: now + TRANSFER_SILENCE };
+            self.caller.transfer = Transfer::Accepted { give_up: now + TRANSFER_SILENCE };
         } else {
             self.transfer_failed(now, status);
         }
@@ -473,7 +550,7 @@ impl Call {
             .header("Event")
             .or_else(|| req.header("o"))
             .is_some_and(|e| e.split(';').next().is_some_and(|p| p.trim().eq_ignore_ascii_case("refer")));
-        if !is_refer || !matches!(self.transfer, Transfer::Referring | Transfer::Accepted { .. }) {
+        if !is_refer || !matches!(self.caller.transfer, Transfer::Referring | Transfer::Accepted { .. }) {
             let resp = ResponseBuilder::new(req, 489, "Bad Event").build();
             return self.respond(now, LegId::Caller, req, 489, resp);
         }
@@ -485,7 +562,7 @@ impl Call {
             .and_then(|code| code.parse::<u16>().ok());
         match status {
             Some(200..=299) => {
-                self.transfer = Transfer::Done;
+                self.caller.transfer = Transfer::Done;
                 self.abandon_capture(CaptureFailure::Transferred);
                 self.hang_up_caller(now);
                 self.hang_up_agent(now);
@@ -493,7 +570,7 @@ impl Call {
             }
             Some(s) if s >= 300 => self.transfer_failed(now, s),
             _ => {
-                if let Transfer::Accepted { give_up } = &mut self.transfer {
+                if let Transfer::Accepted { give_up } = &mut self.caller.transfer {
                     *give_up = now + TRANSFER_SILENCE;
                 }
             }
@@ -502,7 +579,7 @@ impl Call {
 
     /// A transfer that went silent fails as a timeout would (408).
     pub(super) fn transfer_timeout(&mut self, now: Instant) {
-        if let Transfer::Accepted { give_up } = self.transfer
+        if let Transfer::Accepted { give_up } = self.caller.transfer
             && now >= give_up
         {
             self.transfer_failed(now, 408);
@@ -511,9 +588,9 @@ impl Call {
 
     /// A transfer that failed leaves the caller with nobody: they hear the end of the call.
     fn transfer_failed(&mut self, now: Instant, status: u16) {
-        self.transfer = Transfer::Done;
+        self.caller.transfer = Transfer::Done;
         self.event(CallEvent::TransferFailed { status });
-        if !matches!(self.capture, Capture::Collecting(_) | Capture::Tokenizing) {
+        if !self.capture.is_running() {
             self.hang_up_caller(now);
             self.hang_up_agent(now);
         }

@@ -10,6 +10,7 @@
 mod agent;
 mod agent_invite;
 mod caller;
+mod capture_flow;
 pub mod media;
 mod outbox;
 pub mod recording;
@@ -23,9 +24,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::capture::card::YearMonth;
-use crate::capture::collector::{
-    CaptureEvent, CapturedCard, Collector, CollectorConfig, FieldName, PromptId, Rejection,
-};
+use crate::capture::collector::{CapturedCard, Collector, CollectorConfig, FieldName, PromptId, Rejection};
 use crate::media::masker::Replacement;
 use crate::media::player::PromptAudio;
 use crate::media::srtp::{MasterKey, SrtpLeg, SrtpPolicy};
@@ -35,9 +34,11 @@ use crate::sip::message::{Method, Request, ResponseBuilder, SipMessage};
 use crate::sip::sdp::RemoteDescription;
 use crate::sip::session_timer::{self, Negotiation};
 use crate::sip::stream::{Flow, Transmit};
-use crate::sip::transaction::{ClientInvite, Retransmit, RetransmitStep, Timers};
+use crate::sip::transaction::{RetransmitStep, Timers};
 
-use agent_invite::AgentInvite;
+use agent::{AgentLeg, AgentState};
+use caller::{CallerLeg, CallerState};
+use capture_flow::{CaptureFlow, CaptureState, WhenQuiet};
 use media::{Bridge, CallerMedia, MaskLevel, MediaPacket};
 use transactions::{Answer, Purpose, Transactions};
 
@@ -297,107 +298,22 @@ pub enum Timer {
     Media,
 }
 
-enum CallerLeg {
-    /// Inline mode: the caller's INVITE waits for the agent's answer (100 Trying sent).
-    Proceeding {
-        invite: Box<Request>,
-        ringing: bool,
-    },
-    /// A 2xx to the caller's INVITE (or re-INVITE) with this branch, resent until the ACK
-    /// (§13.3.1.4).
-    Answering {
-        ok: Retransmit,
-        branch: Option<String>,
-    },
-    Confirmed,
-    /// Our BYE is out.
-    Ending,
-    Ended,
-}
-
-enum AgentLeg {
-    Absent,
-    Inviting {
-        tx: ClientInvite,
-        invite: AgentInvite,
-    },
-    /// CANCEL sent; the INVITE transaction still runs (a 200 may cross the CANCEL, §9.1).
-    Cancelling {
-        tx: ClientInvite,
-        give_up: Instant,
-    },
-    Connected {
-        dialog: Dialog,
-        ack: Vec<u8>,
-    },
-    /// Our BYE is out.
-    Ending,
-    Ended,
-}
-
-enum Capture {
-    /// Inline mode before (or between) captures: audio passes unmasked.
-    Idle,
-    Collecting(Box<Collector>),
-    Tokenizing,
-    Completed,
-    Failed,
-    Cancelled,
-}
-
-/// What to do once the prompt playing now has finished.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum WhenQuiet {
-    Nothing,
-    HangUp,
-    Refer(String),
-}
-
 pub struct Call {
     local_sip: SocketAddr,
     caller_rtp: SocketAddr,
     agent_rtp: SocketAddr,
-    /// Where the caller's leg is answered; an INVITE with Replaces moves it.
-    caller_flow: Flow,
-    /// Where the replaced dialog's peer is (its BYE goes there).
-    replaced_flow: Option<Flow>,
-    /// Where the agent leg's messages go.
-    agent_addr: Option<SocketAddr>,
     timers: Timers,
     seed: u64,
     prompts: Arc<Prompts>,
+    /// Every leg's non-INVITE and server transactions.
     transactions: Transactions,
-    caller_invite_branch: Option<String>,
-    caller_dialog: Dialog,
     caller: CallerLeg,
-    /// The caller's current offer/answer, for re-INVITEs (hold, codec change, refresh).
-    caller_media: caller::Negotiated,
-    session_timer: Option<caller::Timer>,
-    /// Our session-refreshing re-INVITE, when one is out (RFC 4028 §7.4).
-    refresh: Option<ClientInvite>,
-    /// The ACK of the last 2xx to our re-INVITE, for its retransmissions.
-    refresh_ack: Option<Vec<u8>>,
-    transfer: caller::Transfer,
     agent: AgentLeg,
-    agent_call_id: String,
-    agent_tag: String,
-    /// From user of our INVITE to the agent (the caller's number for inline calls).
-    agent_from_user: String,
-    after_capture: AfterCapture,
-    capture: Capture,
+    capture: CaptureFlow,
     bridge: Bridge,
     outputs: VecDeque<Output>,
     branches: u64,
-    when_quiet: WhenQuiet,
     ended: bool,
-    mask_always: bool,
-    srtp_policy: SrtpPolicy,
-    srtp_key: MasterKey,
-    /// How many times an INVITE with Replaces took the caller's dialog over.
-    replacements: u32,
-    /// For captures started later (inline mode).
-    collector: CollectorConfig,
-    today: YearMonth,
 }
 
 impl Call {
@@ -426,52 +342,56 @@ impl Call {
             Mode::Inline { agent } => (vec![], AfterCapture::Bridge, Some(agent), true),
         };
         let capture = if fields.is_empty() {
-            Capture::Idle
+            CaptureState::Idle
         } else {
-            Capture::Collecting(Box::new(Collector::new(fields, cfg.collector, cfg.today, now)))
+            CaptureState::Collecting(Box::new(Collector::new(fields, cfg.collector, cfg.today, now)))
         };
         let transport = cfg.caller.transport;
+        let caller = CallerLeg {
+            flow: cfg.caller,
+            replaced_flow: None,
+            invite_branch: invite.branch(),
+            dialog: Dialog::uas(invite, &local_tag, &cfg.local_sip.to_string(), transport),
+            state: CallerState::Confirmed,
+            media: caller::Negotiated { params, direction: offer.direction.answer(), version: cfg.seed >> 1, srtp },
+            session_timer,
+            refresh: None,
+            refresh_ack: None,
+            transfer: caller::Transfer::Idle,
+            replacements: 0,
+            srtp_policy: cfg.srtp,
+            srtp_key: cfg.srtp_key,
+        };
+        let agent_leg = AgentLeg {
+            state: AgentState::Absent,
+            addr: agent.as_ref().map(|a| a.addr),
+            call_id: format!("{:x}-agent@tonewall", cfg.seed),
+            tag: format!("twa{:x}", cfg.seed.rotate_left(32)),
+            from_user: agent_invite::from_user(inline.then(|| invite.from_user())),
+        };
+        let capture = CaptureFlow {
+            state: capture,
+            after: after_capture,
+            when_quiet: WhenQuiet::Nothing,
+            config: cfg.collector,
+            today: cfg.today,
+            mask_always: cfg.masking.always,
+        };
         let mut call = Call {
             local_sip: cfg.local_sip,
-            caller_flow: cfg.caller,
-            replaced_flow: None,
-            agent_addr: agent.as_ref().map(|a| a.addr),
             caller_rtp: cfg.caller_rtp,
             agent_rtp: cfg.agent_rtp,
             timers: cfg.timers,
             seed: cfg.seed,
             prompts: cfg.prompts,
             transactions: Transactions::new(cfg.timers),
-            caller_invite_branch: invite.branch(),
-            caller_dialog: Dialog::uas(invite, &local_tag, &cfg.local_sip.to_string(), transport),
-            caller: CallerLeg::Confirmed,
-            caller_media: caller::Negotiated {
-                params,
-                direction: offer.direction.answer(),
-                version: cfg.seed >> 1,
-                srtp,
-            },
-            session_timer,
-            refresh: None,
-            refresh_ack: None,
-            transfer: caller::Transfer::Idle,
-            agent: AgentLeg::Absent,
-            agent_call_id: format!("{:x}-agent@tonewall", cfg.seed),
-            agent_tag: format!("twa{:x}", cfg.seed.rotate_left(32)),
-            agent_from_user: agent_invite::from_user(inline.then(|| invite.from_user())),
-            after_capture,
+            caller,
+            agent: agent_leg,
             capture,
             bridge: Bridge::new(params, cfg.seed, cfg.masking.replacement),
-            mask_always: cfg.masking.always,
             outputs: VecDeque::new(),
             branches: 0,
-            when_quiet: WhenQuiet::Nothing,
             ended: false,
-            srtp_policy: cfg.srtp,
-            srtp_key: cfg.srtp_key,
-            replacements: 0,
-            collector: cfg.collector,
-            today: cfg.today,
         };
         call.bridge.set_caller_srtp(caller_srtp);
         call.transactions.receive(now, LegId::Caller, invite, transport.reliable());
@@ -482,21 +402,21 @@ impl Call {
         }
         match (agent, inline) {
             (Some(agent), true) => {
-                call.caller = CallerLeg::Proceeding { invite: Box::new(invite.clone()), ringing: false };
+                call.caller.state = CallerState::Proceeding { invite: Box::new(invite.clone()), ringing: false };
                 call.dial_agent(agent.uri, now);
             }
             (agent, _) => {
                 call.caller_ringing(now, invite);
                 call.answer_offer(now, invite, &local_tag);
                 call.event(CallEvent::Answered);
-                if let (Some(agent), AfterCapture::Bridge) = (agent, &call.after_capture) {
+                if let (Some(agent), AfterCapture::Bridge) = (agent, &call.capture.after) {
                     call.dial_agent(agent.uri, now);
                 }
             }
         }
-        call.bridge.set_masking(match call.capture {
-            Capture::Collecting(_) => MaskLevel::Capture,
-            _ if call.mask_always => MaskLevel::Tones,
+        call.bridge.set_masking(match call.capture.state {
+            CaptureState::Collecting(_) => MaskLevel::Capture,
+            _ if call.capture.mask_always => MaskLevel::Tones,
             _ => MaskLevel::Off,
         });
         call.drain_capture(now);
@@ -505,16 +425,16 @@ impl Call {
 
     /// The Call-ID of the agent leg, so the driver can route its messages here.
     pub fn agent_call_id(&self) -> &str {
-        &self.agent_call_id
+        &self.agent.call_id
     }
 
     /// Where the caller's leg is now.
     pub fn caller_flow(&self) -> Flow {
-        self.caller_flow
+        self.caller.flow
     }
 
     pub fn caller_call_id(&self) -> &str {
-        &self.caller_dialog.call_id
+        &self.caller.dialog.call_id
     }
 
     pub fn is_ended(&self) -> bool {
@@ -535,9 +455,9 @@ impl Call {
     /// Where `leg`'s messages go: the agent leg is always UDP.
     fn flow(&self, leg: LegId) -> Option<Flow> {
         match leg {
-            LegId::Caller => Some(self.caller_flow),
-            LegId::Replaced => self.replaced_flow,
-            LegId::Agent => self.agent_addr.map(Flow::udp),
+            LegId::Caller => Some(self.caller.flow),
+            LegId::Replaced => self.caller.replaced_flow,
+            LegId::Agent => self.agent.addr.map(Flow::udp),
         }
     }
 
@@ -561,35 +481,18 @@ impl Call {
         self.timers().map(|(_, at)| at).min()
     }
 
-    /// Every timer that is armed, and when it fires.
+    /// Every timer that is armed, and when it fires, in the order their handlers run when
+    /// several are due at once.
     fn timers(&self) -> impl Iterator<Item = (Timer, Instant)> {
-        let caller = match &self.caller {
-            CallerLeg::Answering { ok, .. } => Some(ok.poll_timeout()),
-            _ => None,
-        };
-        let agent = match &self.agent {
-            AgentLeg::Inviting { tx, .. } => tx.poll_timeout(),
-            AgentLeg::Cancelling { tx, give_up } => tx.poll_timeout().map_or(Some(*give_up), |t| Some(t.min(*give_up))),
-            _ => None,
-        };
-        let capture = match &self.capture {
-            Capture::Collecting(c) => c.poll_timeout(),
-            _ => None,
-        };
-        let session = self.session_timer.as_ref().filter(|_| self.refresh.is_none()).map(|t| t.next);
-        let transfer = match self.transfer {
-            caller::Transfer::Accepted { give_up } => Some(give_up),
-            _ => None,
-        };
-        // In the order their handlers run when several are due at once.
+        let [answer, session, refresh, transfer] = self.caller.timers();
         [
-            (Timer::CallerAnswer, caller),
-            (Timer::AgentInvite, agent),
+            answer,
+            self.agent.timer(),
             (Timer::Transactions, self.transactions.poll_timeout()),
-            (Timer::SessionTimer, session),
-            (Timer::Refresh, self.refresh.as_ref().and_then(ClientInvite::poll_timeout)),
-            (Timer::TransferSilence, transfer),
-            (Timer::Capture, capture),
+            session,
+            refresh,
+            transfer,
+            self.capture.timer(),
             (Timer::Media, self.bridge.poll_timeout()),
         ]
         .into_iter()
@@ -672,8 +575,8 @@ impl Call {
     /// The final answer to one of our BYEs, REFERs or CANCELs (or its Timer F).
     fn on_answer(&mut self, now: Instant, a: Answer) {
         match (a.leg, a.purpose) {
-            (LegId::Caller, Purpose::Bye) => self.caller = CallerLeg::Ended,
-            (LegId::Agent, Purpose::Bye) => self.agent = AgentLeg::Ended,
+            (LegId::Caller, Purpose::Bye) => self.caller.state = CallerState::Ended,
+            (LegId::Agent, Purpose::Bye) => self.agent.state = AgentState::Ended,
             (LegId::Caller, Purpose::Refer) => self.on_refer_answer(now, a.status),
             _ => {}
         }
@@ -694,15 +597,15 @@ impl Call {
     fn on_command(&mut self, now: Instant, cmd: Command) {
         match cmd {
             Command::Cancel => {
-                if matches!(self.capture, Capture::Collecting(_)) {
-                    self.capture = Capture::Cancelled;
+                if matches!(self.capture.state, CaptureState::Collecting(_)) {
+                    self.capture.state = CaptureState::Cancelled;
                     self.bridge.player().stop();
                     self.event(CallEvent::Cancelled);
                     self.finish_capture(now, None);
                 }
             }
             Command::RestartField(field) => {
-                if let Capture::Collecting(c) = &mut self.capture {
+                if let CaptureState::Collecting(c) = &mut self.capture.state {
                     // Checked by the session registry first; a race with the caller's own
                     // keys can still make it moot, which is harmless.
                     if c.restart(field, now).is_ok() {
@@ -711,13 +614,13 @@ impl Call {
                     }
                 }
             }
-            Command::CardStored if matches!(self.capture, Capture::Tokenizing) => {
-                self.capture = Capture::Completed;
+            Command::CardStored if matches!(self.capture.state, CaptureState::Tokenizing) => {
+                self.capture.state = CaptureState::Completed;
                 self.event(CallEvent::Completed);
                 self.finish_capture(now, Some(PromptId::ThankYou));
             }
-            Command::CardNotStored if matches!(self.capture, Capture::Tokenizing) => {
-                self.capture = Capture::Failed;
+            Command::CardNotStored if matches!(self.capture.state, CaptureState::Tokenizing) => {
+                self.capture.state = CaptureState::Failed;
                 self.event(CallEvent::CaptureFailed { reason: CaptureFailure::NotStored });
                 self.finish_capture(now, None);
             }
@@ -739,7 +642,7 @@ impl Call {
                 Timer::CallerAnswer => self.answer_timeout(now),
                 Timer::AgentInvite => self.agent_timeout(now),
                 Timer::Capture => {
-                    if let Capture::Collecting(c) = &mut self.capture {
+                    if let CaptureState::Collecting(c) = &mut self.capture.state {
                         c.handle_timeout(now);
                         self.drain_capture(now);
                     }
@@ -759,14 +662,14 @@ impl Call {
 
     /// Our 2xx to the caller again, or, with no ACK within 64·T1, the end (§13.3.1.4).
     fn answer_timeout(&mut self, now: Instant) {
-        let CallerLeg::Answering { ok, .. } = &mut self.caller else { return };
+        let CallerState::Answering { ok, .. } = &mut self.caller.state else { return };
         match ok.handle_timeout(now) {
             RetransmitStep::Send(b) => {
                 let b = b.to_vec();
                 self.send(LegId::Caller, b);
             }
             RetransmitStep::GiveUp => {
-                self.caller = CallerLeg::Confirmed;
+                self.caller.state = CallerState::Confirmed;
                 self.end_everything(now, CaptureFailure::NoAck);
                 self.event(CallEvent::Ended(EndReason::NoAck));
             }
@@ -780,121 +683,26 @@ impl Call {
         self.hang_up_agent(now);
     }
 
-    /// A capture on a call that has none running (inline mode): prompts start and the
-    /// masker takes the agent's audio path at once.
-    fn start_capture(&mut self, now: Instant, fields: Vec<FieldName>) {
-        let idle = matches!(self.capture, Capture::Idle | Capture::Completed | Capture::Failed | Capture::Cancelled);
-        if !idle || fields.is_empty() || !matches!(self.caller, CallerLeg::Answering { .. } | CallerLeg::Confirmed) {
-            self.event(CallEvent::CaptureFailed { reason: CaptureFailure::CannotStart });
-            return;
-        }
-        self.capture = Capture::Collecting(Box::new(Collector::new(fields, self.collector, self.today, now)));
-        self.when_quiet = WhenQuiet::Nothing;
-        self.bridge.set_masking(MaskLevel::Capture);
-        self.drain_capture(now);
-    }
-
-    fn on_key(&mut self, key: Key, now: Instant) {
-        if let Capture::Collecting(c) = &mut self.capture {
-            self.bridge.player().stop();
-            c.handle_key(key, now);
-            self.drain_capture(now);
-        }
-    }
-
-    fn drain_capture(&mut self, now: Instant) {
-        let Capture::Collecting(c) = &mut self.capture else { return };
-        let mut events = Vec::new();
-        while let Some(e) = c.poll_event() {
-            events.push(e);
-        }
-        let field = c.current_field();
-        self.bridge.recording().set_field(field);
-        for e in events {
-            match e {
-                CaptureEvent::Prompt(id) => {
-                    let audio = self.prompts.audio(id);
-                    self.bridge.player().enqueue(audio);
-                    self.bridge.kick_player(now);
-                }
-                CaptureEvent::DigitEntered { field, count } => self.event(CallEvent::DigitEntered { field, count }),
-                CaptureEvent::FieldRestarted { field } => self.event(CallEvent::FieldRestarted { field }),
-                CaptureEvent::FieldRejected { field, attempts_left, reason } => {
-                    self.event(CallEvent::FieldRejected { field, attempts_left, reason })
-                }
-                CaptureEvent::FieldDone { field, masked } => self.event(CallEvent::FieldDone { field, masked }),
-                CaptureEvent::Completed(card) => {
-                    self.capture = Capture::Tokenizing;
-                    self.event(CallEvent::CardCaptured(card));
-                }
-                CaptureEvent::Failed { field } => {
-                    self.capture = Capture::Failed;
-                    self.event(CallEvent::CaptureFailed { reason: CaptureFailure::TooManyAttempts(field) });
-                    self.finish_capture(now, None);
-                }
-            }
-        }
-    }
-
-    /// After capture ends: play a closing prompt if any, then, per the session, stay bridged
-    /// to the agent, transfer the caller back, or hang up once the prompt has played.
-    fn finish_capture(&mut self, now: Instant, prompt: Option<PromptId>) {
-        self.bridge.set_masking(if self.mask_always { MaskLevel::Tones } else { MaskLevel::Off });
-        if let Some(id) = prompt {
-            let audio = self.prompts.audio(id);
-            self.bridge.player().enqueue(audio);
-            self.bridge.kick_player(now);
-        }
-        let agent_on = matches!(self.agent, AgentLeg::Connected { .. } | AgentLeg::Inviting { .. });
-        self.when_quiet = match &self.after_capture {
-            AfterCapture::Transfer(uri) => WhenQuiet::Refer(uri.clone()),
-            AfterCapture::Bridge if agent_on => WhenQuiet::Nothing,
-            AfterCapture::Bridge | AfterCapture::Hangup => WhenQuiet::HangUp,
-        };
-        self.check_quiet(now);
-    }
-
-    fn abandon_capture(&mut self, reason: CaptureFailure) {
-        if matches!(self.capture, Capture::Collecting(_) | Capture::Tokenizing) {
-            self.capture = Capture::Failed;
-            self.event(CallEvent::CaptureFailed { reason });
-        }
-    }
-
-    fn check_quiet(&mut self, now: Instant) {
-        if self.when_quiet == WhenQuiet::Nothing || self.bridge.is_prompting() {
-            return;
-        }
-        match std::mem::replace(&mut self.when_quiet, WhenQuiet::Nothing) {
-            WhenQuiet::HangUp => {
-                self.hang_up_caller(now);
-                self.hang_up_agent(now);
-            }
-            WhenQuiet::Refer(uri) => self.refer_caller(now, &uri),
-            WhenQuiet::Nothing => {}
-        }
-    }
-
     fn hang_up_caller(&mut self, now: Instant) {
-        if let CallerLeg::Proceeding { invite, .. } = &self.caller {
+        if let CallerState::Proceeding { invite, .. } = &self.caller.state {
             let invite = invite.clone();
             self.reply(now, LegId::Caller, &invite, 503, "Service Unavailable");
-            self.caller = CallerLeg::Ended;
+            self.caller.state = CallerState::Ended;
             return;
         }
-        if matches!(self.caller, CallerLeg::Answering { .. } | CallerLeg::Confirmed) {
+        if self.caller.is_up() {
             let branch = self.next_branch();
-            let bye = self.caller_dialog.request(Method::Bye, &branch).build();
+            let bye = self.caller.dialog.request(Method::Bye, &branch).build();
             self.request(now, LegId::Caller, Purpose::Bye, Method::Bye, bye, &branch);
-            self.caller = CallerLeg::Ending;
-            self.session_timer = None;
-            self.refresh = None;
+            self.caller.state = CallerState::Ending;
+            self.caller.session_timer = None;
+            self.caller.refresh = None;
         }
     }
 
     fn check_end(&mut self) {
-        let agent_done = matches!(self.agent, AgentLeg::Absent | AgentLeg::Ended);
-        if !self.ended && matches!(self.caller, CallerLeg::Ended) && agent_done {
+        let agent_done = self.agent.is_done();
+        if !self.ended && matches!(self.caller.state, CallerState::Ended) && agent_done {
             self.ended = true;
             if !self.outputs.iter().any(|o| matches!(o, Output::Event(CallEvent::Ended(_)))) {
                 self.event(CallEvent::Ended(EndReason::HungUpByTonewall));

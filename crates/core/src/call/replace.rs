@@ -5,9 +5,9 @@
 
 use std::time::Instant;
 
-use super::caller::{self, Negotiated, SrtpAnswer, Timer};
+use super::caller::{self, CallerState, Negotiated, SrtpAnswer, Timer};
 use super::transactions::Purpose;
-use super::{Call, CallEvent, CallerLeg, LegId};
+use super::{Call, CallEvent, LegId};
 use crate::media::srtp::SrtpLeg;
 use crate::sip::dialog::Dialog;
 use crate::sip::message::{Method, Request};
@@ -23,20 +23,20 @@ impl Call {
             Some(Err(())) => return self.reply(now, LegId::Caller, invite, 400, "Bad Request"),
             None => return self.reply(now, LegId::Caller, invite, 481, "Call/Transaction Does Not Exist"),
         };
-        let d = &self.caller_dialog;
+        let d = &self.caller.dialog;
         if (&replaces.call_id, &replaces.to_tag, &replaces.from_tag) != (&d.call_id, &d.local_tag, &d.remote_tag) {
             return self.reply(now, LegId::Caller, invite, 481, "Call/Transaction Does Not Exist");
         }
-        match self.caller {
-            CallerLeg::Answering { .. } | CallerLeg::Confirmed if replaces.early_only => {
+        match self.caller.state {
+            CallerState::Answering { .. } | CallerState::Confirmed if replaces.early_only => {
                 return self.reply(now, LegId::Caller, invite, 486, "Busy Here");
             }
-            CallerLeg::Answering { .. } | CallerLeg::Confirmed => {}
+            CallerState::Answering { .. } | CallerState::Confirmed => {}
             // An early dialog the other side started cannot be replaced (§3).
-            CallerLeg::Proceeding { .. } => {
+            CallerState::Proceeding { .. } => {
                 return self.reply(now, LegId::Caller, invite, 481, "Call/Transaction Does Not Exist");
             }
-            CallerLeg::Ending | CallerLeg::Ended => return self.reply(now, LegId::Caller, invite, 603, "Decline"),
+            CallerState::Ending | CallerState::Ended => return self.reply(now, LegId::Caller, invite, 603, "Decline"),
         }
         let offer = match RemoteDescription::parse(invite.body()) {
             Ok(o) => o,
@@ -44,7 +44,7 @@ impl Call {
                 return self.respond(now, LegId::Caller, invite, 488, caller::not_acceptable(invite, &e.to_string()));
             }
         };
-        let (srtp, srtp_leg) = match caller::negotiate_srtp(&offer, self.srtp_policy, &self.srtp_key) {
+        let (srtp, srtp_leg) = match caller::negotiate_srtp(&offer, self.caller.srtp_policy, &self.caller.srtp_key) {
             Ok(SrtpAnswer::Plain) => (None, None),
             Ok(SrtpAnswer::Keyed { theirs, ours }) => match SrtpLeg::new(&theirs, &ours) {
                 Ok(leg) => (Some((theirs, ours)), Some(leg)),
@@ -66,25 +66,25 @@ impl Call {
             Negotiation::Timer(t) => Some(Timer { timer: t, next: t.deadline(now) }),
         };
         // The old dialog's peer gets its BYE where it is; the caller's leg answers the new one.
-        let previous_call_id = self.caller_dialog.call_id.clone();
-        self.replaced_flow = Some(std::mem::replace(&mut self.caller_flow, from));
+        let previous_call_id = self.caller.dialog.call_id.clone();
+        self.caller.replaced_flow = Some(std::mem::replace(&mut self.caller.flow, from));
         self.event(CallEvent::CallerReplaced { previous_call_id, caller: from });
         let branch = self.next_branch();
-        let bye = self.caller_dialog.request(Method::Bye, &branch).build();
+        let bye = self.caller.dialog.request(Method::Bye, &branch).build();
         self.request(now, LegId::Replaced, Purpose::Bye, Method::Bye, bye, &branch);
 
-        self.replacements += 1;
-        let local_tag = format!("tw{:x}r{}", self.seed, self.replacements);
-        self.caller_dialog = Dialog::uas(invite, &local_tag, &self.local_sip.to_string(), from.transport);
-        self.caller_invite_branch = invite.branch();
+        self.caller.replacements += 1;
+        let local_tag = format!("tw{:x}r{}", self.seed, self.caller.replacements);
+        self.caller.dialog = Dialog::uas(invite, &local_tag, &self.local_sip.to_string(), from.transport);
+        self.caller.invite_branch = invite.branch();
         let params = offer.negotiate();
-        let version = self.caller_media.version + 1;
-        self.caller_media = Negotiated { params, direction: offer.direction.answer(), version, srtp };
+        let version = self.caller.media.version + 1;
+        self.caller.media = Negotiated { params, direction: offer.direction.answer(), version, srtp };
         self.bridge.set_caller(params, offer.direction.receives());
         self.bridge.set_caller_srtp(srtp_leg);
-        self.session_timer = session_timer;
-        self.refresh = None;
-        self.refresh_ack = None;
+        self.caller.session_timer = session_timer;
+        self.caller.refresh = None;
+        self.caller.refresh_ack = None;
         self.answer_offer(now, invite, &local_tag);
     }
 

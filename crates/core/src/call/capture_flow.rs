@@ -1,0 +1,161 @@
+//! The capture flow of one call: the collector while the caller keys, tokenizing, and what
+//! happens once the closing prompt has played (stay bridged, transfer back, hang up).
+
+use std::time::Instant;
+
+use super::media::MaskLevel;
+use super::{AfterCapture, Call, CallEvent, CaptureFailure};
+use crate::capture::card::YearMonth;
+use crate::capture::collector::{CaptureEvent, Collector, CollectorConfig, FieldName, PromptId};
+use crate::media::telephone_event::Key;
+
+/// Where the capture is.
+pub(super) enum CaptureState {
+    /// Inline mode before (or between) captures: audio passes unmasked.
+    Idle,
+    Collecting(Box<Collector>),
+    Tokenizing,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+/// What to do once the prompt playing now has finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum WhenQuiet {
+    Nothing,
+    HangUp,
+    Refer(String),
+}
+
+/// The capture side of a call, owned by the call.
+pub(super) struct CaptureFlow {
+    pub state: CaptureState,
+    /// What happens to the caller when the capture ends.
+    pub after: AfterCapture,
+    pub when_quiet: WhenQuiet,
+    /// For captures started later (inline mode).
+    pub config: CollectorConfig,
+    /// The current month, for expiry checks.
+    pub today: YearMonth,
+    /// Keep the masker on for the whole call, not only while capturing.
+    pub mask_always: bool,
+}
+
+impl CaptureFlow {
+    /// Whether the caller is keying or the card is being stored.
+    pub fn is_running(&self) -> bool {
+        matches!(self.state, CaptureState::Collecting(_) | CaptureState::Tokenizing)
+    }
+
+    /// The collector's first-digit and inter-digit timeouts.
+    pub fn timer(&self) -> (super::Timer, Option<Instant>) {
+        let at = match &self.state {
+            CaptureState::Collecting(c) => c.poll_timeout(),
+            _ => None,
+        };
+        (super::Timer::Capture, at)
+    }
+}
+
+/// The capture's steps, which reach into the bridge (prompts, masking) and the legs.
+impl Call {
+    /// A capture on a call that has none running (inline mode): prompts start and the
+    /// masker takes the agent's audio path at once.
+    pub(super) fn start_capture(&mut self, now: Instant, fields: Vec<FieldName>) {
+        let idle = matches!(
+            self.capture.state,
+            CaptureState::Idle | CaptureState::Completed | CaptureState::Failed | CaptureState::Cancelled
+        );
+        if !idle || fields.is_empty() || !self.caller.is_up() {
+            self.event(CallEvent::CaptureFailed { reason: CaptureFailure::CannotStart });
+            return;
+        }
+        self.capture.state =
+            CaptureState::Collecting(Box::new(Collector::new(fields, self.capture.config, self.capture.today, now)));
+        self.capture.when_quiet = WhenQuiet::Nothing;
+        self.bridge.set_masking(MaskLevel::Capture);
+        self.drain_capture(now);
+    }
+
+    pub(super) fn on_key(&mut self, key: Key, now: Instant) {
+        if let CaptureState::Collecting(c) = &mut self.capture.state {
+            self.bridge.player().stop();
+            c.handle_key(key, now);
+            self.drain_capture(now);
+        }
+    }
+
+    pub(super) fn drain_capture(&mut self, now: Instant) {
+        let CaptureState::Collecting(c) = &mut self.capture.state else { return };
+        let mut events = Vec::new();
+        while let Some(e) = c.poll_event() {
+            events.push(e);
+        }
+        let field = c.current_field();
+        self.bridge.recording().set_field(field);
+        for e in events {
+            match e {
+                CaptureEvent::Prompt(id) => {
+                    let audio = self.prompts.audio(id);
+                    self.bridge.player().enqueue(audio);
+                    self.bridge.kick_player(now);
+                }
+                CaptureEvent::DigitEntered { field, count } => self.event(CallEvent::DigitEntered { field, count }),
+                CaptureEvent::FieldRestarted { field } => self.event(CallEvent::FieldRestarted { field }),
+                CaptureEvent::FieldRejected { field, attempts_left, reason } => {
+                    self.event(CallEvent::FieldRejected { field, attempts_left, reason })
+                }
+                CaptureEvent::FieldDone { field, masked } => self.event(CallEvent::FieldDone { field, masked }),
+                CaptureEvent::Completed(card) => {
+                    self.capture.state = CaptureState::Tokenizing;
+                    self.event(CallEvent::CardCaptured(card));
+                }
+                CaptureEvent::Failed { field } => {
+                    self.capture.state = CaptureState::Failed;
+                    self.event(CallEvent::CaptureFailed { reason: CaptureFailure::TooManyAttempts(field) });
+                    self.finish_capture(now, None);
+                }
+            }
+        }
+    }
+
+    /// After capture ends: play a closing prompt if any, then, per the session, stay bridged
+    /// to the agent, transfer the caller back, or hang up once the prompt has played.
+    pub(super) fn finish_capture(&mut self, now: Instant, prompt: Option<PromptId>) {
+        self.bridge.set_masking(if self.capture.mask_always { MaskLevel::Tones } else { MaskLevel::Off });
+        if let Some(id) = prompt {
+            let audio = self.prompts.audio(id);
+            self.bridge.player().enqueue(audio);
+            self.bridge.kick_player(now);
+        }
+        let agent_on = self.agent.is_on();
+        self.capture.when_quiet = match &self.capture.after {
+            AfterCapture::Transfer(uri) => WhenQuiet::Refer(uri.clone()),
+            AfterCapture::Bridge if agent_on => WhenQuiet::Nothing,
+            AfterCapture::Bridge | AfterCapture::Hangup => WhenQuiet::HangUp,
+        };
+        self.check_quiet(now);
+    }
+
+    pub(super) fn abandon_capture(&mut self, reason: CaptureFailure) {
+        if self.capture.is_running() {
+            self.capture.state = CaptureState::Failed;
+            self.event(CallEvent::CaptureFailed { reason });
+        }
+    }
+
+    pub(super) fn check_quiet(&mut self, now: Instant) {
+        if self.capture.when_quiet == WhenQuiet::Nothing || self.bridge.is_prompting() {
+            return;
+        }
+        match std::mem::replace(&mut self.capture.when_quiet, WhenQuiet::Nothing) {
+            WhenQuiet::HangUp => {
+                self.hang_up_caller(now);
+                self.hang_up_agent(now);
+            }
+            WhenQuiet::Refer(uri) => self.refer_caller(now, &uri),
+            WhenQuiet::Nothing => {}
+        }
+    }
+}
