@@ -12,7 +12,9 @@ use thiserror::Error;
 use tokio::sync::{broadcast, mpsc};
 
 use crate::call::{AfterCapture, CallEvent, Command, EndReason};
-use crate::capture::collector::{FieldName, masked_pan};
+use crate::capture::collector::FieldName;
+use crate::capture::progress;
+pub use crate::capture::progress::{FieldProgress, FieldState};
 use crate::vault::TokenRecord;
 
 /// A session id: 32 lowercase hex digits (a v4 UUID without dashes).
@@ -67,24 +69,6 @@ impl SessionState {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FieldState {
-    Pending,
-    Entering,
-    Done,
-    Failed,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct FieldView {
-    pub name: FieldName,
-    pub state: FieldState,
-    pub digits: usize,
-    pub masked: String,
-    pub attempts_left: u8,
-}
-
 #[derive(Debug, Clone, Serialize)]
 pub struct SessionView {
     pub id: SessionId,
@@ -92,21 +76,55 @@ pub struct SessionView {
     pub reference: String,
     pub transfer_uri: String,
     pub agent_connected: bool,
-    /// What happens to the caller after capture: "bridge", "transfer" or "hangup".
-    pub after_capture: &'static str,
+    /// What happens to the caller after capture.
+    pub after_capture: AfterCaptureKind,
     /// The caller has put the call on hold.
     pub on_hold: bool,
     /// The caller was transferred back (REFER accepted and the transfer succeeded).
     pub transferred: bool,
-    pub fields: Vec<FieldView>,
+    /// As the call's collector last reported it.
+    pub fields: Vec<FieldProgress>,
     pub result: Option<TokenRecord>,
     pub error: Option<String>,
+}
+
+/// What happens to the caller after capture, as the view shows it (the transfer URI stays
+/// with the session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AfterCaptureKind {
+    Bridge,
+    Transfer,
+    Hangup,
+}
+
+/// What changed, as the WebSocket names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    CallStarted,
+    AgentConnected,
+    AgentDisconnected,
+    Digit,
+    FieldRestarted,
+    FieldRejected,
+    FieldDone,
+    Tokenizing,
+    CallerReplaced,
+    Failed,
+    Cancelled,
+    Completed,
+    Hold,
+    Resumed,
+    Transferring,
+    TransferFailed,
+    CallEnded,
 }
 
 /// One change, as sent on the WebSocket: what happened and the session after it.
 #[derive(Debug, Clone, Serialize)]
 pub struct SessionUpdate {
-    pub event: &'static str,
+    pub event: Change,
     pub session: SessionView,
 }
 
@@ -133,8 +151,6 @@ struct Entry {
     updates: broadcast::Sender<SessionUpdate>,
     call: Option<mpsc::Sender<Command>>,
     created: Instant,
-    /// Attempts per field, known once a call is attached.
-    max_attempts: u8,
 }
 
 #[derive(Default)]
@@ -165,16 +181,7 @@ impl Sessions {
         sip_host: &str,
     ) -> SessionView {
         let id = SessionId::new();
-        let fields = fields
-            .into_iter()
-            .map(|name| FieldView {
-                name,
-                state: FieldState::Pending,
-                digits: 0,
-                masked: String::new(),
-                attempts_left: 0,
-            })
-            .collect();
+        let fields = fields.into_iter().map(|name| FieldProgress::pending(name, 0)).collect();
         let view = SessionView {
             transfer_uri: format!("sip:{}@{sip_host}", id.sip_user()),
             id: id.clone(),
@@ -182,9 +189,9 @@ impl Sessions {
             reference,
             agent_connected: false,
             after_capture: match after_capture {
-                AfterCapture::Bridge => "bridge",
-                AfterCapture::Transfer(_) => "transfer",
-                AfterCapture::Hangup => "hangup",
+                AfterCapture::Bridge => AfterCaptureKind::Bridge,
+                AfterCapture::Transfer(_) => AfterCaptureKind::Transfer,
+                AfterCapture::Hangup => AfterCaptureKind::Hangup,
             },
             on_hold: false,
             transferred: false,
@@ -195,15 +202,8 @@ impl Sessions {
         // Each update carries the whole view, so a subscriber that lags past 32 (and skips
         // ahead) still gets the latest state; 256 slots cost 60 KiB per session.
         let (updates, _) = broadcast::channel(32);
-        let entry = Entry {
-            view: view.clone(),
-            agent_uri,
-            after_capture,
-            updates,
-            call: None,
-            created: Instant::now(),
-            max_attempts: 0,
-        };
+        let entry =
+            Entry { view: view.clone(), agent_uri, after_capture, updates, call: None, created: Instant::now() };
         self.lock().insert(id, entry);
         view
     }
@@ -229,20 +229,12 @@ impl Sessions {
             return Err(SessionError::NotWaiting(e.view.state));
         }
         e.call = Some(call);
-        e.max_attempts = max_attempts;
         e.view.state = SessionState::Capturing;
-        for f in &mut e.view.fields {
-            f.attempts_left = max_attempts;
-        }
-        if let Some(f) = e.view.fields.first_mut() {
-            f.state = FieldState::Entering;
-        }
-        publish(e, "call_started");
-        Ok(Attached {
-            fields: e.view.fields.iter().map(|f| f.name).collect(),
-            agent_uri: e.agent_uri.clone(),
-            after_capture: e.after_capture.clone(),
-        })
+        let fields: Vec<FieldName> = e.view.fields.iter().map(|f| f.name).collect();
+        // How the collector the call is about to start will report it.
+        e.view.fields = progress::initial(&fields, max_attempts);
+        publish(e, Change::CallStarted);
+        Ok(Attached { fields, agent_uri: e.agent_uri.clone(), after_capture: e.after_capture.clone() })
     }
 
     /// Cancels a session; a call in progress is told to stop capturing.
@@ -257,7 +249,7 @@ impl Sessions {
             // A full inbox means the call is busy ending; the state above already holds.
             let _ = call.try_send(Command::Cancel);
         }
-        publish(e, "cancelled");
+        publish(e, Change::Cancelled);
         Ok(e.view.clone())
     }
 
@@ -287,57 +279,29 @@ impl Sessions {
             CallEvent::Answered => return,
             CallEvent::AgentAnswered => {
                 e.view.agent_connected = true;
-                "agent_connected"
+                Change::AgentConnected
             }
             CallEvent::AgentUnavailable { .. } | CallEvent::AgentHungUp => {
                 e.view.agent_connected = false;
-                "agent_disconnected"
+                Change::AgentDisconnected
             }
-            CallEvent::DigitEntered { field, count } => {
-                if let Some(f) = field_mut(&mut e.view, *field) {
-                    f.state = FieldState::Entering;
-                    f.digits = *count;
-                    f.masked = if *field == FieldName::Pan { masked_pan(*count, None) } else { "•".repeat(*count) };
-                }
-                "digit"
+            CallEvent::Progress { fields } => {
+                // Published with the event of the same change, which comes next.
+                e.view.fields = fields.clone();
+                return;
             }
-            CallEvent::FieldRestarted { field } => {
-                let max_attempts = e.max_attempts;
-                if let Some(at) = e.view.fields.iter().position(|f| f.name == *field) {
-                    for (i, f) in e.view.fields.iter_mut().enumerate().skip(at) {
-                        f.state = if i == at { FieldState::Entering } else { FieldState::Pending };
-                        f.digits = 0;
-                        f.masked.clear();
-                        f.attempts_left = max_attempts;
-                    }
-                }
-                "field_restarted"
-            }
-            CallEvent::FieldRejected { field, attempts_left, reason } => {
-                if let Some(f) = field_mut(&mut e.view, *field) {
-                    f.digits = 0;
-                    f.masked.clear();
-                    f.attempts_left = *attempts_left;
-                    f.state = if *attempts_left == 0 { FieldState::Failed } else { FieldState::Entering };
-                }
+            CallEvent::DigitEntered { .. } => Change::Digit,
+            CallEvent::FieldRestarted { .. } => Change::FieldRestarted,
+            CallEvent::FieldRejected { reason, .. } => {
                 e.view.error = Some(reason.to_string());
-                "field_rejected"
+                Change::FieldRejected
             }
-            CallEvent::FieldDone { field, masked } => {
-                let idx = e.view.fields.iter().position(|f| f.name == *field);
-                if let Some(i) = idx {
-                    let f = &mut e.view.fields[i];
-                    f.state = FieldState::Done;
-                    f.masked = masked.clone();
-                    if let Some(next) = e.view.fields.get_mut(i + 1) {
-                        next.state = FieldState::Entering;
-                    }
-                }
+            CallEvent::FieldDone { .. } => {
                 e.view.error = None;
-                "field_done"
+                Change::FieldDone
             }
-            CallEvent::CardCaptured(_) => "tokenizing",
-            CallEvent::CallerReplaced { .. } => "caller_replaced",
+            CallEvent::CardCaptured(_) => Change::Tokenizing,
+            CallEvent::CallerReplaced { .. } => Change::CallerReplaced,
             CallEvent::Completed => return,
             CallEvent::CaptureFailed { reason } => {
                 if e.view.state.is_final() {
@@ -345,17 +309,17 @@ impl Sessions {
                 }
                 e.view.state = SessionState::Failed;
                 e.view.error = Some(reason.to_string());
-                "failed"
+                Change::Failed
             }
             CallEvent::Cancelled => return,
             CallEvent::Hold { on } => {
                 e.view.on_hold = *on;
-                if *on { "hold" } else { "resumed" }
+                if *on { Change::Hold } else { Change::Resumed }
             }
-            CallEvent::Transferring => "transferring",
+            CallEvent::Transferring => Change::Transferring,
             CallEvent::TransferFailed { status } => {
                 e.view.error = Some(format!("the transfer back failed ({status})"));
-                "transfer_failed"
+                Change::TransferFailed
             }
             CallEvent::Ended(reason) => {
                 if *reason == EndReason::Transferred {
@@ -367,7 +331,7 @@ impl Sessions {
                     e.view.state = SessionState::Failed;
                     e.view.error = Some("the call ended before the card was captured".into());
                 }
-                "call_ended"
+                Change::CallEnded
             }
         };
         publish(e, name);
@@ -380,7 +344,7 @@ impl Sessions {
             e.view.state = SessionState::Completed;
             e.view.result = Some(result);
             e.view.error = None;
-            publish(e, "completed");
+            publish(e, Change::Completed);
         }
     }
 
@@ -393,11 +357,7 @@ impl Sessions {
     }
 }
 
-fn field_mut(view: &mut SessionView, name: FieldName) -> Option<&mut FieldView> {
-    view.fields.iter_mut().find(|f| f.name == name)
-}
-
-fn publish(e: &Entry, event: &'static str) {
+fn publish(e: &Entry, event: Change) {
     // No subscriber is fine: the view is also kept for GET.
     let _ = e.updates.send(SessionUpdate { event, session: e.view.clone() });
 }
@@ -405,6 +365,9 @@ fn publish(e: &Entry, event: &'static str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capture::card::YearMonth;
+    use crate::capture::collector::{Collector, CollectorConfig};
+    use crate::media::telephone_event::Key;
 
     #[test]
     fn session_ids_and_sip_users() {
@@ -429,16 +392,32 @@ mod tests {
         let attached = s.attach(&v.id, tx.clone(), 3).unwrap();
         assert_eq!(attached.fields, vec![FieldName::Pan, FieldName::Expiry]);
         assert_eq!(s.attach(&v.id, tx, 3).unwrap_err(), SessionError::NotWaiting(SessionState::Capturing));
+        // The view is what the call's collector reports, as the call forwards it.
+        let t = Instant::now();
+        let config = CollectorConfig::default();
+        let mut c = Collector::new(attached.fields.clone(), config, YearMonth { year: 2026, month: 12 }, t);
+        let key = |c: &mut Collector, ch| {
+            c.handle_key(Key::from_char(ch).unwrap(), t);
+            while c.poll_event().is_some() {}
+            s.apply(&v.id, &CallEvent::Progress { fields: c.progress() });
+        };
+        for ch in "411111".chars() {
+            key(&mut c, ch);
+        }
         s.apply(&v.id, &CallEvent::DigitEntered { field: FieldName::Pan, count: 6 });
         let now = s.view(&v.id).unwrap();
         assert_eq!(now.fields[0].masked, "•••• ••");
+        for ch in "1111111111#".chars() {
+            key(&mut c, ch);
+        }
         s.apply(
             &v.id,
             &CallEvent::FieldDone {
-                field: FieldName::Pan, masked: "•••• •••• •••• 4444".into()
+                field: FieldName::Pan, masked: "•••• •••• •••• 1111".into()
             },
         );
         let now = s.view(&v.id).unwrap();
+        assert_eq!(now.fields[0].masked, "•••• •••• •••• 1111");
         assert_eq!((now.fields[0].state, now.fields[1].state), (FieldState::Done, FieldState::Entering));
         assert_eq!(s.cancel(&v.id).unwrap().state, SessionState::Cancelled);
         assert_eq!(s.cancel(&v.id).unwrap_err(), SessionError::Final(SessionState::Cancelled));

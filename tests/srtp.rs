@@ -89,15 +89,7 @@ a=crypto:1 {suite} inline:{caller_key}\r\n",
             rtp.local_addr().unwrap().port()
         );
         let (invite, call_id, from_tag) = ua.invite(uri, &offer);
-        ua.send(&invite, t.server.sip_addr).await.unwrap();
-        let answer = loop {
-            let (msg, _) = tokio::time::timeout(Duration::from_secs(5), ua.recv()).await.expect("answered").unwrap();
-            if let SipMessage::Response(r) = msg
-                && r.status() >= 200
-            {
-                break r;
-            }
-        };
+        let answer = ua.call(&invite, t.server.sip_addr, Duration::from_secs(5)).await.expect("answered");
         assert_eq!(answer.status(), 200, "{suite}");
         let body = String::from_utf8(answer.body().to_vec()).unwrap();
         assert!(body.contains(" RTP/SAVP 0 101\r\n"), "{body}");

@@ -14,7 +14,7 @@ use super::auth::Role;
 use super::{ApiError, AppState, Caller};
 use crate::call::AfterCapture;
 use crate::capture::collector::FieldName;
-use crate::session::{SessionError, SessionId, SessionView};
+use crate::session::{Change, SessionError, SessionId, SessionView};
 
 pub(super) const AGENT_ROLES: &[Role] = &[Role::Agent, Role::Admin];
 
@@ -182,7 +182,7 @@ async fn stream(
                     if socket.send(Message::Text(text.into())).await.is_err() {
                         return;
                     }
-                    if u.event == "call_ended" {
+                    if u.event == Change::CallEnded {
                         let _ = socket.send(Message::Close(None)).await;
                         return;
                     }

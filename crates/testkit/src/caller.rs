@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rtp_rs::{RtpPacketBuilder, Seq};
 use tokio::net::UdpSocket;
-use tokio::time::{Instant, MissedTickBehavior, interval, timeout};
+use tokio::time::{MissedTickBehavior, interval, timeout};
 
 use super::{SoftphoneError, Ua};
 use tonewall_core::media::dtmf::signal::{Noise, TonePair, push_silence, push_tone, to_i16};
@@ -147,24 +147,11 @@ pub async fn place_call(opts: CallerOptions) -> Result<CallerReport, SoftphoneEr
     let rtp = UdpSocket::bind("127.0.0.1:0").await?;
     let offer = sdp::write(rtp.local_addr()?, 1, &[opts.codec], Some(opts.event_pt));
     let (invite, call_id, from_tag) = ua.invite(&opts.uri, &offer);
-    ua.send(&invite, opts.server).await?;
     let mut report = CallerReport::default();
-
-    // Wait for the 200 (resending the INVITE every 500 ms, as Timer A would).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let answer = loop {
-        if Instant::now() > deadline {
-            return Err(SoftphoneError::Timeout("no answer to INVITE"));
-        }
-        match timeout(Duration::from_millis(500), ua.recv()).await {
-            Err(_) => ua.send(&invite, opts.server).await?,
-            Ok(msg) => match msg? {
-                (SipMessage::Response(r), _) if r.status() >= 300 => return Err(SoftphoneError::Refused(r.status())),
-                (SipMessage::Response(r), _) if r.status() >= 200 => break r,
-                _ => {}
-            },
-        }
-    };
+    let answer = ua.call(&invite, opts.server, Duration::from_secs(10)).await?;
+    if answer.status() >= 300 {
+        return Err(SoftphoneError::Refused(answer.status()));
+    }
     report.answered = true;
     let media =
         RemoteDescription::parse(answer.body()).map_err(|e| SoftphoneError::Protocol(e.to_string()))?.negotiate();

@@ -9,11 +9,13 @@ pub mod caller;
 pub mod desktop;
 
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use tokio::net::UdpSocket;
 
-use tonewall_core::sip::message::{self, Method, Request, RequestBuilder, ResponseBuilder, SipMessage};
+use tonewall_core::sip::message::{self, Method, Request, RequestBuilder, Response, ResponseBuilder, SipMessage};
+use tonewall_core::sip::transaction::{ClientInvite, ClientInviteState, Outcome, Timers};
 
 #[derive(Debug, Error)]
 pub enum SoftphoneError {
@@ -77,6 +79,44 @@ impl Ua {
             .body("application/sdp", sdp.as_bytes())
             .build();
         (bytes, call_id, tag)
+    }
+
+    /// Sends `invite` to `to` in a client INVITE transaction (RFC 3261 §17.1.1, the core's
+    /// `ClientInvite`: Timer A retransmissions over UDP, Timer B, the ACK of a non-2xx) and
+    /// returns its final response; provisional ones are skipped. Gives up after `give_up`
+    /// even while a provisional holds Timer B off.
+    pub async fn call(&self, invite: &[u8], to: SocketAddr, give_up: Duration) -> Result<Response, SoftphoneError> {
+        let Ok(SipMessage::Request(req)) = message::parse(invite) else {
+            return Err(SoftphoneError::Protocol("the INVITE to send does not parse".into()));
+        };
+        let deadline = Instant::now() + give_up;
+        let mut tx = ClientInvite::new(req, invite.to_vec(), Instant::now(), Timers::default(), false);
+        loop {
+            while let Some(bytes) = tx.poll_transmit() {
+                self.send(&bytes, to).await?;
+            }
+            if tx.state() == ClientInviteState::Terminated(Outcome::TimedOut) || Instant::now() >= deadline {
+                return Err(SoftphoneError::Timeout("no final answer to INVITE"));
+            }
+            let wake = tx.poll_timeout().map_or(deadline, |t| t.min(deadline));
+            match tokio::time::timeout(wake.saturating_duration_since(Instant::now()), self.recv()).await {
+                Err(_) => tx.handle_timeout(Instant::now()),
+                Ok(received) => {
+                    let (SipMessage::Response(resp), _) = received? else { continue };
+                    if tx.matches(&resp) && resp.status() >= 200 {
+                        tx.handle_response(Instant::now(), &resp);
+                        // The ACK of a non-2xx goes out before the answer is handed back.
+                        while let Some(bytes) = tx.poll_transmit() {
+                            self.send(&bytes, to).await?;
+                        }
+                        return Ok(resp);
+                    }
+                    if tx.matches(&resp) {
+                        tx.handle_response(Instant::now(), &resp);
+                    }
+                }
+            }
+        }
     }
 
     /// ACK or BYE inside the dialog we started.

@@ -93,7 +93,12 @@ impl Call {
             events.push(e);
         }
         let field = c.current_field();
+        let progress = (!events.is_empty()).then(|| c.progress());
         self.bridge.recording().set_field(field);
+        // The progress first, so that whoever shows the events below shows them over it.
+        if let Some(fields) = progress {
+            self.event(CallEvent::Progress { fields });
+        }
         for e in events {
             match e {
                 CaptureEvent::Prompt(id) => {

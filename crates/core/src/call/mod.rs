@@ -25,6 +25,7 @@ use std::time::Instant;
 
 use crate::capture::card::YearMonth;
 use crate::capture::collector::{CapturedCard, Collector, CollectorConfig, FieldName, PromptId, Rejection};
+use crate::capture::progress::FieldProgress;
 use crate::media::masker::Replacement;
 use crate::media::player::PromptAudio;
 use crate::media::srtp::{MasterKey, SrtpLeg, SrtpPolicy};
@@ -158,6 +159,11 @@ pub enum CallEvent {
         status: u16,
     },
     AgentHungUp,
+    /// Where every field of the capture stands now (counts and masks only); it comes before
+    /// the events of the same change.
+    Progress {
+        fields: Vec<FieldProgress>,
+    },
     DigitEntered {
         field: FieldName,
         count: usize,

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::card::{CardError, Expiry, Pan, SecurityCode, YearMonth};
+use super::progress::{self, FieldProgress, FieldState};
 use crate::media::telephone_event::Key;
 
 /// A field the agent can ask for.
@@ -135,12 +136,15 @@ pub struct Collector {
     pan: Option<Pan>,
     expiry: Option<Expiry>,
     security_code: Option<SecurityCode>,
+    /// Each done field's digit count and mask, for `progress`.
+    done: Vec<Option<(usize, String)>>,
     events: VecDeque<CaptureEvent>,
 }
 
 impl Collector {
     /// `fields` must start with `Pan` (the API checks this); `today` is the current month.
     pub fn new(fields: Vec<FieldName>, config: CollectorConfig, today: YearMonth, now: Instant) -> Self {
+        let done = vec![None; fields.len()];
         let mut c = Collector {
             config,
             today,
@@ -153,6 +157,7 @@ impl Collector {
             pan: None,
             expiry: None,
             security_code: None,
+            done,
             events: VecDeque::new(),
         };
         c.ask_current(now);
@@ -165,6 +170,26 @@ impl Collector {
 
     pub fn is_finished(&self) -> bool {
         self.phase != Phase::Collecting
+    }
+
+    /// Where every field stands: the one copy of the capture's progress.
+    pub fn progress(&self) -> Vec<FieldProgress> {
+        let max = self.config.max_attempts;
+        let mut all = progress::initial(&self.fields, max);
+        for (i, f) in all.iter_mut().enumerate() {
+            if let Some((digits, masked)) = &self.done[i] {
+                *f = FieldProgress { state: FieldState::Done, digits: *digits, masked: masked.clone(), ..f.clone() };
+            } else if i == self.index {
+                let count = self.entry.len();
+                f.state = if self.phase == Phase::Failed { FieldState::Failed } else { FieldState::Entering };
+                f.digits = count;
+                f.masked = progress::entering_mask(f.name, count);
+                f.attempts_left = max.saturating_sub(self.attempts);
+            } else {
+                f.state = FieldState::Pending;
+            }
+        }
+        all
     }
 
     pub fn poll_event(&mut self) -> Option<CaptureEvent> {
@@ -207,6 +232,9 @@ impl Collector {
         let at = self.fields.iter().position(|f| *f == field).ok_or(RestartError::NotRequested)?;
         if at > self.index {
             return Err(RestartError::NotReached);
+        }
+        for d in &mut self.done[at..] {
+            *d = None;
         }
         for f in &self.fields[at..=self.index] {
             match f {
@@ -258,9 +286,11 @@ impl Collector {
     fn submit(&mut self, now: Instant) {
         let field = self.fields[self.index];
         let result = self.validate(field);
+        let digits = self.entry.len();
         self.entry.clear();
         match result {
             Ok(masked) => {
+                self.done[self.index] = Some((digits, masked.clone()));
                 self.events.push_back(CaptureEvent::FieldDone { field, masked });
                 self.attempts = 0;
                 self.index += 1;
@@ -513,5 +543,35 @@ mod tests {
         assert_eq!(masked_pan(0, None), "");
         assert_eq!(masked_pan(5, None), "•••• •");
         assert_eq!(masked_pan(15, Some("0005")), "•••• •••• ••• 0005");
+    }
+
+    #[test]
+    fn progress_follows_keys_rejections_and_restarts() {
+        let t = crate::test_origin();
+        let mut c = collector(t);
+        let states =
+            |c: &Collector| c.progress().iter().map(|f| (f.state, f.digits, f.attempts_left)).collect::<Vec<_>>();
+        assert_eq!(
+            states(&c),
+            vec![(FieldState::Entering, 0, 3), (FieldState::Pending, 0, 3), (FieldState::Pending, 0, 3)]
+        );
+        keys(&mut c, "411111", t);
+        assert_eq!(c.progress()[0].masked, "•••• ••");
+        keys(&mut c, "1111111112#", t); // fails the Luhn check
+        assert_eq!(states(&c)[0], (FieldState::Entering, 0, 2));
+        keys(&mut c, "4111111111111111#12", t);
+        let p = c.progress();
+        assert_eq!((p[0].state, p[0].digits, p[0].masked.as_str()), (FieldState::Done, 16, "•••• •••• •••• 1111"));
+        assert_eq!((p[1].state, p[1].digits, p[1].masked.as_str()), (FieldState::Entering, 2, "••"));
+        keys(&mut c, "*", t);
+        assert_eq!(states(&c)[1], (FieldState::Entering, 0, 3), "the caller's * clears the field");
+        c.restart(FieldName::Pan, t).unwrap();
+        assert_eq!(states(&c)[..2], [(FieldState::Entering, 0, 3), (FieldState::Pending, 0, 3)], "the agent's restart");
+        for _ in 0..3 {
+            keys(&mut c, "1234#", t);
+        }
+        assert_eq!(states(&c)[0], (FieldState::Failed, 0, 0));
+        let shown = format!("{:?}", c.progress());
+        assert!(!shown.contains("1234") && !shown.contains("4111"), "progress shows no digit: {shown}");
     }
 }
