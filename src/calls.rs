@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::call::Command;
+use crate::capture::collector::FieldName;
 use crate::session::SessionId;
 
 /// Tonewall's id for one call (`call_` and 32 hex digits); never the SIP Call-ID, which
@@ -44,6 +45,25 @@ pub enum CallMode {
     Inline { route: String },
 }
 
+/// A capture asked of an inline call's task, which binds the session and starts it in one
+/// step (it owns the call's session binding) and answers on `reply`.
+#[derive(Debug)]
+pub struct CaptureRequest {
+    pub session: SessionId,
+    pub fields: Vec<FieldName>,
+    pub reply: oneshot::Sender<Result<(), CaptureRefused>>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CaptureRefused {
+    #[error("a capture is already running on this call")]
+    Busy,
+    #[error("the session is not waiting for a call")]
+    SessionGone,
+    #[error("the call has ended")]
+    CallEnded,
+}
+
 struct Entry {
     mode: CallMode,
     sip_call_id: String,
@@ -51,8 +71,10 @@ struct Entry {
     caller: String,
     started_unix_ms: i64,
     answered: bool,
+    /// The session capturing on this call, as its task last reported it.
     session: Option<SessionId>,
     commands: mpsc::Sender<Command>,
+    captures: mpsc::Sender<CaptureRequest>,
 }
 
 /// One call as the API shows it. `caller` is the whole number only for roles that need it.
@@ -91,6 +113,7 @@ pub struct NewCall {
     pub started_unix_ms: i64,
     pub session: Option<SessionId>,
     pub commands: mpsc::Sender<Command>,
+    pub captures: mpsc::Sender<CaptureRequest>,
 }
 
 impl Calls {
@@ -108,6 +131,7 @@ impl Calls {
             answered: false,
             session: c.session,
             commands: c.commands,
+            captures: c.captures,
         };
         self.lock().insert(id, entry);
     }
@@ -120,11 +144,6 @@ impl Calls {
         if let Some(e) = self.lock().get_mut(id) {
             e.answered = true;
         }
-    }
-
-    /// The session capturing on this call now, if any.
-    pub fn session(&self, id: &CallId) -> Option<SessionId> {
-        self.lock().get(id).and_then(|e| e.session.clone())
     }
 
     /// Every call, oldest first; `full_caller` shows whole numbers, else only the last four
@@ -154,9 +173,8 @@ impl Calls {
         v
     }
 
-    /// Checks that an inline, answered call can take a capture: its command inbox, and the
-    /// session capturing on it now (if one is), which the caller must check is over.
-    pub fn capture_target(&self, id: &CallId) -> Result<(mpsc::Sender<Command>, Option<SessionId>), CallsError> {
+    /// Checks that an inline, answered call can take a capture; where to ask its task for one.
+    pub fn capture_target(&self, id: &CallId) -> Result<mpsc::Sender<CaptureRequest>, CallsError> {
         let map = self.lock();
         let e = map.get(id).ok_or(CallsError::NotFound)?;
         if e.mode == CallMode::Session {
@@ -165,7 +183,7 @@ impl Calls {
         if !e.answered {
             return Err(CallsError::NotAnswered);
         }
-        Ok((e.commands.clone(), e.session.clone()))
+        Ok(e.captures.clone())
     }
 
     /// Every call's command inbox (shutdown hangs them all up).
@@ -173,6 +191,7 @@ impl Calls {
         self.lock().values().map(|e| e.commands.clone()).collect()
     }
 
+    /// The call's task bound `session` to it (the view the API lists).
     pub fn set_session(&self, id: &CallId, session: SessionId) {
         if let Some(e) = self.lock().get_mut(id) {
             e.session = Some(session);
@@ -195,6 +214,7 @@ mod tests {
     fn lists_with_or_without_the_whole_number_and_guards_capture() {
         let calls = Calls::default();
         let (tx, _rx) = mpsc::channel(1);
+        let (captures, _captures_rx) = mpsc::channel(1);
         let id = CallId::new();
         let new = |mode| NewCall {
             mode,
@@ -203,6 +223,7 @@ mod tests {
             started_unix_ms: 5,
             session: None,
             commands: tx.clone(),
+            captures: captures.clone(),
         };
         calls.insert(id.clone(), new(CallMode::Inline { route: "sales".into() }));
         let session_call = CallId::new();

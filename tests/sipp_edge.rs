@@ -277,7 +277,15 @@ async fn inline_route_forwards_to_the_target_and_captures_on_request() {
     let id = call["id"].as_str().unwrap();
     let body = r#"{"fields":["pan","expiry","cvv"],"reference":"inline"}"#;
     let capture_url = format!("{}/v1/calls/{id}/capture", edge.serve.base);
-    let (s, session) = http("POST", &capture_url, Some(&edge.key), Some(body)).await;
+    // Two captures asked at the same moment: the call's task binds one and refuses the other.
+    let (a, b) = tokio::join!(
+        http("POST", &capture_url, Some(&edge.key), Some(body)),
+        http("POST", &capture_url, Some(&edge.key), Some(body))
+    );
+    let mut statuses = [a.0, b.0];
+    statuses.sort();
+    assert_eq!(statuses, [201, 409], "{} / {}", a.1, b.1);
+    let (s, session) = if a.0 == 201 { a } else { b };
     assert_eq!(s, 201, "{session}");
     assert_eq!(session["state"], "capturing", "{session}");
     // A second capture while this one runs is refused.

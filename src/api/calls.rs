@@ -11,8 +11,10 @@ use serde_json::json;
 use super::auth::Role;
 use super::sessions::{AGENT_ROLES, validate_capture};
 use super::{ApiError, AppState, Caller};
-use crate::call::{AfterCapture, Command};
-use crate::calls::{CallId, CallsError};
+use tokio::sync::oneshot;
+
+use crate::call::AfterCapture;
+use crate::calls::{CallId, CallsError, CaptureRefused, CaptureRequest};
 use crate::capture::collector::FieldName;
 
 /// Agents see the last four digits of a caller's number, enough to find their call; admins
@@ -44,21 +46,25 @@ pub async fn capture(
     validate_capture(&req.fields, &req.reference).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, m))?;
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, "no such call");
     let call_id = CallId::parse(&id).ok_or_else(not_found)?;
-    let (commands, current) = state.calls.capture_target(&call_id).map_err(|e| match e {
+    let captures = state.calls.capture_target(&call_id).map_err(|e| match e {
         CallsError::NotFound => not_found(),
         e => ApiError::new(StatusCode::CONFLICT, e.to_string()),
     })?;
-    if current.and_then(|s| state.sessions.view(&s)).is_some_and(|v| !v.state.is_final()) {
-        return Err(ApiError::new(StatusCode::CONFLICT, "a capture is already running on this call"));
-    }
-    let fields = req.fields.clone();
-    let view = state.sessions.create(req.fields, req.reference, None, AfterCapture::Bridge, &state.sip_host);
-    // The call reports to the session from its first event on: bind it before starting.
-    let attached = state.sessions.attach(&view.id, commands.clone(), state.max_attempts);
-    state.calls.set_session(&call_id, view.id.clone());
-    if attached.is_err() || commands.send(Command::StartCapture { fields }).await.is_err() {
+    let view = state.sessions.create(req.fields.clone(), req.reference, None, AfterCapture::Bridge, &state.sip_host);
+    // The call's task binds the session and starts the capture in one step, or says why not.
+    let (reply, answer) = oneshot::channel();
+    let asked = captures.send(CaptureRequest { session: view.id.clone(), fields: req.fields, reply }).await;
+    let refused = match (asked, answer.await) {
+        (Ok(()), Ok(Ok(()))) => None,
+        (Ok(()), Ok(Err(why))) => Some(why),
+        _ => Some(CaptureRefused::CallEnded),
+    };
+    if let Some(why) = refused {
         let _ = state.sessions.cancel(&view.id);
-        return Err(not_found());
+        return Err(match why {
+            CaptureRefused::Busy => ApiError::new(StatusCode::CONFLICT, why.to_string()),
+            CaptureRefused::SessionGone | CaptureRefused::CallEnded => not_found(),
+        });
     }
     tracing::info!(call = call_id.as_str(), session = view.id.as_str(), key = caller.key_id, "capture started");
     caller.audit(&state, "call.capture", "started", view.id.as_str()).await;

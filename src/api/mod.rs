@@ -37,8 +37,6 @@ pub struct AppState {
     pub limits: Arc<cards::Limits>,
     /// Where recordings are kept.
     pub data_dir: std::path::PathBuf,
-    /// `capture.max_attempts`, for captures started on inline calls.
-    pub max_attempts: u8,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use super::shared::{Inbound, Shared};
 use crate::call::recording::STEREO_FRAME;
 use crate::call::{Call, CallEvent, Command, Input, LegId, Output};
-use crate::calls::CallId;
+use crate::calls::{CallId, CaptureRefused, CaptureRequest};
 use crate::capture::collector::CapturedCard;
 use crate::endpoint::CallHandle;
 use crate::media::rtp::MAX_PACKET;
@@ -35,6 +35,8 @@ pub struct CallTask {
     pub sip_rx: mpsc::Receiver<Inbound>,
     pub cmd_rx: mpsc::Receiver<Command>,
     pub cmd_tx: mpsc::Sender<Command>,
+    /// Captures the API asks of an inline call.
+    pub capture_rx: mpsc::Receiver<CaptureRequest>,
 }
 
 impl CallTask {
@@ -64,6 +66,7 @@ impl CallTask {
                     self.call.handle_input(Instant::now(), Input::Sip { leg, msg, from });
                 }
                 Some(cmd) = self.cmd_rx.recv() => self.call.handle_input(Instant::now(), Input::Command(cmd)),
+                Some(request) = self.capture_rx.recv() => self.start_capture(request),
                 r = self.caller_rtp.recv_from(&mut caller_buf) => {
                     if let Ok((n, _)) = r {
                         let packet = &caller_buf[..n];
@@ -154,10 +157,6 @@ impl CallTask {
                         }
                         _ => {}
                     }
-                    // An inline call learns its session when the API starts a capture.
-                    if let Some(current) = self.shared.calls.session(&self.id) {
-                        self.session = Some(current);
-                    }
                     let Some(session) = self.session.clone() else { continue };
                     self.shared.sessions.apply(&session, &e);
                     if let CallEvent::CardCaptured(card) = e {
@@ -174,6 +173,29 @@ impl CallTask {
             // RTP is loss-tolerant: a full socket buffer drops this packet, never blocks the call.
             let _ = sock.try_send_to(&p.buf[..p.len], p.to);
         }
+    }
+
+    /// Binds the session the API made for an inline call and starts its capture: one step
+    /// here, where the call's session binding lives, so no other capture can slip in between.
+    fn start_capture(&mut self, request: CaptureRequest) {
+        let CaptureRequest { session, fields, reply } = request;
+        let running =
+            self.session.as_ref().and_then(|s| self.shared.sessions.view(s)).is_some_and(|v| !v.state.is_final());
+        let answer = if running {
+            Err(CaptureRefused::Busy)
+        } else {
+            match self.shared.sessions.attach(&session, self.cmd_tx.clone(), self.shared.config.capture.max_attempts) {
+                Ok(_) => {
+                    self.shared.calls.set_session(&self.id, session.clone());
+                    self.session = Some(session);
+                    self.call.handle_input(Instant::now(), Input::Command(Command::StartCapture { fields }));
+                    Ok(())
+                }
+                Err(_) => Err(CaptureRefused::SessionGone),
+            }
+        };
+        // The API may have given up waiting; then nobody needs the answer.
+        let _ = reply.send(answer);
     }
 
     /// Tokenizes off the call's task (the core never waits on the vault) and reports back.

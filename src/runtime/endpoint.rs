@@ -82,6 +82,7 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, admission: Admission
     };
     let (sip_tx, sip_rx) = mpsc::channel(64);
     let (cmd_tx, cmd_rx) = mpsc::channel(16);
+    let (captures, capture_rx) = mpsc::channel(1);
     let (session, mode) = match &admitted {
         Admitted::Session(id) => match shared.sessions.attach(id, cmd_tx.clone(), shared.config.capture.max_attempts) {
             Ok(a) => {
@@ -151,11 +152,23 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, admission: Admission
         started_unix_ms,
         session: session.clone(),
         commands: cmd_tx.clone(),
+        captures,
     };
     shared.calls.insert(id.clone(), new);
     tracing::info!(call = id.as_str(), session = session.as_ref().map(SessionId::as_str), from = %flow.remote, transport = flow.transport.via_token(), agent = bridged, "call answered");
-    let task =
-        CallTask { id, handle, call, session, shared: shared.clone(), caller_rtp, agent_rtp, sip_rx, cmd_rx, cmd_tx };
+    let task = CallTask {
+        id,
+        handle,
+        call,
+        session,
+        shared: shared.clone(),
+        caller_rtp,
+        agent_rtp,
+        sip_rx,
+        cmd_rx,
+        cmd_tx,
+        capture_rx,
+    };
     tokio::spawn(task.run());
 }
 

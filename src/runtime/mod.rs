@@ -112,8 +112,7 @@ impl Server {
             shared.config.vault.bulk_alarm_per_hour,
         ));
         let data_dir = shared.config.storage.data_dir.clone();
-        let max_attempts = shared.config.capture.max_attempts;
-        let state = AppState { sessions, calls, vault: vault.clone(), sip_host, limits, data_dir, max_attempts };
+        let state = AppState { sessions, calls, vault: vault.clone(), sip_host, limits, data_dir };
         let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
         let mut http_stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
