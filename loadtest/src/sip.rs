@@ -1,5 +1,6 @@
 //! The SIP side of every load call in one task on one UDP socket: the caller legs' UAC
-//! (INVITE with Timer A retransmissions, ACK, BYE; RFC 3261 §17.1.1, §13.2) and the agent
+//! (INVITE and BYE in tonewall's own client transactions, `ClientInvite` and
+//! `ClientNonInvite`: Timers A/B and E/F, the ACK of a non-2xx; RFC 3261 §17.1, §13.2) and the agent
 //! legs' UAS (tonewall calls `sip:agent-<n>@<this socket>`; we answer 200 with SDP at once,
 //! and answer a retransmitted INVITE with the same 200, §13.3.1.4). Messages are parsed and
 //! built with tonewall's own SIP code; sipp checks that code against an independent one in
@@ -14,13 +15,14 @@ use tokio::sync::mpsc;
 use tonewall::media::g711::Codec;
 use tonewall::sip::message::{self, Method, Request, RequestBuilder, Response, ResponseBuilder, SipMessage};
 use tonewall::sip::sdp::{self, RemoteDescription};
+use tonewall::sip::transaction::{
+    ClientInvite, ClientInviteState, ClientNonInvite, ClientNonInviteState, Delivery, Outcome, Timers,
+};
 
 use crate::script::EVENT_PT;
 
 /// How long a call may take to come up before it counts as failed.
 pub const SETUP_TIMEOUT: Duration = Duration::from_secs(15);
-const T1: Duration = Duration::from_millis(500);
-const BYE_TRIES: u32 = 6;
 
 pub enum SipCommand {
     /// Dial `uri`; media for the caller leg at `caller_rtp`, for the agent leg at `agent_rtp`.
@@ -51,7 +53,7 @@ pub enum SipEvent {
     Dropped {
         id: u32,
     },
-    /// Our BYE was answered (or went unanswered `BYE_TRIES` times).
+    /// Our BYE was answered (or its transaction timed out, Timer F).
     Ended {
         id: u32,
         answered: bool,
@@ -65,15 +67,14 @@ enum Role {
 }
 
 enum Phase {
-    Inviting { next: Instant, every: Duration, provisional: bool },
+    Inviting(Box<ClientInvite>),
     Up,
-    Ending { next: Instant, tries: u32, bye: Vec<u8> },
+    Ending(Box<ClientNonInvite>),
 }
 
 struct Call {
     call_id: String,
     from_tag: String,
-    invite: Vec<u8>,
     sdp: String,
     agent_sdp: String,
     to: Option<String>,
@@ -169,20 +170,25 @@ impl Task {
             .header("Contact", &format!("<sip:caller-{id}@{}>", self.addr))
             .body("application/sdp", sdp.as_bytes())
             .build();
-        self.send(&invite, self.target);
         let now = Instant::now();
+        let Ok(SipMessage::Request(parsed)) = message::parse(&invite) else {
+            return self.fail(id, "our own INVITE does not parse".into());
+        };
+        let mut tx = Box::new(ClientInvite::new(parsed, invite, now, Timers::default(), false));
+        while let Some(bytes) = tx.poll_transmit() {
+            self.send(&bytes, self.target);
+        }
         self.by_call_id.insert(call_id.clone(), (id, Role::Caller));
         self.calls.insert(
             id,
             Call {
                 call_id,
                 from_tag,
-                invite,
                 sdp,
                 agent_sdp,
                 to: None,
                 target: uri,
-                phase: Phase::Inviting { next: now + T1, every: T1, provisional: false },
+                phase: Phase::Inviting(tx),
                 started: now,
                 caller_leg: None,
                 agent_leg: None,
@@ -207,9 +213,16 @@ impl Task {
     fn hang_up(&mut self, id: u32) {
         let Some(c) = self.calls.get(&id) else { return };
         let bye = self.in_dialog(c, Method::Bye, 2);
-        self.send(&bye, self.target);
+        // The transaction is known by the branch in_dialog drew.
+        let Ok(SipMessage::Request(parsed)) = message::parse(&bye) else { return self.ended(id, false) };
+        let branch = parsed.branch().unwrap_or_default();
+        let mut tx =
+            Box::new(ClientNonInvite::new(Method::Bye, &branch, bye, Instant::now(), Timers::default(), false));
+        while let Some(bytes) = tx.poll_transmit() {
+            self.send(&bytes, self.target);
+        }
         if let Some(c) = self.calls.get_mut(&id) {
-            c.phase = Phase::Ending { next: Instant::now() + T1, tries: 1, bye };
+            c.phase = Phase::Ending(tx);
         }
     }
 
@@ -217,9 +230,38 @@ impl Task {
         let Some(&(id, Role::Caller)) = self.by_call_id.get(r.call_id()) else { return };
         let Some(c) = self.calls.get_mut(&id) else { return };
         let status = r.status();
-        match (r.cseq().method.clone(), &mut c.phase) {
-            (Method::Invite, Phase::Inviting { provisional, .. }) if status < 200 => *provisional = true,
-            (Method::Invite, Phase::Inviting { .. }) if status < 300 => {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let step = match &mut c.phase {
+            Phase::Inviting(tx) if tx.matches(&r) => {
+                let delivery = tx.handle_response(now, &r);
+                while let Some(bytes) = tx.poll_transmit() {
+                    out.push(bytes); // the ACK of a non-2xx (§17.1.1.3)
+                }
+                match (delivery, status) {
+                    (Delivery::Absorbed, _) | (_, 100..=199) => Step::Nothing,
+                    (_, 200..=299) => Step::Answered,
+                    _ => Step::Refused,
+                }
+            }
+            // A retransmitted 200: our ACK was lost.
+            Phase::Up if r.cseq().method == Method::Invite && (200..300).contains(&status) => Step::AckAgain,
+            Phase::Ending(tx) if r.cseq().method == Method::Bye => {
+                tx.handle_response(now, &r);
+                while let Some(bytes) = tx.poll_transmit() {
+                    out.push(bytes);
+                }
+                if status >= 200 { Step::ByeAnswered } else { Step::Nothing }
+            }
+            _ => Step::Nothing,
+        };
+        for bytes in out {
+            self.send(&bytes, self.target);
+        }
+        match step {
+            Step::Nothing => {}
+            Step::Answered => {
+                let Some(c) = self.calls.get_mut(&id) else { return };
                 c.to = Some(r.to().to_string());
                 c.target = r.contact_uri().unwrap_or(&c.target).to_string();
                 c.phase = Phase::Up;
@@ -230,19 +272,12 @@ impl Task {
                 self.ack(id);
                 self.report_if_connected(id);
             }
-            (Method::Invite, Phase::Inviting { .. }) => {
-                // ACK for a failure: same branch as the INVITE (RFC 3261 §17.1.1.3).
-                if let Ok(SipMessage::Request(inv)) = message::parse(&c.invite) {
-                    let ack = message::ack_for(&inv, r.to());
-                    self.send(&ack, self.target);
-                }
+            Step::Refused => {
                 let hint = if status == 503 { " (raise sip.rate_per_source for load tests)" } else { "" };
                 self.fail(id, format!("INVITE answered {status}{hint}"));
             }
-            // A retransmitted 200: our ACK was lost.
-            (Method::Invite, Phase::Up) if (200..300).contains(&status) => self.ack(id),
-            (Method::Bye, Phase::Ending { .. }) if status >= 200 => self.ended(id, true),
-            _ => {}
+            Step::AckAgain => self.ack(id),
+            Step::ByeAnswered => self.ended(id, true),
         }
     }
 
@@ -345,34 +380,36 @@ impl Task {
     }
 
     fn timers(&mut self, now: Instant) {
-        let (mut invites, mut byes, mut failed, mut unanswered) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut out, mut failed, mut unanswered) = (Vec::new(), Vec::new(), Vec::new());
         for (&id, c) in &mut self.calls {
+            if !c.reported && now - c.started > SETUP_TIMEOUT && !matches!(c.phase, Phase::Ending(_)) {
+                failed.push(id);
+                continue;
+            }
             match &mut c.phase {
-                Phase::Inviting { .. } | Phase::Up if !c.reported && now - c.started > SETUP_TIMEOUT => failed.push(id),
-                Phase::Inviting { next, every, provisional } if !*provisional && now >= *next => {
-                    // Timer A doubles up to T2 (4 s).
-                    *every = (*every * 2).min(Duration::from_secs(4));
-                    *next = now + *every;
-                    invites.push(id);
+                Phase::Inviting(tx) => {
+                    if tx.poll_timeout().is_some_and(|t| t <= now) {
+                        tx.handle_timeout(now);
+                    }
+                    out.extend(std::iter::from_fn(|| tx.poll_transmit()));
+                    if tx.state() == ClientInviteState::Terminated(Outcome::TimedOut) {
+                        failed.push(id);
+                    }
                 }
-                Phase::Ending { tries, .. } if *tries >= BYE_TRIES => unanswered.push(id),
-                Phase::Ending { next, tries, .. } if now >= *next => {
-                    *tries += 1;
-                    *next = now + T1;
-                    byes.push(id);
+                Phase::Ending(tx) => {
+                    if tx.poll_timeout().is_some_and(|t| t <= now) {
+                        tx.handle_timeout(now);
+                    }
+                    out.extend(std::iter::from_fn(|| tx.poll_transmit()));
+                    if tx.state() == ClientNonInviteState::Terminated(Outcome::TimedOut) {
+                        unanswered.push(id);
+                    }
                 }
-                _ => {}
+                Phase::Up => {}
             }
         }
-        for id in invites {
-            if let Some(c) = self.calls.get(&id) {
-                self.send(&c.invite, self.target);
-            }
-        }
-        for id in byes {
-            if let Some(Call { phase: Phase::Ending { bye, .. }, .. }) = self.calls.get(&id) {
-                self.send(bye, self.target);
-            }
+        for bytes in out {
+            self.send(&bytes, self.target);
         }
         for id in failed {
             self.fail(id, format!("not connected within {} s", SETUP_TIMEOUT.as_secs()));
@@ -381,4 +418,13 @@ impl Task {
             self.ended(id, false);
         }
     }
+}
+
+/// What a response to a caller leg leads to, once the transaction has seen it.
+enum Step {
+    Nothing,
+    Answered,
+    Refused,
+    AckAgain,
+    ByeAnswered,
 }
