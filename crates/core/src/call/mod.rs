@@ -642,8 +642,13 @@ impl Call {
 
     /// Runs the handler of every timer that is due.
     fn on_timeout(&mut self, now: Instant) {
-        let due: Vec<Timer> = self.timers().filter(|(_, at)| *at <= now).map(|(t, _)| t).collect();
-        for timer in due {
+        // Collected first (the handlers need the call mutably), without allocating: a call
+        // has eight timers at most.
+        let mut due = [None; 8];
+        for (slot, (timer, _)) in due.iter_mut().zip(self.timers().filter(|(_, at)| *at <= now)) {
+            *slot = Some(timer);
+        }
+        for timer in due.into_iter().flatten() {
             match timer {
                 Timer::CallerAnswer => self.answer_timeout(now),
                 Timer::AgentInvite => self.agent_timeout(now),
