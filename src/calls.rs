@@ -38,8 +38,10 @@ impl Default for CallId {
     }
 }
 
-/// How a call came in: transferred to a session's URI, or routed inline.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How a call came in: transferred to a session's URI, or routed inline (the API shows
+/// `"mode": "session"`, or `"mode": "inline"` with the route's name).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "mode", rename_all = "lowercase")]
 pub enum CallMode {
     Session,
     Inline { route: String },
@@ -81,9 +83,8 @@ struct Entry {
 #[derive(Debug, Clone, Serialize)]
 pub struct CallView {
     pub id: CallId,
-    pub mode: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub route: Option<String>,
+    #[serde(flatten)]
+    pub mode: CallMode,
     pub sip_call_id: String,
     pub caller: String,
     pub started_unix_ms: i64,
@@ -154,14 +155,7 @@ impl Calls {
             .iter()
             .map(|(id, e)| CallView {
                 id: id.clone(),
-                mode: match e.mode {
-                    CallMode::Session => "session",
-                    CallMode::Inline { .. } => "inline",
-                },
-                route: match &e.mode {
-                    CallMode::Inline { route } => Some(route.clone()),
-                    CallMode::Session => None,
-                },
+                mode: e.mode.clone(),
                 sip_call_id: e.sip_call_id.clone(),
                 caller: if full_caller { e.caller.clone() } else { last_four(&e.caller) },
                 started_unix_ms: e.started_unix_ms,
@@ -232,6 +226,12 @@ mod tests {
         assert_eq!(agent_view.len(), 2);
         assert!(agent_view.iter().all(|c| c.caller == "…0123"));
         assert_eq!(calls.list(true)[0].caller, "+441632960123");
+        let json: Vec<serde_json::Value> = agent_view.iter().map(|c| serde_json::to_value(c).unwrap()).collect();
+        let inline = json.iter().find(|c| c["id"] == id.as_str()).unwrap();
+        assert_eq!((inline["mode"].as_str(), inline["route"].as_str()), (Some("inline"), Some("sales")), "{inline}");
+        let session = json.iter().find(|c| c["id"] == session_call.as_str()).unwrap();
+        assert_eq!(session["mode"], "session", "{session}");
+        assert!(session.get("route").is_none(), "a session call has no route: {session}");
         assert_eq!(calls.capture_target(&id).err(), Some(CallsError::NotAnswered));
         calls.mark_answered(&id);
         calls.mark_answered(&session_call);
