@@ -139,7 +139,9 @@ async fn basic_call_over_tls() {
         .spawn()
         .expect("spawn socat");
     let _socat = sipp::KillOnDrop(Some(socat));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // socat serves one connection, so its port is watched in the kernel's table rather
+    // than probed.
+    common::sipp::wait_listening(front, Duration::from_secs(10)).await;
     let (id, user) = edge.session("").await;
     let sipp =
         edge.caller("basic_call.xml", &[("PAUSE_MS", "1000")], &user, &format!("127.0.0.1:{front}"), &["-t", "t1"]);

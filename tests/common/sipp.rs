@@ -183,3 +183,18 @@ pub async fn passed(mut sipp: KillOnDrop, dir: &Path, what: &str) {
         panic!("sipp ({what}) failed: {status:?}\n{stderr}\n{logs}");
     }
 }
+
+/// Waits until something listens on 127.0.0.1:`port` over TCP (a LISTEN row in
+/// /proc/net/tcp), without connecting; panics after `limit`.
+pub async fn wait_listening(port: u16, limit: Duration) {
+    let row = format!("0100007F:{port:04X} 00000000:0000 0A");
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+        if table.lines().any(|l| l.split_whitespace().skip(1).take(3).collect::<Vec<_>>().join(" ") == row) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "nothing listens on 127.0.0.1:{port} after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
