@@ -222,7 +222,10 @@ impl Config {
             return bad("sip.max_connections", "connection limits must be at least 1");
         }
         for r in &self.sip.routes {
-            if r.name.is_empty() || r.user_prefix.is_empty() || r.user_prefix.starts_with("pay-") {
+            if r.name.is_empty()
+                || r.user_prefix.is_empty()
+                || r.user_prefix.starts_with(crate::endpoint::SESSION_PREFIX)
+            {
                 return bad("sip.routes", "each route needs a name and a user_prefix that does not start with pay-");
             }
             let target_ok = r.target.starts_with("sip:") && !r.target.contains(['<', '>', ' ', '"']);

@@ -15,6 +15,7 @@ use crate::call::{AfterCapture, CallEvent, Command, EndReason};
 use crate::capture::collector::FieldName;
 use crate::capture::progress;
 pub use crate::capture::progress::{FieldProgress, FieldState};
+use crate::endpoint::SESSION_PREFIX;
 use crate::vault::TokenRecord;
 
 /// A session id: 32 lowercase hex digits (a v4 UUID without dashes).
@@ -39,11 +40,11 @@ impl SessionId {
 
     /// The Request-URI user part a PBX transfers the caller to.
     pub fn sip_user(&self) -> String {
-        format!("pay-{}", self.0)
+        format!("{SESSION_PREFIX}{}", self.0)
     }
 
     pub fn from_sip_user(user: &str) -> Option<SessionId> {
-        user.strip_prefix("pay-").and_then(SessionId::parse)
+        user.strip_prefix(SESSION_PREFIX).and_then(SessionId::parse)
     }
 }
 
