@@ -103,11 +103,15 @@ impl<C: Clone> Endpoint<C> {
                 }
                 None => EndpointEvent::Nothing,
             },
-            // The 400 goes where the message came from: its Via may be what is broken.
-            Err(e) => match message::bad_request(bytes, &e) {
-                Some(bytes) => EndpointEvent::Respond(Transmit { to: from, bytes }),
-                None => EndpointEvent::Nothing,
-            },
+            // The 400 goes where the message came from: its Via may be what is broken. The
+            // parse error never quotes a run of digits (`MessageError`'s Display).
+            Err(e) => {
+                tracing::info!(from = %from.remote, error = %e, "malformed SIP message");
+                match message::bad_request(bytes, &e) {
+                    Some(bytes) => EndpointEvent::Respond(Transmit { to: from, bytes }),
+                    None => EndpointEvent::Nothing,
+                }
+            }
         }
     }
 

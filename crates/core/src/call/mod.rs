@@ -64,6 +64,18 @@ pub struct Prompts {
 }
 
 impl Prompts {
+    /// The same recording for every prompt: what simulated calls and fuzzing need, where
+    /// only a prompt's length matters.
+    pub fn same(audio: PromptAudio) -> Prompts {
+        Prompts {
+            card_number: audio.clone(),
+            expiry: audio.clone(),
+            security_code: audio.clone(),
+            invalid: audio.clone(),
+            thank_you: audio,
+        }
+    }
+
     pub fn audio(&self, id: PromptId) -> PromptAudio {
         match id {
             PromptId::CardNumber => self.card_number.clone(),

@@ -31,13 +31,7 @@ Contact: <sip:caller@127.0.0.1:5070>\r\nContent-Type: application/sdp\r\nContent
 
 fn prompts() -> Arc<Prompts> {
     let short: PromptAudio = vec![500i16; 800].into(); // 100 ms each
-    Arc::new(Prompts {
-        card_number: short.clone(),
-        expiry: short.clone(),
-        security_code: short.clone(),
-        invalid: short.clone(),
-        thank_you: short,
-    })
+    Arc::new(Prompts::same(short))
 }
 
 fn addr(port: u16) -> SocketAddr {
