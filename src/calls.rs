@@ -185,10 +185,20 @@ impl Calls {
         self.lock().values().map(|e| e.commands.clone()).collect()
     }
 
-    /// The call's task bound `session` to it (the view the API lists).
-    pub fn set_session(&self, id: &CallId, session: SessionId) {
+    /// The call's task binds `session` to it (before it attaches the session, so a cancel
+    /// in between reaches the call), or unbinds it again when attaching failed.
+    pub fn set_session(&self, id: &CallId, session: Option<SessionId>) {
         if let Some(e) = self.lock().get_mut(id) {
-            e.session = Some(session);
+            e.session = session;
+        }
+    }
+
+    /// Gives `cmd` to the call bound to `session`, if one is: the one place that knows how to
+    /// reach a session's call. A full inbox means the call is busy ending; the session's
+    /// state, which the caller changed first, holds either way.
+    pub fn tell_session(&self, session: &SessionId, cmd: Command) {
+        if let Some(e) = self.lock().values().find(|e| e.session.as_ref() == Some(session)) {
+            let _ = e.commands.try_send(cmd);
         }
     }
 }
@@ -243,5 +253,40 @@ mod tests {
         assert_eq!(calls.commands().len(), 1);
         assert_eq!(CallId::parse(id.as_str()), Some(id));
         assert_eq!(CallId::parse("call_xyz"), None);
+    }
+
+    #[test]
+    fn commands_for_a_session_reach_only_the_call_bound_to_it() {
+        let calls = Calls::default();
+        let (captures, _captures_rx) = mpsc::channel(1);
+        let mut inboxes = Vec::new();
+        let ids: Vec<CallId> = (0..2)
+            .map(|_| {
+                let (commands, rx) = mpsc::channel(4);
+                inboxes.push(rx);
+                let id = CallId::new();
+                let new = NewCall {
+                    mode: CallMode::Inline { route: "sales".into() },
+                    sip_call_id: "abc@pbx".into(),
+                    caller: "1000".into(),
+                    started_unix_ms: 5,
+                    session: None,
+                    commands,
+                    captures: captures.clone(),
+                };
+                calls.insert(id.clone(), new);
+                id
+            })
+            .collect();
+        let session = SessionId::new();
+        calls.tell_session(&session, Command::Cancel);
+        assert!(inboxes.iter_mut().all(|rx| rx.try_recv().is_err()), "no call is bound yet");
+        calls.set_session(&ids[1], Some(session.clone()));
+        calls.tell_session(&session, Command::Cancel);
+        assert!(inboxes[0].try_recv().is_err());
+        assert!(matches!(inboxes[1].try_recv(), Ok(Command::Cancel)));
+        calls.set_session(&ids[1], None);
+        calls.tell_session(&session, Command::Cancel);
+        assert!(inboxes[1].try_recv().is_err(), "unbound again");
     }
 }

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use thiserror::Error;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
-use crate::call::{AfterCapture, CallEvent, Command, EndReason};
+use crate::call::{AfterCapture, CallEvent, EndReason};
 use crate::capture::collector::FieldName;
 use crate::capture::progress;
 pub use crate::capture::progress::{FieldProgress, FieldState};
@@ -150,7 +150,9 @@ struct Entry {
     agent_uri: Option<String>,
     after_capture: AfterCapture,
     updates: broadcast::Sender<SessionUpdate>,
-    call: Option<mpsc::Sender<Command>>,
+    /// A call is bound and has not ended yet: the entry outlives `forget_older_than`. How
+    /// to reach that call is the calls registry's fact (`Calls::tell_session`).
+    call_live: bool,
     created: Instant,
 }
 
@@ -204,7 +206,7 @@ impl Sessions {
         // ahead) still gets the latest state; 256 slots cost 60 KiB per session.
         let (updates, _) = broadcast::channel(32);
         let entry =
-            Entry { view: view.clone(), agent_uri, after_capture, updates, call: None, created: Instant::now() };
+            Entry { view: view.clone(), agent_uri, after_capture, updates, call_live: false, created: Instant::now() };
         self.lock().insert(id, entry);
         view
     }
@@ -218,18 +220,13 @@ impl Sessions {
     }
 
     /// Binds an arriving call to a waiting session.
-    pub fn attach(
-        &self,
-        id: &SessionId,
-        call: mpsc::Sender<Command>,
-        max_attempts: u8,
-    ) -> Result<Attached, SessionError> {
+    pub fn attach(&self, id: &SessionId, max_attempts: u8) -> Result<Attached, SessionError> {
         let mut map = self.lock();
         let e = map.get_mut(id).ok_or(SessionError::NotFound)?;
         if e.view.state != SessionState::Waiting {
             return Err(SessionError::NotWaiting(e.view.state));
         }
-        e.call = Some(call);
+        e.call_live = true;
         e.view.state = SessionState::Capturing;
         let fields: Vec<FieldName> = e.view.fields.iter().map(|f| f.name).collect();
         // How the collector the call is about to start will report it.
@@ -238,7 +235,7 @@ impl Sessions {
         Ok(Attached { fields, agent_uri: e.agent_uri.clone(), after_capture: e.after_capture.clone() })
     }
 
-    /// Cancels a session; a call in progress is told to stop capturing.
+    /// Cancels a session; the caller tells a call in progress to stop capturing.
     pub fn cancel(&self, id: &SessionId) -> Result<SessionView, SessionError> {
         let mut map = self.lock();
         let e = map.get_mut(id).ok_or(SessionError::NotFound)?;
@@ -246,15 +243,12 @@ impl Sessions {
             return Err(SessionError::Final(e.view.state));
         }
         e.view.state = SessionState::Cancelled;
-        if let Some(call) = &e.call {
-            // A full inbox means the call is busy ending; the state above already holds.
-            let _ = call.try_send(Command::Cancel);
-        }
         publish(e, Change::Cancelled);
         Ok(e.view.clone())
     }
 
-    /// The agent asks the caller again for `field` (and the fields after it).
+    /// Checks that the agent may ask the caller again for `field` (and the fields after it);
+    /// the caller then tells the call.
     pub fn restart_field(&self, id: &SessionId, field: FieldName) -> Result<SessionView, SessionError> {
         let map = self.lock();
         let e = map.get(id).ok_or(SessionError::NotFound)?;
@@ -264,10 +258,6 @@ impl Sessions {
         let f = e.view.fields.iter().find(|f| f.name == field).ok_or(SessionError::FieldNotRequested)?;
         if f.state == FieldState::Pending {
             return Err(SessionError::FieldNotReached);
-        }
-        if let Some(call) = &e.call {
-            // A full inbox means the call is busy; the agent can ask again.
-            let _ = call.try_send(Command::RestartField(field));
         }
         Ok(e.view.clone())
     }
@@ -326,7 +316,7 @@ impl Sessions {
                 if *reason == EndReason::Transferred {
                     e.view.transferred = true;
                 }
-                e.call = None;
+                e.call_live = false;
                 e.view.agent_connected = false;
                 if !e.view.state.is_final() {
                     e.view.state = SessionState::Failed;
@@ -353,7 +343,7 @@ impl Sessions {
     /// is a working set, not an archive (tokens live on in the vault).
     pub fn forget_older_than(&self, age: Duration, now: Instant) -> usize {
         let mut map = self.lock();
-        map.retain(|_, e| e.call.is_some() || now.saturating_duration_since(e.created) < age);
+        map.retain(|_, e| e.call_live || now.saturating_duration_since(e.created) < age);
         map.len()
     }
 }
@@ -389,10 +379,9 @@ mod tests {
             "127.0.0.1:5060",
         );
         assert!(v.transfer_uri.starts_with("sip:pay-"));
-        let (tx, _rx) = mpsc::channel(1);
-        let attached = s.attach(&v.id, tx.clone(), 3).unwrap();
+        let attached = s.attach(&v.id, 3).unwrap();
         assert_eq!(attached.fields, vec![FieldName::Pan, FieldName::Expiry]);
-        assert_eq!(s.attach(&v.id, tx, 3).unwrap_err(), SessionError::NotWaiting(SessionState::Capturing));
+        assert_eq!(s.attach(&v.id, 3).unwrap_err(), SessionError::NotWaiting(SessionState::Capturing));
         // The view is what the call's collector reports, as the call forwards it.
         let t = Instant::now();
         let config = CollectorConfig::default();

@@ -163,6 +163,35 @@ async fn a_used_session_uri_answers_like_an_unknown_one() {
 }
 
 #[tokio::test]
+async fn cancelling_a_live_capture_stops_the_call_from_collecting() {
+    let t = TestServer::start().await;
+    let key = t.key(Role::Agent).await;
+    let (id, uri) = session(&t, &key, None).await;
+    // Four digits, three seconds of nothing, then the rest of the card.
+    let caller = tokio::spawn(call_owned(t.server.sip_addr, uri, "4111,,,111111111111#,1230,123"));
+    let url = format!("{}/v1/sessions/{id}", t.base);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, v) = http("GET", &url, Some(&key), None).await;
+        if v["fields"][0]["digits"].as_u64() >= Some(4) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the first digits never arrived: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (s, v) = http("POST", &format!("{url}/cancel"), Some(&key), None).await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("cancelled")), "{v}");
+    let report = caller.await.unwrap();
+    // Told by the calls registry, the call stopped the capture and, with no agent, hung up
+    // before the caller had keyed the rest.
+    assert!(report.hung_up_by_tonewall);
+    assert!(report.keys_sent < 24, "the caller keyed the whole card: {}", report.keys_sent);
+    let (_, v) = http("GET", &url, Some(&key), None).await;
+    assert_eq!((v["state"].as_str(), v["result"].is_null()), (Some("cancelled"), true), "{v}");
+    t.stop().await;
+}
+
+#[tokio::test]
 async fn shutdown_hangs_up_active_calls_with_bye() {
     let t = TestServer::start().await;
     let key = t.key(Role::Agent).await;

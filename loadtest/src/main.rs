@@ -34,8 +34,9 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use api::Api;
 use media::{CallMedia, Shard, ShardCommand, WindowStats};
 use report::{Report, Step};
-use script::{Keying, Keypad, Sounds};
+use script::{Keypad, Sounds};
 use sip::{SipCommand, SipDriver, SipEvent};
+use tonewall_testkit::keypad::Keying;
 
 #[derive(Parser, Debug)]
 #[command(name = "loadtest", about = "Load test a running tonewall with real SIP calls and RTP")]

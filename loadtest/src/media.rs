@@ -33,7 +33,8 @@ use tonewall::media::rtp::{FRAME_SAMPLES, RtpReader};
 
 use crate::judge::Judge;
 use crate::mmsg::{self, RecvBatch, SendBatch};
-use crate::script::{self, Action, EVENT_PT, Keypad, Sounds};
+use crate::script::{self, EVENT_PT, Keypad, Sounds};
+use tonewall_testkit::keypad::{self, Tick};
 
 const BUCKETS: usize = 20;
 const BUCKET_NS: u64 = 1_000_000;
@@ -178,10 +179,10 @@ impl Call {
         self.media.key_at + self.media.keypad.ticks()
     }
 
-    fn action(&self, tick: u32) -> Action {
+    fn action(&self, tick: u32) -> Tick {
         tick.checked_sub(self.media.key_at)
-            .and_then(|i| self.media.keypad.actions.get(i as usize).copied())
-            .unwrap_or(Action::Audio)
+            .and_then(|i| self.media.keypad.ticks.get(i as usize).copied())
+            .unwrap_or_default()
     }
 
     /// Plain: speech well away from keys and from the end of capture.
@@ -372,17 +373,14 @@ impl ShardTask {
             let ts = call.caller_ts0.wrapping_add(t * FRAME_SAMPLES as u32);
             let mut audio = [0u8; FRAME_SAMPLES];
             let (pt, marker, ts, payload): (u8, bool, u32, &[u8]) = match call.action(t) {
-                Action::Event { code, since } => {
-                    let start = ts.wrapping_sub(u32::from(since) * FRAME_SAMPLES as u32);
-                    audio[..4].copy_from_slice(&script::event_payload(code, since));
-                    (EVENT_PT, since == 0, start, &audio[..4])
+                Tick { event: Some(e), .. } => {
+                    let start = ts.wrapping_sub(u32::from(e.since) * FRAME_SAMPLES as u32);
+                    audio[..4].copy_from_slice(&keypad::event_payload(e.key.event_code(), e.since));
+                    (EVENT_PT, e.since == 0, start, &audio[..4])
                 }
-                Action::Tone { key, frame } => {
-                    self.sounds.frame(&self.sounds.caller, call.speech_offset, t, Some((key, frame)), &mut audio);
-                    (0, false, ts, &audio)
-                }
-                Action::Audio => {
-                    self.sounds.frame(&self.sounds.caller, call.speech_offset, t, None, &mut audio);
+                Tick { tone, .. } => {
+                    let tone = tone.map(|f| (f.key, f.since));
+                    self.sounds.frame(&self.sounds.caller, call.speech_offset, t, tone, &mut audio);
                     (0, false, ts, &audio)
                 }
             };
@@ -508,7 +506,7 @@ fn arrived(calls: &mut [Option<Call>], stats: &mut [WindowStats], i: u32, a: &Ar
             let t = (rtp.timestamp().wrapping_sub(ts0) / FRAME_SAMPLES as u32).wrapping_sub(1);
             // Only frames that relay audio the tool sent: an RFC 4733 key's span is filled by
             // tonewall (its end packets' ticks when the caller's audio resumes).
-            if call.capture(t) != Some(true) || t > newest || matches!(call.action(t), Action::Event { .. }) {
+            if call.capture(t) != Some(true) || t > newest || call.action(t).event.is_some() {
                 return;
             }
             t

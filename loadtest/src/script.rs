@@ -13,78 +13,31 @@
 
 use std::sync::Arc;
 
-use tonewall::media::dtmf::signal::{TonePair, push_tone, to_i16};
 use tonewall::media::g711::Codec;
 use tonewall::media::rtp::FRAME_SAMPLES;
-use tonewall::media::telephone_event::{Key, TelephoneEvent};
-use tonewall_testkit::caller::{Step, script};
+use tonewall::media::telephone_event::Key;
+use tonewall_testkit::keypad::{self, Keying, Tick};
 
 pub const EVENT_PT: u8 = 101;
 const WATERMARK_BYTES: usize = 6;
-/// A key: seven event packets (four updates, three end packets) or five tone frames, then
-/// quiet until the key's twelve ticks are up.
-const KEY_TICKS: u32 = 12;
-const EVENT_PACKETS: u32 = 7;
-const TONE_TICKS: u32 = 5;
-const EVENT_DURATION: u16 = 800;
 const TONE_DBM0: f32 = -10.0;
 
-/// How a caller keys its card.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Keying {
-    Rfc4733,
-    InBand,
-}
-
-/// What one tick of a caller's keying sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    Audio,
-    /// An RFC 4733 packet of the event that started `since` ticks ago.
-    Event {
-        code: u8,
-        since: u8,
-    },
-    /// In-band: tone frame `frame` of `key` over the speech.
-    Tone {
-        key: Key,
-        frame: u8,
-    },
-}
-
-/// A card keyed on the keypad, tick by tick.
+/// A card keyed on the keypad, tick by tick (the test kit's planner).
 pub struct Keypad {
     pub keying: Keying,
-    pub actions: Vec<Action>,
+    pub ticks: Vec<Tick>,
     pub last4: String,
 }
 
 impl Keypad {
     pub fn new(keying: Keying, pan: &str, expiry: &str, cvv: &str) -> Keypad {
-        let mut actions = Vec::new();
-        for step in script(&format!("{pan}#,{expiry},{cvv}")) {
-            match step {
-                Step::Press(key) => actions.extend((0..KEY_TICKS).map(|i| match keying {
-                    Keying::Rfc4733 if i < EVENT_PACKETS => Action::Event { code: key.event_code(), since: i as u8 },
-                    Keying::InBand if i < TONE_TICKS => Action::Tone { key, frame: i as u8 },
-                    _ => Action::Audio,
-                })),
-                Step::Pause(d) => actions.extend((0..d.as_millis() / 20).map(|_| Action::Audio)),
-            }
-        }
-        Keypad { keying, actions, last4: pan[pan.len() - 4..].to_string() }
+        let ticks = keypad::plan(&keypad::script(&format!("{pan}#,{expiry},{cvv}")), keying);
+        Keypad { keying, ticks, last4: pan[pan.len() - 4..].to_string() }
     }
 
     pub fn ticks(&self) -> u32 {
-        self.actions.len() as u32
+        self.ticks.len() as u32
     }
-}
-
-/// The RFC 4733 payload of an event packet `since` ticks after the key went down.
-pub fn event_payload(code: u8, since: u8) -> [u8; 4] {
-    let end = u32::from(since) >= EVENT_PACKETS - 3;
-    let duration = if end { EVENT_DURATION } else { (u16::from(since) + 1) * FRAME_SAMPLES as u16 };
-    TelephoneEvent { code, end, volume: 10, duration }.to_bytes()
 }
 
 /// Audio shared by every call: two speech loops (caller and agent) and the key tones.
@@ -102,15 +55,8 @@ impl Sounds {
             let whole = s.len() / FRAME_SAMPLES * FRAME_SAMPLES;
             s[..whole].iter().map(|x| Codec::Pcmu.encode(x / 3)).collect()
         };
-        let tones = "0123456789*#"
-            .chars()
-            .filter_map(Key::from_char)
-            .map(|k| {
-                let mut t = Vec::new();
-                push_tone(&mut t, TonePair::key(k, TONE_DBM0), TONE_TICKS as f32 * 20.0);
-                (k, to_i16(&t))
-            })
-            .collect();
+        let tones =
+            "0123456789*#".chars().filter_map(Key::from_char).map(|k| (k, keypad::tone(k, TONE_DBM0))).collect();
         Ok(Sounds { caller: pcmu(&prompts.card_number), agent: pcmu(&prompts.security_code), tones })
     }
 
@@ -185,13 +131,11 @@ mod tests {
         let k = Keypad::new(Keying::Rfc4733, "4111111111111111", "1230", "123");
         // 24 keys of 12 ticks and two one-second pauses.
         assert_eq!(k.ticks(), 24 * 12 + 2 * 50);
-        let starts = k.actions.iter().filter(|a| matches!(a, Action::Event { since: 0, .. })).count();
-        assert_eq!(starts, 24);
+        assert_eq!(k.ticks.iter().filter(|t| t.event.is_some_and(|e| e.since == 0)).count(), 24);
         assert_eq!(k.last4, "1111");
         let k = Keypad::new(Keying::InBand, "4111111111111111", "1230", "123");
-        assert!(k.actions.iter().all(|a| !matches!(a, Action::Event { .. })));
-        assert_eq!(k.actions.iter().filter(|a| matches!(a, Action::Tone { frame: 0, .. })).count(), 24);
-        assert!(event_payload(1, 6)[1] & 0x80 != 0 && event_payload(1, 3)[1] & 0x80 == 0, "E bit on the last three");
+        assert!(k.ticks.iter().all(|t| t.event.is_none()));
+        assert_eq!(k.ticks.iter().filter(|t| t.tone.is_some_and(|e| e.since == 0)).count(), 24);
     }
 
     #[test]
@@ -203,7 +147,7 @@ mod tests {
         let five = Key::from_char('5').unwrap();
         let mut d = tonewall::media::dtmf::detector::Detector::new();
         let mut heard = None;
-        for frame in 0..TONE_TICKS as u8 {
+        for frame in 0..keypad::TONE_TICKS as u8 {
             s.frame(&s.caller, 3, 10 + u32::from(frame), Some((five, frame)), &mut f);
             assert_eq!(read_watermark(&f), None);
             let pcm: Vec<i16> = f.iter().map(|b| Codec::Pcmu.decode(*b)).collect();

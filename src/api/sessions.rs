@@ -12,7 +12,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::auth::Role;
 use super::{ApiError, AppState, Caller};
-use crate::call::AfterCapture;
+use crate::call::{AfterCapture, Command};
 use crate::capture::collector::FieldName;
 use crate::session::{Change, SessionError, SessionId, SessionView};
 
@@ -121,6 +121,7 @@ pub async fn cancel(
     let id = session_id(&id)?;
     match state.sessions.cancel(&id) {
         Ok(v) => {
+            state.calls.tell_session(&id, Command::Cancel);
             tracing::info!(session = id.as_str(), key = caller.key_id, "session cancelled");
             caller.audit(&state, "session.cancel", "cancelled", id.as_str()).await;
             Ok(Json(v))
@@ -141,6 +142,8 @@ pub async fn restart_field(
         .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "no such field: pan, expiry or cvv"))?;
     match state.sessions.restart_field(&id, field) {
         Ok(v) => {
+            // A race with the caller's own keys can make it moot, which is harmless.
+            state.calls.tell_session(&id, Command::RestartField(field));
             caller.audit(&state, "session.field_restart", "requested", id.as_str()).await;
             Ok(Json(v))
         }

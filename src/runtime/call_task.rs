@@ -184,14 +184,18 @@ impl CallTask {
         let answer = if running {
             Err(CaptureRefused::Busy)
         } else {
-            match self.shared.sessions.attach(&session, self.cmd_tx.clone(), self.shared.config.capture.max_attempts) {
+            // Bound in the calls registry first, so a cancel once attached reaches this call.
+            self.shared.calls.set_session(&self.id, Some(session.clone()));
+            match self.shared.sessions.attach(&session, self.shared.config.capture.max_attempts) {
                 Ok(_) => {
-                    self.shared.calls.set_session(&self.id, session.clone());
                     self.session = Some(session);
                     self.call.handle_input(Instant::now(), Input::Command(Command::StartCapture { fields }));
                     Ok(())
                 }
-                Err(_) => Err(CaptureRefused::SessionGone),
+                Err(_) => {
+                    self.shared.calls.set_session(&self.id, self.session.clone());
+                    Err(CaptureRefused::SessionGone)
+                }
             }
         };
         // The API may have given up waiting; then nobody needs the answer.

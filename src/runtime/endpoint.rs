@@ -83,27 +83,32 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, admission: Admission
     let (sip_tx, sip_rx) = mpsc::channel(64);
     let (cmd_tx, cmd_rx) = mpsc::channel(16);
     let (captures, capture_rx) = mpsc::channel(1);
-    let (session, mode) = match &admitted {
-        Admitted::Session(id) => match shared.sessions.attach(id, cmd_tx.clone(), shared.config.capture.max_attempts) {
-            Ok(a) => {
-                let agent = match (a.agent_uri, &a.after_capture) {
-                    (Some(uri), AfterCapture::Bridge) => {
-                        resolve_sip_uri(&uri).await.map(|addr| AgentTarget { uri, addr })
-                    }
-                    _ => None,
-                };
-                (Some(id.clone()), Mode::Session { fields: a.fields, after: a.after_capture, agent })
-            }
-            // Unknown and already-used sessions get the same answer: no enumeration.
-            Err(_) => return refuse(404, "Not Found", None),
+    // Listed before its session is attached: from then on a cancel reaches the call.
+    let id = CallId::new();
+    let session = match &admitted {
+        Admitted::Session(s) => Some(s.clone()),
+        Admitted::Inline(_) => None,
+    };
+    let started_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let new = NewCall {
+        mode: match &admitted {
+            Admitted::Inline(route) => CallMode::Inline { route: route.name.clone() },
+            Admitted::Session(_) => CallMode::Session,
         },
-        Admitted::Inline(route) => match resolve_sip_uri(&route.target).await {
-            Some(addr) => (None, Mode::Inline { agent: AgentTarget { uri: route.target.clone(), addr } }),
-            None => {
-                tracing::warn!(route = route.name, "inline route target does not resolve");
-                return refuse(503, "Service Unavailable", None);
-            }
-        },
+        sip_call_id: invite.call_id().to_string(),
+        caller: invite.from_user().to_string(),
+        started_unix_ms,
+        session: session.clone(),
+        commands: cmd_tx.clone(),
+        captures,
+    };
+    shared.calls.insert(id.clone(), new);
+    let mode = match call_mode(shared, &admitted).await {
+        Ok(mode) => mode,
+        Err((status, reason)) => {
+            shared.calls.remove(&id);
+            return refuse(status, reason, None);
+        }
     };
     let local = |s: &tokio::net::UdpSocket| s.local_addr().unwrap_or(shared.sip_addr);
     let bridged = matches!(&mode, Mode::Session { agent: Some(_), .. } | Mode::Inline { .. });
@@ -129,6 +134,7 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, admission: Admission
     let call = match Call::accept(invite, cfg, Instant::now()) {
         Ok(c) => c,
         Err(refusal) => {
+            shared.calls.remove(&id);
             let t = shared.endpoint().refuse_with(invite, flow, refusal);
             shared.send(&t.to, &t.bytes);
             if let Some(session) = &session {
@@ -139,22 +145,6 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, admission: Admission
         }
     };
     let handle = shared.endpoint().insert_call(sip_tx, call.caller_call_id(), call.agent_call_id(), flow);
-    let id = CallId::new();
-    let mode = match admitted {
-        Admitted::Inline(route) => CallMode::Inline { route: route.name },
-        Admitted::Session(_) => CallMode::Session,
-    };
-    let started_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-    let new = NewCall {
-        mode,
-        sip_call_id: invite.call_id().to_string(),
-        caller: invite.from_user().to_string(),
-        started_unix_ms,
-        session: session.clone(),
-        commands: cmd_tx.clone(),
-        captures,
-    };
-    shared.calls.insert(id.clone(), new);
     tracing::info!(call = id.as_str(), session = session.as_ref().map(SessionId::as_str), from = %flow.remote, transport = flow.transport.via_token(), agent = bridged, "call answered");
     let task = CallTask {
         id,
@@ -170,6 +160,29 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, admission: Admission
         capture_rx,
     };
     tokio::spawn(task.run());
+}
+
+/// What the call is for: the inline route's agent, resolved, or the attached session's
+/// fields and agent. The error is the refusal to send the caller.
+async fn call_mode(shared: &Shared, admitted: &Admitted) -> Result<Mode, (u16, &'static str)> {
+    match admitted {
+        Admitted::Inline(route) => match resolve_sip_uri(&route.target).await {
+            Some(addr) => Ok(Mode::Inline { agent: AgentTarget { uri: route.target.clone(), addr } }),
+            None => {
+                tracing::warn!(route = route.name, "inline route target does not resolve");
+                Err((503, "Service Unavailable"))
+            }
+        },
+        Admitted::Session(id) => {
+            // Unknown and already-used sessions get the same answer: no enumeration.
+            let a = shared.sessions.attach(id, shared.config.capture.max_attempts).map_err(|_| (404, "Not Found"))?;
+            let agent = match (a.agent_uri, &a.after_capture) {
+                (Some(uri), AfterCapture::Bridge) => resolve_sip_uri(&uri).await.map(|addr| AgentTarget { uri, addr }),
+                _ => None,
+            };
+            Ok(Mode::Session { fields: a.fields, after: a.after_capture, agent })
+        }
+    }
 }
 
 /// host[:port] of a `sip:user@host:port;params` URI, resolved (default port 5060).

@@ -12,37 +12,14 @@ use tokio::net::UdpSocket;
 use tokio::time::{MissedTickBehavior, interval, timeout};
 
 use super::{SoftphoneError, Ua};
-use tonewall_core::media::dtmf::signal::{Noise, TonePair, push_silence, push_tone, to_i16};
+use crate::keypad;
+use tonewall_core::media::dtmf::signal::Noise;
 use tonewall_core::media::g711::Codec;
 use tonewall_core::media::rtp::{FRAME_SAMPLES, RtpReader};
-use tonewall_core::media::telephone_event::{Key, TelephoneEvent};
 use tonewall_core::sip::message::{Method, SipMessage};
 use tonewall_core::sip::sdp::{self, RemoteDescription};
 
-/// One step of what the caller does on the keypad.
-#[derive(Debug, Clone, Copy)]
-pub enum Step {
-    Press(Key),
-    Pause(Duration),
-}
-
-/// Parses a keypad script: digits, `*`, `#`, A-D, and `,` for a one-second pause.
-pub fn script(s: &str) -> Vec<Step> {
-    s.chars()
-        .filter_map(|c| match c {
-            ',' => Some(Step::Pause(Duration::from_secs(1))),
-            c => Key::from_char(c).map(Step::Press),
-        })
-        .collect()
-}
-
-/// How the caller's phone sends keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Keying {
-    Rfc4733,
-    InBand,
-    Both,
-}
+pub use crate::keypad::{Keying, Step, script};
 
 #[derive(Debug, Clone)]
 pub struct CallerOptions {
@@ -94,52 +71,28 @@ pub struct CallerReport {
     pub sent_audio: Vec<i16>,
 }
 
-/// A key: 4 event updates and 3 end packets on consecutive 20 ms ticks; in-band, 100 ms of
-/// tone. Then 100 ms before the next key.
-const EVENT_PACKETS: u32 = 7;
-const EVENT_DURATION: u16 = 800;
-const TONE_TICKS: u32 = 5;
-const GAP_TICKS: u32 = 5;
-
 /// What the caller sends at each 20 ms tick: always an audio frame (unless an RFC 4733-only
-/// phone is sending events instead), and maybe an event packet.
+/// phone is sending an event instead), and maybe an event packet.
 struct Plan {
     audio: Vec<i16>,
-    events: Vec<Option<(u8, u32, u32)>>,
+    ticks: Vec<keypad::Tick>,
 }
 
 fn plan(opts: &CallerOptions) -> Plan {
-    let mut tones = Vec::new();
-    let mut events = Vec::new();
-    for step in &opts.steps {
-        match *step {
-            Step::Press(k) => {
-                let start = events.len() as u32;
-                let ticks = EVENT_PACKETS.max(TONE_TICKS) + GAP_TICKS;
-                for i in 0..ticks {
-                    let sends_event = opts.keying != Keying::InBand && i < EVENT_PACKETS;
-                    events.push(sends_event.then_some((k.event_code(), start, i)));
-                }
-                if opts.keying == Keying::Rfc4733 {
-                    push_silence(&mut tones, ticks as f32 * 20.0);
-                } else {
-                    push_tone(&mut tones, TonePair::key(k, opts.tone_dbm0), TONE_TICKS as f32 * 20.0);
-                    push_silence(&mut tones, (ticks - TONE_TICKS) as f32 * 20.0);
-                }
-            }
-            Step::Pause(d) => {
-                let ticks = (d.as_millis() / 20) as usize;
-                events.extend((0..ticks).map(|_| None));
-                push_silence(&mut tones, ticks as f32 * 20.0);
-            }
+    let ticks = keypad::plan(&opts.steps, opts.keying);
+    let mut audio = vec![0i16; ticks.len() * FRAME_SAMPLES];
+    for (frame, t) in audio.chunks_exact_mut(FRAME_SAMPLES).zip(&ticks) {
+        if let Some(tone) = t.tone {
+            let samples = keypad::tone(tone.key, opts.tone_dbm0);
+            frame.copy_from_slice(&samples[usize::from(tone.since) * FRAME_SAMPLES..][..FRAME_SAMPLES]);
         }
     }
     if let Some(bg) = &opts.background {
-        for (i, t) in tones.iter_mut().enumerate() {
-            *t += f32::from(bg[i % bg.len()]);
+        for (i, s) in audio.iter_mut().enumerate() {
+            *s = s.saturating_add(bg[i % bg.len()]);
         }
     }
-    Plan { audio: to_i16(&tones), events }
+    Plan { audio, ticks }
 }
 
 pub async fn place_call(opts: CallerOptions) -> Result<CallerReport, SoftphoneError> {
@@ -166,20 +119,18 @@ pub async fn place_call(opts: CallerOptions) -> Result<CallerReport, SoftphoneEr
     let (mut seq, ts0) = (rand::random::<u16>(), rand::random::<u32>());
     let mut link = Link::new(opts.loss_percent, (opts.jitter.as_millis() / 20) as u32);
     let mut rbuf = [0u8; 2048];
-    let total = plan.events.len() as u32 + (opts.linger.as_millis() / 20) as u32;
+    let total = plan.ticks.len() as u32 + (opts.linger.as_millis() / 20) as u32;
     let mut i = 0u32;
     while i < total && !report.hung_up_by_tonewall {
         tokio::select! {
             _ = tick.tick() => {
                 let ts = ts0.wrapping_add(i * FRAME_SAMPLES as u32);
-                let event = plan.events.get(i as usize).copied().flatten();
-                if let Some((code, start_tick, index)) = event {
-                    let end = index >= 4;
-                    let duration = if end { EVENT_DURATION } else { (index as u16 + 1) * 160 };
-                    let ev = TelephoneEvent { code, end, volume: 10, duration }.to_bytes();
-                    report.keys_sent += usize::from(index == 0);
-                    let start_ts = ts0.wrapping_add(start_tick * FRAME_SAMPLES as u32);
-                    let pkt = RtpPacketBuilder::new().payload_type(opts.event_pt).ssrc(ssrc).sequence(Seq::from(seq)).timestamp(start_ts).marked(index == 0).payload(&ev).build();
+                let event = plan.ticks.get(i as usize).and_then(|t| t.event);
+                if let Some(e) = event {
+                    let ev = keypad::event_payload(e.key.event_code(), e.since);
+                    report.keys_sent += usize::from(e.since == 0);
+                    let start_ts = ts.wrapping_sub(u32::from(e.since) * FRAME_SAMPLES as u32);
+                    let pkt = RtpPacketBuilder::new().payload_type(opts.event_pt).ssrc(ssrc).sequence(Seq::from(seq)).timestamp(start_ts).marked(e.since == 0).payload(&ev).build();
                     seq = seq.wrapping_add(1);
                     link.offer(pkt.ok());
                 }
@@ -260,18 +211,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn plans_per_keying() {
+    fn renders_tones_into_the_audio_only_when_keyed_in_band() {
         let server = "127.0.0.1:5060".parse().unwrap();
         let mut o = CallerOptions::new(server, "sip:x@y", "12,#");
         let p = plan(&o);
-        // 3 keys × (7 event packets + 5 gap ticks) + a 1 s pause of 50 ticks.
-        assert_eq!(p.events.len(), 3 * 12 + 50);
-        assert!(matches!(p.events[0], Some((1, 0, 0))));
-        assert!(matches!(p.events[12], Some((2, 12, 0))));
+        assert_eq!(p.audio.len(), p.ticks.len() * FRAME_SAMPLES);
         assert!(p.audio.iter().all(|s| *s == 0), "RFC 4733 only: no tone in the audio");
         o.keying = Keying::InBand;
         let p = plan(&o);
-        assert!(p.events.iter().all(Option::is_none));
         assert!(p.audio[..800].iter().any(|s| s.abs() > 1000), "the tone is in the audio");
         assert!(p.audio[800..960].iter().all(|s| *s == 0), "then a gap");
     }

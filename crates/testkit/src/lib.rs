@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod caller;
 pub mod desktop;
+pub mod keypad;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
