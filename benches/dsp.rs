@@ -12,6 +12,7 @@ use tonewall::call::media::{Bridge, MaskLevel};
 use tonewall::media::dtmf::signal::{Noise, TonePair, push_silence, push_tone, to_i16};
 use tonewall::media::g711::Codec;
 use tonewall::media::masker::{Feed, Masker, Replacement};
+use tonewall::media::source_lock::RtpSource;
 use tonewall::media::telephone_event::Key;
 use tonewall::sip::sdp::MediaParams;
 
@@ -66,8 +67,10 @@ fn relay(b: Bencher, level: MaskLevel) {
                 .unwrap()
         })
         .collect();
-    let mut bridge = Bridge::new(params(4000, Codec::Pcmu), 3, Replacement::ComfortNoise { dbm0: -65.0 });
-    bridge.set_agent(Some(params(5000, Codec::Pcmu)));
+    let (caller, agent) = (params(4000, Codec::Pcmu), params(5000, Codec::Pcmu));
+    let noise = Replacement::ComfortNoise { dbm0: -65.0 };
+    let mut bridge = Bridge::new(caller, caller.remote.ip(), RtpSource::Sdp, 3, noise);
+    bridge.set_agent(agent, agent.remote.ip());
     bridge.set_masking(level);
     let t0 = Instant::now();
     let mut i = 0usize;
@@ -76,7 +79,7 @@ fn relay(b: Bencher, level: MaskLevel) {
         let mut p = packets[i % packets.len()].clone();
         p[4..8].copy_from_slice(&((i as u32) * 160).to_be_bytes());
         i += 1;
-        bridge.handle_caller_packet(black_box(&p), t0);
+        bridge.handle_caller_packet(black_box(&p), caller.remote, t0);
         while let Some(out) = bridge.poll_packet() {
             black_box(out.len);
         }

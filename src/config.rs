@@ -13,6 +13,7 @@ use thiserror::Error;
 use crate::call::Masking;
 use crate::capture::collector::CollectorConfig;
 use crate::media::masker::Replacement;
+use crate::media::source_lock::RtpSource;
 use crate::media::srtp::SrtpPolicy;
 use crate::sip::transaction::Timers;
 use crate::vault::VaultOptions;
@@ -118,6 +119,8 @@ pub struct HttpConfig {
 pub struct MediaConfig {
     pub rtp_port_min: u16,
     pub rtp_port_max: u16,
+    /// Whose packets a leg takes: its SDP's address only, or latched (symmetric RTP).
+    pub rtp_source: RtpSource,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -33,6 +33,7 @@ use tonewall::media::dtmf::{Detector, dbm0_to_amplitude};
 use tonewall::media::g711::Codec;
 use tonewall::media::masker::Replacement;
 use tonewall::media::rtp::{FRAME_SAMPLES, RtpReader};
+use tonewall::media::source_lock::RtpSource;
 use tonewall::media::srtp::{MasterKey, SrtpPolicy};
 use tonewall::media::telephone_event::{Key, TelephoneEvent};
 use tonewall::sip::message::{Request, ResponseBuilder, SipMessage, parse};
@@ -121,6 +122,9 @@ fn request(text: &str) -> Request {
     }
 }
 
+/// Where the phone's RTP comes from: the address `OFFER` names.
+const PHONE_RTP: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 6000);
+
 fn invite() -> Request {
     request(&format!(
         "INVITE sip:pay-1@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKc1\r\n\
@@ -157,6 +161,7 @@ fn config(replacement: Replacement) -> CallConfig {
         record: true,
         srtp: SrtpPolicy::Optional,
         srtp_key: MasterKey::from_random(&[7; 30]),
+        rtp_source: RtpSource::Sdp,
     }
 }
 
@@ -282,7 +287,7 @@ CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
             for mut packet in batch {
                 packet[2..4].copy_from_slice(&seq.to_be_bytes());
                 seq = seq.wrapping_add(1);
-                call.handle_input(now, Input::Rtp { leg: LegId::Caller, packet: &packet });
+                call.handle_input(now, Input::Rtp { leg: LegId::Caller, packet: &packet, from: PHONE_RTP });
             }
         }
         while let Some(p) = call.poll_packet() {

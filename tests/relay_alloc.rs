@@ -9,6 +9,7 @@ use rtp_rs::{RtpPacketBuilder, Seq};
 use tonewall::call::media::{Bridge, MaskLevel};
 use tonewall::media::g711::Codec;
 use tonewall::media::masker::Replacement;
+use tonewall::media::source_lock::RtpSource;
 use tonewall::media::telephone_event::TelephoneEvent;
 use tonewall::sip::sdp::MediaParams;
 
@@ -19,8 +20,11 @@ fn params(port: u16, codec: Codec) -> MediaParams {
 #[test]
 fn relaying_and_masking_make_no_allocation_per_packet() {
     for level in [MaskLevel::Off, MaskLevel::Tones, MaskLevel::Capture] {
-        let mut bridge = Bridge::new(params(4000, Codec::Pcmu), 7, Replacement::ComfortNoise { dbm0: -65.0 });
-        bridge.set_agent(Some(params(5000, Codec::Pcma)));
+        let caller = params(4000, Codec::Pcmu);
+        let noise = Replacement::ComfortNoise { dbm0: -65.0 };
+        let mut bridge = Bridge::new(caller, caller.remote.ip(), RtpSource::Sdp, 7, noise);
+        let agent = params(5000, Codec::Pcma);
+        bridge.set_agent(agent, agent.remote.ip());
         // Masked: the masker, the gate and the strict detector run on every packet (and in
         // capture, the band-stop).
         bridge.set_masking(level);
@@ -62,8 +66,8 @@ fn relay_without_allocating(mut bridge: Bridge) {
         let mut sent = 0usize;
         for (i, p) in packets[range.clone()].iter().enumerate() {
             let now = t0 + Duration::from_millis(20 * (range.start + i) as u64);
-            bridge.handle_caller_packet(p, now);
-            bridge.handle_agent_packet(&agent, now);
+            bridge.handle_caller_packet(p, params(4000, Codec::Pcmu).remote, now);
+            bridge.handle_agent_packet(&agent, params(5000, Codec::Pcma).remote, now);
             while bridge.poll_packet().is_some() {
                 sent += 1;
             }

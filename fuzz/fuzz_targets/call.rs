@@ -15,6 +15,7 @@ use tonewall_core::capture::card::YearMonth;
 use tonewall_core::capture::collector::{CollectorConfig, FieldName};
 use tonewall_core::endpoint::{Endpoint, EndpointConfig};
 use tonewall_core::media::masker::Replacement;
+use tonewall_core::media::source_lock::RtpSource;
 use tonewall_core::media::srtp::{MasterKey, SrtpPolicy};
 use tonewall_core::sip::message::{self, SipMessage};
 use tonewall_core::sip::stream::Flow;
@@ -54,6 +55,7 @@ Contact: <sip:caller@127.0.0.1:5070>\r\nContent-Type: application/sdp\r\nContent
         record: true,
         srtp: SrtpPolicy::Optional,
         srtp_key: MasterKey::from_random(&[7; 30]),
+        rtp_source: RtpSource::Sdp,
     };
     Call::accept(&invite, cfg, now).ok()
 }
@@ -77,7 +79,16 @@ fuzz_target!(|data: &[u8]| {
                     call.handle_input(now, Input::Sip { leg, msg, from });
                 }
             }
-            1 => call.handle_input(now, Input::Rtp { leg, packet: chunk }),
+            1 => {
+                // From the leg's SDP address (the offer's 6000, an agent answer's 7000), or,
+                // half the time, from a stranger.
+                let port = match (leg, kind & 8 == 0) {
+                    (_, false) => 9999,
+                    (LegId::Caller, true) => 6000,
+                    _ => 7000,
+                };
+                call.handle_input(now, Input::Rtp { leg, packet: chunk, from: addr(port) })
+            }
             2 => {
                 let cmd = match chunk.first().copied().unwrap_or(0) % 6 {
                     0 => Command::Cancel,

@@ -68,15 +68,15 @@ impl CallTask {
                 Some(cmd) = self.cmd_rx.recv() => self.call.handle_input(Instant::now(), Input::Command(cmd)),
                 Some(request) = self.capture_rx.recv() => self.start_capture(request),
                 r = self.caller_rtp.recv_from(&mut caller_buf) => {
-                    if let Ok((n, _)) = r {
+                    if let Ok((n, from)) = r {
                         let packet = &caller_buf[..n];
-                        self.call.handle_input(Instant::now(), Input::Rtp { leg: LegId::Caller, packet });
+                        self.call.handle_input(Instant::now(), Input::Rtp { leg: LegId::Caller, packet, from });
                     }
                 }
                 r = self.agent_rtp.recv_from(&mut agent_buf) => {
-                    if let Ok((n, _)) = r {
+                    if let Ok((n, from)) = r {
                         let packet = &agent_buf[..n];
-                        self.call.handle_input(Instant::now(), Input::Rtp { leg: LegId::Agent, packet });
+                        self.call.handle_input(Instant::now(), Input::Rtp { leg: LegId::Agent, packet, from });
                     }
                 }
                 _ = &mut timer, if armed.is_some() => self.call.handle_input(Instant::now(), Input::Timeout),
@@ -98,6 +98,11 @@ impl CallTask {
             caller_packets = stats.caller_packets,
             agent_packets = stats.agent_packets,
             masked_frames = stats.masked_frames,
+            caller_refused_address = stats.caller_refused.address,
+            caller_refused_ssrc = stats.caller_refused.ssrc,
+            agent_refused_address = stats.agent_refused.address,
+            agent_refused_ssrc = stats.agent_refused.ssrc,
+            srtp_rejected = stats.srtp_rejected,
             "call ended"
         );
     }

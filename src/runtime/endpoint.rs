@@ -130,6 +130,7 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, admission: Admission
             Admitted::Session(_) => shared.config.sip.srtp,
         },
         srtp_key: MasterKey::from_random(&rand::random()),
+        rtp_source: shared.config.media.rtp_source,
     };
     let call = match Call::accept(invite, cfg, Instant::now()) {
         Ok(c) => c,

@@ -90,7 +90,13 @@ pub async fn http(method: &'static str, url: &str, key: Option<&str>, body: Opti
 
 /// A session for a whole card (pan, expiry, cvv) through the API: its id and transfer URI.
 pub async fn create_session(base: &str, key: &str, reference: &str) -> (String, String) {
-    let body = format!(r#"{{"fields":["pan","expiry","cvv"],"reference":"{reference}"}}"#);
+    create_session_for(base, key, reference, None).await
+}
+
+/// As `create_session`, with the agent tonewall dials and bridges while the caller keys.
+pub async fn create_session_for(base: &str, key: &str, reference: &str, agent: Option<&str>) -> (String, String) {
+    let agent = agent.map_or(String::new(), |uri| format!(r#","agent_uri":"{uri}""#));
+    let body = format!(r#"{{"fields":["pan","expiry","cvv"],"reference":"{reference}"{agent}}}"#);
     let (s, v) = http("POST", &format!("{base}/v1/sessions"), Some(key), Some(&body)).await;
     assert_eq!(s, 201, "{v}");
     (v["id"].as_str().unwrap().to_string(), v["transfer_uri"].as_str().unwrap().to_string())

@@ -111,7 +111,7 @@ impl Call {
             Method::Bye if in_dialog => {
                 self.reply(now, LegId::Agent, req, 200, "OK");
                 self.agent.state = AgentState::Ended;
-                self.bridge.set_agent(None);
+                self.bridge.clear_agent();
                 self.event(CallEvent::AgentHungUp);
                 if !self.capture.is_running() {
                     self.hang_up_caller(now);
@@ -174,7 +174,8 @@ impl Call {
         match answer {
             Ok(answer) if !cancelled => {
                 let p = answer.negotiate();
-                self.bridge.set_agent(Some(MediaParams { event_pt: None, ..p }));
+                let agent_ip = self.agent.addr.map_or(p.remote.ip(), |a| a.ip());
+                self.bridge.set_agent(MediaParams { event_pt: None, ..p }, agent_ip);
                 self.agent.state = AgentState::Connected { dialog, ack };
                 self.event(CallEvent::AgentAnswered);
                 self.answer_proceeding_caller(now);
@@ -246,6 +247,6 @@ impl Call {
             }
             other => self.agent.state = other,
         }
-        self.bridge.set_agent(None);
+        self.bridge.clear_agent();
     }
 }

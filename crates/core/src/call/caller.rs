@@ -394,7 +394,7 @@ impl Call {
             }
             self.caller.media.params = params;
             self.caller.media.direction = direction;
-            self.bridge.set_caller(params, offer.direction.receives());
+            self.bridge.set_caller(params, offer.direction.receives(), self.caller.flow.remote.ip());
             let held = !offer.direction.receives();
             if held != was_held {
                 self.event(CallEvent::Hold { on: held });

@@ -28,6 +28,7 @@ use crate::capture::collector::{CapturedCard, Collector, CollectorConfig, FieldN
 use crate::capture::progress::FieldProgress;
 use crate::media::masker::Replacement;
 use crate::media::player::PromptAudio;
+use crate::media::source_lock::RtpSource;
 use crate::media::srtp::{MasterKey, SrtpLeg, SrtpPolicy};
 use crate::media::telephone_event::Key;
 use crate::sip::dialog::Dialog;
@@ -146,6 +147,8 @@ pub struct CallConfig {
     pub srtp: SrtpPolicy,
     /// Our SRTP master key and salt for this call, drawn by the driver from the OS generator.
     pub srtp_key: MasterKey,
+    /// Which packets each leg's media takes (`sip.rtp_source`).
+    pub rtp_source: RtpSource,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -277,10 +280,11 @@ pub enum Input<'a> {
         msg: Box<SipMessage>,
         from: Flow,
     },
-    /// An RTP (or SRTP) packet on one of the call's media sockets.
+    /// An RTP (or SRTP) packet on one of the call's media sockets, from `from`.
     Rtp {
         leg: LegId,
         packet: &'a [u8],
+        from: SocketAddr,
     },
     Command(Command),
     /// `poll_timeout`'s instant has come.
@@ -406,14 +410,14 @@ impl Call {
             caller,
             agent: agent_leg,
             capture,
-            bridge: Bridge::new(params, cfg.seed, cfg.masking.replacement),
+            bridge: Bridge::new(params, cfg.caller.remote.ip(), cfg.rtp_source, cfg.seed, cfg.masking.replacement),
             outputs: VecDeque::new(),
             branches: 0,
             ended: false,
         };
         call.bridge.set_caller_srtp(caller_srtp);
         call.transactions.receive(now, LegId::Caller, invite, transport.reliable());
-        call.bridge.set_caller(params, offer.direction.receives());
+        call.bridge.set_caller(params, offer.direction.receives(), cfg.caller.remote.ip());
         call.reply(now, LegId::Caller, invite, 100, "Trying");
         if !cfg.record {
             call.bridge.recording().disable();
@@ -558,7 +562,7 @@ impl Call {
     pub fn handle_input(&mut self, now: Instant, input: Input) {
         match input {
             Input::Sip { leg, msg, from } => self.on_sip(now, leg, msg, from),
-            Input::Rtp { leg, packet } => self.on_rtp(now, leg, packet),
+            Input::Rtp { leg, packet, from } => self.on_rtp(now, leg, packet, from),
             Input::Command(cmd) => self.on_command(now, cmd),
             Input::Timeout => self.on_timeout(now),
         }
@@ -600,14 +604,14 @@ impl Call {
         }
     }
 
-    fn on_rtp(&mut self, now: Instant, leg: LegId, packet: &[u8]) {
+    fn on_rtp(&mut self, now: Instant, leg: LegId, packet: &[u8], from: SocketAddr) {
         match leg {
             LegId::Caller => {
-                if let CallerMedia::Key(key) = self.bridge.handle_caller_packet(packet, now) {
+                if let CallerMedia::Key(key) = self.bridge.handle_caller_packet(packet, from, now) {
                     self.on_key(key, now);
                 }
             }
-            LegId::Agent => self.bridge.handle_agent_packet(packet, now),
+            LegId::Agent => self.bridge.handle_agent_packet(packet, from, now),
             LegId::Replaced => {}
         }
     }

@@ -80,7 +80,7 @@ impl Call {
         let params = offer.negotiate();
         let version = self.caller.media.version + 1;
         self.caller.media = Negotiated { params, direction: offer.direction.answer(), version, srtp };
-        self.bridge.set_caller(params, offer.direction.receives());
+        self.bridge.set_caller(params, offer.direction.receives(), from.remote.ip());
         self.bridge.set_caller_srtp(srtp_leg);
         self.caller.session_timer = session_timer;
         self.caller.refresh = None;

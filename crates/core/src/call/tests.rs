@@ -68,6 +68,7 @@ fn config(agent: Option<&str>) -> CallConfig {
         record: true,
         srtp: SrtpPolicy::Optional,
         srtp_key: MasterKey::from_random(&[7; 30]),
+        rtp_source: RtpSource::Sdp,
     }
 }
 
@@ -91,7 +92,12 @@ impl Drive for Call {
         self.handle_input(now, Input::Sip { leg, msg: Box::new(msg), from: Flow::udp(addr(port)) });
     }
     fn handle_rtp(&mut self, now: Instant, leg: LegId, packet: &[u8]) {
-        self.handle_input(now, Input::Rtp { leg, packet });
+        // From where the leg's SDP says its media is (the agent's answers name port 7000).
+        let from = match leg {
+            LegId::Caller | LegId::Replaced => self.caller.media.params.remote,
+            LegId::Agent => addr(7000),
+        };
+        self.handle_input(now, Input::Rtp { leg, packet, from });
     }
     fn handle_command(&mut self, now: Instant, cmd: Command) {
         self.handle_input(now, Input::Command(cmd));

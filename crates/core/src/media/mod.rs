@@ -5,5 +5,6 @@ pub mod g711;
 pub mod masker;
 pub mod player;
 pub mod rtp;
+pub mod source_lock;
 pub mod srtp;
 pub mod telephone_event;
