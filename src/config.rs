@@ -81,10 +81,27 @@ pub struct SipConfig {
     pub rate_per_source: u32,
     /// SRTP on the caller's leg of session calls.
     pub srtp: SrtpPolicy,
+    /// The PBXs and SBCs in front (addresses or CIDRs): they may speak for any dialog and
+    /// take one over with Replaces; everyone else only for their own dialogs.
+    #[serde(deserialize_with = "addresses_or_cidrs")]
+    pub trusted_peers: Vec<ipnet::IpNet>,
     /// Inline mode: calls whose Request-URI user starts with a route's prefix are forwarded
     /// to its target, media anchored, capture off until the API switches it on.
     #[serde(default)]
     pub routes: Vec<SipRoute>,
+}
+
+/// `"10.0.0.5"` (one address) or `"10.1.0.0/16"`.
+fn addresses_or_cidrs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    let items: Vec<String> = Deserialize::deserialize(d)?;
+    items
+        .iter()
+        .map(|s| {
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| serde::de::Error::custom(format!("`{s}` is neither an IP address nor a CIDR")))
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -281,6 +298,12 @@ impl Config {
         if self.vault.production && self.vault.kek.is_development() {
             return bad("vault.kek", "production mode refuses the development key and a key inside the config file");
         }
+        if self.vault.production && self.sip.trusted_peers.iter().any(|n| n.prefix_len() == 0) {
+            return bad("sip.trusted_peers", "production mode refuses trusting every address (a /0 prefix)");
+        }
+        if self.vault.production && self.media.rtp_source == RtpSource::Latch {
+            return bad("media.rtp_source", "production mode refuses latching media to whoever sends first");
+        }
         if self.vault.production && !self.webhook.url.is_empty() && self.webhook.secret.is_development() {
             return bad("webhook.secret", "production mode refuses a development secret");
         }
@@ -433,6 +456,14 @@ mod tests {
         assert!(Config::parse("x", &token).is_ok(), "production with the KEK in a PKCS#11 token");
         let mut c = Config::embedded();
         assert!(c.set_production().unwrap_err().to_string().contains("vault.kek"), "--production refuses it too");
+        let prod = env.clone();
+        let everyone = prod.replace("trusted_peers = []", "trusted_peers = [\"0.0.0.0/0\"]");
+        assert!(Config::parse("x", &everyone).unwrap_err().to_string().contains("sip.trusted_peers"));
+        let pbx = prod.replace("trusted_peers = []", "trusted_peers = [\"10.0.0.5\", \"10.1.0.0/16\"]");
+        assert_eq!(Config::parse("x", &pbx).unwrap().sip.trusted_peers.len(), 2, "addresses and CIDRs");
+        let latch = prod.replace("rtp_source = \"sdp\"", "rtp_source = \"latch\"");
+        assert!(Config::parse("x", &latch).unwrap_err().to_string().contains("media.rtp_source"));
+        assert!(Config::parse("x", &EMBEDDED.replace("rtp_source = \"sdp\"", "rtp_source = \"latch\"")).is_ok());
         let unknown_key = Config::parse("x", "[vault]\ndetokenize_per_mintue = 5\n").unwrap_err().to_string();
         assert!(unknown_key.contains("vault") && unknown_key.contains("detokenize_per_mintue"), "{unknown_key}");
         let bad_addr = EMBEDDED.replace("listen = \"127.0.0.1:8080\"", "listen = \"nowhere\"");

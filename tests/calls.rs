@@ -350,11 +350,13 @@ async fn invite_with_replaces_moves_the_caller_and_the_capture_carries_on() {
     use tonewall::sip::sdp::{self, RemoteDescription};
     use tonewall_testkit::Ua;
 
-    let t = TestServer::start().await;
+    // The PBX that replaces dialogs is at 127.0.0.2, the one trusted peer.
+    let t = TestServer::start_with(|c| c.sip.trusted_peers = vec!["127.0.0.2/32".parse().unwrap()]).await;
     let key = t.key(Role::Agent).await;
     let (id, uri) = session(&t, &key, None).await;
     let server = t.server.sip_addr;
     let offer = |port: u16| sdp::write(([127, 0, 0, 1], port).into(), 1, &[Codec::Pcmu], Some(101));
+    let pbx = std::net::IpAddr::from([127, 0, 0, 2]);
 
     let first = Ua::bind().await.unwrap();
     let (invite, call_id, from_tag) = first.invite(&uri, &offer(40_000));
@@ -364,23 +366,28 @@ async fn invite_with_replaces_moves_the_caller_and_the_capture_carries_on() {
     let target = ok.contact_uri().unwrap().to_string();
     first.send(&first.in_dialog(Method::Ack, &call_id, &from_tag, ok.to(), 1, &target), server).await.unwrap();
 
-    // Naming no dialog of ours: 481, and the call goes on.
+    // The PBX naming no dialog of ours: 481; anyone else naming the real one: 403. The call
+    // goes on.
+    let replacing = |ua: &Ua, port: u16, replaces: &str| {
+        let (invite, call_id, tag) = ua.invite(&target, &offer(port));
+        let text = String::from_utf8(invite).unwrap().replacen(
+            "CSeq: 1 INVITE\r\n",
+            &format!("CSeq: 1 INVITE\r\nReplaces: {replaces}\r\n"),
+            1,
+        );
+        (text, call_id, tag)
+    };
+    let real = format!("{call_id};to-tag={};from-tag={from_tag}", ok.to_tag().unwrap());
+    let lost = Ua::bind_on(pbx).await.unwrap();
+    lost.send(replacing(&lost, 40_002, "nosuch@pbx;to-tag=a;from-tag=b").0.as_bytes(), server).await.unwrap();
+    assert_eq!(next_final(&lost).await.status(), 481);
     let stranger = Ua::bind().await.unwrap();
-    let (invite, ..) = stranger.invite(&target, &offer(40_002));
-    let text = String::from_utf8(invite).unwrap().replacen(
-        "CSeq: 1 INVITE\r\n",
-        "CSeq: 1 INVITE\r\nReplaces: nosuch@pbx;to-tag=a;from-tag=b\r\n",
-        1,
-    );
-    stranger.send(text.as_bytes(), server).await.unwrap();
-    assert_eq!(next_final(&stranger).await.status(), 481);
+    stranger.send(replacing(&stranger, 40_004, &real).0.as_bytes(), server).await.unwrap();
+    assert_eq!(next_final(&stranger).await.status(), 403, "a Replaces from an untrusted peer");
 
-    let second = Ua::bind().await.unwrap();
+    let second = Ua::bind_on(pbx).await.unwrap();
     let rtp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let (invite, new_call_id, new_tag) = second.invite(&target, &offer(rtp.local_addr().unwrap().port()));
-    let replaces = format!("Replaces: {call_id};to-tag={};from-tag={from_tag}\r\n", ok.to_tag().unwrap());
-    let text =
-        String::from_utf8(invite).unwrap().replacen("CSeq: 1 INVITE\r\n", &format!("CSeq: 1 INVITE\r\n{replaces}"), 1);
+    let (text, new_call_id, new_tag) = replacing(&second, rtp.local_addr().unwrap().port(), &real);
     second.send(text.as_bytes(), server).await.unwrap();
     let ok2 = next_final(&second).await;
     assert_eq!(ok2.status(), 200, "the replacing INVITE is answered");

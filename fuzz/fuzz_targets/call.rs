@@ -63,8 +63,9 @@ Contact: <sip:caller@127.0.0.1:5070>\r\nContent-Type: application/sdp\r\nContent
 fuzz_target!(|data: &[u8]| {
     let mut now = Instant::now();
     let Some(mut call) = call(now) else { return };
-    let mut endpoint: Endpoint<()> = Endpoint::new(EndpointConfig { rate_per_source: 100, inline_prefixes: vec![] });
-    endpoint.insert_call((), "caller-1", call.agent_call_id(), Flow::udp(addr(5070)));
+    let mut endpoint: Endpoint<()> =
+        Endpoint::new(EndpointConfig { rate_per_source: 100, inline_prefixes: vec![], trusted_peers: vec![] });
+    endpoint.insert_call((), "caller-1", call.agent_call_id(), Flow::udp(addr(5070)), Some(addr(5080)));
     let mut rest = data;
     while let [kind, len, tail @ ..] = rest {
         let (chunk, next) = tail.split_at((*len as usize).min(tail.len()));

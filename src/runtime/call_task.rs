@@ -157,7 +157,8 @@ impl CallTask {
                         }
                         CallEvent::Answered => self.shared.calls.mark_answered(&self.id),
                         CallEvent::CallerReplaced { previous_call_id, caller } => {
-                            self.shared.endpoint().caller_replaced(self.handle, previous_call_id, *caller);
+                            let new_call_id = self.call.caller_call_id();
+                            self.shared.endpoint().caller_replaced(self.handle, previous_call_id, new_call_id, *caller);
                             tracing::info!(call = self.id.as_str(), from = %caller.remote, "caller's dialog replaced (RFC 3891)");
                         }
                         _ => {}

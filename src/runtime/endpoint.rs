@@ -111,7 +111,11 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, admission: Admission
         }
     };
     let local = |s: &tokio::net::UdpSocket| s.local_addr().unwrap_or(shared.sip_addr);
-    let bridged = matches!(&mode, Mode::Session { agent: Some(_), .. } | Mode::Inline { .. });
+    let agent_addr = match &mode {
+        Mode::Session { agent: Some(a), .. } | Mode::Inline { agent: a } => Some(a.addr),
+        Mode::Session { agent: None, .. } => None,
+    };
+    let bridged = agent_addr.is_some();
     let cfg = CallConfig {
         local_sip: shared.sip_addr,
         caller: flow,
@@ -145,7 +149,7 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, admission: Admission
             return;
         }
     };
-    let handle = shared.endpoint().insert_call(sip_tx, call.caller_call_id(), call.agent_call_id(), flow);
+    let handle = shared.endpoint().insert_call(sip_tx, call.caller_call_id(), call.agent_call_id(), flow, agent_addr);
     tracing::info!(call = id.as_str(), session = session.as_ref().map(SessionId::as_str), from = %flow.remote, transport = flow.transport.via_token(), agent = bridged, "call answered");
     let task = CallTask {
         id,

@@ -75,6 +75,7 @@ impl Shared {
         let endpoint = Endpoint::new(EndpointConfig {
             rate_per_source: config.sip.rate_per_source,
             inline_prefixes: config.sip.routes.iter().map(|r| r.user_prefix.clone()).collect(),
+            trusted_peers: config.sip.trusted_peers.clone(),
         });
         let Registries { sessions, calls, vault } = registries;
         Shared {

@@ -6,11 +6,21 @@
 //! 420, out-of-dialog OPTIONS → 200, no such call → 481, REFER or an unknown method outside
 //! a dialog → 405, nobody to take the call → 404, too many new requests from one source → 503).
 //!
+//! A dialog is its peer's: a message naming a live call's Call-ID is taken only from where
+//! that leg's peer is (the flow its INVITE came on or the address we answer it at; the
+//! agent's address), or from `trusted_peers` (the PBX or SBC in front). A stranger's
+//! request gets 403 and never reaches the call, its response is dropped. An INVITE with
+//! Replaces is taken only from a trusted peer, and its Call-ID routes to the call only once
+//! the call has checked the tags and taken the dialog over (`caller_replaced`).
+//!
 //! `C` is whatever the driver needs to reach a call (its inbox); the endpoint only stores and
 //! clones it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::Instant;
+
+use ipnet::IpNet;
 
 use crate::call::LegId;
 use crate::sip::message::{self, ALLOW, Method, Request, ResponseBuilder, SipMessage};
@@ -31,6 +41,8 @@ pub struct EndpointConfig {
     pub rate_per_source: u32,
     /// Inline routes' Request-URI user prefixes, in the configuration's order.
     pub inline_prefixes: Vec<String>,
+    /// Who may speak for any dialog and take one over with Replaces (`sip.trusted_peers`).
+    pub trusted_peers: Vec<IpNet>,
 }
 
 /// Whom a new INVITE is for.
@@ -61,7 +73,35 @@ pub enum EndpointEvent<C> {
 struct Registered<C> {
     inbox: C,
     /// Where the caller's leg is: its connection must stay open while the call lasts.
-    caller: Flow,
+    caller: Peer,
+    /// The dialog a Replaces took over, which may still send its BYE.
+    replaced: Option<Peer>,
+    /// The agent's address (the agent leg is UDP).
+    agent: Option<SocketAddr>,
+}
+
+/// Where one leg's peer is: the flow it is answered on and the one its INVITE came on (they
+/// differ when a Via names another port than the source's, without rport).
+#[derive(Debug, Clone, Copy)]
+struct Peer {
+    answered: Flow,
+    source: Flow,
+}
+
+impl Peer {
+    fn is(&self, from: Flow) -> bool {
+        let same = |f: Flow| {
+            f.transport == from.transport
+                && (from.connection.is_some() && f.connection == from.connection
+                    || canonical(f.remote) == canonical(from.remote))
+        };
+        same(self.answered) || same(self.source)
+    }
+}
+
+/// IPv4 peers show up as `::ffff:a.b.c.d` on a dual-stack socket.
+fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
 }
 
 pub struct Endpoint<C> {
@@ -69,8 +109,11 @@ pub struct Endpoint<C> {
     limiter: SourceLimiter,
     routes: HashMap<String, (CallHandle, LegId)>,
     calls: HashMap<CallHandle, Registered<C>>,
-    /// Call-IDs of new INVITEs the driver is still setting up.
-    pending: HashSet<String>,
+    /// Call-IDs of new INVITEs the driver is still setting up, and where each came from.
+    pending: HashMap<String, Flow>,
+    /// Call-IDs of INVITEs with Replaces handed to a call, and where each came from, until
+    /// the call takes the dialog over.
+    takeovers: HashMap<String, (CallHandle, Flow)>,
     next_handle: u64,
 }
 
@@ -81,7 +124,8 @@ impl<C: Clone> Endpoint<C> {
             config,
             routes: HashMap::new(),
             calls: HashMap::new(),
-            pending: HashSet::new(),
+            pending: HashMap::new(),
+            takeovers: HashMap::new(),
             next_handle: 0,
         }
     }
@@ -98,8 +142,12 @@ impl<C: Clone> Endpoint<C> {
                 self.request(now, req, from)
             }
             Ok(SipMessage::Response(resp)) => match self.route(resp.call_id()) {
-                Some((_, call, leg)) => {
+                Some((handle, call, leg)) if self.speaks_for(handle, leg, from) => {
                     EndpointEvent::ToCall { call, leg, msg: Box::new(SipMessage::Response(resp)), from }
+                }
+                Some(_) => {
+                    tracing::info!(from = %from.remote, "a response for a live dialog from a stranger, dropped");
+                    EndpointEvent::Nothing
                 }
                 None => EndpointEvent::Nothing,
             },
@@ -122,10 +170,17 @@ impl<C: Clone> Endpoint<C> {
             let resp = ResponseBuilder::new(&req, 420, "Bad Extension").header("Unsupported", &unsupported.join(", "));
             return EndpointEvent::Respond(reply(&req, from, resp.build()));
         }
-        if let Some((_, call, leg)) = self.route(req.call_id()) {
+        if let Some((handle, call, leg)) = self.route(req.call_id()) {
+            if !self.speaks_for(handle, leg, from) {
+                tracing::info!(from = %from.remote, method = ?req.method(), "a request in a live dialog from a stranger, refused");
+                return match req.method() {
+                    Method::Ack => EndpointEvent::Nothing,
+                    _ => EndpointEvent::Respond(reply(&req, from, plain(&req, 403, "Forbidden"))),
+                };
+            }
             return EndpointEvent::ToCall { call, leg, msg: Box::new(SipMessage::Request(req)), from };
         }
-        if self.pending.contains(req.call_id()) {
+        if self.pending.contains_key(req.call_id()) {
             // A retransmission while the driver sets the call up; the answer is on its way.
             return EndpointEvent::Nothing;
         }
@@ -157,17 +212,22 @@ impl<C: Clone> Endpoint<C> {
         }
     }
 
-    /// An INVITE with Replaces (RFC 3891 §3) goes to the call that holds the dialog it names,
-    /// under its own Call-ID from now on; the call checks the tags. Naming no dialog of ours
-    /// is 481, a malformed header 400.
+    /// An INVITE with Replaces (RFC 3891 §3) from a trusted peer goes to the call that holds
+    /// the dialog it names, which checks the tags; its own Call-ID routes there once the call
+    /// took the dialog over. From anyone else 403; naming no dialog of ours 481, a malformed
+    /// header 400.
     fn take_over(&mut self, req: Request, replaces: Result<Replaces, ()>, from: Flow) -> EndpointEvent<C> {
+        if !self.trusted(from) {
+            tracing::info!(from = %from.remote, "an INVITE with Replaces from an untrusted peer, refused");
+            return EndpointEvent::Respond(reply(&req, from, plain(&req, 403, "Forbidden")));
+        }
         let Ok(replaces) = replaces else {
             return EndpointEvent::Respond(reply(&req, from, plain(&req, 400, "Bad Request")));
         };
         let Some((handle, call, LegId::Caller)) = self.route(&replaces.call_id) else {
             return EndpointEvent::Respond(reply(&req, from, plain(&req, 481, "Call/Transaction Does Not Exist")));
         };
-        self.routes.insert(req.call_id().to_string(), (handle, LegId::Caller));
+        self.takeovers.insert(req.call_id().to_string(), (handle, from));
         let from = reply_flow(&req, from);
         EndpointEvent::ToCall { call, leg: LegId::Caller, msg: Box::new(SipMessage::Request(req)), from }
     }
@@ -183,7 +243,7 @@ impl<C: Clone> Endpoint<C> {
             },
         };
         let reply_to = reply_flow(&invite, from);
-        self.pending.insert(invite.call_id().to_string());
+        self.pending.insert(invite.call_id().to_string(), from);
         EndpointEvent::NewCall { invite: Box::new(invite), admission, reply_to }
     }
 
@@ -210,25 +270,37 @@ impl<C: Clone> Endpoint<C> {
         reply(invite, from, bytes)
     }
 
-    /// Routes a new call's two Call-IDs to it; `caller` is its caller leg's flow.
-    pub fn insert_call(&mut self, inbox: C, caller_call_id: &str, agent_call_id: &str, caller: Flow) -> CallHandle {
+    /// Routes a new call's two Call-IDs to it; `caller` is where its caller leg is answered,
+    /// `agent` where its agent is.
+    pub fn insert_call(
+        &mut self,
+        inbox: C,
+        caller_call_id: &str,
+        agent_call_id: &str,
+        caller: Flow,
+        agent: Option<SocketAddr>,
+    ) -> CallHandle {
         self.next_handle += 1;
         let handle = CallHandle(self.next_handle);
-        self.pending.remove(caller_call_id);
+        let source = self.pending.remove(caller_call_id).unwrap_or(caller);
         self.routes.insert(caller_call_id.to_string(), (handle, LegId::Caller));
         self.routes.insert(agent_call_id.to_string(), (handle, LegId::Agent));
-        self.calls.insert(handle, Registered { inbox, caller });
+        let caller = Peer { answered: caller, source };
+        self.calls.insert(handle, Registered { inbox, caller, replaced: None, agent });
         handle
     }
 
-    /// The call took an INVITE with Replaces: the old dialog's Call-ID is its `Replaced` leg
-    /// now, and its caller is at `caller`.
-    pub fn caller_replaced(&mut self, call: CallHandle, previous_call_id: &str, caller: Flow) {
+    /// The call took over the dialog `previous_call_id` names with the INVITE of
+    /// `new_call_id`: the old Call-ID is its `Replaced` leg now, the new one its caller's,
+    /// answered at `caller`.
+    pub fn caller_replaced(&mut self, call: CallHandle, previous_call_id: &str, new_call_id: &str, caller: Flow) {
+        let source = self.takeovers.remove(new_call_id).map_or(caller, |(_, from)| from);
         if let Some(route) = self.routes.get_mut(previous_call_id).filter(|(h, _)| *h == call) {
             route.1 = LegId::Replaced;
         }
         if let Some(c) = self.calls.get_mut(&call) {
-            c.caller = caller;
+            self.routes.insert(new_call_id.to_string(), (call, LegId::Caller));
+            c.replaced = Some(std::mem::replace(&mut c.caller, Peer { answered: caller, source }));
         }
     }
 
@@ -236,6 +308,26 @@ impl<C: Clone> Endpoint<C> {
     pub fn remove_call(&mut self, call: CallHandle) {
         self.calls.remove(&call);
         self.routes.retain(|_, (h, _)| *h != call);
+        self.takeovers.retain(|_, (h, _)| *h != call);
+    }
+
+    fn trusted(&self, from: Flow) -> bool {
+        let ip = from.remote.ip().to_canonical();
+        self.config.trusted_peers.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Whether a message from `from` may be `leg` of `call`: from that leg's peer, or from a
+    /// trusted one. An INVITE with Replaces on its way to the call speaks for the new dialog.
+    fn speaks_for(&self, call: CallHandle, leg: LegId, from: Flow) -> bool {
+        let Some(c) = self.calls.get(&call) else { return false };
+        let peer = match leg {
+            LegId::Caller => c.caller.is(from),
+            LegId::Replaced => c.replaced.is_some_and(|p| p.is(from)),
+            LegId::Agent => {
+                c.agent.is_some_and(|a| from.transport == Transport::Udp && canonical(a) == canonical(from.remote))
+            }
+        };
+        peer || self.trusted(from)
     }
 
     pub fn active_calls(&self) -> usize {
@@ -245,7 +337,7 @@ impl<C: Clone> Endpoint<C> {
     /// Whether a call's caller leg is on this connection (an idle connection that carries
     /// one stays open).
     pub fn connection_in_use(&self, connection: ConnectionId) -> bool {
-        self.calls.values().any(|c| c.caller.connection == Some(connection))
+        self.calls.values().any(|c| c.caller.answered.connection == Some(connection))
     }
 
     fn route(&self, call_id: &str) -> Option<(CallHandle, C, LegId)> {

@@ -40,7 +40,12 @@ pub struct Ua {
 
 impl Ua {
     pub async fn bind() -> Result<Ua, SoftphoneError> {
-        let sock = UdpSocket::bind("127.0.0.1:0").await?;
+        Ua::bind_on([127, 0, 0, 1].into()).await
+    }
+
+    /// On another loopback address, for a peer that must be told apart by its IP (a PBX).
+    pub async fn bind_on(ip: std::net::IpAddr) -> Result<Ua, SoftphoneError> {
+        let sock = UdpSocket::bind((ip, 0)).await?;
         let addr = sock.local_addr()?;
         Ok(Ua { sock, addr })
     }

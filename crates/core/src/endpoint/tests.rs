@@ -13,8 +13,16 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
+const AGENT: &str = "127.0.0.1:5080";
+/// The PBX in front: the one trusted peer.
+const PBX: &str = "127.0.0.2";
+
 fn endpoint() -> Endpoint<&'static str> {
-    Endpoint::new(EndpointConfig { rate_per_source: 5, inline_prefixes: vec!["cc-".into(), "sales".into()] })
+    Endpoint::new(EndpointConfig {
+        rate_per_source: 5,
+        inline_prefixes: vec!["cc-".into(), "sales".into()],
+        trusted_peers: vec![format!("{PBX}/32").parse().unwrap()],
+    })
 }
 
 fn request(method: &str, user: &str, call_id: &str, extra: &str) -> Vec<u8> {
@@ -107,7 +115,7 @@ fn admits_sessions_and_inline_routes_and_nothing_else() {
 fn routes_a_calls_messages_and_forgets_them_when_it_ends() {
     let (mut ep, t) = (endpoint(), crate::test_origin());
     let phone = Flow::udp(addr(PHONE));
-    let call = ep.insert_call("call 1", "caller-1", "agent-1", phone);
+    let call = ep.insert_call("call 1", "caller-1", "agent-1", phone, Some(addr(AGENT)));
     assert_eq!(ep.active_calls(), 1);
     let EndpointEvent::ToCall { call: inbox, leg, msg, .. } =
         ep.handle(t, phone, &request("BYE", "pay-x", "caller-1", ""))
@@ -133,21 +141,25 @@ To: <sip:c@d>;tag=2\r\nCall-ID: agent-1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r
 fn an_invite_with_replaces_goes_to_the_call_holding_that_dialog() {
     let (mut ep, t) = (endpoint(), crate::test_origin());
     let phone = Flow::udp(addr(PHONE));
-    let call = ep.insert_call("call 1", "caller-1", "agent-1", phone);
-    let desk = Flow::stream(Transport::Tcp, addr("127.0.0.1:41000"), ConnectionId(7));
+    let call = ep.insert_call("call 1", "caller-1", "agent-1", phone, None);
+    let desk = Flow::stream(Transport::Tcp, addr(&format!("{PBX}:41000")), ConnectionId(7));
     let replacing = request("INVITE", "pay-x", "new-1", "Replaces: caller-1;to-tag=tw1;from-tag=ct\r\n");
     let EndpointEvent::ToCall { call: inbox, leg, from, .. } = ep.handle(t, desk, &replacing) else {
         panic!("the INVITE with Replaces goes to the call")
     };
     assert_eq!((inbox, leg, from), ("call 1", LegId::Caller, desk), "over TCP it is answered on its connection");
-    // Its own Call-ID routes to the call from now on; the old one is the Replaced leg once
-    // the call has taken it over.
-    assert!(matches!(ep.handle(t, desk, &request("ACK", "pay-x", "new-1", "")), EndpointEvent::ToCall { .. }));
+    // Its own Call-ID routes to the call only once the call has checked the tags and taken
+    // the dialog over; the old one is the Replaced leg from then on.
+    assert!(matches!(ep.handle(t, desk, &request("ACK", "pay-x", "new-1", "")), EndpointEvent::Nothing));
     assert!(!ep.connection_in_use(ConnectionId(7)));
-    ep.caller_replaced(call, "caller-1", desk);
+    ep.caller_replaced(call, "caller-1", "new-1", desk);
+    assert!(matches!(ep.handle(t, desk, &request("ACK", "pay-x", "new-1", "")), EndpointEvent::ToCall { .. }));
     assert!(ep.connection_in_use(ConnectionId(7)), "the caller's connection now carries the call");
     let old_bye = ep.handle(t, phone, &request("BYE", "pay-x", "caller-1", ""));
     assert!(matches!(old_bye, EndpointEvent::ToCall { leg: LegId::Replaced, .. }));
+    // From anyone but a trusted peer, even the caller's own phone: 403.
+    let stranger = request("INVITE", "pay-x", "new-5", "Replaces: new-1;to-tag=tw1;from-tag=ct\r\n");
+    assert_eq!(status(ep.handle(t, phone, &stranger)), "SIP/2.0 403 Forbidden");
     // Naming no dialog of ours: 481; a malformed header: 400.
     let unknown = request("INVITE", "pay-x", "new-2", "Replaces: nobody;to-tag=a;from-tag=b\r\n");
     assert_eq!(status(ep.handle(t, desk, &unknown)), "SIP/2.0 481 Call/Transaction Does Not Exist");
@@ -175,7 +187,7 @@ fn a_flood_from_one_source_gets_503_and_never_cuts_established_calls() {
     // Another source is not limited, and neither is the flooding source's own call.
     let other = Flow::udp(addr("127.0.0.10:6000"));
     assert_eq!(status(ep.handle(t, other, &request("OPTIONS", "x", "o1", ""))), "SIP/2.0 200 OK");
-    ep.insert_call("call", "in-dialog", "agent", flood);
+    ep.insert_call("call", "in-dialog", "agent", flood, None);
     assert!(matches!(ep.handle(t, flood, &request("INFO", "pay-x", "in-dialog", "")), EndpointEvent::ToCall { .. }));
     // Tokens come back with time: 5 a second.
     let later = t + Duration::from_millis(1000);
@@ -194,4 +206,47 @@ fn refusals_go_where_the_request_is_answered() {
     assert_eq!(no_rport.to.remote, addr(PHONE), "without rport stamped, the Via's port (§18.2.2)");
     let text = String::from_utf8(no_rport.bytes).unwrap();
     assert!(text.starts_with("SIP/2.0 503") && text.contains("Retry-After: 5"), "{text}");
+}
+
+#[test]
+fn a_dialog_takes_messages_only_from_its_peers_and_the_trusted() {
+    let (mut ep, t) = (endpoint(), crate::test_origin());
+    let phone = Flow::udp(addr(PHONE));
+    ep.insert_call("call 1", "caller-1", "agent-1", phone, Some(addr(AGENT)));
+    // The caller's IP on another port, another address, the right address over TCP: 403,
+    // and the call never sees them; a stranger's ACK is dropped.
+    let strangers = [
+        Flow::udp(addr("127.0.0.1:5999")),
+        Flow::udp(addr("127.0.0.9:5070")),
+        Flow::stream(Transport::Tcp, addr(PHONE), ConnectionId(3)),
+    ];
+    for from in strangers {
+        for method in ["BYE", "INFO", "INVITE", "REFER", "UPDATE"] {
+            assert_eq!(status(ep.handle(t, from, &request(method, "pay-x", "caller-1", ""))), "SIP/2.0 403 Forbidden");
+        }
+        assert!(matches!(ep.handle(t, from, &request("ACK", "pay-x", "caller-1", "")), EndpointEvent::Nothing));
+    }
+    // Responses on the agent's leg only from the agent.
+    let ok = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKa\r\nFrom: <sip:a@b>;tag=1\r\n\
+To: <sip:c@d>;tag=2\r\nCall-ID: agent-1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+    assert!(matches!(ep.handle(t, Flow::udp(addr("127.0.0.1:5081")), ok), EndpointEvent::Nothing));
+    assert!(matches!(ep.handle(t, Flow::udp(addr(AGENT)), ok), EndpointEvent::ToCall { leg: LegId::Agent, .. }));
+    // The caller itself, and the trusted PBX, reach the call.
+    assert!(matches!(ep.handle(t, phone, &request("BYE", "pay-x", "caller-1", "")), EndpointEvent::ToCall { .. }));
+    let pbx = Flow::udp(addr(&format!("{PBX}:5060")));
+    assert!(matches!(ep.handle(t, pbx, &request("BYE", "pay-x", "caller-1", "")), EndpointEvent::ToCall { .. }));
+}
+
+#[test]
+fn an_invites_source_speaks_for_its_dialog_when_the_via_names_another_port() {
+    let (mut ep, t) = (endpoint(), crate::test_origin());
+    // Sent from 40002 with a Via of 5070 and no rport: answered at 5070 (§18.2.2).
+    let source = Flow::udp(addr("127.0.0.1:40002"));
+    let invite = String::from_utf8(request("INVITE", "pay-abc", "c-9", "")).unwrap().replace(";rport", "");
+    let EndpointEvent::NewCall { reply_to, .. } = ep.handle(t, source, invite.as_bytes()) else { panic!("admitted") };
+    assert_eq!(reply_to.remote, addr(PHONE));
+    ep.insert_call("call", "c-9", "agent-9", reply_to, None);
+    for from in [source, reply_to] {
+        assert!(matches!(ep.handle(t, from, &request("INFO", "pay-abc", "c-9", "")), EndpointEvent::ToCall { .. }));
+    }
 }

@@ -411,15 +411,13 @@ impl Request {
     }
 
     /// Where a response to this request goes over an unreliable transport (§18.2.2 with
-    /// RFC 3581 §4): `maddr` when it is an address, else the source address (`rport`), else
-    /// the source host and the sent-by port.
+    /// RFC 3581 §4): the source address (`rport`), else the source host and the sent-by
+    /// port. Always the source's IP: `maddr` is ignored, as honouring it would let one small
+    /// request aim our responses and retransmitted 2xx at any host.
     pub fn reply_address(&self, source: SocketAddr) -> SocketAddr {
         let top = self.top_via();
         let (_, port) = split_host_port(via_sent_by(top));
         let port = port.unwrap_or(5060);
-        if let Some(maddr) = param(top, "maddr").and_then(|m| m.trim_matches(['[', ']']).parse().ok()) {
-            return SocketAddr::new(maddr, port);
-        }
         match param(top, "rport").and_then(|p| p.parse::<u16>().ok()) {
             Some(rport) => SocketAddr::new(source.ip(), rport),
             None => SocketAddr::new(source.ip(), port),

@@ -1,0 +1,106 @@
+//! Attacks on a live capture's dialog, against a running server: a stranger who has seen
+//! the caller's SIP (Call-ID, both tags) sends, from another port, a BYE, an INFO keying a
+//! digit, a re-INVITE moving the media to itself and an INVITE with Replaces taking the
+//! dialog over. Each is refused with 403, the call goes on, and the card the real caller
+//! keys is the one stored, whole.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestCard, TestServer, assert_card_whole, create_session, keypad_events, wait_final};
+use tokio::net::UdpSocket;
+use tonewall::api::auth::Role;
+use tonewall::media::g711::Codec;
+use tonewall::sip::message::{Method, Response, SipMessage};
+use tonewall::sip::sdp::{self, RemoteDescription};
+use tonewall_testkit::Ua;
+
+const CARD: TestCard = TestCard { pan: "4111111111111111", month: 12, year: 2030, code: "123" };
+
+async fn next_final(ua: &Ua) -> Response {
+    loop {
+        let (msg, _) = tokio::time::timeout(Duration::from_secs(5), ua.recv()).await.expect("an answer").unwrap();
+        if let SipMessage::Response(r) = msg
+            && r.status() >= 200
+        {
+            return r;
+        }
+    }
+}
+
+async fn key(rtp: &UdpSocket, to: std::net::SocketAddr, keys: &str, first_seq: u32) {
+    for (i, packets) in keypad_events(keys, 77).into_iter().enumerate() {
+        for mut p in packets {
+            // Sequence numbers and event timestamps carry on from the keys sent before.
+            let seq = u16::from_be_bytes([p[2], p[3]]).wrapping_add((first_seq * 7) as u16);
+            p[2..4].copy_from_slice(&seq.to_be_bytes());
+            let ts = 8000 + (first_seq + i as u32) * 1600;
+            p[4..8].copy_from_slice(&ts.to_be_bytes());
+            rtp.send_to(&p, to).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_strangers_bye_info_reinvite_and_replaces_are_refused_and_the_call_goes_on() {
+    let t = TestServer::start().await;
+    let api_key = t.key(Role::Agent).await;
+    let (id, uri) = create_session(&t.base, &api_key, "attack").await;
+    let server = t.server.sip_addr;
+    let offer = |port: u16| sdp::write(([127, 0, 0, 1], port).into(), 1, &[Codec::Pcmu], Some(101));
+
+    let caller = Ua::bind().await.unwrap();
+    let rtp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (invite, call_id, from_tag) = caller.invite(&uri, &offer(rtp.local_addr().unwrap().port()));
+    caller.send(&invite, server).await.unwrap();
+    let ok = next_final(&caller).await;
+    assert_eq!(ok.status(), 200);
+    let target = ok.contact_uri().unwrap().to_string();
+    let to = ok.to().to_string();
+    caller.send(&caller.in_dialog(Method::Ack, &call_id, &from_tag, &to, 1, &target), server).await.unwrap();
+    let media = RemoteDescription::parse(ok.body()).unwrap().remote;
+    let (first, rest) = CARD.pan.split_at(8);
+    key(&rtp, media, first, 0).await;
+
+    // The stranger, on the caller's IP and another port, with the dialog's Call-ID and tags.
+    let stranger = Ua::bind().await.unwrap();
+    let info = String::from_utf8(stranger.in_dialog(Method::Info, &call_id, &from_tag, &to, 2, &target)).unwrap();
+    let info =
+        info.replacen("Content-Length: 0\r\n", "Content-Type: application/dtmf-relay\r\nContent-Length: 24\r\n", 1)
+            + "Signal=5\r\nDuration=160\r\n";
+    let body = offer(40_100);
+    let reinvite =
+        String::from_utf8(stranger.in_dialog(Method::Invite, &call_id, &from_tag, &to, 3, &target)).unwrap().replacen(
+            "Content-Length: 0\r\n",
+            &format!("Content-Type: application/sdp\r\nContent-Length: {}\r\n", body.len()),
+            1,
+        ) + &body;
+    let (replacing, ..) = stranger.invite(&target, &offer(40_102));
+    let replaces = format!("Replaces: {call_id};to-tag={};from-tag={from_tag}\r\n", ok.to_tag().unwrap());
+    let replacing = String::from_utf8(replacing).unwrap().replacen(
+        "CSeq: 1 INVITE\r\n",
+        &format!("CSeq: 1 INVITE\r\n{replaces}"),
+        1,
+    );
+    let bye = String::from_utf8(stranger.in_dialog(Method::Bye, &call_id, &from_tag, &to, 4, &target)).unwrap();
+    for (what, msg) in [("INFO", info), ("re-INVITE", reinvite), ("Replaces", replacing), ("BYE", bye)] {
+        stranger.send(msg.as_bytes(), server).await.unwrap();
+        assert_eq!(next_final(&stranger).await.status(), 403, "the stranger's {what}");
+    }
+    // Built the same way but sent by the caller, an INFO is taken: its source is the reason.
+    caller.send(&caller.in_dialog(Method::Info, &call_id, &from_tag, &to, 5, &target), server).await.unwrap();
+    assert_eq!(next_final(&caller).await.status(), 200, "the caller's own INFO");
+
+    key(&rtp, media, &format!("{rest}#"), 8).await;
+    key(&rtp, media, &format!("{:02}{:02}", CARD.month, CARD.year % 100), 17).await;
+    key(&rtp, media, CARD.code, 21).await;
+    let s = wait_final(&t.base, &api_key, &id, Duration::from_secs(10)).await;
+    assert_card_whole(&t, &s, &CARD, "after the stranger's requests").await;
+    // Nothing hung the caller up: the first request it gets is tonewall's own BYE, after
+    // the capture completed (no agent: tonewall thanks the caller and hangs up).
+    let (msg, _) = tokio::time::timeout(Duration::from_secs(10), caller.recv()).await.expect("tonewall's BYE").unwrap();
+    assert!(matches!(&msg, SipMessage::Request(r) if r.method() == Method::Bye), "{msg:?}");
+    t.stop().await;
+}
