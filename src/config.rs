@@ -129,6 +129,16 @@ impl SipConfig {
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// HTTPS (TLS 1.2 and 1.3) with `tls_cert` and `tls_key`.
+    pub tls: bool,
+    /// PEM files; "" means the pair `tonewall keys tls-dev` writes under data_dir/tls.
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// A client that has not sent a whole request head within this long is disconnected.
+    pub header_timeout_s: u64,
+    /// Most connections open at once, and from one address.
+    pub max_connections: usize,
+    pub max_connections_per_address: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -298,6 +308,18 @@ impl Config {
         if self.vault.production && self.vault.kek.is_development() {
             return bad("vault.kek", "production mode refuses the development key and a key inside the config file");
         }
+        if self.http.header_timeout_s == 0 || self.http.header_timeout_s > 300 {
+            return bad("http.header_timeout_s", "must be between 1 and 300 seconds");
+        }
+        if self.http.max_connections == 0 || self.http.max_connections_per_address == 0 {
+            return bad("http.max_connections", "must be at least 1, and so must http.max_connections_per_address");
+        }
+        if self.vault.production && !self.http.tls && !self.http.listen.ip().is_loopback() {
+            return bad(
+                "http.tls",
+                "production mode refuses plain HTTP off loopback: the API carries card data and bearer keys (PCI DSS 4.2.1)",
+            );
+        }
         if self.vault.production && self.sip.trusted_peers.iter().any(|n| n.prefix_len() == 0) {
             return bad("sip.trusted_peers", "production mode refuses trusting every address (a /0 prefix)");
         }
@@ -337,6 +359,13 @@ impl Config {
             if p.as_os_str().is_empty() { self.storage.data_dir.join("tls").join(name) } else { p.clone() }
         };
         (or_default(&self.sip.tls_cert, "cert.pem"), or_default(&self.sip.tls_key, "key.pem"))
+    }
+
+    /// The API's certificate chain and key (the SIP pair's defaults when unset).
+    pub fn http_tls_files(&self) -> (PathBuf, PathBuf) {
+        let (cert, key) = self.tls_files();
+        let or = |p: &PathBuf, d: PathBuf| if p.as_os_str().is_empty() { d } else { p.clone() };
+        (or(&self.http.tls_cert, cert), or(&self.http.tls_key, key))
     }
 
     /// The TLS listen address, if TLS is on.
@@ -457,6 +486,10 @@ mod tests {
         let mut c = Config::embedded();
         assert!(c.set_production().unwrap_err().to_string().contains("vault.kek"), "--production refuses it too");
         let prod = env.clone();
+        let open = prod.replace("listen = \"127.0.0.1:8080\"", "listen = \"0.0.0.0:8080\"");
+        assert!(Config::parse("x", &open).unwrap_err().to_string().contains("http.tls"), "plain HTTP off loopback");
+        assert!(Config::parse("x", &open.replace("tls = false", "tls = true")).is_ok(), "HTTPS off loopback");
+        assert!(Config::parse("x", &prod).is_ok(), "plain HTTP on loopback (a proxy in front)");
         let everyone = prod.replace("trusted_peers = []", "trusted_peers = [\"0.0.0.0/0\"]");
         assert!(Config::parse("x", &everyone).unwrap_err().to_string().contains("sip.trusted_peers"));
         let pbx = prod.replace("trusted_peers = []", "trusted_peers = [\"10.0.0.5\", \"10.1.0.0/16\"]");

@@ -61,7 +61,18 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "this route does not take that method")
         })
+        .layer(axum::middleware::map_response(never_cached_never_sniffed))
         .with_state(state)
+}
+
+/// Every answer: never stored by a cache or proxy (tokens, card data, session state), and
+/// never content-sniffed into something it is not.
+async fn never_cached_never_sniffed(mut r: Response) -> Response {
+    use axum::http::{HeaderValue, header};
+    let h = r.headers_mut();
+    h.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    r
 }
 
 #[derive(Debug)]

@@ -3,6 +3,7 @@
 
 mod call_task;
 mod endpoint;
+pub mod http;
 pub mod ports;
 pub mod prompts;
 mod shared;
@@ -68,7 +69,7 @@ impl Server {
         let tls = match config.tls_listen_addr() {
             Ok(Some(addr)) => {
                 let (cert, key) = config.tls_files();
-                let acceptor = transport::tls_acceptor(&cert, &key)?;
+                let acceptor = transport::tls_acceptor(&cert, &key, &[])?;
                 Some((sip_bind(addr).await?, acceptor))
             }
             _ => None,
@@ -78,6 +79,13 @@ impl Server {
                 Some(l.local_addr().map_err(|e| ServerError::SipBind { addr: sip_addr, why: e.to_string() })?)
             }
             None => None,
+        };
+        let https = match config.http.tls {
+            true => {
+                let (cert, key) = config.http_tls_files();
+                Some(transport::tls_acceptor(&cert, &key, &[b"h2", b"http/1.1"])?)
+            }
+            false => None,
         };
         let http_listen = config.http.listen;
         let http = TcpListener::bind(http_listen)
@@ -113,16 +121,13 @@ impl Server {
         ));
         let data_dir = shared.config.storage.data_dir.clone();
         let state = AppState { sessions, calls, vault: vault.clone(), sip_host, limits, data_dir };
-        let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
-        let mut http_stop = stop_rx.clone();
-        tasks.push(tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = http_stop.wait_for(|s| *s).await;
-            };
-            if let Err(e) = axum::serve(http, app).with_graceful_shutdown(shutdown).await {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        }));
+        let app = api::router(state);
+        let http_limits = http::Limits {
+            header_timeout: Duration::from_secs(shared.config.http.header_timeout_s),
+            max_connections: shared.config.http.max_connections,
+            max_per_address: shared.config.http.max_connections_per_address,
+        };
+        tasks.push(tokio::spawn(http::serve(http, https, app, http_limits, stop_rx.clone())));
         let mut purge_stop = stop_rx.clone();
         let sessions = shared.sessions.clone();
         let purge_vault = vault.clone();
