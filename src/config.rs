@@ -81,10 +81,14 @@ pub struct SipConfig {
     pub rate_per_source: u32,
     /// SRTP on the caller's leg of session calls.
     pub srtp: SrtpPolicy,
+    /// SDES keys (RFC 4568) only over SIP over TLS: offered over UDP or TCP they get 488.
+    pub sdes_requires_tls: bool,
     /// The PBXs and SBCs in front (addresses or CIDRs): they may speak for any dialog and
     /// take one over with Replaces; everyone else only for their own dialogs.
     #[serde(deserialize_with = "addresses_or_cidrs")]
     pub trusted_peers: Vec<ipnet::IpNet>,
+    /// Where a session's agent_uri and transfer_uri may point (addresses, CIDRs, domains).
+    pub allowed_targets: crate::targets::AllowedTargets,
     /// Inline mode: calls whose Request-URI user starts with a route's prefix are forwarded
     /// to its target, media anchored, capture off until the API switches it on.
     #[serde(default)]
@@ -113,6 +117,10 @@ pub struct SipRoute {
     pub user_prefix: String,
     /// The contact-center target, a sip: URI.
     pub target: String,
+    /// The only sources (addresses or CIDRs) whose INVITEs this route takes: the PBX or SBC
+    /// that routes calls here. Required: a route open to anyone relays anyone's call.
+    #[serde(deserialize_with = "addresses_or_cidrs")]
+    pub sources: Vec<ipnet::IpNet>,
     /// SRTP on the caller's leg of this route's calls.
     #[serde(default)]
     pub srtp: SrtpPolicy,
@@ -262,6 +270,12 @@ impl Config {
             if !target_ok {
                 return bad("sip.routes", "a route's target must be a sip: URI such as sip:queue@10.0.0.5:5060");
             }
+            if r.sources.is_empty() || (self.vault.production && r.sources.iter().any(|n| n.prefix_len() == 0)) {
+                return bad(
+                    "sip.routes",
+                    "a route's sources must name the PBXs that send its calls (no /0 in production)",
+                );
+            }
         }
         if let Some(key) = self.tls_listen_addr().err() {
             return bad(key, "must be empty or an address such as 127.0.0.1:5061");
@@ -322,6 +336,14 @@ impl Config {
         }
         if self.vault.production && self.sip.trusted_peers.iter().any(|n| n.prefix_len() == 0) {
             return bad("sip.trusted_peers", "production mode refuses trusting every address (a /0 prefix)");
+        }
+        let srtp_anywhere =
+            self.sip.srtp != SrtpPolicy::Off || self.sip.routes.iter().any(|r| r.srtp != SrtpPolicy::Off);
+        if self.vault.production && srtp_anywhere && !self.sip.sdes_requires_tls {
+            return bad(
+                "sip.sdes_requires_tls",
+                "production mode needs SDES keys to travel over SIP over TLS (or sip.srtp = \"off\"): over UDP or TCP anyone who sees the SIP can decrypt the media",
+            );
         }
         if self.vault.production && self.media.rtp_source == RtpSource::Latch {
             return bad("media.rtp_source", "production mode refuses latching media to whoever sends first");
@@ -472,7 +494,10 @@ mod tests {
             Config::parse("x", &ok_tone).unwrap().capture.masking,
             Replacement::FlatTone { hz: 2100.0, dbm0: -20.0 }
         );
-        let dev = EMBEDDED.replace("production = false", "production = true");
+        // Production with every other setting it insists on (SDES keys only over TLS).
+        let dev = EMBEDDED
+            .replace("production = false", "production = true")
+            .replace("sdes_requires_tls = false", "sdes_requires_tls = true");
         assert!(Config::parse("x", &dev).unwrap_err().to_string().contains("vault.kek"));
         let inline = dev.replace("kek = \"dev_file\"", &format!("kek = {{ hex = \"{}\" }}", "ab".repeat(32)));
         assert!(Config::parse("x", &inline).unwrap_err().to_string().contains("vault.kek"));
@@ -486,6 +511,11 @@ mod tests {
         let mut c = Config::embedded();
         assert!(c.set_production().unwrap_err().to_string().contains("vault.kek"), "--production refuses it too");
         let prod = env.clone();
+        let in_clear = env.replace("sdes_requires_tls = true", "sdes_requires_tls = false");
+        let keys_in_clear = Config::parse("x", &in_clear).unwrap_err().to_string();
+        assert!(keys_in_clear.contains("sip.sdes_requires_tls"), "{keys_in_clear}");
+        let no_srtp = in_clear.replace("srtp = \"optional\"", "srtp = \"off\"");
+        assert!(Config::parse("x", &no_srtp).is_ok(), "without SRTP there are no keys to expose");
         let open = prod.replace("listen = \"127.0.0.1:8080\"", "listen = \"0.0.0.0:8080\"");
         assert!(Config::parse("x", &open).unwrap_err().to_string().contains("http.tls"), "plain HTTP off loopback");
         assert!(Config::parse("x", &open.replace("tls = false", "tls = true")).is_ok(), "HTTPS off loopback");
@@ -494,6 +524,15 @@ mod tests {
         assert!(Config::parse("x", &everyone).unwrap_err().to_string().contains("sip.trusted_peers"));
         let pbx = prod.replace("trusted_peers = []", "trusted_peers = [\"10.0.0.5\", \"10.1.0.0/16\"]");
         assert_eq!(Config::parse("x", &pbx).unwrap().sip.trusted_peers.len(), 2, "addresses and CIDRs");
+        let route = |sources: &str| {
+            format!(
+                "{EMBEDDED}\n[[sip.routes]]\nname = \"s\"\nuser_prefix = \"s\"\ntarget = \"sip:q@10.0.0.5\"\n{sources}"
+            )
+        };
+        let missing = Config::parse("x", &route("")).unwrap_err().to_string();
+        assert!(missing.contains("sources"), "a route must name its sources: {missing}");
+        assert!(Config::parse("x", &route("sources = []")).unwrap_err().to_string().contains("sip.routes"));
+        assert!(Config::parse("x", &route("sources = [\"10.0.0.5\"]")).is_ok());
         let latch = prod.replace("rtp_source = \"sdp\"", "rtp_source = \"latch\"");
         assert!(Config::parse("x", &latch).unwrap_err().to_string().contains("media.rtp_source"));
         assert!(Config::parse("x", &EMBEDDED.replace("rtp_source = \"sdp\"", "rtp_source = \"latch\"")).is_ok());

@@ -13,4 +13,5 @@ pub mod config;
 pub mod recording;
 pub mod runtime;
 pub mod session;
+pub mod targets;
 pub mod vault;

@@ -186,3 +186,34 @@ async fn openapi_describes_every_route_and_the_permission_matrix_holds() {
     assert_eq!((s, v["error"]["code"].as_str()), (405, Some("method_not_allowed")));
     t.stop().await;
 }
+
+/// An API client cannot have tonewall dial, or send a paid caller, anywhere: agent and
+/// transfer URIs must name a host within `sip.allowed_targets`.
+#[tokio::test]
+async fn sessions_only_send_calls_within_the_allowed_targets() {
+    let t = TestServer::start_with(|c| {
+        c.sip.allowed_targets = serde_json::from_str(r#"["127.0.0.0/8", "pbx.example.com"]"#).expect("targets");
+    })
+    .await;
+    let key = t.key(Role::Agent).await;
+    let url = format!("{}/v1/sessions", t.base);
+    let create = |extra: &str| format!(r#"{{"fields":["pan"],"reference":"r"{extra}}}"#);
+    for (extra, status) in [
+        (r#","agent_uri":"sip:agent@127.0.0.1:5070""#, 201),
+        (r#","agent_uri":"sip:agent@queue.pbx.example.com""#, 201),
+        (r#","agent_uri":"sip:agent@agents.elsewhere.test""#, 201),
+        (r#","agent_uri":"sip:agent@198.51.100.7:5060""#, 400),
+        (r#","agent_uri":"sip:agent@[2001:db8::7]""#, 400),
+        (r#","after_capture":"transfer","transfer_uri":"sip:queue@203.0.113.1""#, 400),
+        (r#","after_capture":"transfer","transfer_uri":"sip:queue@unknown.example.org""#, 400),
+        (r#","after_capture":"transfer","transfer_uri":"sip:queue@pbx.example.com""#, 201),
+        (r#","after_capture":"transfer","agent_uri":"sip:agent@agents.elsewhere.test""#, 400),
+    ] {
+        let (s, v) = http("POST", &url, Some(&key), Some(&create(extra))).await;
+        assert_eq!(s, status, "{extra}: {v}");
+        if s == 400 {
+            assert!(v["error"]["message"].as_str().unwrap().contains("sip.allowed_targets"), "{v}");
+        }
+    }
+    t.stop().await;
+}

@@ -162,6 +162,7 @@ fn config(replacement: Replacement) -> CallConfig {
         srtp: SrtpPolicy::Optional,
         srtp_key: MasterKey::from_random(&[7; 30]),
         rtp_source: RtpSource::Sdp,
+        sdes_requires_tls: false,
     }
 }
 

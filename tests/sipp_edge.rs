@@ -35,7 +35,7 @@ impl Edge {
     fn inline(target_scenario: &str) -> (Edge, sipp::KillOnDrop) {
         let port = free_udp_port(1);
         let route = format!(
-            "[[sip.routes]]\nname = \"sales\"\nuser_prefix = \"sales\"\ntarget = \"sip:queue@127.0.0.1:{port}\"\n"
+            "[[sip.routes]]\nname = \"sales\"\nuser_prefix = \"sales\"\ntarget = \"sip:queue@127.0.0.1:{port}\"\nsources = [\"127.0.0.1\"]\n"
         );
         let edge = Edge::start_with(false, &route);
         let target = sipp::spawn(edge.path(), &sipp::scenario(edge.path(), target_scenario, &[]), port, &[]);

@@ -139,7 +139,11 @@ async fn audit_verify_names_a_tampered_record_and_fails() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kek_from_the_environment_production_mode_and_no_core_dumps() {
     let kek = "5a".repeat(32);
-    let s = Setup::new(&[("kek = \"dev_file\"", "kek = { env = \"TONEWALL_TEST_KEK\" }")]);
+    let s = Setup::new(&[
+        ("kek = \"dev_file\"", "kek = { env = \"TONEWALL_TEST_KEK\" }"),
+        // Production also wants SDES keys over TLS only.
+        ("sdes_requires_tls = false", "sdes_requires_tls = true"),
+    ]);
     let env = [("TONEWALL_TEST_KEK", kek.as_str())];
     let (ok, key, err) = s.run(&["api-key", "create", "--role", "processor"], &env);
     assert!(ok, "{err}");

@@ -56,6 +56,7 @@ Contact: <sip:caller@127.0.0.1:5070>\r\nContent-Type: application/sdp\r\nContent
         srtp: SrtpPolicy::Optional,
         srtp_key: MasterKey::from_random(&[7; 30]),
         rtp_source: RtpSource::Sdp,
+        sdes_requires_tls: false,
     };
     Call::accept(&invite, cfg, now).ok()
 }
@@ -64,7 +65,7 @@ fuzz_target!(|data: &[u8]| {
     let mut now = Instant::now();
     let Some(mut call) = call(now) else { return };
     let mut endpoint: Endpoint<()> =
-        Endpoint::new(EndpointConfig { rate_per_source: 100, inline_prefixes: vec![], trusted_peers: vec![] });
+        Endpoint::new(EndpointConfig { rate_per_source: 100, inline_routes: vec![], trusted_peers: vec![] });
     endpoint.insert_call((), "caller-1", call.agent_call_id(), Flow::udp(addr(5070)), Some(addr(5080)));
     let mut rest = data;
     while let [kind, len, tail @ ..] = rest {

@@ -37,6 +37,8 @@ pub struct AppState {
     pub limits: Arc<cards::Limits>,
     /// Where recordings are kept.
     pub data_dir: std::path::PathBuf,
+    /// Where sessions may send calls (`sip.allowed_targets`).
+    pub allowed_targets: Arc<crate::targets::AllowedTargets>,
 }
 
 pub fn router(state: AppState) -> Router {

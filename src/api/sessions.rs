@@ -15,6 +15,7 @@ use super::{ApiError, AppState, Caller};
 use crate::call::{AfterCapture, Command};
 use crate::capture::collector::FieldName;
 use crate::session::{Change, SessionError, SessionId, SessionView};
+use crate::targets::{AllowedTargets, Verdict};
 
 pub(super) const AGENT_ROLES: &[Role] = &[Role::Agent, Role::Admin];
 
@@ -71,13 +72,25 @@ pub(super) fn validate_capture(fields: &[FieldName], reference: &str) -> Result<
     Ok(())
 }
 
-fn validate(req: &CreateSession) -> Result<(), String> {
+fn validate(req: &CreateSession, allowed: &AllowedTargets) -> Result<(), String> {
     validate_capture(&req.fields, &req.reference)?;
-    if req.agent_uri.as_deref().is_some_and(|u| !sip_uri_ok(u)) {
-        return Err("agent_uri must be a sip: URI such as sip:agent@10.0.0.5:5060".into());
-    }
-    if req.transfer_uri.as_deref().is_some_and(|u| !sip_uri_ok(u)) {
-        return Err("transfer_uri must be a sip: URI such as sip:queue@10.0.0.5:5060".into());
+    // tonewall resolves an agent_uri itself (and checks the address then); a transfer_uri
+    // goes to the caller's side in a REFER, so it must be allowed as written.
+    let agent_is_transfer_target = req.after_capture.as_deref() == Some("transfer") && req.transfer_uri.is_none();
+    for (name, uri, resolved_here) in
+        [("agent_uri", &req.agent_uri, !agent_is_transfer_target), ("transfer_uri", &req.transfer_uri, false)]
+    {
+        let Some(uri) = uri.as_deref() else { continue };
+        if !sip_uri_ok(uri) {
+            return Err(format!("{name} must be a sip: URI such as sip:agent@10.0.0.5:5060"));
+        }
+        match allowed.check_uri(uri) {
+            Verdict::Allowed => {}
+            Verdict::IfResolvedInside if resolved_here => {}
+            Verdict::IfResolvedInside | Verdict::Refused => {
+                return Err(format!("{name} names a host outside sip.allowed_targets"));
+            }
+        }
     }
     after_capture(req).map(|_| ())
 }
@@ -89,7 +102,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     caller.require(AGENT_ROLES)?;
     let Json(req) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
-    validate(&req).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, m))?;
+    validate(&req, &state.allowed_targets).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, m))?;
     // Checked by `validate` above.
     let after = after_capture(&req).unwrap_or(AfterCapture::Hangup);
     let view = state.sessions.create(req.fields, req.reference, req.agent_uri, after, &state.sip_host);

@@ -20,6 +20,7 @@ use crate::media::srtp::MasterKey;
 use crate::session::SessionId;
 use crate::sip::message::{self, Request};
 use crate::sip::stream::Flow;
+use crate::targets::{self, AllowedTargets};
 
 pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut buf = vec![0u8; message::MAX_MESSAGE + 1];
@@ -47,8 +48,10 @@ pub async fn receive(shared: &Arc<Shared>, bytes: &[u8], flow: Flow) {
             // A call whose inbox is full is overwhelmed; UDP senders retransmit.
             let _ = call.try_send(Inbound { leg, msg, from });
         }
+        // Set up off the receive loop: it may wait on DNS for the agent's host.
         EndpointEvent::NewCall { invite, admission, reply_to } => {
-            start_call(shared, &invite, admission, reply_to).await
+            let shared = shared.clone();
+            tokio::spawn(async move { start_call(&shared, &invite, admission, reply_to).await });
         }
         EndpointEvent::Respond(t) => shared.send(&t.to, &t.bytes),
         EndpointEvent::Nothing => {}
@@ -135,6 +138,7 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, admission: Admission
         },
         srtp_key: MasterKey::from_random(&rand::random()),
         rtp_source: shared.config.media.rtp_source,
+        sdes_requires_tls: shared.config.sip.sdes_requires_tls,
     };
     let call = match Call::accept(invite, cfg, Instant::now()) {
         Ok(c) => c,
@@ -182,7 +186,16 @@ async fn call_mode(shared: &Shared, admitted: &Admitted) -> Result<Mode, (u16, &
             // Unknown and already-used sessions get the same answer: no enumeration.
             let a = shared.sessions.attach(id, shared.config.capture.max_attempts).map_err(|_| (404, "Not Found"))?;
             let agent = match (a.agent_uri, &a.after_capture) {
-                (Some(uri), AfterCapture::Bridge) => resolve_sip_uri(&uri).await.map(|addr| AgentTarget { uri, addr }),
+                (Some(uri), AfterCapture::Bridge) => match resolve_sip_uri(&uri).await {
+                    Some(addr) if allowed(&shared.config.sip.allowed_targets, &uri, addr) => {
+                        Some(AgentTarget { uri, addr })
+                    }
+                    Some(_) => {
+                        tracing::warn!(session = id.as_str(), "agent_uri resolves outside sip.allowed_targets");
+                        None
+                    }
+                    None => None,
+                },
                 _ => None,
             };
             Ok(Mode::Session { fields: a.fields, after: a.after_capture, agent })
@@ -190,21 +203,14 @@ async fn call_mode(shared: &Shared, admitted: &Admitted) -> Result<Mode, (u16, &
     }
 }
 
+/// Whether `uri`, resolved to `addr`, is a target sessions may call.
+fn allowed(targets: &AllowedTargets, uri: &str, addr: SocketAddr) -> bool {
+    targets::host_port(uri).is_some_and(|(host, _)| targets.allows_resolved(host, addr.ip()))
+}
+
 /// host[:port] of a `sip:user@host:port;params` URI, resolved (default port 5060).
 async fn resolve_sip_uri(uri: &str) -> Option<SocketAddr> {
-    let rest = uri.strip_prefix("sip:")?;
-    let hostport = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-    let hostport = hostport.split([';', '?', '>']).next()?;
-    let (host, port) = match hostport.strip_prefix('[') {
-        Some(v6) => {
-            let (h, rest) = v6.split_once(']')?;
-            (h, rest.strip_prefix(':'))
-        }
-        None => match hostport.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (hostport, None),
-        },
-    };
+    let (host, port) = targets::host_port(uri)?;
     let port: u16 = port.map_or(Some(5060), |p| p.parse().ok())?;
     tokio::net::lookup_host((host, port)).await.ok()?.next()
 }

@@ -120,7 +120,8 @@ impl Server {
             shared.config.vault.bulk_alarm_per_hour,
         ));
         let data_dir = shared.config.storage.data_dir.clone();
-        let state = AppState { sessions, calls, vault: vault.clone(), sip_host, limits, data_dir };
+        let allowed_targets = Arc::new(shared.config.sip.allowed_targets.clone());
+        let state = AppState { sessions, calls, vault: vault.clone(), sip_host, limits, data_dir, allowed_targets };
         let app = api::router(state);
         let http_limits = http::Limits {
             header_timeout: Duration::from_secs(shared.config.http.header_timeout_s),

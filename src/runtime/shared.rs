@@ -14,7 +14,7 @@ use super::ports::PortPool;
 use crate::call::{LegId, Prompts};
 use crate::calls::Calls;
 use crate::config::Config;
-use crate::endpoint::{Endpoint, EndpointConfig};
+use crate::endpoint::{Endpoint, EndpointConfig, InlineRoute};
 use crate::session::Sessions;
 use crate::sip::message::SipMessage;
 use crate::sip::stream::{ConnectionId, Flow};
@@ -74,7 +74,12 @@ impl Shared {
     ) -> Shared {
         let endpoint = Endpoint::new(EndpointConfig {
             rate_per_source: config.sip.rate_per_source,
-            inline_prefixes: config.sip.routes.iter().map(|r| r.user_prefix.clone()).collect(),
+            inline_routes: config
+                .sip
+                .routes
+                .iter()
+                .map(|r| InlineRoute { user_prefix: r.user_prefix.clone(), sources: r.sources.clone() })
+                .collect(),
             trusted_peers: config.sip.trusted_peers.clone(),
         });
         let Registries { sessions, calls, vault } = registries;

@@ -39,10 +39,18 @@ pub const SESSION_PREFIX: &str = "pay-";
 pub struct EndpointConfig {
     /// New out-of-dialog requests per second from one source address (twice that in a burst).
     pub rate_per_source: u32,
-    /// Inline routes' Request-URI user prefixes, in the configuration's order.
-    pub inline_prefixes: Vec<String>,
+    /// The inline routes, in the configuration's order.
+    pub inline_routes: Vec<InlineRoute>,
     /// Who may speak for any dialog and take one over with Replaces (`sip.trusted_peers`).
     pub trusted_peers: Vec<IpNet>,
+}
+
+/// An inline route as the endpoint sees it: which Request-URI users it takes, and from whom.
+#[derive(Debug, Clone, Default)]
+pub struct InlineRoute {
+    pub user_prefix: String,
+    /// The only sources its INVITEs are taken from (the PBX or SBC that routes them).
+    pub sources: Vec<IpNet>,
 }
 
 /// Whom a new INVITE is for.
@@ -51,7 +59,7 @@ pub enum Admission {
     /// A payment session: the part of the Request-URI user after `pay-`, for the driver to
     /// look up (an unknown one gets `Endpoint::refuse` with 404).
     Session { id: String },
-    /// The inline route with this index in `EndpointConfig::inline_prefixes`.
+    /// The inline route with this index in `EndpointConfig::inline_routes`.
     Inline { route: usize },
 }
 
@@ -99,6 +107,12 @@ impl Peer {
     }
 }
 
+/// Whether `from` is inside one of `nets`.
+fn within(nets: &[IpNet], from: Flow) -> bool {
+    let ip = from.remote.ip().to_canonical();
+    nets.iter().any(|n| n.contains(&ip))
+}
+
 /// IPv4 peers show up as `::ffff:a.b.c.d` on a dual-stack socket.
 fn canonical(a: SocketAddr) -> SocketAddr {
     SocketAddr::new(a.ip().to_canonical(), a.port())
@@ -106,7 +120,11 @@ fn canonical(a: SocketAddr) -> SocketAddr {
 
 pub struct Endpoint<C> {
     config: EndpointConfig,
+    /// New out-of-dialog requests per source.
     limiter: SourceLimiter,
+    /// Requests inside calls per source (trusted peers, which carry many calls, are not
+    /// limited): its own budget, so an out-of-dialog flood cannot cut calls.
+    in_dialog: SourceLimiter,
     routes: HashMap<String, (CallHandle, LegId)>,
     calls: HashMap<CallHandle, Registered<C>>,
     /// Call-IDs of new INVITEs the driver is still setting up, and where each came from.
@@ -121,6 +139,7 @@ impl<C: Clone> Endpoint<C> {
     pub fn new(config: EndpointConfig) -> Endpoint<C> {
         Endpoint {
             limiter: SourceLimiter::new(config.rate_per_source),
+            in_dialog: SourceLimiter::new(config.rate_per_source),
             config,
             routes: HashMap::new(),
             calls: HashMap::new(),
@@ -171,6 +190,11 @@ impl<C: Clone> Endpoint<C> {
             return EndpointEvent::Respond(reply(&req, from, resp.build()));
         }
         if let Some((handle, call, leg)) = self.route(req.call_id()) {
+            let limited = req.method() != Method::Ack && !self.trusted(from);
+            if limited && !self.in_dialog.allow(from.remote.ip(), now) {
+                let resp = ResponseBuilder::new(&req, 503, "Service Unavailable").header("Retry-After", "1");
+                return EndpointEvent::Respond(reply(&req, from, resp.build()));
+            }
             if !self.speaks_for(handle, leg, from) {
                 tracing::info!(from = %from.remote, method = ?req.method(), "a request in a live dialog from a stranger, refused");
                 return match req.method() {
@@ -237,8 +261,12 @@ impl<C: Clone> Endpoint<C> {
         let user = invite.uri_user().unwrap_or("");
         let admission = match user.strip_prefix(SESSION_PREFIX) {
             Some(id) => Admission::Session { id: id.to_string() },
-            None => match self.config.inline_prefixes.iter().position(|p| user.starts_with(p.as_str())) {
-                Some(route) => Admission::Inline { route },
+            None => match self.config.inline_routes.iter().position(|r| user.starts_with(r.user_prefix.as_str())) {
+                Some(route) if within(&self.config.inline_routes[route].sources, from) => Admission::Inline { route },
+                Some(_) => {
+                    tracing::info!(from = %from.remote, "an inline route's INVITE from a source it does not take, refused");
+                    return EndpointEvent::Respond(reply(&invite, from, plain(&invite, 403, "Forbidden")));
+                }
                 None => return EndpointEvent::Respond(reply(&invite, from, plain(&invite, 404, "Not Found"))),
             },
         };
@@ -312,8 +340,7 @@ impl<C: Clone> Endpoint<C> {
     }
 
     fn trusted(&self, from: Flow) -> bool {
-        let ip = from.remote.ip().to_canonical();
-        self.config.trusted_peers.iter().any(|n| n.contains(&ip))
+        within(&self.config.trusted_peers, from)
     }
 
     /// Whether a message from `from` may be `leg` of `call`: from that leg's peer, or from a

@@ -12,7 +12,7 @@ use crate::sip::dialog::Dialog;
 use crate::sip::message::{ALLOW, Method, Request, Response, ResponseBuilder, SUPPORTED_HEADER};
 use crate::sip::sdp::{self, Direction, MediaParams, Profile, RemoteDescription};
 use crate::sip::session_timer::{self, MIN_SE, Negotiation, Refresher, SessionTimer};
-use crate::sip::stream::Flow;
+use crate::sip::stream::{Flow, Transport};
 use crate::sip::transaction::{ClientInvite, ClientInviteState, Delivery, Outcome, Retransmit};
 
 /// The caller's side of the offer/answer: what we send it, and which way.
@@ -67,10 +67,17 @@ pub(super) struct CallerLeg {
     /// How many times an INVITE with Replaces took the dialog over.
     pub replacements: u32,
     pub srtp_policy: SrtpPolicy,
+    /// Refuse SDES keys unless the caller's SIP is over TLS (`sip.sdes_requires_tls`).
+    pub sdes_requires_tls: bool,
     pub srtp_key: MasterKey,
 }
 
 impl CallerLeg {
+    /// Whether SDES keys offered over `flow` would cross the network readable.
+    pub(super) fn keys_in_clear(&self, flow: Flow) -> bool {
+        self.sdes_requires_tls && flow.transport != Transport::Tls
+    }
+
     /// Whether the dialog is up (answered, acknowledged or not).
     pub fn is_up(&self) -> bool {
         matches!(self.state, CallerState::Answering { .. } | CallerState::Confirmed)
@@ -109,15 +116,19 @@ pub(super) enum SrtpAnswer {
     },
 }
 
+/// `keys_in_clear`: the SIP that carries the keys (RFC 4568 §8.3) is not over TLS, and the
+/// policy says keys may not travel so.
 pub(super) fn negotiate_srtp(
     offer: &RemoteDescription,
     policy: SrtpPolicy,
     our_key: &MasterKey,
+    keys_in_clear: bool,
 ) -> Result<SrtpAnswer, &'static str> {
     match (offer.profile, policy) {
         (Profile::Avp, SrtpPolicy::Required) => Err("this route requires SRTP (RTP/SAVP with a=crypto)"),
         (Profile::Avp, _) => Ok(SrtpAnswer::Plain),
         (Profile::Savp, SrtpPolicy::Off) => Err("SRTP is off for this route"),
+        (Profile::Savp, _) if keys_in_clear => Err("SDES keys need SIP over TLS (sip.sdes_requires_tls)"),
         (Profile::Savp, _) => {
             let theirs = offer
                 .crypto
@@ -378,7 +389,12 @@ impl Call {
                 Ok(o) => o,
                 Err(e) => return self.respond(now, LegId::Caller, req, 488, not_acceptable(req, &e.to_string())),
             };
-            let srtp = match negotiate_srtp(&offer, self.caller.srtp_policy, &self.caller.srtp_key) {
+            let srtp = match negotiate_srtp(
+                &offer,
+                self.caller.srtp_policy,
+                &self.caller.srtp_key,
+                self.caller.keys_in_clear(self.caller.flow),
+            ) {
                 Ok(a) => a,
                 Err(why) => return self.respond(now, LegId::Caller, req, 488, not_acceptable(req, why)),
             };

@@ -35,7 +35,7 @@ use crate::sip::dialog::Dialog;
 use crate::sip::message::{Method, Request, ResponseBuilder, SipMessage};
 use crate::sip::sdp::RemoteDescription;
 use crate::sip::session_timer::{self, Negotiation};
-use crate::sip::stream::{Flow, Transmit};
+use crate::sip::stream::{Flow, Transmit, Transport};
 use crate::sip::transaction::{RetransmitStep, Timers};
 
 use agent::{AgentLeg, AgentState};
@@ -147,8 +147,10 @@ pub struct CallConfig {
     pub srtp: SrtpPolicy,
     /// Our SRTP master key and salt for this call, drawn by the driver from the OS generator.
     pub srtp_key: MasterKey,
-    /// Which packets each leg's media takes (`sip.rtp_source`).
+    /// Which packets each leg's media takes (`media.rtp_source`).
     pub rtp_source: RtpSource,
+    /// Refuse SDES keys (488) unless the caller's SIP is over TLS.
+    pub sdes_requires_tls: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -344,7 +346,12 @@ impl Call {
     pub fn accept(invite: &Request, cfg: CallConfig, now: Instant) -> Result<Call, Vec<u8>> {
         let offer =
             RemoteDescription::parse(invite.body()).map_err(|e| caller::not_acceptable(invite, &e.to_string()))?;
-        let (srtp, caller_srtp) = match caller::negotiate_srtp(&offer, cfg.srtp, &cfg.srtp_key) {
+        let (srtp, caller_srtp) = match caller::negotiate_srtp(
+            &offer,
+            cfg.srtp,
+            &cfg.srtp_key,
+            cfg.sdes_requires_tls && cfg.caller.transport != Transport::Tls,
+        ) {
             Ok(caller::SrtpAnswer::Plain) => (None, None),
             Ok(caller::SrtpAnswer::Keyed { theirs, ours }) => {
                 let leg = SrtpLeg::new(&theirs, &ours).map_err(|e| caller::not_acceptable(invite, &e.to_string()))?;
@@ -382,6 +389,7 @@ impl Call {
             transfer: caller::Transfer::Idle,
             replacements: 0,
             srtp_policy: cfg.srtp,
+            sdes_requires_tls: cfg.sdes_requires_tls,
             srtp_key: cfg.srtp_key,
         };
         let agent_leg = AgentLeg {

@@ -44,7 +44,12 @@ impl Call {
                 return self.respond(now, LegId::Caller, invite, 488, caller::not_acceptable(invite, &e.to_string()));
             }
         };
-        let (srtp, srtp_leg) = match caller::negotiate_srtp(&offer, self.caller.srtp_policy, &self.caller.srtp_key) {
+        let (srtp, srtp_leg) = match caller::negotiate_srtp(
+            &offer,
+            self.caller.srtp_policy,
+            &self.caller.srtp_key,
+            self.caller.keys_in_clear(from),
+        ) {
             Ok(SrtpAnswer::Plain) => (None, None),
             Ok(SrtpAnswer::Keyed { theirs, ours }) => match SrtpLeg::new(&theirs, &ours) {
                 Ok(leg) => (Some((theirs, ours)), Some(leg)),

@@ -20,7 +20,9 @@ const PBX: &str = "127.0.0.2";
 fn endpoint() -> Endpoint<&'static str> {
     Endpoint::new(EndpointConfig {
         rate_per_source: 5,
-        inline_prefixes: vec!["cc-".into(), "sales".into()],
+        inline_routes: ["cc-", "sales"]
+            .map(|p| InlineRoute { user_prefix: p.into(), sources: vec!["127.0.0.0/24".parse().unwrap()] })
+            .to_vec(),
         trusted_peers: vec![format!("{PBX}/32").parse().unwrap()],
     })
 }
@@ -107,6 +109,11 @@ fn admits_sessions_and_inline_routes_and_nothing_else() {
         "refused, a new attempt with the same Call-ID is admitted again"
     );
     assert_eq!(status(ep.handle(t, from, &request("INVITE", "support", "n3", ""))), "SIP/2.0 404 Not Found");
+    // An inline route takes INVITEs only from its sources (127.0.0.0/24 here); a session's
+    // URI from anyone.
+    let outsider = Flow::udp(addr("127.0.1.9:40001"));
+    assert_eq!(status(ep.handle(t, outsider, &request("INVITE", "sales-8", "n5", ""))), "SIP/2.0 403 Forbidden");
+    assert!(matches!(ep.handle(t, outsider, &request("INVITE", "pay-s3", "n6", "")), EndpointEvent::NewCall { .. }));
     let first = ep.handle(t, from, &request("INVITE", "cc-1", "n4", ""));
     assert!(matches!(first, EndpointEvent::NewCall { admission: Admission::Inline { route: 0 }, .. }));
 }
@@ -195,6 +202,22 @@ fn a_flood_from_one_source_gets_503_and_never_cuts_established_calls() {
         .filter(|i| status(ep.handle(later, flood, &request("OPTIONS", "x", &format!("g{i}"), ""))).contains(" 200 "))
         .count();
     assert_eq!(back, 5);
+    // Requests inside a call have a budget of their own, which a flood of them runs out of
+    // too (back to its burst of ten a second after the first INFO above); ACKs are never
+    // refused.
+    let infos: Vec<bool> = (0..15)
+        .map(|_| {
+            matches!(ep.handle(later, flood, &request("INFO", "pay-x", "in-dialog", "")), EndpointEvent::ToCall { .. })
+        })
+        .collect();
+    assert_eq!(infos.iter().filter(|routed| **routed).count(), 10, "{infos:?}");
+    assert!(matches!(ep.handle(later, flood, &request("ACK", "pay-x", "in-dialog", "")), EndpointEvent::ToCall { .. }));
+    // A trusted peer (a PBX carrying many calls) is not limited inside calls.
+    let pbx = Flow::udp(addr(&format!("{PBX}:5060")));
+    assert!((0..30).all(|_| matches!(
+        ep.handle(later, pbx, &request("INFO", "pay-x", "in-dialog", "")),
+        EndpointEvent::ToCall { .. }
+    )));
 }
 
 #[test]
@@ -231,10 +254,12 @@ fn a_dialog_takes_messages_only_from_its_peers_and_the_trusted() {
 To: <sip:c@d>;tag=2\r\nCall-ID: agent-1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
     assert!(matches!(ep.handle(t, Flow::udp(addr("127.0.0.1:5081")), ok), EndpointEvent::Nothing));
     assert!(matches!(ep.handle(t, Flow::udp(addr(AGENT)), ok), EndpointEvent::ToCall { leg: LegId::Agent, .. }));
-    // The caller itself, and the trusted PBX, reach the call.
-    assert!(matches!(ep.handle(t, phone, &request("BYE", "pay-x", "caller-1", "")), EndpointEvent::ToCall { .. }));
+    // The caller itself, and the trusted PBX, reach the call (once the strangers on the
+    // caller's IP, which shares its in-dialog budget, have been quiet for a while).
+    let later = t + Duration::from_secs(10);
+    assert!(matches!(ep.handle(later, phone, &request("BYE", "pay-x", "caller-1", "")), EndpointEvent::ToCall { .. }));
     let pbx = Flow::udp(addr(&format!("{PBX}:5060")));
-    assert!(matches!(ep.handle(t, pbx, &request("BYE", "pay-x", "caller-1", "")), EndpointEvent::ToCall { .. }));
+    assert!(matches!(ep.handle(later, pbx, &request("BYE", "pay-x", "caller-1", "")), EndpointEvent::ToCall { .. }));
 }
 
 #[test]

@@ -18,6 +18,20 @@ fn protect(leg: &mut SrtpLeg, packet: &[u8]) -> Vec<u8> {
 }
 
 #[test]
+fn sdes_keys_over_sip_that_is_not_tls_are_refused_when_the_policy_says_so() {
+    let t = crate::test_origin();
+    let strict = || CallConfig { sdes_requires_tls: true, ..config(None) };
+    // Over UDP: 488 naming why; plain RTP still goes through.
+    let refused = Call::accept(&invite(&savp_offer()), strict(), t).err().expect("refused");
+    let text = String::from_utf8(refused).unwrap();
+    assert!(text.starts_with("SIP/2.0 488") && text.contains("SIP over TLS"), "{text}");
+    assert!(Call::accept(&invite(OFFER), strict(), t).is_ok());
+    // Over TLS the keys are taken.
+    let tls = Flow { transport: Transport::Tls, ..Flow::udp(addr(PHONE)) };
+    assert!(Call::accept(&invite(&savp_offer()), CallConfig { caller: tls, ..strict() }, t).is_ok());
+}
+
+#[test]
 fn srtp_caller_keys_a_card_and_hears_protected_prompts() {
     use crate::media::srtp::CryptoAttr;
     let t = crate::test_origin();
