@@ -195,3 +195,31 @@ async fn a_replay_is_audited_and_refused_when_the_audit_trail_cannot_be_written(
     assert_eq!((s, v["error"]["code"].as_str()), (503, Some("unavailable")), "{v}");
     t.stop().await;
 }
+
+/// A flood of unknown keys from one address: the first 30 of its minute are looked up and
+/// refused (401), the rest refused unread (429); the trail gets one record at once and one
+/// for the other 29, not one per request, and still verifies.
+#[tokio::test]
+async fn an_unknown_key_flood_is_throttled_and_audited_in_aggregate() {
+    let t = TestServer::start().await;
+    let url = format!("{}/v1/detokenize", t.base);
+    let body = r#"{"token":"tok_none"}"#;
+    let mut statuses = std::collections::BTreeMap::new();
+    for i in 0..200 {
+        let (s, _) = http("POST", &url, Some(&format!("twk_guess{i}")), Some(body)).await;
+        *statuses.entry(s).or_insert(0) += 1;
+    }
+    assert_eq!(statuses, [(401, 30), (429, 170)].into_iter().collect(), "{statuses:?}");
+    let vault = t.server.shared.vault.clone();
+    let auth_records = |records: &[audit::Record]| -> Vec<(String, String)> {
+        records.iter().filter(|r| r.action == "auth").map(|r| (r.outcome.clone(), r.resource.clone())).collect()
+    };
+    let during = auth_records(&audit::records(vault.pool(), 0, 1000).await.unwrap());
+    assert_eq!(during, [("unknown_key".to_string(), "/v1/detokenize".to_string())], "one record at once");
+    t.stop().await;
+    // Shutdown audits the minute's remainder as one record.
+    let after = auth_records(&audit::records(vault.pool(), 0, 1000).await.unwrap());
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert_eq!(after[1], ("unknown_key_repeated".to_string(), "29 more in one minute".to_string()));
+    assert_eq!(audit::verify(vault.pool(), &vault.keys().audit).await.unwrap().1, vec![]);
+}

@@ -4,6 +4,7 @@
 //! `{"error": {"code": "...", "message": "..."}}` with the matching status.
 
 pub mod auth;
+pub mod auth_failures;
 mod calls;
 pub mod cards;
 mod recordings;
@@ -26,6 +27,7 @@ use crate::calls::Calls;
 use crate::session::Sessions;
 use crate::vault::{Actor, ActorRole, Vault, audit};
 use auth::Role;
+use auth_failures::Failure;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -39,6 +41,22 @@ pub struct AppState {
     pub data_dir: std::path::PathBuf,
     /// Where sessions may send calls (`sip.allowed_targets`).
     pub allowed_targets: Arc<crate::targets::AllowedTargets>,
+    /// Failed authentications per source: aggregated audit records and the throttle.
+    pub auth_failures: Arc<auth_failures::AuthFailures>,
+}
+
+/// Writes one audit record for each source whose minute of failed authentications ended
+/// with more than the one already audited (`AuthFailures`). The runtime calls it every few
+/// seconds.
+pub async fn audit_auth_failures(vault: &Vault, failures: &auth_failures::AuthFailures, now: std::time::Instant) {
+    for f in failures.drain_finished(now) {
+        let origin = f.source.to_string();
+        let nobody = Actor { id: "unknown", role: ActorRole::Unauthenticated, origin: &origin };
+        let count = format!("{} more in one minute", f.more);
+        if let Err(err) = vault.audit(&nobody.did("auth", "unknown_key_repeated", &count)).await {
+            tracing::error!(error = %err, "audit record not written");
+        }
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -187,17 +205,28 @@ impl FromRequestParts<AppState> for Caller {
                 Query::<TokenQuery>::try_from_uri(&parts.uri).ok().and_then(|q| q.0.access_token).unwrap_or_default()
             }
         };
-        let origin =
-            parts.extensions.get::<ConnectInfo<SocketAddr>>().map_or("unknown".into(), |c| c.0.ip().to_string());
+        let source = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        let origin = source.map_or("unknown".into(), |ip| ip.to_string());
         if key.is_empty() {
             return Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer key"));
+        }
+        let now = std::time::Instant::now();
+        if source.is_some_and(|ip| state.auth_failures.is_throttled(ip, now)) {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many failed authentications from this address",
+            ));
         }
         match auth::lookup(state.vault.pool(), &key).await {
             Ok(Some((key_id, role))) => Ok(Caller { key_id, role, origin }),
             Ok(None) => {
-                // PCI DSS 10.2.1.4: invalid access attempts are audited (the key itself is not).
-                let nobody = Actor { id: "unknown", role: ActorRole::Unauthenticated, origin: &origin };
-                audit_or_log(state, &nobody.did("auth", "unknown_key", parts.uri.path())).await;
+                // PCI DSS 10.2.1.4: invalid access attempts are audited (the key itself is not):
+                // the first of a source's minute now, the rest as one record (`AuthFailures`).
+                let first = source.is_none_or(|ip| state.auth_failures.record(ip, now) == Failure::AuditNow);
+                if first {
+                    let nobody = Actor { id: "unknown", role: ActorRole::Unauthenticated, origin: &origin };
+                    audit_or_log(state, &nobody.did("auth", "unknown_key", parts.uri.path())).await;
+                }
                 Err(ApiError::new(StatusCode::UNAUTHORIZED, "unknown bearer key"))
             }
             Err(e) => {

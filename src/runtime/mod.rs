@@ -121,7 +121,17 @@ impl Server {
         ));
         let data_dir = shared.config.storage.data_dir.clone();
         let allowed_targets = Arc::new(shared.config.sip.allowed_targets.clone());
-        let state = AppState { sessions, calls, vault: vault.clone(), sip_host, limits, data_dir, allowed_targets };
+        let auth_failures = Arc::new(api::auth_failures::AuthFailures::default());
+        let state = AppState {
+            sessions,
+            calls,
+            vault: vault.clone(),
+            sip_host,
+            limits,
+            data_dir,
+            allowed_targets,
+            auth_failures: auth_failures.clone(),
+        };
         let app = api::router(state);
         let http_limits = http::Limits {
             header_timeout: Duration::from_secs(shared.config.http.header_timeout_s),
@@ -135,14 +145,19 @@ impl Server {
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(10));
             loop {
-                tokio::select! {
-                    _ = tick.tick() => {
-                        let now = std::time::Instant::now();
-                        purge_vault.purge_security_codes(now);
-                        sessions.forget_older_than(SESSION_RETENTION, now);
-                    }
-                    _ = purge_stop.wait_for(|s| *s) => return,
+                let stopping = tokio::select! {
+                    _ = tick.tick() => false,
+                    _ = purge_stop.wait_for(|s| *s) => true,
+                };
+                let now = std::time::Instant::now();
+                // At shutdown, every window counts as ended: no failure goes unaudited.
+                let ended_by = if stopping { now + Duration::from_secs(60) } else { now };
+                api::audit_auth_failures(&purge_vault, &auth_failures, ended_by).await;
+                if stopping {
+                    return;
                 }
+                purge_vault.purge_security_codes(now);
+                sessions.forget_older_than(SESSION_RETENTION, now);
             }
         }));
         tasks.push(tokio::spawn(vault_upkeep(vault, stop_rx)));
