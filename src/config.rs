@@ -147,6 +147,8 @@ pub struct HttpConfig {
     /// Most connections open at once, and from one address.
     pub max_connections: usize,
     pub max_connections_per_address: usize,
+    /// Who may show the pages in a frame: CSP `frame-ancestors` sources.
+    pub frame_ancestors: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -328,6 +330,18 @@ impl Config {
         if self.http.max_connections == 0 || self.http.max_connections_per_address == 0 {
             return bad("http.max_connections", "must be at least 1, and so must http.max_connections_per_address");
         }
+        let ancestor_ok = |a: &String| {
+            matches!(a.as_str(), "'self'" | "'none'")
+                || (a.starts_with("https://") || a.starts_with("http://"))
+                    && !a.contains([' ', ';', ',', '\'', '"'])
+                    && a.len() <= 200
+        };
+        if self.http.frame_ancestors.is_empty() || !self.http.frame_ancestors.iter().all(ancestor_ok) {
+            return bad(
+                "http.frame_ancestors",
+                "each entry must be 'self', 'none' or an origin such as https://crm.example.com",
+            );
+        }
         if self.vault.production && !self.http.tls && !self.http.listen.ip().is_loopback() {
             return bad(
                 "http.tls",
@@ -350,6 +364,9 @@ impl Config {
         }
         if self.vault.production && !self.webhook.url.is_empty() && self.webhook.secret.is_development() {
             return bad("webhook.secret", "production mode refuses a development secret");
+        }
+        if self.vault.production && self.webhook.url.starts_with("http://") {
+            return bad("webhook.url", "production mode sends card events over https:// only");
         }
         if !self.webhook.url.is_empty()
             && !self.webhook.url.starts_with("http://")
@@ -520,6 +537,16 @@ mod tests {
         assert!(Config::parse("x", &open).unwrap_err().to_string().contains("http.tls"), "plain HTTP off loopback");
         assert!(Config::parse("x", &open.replace("tls = false", "tls = true")).is_ok(), "HTTPS off loopback");
         assert!(Config::parse("x", &prod).is_ok(), "plain HTTP on loopback (a proxy in front)");
+        let hook = |url: &str| {
+            prod.replace("\nurl = \"\"", &format!("\nurl = \"{url}\""))
+                .replace("secret = \"dev_file\"", "secret = { env = \"TONEWALL_HOOK_SECRET\" }")
+        };
+        let plain_hook = Config::parse("x", &hook("http://processor.example/hook")).unwrap_err().to_string();
+        assert!(plain_hook.contains("webhook.url") && plain_hook.contains("https://"), "{plain_hook}");
+        assert!(Config::parse("x", &hook("https://processor.example/hook")).is_ok());
+        let frames = EMBEDDED
+            .replace("frame_ancestors = [\"'self'\"]", "frame_ancestors = [\"https://crm.example.com; script-src *\"]");
+        assert!(Config::parse("x", &frames).unwrap_err().to_string().contains("http.frame_ancestors"));
         let everyone = prod.replace("trusted_peers = []", "trusted_peers = [\"0.0.0.0/0\"]");
         assert!(Config::parse("x", &everyone).unwrap_err().to_string().contains("sip.trusted_peers"));
         let pbx = prod.replace("trusted_peers = []", "trusted_peers = [\"10.0.0.5\", \"10.1.0.0/16\"]");

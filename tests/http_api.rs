@@ -217,3 +217,27 @@ async fn sessions_only_send_calls_within_the_allowed_targets() {
     }
     t.stop().await;
 }
+
+/// The pages run only their own inline script and style (by hash): an injected `<script>`
+/// or `onclick` would not run, and only the configured ancestors may frame them.
+#[tokio::test]
+async fn the_pages_allow_only_their_own_scripts_and_the_configured_frames() {
+    let t = TestServer::start_with(|c| {
+        c.http.frame_ancestors = vec!["'self'".into(), "https://crm.example.com".into()];
+    })
+    .await;
+    for page in ["desktop", "qa"] {
+        let url = format!("{}/{page}", t.base);
+        let csp = tokio::task::spawn_blocking(move || {
+            let resp = ureq::get(&url).call().unwrap();
+            resp.headers().get("content-security-policy").unwrap().to_str().unwrap().to_string()
+        })
+        .await
+        .unwrap();
+        assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"), "{page}: {csp}");
+        assert!(csp.contains("script-src 'sha256-") && csp.contains("style-src 'sha256-"), "{page}: {csp}");
+        assert!(csp.contains("frame-ancestors 'self' https://crm.example.com"), "{page}: {csp}");
+        assert!(csp.contains("connect-src 'self'") && !csp.contains("ws:"), "{page}: {csp}");
+    }
+    t.stop().await;
+}

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod auth_failures;
 mod calls;
 pub mod cards;
+mod pages;
 mod recordings;
 mod sessions;
 
@@ -43,6 +44,8 @@ pub struct AppState {
     pub allowed_targets: Arc<crate::targets::AllowedTargets>,
     /// Failed authentications per source: aggregated audit records and the throttle.
     pub auth_failures: Arc<auth_failures::AuthFailures>,
+    /// The pages' CSP `frame-ancestors` sources (`http.frame_ancestors`).
+    pub frame_ancestors: Arc<str>,
 }
 
 /// Writes one audit record for each source whose minute of failed authentications ended
@@ -62,8 +65,8 @@ pub async fn audit_auth_failures(vault: &Vault, failures: &auth_failures::AuthFa
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/desktop", get(|| page(include_str!("../../web/desktop.html"))))
-        .route("/qa", get(|| page(include_str!("../../web/qa.html"))))
+        .route("/desktop", get(pages::desktop))
+        .route("/qa", get(pages::qa))
         .route("/v1/sessions", post(sessions::create))
         .route("/v1/sessions/{id}", get(sessions::show))
         .route("/v1/sessions/{id}/cancel", post(sessions::cancel))
@@ -131,21 +134,6 @@ impl IntoResponse for ApiError {
         let body = json!({ "error": { "code": self.code(), "message": self.message } });
         (self.status, Json(body)).into_response()
     }
-}
-
-/// A page of the web UI: self-contained (no external assets, it works offline inside a
-/// contact center), allowed in frames (platforms embed the desktop), never cached.
-async fn page(html: &'static str) -> Response {
-    let mut r = axum::response::Html(html).into_response();
-    let h = r.headers_mut();
-    h.insert(axum::http::header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
-    h.insert(
-        axum::http::header::CONTENT_SECURITY_POLICY,
-        axum::http::HeaderValue::from_static(
-            "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self' ws: wss:; media-src 'self'",
-        ),
-    );
-    r
 }
 
 /// The API's description (OpenAPI 3.1); `x-roles` on each operation is the permission matrix

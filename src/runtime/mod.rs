@@ -131,6 +131,7 @@ impl Server {
             data_dir,
             allowed_targets,
             auth_failures: auth_failures.clone(),
+            frame_ancestors: shared.config.http.frame_ancestors.join(" ").into(),
         };
         let app = api::router(state);
         let http_limits = http::Limits {

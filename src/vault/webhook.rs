@@ -175,19 +175,22 @@ fn backoff(base: Duration, attempts: i64) -> i64 {
 }
 
 async fn post(url: String, body: String, signature: String, id: String) -> Result<(), String> {
-    let blocking = move || -> Result<(), ureq::Error> {
+    let blocking = move || -> Result<u16, ureq::Error> {
+        // A redirect is not followed (the signed event goes to the configured URL only) and
+        // is not a delivery either.
         let agent: ureq::Agent =
-            ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(10))).build().into();
-        agent
+            ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(10))).max_redirects(0).build().into();
+        let resp = agent
             .post(&url)
             .header("Content-Type", "application/json")
             .header(SIGNATURE_HEADER, &signature)
             .header("Idempotency-Key", &id)
             .send(body)?;
-        Ok(())
+        Ok(resp.status().as_u16())
     };
     match tokio::task::spawn_blocking(blocking).await {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(status)) if (200..300).contains(&status) => Ok(()),
+        Ok(Ok(status)) => Err(format!("the endpoint answered {status}, not 2xx (redirects are not followed)")),
         Ok(Err(e)) => Err(e.to_string()),
         Err(e) => Err(e.to_string()),
     }
