@@ -7,9 +7,11 @@
 //! address or an IPv6 /64; the table is bounded.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use crate::sip::rate_limit::source_key;
 
 /// Failures one source may have in a minute before it is refused outright.
 pub const LIMIT: u32 = 30;
@@ -43,17 +45,6 @@ pub struct Finished {
 #[derive(Default)]
 pub struct AuthFailures {
     windows: Mutex<HashMap<IpAddr, Window>>,
-}
-
-/// IPv4 (also as `::ffff:a.b.c.d`) as it is; IPv6 by its /64.
-pub fn source_key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-        }
-        v4 => v4,
-    }
 }
 
 impl AuthFailures {

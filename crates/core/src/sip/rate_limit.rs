@@ -56,8 +56,8 @@ impl SourceLimiter {
     }
 }
 
-/// IPv4 (also as `::ffff:a.b.c.d`) as it is; IPv6 by its /64.
-fn source_key(ip: IpAddr) -> IpAddr {
+/// What counts as one source: IPv4 (also as `::ffff:a.b.c.d`) as it is, IPv6 by its /64.
+pub fn source_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => {
             let s = v6.segments();
