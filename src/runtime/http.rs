@@ -19,6 +19,8 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
+use crate::sip::rate_limit::source_key;
+
 /// How long a TLS handshake may take.
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 /// How long open requests (WebSockets, say) get to finish at shutdown.
@@ -43,7 +45,10 @@ struct Slot {
 }
 
 impl Slots {
+    /// A slot for a connection from `ip`; an IPv6 /64 counts as one address, as it does for
+    /// the SIP rate limit and the failed-authentication throttle.
     fn take(self: &Arc<Self>, ip: IpAddr, limits: &Limits) -> Option<Slot> {
+        let ip = source_key(ip);
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let (total, per) = &mut *open;
         let here = per.entry(ip).or_default();
@@ -99,7 +104,7 @@ pub async fn serve(
                 continue;
             }
         };
-        let Some(slot) = slots.take(remote.ip().to_canonical(), &limits) else {
+        let Some(slot) = slots.take(remote.ip(), &limits) else {
             tracing::info!(from = %remote, "HTTP connection refused: too many open");
             continue; // dropping the stream closes it
         };
@@ -165,5 +170,10 @@ mod tests {
         assert!(slots.take(b, &limits).is_none(), "three in all");
         drop(first);
         assert!(slots.take(b, &limits).is_some(), "a dropped connection frees its slot");
+        let slots = Arc::new(Slots::default());
+        let _one = slots.take("2001:db8:1:2::1".parse().unwrap(), &limits).unwrap();
+        let _two = slots.take("2001:db8:1:2::2".parse().unwrap(), &limits).unwrap();
+        assert!(slots.take("2001:db8:1:2::3".parse().unwrap(), &limits).is_none(), "one /64 is one address");
+        assert!(slots.take("2001:db8:1:3::1".parse().unwrap(), &limits).is_some());
     }
 }
