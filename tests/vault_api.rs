@@ -216,10 +216,13 @@ async fn an_unknown_key_flood_is_throttled_and_audited_in_aggregate() {
     };
     let during = auth_records(&audit::records(vault.pool(), 0, 1000).await.unwrap());
     assert_eq!(during, [("unknown_key".to_string(), "/v1/detokenize".to_string())], "one record at once");
-    t.stop().await;
-    // Shutdown audits the minute's remainder as one record.
+    // Shutdown audits the minute's remainder as one record. The data directory must outlive
+    // the server: the pool may open a new connection to read the trail afterwards.
+    let TestServer { server, dir, .. } = t;
+    server.shutdown(std::time::Duration::from_secs(3)).await;
     let after = auth_records(&audit::records(vault.pool(), 0, 1000).await.unwrap());
     assert_eq!(after.len(), 2, "{after:?}");
     assert_eq!(after[1], ("unknown_key_repeated".to_string(), "29 more in one minute".to_string()));
     assert_eq!(audit::verify(vault.pool(), &vault.keys().audit).await.unwrap().1, vec![]);
+    drop(dir);
 }
