@@ -73,8 +73,9 @@ pub struct SipConfig {
     pub t1_ms: u64,
     pub t2_ms: u64,
     pub t4_ms: u64,
-    /// Most open TCP and TLS connections.
+    /// Most open TCP and TLS connections, and from one address (trusted peers excepted).
     pub max_connections: usize,
+    pub max_connections_per_address: usize,
     /// A connection with no call on it and no traffic for this long is closed.
     pub idle_timeout_s: u64,
     /// New out-of-dialog requests per second one source address may send (twice that in a burst).
@@ -258,7 +259,7 @@ impl Config {
         if self.sip.rate_per_source == 0 {
             return bad("sip.rate_per_source", "must be at least 1");
         }
-        if self.sip.max_connections == 0 || self.sip.idle_timeout_s == 0 {
+        if self.sip.max_connections == 0 || self.sip.max_connections_per_address == 0 || self.sip.idle_timeout_s == 0 {
             return bad("sip.max_connections", "connection limits must be at least 1");
         }
         for r in &self.sip.routes {

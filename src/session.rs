@@ -129,10 +129,15 @@ pub struct SessionUpdate {
     pub session: SessionView,
 }
 
+/// Open event streams one session may have (the agent's desktop, a supervisor, a retry).
+pub const MAX_SUBSCRIBERS: usize = 8;
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum SessionError {
     #[error("no such session")]
     NotFound,
+    #[error("this session already has {MAX_SUBSCRIBERS} event subscribers")]
+    TooManySubscribers,
     #[error("session is {0:?}, not waiting for a call")]
     NotWaiting(SessionState),
     #[error("session already ended ({0:?})")]
@@ -215,8 +220,15 @@ impl Sessions {
         self.lock().get(id).map(|e| e.view.clone())
     }
 
-    pub fn subscribe(&self, id: &SessionId) -> Option<(SessionView, broadcast::Receiver<SessionUpdate>)> {
-        self.lock().get(id).map(|e| (e.view.clone(), e.updates.subscribe()))
+    /// The view and its changes from now on; at most `MAX_SUBSCRIBERS` at once, so one
+    /// client cannot make every change be serialized and sent a thousand times.
+    pub fn subscribe(&self, id: &SessionId) -> Result<(SessionView, broadcast::Receiver<SessionUpdate>), SessionError> {
+        let map = self.lock();
+        let e = map.get(id).ok_or(SessionError::NotFound)?;
+        if e.updates.receiver_count() >= MAX_SUBSCRIBERS {
+            return Err(SessionError::TooManySubscribers);
+        }
+        Ok((e.view.clone(), e.updates.subscribe()))
     }
 
     /// Binds an arriving call to a waiting session.

@@ -104,3 +104,70 @@ async fn a_strangers_bye_info_reinvite_and_replaces_are_refused_and_the_call_goe
     assert!(matches!(&msg, SipMessage::Request(r) if r.method() == Method::Bye), "{msg:?}");
     t.stop().await;
 }
+
+/// An OPTIONS on a fresh TCP connection from `ip`: Some(status line) when it is answered,
+/// None when tonewall closed the connection instead (no slot for it).
+async fn options_over_tcp(server: std::net::SocketAddr, ip: [u8; 4]) -> (tokio::net::TcpStream, Option<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((std::net::Ipv4Addr::from(ip), 0).into()).unwrap();
+    let mut conn = socket.connect(server).await.unwrap();
+    let options = format!(
+        "OPTIONS sip:tonewall@{server} SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:9;branch=z9hG4bK{};rport\r\n\
+From: <sip:x@127.0.0.1>;tag=1\r\nTo: <sip:tonewall@{server}>\r\nCall-ID: cap-{}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+        rand::random::<u32>(),
+        rand::random::<u32>()
+    );
+    let mut buf = [0u8; 2048];
+    // A refused connection is closed at once: the write or the read fails or reads nothing.
+    if conn.write_all(options.as_bytes()).await.is_err() {
+        return (conn, None);
+    }
+    let answer = match tokio::time::timeout(Duration::from_secs(3), conn.read(&mut buf)).await {
+        Ok(Ok(n)) if n > 0 => String::from_utf8_lossy(&buf[..n]).lines().next().map(str::to_string),
+        Ok(_) => None,
+        Err(_) => panic!("neither answered nor closed within 3 s"),
+    };
+    (conn, answer)
+}
+
+/// One address opening connections until it holds every slot: past
+/// `sip.max_connections_per_address` its connections are closed unanswered, while another
+/// address and a trusted PBX (held only to the total) are still served.
+#[tokio::test]
+async fn one_address_cannot_take_every_sip_connection() {
+    let t = TestServer::start_with(|c| {
+        c.sip.tcp = true;
+        c.sip.max_connections = 12;
+        c.sip.max_connections_per_address = 4;
+        c.sip.trusted_peers = vec!["127.0.0.3/32".parse().unwrap()];
+    })
+    .await;
+    let server = t.server.sip_addr;
+    let mut held = Vec::new();
+    let mut answered = 0;
+    for _ in 0..10 {
+        let (conn, answer) = options_over_tcp(server, [127, 0, 0, 1]).await;
+        if let Some(line) = answer {
+            assert_eq!(line, "SIP/2.0 200 OK");
+            answered += 1;
+        }
+        held.push(conn);
+    }
+    assert_eq!(answered, 4, "one address gets its share and no more");
+    let (_other, answer) = options_over_tcp(server, [127, 0, 0, 2]).await;
+    assert_eq!(answer.as_deref(), Some("SIP/2.0 200 OK"), "another address is still served");
+    let mut pbx = Vec::new();
+    for i in 0..7 {
+        let (conn, answer) = options_over_tcp(server, [127, 0, 0, 3]).await;
+        assert_eq!(answer.as_deref(), Some("SIP/2.0 200 OK"), "the trusted PBX's connection {i}");
+        pbx.push(conn);
+    }
+    // 4 + 1 + 7 = 12, the total: now even the trusted PBX waits.
+    assert_eq!(options_over_tcp(server, [127, 0, 0, 3]).await.1, None, "the total still binds");
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_again, answer) = options_over_tcp(server, [127, 0, 0, 1]).await;
+    assert_eq!(answer.as_deref(), Some("SIP/2.0 200 OK"), "closed connections free their slots");
+    t.stop().await;
+}

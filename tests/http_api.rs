@@ -3,8 +3,10 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{TestServer, http};
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tonewall::api::auth::Role;
@@ -239,5 +241,54 @@ async fn the_pages_allow_only_their_own_scripts_and_the_configured_frames() {
         assert!(csp.contains("frame-ancestors 'self' https://crm.example.com"), "{page}: {csp}");
         assert!(csp.contains("connect-src 'self'") && !csp.contains("ws:"), "{page}: {csp}");
     }
+    t.stop().await;
+}
+
+/// A session's event stream is bounded: past eight open subscribers the next upgrade gets
+/// 429 (a closed one frees its place), and a client message over 4 KiB ends its stream.
+#[tokio::test]
+async fn event_subscribers_and_client_messages_are_bounded() {
+    use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+    let t = TestServer::start().await;
+    let key = t.key(Role::Agent).await;
+    let (_, created) = http("POST", &format!("{}/v1/sessions", t.base), Some(&key), Some(BODY)).await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let open = || {
+        let mut req = format!("ws://{}/v1/sessions/{id}/events", t.server.http_addr).into_client_request().unwrap();
+        req.headers_mut().insert("Authorization", format!("Bearer {key}").parse().unwrap());
+        tokio_tungstenite::connect_async(req)
+    };
+    let mut streams = Vec::new();
+    for i in 0..tonewall::session::MAX_SUBSCRIBERS {
+        let (mut ws, _) = open().await.unwrap_or_else(|e| panic!("subscriber {i}: {e}"));
+        assert!(ws.next().await.unwrap().unwrap().into_text().unwrap().contains("snapshot"));
+        streams.push(ws);
+    }
+    match open().await {
+        Err(WsError::Http(r)) => assert_eq!(r.status(), 429, "one subscriber too many"),
+        other => panic!("expected 429, got {:?}", other.map(|(_, r)| r.status())),
+    }
+    // The last stream sends 64 KiB: its stream ends, and its place is free again.
+    let mut big = streams.pop().unwrap();
+    big.send(Message::Text("x".repeat(64 * 1024).into())).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(3), async {
+        while let Some(Ok(m)) = big.next().await {
+            if m.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "an oversized client message ends the stream");
+    drop(big);
+    let mut again = None;
+    for _ in 0..50 {
+        if let Ok((ws, _)) = open().await {
+            again = Some(ws);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(again.is_some(), "a closed subscriber frees its place");
     t.stop().await;
 }

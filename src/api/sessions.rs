@@ -165,6 +165,9 @@ pub async fn restart_field(
     }
 }
 
+/// The largest WebSocket message or frame a client may send; a larger one ends the stream.
+const MAX_CLIENT_MESSAGE: usize = 4096;
+
 pub async fn events(
     State(state): State<AppState>,
     caller: Caller,
@@ -175,8 +178,12 @@ pub async fn events(
     let ws =
         ws.map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "this route is a WebSocket: send an upgrade request"))?;
     let id = session_id(&id)?;
-    let (view, rx) =
-        state.sessions.subscribe(&id).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such session"))?;
+    let (view, rx) = state.sessions.subscribe(&id).map_err(|e| match e {
+        SessionError::TooManySubscribers => ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
+        _ => ApiError::new(StatusCode::NOT_FOUND, "no such session"),
+    })?;
+    // Clients only close or ping: nothing they send needs more than a few bytes.
+    let ws = ws.max_message_size(MAX_CLIENT_MESSAGE).max_frame_size(MAX_CLIENT_MESSAGE);
     Ok(ws.on_upgrade(move |socket| stream(socket, view, rx)))
 }
 

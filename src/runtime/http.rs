@@ -4,9 +4,7 @@
 //! that stalls: the slowloris defence), and connections are capped overall and per address,
 //! so a few stalled clients cannot hold every slot.
 
-use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -19,7 +17,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
-use crate::sip::rate_limit::source_key;
+use super::slots::{PerAddress, SlotLimits, Slots};
 
 /// How long a TLS handshake may take.
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
@@ -29,50 +27,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub header_timeout: Duration,
-    pub max_connections: usize,
-    pub max_per_address: usize,
-}
-
-/// Open connections, overall and per address; a slot is freed when its guard drops.
-#[derive(Default)]
-struct Slots {
-    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
-}
-
-struct Slot {
-    slots: Arc<Slots>,
-    ip: IpAddr,
-}
-
-impl Slots {
-    /// A slot for a connection from `ip`; an IPv6 /64 counts as one address, as it does for
-    /// the SIP rate limit and the failed-authentication throttle.
-    fn take(self: &Arc<Self>, ip: IpAddr, limits: &Limits) -> Option<Slot> {
-        let ip = source_key(ip);
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let (total, per) = &mut *open;
-        let here = per.entry(ip).or_default();
-        if *total >= limits.max_connections || *here >= limits.max_per_address {
-            return None;
-        }
-        *here += 1;
-        *total += 1;
-        Some(Slot { slots: self.clone(), ip })
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut open = self.slots.open.lock().unwrap_or_else(|p| p.into_inner());
-        let (total, per) = &mut *open;
-        *total -= 1;
-        if let Some(n) = per.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                per.remove(&self.ip);
-            }
-        }
-    }
+    pub connections: SlotLimits,
 }
 
 /// Serves `app` on `listener` until `stop`, over TLS when `tls` is given.
@@ -88,7 +43,7 @@ pub async fn serve(
     builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Slots::default());
+    let slots = Slots::new(limits.connections);
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => Some(r),
@@ -104,7 +59,7 @@ pub async fn serve(
                 continue;
             }
         };
-        let Some(slot) = slots.take(remote.ip(), &limits) else {
+        let Some(slot) = slots.take(remote.ip(), PerAddress::Capped) else {
             tracing::info!(from = %remote, "HTTP connection refused: too many open");
             continue; // dropping the stream closes it
         };
@@ -152,28 +107,4 @@ where
 {
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     watcher.watch(conn.into_owned()).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn slots_are_capped_overall_and_per_address_and_freed_on_drop() {
-        let slots = Arc::new(Slots::default());
-        let limits = Limits { header_timeout: Duration::from_secs(1), max_connections: 3, max_per_address: 2 };
-        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
-        let first = slots.take(a, &limits).unwrap();
-        let _second = slots.take(a, &limits).unwrap();
-        assert!(slots.take(a, &limits).is_none(), "two per address");
-        let _third = slots.take(b, &limits).unwrap();
-        assert!(slots.take(b, &limits).is_none(), "three in all");
-        drop(first);
-        assert!(slots.take(b, &limits).is_some(), "a dropped connection frees its slot");
-        let slots = Arc::new(Slots::default());
-        let _one = slots.take("2001:db8:1:2::1".parse().unwrap(), &limits).unwrap();
-        let _two = slots.take("2001:db8:1:2::2".parse().unwrap(), &limits).unwrap();
-        assert!(slots.take("2001:db8:1:2::3".parse().unwrap(), &limits).is_none(), "one /64 is one address");
-        assert!(slots.take("2001:db8:1:3::1".parse().unwrap(), &limits).is_some());
-    }
 }

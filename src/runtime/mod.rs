@@ -7,6 +7,7 @@ pub mod http;
 pub mod ports;
 pub mod prompts;
 mod shared;
+mod slots;
 pub mod transport;
 
 use std::net::SocketAddr;
@@ -136,8 +137,10 @@ impl Server {
         let app = api::router(state);
         let http_limits = http::Limits {
             header_timeout: Duration::from_secs(shared.config.http.header_timeout_s),
-            max_connections: shared.config.http.max_connections,
-            max_per_address: shared.config.http.max_connections_per_address,
+            connections: slots::SlotLimits {
+                total: shared.config.http.max_connections,
+                per_address: shared.config.http.max_connections_per_address,
+            },
         };
         tasks.push(tokio::spawn(http::serve(http, https, app, http_limits, stop_rx.clone())));
         let mut purge_stop = stop_rx.clone();

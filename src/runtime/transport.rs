@@ -13,12 +13,13 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 
 use super::endpoint;
 use super::shared::Shared;
+use super::slots::{PerAddress, SlotLimits, Slots};
 use crate::sip::message::{self, MessageError};
 use crate::sip::stream::{Decoder, Flow, Transport};
 
@@ -86,14 +87,16 @@ pub fn write_dev_pair(cert: &Path, key: &Path) -> Result<(), TlsError> {
 }
 
 /// Accepts TCP (or, with `tls`, TLS) connections until `stop`, at most
-/// `sip.max_connections` at once.
+/// `sip.max_connections` at once and `sip.max_connections_per_address` from one address
+/// (`sip.trusted_peers` excepted: a PBX carries many callers).
 pub async fn listen(
     shared: Arc<Shared>,
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(shared.config.sip.max_connections));
+    let sip = &shared.config.sip;
+    let slots = Slots::new(SlotLimits { total: sip.max_connections, per_address: sip.max_connections_per_address });
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -108,8 +111,9 @@ pub async fn listen(
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%remote, "SIP connection refused: sip.max_connections reached");
+        let trusted = shared.config.sip.trusted_peers.iter().any(|n| n.contains(&remote.ip()));
+        let Some(slot) = slots.take(remote.ip(), if trusted { PerAddress::Exempt } else { PerAddress::Capped }) else {
+            tracing::warn!(%remote, "SIP connection refused: sip.max_connections or its per-address share reached");
             continue; // dropping the socket closes it
         };
         let _ = tcp.set_nodelay(true);
