@@ -143,6 +143,8 @@ pub struct HttpConfig {
     /// PEM files; "" means the pair `tonewall keys tls-dev` writes under data_dir/tls.
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
+    /// PEM CAs for client certificates (mutual TLS for processors); empty for none.
+    pub client_ca: PathBuf,
     /// A client that has not sent a whole request head within this long is disconnected.
     pub header_timeout_s: u64,
     /// Most connections open at once, and from one address.
@@ -342,6 +344,9 @@ impl Config {
                 "http.frame_ancestors",
                 "each entry must be 'self', 'none' or an origin such as https://crm.example.com",
             );
+        }
+        if !self.http.client_ca.as_os_str().is_empty() && !self.http.tls {
+            return bad("http.client_ca", "client certificates need HTTPS (http.tls = true)");
         }
         if self.vault.production && !self.http.tls && !self.http.listen.ip().is_loopback() {
             return bad(

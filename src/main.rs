@@ -98,6 +98,10 @@ enum ApiKeyAction {
     Create {
         #[arg(long, value_enum)]
         role: Role,
+        /// Bind the key to this client certificate (PEM; the first certificate in the file):
+        /// over HTTPS with `http.client_ca` it then works only with that certificate.
+        #[arg(long)]
+        client_cert: Option<PathBuf>,
         #[command(flatten)]
         common: Common,
     },
@@ -253,12 +257,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("demo OK");
             Ok(())
         }
-        Command::ApiKey { action: ApiKeyAction::Create { role, common } } => {
+        Command::ApiKey { action: ApiKeyAction::Create { role, client_cert, common } } => {
+            // Read before anything is created: a wrong path leaves no key behind.
+            let cert = match &client_cert {
+                Some(path) => Some(auth::cert_fingerprint(&tonewall::runtime::tls::read_certs(path)?[0])),
+                None => None,
+            };
             let vault = open_vault(&common).await?;
             let (id, key) = auth::create_key(vault.pool(), role).await?;
-            vault
-                .audit(&audit::Event { detail: role.as_str(), ..CLI_ACTOR.did("api_key.create", "created", &id) })
-                .await?;
+            let detail = match &cert {
+                Some(c) => {
+                    auth::bind_client_cert(vault.pool(), &id, c).await?;
+                    format!("{} bound to client certificate sha256:{}", role.as_str(), c.0)
+                }
+                None => role.as_str().to_string(),
+            };
+            vault.audit(&audit::Event { detail: &detail, ..CLI_ACTOR.did("api_key.create", "created", &id) }).await?;
             println!("{key}");
             Ok(())
         }
@@ -310,7 +324,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys { action: KeysAction::TlsDev { common } } => {
             let cfg = common.load()?;
             let (cert, key) = cfg.tls_files();
-            tonewall::runtime::transport::write_dev_pair(&cert, &key)?;
+            tonewall::runtime::tls::write_dev_pair(&cert, &key)?;
             println!("wrote {} and {} (self-signed, development only)", cert.display(), key.display());
             Ok(())
         }

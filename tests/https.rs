@@ -14,7 +14,7 @@ use common::{TestServer, require_tool};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tonewall::api::auth::Role;
-use tonewall::runtime::transport::write_dev_pair;
+use tonewall::runtime::tls::write_dev_pair;
 
 async fn https_server() -> (TestServer, PathBuf) {
     let t = TestServer::start_with(|c| {
@@ -141,5 +141,127 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off_and_frees_its_slot(
     // Their slots are free again.
     let (s, body) = common::http("GET", &format!("{}/healthz", t.base), None, None).await;
     assert_eq!(s, 200, "{body}");
+    t.stop().await;
+}
+
+/// A CA, and `clients` certificates it issued for client authentication: the CA's PEM path
+/// and each client's (certificate, key) paths, all under `dir`.
+fn issue_client_certs(dir: &Path, name: &str, clients: usize) -> (PathBuf, Vec<(String, String)>) {
+    use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, format!("{name} CA"));
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let ca_path = dir.join(format!("{name}-ca.pem"));
+    std::fs::write(&ca_path, ca_pem).unwrap();
+    let issued = (0..clients)
+        .map(|i| {
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.distinguished_name.push(rcgen::DnType::CommonName, format!("{name} processor {i}"));
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            let key = KeyPair::generate().unwrap();
+            let cert = p.signed_by(&key, &issuer).unwrap();
+            let (c, k) = (dir.join(format!("{name}-{i}.pem")), dir.join(format!("{name}-{i}.key")));
+            std::fs::write(&c, cert.pem()).unwrap();
+            std::fs::write(&k, key.serialize_pem()).unwrap();
+            (c.display().to_string(), k.display().to_string())
+        })
+        .collect();
+    (ca_path, issued)
+}
+
+/// Mutual TLS for a processor (`http.client_ca`): its key, bound to its certificate by
+/// `tonewall api-key create --client-cert`, works with that certificate and without a bearer
+/// key; the key copied to a client without the certificate, or with another certificate of
+/// the same CA, gets 401 (audited); a certificate from another CA fails the handshake; a
+/// browser with no certificate still uses its bearer key. Judged by curl (OpenSSL).
+#[tokio::test]
+async fn mutual_tls_binds_a_processor_key_to_its_certificate() {
+    use tonewall::vault::audit;
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, ours) = issue_client_certs(certs.path(), "processor", 2);
+    let (_, rogue) = issue_client_certs(certs.path(), "rogue", 1);
+    let t = TestServer::start_with(|c| {
+        let (cert, key) = (c.storage.data_dir.join("tls/cert.pem"), c.storage.data_dir.join("tls/key.pem"));
+        write_dev_pair(&cert, &key).expect("a development pair");
+        c.http.tls = true;
+        c.http.client_ca = ca.clone();
+    })
+    .await;
+    // The operator's command, against the running server's vault; a wrong path makes no key.
+    let data = t.dir.path().display().to_string();
+    let create = |cert: String| {
+        let data = data.clone();
+        tokio::task::spawn_blocking(move || {
+            common::tonewall(
+                &["api-key", "create", "--role", "processor", "--client-cert", &cert, "--data-dir", &data],
+                &[],
+            )
+        })
+    };
+    let (ok, _, err) = create(format!("{data}/no-such.pem")).await.unwrap();
+    assert!(!ok && err.contains("no-such.pem"), "{err}");
+    let (ok, key, err) = create(ours[0].0.clone()).await.unwrap();
+    assert!(ok, "{err}");
+    let key = key.trim().to_string();
+    let cacert = t.dir.path().join("tls/cert.pem").display().to_string();
+    let url = |path: &str| format!("https://127.0.0.1:{}{path}", t.server.http_addr.port());
+    let post = |client: Option<&(String, String)>, bearer: Option<&str>, path: &str, body: &str| {
+        let mut args =
+            vec!["--cacert".to_string(), cacert.clone(), "-H".into(), "Content-Type: application/json".into()];
+        if let Some((c, k)) = client {
+            args.extend(["--cert".into(), c.clone(), "--key".into(), k.clone()]);
+        }
+        if let Some(b) = bearer {
+            args.extend(["-H".into(), format!("Authorization: Bearer {b}")]);
+        }
+        args.extend(["--data".into(), body.to_string(), url(path)]);
+        async move { curl(&args.iter().map(String::as_str).collect::<Vec<_>>()).await }
+    };
+    let card = r#"{"pan":"4111111111111111","expiry":"1230"}"#;
+    // The certificate alone: tokenize, then detokenize the PAN back.
+    let (ok, text) = post(Some(&ours[0]), None, "/v1/tokenize", card).await;
+    assert!(ok && text.starts_with("HTTP/2 201"), "{text}");
+    let token = text.split("\"token\":\"").nth(1).and_then(|r| r.split('"').next()).unwrap().to_string();
+    let (_, text) = post(Some(&ours[0]), None, "/v1/detokenize", &format!(r#"{{"token":"{token}"}}"#)).await;
+    assert!(text.starts_with("HTTP/2 200") && text.contains("4111111111111111"), "{text}");
+    // The certificate with its own key is fine too.
+    let (_, text) = post(Some(&ours[0]), Some(&key), "/v1/detokenize", &format!(r#"{{"token":"{token}"}}"#)).await;
+    assert!(text.starts_with("HTTP/2 200"), "{text}");
+    // The copied key: without the certificate, or with a sibling certificate of the same CA.
+    for (case, client) in [("no certificate", None), ("another certificate", Some(&ours[1]))] {
+        let (_, text) = post(client, Some(&key), "/v1/detokenize", &format!(r#"{{"token":"{token}"}}"#)).await;
+        assert!(text.starts_with("HTTP/2 401") && text.contains("only with its client certificate"), "{case}: {text}");
+        assert!(!text.contains("4111111111111111"), "{case}");
+    }
+    // A sibling certificate bound to no key is no key at all.
+    let (_, text) = post(Some(&ours[1]), None, "/v1/detokenize", &format!(r#"{{"token":"{token}"}}"#)).await;
+    assert!(text.starts_with("HTTP/2 401"), "{text}");
+    // Another CA's certificate does not get through the handshake.
+    let (ok, text) = post(Some(&rogue[0]), Some(&key), "/v1/detokenize", &format!(r#"{{"token":"{token}"}}"#)).await;
+    assert!(!ok && !text.contains("HTTP/"), "a foreign CA's client certificate was accepted: {text}");
+    // No certificate and an unbound key (an agent's browser): served as before.
+    let agent = t.key(Role::Agent).await;
+    let (ok, text) =
+        curl(&["--cacert", &cacert, "-H", &format!("Authorization: Bearer {agent}"), &url("/v1/calls")]).await;
+    assert!(ok && text.starts_with("HTTP/2 200"), "{text}");
+    let vault = t.server.shared.vault.clone();
+    let refused: Vec<String> = audit::records(vault.pool(), 0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.action == "auth")
+        .map(|r| r.outcome)
+        .collect();
+    assert_eq!(refused.first().map(String::as_str), Some("key_without_its_certificate"), "{refused:?}");
+    let created =
+        audit::records(vault.pool(), 0, 1000).await.unwrap().into_iter().find(|r| r.action == "api_key.create");
+    assert!(
+        created.is_some_and(|r| r.detail.contains("bound to client certificate sha256:")),
+        "the binding is audited"
+    );
+    assert_eq!(audit::verify(vault.pool(), &vault.keys().audit).await.unwrap().1, vec![]);
     t.stop().await;
 }

@@ -1,5 +1,7 @@
 //! Bearer API keys with roles (PCI DSS 7.2 least privilege, 8.2 unique ids): one key per
-//! client, shown once at creation, stored only as its SHA-256.
+//! client, shown once at creation, stored only as its SHA-256. A key may be bound to a TLS
+//! client certificate (mutual TLS for processors): then it works only with that
+//! certificate, and the certificate alone identifies it.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -32,14 +34,57 @@ pub async fn create_key(pool: &AnyPool, role: Role) -> Result<(String, String), 
     Ok((id, key))
 }
 
-/// The key's id and role, if the key is known.
-pub async fn lookup(pool: &AnyPool, key: &str) -> Result<Option<(String, Role)>, sqlx::Error> {
+/// A client certificate, named by the SHA-256 of its DER encoding (what `openssl x509
+/// -fingerprint -sha256` prints, lowercase and without colons).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert(pub String);
+
+pub fn cert_fingerprint(der: &[u8]) -> ClientCert {
+    ClientCert(hex(&Sha256::digest(der)))
+}
+
+/// A known key: its id, its role, and the client certificate it is bound to, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownKey {
+    pub id: String,
+    pub role: Role,
+    pub client_cert: Option<ClientCert>,
+}
+
+type KeyRow = (String, String, Option<String>);
+
+fn known(row: Option<KeyRow>) -> Option<KnownKey> {
+    row.and_then(|(id, role, cert)| Some(KnownKey { id, role: Role::parse(&role)?, client_cert: cert.map(ClientCert) }))
+}
+
+/// The key, if it is known.
+pub async fn lookup(pool: &AnyPool, key: &str) -> Result<Option<KnownKey>, sqlx::Error> {
     if !key.starts_with(KEY_PREFIX) || key.len() > 128 {
         return Ok(None);
     }
-    let row: Option<(String, String)> = sqlx::query_as("SELECT id, role FROM api_keys WHERE key_hash = $1")
+    let row = sqlx::query_as("SELECT id, role, client_cert_sha256 FROM api_keys WHERE key_hash = $1")
         .bind(hash(key))
         .fetch_optional(pool)
         .await?;
-    Ok(row.and_then(|(id, role)| Role::parse(&role).map(|r| (id, r))))
+    Ok(known(row))
+}
+
+/// The key bound to a client certificate, if one is.
+pub async fn lookup_by_cert(pool: &AnyPool, cert: &ClientCert) -> Result<Option<KnownKey>, sqlx::Error> {
+    let row = sqlx::query_as("SELECT id, role, client_cert_sha256 FROM api_keys WHERE client_cert_sha256 = $1")
+        .bind(&cert.0)
+        .fetch_optional(pool)
+        .await?;
+    Ok(known(row))
+}
+
+/// Binds key `id` to a client certificate: from now on it is good only on a connection
+/// that presents it. False when there is no such key.
+pub async fn bind_client_cert(pool: &AnyPool, id: &str, cert: &ClientCert) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("UPDATE api_keys SET client_cert_sha256 = $1 WHERE id = $2")
+        .bind(&cert.0)
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected() == 1)
 }

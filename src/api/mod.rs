@@ -195,7 +195,18 @@ impl FromRequestParts<AppState> for Caller {
         };
         let source = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
         let origin = source.map_or("unknown".into(), |ip| ip.to_string());
+        let cert = parts.extensions.get::<auth::ClientCert>();
+        let unavailable = |e: sqlx::Error| {
+            tracing::error!(error = %e, "key lookup failed");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "key store unavailable")
+        };
         if key.is_empty() {
+            // A client certificate the handshake verified identifies the key bound to it.
+            if let Some(cert) = cert
+                && let Some(k) = auth::lookup_by_cert(state.vault.pool(), cert).await.map_err(unavailable)?
+            {
+                return Ok(Caller { key_id: k.id, role: k.role, origin });
+            }
             return Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer key"));
         }
         let now = std::time::Instant::now();
@@ -205,22 +216,21 @@ impl FromRequestParts<AppState> for Caller {
                 "too many failed authentications from this address",
             ));
         }
-        match auth::lookup(state.vault.pool(), &key).await {
-            Ok(Some((key_id, role))) => Ok(Caller { key_id, role, origin }),
-            Ok(None) => {
-                // PCI DSS 10.2.1.4: invalid access attempts are audited (the key itself is not):
-                // the first of a source's minute now, the rest as one record (`AuthFailures`).
-                let first = source.is_none_or(|ip| state.auth_failures.record(ip, now) == Failure::AuditNow);
-                if first {
-                    let nobody = Actor { id: "unknown", role: ActorRole::Unauthenticated, origin: &origin };
-                    audit_or_log(state, &nobody.did("auth", "unknown_key", parts.uri.path())).await;
-                }
-                Err(ApiError::new(StatusCode::UNAUTHORIZED, "unknown bearer key"))
+        let (outcome, message) = match auth::lookup(state.vault.pool(), &key).await.map_err(unavailable)? {
+            Some(k) if k.client_cert.is_none() || k.client_cert.as_ref() == cert => {
+                return Ok(Caller { key_id: k.id, role: k.role, origin });
             }
-            Err(e) => {
-                tracing::error!(error = %e, "key lookup failed");
-                Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "key store unavailable"))
-            }
+            // A bound key without its certificate is a copied key: refused and audited.
+            Some(_) => ("key_without_its_certificate", "this key works only with its client certificate"),
+            None => ("unknown_key", "unknown bearer key"),
+        };
+        // PCI DSS 10.2.1.4: invalid access attempts are audited (the key itself is not): the
+        // first of a source's minute now, the rest as one record (`AuthFailures`).
+        let first = source.is_none_or(|ip| state.auth_failures.record(ip, now) == Failure::AuditNow);
+        if first {
+            let nobody = Actor { id: "unknown", role: ActorRole::Unauthenticated, origin: &origin };
+            audit_or_log(state, &nobody.did("auth", outcome, parts.uri.path())).await;
         }
+        Err(ApiError::new(StatusCode::UNAUTHORIZED, message))
     }
 }

@@ -4,6 +4,7 @@
 //! that stalls: the slowloris defence), and connections are capped overall and per address,
 //! so a few stalled clients cannot hold every slot.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
+
+use crate::api::auth::{ClientCert, cert_fingerprint};
 
 use super::slots::{PerAddress, SlotLimits, Slots};
 
@@ -66,15 +69,14 @@ pub async fn serve(
         let (app, tls, builder, watcher) = (app.clone(), tls.clone(), builder.clone(), graceful.watcher());
         tokio::spawn(async move {
             let _slot = slot;
-            // Each request learns who sent it (the API's `ConnectInfo<SocketAddr>`).
-            let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(remote));
-                app.clone().oneshot(req)
-            });
             let result = match tls {
-                None => serve_one(&builder, watcher, stream, service).await,
+                None => serve_one(&builder, watcher, stream, service(app, remote, None)).await,
                 Some(acceptor) => match tokio::time::timeout(HANDSHAKE_LIMIT, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => serve_one(&builder, watcher, stream, service).await,
+                    Ok(Ok(stream)) => {
+                        let cert =
+                            stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| cert_fingerprint(c));
+                        serve_one(&builder, watcher, stream, service(app, remote, cert)).await
+                    }
                     Ok(Err(e)) => return tracing::debug!(from = %remote, error = %e, "HTTPS handshake failed"),
                     Err(_) => return tracing::debug!(from = %remote, "HTTPS handshake timed out"),
                 },
@@ -88,6 +90,29 @@ pub async fn serve(
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
         tracing::info!("HTTP connections still open at shutdown were cut");
     }
+}
+
+/// The app, each request told who sent it (`ConnectInfo<SocketAddr>`) and with which client
+/// certificate, if any (`ClientCert`, checked against `http.client_ca` in the handshake).
+fn service(
+    app: Router,
+    remote: SocketAddr,
+    cert: Option<ClientCert>,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<axum::response::Response, std::convert::Infallible>> + Send,
+> + Clone
++ Send
++ 'static {
+    hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(remote));
+        if let Some(c) = &cert {
+            req.extensions_mut().insert(c.clone());
+        }
+        app.clone().oneshot(req)
+    })
 }
 
 async fn serve_one<S, IO>(

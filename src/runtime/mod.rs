@@ -8,6 +8,7 @@ pub mod ports;
 pub mod prompts;
 mod shared;
 mod slots;
+pub mod tls;
 pub mod transport;
 
 use std::net::SocketAddr;
@@ -36,7 +37,7 @@ pub enum ServerError {
     #[error("cannot listen for HTTP on {addr}: {why}")]
     HttpBind { addr: SocketAddr, why: String },
     #[error(transparent)]
-    Tls(#[from] transport::TlsError),
+    Tls(#[from] tls::TlsError),
     #[error(transparent)]
     Vault(#[from] VaultError),
     #[error(transparent)]
@@ -70,7 +71,7 @@ impl Server {
         let tls = match config.tls_listen_addr() {
             Ok(Some(addr)) => {
                 let (cert, key) = config.tls_files();
-                let acceptor = transport::tls_acceptor(&cert, &key, &[])?;
+                let acceptor = tls::tls_acceptor(&cert, &key, &[], None)?;
                 Some((sip_bind(addr).await?, acceptor))
             }
             _ => None,
@@ -84,7 +85,8 @@ impl Server {
         let https = match config.http.tls {
             true => {
                 let (cert, key) = config.http_tls_files();
-                Some(transport::tls_acceptor(&cert, &key, &[b"h2", b"http/1.1"])?)
+                let client_ca = Some(config.http.client_ca.as_path()).filter(|p| !p.as_os_str().is_empty());
+                Some(tls::tls_acceptor(&cert, &key, &[b"h2", b"http/1.1"], client_ca)?)
             }
             false => None,
         };

@@ -1,21 +1,17 @@
 //! SIP transports (RFC 3261 §18): the UDP socket, TCP and TLS listeners and one task per
 //! stream connection. Every message, whatever it came on, reaches `endpoint::receive` with
 //! the `Flow` that answers it: responses and in-dialog requests to a caller go back on the
-//! connection its INVITE came on, named by a `ConnectionId` whose writer `Shared` keeps. TLS is rustls with the ring provider, TLS 1.2 and 1.3.
+//! connection its INVITE came on, named by a `ConnectionId` whose writer `Shared` keeps. TLS
+//! is `super::tls`.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls;
 
 use super::endpoint;
 use super::shared::Shared;
@@ -27,64 +23,6 @@ use crate::sip::stream::{Decoder, Flow, Transport};
 const CONNECTION_QUEUE: usize = 256;
 /// How long a TLS handshake may take.
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
-
-#[derive(Debug, Error)]
-pub enum TlsError {
-    #[error("TLS {what} {path}: {why} (for development: `tonewall keys tls-dev`)")]
-    Read { what: &'static str, path: String, why: String },
-    #[error("TLS configuration refused: {0}")]
-    Config(String),
-}
-
-/// Loads the certificate chain and key for a TLS listener that offers `alpn` (RFC 7301).
-pub fn tls_acceptor(cert: &Path, key: &Path, alpn: &[&[u8]]) -> Result<TlsAcceptor, TlsError> {
-    let unreadable = |what, path: &Path, why: String| TlsError::Read { what, path: path.display().to_string(), why };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| unreadable("certificate", cert, e.to_string()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| unreadable("certificate", cert, e.to_string()))?;
-    if certs.is_empty() {
-        return Err(unreadable("certificate", cert, "no certificate in the file".into()));
-    }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| unreadable("key", key, e.to_string()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| TlsError::Config(e.to_string()))?;
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
-/// Writes a self-signed certificate for localhost, 127.0.0.1 and ::1 and its key (mode 0600),
-/// for development and tests only.
-pub fn write_dev_pair(cert: &Path, key: &Path) -> Result<(), TlsError> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
-    let pair = rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Config(e.to_string()))?;
-    let unwritable = |path: &Path, e: std::io::Error| TlsError::Read {
-        what: "output",
-        path: path.display().to_string(),
-        why: e.to_string(),
-    };
-    for (path, text, mode) in [(cert, pair.cert.pem(), 0o644), (key, pair.signing_key.serialize_pem(), 0o600)] {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| unwritable(dir, e))?;
-        }
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(path)
-            .map_err(|e| unwritable(path, e))?;
-        f.write_all(text.as_bytes()).map_err(|e| unwritable(path, e))?;
-    }
-    Ok(())
-}
 
 /// Accepts TCP (or, with `tls`, TLS) connections until `stop`, at most
 /// `sip.max_connections` at once and `sip.max_connections_per_address` from one address
