@@ -161,6 +161,9 @@ pub struct MediaConfig {
     pub rtp_port_max: u16,
     /// Whose packets a leg takes: its SDP's address only, or latched (symmetric RTP).
     pub rtp_source: RtpSource,
+    /// Where an SDP may send media besides its signalling peer's own IP (addresses or CIDRs).
+    #[serde(deserialize_with = "addresses_or_cidrs")]
+    pub peer_networks: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -365,6 +368,12 @@ impl Config {
                 "production mode needs SDES keys to travel over SIP over TLS (or sip.srtp = \"off\"): over UDP or TCP anyone who sees the SIP can decrypt the media",
             );
         }
+        if self.vault.production && self.media.peer_networks.iter().any(|n| n.prefix_len() == 0) {
+            return bad(
+                "media.peer_networks",
+                "production mode refuses sending media wherever an SDP says (a /0 prefix)",
+            );
+        }
         if self.vault.production && self.media.rtp_source == RtpSource::Latch {
             return bad("media.rtp_source", "production mode refuses latching media to whoever sends first");
         }
@@ -407,6 +416,15 @@ impl Config {
     }
 
     /// The API's certificate chain and key (the SIP pair's defaults when unset).
+    /// Where each leg's SDP may send media (`media.peer_networks`, `sip.trusted_peers`).
+    pub fn media_policy(&self) -> crate::media::address_policy::MediaAddressPolicy {
+        crate::media::address_policy::MediaAddressPolicy {
+            peer_networks: self.media.peer_networks.clone(),
+            trusted_peers: self.sip.trusted_peers.clone(),
+            rtp_source: self.media.rtp_source,
+        }
+    }
+
     pub fn http_tls_files(&self) -> (PathBuf, PathBuf) {
         let (cert, key) = self.tls_files();
         let or = |p: &PathBuf, d: PathBuf| if p.as_os_str().is_empty() { d } else { p.clone() };

@@ -171,3 +171,57 @@ async fn one_address_cannot_take_every_sip_connection() {
     assert_eq!(answer.as_deref(), Some("SIP/2.0 200 OK"), "closed connections free their slots");
     t.stop().await;
 }
+
+/// Packets that reach `socket` within `within`.
+async fn packets_within(socket: &UdpSocket, within: Duration) -> usize {
+    let mut buf = [0u8; 2048];
+    let mut n = 0;
+    let deadline = tokio::time::Instant::now() + within;
+    while let Ok(Ok(_)) = tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await {
+        n += 1;
+    }
+    n
+}
+
+/// The reflection attack: an INVITE from 127.0.0.1 whose SDP names a victim's address
+/// (127.0.0.9) gets 488, and so does a live call's re-INVITE moving the media there; the
+/// victim receives no packet while the real caller keeps getting its prompt.
+#[tokio::test]
+async fn an_sdp_aiming_media_at_a_third_party_gets_488_and_the_victim_gets_nothing() {
+    let t = TestServer::start().await;
+    let api_key = t.key(Role::Agent).await;
+    let server = t.server.sip_addr;
+    let victim = UdpSocket::bind("127.0.0.9:0").await.unwrap();
+    let aimed = sdp::write(victim.local_addr().unwrap(), 1, &[Codec::Pcmu], Some(101));
+
+    let (_, uri) = create_session(&t.base, &api_key, "reflect").await;
+    let attacker = Ua::bind().await.unwrap();
+    let (invite, ..) = attacker.invite(&uri, &aimed);
+    attacker.send(&invite, server).await.unwrap();
+    assert_eq!(next_final(&attacker).await.status(), 488, "an INVITE naming the victim");
+
+    let (_, uri) = create_session(&t.base, &api_key, "reflect-later").await;
+    let caller = Ua::bind().await.unwrap();
+    let rtp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let offer = sdp::write(rtp.local_addr().unwrap(), 1, &[Codec::Pcmu], Some(101));
+    let (invite, call_id, from_tag) = caller.invite(&uri, &offer);
+    caller.send(&invite, server).await.unwrap();
+    let ok = next_final(&caller).await;
+    assert_eq!(ok.status(), 200);
+    let (target, to) = (ok.contact_uri().unwrap().to_string(), ok.to().to_string());
+    caller.send(&caller.in_dialog(Method::Ack, &call_id, &from_tag, &to, 1, &target), server).await.unwrap();
+    let moved = aimed.replace("o=- 1 1", "o=- 1 2");
+    let reinvite =
+        String::from_utf8(caller.in_dialog(Method::Invite, &call_id, &from_tag, &to, 2, &target)).unwrap().replacen(
+            "Content-Length: 0\r\n",
+            &format!("Content-Type: application/sdp\r\nContent-Length: {}\r\n", moved.len()),
+            1,
+        ) + &moved;
+    caller.send(reinvite.as_bytes(), server).await.unwrap();
+    assert_eq!(next_final(&caller).await.status(), 488, "a re-INVITE moving the media to the victim");
+    let (to_caller, to_victim) =
+        tokio::join!(packets_within(&rtp, Duration::from_secs(1)), packets_within(&victim, Duration::from_secs(1)));
+    assert!(to_caller >= 25, "the caller's prompt goes on: {to_caller} packets in 1 s");
+    assert_eq!(to_victim, 0, "the victim got packets");
+    t.stop().await;
+}

@@ -33,7 +33,6 @@ use tonewall::media::dtmf::{Detector, dbm0_to_amplitude};
 use tonewall::media::g711::Codec;
 use tonewall::media::masker::Replacement;
 use tonewall::media::rtp::{FRAME_SAMPLES, RtpReader};
-use tonewall::media::source_lock::RtpSource;
 use tonewall::media::srtp::{MasterKey, SrtpPolicy};
 use tonewall::media::telephone_event::{Key, TelephoneEvent};
 use tonewall::sip::message::{Request, ResponseBuilder, SipMessage, parse};
@@ -161,7 +160,7 @@ fn config(replacement: Replacement) -> CallConfig {
         record: true,
         srtp: SrtpPolicy::Optional,
         srtp_key: MasterKey::from_random(&[7; 30]),
-        rtp_source: RtpSource::Sdp,
+        media_policy: Default::default(),
         sdes_requires_tls: false,
     }
 }

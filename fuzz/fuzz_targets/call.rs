@@ -15,7 +15,6 @@ use tonewall_core::capture::card::YearMonth;
 use tonewall_core::capture::collector::{CollectorConfig, FieldName};
 use tonewall_core::endpoint::{Endpoint, EndpointConfig};
 use tonewall_core::media::masker::Replacement;
-use tonewall_core::media::source_lock::RtpSource;
 use tonewall_core::media::srtp::{MasterKey, SrtpPolicy};
 use tonewall_core::sip::message::{self, SipMessage};
 use tonewall_core::sip::stream::Flow;
@@ -55,7 +54,7 @@ Contact: <sip:caller@127.0.0.1:5070>\r\nContent-Type: application/sdp\r\nContent
         record: true,
         srtp: SrtpPolicy::Optional,
         srtp_key: MasterKey::from_random(&[7; 30]),
-        rtp_source: RtpSource::Sdp,
+        media_policy: Default::default(),
         sdes_requires_tls: false,
     };
     Call::accept(&invite, cfg, now).ok()

@@ -137,7 +137,7 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, admission: Admission
             Admitted::Session(_) => shared.config.sip.srtp,
         },
         srtp_key: MasterKey::from_random(&rand::random()),
-        rtp_source: shared.config.media.rtp_source,
+        media_policy: shared.config.media_policy(),
         sdes_requires_tls: shared.config.sip.sdes_requires_tls,
     };
     let call = match Call::accept(invite, cfg, Instant::now()) {

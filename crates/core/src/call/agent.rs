@@ -170,11 +170,15 @@ impl Call {
         let branch = self.next_branch();
         let ack = dialog.ack(INVITE_CSEQ, &branch);
         self.send(LegId::Agent, ack.clone());
-        let answer = RemoteDescription::parse(resp.body());
+        let agent_ip = self.agent.addr.map(|a| a.ip());
+        let answer = RemoteDescription::parse(resp.body()).map_err(|e| e.to_string()).and_then(|a| {
+            let signalling = agent_ip.unwrap_or(a.remote.ip());
+            self.placed(a, signalling)
+        });
         match answer {
             Ok(answer) if !cancelled => {
                 let p = answer.negotiate();
-                let agent_ip = self.agent.addr.map_or(p.remote.ip(), |a| a.ip());
+                let agent_ip = agent_ip.unwrap_or(p.remote.ip());
                 self.bridge.set_agent(MediaParams { event_pt: None, ..p }, agent_ip);
                 self.agent.state = AgentState::Connected { dialog, ack };
                 self.event(CallEvent::AgentAnswered);

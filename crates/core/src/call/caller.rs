@@ -385,9 +385,11 @@ impl Call {
             Negotiation::Timer(t) => Some(Timer { timer: t, next: t.deadline(now) }),
         };
         if !req.body().is_empty() {
-            let offer = match RemoteDescription::parse(req.body()) {
+            let ip = self.caller.flow.remote.ip();
+            let parsed = RemoteDescription::parse(req.body()).map_err(|e| e.to_string());
+            let offer = match parsed.and_then(|o| self.placed(o, ip)) {
                 Ok(o) => o,
-                Err(e) => return self.respond(now, LegId::Caller, req, 488, not_acceptable(req, &e.to_string())),
+                Err(why) => return self.respond(now, LegId::Caller, req, 488, not_acceptable(req, &why)),
             };
             let srtp = match negotiate_srtp(
                 &offer,

@@ -19,16 +19,16 @@ mod to_agent;
 mod transactions;
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::capture::card::YearMonth;
 use crate::capture::collector::{CapturedCard, Collector, CollectorConfig, FieldName, PromptId, Rejection};
 use crate::capture::progress::FieldProgress;
+use crate::media::address_policy::MediaAddressPolicy;
 use crate::media::masker::Replacement;
 use crate::media::player::PromptAudio;
-use crate::media::source_lock::RtpSource;
 use crate::media::srtp::{MasterKey, SrtpLeg, SrtpPolicy};
 use crate::media::telephone_event::Key;
 use crate::sip::dialog::Dialog;
@@ -147,8 +147,8 @@ pub struct CallConfig {
     pub srtp: SrtpPolicy,
     /// Our SRTP master key and salt for this call, drawn by the driver from the OS generator.
     pub srtp_key: MasterKey,
-    /// Which packets each leg's media takes (`media.rtp_source`).
-    pub rtp_source: RtpSource,
+    /// Where each leg's SDP may send media, and which packets it takes (`media.*`).
+    pub media_policy: MediaAddressPolicy,
     /// Refuse SDES keys (488) unless the caller's SIP is over TLS.
     pub sdes_requires_tls: bool,
 }
@@ -338,14 +338,16 @@ pub struct Call {
     outputs: VecDeque<Output>,
     branches: u64,
     ended: bool,
+    media_policy: MediaAddressPolicy,
 }
 
 impl Call {
     /// Answers a new INVITE: 100, 180, then 200 with our SDP answer; dials the agent if one
     /// is named. A refused offer gives back the 488 (or 422) to send instead.
     pub fn accept(invite: &Request, cfg: CallConfig, now: Instant) -> Result<Call, Vec<u8>> {
-        let offer =
-            RemoteDescription::parse(invite.body()).map_err(|e| caller::not_acceptable(invite, &e.to_string()))?;
+        let refuse = |why: &dyn std::fmt::Display| caller::not_acceptable(invite, &why.to_string());
+        let mut offer = RemoteDescription::parse(invite.body()).map_err(|e| refuse(&e))?;
+        offer.remote = cfg.media_policy.target(offer.remote, cfg.caller.remote.ip()).map_err(|e| refuse(&e))?;
         let (srtp, caller_srtp) = match caller::negotiate_srtp(
             &offer,
             cfg.srtp,
@@ -418,10 +420,17 @@ impl Call {
             caller,
             agent: agent_leg,
             capture,
-            bridge: Bridge::new(params, cfg.caller.remote.ip(), cfg.rtp_source, cfg.seed, cfg.masking.replacement),
+            bridge: Bridge::new(
+                params,
+                cfg.caller.remote.ip(),
+                cfg.media_policy.rtp_source,
+                cfg.seed,
+                cfg.masking.replacement,
+            ),
             outputs: VecDeque::new(),
             branches: 0,
             ended: false,
+            media_policy: cfg.media_policy,
         };
         call.bridge.set_caller_srtp(caller_srtp);
         call.transactions.receive(now, LegId::Caller, invite, transport.reliable());
@@ -543,6 +552,13 @@ impl Call {
 
     fn event(&mut self, e: CallEvent) {
         self.outputs.push_back(Output::Event(e));
+    }
+
+    /// The description with its media address checked against the policy (and, under
+    /// latching, moved to the signalling IP); the reason for a 488 otherwise.
+    fn placed(&self, mut sdp: RemoteDescription, signalling: IpAddr) -> Result<RemoteDescription, String> {
+        sdp.remote = self.media_policy.target(sdp.remote, signalling).map_err(|e| e.to_string())?;
+        Ok(sdp)
     }
 
     fn reliable(&self, leg: LegId) -> bool {

@@ -38,11 +38,10 @@ impl Call {
             }
             CallerState::Ending | CallerState::Ended => return self.reply(now, LegId::Caller, invite, 603, "Decline"),
         }
-        let offer = match RemoteDescription::parse(invite.body()) {
+        let parsed = RemoteDescription::parse(invite.body()).map_err(|e| e.to_string());
+        let offer = match parsed.and_then(|o| self.placed(o, from.remote.ip())) {
             Ok(o) => o,
-            Err(e) => {
-                return self.respond(now, LegId::Caller, invite, 488, caller::not_acceptable(invite, &e.to_string()));
-            }
+            Err(why) => return self.respond(now, LegId::Caller, invite, 488, caller::not_acceptable(invite, &why)),
         };
         let (srtp, srtp_leg) = match caller::negotiate_srtp(
             &offer,

@@ -68,7 +68,7 @@ fn config(agent: Option<&str>) -> CallConfig {
         record: true,
         srtp: SrtpPolicy::Optional,
         srtp_key: MasterKey::from_random(&[7; 30]),
-        rtp_source: RtpSource::Sdp,
+        media_policy: MediaAddressPolicy::default(),
         sdes_requires_tls: false,
     }
 }
@@ -581,3 +581,36 @@ fn timeouts_end_the_call_cleanly() {
 
 /// The caller's SDES key in the SAVP offers below (RFC 4568 §9.1's example key).
 mod legs;
+
+/// A media address no one vouches for (RFC 4566 §5.7 `c=`): the INVITE, a re-INVITE and
+/// the agent's answer that name one get 488 (the agent leg is hung up), and the media
+/// already agreed stays where it was.
+#[test]
+fn an_sdp_aiming_media_at_a_third_party_is_refused() {
+    let victim = |sdp: &str| sdp.replace("c=IN IP4 127.0.0.1", "c=IN IP4 203.0.113.50");
+    let t = crate::test_origin();
+    let Err(resp) = Call::accept(&invite(&victim(OFFER)), config(None), t) else { panic!("accepted") };
+    assert!(String::from_utf8_lossy(&resp).starts_with("SIP/2.0 488"));
+    let mut relaxed = config(None);
+    relaxed.media_policy.peer_networks = vec!["203.0.113.0/24".parse().unwrap()];
+    assert!(Call::accept(&invite(&victim(OFFER)), relaxed, t).is_ok(), "inside media.peer_networks");
+
+    let mut call = Call::accept(&invite(OFFER), config(Some("sip:agent@127.0.0.1:5080")), t).unwrap();
+    let (sip, _) = drain(&mut call);
+    call.handle_sip(t, LegId::Caller, caller_request(&call, "ACK", 1));
+    let moved = victim(OFFER).replace("o=- 1 1", "o=- 1 2");
+    call.handle_sip(t, LegId::Caller, caller_with(&call, "INVITE", 2, "", "application/sdp", &moved));
+    assert!(drain(&mut call).0[0].1.starts_with("SIP/2.0 488"), "the re-INVITE");
+    assert_eq!(call.caller.media.params.remote, addr(6000), "the caller's media did not move");
+
+    let (_, agent_invite) = sip.iter().find(|(leg, _)| *leg == LegId::Agent).expect("agent dialled");
+    let answer = "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 7000 RTP/AVP 0\r\n";
+    call.handle_sip(t, LegId::Agent, response_to(agent_invite, 200, "ag", &victim(answer)));
+    let (sip, events) = drain(&mut call);
+    assert!(sip.iter().any(|(leg, s)| *leg == LegId::Agent && s.starts_with("BYE ")), "{sip:?}");
+    assert!(events.iter().any(|e| matches!(e, CallEvent::AgentUnavailable { status: 488 })), "{events:?}");
+    call.handle_timeout(t + Duration::from_millis(20));
+    while let Some(p) = call.poll_packet() {
+        assert_eq!((p.leg, p.to), (LegId::Caller, addr(6000)), "only the caller's agreed address gets media");
+    }
+}

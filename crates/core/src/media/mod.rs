@@ -1,5 +1,6 @@
 //! Media, sans-IO: RTP, G.711, RFC 4733 telephone-events and prompt playback.
 
+pub mod address_policy;
 pub mod dtmf;
 pub mod g711;
 pub mod masker;
