@@ -70,6 +70,9 @@ pub struct SipConfig {
     pub tls_listen: String,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
+    /// PEM CAs an agent's or inline target's TLS certificate must chain to; empty for the
+    /// Mozilla roots.
+    pub tls_ca: PathBuf,
     pub t1_ms: u64,
     pub t2_ms: u64,
     pub t4_ms: u64,
@@ -274,7 +277,9 @@ impl Config {
             {
                 return bad("sip.routes", "each route needs a name and a user_prefix that does not start with pay-");
             }
-            let target_ok = r.target.starts_with("sip:") && !r.target.contains(['<', '>', ' ', '"']);
+            let target_ok = crate::targets::host_port(&r.target).is_some()
+                && crate::targets::transport_of(&r.target).is_some()
+                && !r.target.contains(['<', '>', ' ', '"']);
             if !target_ok {
                 return bad("sip.routes", "a route's target must be a sip: URI such as sip:queue@10.0.0.5:5060");
             }
@@ -415,7 +420,6 @@ impl Config {
         (or_default(&self.sip.tls_cert, "cert.pem"), or_default(&self.sip.tls_key, "key.pem"))
     }
 
-    /// The API's certificate chain and key (the SIP pair's defaults when unset).
     /// Where each leg's SDP may send media (`media.peer_networks`, `sip.trusted_peers`).
     pub fn media_policy(&self) -> crate::media::address_policy::MediaAddressPolicy {
         crate::media::address_policy::MediaAddressPolicy {
@@ -425,6 +429,7 @@ impl Config {
         }
     }
 
+    /// The API's certificate chain and key (the SIP pair's defaults when unset).
     pub fn http_tls_files(&self) -> (PathBuf, PathBuf) {
         let (cert, key) = self.tls_files();
         let or = |p: &PathBuf, d: PathBuf| if p.as_os_str().is_empty() { d } else { p.clone() };

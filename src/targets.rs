@@ -9,6 +9,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::sip::stream::Transport;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Target {
     Net(IpNet),
@@ -41,9 +43,9 @@ fn parse(s: &str) -> Result<Target, String> {
     }
 }
 
-/// The host and port of a `sip:user@host:port;params` URI.
+/// The host and port of a `sip:` or `sips:` `user@host:port;params` URI.
 pub fn host_port(uri: &str) -> Option<(&str, Option<&str>)> {
-    let rest = uri.strip_prefix("sip:")?;
+    let rest = uri.strip_prefix("sip:").or_else(|| uri.strip_prefix("sips:"))?;
     let hostport = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
     let hostport = hostport.split([';', '?', '>']).next()?;
     match hostport.strip_prefix('[') {
@@ -56,6 +58,26 @@ pub fn host_port(uri: &str) -> Option<(&str, Option<&str>)> {
             None => Some((hostport, None)),
         },
     }
+}
+
+/// How a URI is reached (RFC 3261 §19.1.1, §26.2): a `sips:` URI and `;transport=tls`
+/// over TLS, `;transport=tcp` over TCP, `;transport=udp` or none over UDP; and the port
+/// when the URI names none (§19.1.2: 5061 for TLS, 5060 otherwise). None for a transport
+/// tonewall does not speak (SCTP, WebSocket).
+pub fn transport_of(uri: &str) -> Option<(Transport, u16)> {
+    let sips = uri.get(..5).is_some_and(|s| s.eq_ignore_ascii_case("sips:"));
+    let params = uri.split(['?', '>']).next()?.split(';').skip(1);
+    let named = params
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("transport"))
+        .map(|(_, v)| v.trim().to_ascii_lowercase());
+    let transport = match (sips, named.as_deref()) {
+        (true, None | Some("tls" | "tcp")) | (false, Some("tls")) => Transport::Tls,
+        (false, Some("tcp")) => Transport::Tcp,
+        (false, None | Some("udp")) => Transport::Udp,
+        _ => return None,
+    };
+    Some((transport, if transport == Transport::Tls { 5061 } else { 5060 }))
 }
 
 /// What the URI alone says.
@@ -132,5 +154,18 @@ mod tests {
         assert_eq!(host_port("sip:agent@[::1]:5070;transport=udp"), Some(("::1", Some("5070"))));
         assert_eq!(host_port("sip:pbx.example.com"), Some(("pbx.example.com", None)));
         assert_eq!(host_port("tel:+123"), None);
+    }
+
+    #[test]
+    fn a_uri_names_its_transport_and_default_port() {
+        assert_eq!(transport_of("sip:agent@10.0.0.5"), Some((Transport::Udp, 5060)));
+        assert_eq!(transport_of("sip:agent@10.0.0.5:5070;transport=UDP"), Some((Transport::Udp, 5060)));
+        assert_eq!(transport_of("sip:agent@10.0.0.5;transport=tcp"), Some((Transport::Tcp, 5060)));
+        assert_eq!(transport_of("sip:agent@pbx.example.com;lr;transport=tls"), Some((Transport::Tls, 5061)));
+        assert_eq!(transport_of("sips:agent@pbx.example.com"), Some((Transport::Tls, 5061)));
+        assert_eq!(transport_of("SIPS:agent@pbx.example.com;transport=tcp"), Some((Transport::Tls, 5061)));
+        assert_eq!(transport_of("sips:agent@pbx.example.com;transport=udp"), None, "SIPS never goes over UDP");
+        assert_eq!(transport_of("sip:agent@10.0.0.5;transport=sctp"), None);
+        assert_eq!(host_port("sips:agent@[::1]:5071;transport=tls"), Some(("::1", Some("5071"))));
     }
 }

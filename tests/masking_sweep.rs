@@ -143,13 +143,14 @@ fn config(replacement: Replacement) -> CallConfig {
     let prompt: Arc<[i16]> = vec![0i16; 1600].into();
     CallConfig {
         local_sip: addr(5060),
+        local_tls: None,
         caller: Flow::udp(addr(5070)),
         caller_rtp: addr(20000),
         agent_rtp: addr(20002),
         mode: Mode::Session {
             fields: vec![FieldName::Pan, FieldName::Expiry, FieldName::Cvv],
             after: AfterCapture::Bridge,
-            agent: Some(AgentTarget { uri: "sip:agent@127.0.0.1:5080".into(), addr: AGENT }),
+            agent: Some(AgentTarget::udp("sip:agent@127.0.0.1:5080", AGENT)),
         },
         collector: CollectorConfig::default(),
         timers: Timers::default(),

@@ -50,10 +50,14 @@ impl Edge {
         assert!(ok, "{err}");
         let with_routes = format!("{routes}\n[http]");
         let mut replace = vec![("\n[http]", with_routes.as_str())];
+        let tls_ca;
         if tls {
             let (ok, _, err) = tonewall(&["keys", "tls-dev", "--data-dir", data.to_str().unwrap()], &[]);
             assert!(ok, "{err}");
             replace.push(("tls_listen = \"\"", "tls_listen = \"127.0.0.1:0\""));
+            // Agents over TLS serve the development certificate too: trust it.
+            tls_ca = format!("tls_ca = \"{}\"", data.join("tls/cert.pem").display());
+            replace.push(("tls_ca = \"\"", tls_ca.as_str()));
         }
         let config = write_config(dir.path(), &replace);
         let log = dir.path().join("server.log");
@@ -218,6 +222,99 @@ async fn b2bua_call_with_sipp_as_caller_and_agent() {
     let v = edge.session_view(&id).await;
     assert_eq!(v["state"], "completed", "{v}");
     assert_eq!(v["after_capture"], "bridge");
+}
+
+/// The agent leg goes the way its URI says (RFC 3261 §19.1, §26.2): `;transport=tcp` over
+/// TCP to sipp, and `sips:` over TLS to socat (OpenSSL) in front of sipp, with tonewall
+/// checking the agent's certificate against `sip.tls_ca`; tonewall's INVITE, ACK and BYE
+/// all travel on that connection and sipp, as the agent, sees the whole call.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_leg_goes_over_tcp_or_tls_as_its_uri_says() {
+    require_tool("socat", "apt-get install -y socat");
+    for transport in ["TCP", "TLS"] {
+        let edge = Edge::start(true);
+        let sipp_port = common::sipp::free_tcp_port();
+        let scenario = sipp::scenario(edge.path(), "agent_answers.xml", &[]);
+        let agent = sipp::spawn(edge.path(), &scenario, sipp_port, &["-t", "t1"]);
+        common::sipp::wait_listening(sipp_port, Duration::from_secs(10)).await;
+        let mut _socat = None;
+        let agent_uri = match transport {
+            "TCP" => format!("sip:agent@127.0.0.1:{sipp_port};transport=tcp"),
+            _ => {
+                // Debian's sipp has no TLS: socat is the TLS server, with the development pair.
+                let front = common::sipp::free_tcp_port();
+                let tls = edge.path().join("data/tls");
+                let socat = Command::new("socat")
+                    .arg(format!(
+                        "OPENSSL-LISTEN:{front},bind=127.0.0.1,reuseaddr,cert={},key={},verify=0",
+                        tls.join("cert.pem").display(),
+                        tls.join("key.pem").display()
+                    ))
+                    .arg(format!("TCP:127.0.0.1:{sipp_port}"))
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("spawn socat");
+                _socat = Some(sipp::KillOnDrop(Some(socat)));
+                common::sipp::wait_listening(front, Duration::from_secs(10)).await;
+                format!("sips:agent@127.0.0.1:{front}")
+            }
+        };
+        let (id, user) = edge.session(&format!(r#","agent_uri":"{agent_uri}""#)).await;
+        let pcap = edge.keypad_pcap();
+        let caller = edge.caller(
+            "pay_then_hang_up.xml",
+            &[("PCAP_FILE", pcap.to_str().unwrap())],
+            &user,
+            &edge.serve.sip.to_string(),
+            &[],
+        );
+        sipp::passed(caller, edge.path(), "caller").await;
+        sipp::passed(agent, edge.path(), &format!("agent over {transport}")).await;
+        let v = edge.session_view(&id).await;
+        assert_eq!(v["state"], "completed", "{transport}: {v}");
+        let log = edge.log();
+        let line = log.lines().find(|l| l.contains("call answered")).unwrap_or_default();
+        let agent_field = line.rsplit("agent").next().unwrap_or_default();
+        assert!(agent_field.contains(&format!("\"{transport}\"")), "{line}");
+    }
+}
+
+/// A peer whose TLS certificate is not from `sip.tls_ca` is not dialled: the capture goes
+/// on without the agent.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_with_an_untrusted_tls_certificate_is_not_dialled() {
+    require_tool("socat", "apt-get install -y socat");
+    let edge = Edge::start(true);
+    let other = tempfile::tempdir().unwrap();
+    let (cert, key) = (other.path().join("cert.pem"), other.path().join("key.pem"));
+    tonewall::runtime::tls::write_dev_pair(&cert, &key).unwrap();
+    let front = common::sipp::free_tcp_port();
+    let socat = Command::new("socat")
+        .arg(format!(
+            "OPENSSL-LISTEN:{front},bind=127.0.0.1,reuseaddr,cert={},key={},verify=0",
+            cert.display(),
+            key.display()
+        ))
+        .arg("SYSTEM:cat > /dev/null")
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn socat");
+    let _socat = sipp::KillOnDrop(Some(socat));
+    common::sipp::wait_listening(front, Duration::from_secs(10)).await;
+    let (id, user) = edge.session(&format!(r#","agent_uri":"sips:agent@127.0.0.1:{front}""#)).await;
+    let pcap = edge.keypad_pcap();
+    let caller = edge.caller(
+        "pay_by_keypad.xml",
+        &[("PCAP_FILE", pcap.to_str().unwrap())],
+        &user,
+        &edge.serve.sip.to_string(),
+        &[],
+    );
+    sipp::passed(caller, edge.path(), "caller").await;
+    let v = edge.session_view(&id).await;
+    assert_eq!(v["state"], "completed", "{v}");
+    let log = edge.log();
+    assert!(log.contains("agent unreachable") && log.contains("TLS with"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

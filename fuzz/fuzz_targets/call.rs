@@ -37,13 +37,14 @@ Contact: <sip:caller@127.0.0.1:5070>\r\nContent-Type: application/sdp\r\nContent
     let prompt: Arc<[i16]> = vec![0i16; 800].into();
     let cfg = CallConfig {
         local_sip: addr(5060),
+        local_tls: None,
         caller: Flow::udp(addr(5070)),
         caller_rtp: addr(20000),
         agent_rtp: addr(20002),
         mode: Mode::Session {
             fields: vec![FieldName::Pan, FieldName::Expiry, FieldName::Cvv],
             after: AfterCapture::Bridge,
-            agent: Some(AgentTarget { uri: "sip:agent@127.0.0.1:5080".into(), addr: addr(5080) }),
+            agent: Some(AgentTarget::udp("sip:agent@127.0.0.1:5080", addr(5080))),
         },
         collector: CollectorConfig::default(),
         timers: Timers::default(),
@@ -65,7 +66,7 @@ fuzz_target!(|data: &[u8]| {
     let Some(mut call) = call(now) else { return };
     let mut endpoint: Endpoint<()> =
         Endpoint::new(EndpointConfig { rate_per_source: 100, inline_routes: vec![], trusted_peers: vec![] });
-    endpoint.insert_call((), "caller-1", call.agent_call_id(), Flow::udp(addr(5070)), Some(addr(5080)));
+    endpoint.insert_call((), "caller-1", call.agent_call_id(), Flow::udp(addr(5070)), Some(Flow::udp(addr(5080))));
     let mut rest = data;
     while let [kind, len, tail @ ..] = rest {
         let (chunk, next) = tail.split_at((*len as usize).min(tail.len()));

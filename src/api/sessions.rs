@@ -33,7 +33,11 @@ pub struct CreateSession {
 }
 
 fn sip_uri_ok(uri: &str) -> bool {
-    uri.len() <= 256 && uri.starts_with("sip:") && uri.contains('@') && !uri.contains(['<', '>', ' ', '\r', '\n', '"'])
+    uri.len() <= 256
+        && (uri.starts_with("sip:") || uri.starts_with("sips:"))
+        && crate::targets::transport_of(uri).is_some()
+        && uri.contains('@')
+        && !uri.contains(['<', '>', ' ', '\r', '\n', '"'])
 }
 
 /// What happens after capture, from the request's `after_capture` and URIs.
@@ -82,7 +86,9 @@ fn validate(req: &CreateSession, allowed: &AllowedTargets) -> Result<(), String>
     {
         let Some(uri) = uri.as_deref() else { continue };
         if !sip_uri_ok(uri) {
-            return Err(format!("{name} must be a sip: URI such as sip:agent@10.0.0.5:5060"));
+            return Err(format!(
+                "{name} must be a sip: or sips: URI such as sip:agent@10.0.0.5:5060 (transport udp, tcp or tls)"
+            ));
         }
         match allowed.check_uri(uri) {
             Verdict::Allowed => {}

@@ -3,7 +3,6 @@
 //! admits new INVITEs), carries out what it decides, and starts a call task for each new
 //! call it admits.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -11,6 +10,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::call_task::CallTask;
 use super::shared::{Inbound, Shared};
+use super::transport;
 use crate::calendar::current_month;
 use crate::call::{AfterCapture, AgentTarget, Call, CallConfig, CaptureFailure, Mode};
 use crate::calls::{CallId, CallMode, NewCall};
@@ -19,7 +19,7 @@ use crate::endpoint::{Admission, EndpointEvent};
 use crate::media::srtp::MasterKey;
 use crate::session::SessionId;
 use crate::sip::message::{self, Request};
-use crate::sip::stream::Flow;
+use crate::sip::stream::{Flow, Transport};
 use crate::targets::{self, AllowedTargets};
 
 pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
@@ -114,13 +114,14 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, admission: Admission
         }
     };
     let local = |s: &tokio::net::UdpSocket| s.local_addr().unwrap_or(shared.sip_addr);
-    let agent_addr = match &mode {
-        Mode::Session { agent: Some(a), .. } | Mode::Inline { agent: a } => Some(a.addr),
+    let agent_flow = match &mode {
+        Mode::Session { agent: Some(a), .. } | Mode::Inline { agent: a } => Some(a.flow),
         Mode::Session { agent: None, .. } => None,
     };
-    let bridged = agent_addr.is_some();
+    let agent_transport = agent_flow.map_or("none", |f| f.transport.via_token());
     let cfg = CallConfig {
         local_sip: shared.sip_addr,
+        local_tls: shared.tls_addr,
         caller: flow,
         caller_rtp: local(&caller_rtp),
         agent_rtp: local(&agent_rtp),
@@ -153,8 +154,8 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, admission: Admission
             return;
         }
     };
-    let handle = shared.endpoint().insert_call(sip_tx, call.caller_call_id(), call.agent_call_id(), flow, agent_addr);
-    tracing::info!(call = id.as_str(), session = session.as_ref().map(SessionId::as_str), from = %flow.remote, transport = flow.transport.via_token(), agent = bridged, "call answered");
+    let handle = shared.endpoint().insert_call(sip_tx, call.caller_call_id(), call.agent_call_id(), flow, agent_flow);
+    tracing::info!(call = id.as_str(), session = session.as_ref().map(SessionId::as_str), from = %flow.remote, transport = flow.transport.via_token(), agent = agent_transport, "call answered");
     let task = CallTask {
         id,
         handle,
@@ -171,14 +172,14 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, admission: Admission
     tokio::spawn(task.run());
 }
 
-/// What the call is for: the inline route's agent, resolved, or the attached session's
+/// What the call is for: the inline route's agent, reached, or the attached session's
 /// fields and agent. The error is the refusal to send the caller.
-async fn call_mode(shared: &Shared, admitted: &Admitted) -> Result<Mode, (u16, &'static str)> {
+async fn call_mode(shared: &Arc<Shared>, admitted: &Admitted) -> Result<Mode, (u16, &'static str)> {
     match admitted {
-        Admitted::Inline(route) => match resolve_sip_uri(&route.target).await {
-            Some(addr) => Ok(Mode::Inline { agent: AgentTarget { uri: route.target.clone(), addr } }),
-            None => {
-                tracing::warn!(route = route.name, "inline route target does not resolve");
+        Admitted::Inline(route) => match reach(shared, &route.target, None).await {
+            Ok(agent) => Ok(Mode::Inline { agent }),
+            Err(e) => {
+                tracing::warn!(route = route.name, error = %e, "inline route target unreachable");
                 Err((503, "Service Unavailable"))
             }
         },
@@ -186,16 +187,15 @@ async fn call_mode(shared: &Shared, admitted: &Admitted) -> Result<Mode, (u16, &
             // Unknown and already-used sessions get the same answer: no enumeration.
             let a = shared.sessions.attach(id, shared.config.capture.max_attempts).map_err(|_| (404, "Not Found"))?;
             let agent = match (a.agent_uri, &a.after_capture) {
-                (Some(uri), AfterCapture::Bridge) => match resolve_sip_uri(&uri).await {
-                    Some(addr) if allowed(&shared.config.sip.allowed_targets, &uri, addr) => {
-                        Some(AgentTarget { uri, addr })
+                (Some(uri), AfterCapture::Bridge) => {
+                    match reach(shared, &uri, Some(&shared.config.sip.allowed_targets)).await {
+                        Ok(agent) => Some(agent),
+                        Err(e) => {
+                            tracing::warn!(session = id.as_str(), error = %e, "agent unreachable; capturing without one");
+                            None
+                        }
                     }
-                    Some(_) => {
-                        tracing::warn!(session = id.as_str(), "agent_uri resolves outside sip.allowed_targets");
-                        None
-                    }
-                    None => None,
-                },
+                }
                 _ => None,
             };
             Ok(Mode::Session { fields: a.fields, after: a.after_capture, agent })
@@ -203,28 +203,33 @@ async fn call_mode(shared: &Shared, admitted: &Admitted) -> Result<Mode, (u16, &
     }
 }
 
-/// Whether `uri`, resolved to `addr`, is a target sessions may call.
-fn allowed(targets: &AllowedTargets, uri: &str, addr: SocketAddr) -> bool {
-    targets::host_port(uri).is_some_and(|(host, _)| targets.allows_resolved(host, addr.ip()))
+#[derive(Debug, thiserror::Error)]
+enum Unreachable {
+    #[error("the URI names no host, or a transport tonewall does not speak")]
+    Uri,
+    #[error("the host does not resolve")]
+    Unresolved,
+    #[error("the host resolves outside sip.allowed_targets")]
+    NotAllowed,
+    #[error(transparent)]
+    Dial(#[from] transport::DialError),
 }
 
-/// host[:port] of a `sip:user@host:port;params` URI, resolved (default port 5060).
-async fn resolve_sip_uri(uri: &str) -> Option<SocketAddr> {
-    let (host, port) = targets::host_port(uri)?;
-    let port: u16 = port.map_or(Some(5060), |p| p.parse().ok())?;
-    tokio::net::lookup_host((host, port)).await.ok()?.next()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn resolves_sip_uris() {
-        assert_eq!(resolve_sip_uri("sip:agent@127.0.0.1:5070").await, Some("127.0.0.1:5070".parse().unwrap()));
-        assert_eq!(resolve_sip_uri("sip:agent@127.0.0.1").await, Some("127.0.0.1:5060".parse().unwrap()));
-        assert_eq!(resolve_sip_uri("sip:agent@[::1]:5070;transport=udp").await, Some("[::1]:5070".parse().unwrap()));
-        assert_eq!(resolve_sip_uri("sip:agent@[::1]").await, Some("[::1]:5060".parse().unwrap()));
-        assert_eq!(resolve_sip_uri("tel:+123").await, None);
+/// Where `uri` leads (RFC 3263 §4 without NAPTR and SRV: the URI's transport and port, the
+/// host's first address): resolved, checked against `allowed` when a session chose it, and
+/// over TCP or TLS connected.
+async fn reach(shared: &Arc<Shared>, uri: &str, allowed: Option<&AllowedTargets>) -> Result<AgentTarget, Unreachable> {
+    let (host, port) = targets::host_port(uri).ok_or(Unreachable::Uri)?;
+    let (transport, default_port) = targets::transport_of(uri).ok_or(Unreachable::Uri)?;
+    let port: u16 = port.map_or(Some(default_port), |p| p.parse().ok()).ok_or(Unreachable::Uri)?;
+    let addr = tokio::net::lookup_host((host, port)).await.ok().and_then(|mut a| a.next());
+    let addr = addr.ok_or(Unreachable::Unresolved)?;
+    if allowed.is_some_and(|targets| !targets.allows_resolved(host, addr.ip())) {
+        return Err(Unreachable::NotAllowed);
     }
+    let flow = match transport {
+        Transport::Udp => Flow::udp(addr),
+        stream => transport::dial(shared, addr, stream, host).await?,
+    };
+    Ok(AgentTarget { uri: uri.to_string(), flow })
 }

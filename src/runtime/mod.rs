@@ -27,8 +27,8 @@ use crate::config::Config;
 use crate::session::Sessions;
 use crate::vault::{Vault, VaultError, VaultOptions, webhook};
 use ports::PortPool;
-use shared::Registries;
 pub use shared::Shared;
+use shared::{Registries, SipIo};
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -101,15 +101,15 @@ impl Server {
         let ports = PortPool::new(sip_addr.ip(), config.media.rtp_port_min, config.media.rtp_port_max);
         let sessions = Arc::new(Sessions::default());
         let calls = Arc::new(Calls::default());
+        let tls_ca = Some(config.sip.tls_ca.as_path()).filter(|p| !p.as_os_str().is_empty());
+        let tls_connector = tls::tls_connector(tls_ca)?;
+        let (stop, stop_rx) = watch::channel(false);
         let shared = Arc::new(Shared::new(
             config,
             Registries { sessions: sessions.clone(), calls: calls.clone(), vault: vault.clone() },
             prompts,
-            sip,
-            sip_addr,
-            ports,
+            SipIo { sip, sip_addr, tls_addr, ports, tls_connector, stop: stop_rx.clone() },
         ));
-        let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(endpoint::run(shared.clone(), stop_rx.clone())));
         if let Some(l) = tcp {

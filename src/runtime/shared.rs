@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsConnector;
 
 use super::ports::PortPool;
 use crate::call::{LegId, Prompts};
@@ -41,6 +42,8 @@ pub struct Shared {
     pub(super) prompts: Arc<Prompts>,
     pub(super) sip: Arc<UdpSocket>,
     pub(super) sip_addr: SocketAddr,
+    /// The SIP over TLS listener, if there is one.
+    pub(super) tls_addr: Option<SocketAddr>,
     pub(super) ports: PortPool,
     /// Routing, admission, rate limits and stateless answers (sans-IO; held only while it
     /// decides, never across an await).
@@ -48,6 +51,10 @@ pub struct Shared {
     /// The writers of open TCP and TLS connections.
     connections: Mutex<HashMap<ConnectionId, mpsc::Sender<Vec<u8>>>>,
     next_connection: AtomicU64,
+    /// For SIP over TLS to agents and inline targets (`sip.tls_ca`).
+    tls_connector: TlsConnector,
+    /// Turns true when the server stops: connections opened later watch it too.
+    stop: watch::Receiver<bool>,
 }
 
 /// Locks a mutex whose every critical section leaves its data consistent, so that a
@@ -63,15 +70,19 @@ pub(super) struct Registries {
     pub vault: Arc<Vault>,
 }
 
+/// The SIP sockets and what outbound connections need.
+pub(super) struct SipIo {
+    pub sip: UdpSocket,
+    pub sip_addr: SocketAddr,
+    pub tls_addr: Option<SocketAddr>,
+    pub ports: PortPool,
+    pub tls_connector: TlsConnector,
+    pub stop: watch::Receiver<bool>,
+}
+
 impl Shared {
-    pub(super) fn new(
-        config: Config,
-        registries: Registries,
-        prompts: Arc<Prompts>,
-        sip: UdpSocket,
-        sip_addr: SocketAddr,
-        ports: PortPool,
-    ) -> Shared {
+    pub(super) fn new(config: Config, registries: Registries, prompts: Arc<Prompts>, io: SipIo) -> Shared {
+        let SipIo { sip, sip_addr, tls_addr, ports, tls_connector, stop } = io;
         let endpoint = Endpoint::new(EndpointConfig {
             rate_per_source: config.sip.rate_per_source,
             inline_routes: config
@@ -91,11 +102,22 @@ impl Shared {
             prompts,
             sip: Arc::new(sip),
             sip_addr,
+            tls_addr,
             ports,
             endpoint: Mutex::new(endpoint),
             connections: Mutex::new(HashMap::new()),
             next_connection: AtomicU64::new(0),
+            tls_connector,
+            stop,
         }
+    }
+
+    pub(super) fn tls_connector(&self) -> &TlsConnector {
+        &self.tls_connector
+    }
+
+    pub(super) fn stopping(&self) -> watch::Receiver<bool> {
+        self.stop.clone()
     }
 
     pub(super) fn endpoint(&self) -> MutexGuard<'_, Endpoint<CallInbox>> {

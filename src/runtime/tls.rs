@@ -8,8 +8,8 @@ use std::sync::Arc;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use thiserror::Error;
-use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 #[derive(Debug, Error)]
 pub enum TlsError {
@@ -71,6 +71,27 @@ pub fn tls_acceptor(
     let mut config = builder.with_single_cert(certs, key).map_err(|e| TlsError::Config(e.to_string()))?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The client side, for SIP over TLS to agents and inline targets: the server's
+/// certificate must chain to `ca` (PEM), or, without one, to the Mozilla roots
+/// (webpki-roots), and name the host the URI names.
+pub fn tls_connector(ca: Option<&Path>) -> Result<TlsConnector, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(ca) => {
+            for c in read_certs(ca)? {
+                roots.add(c).map_err(|e| unreadable("CA", ca, e))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(config)))
 }
 
 /// Writes a self-signed certificate for localhost, 127.0.0.1 and ::1 and its key (mode 0600),

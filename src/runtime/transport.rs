@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls_pki_types::ServerName;
+use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -15,7 +17,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::endpoint;
 use super::shared::Shared;
-use super::slots::{PerAddress, SlotLimits, Slots};
+use super::slots::{PerAddress, Slot, SlotLimits, Slots};
 use crate::sip::message::{self, MessageError};
 use crate::sip::stream::{Decoder, Flow, Transport};
 
@@ -55,33 +57,72 @@ pub async fn listen(
             continue; // dropping the socket closes it
         };
         let _ = tcp.set_nodelay(true);
-        let (shared, tls, stop) = (shared.clone(), tls.clone(), stop.clone());
+        let Some(acceptor) = tls.clone() else {
+            spawn_connection(&shared, tcp, Transport::Tcp, remote, stop.clone(), Some(slot));
+            continue;
+        };
+        let (shared, stop) = (shared.clone(), stop.clone());
+        // The handshake in its own task: a slow client holds up no one else.
         tokio::spawn(async move {
-            match tls {
-                None => serve(shared, tcp, Transport::Tcp, remote, stop).await,
-                Some(acceptor) => match tokio::time::timeout(HANDSHAKE_LIMIT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => serve(shared, stream, Transport::Tls, remote, stop).await,
-                    Ok(Err(e)) => tracing::info!(%remote, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::info!(%remote, "TLS handshake timed out"),
-                },
+            match tokio::time::timeout(HANDSHAKE_LIMIT, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => {
+                    spawn_connection(&shared, stream, Transport::Tls, remote, stop, Some(slot));
+                }
+                Ok(Err(e)) => tracing::info!(%remote, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::info!(%remote, "TLS handshake timed out"),
             }
-            drop(slot);
         });
     }
 }
 
-/// One connection: frames what arrives, answers unframeable input with 400 and closes, and
-/// closes when idle with no call using it.
-async fn serve<S>(
-    shared: Arc<Shared>,
+#[derive(Debug, Error)]
+pub enum DialError {
+    #[error("connecting to {0} failed or timed out")]
+    Connect(SocketAddr),
+    #[error("`{0}` is not a name a TLS certificate can carry")]
+    ServerName(String),
+    #[error("TLS with {to} failed: {why}")]
+    Handshake { to: SocketAddr, why: String },
+}
+
+/// Opens a TCP or TLS connection to an agent or inline target at `to` (TLS checks that the
+/// certificate names `host`), and serves it as any connection: its messages reach the
+/// endpoint, its flow reaches it. An outbound connection holds no listener slot.
+pub async fn dial(shared: &Arc<Shared>, to: SocketAddr, transport: Transport, host: &str) -> Result<Flow, DialError> {
+    let tcp = match tokio::time::timeout(HANDSHAKE_LIMIT, tokio::net::TcpStream::connect(to)).await {
+        Ok(Ok(tcp)) => tcp,
+        _ => return Err(DialError::Connect(to)),
+    };
+    let _ = tcp.set_nodelay(true);
+    let stop = shared.stopping();
+    match transport {
+        Transport::Tls => {
+            let name = ServerName::try_from(host.to_string()).map_err(|_| DialError::ServerName(host.into()))?;
+            let handshake = shared.tls_connector().connect(name, tcp);
+            match tokio::time::timeout(HANDSHAKE_LIMIT, handshake).await {
+                Ok(Ok(stream)) => Ok(spawn_connection(shared, stream, Transport::Tls, to, stop, None)),
+                Ok(Err(e)) => Err(DialError::Handshake { to, why: e.to_string() }),
+                Err(_) => Err(DialError::Handshake { to, why: "timed out".into() }),
+            }
+        }
+        _ => Ok(spawn_connection(shared, tcp, Transport::Tcp, to, stop, None)),
+    }
+}
+
+/// Registers a connection and serves it in its own task until it closes; returns the flow
+/// that reaches it. `slot` is its place under the listener's caps, freed when it closes.
+fn spawn_connection<S>(
+    shared: &Arc<Shared>,
     stream: S,
     transport: Transport,
     remote: SocketAddr,
-    mut stop: watch::Receiver<bool>,
-) where
+    stop: watch::Receiver<bool>,
+    slot: Option<Slot>,
+) -> Flow
+where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let (mut rd, mut wr) = tokio::io::split(stream);
+    let (rd, mut wr) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(CONNECTION_QUEUE);
     let writer = tokio::spawn(async move {
         while let Some(b) = rx.recv().await {
@@ -92,6 +133,23 @@ async fn serve<S>(
         let _ = wr.shutdown().await;
     });
     let flow = Flow::stream(transport, remote, shared.open_connection(tx));
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        serve(&shared, rd, flow, stop).await;
+        if let Some(id) = flow.connection {
+            shared.close_connection(id);
+        }
+        let _ = writer.await;
+        drop(slot);
+    });
+    flow
+}
+
+/// One connection's reading side: frames what arrives, answers unframeable input with 400
+/// and closes, and closes when idle with no call using it.
+async fn serve<R: AsyncRead>(shared: &Arc<Shared>, rd: R, flow: Flow, mut stop: watch::Receiver<bool>) {
+    let remote = flow.remote;
+    let mut rd = std::pin::pin!(rd);
     let idle = Duration::from_secs(shared.config.sip.idle_timeout_s);
     let mut decoder = Decoder::default();
     let mut buf = vec![0u8; 16 * 1024];
@@ -104,7 +162,7 @@ async fn serve<S>(
         let n = match read {
             Some(Ok(0) | Err(_)) => break,
             Some(Ok(n)) => n,
-            // Idle, but a call's caller is on it: it stays open while the call lasts.
+            // Idle, but a call's caller or agent is on it: it stays open while the call lasts.
             None if flow.connection.is_some_and(|c| shared.endpoint().connection_in_use(c)) => continue,
             None => {
                 tracing::debug!(%remote, "idle SIP connection closed");
@@ -114,7 +172,7 @@ async fn serve<S>(
         decoder.push(&buf[..n]);
         while let Some(framed) = decoder.next_message() {
             match framed {
-                Ok(bytes) => endpoint::receive(&shared, &bytes, flow).await,
+                Ok(bytes) => endpoint::receive(shared, &bytes, flow).await,
                 Err(e) => {
                     tracing::info!(%remote, error = %e, "unframeable SIP stream; closing");
                     let why = MessageError::Parse(e.to_string());
@@ -126,8 +184,4 @@ async fn serve<S>(
             }
         }
     }
-    if let Some(id) = flow.connection {
-        shared.close_connection(id);
-    }
-    let _ = writer.await;
 }

@@ -84,8 +84,8 @@ struct Registered<C> {
     caller: Peer,
     /// The dialog a Replaces took over, which may still send its BYE.
     replaced: Option<Peer>,
-    /// The agent's address (the agent leg is UDP).
-    agent: Option<SocketAddr>,
+    /// Where the agent is: a UDP address, or the connection we opened to it.
+    agent: Option<Flow>,
 }
 
 /// Where one leg's peer is: the flow it is answered on and the one its INVITE came on (they
@@ -104,6 +104,20 @@ impl Peer {
                     || canonical(f.remote) == canonical(from.remote))
         };
         same(self.answered) || same(self.source)
+    }
+}
+
+/// Whether `from` is the agent we dialled at `agent`: its UDP address, or over a stream
+/// its connection or another connection of the same transport from its host (an agent's
+/// in-dialog requests open one to our Contact, §18.1.1). The host was vetted when it was
+/// chosen (`sip.allowed_targets`).
+fn agent_is(agent: Flow, from: Flow) -> bool {
+    match (agent.transport, from.transport) {
+        (Transport::Udp, Transport::Udp) => canonical(agent.remote) == canonical(from.remote),
+        (ours, theirs) if ours == theirs => {
+            agent.connection == from.connection || agent.remote.ip().to_canonical() == from.remote.ip().to_canonical()
+        }
+        _ => false,
     }
 }
 
@@ -306,7 +320,7 @@ impl<C: Clone> Endpoint<C> {
         caller_call_id: &str,
         agent_call_id: &str,
         caller: Flow,
-        agent: Option<SocketAddr>,
+        agent: Option<Flow>,
     ) -> CallHandle {
         self.next_handle += 1;
         let handle = CallHandle(self.next_handle);
@@ -350,9 +364,7 @@ impl<C: Clone> Endpoint<C> {
         let peer = match leg {
             LegId::Caller => c.caller.is(from),
             LegId::Replaced => c.replaced.is_some_and(|p| p.is(from)),
-            LegId::Agent => {
-                c.agent.is_some_and(|a| from.transport == Transport::Udp && canonical(a) == canonical(from.remote))
-            }
+            LegId::Agent => c.agent.is_some_and(|a| agent_is(a, from)),
         };
         peer || self.trusted(from)
     }
@@ -364,7 +376,8 @@ impl<C: Clone> Endpoint<C> {
     /// Whether a call's caller leg is on this connection (an idle connection that carries
     /// one stays open).
     pub fn connection_in_use(&self, connection: ConnectionId) -> bool {
-        self.calls.values().any(|c| c.caller.answered.connection == Some(connection))
+        let on = |f: Option<Flow>| f.is_some_and(|f| f.connection == Some(connection));
+        self.calls.values().any(|c| on(Some(c.caller.answered)) || on(c.agent))
     }
 
     fn route(&self, call_id: &str) -> Option<(CallHandle, C, LegId)> {

@@ -2,7 +2,7 @@
 //! transaction (Timers A, B, D), the ACK for its 2xx from the dialog, CANCEL while it rings
 //! (§9.1) including a 200 that crosses the CANCEL (ACK, then BYE), and BYE either way.
 
-use std::net::SocketAddr;
+use crate::sip::stream::{Flow, Transport};
 use std::time::Instant;
 
 use super::agent_invite::{AgentInvite, INVITE_CSEQ, Identity};
@@ -40,7 +40,7 @@ pub(super) enum AgentState {
 pub(super) struct AgentLeg {
     pub state: AgentState,
     /// Where the agent's messages go.
-    pub addr: Option<SocketAddr>,
+    pub flow: Option<Flow>,
     pub call_id: String,
     pub tag: String,
     /// From user of our INVITE (the caller's number for inline calls).
@@ -75,8 +75,10 @@ impl Call {
         let other = if codec == Codec::Pcmu { Codec::Pcma } else { Codec::Pcmu };
         let offer = sdp::write(self.agent_rtp, self.seed >> 2, &[codec, other], None);
         let branch = self.next_branch();
+        let transport = self.agent.flow.map_or(Transport::Udp, |f| f.transport);
         let id = Identity {
-            local_sip: self.local_sip,
+            local: &self.local(transport),
+            transport,
             from_user: &self.agent.from_user,
             tag: &self.agent.tag,
             call_id: &self.agent.call_id,
@@ -88,7 +90,7 @@ impl Call {
             self.event(CallEvent::AgentUnavailable { status: 400 });
             return;
         };
-        let tx = ClientInvite::new(parsed, invite.bytes().to_vec(), now, self.timers, false);
+        let tx = ClientInvite::new(parsed, invite.bytes().to_vec(), now, self.timers, transport.reliable());
         self.agent.state = AgentState::Inviting { tx, invite };
         self.drain_agent_invite();
     }
@@ -166,11 +168,12 @@ impl Call {
     /// crossed our CANCEL), hang up at once with BYE (§9.1, §15).
     fn agent_answered(&mut self, now: Instant, resp: &Response) {
         let cancelled = matches!(self.agent.state, AgentState::Cancelling { .. });
-        let mut dialog = Dialog::uac(resp, INVITE_CSEQ, &self.local_sip.to_string());
+        let transport = self.agent.flow.map_or(Transport::Udp, |f| f.transport);
+        let mut dialog = Dialog::uac(resp, INVITE_CSEQ, &self.local(transport), transport);
         let branch = self.next_branch();
         let ack = dialog.ack(INVITE_CSEQ, &branch);
         self.send(LegId::Agent, ack.clone());
-        let agent_ip = self.agent.addr.map(|a| a.ip());
+        let agent_ip = self.agent.flow.map(|f| f.remote.ip());
         let answer = RemoteDescription::parse(resp.body()).map_err(|e| e.to_string()).and_then(|a| {
             let signalling = agent_ip.unwrap_or(a.remote.ip());
             self.placed(a, signalling)

@@ -2,9 +2,8 @@
 //! same Request-URI, Call-ID, From, To, CSeq number and top Via). The ACK for a non-2xx
 //! final response is the transaction's (`sip::message::ack_for`).
 
-use std::net::SocketAddr;
-
 use crate::sip::message::{Method, RequestBuilder};
+use crate::sip::stream::Transport;
 
 /// The CSeq number of the agent leg's INVITE.
 pub const INVITE_CSEQ: u32 = 1;
@@ -35,7 +34,9 @@ pub fn from_user(caller_user: Option<&str>) -> String {
 }
 
 pub struct Identity<'a> {
-    pub local_sip: SocketAddr,
+    /// Our host:port on the agent's transport.
+    pub local: &'a str,
+    pub transport: Transport,
     pub from_user: &'a str,
     pub tag: &'a str,
     pub call_id: &'a str,
@@ -43,9 +44,14 @@ pub struct Identity<'a> {
 
 impl AgentInvite {
     pub fn new(uri: &str, id: &Identity, branch: &str, sdp: &str) -> AgentInvite {
-        let Identity { local_sip, from_user, tag, call_id } = *id;
-        let via = format!("SIP/2.0/UDP {local_sip};branch={branch};rport");
-        let from = format!("<sip:{from_user}@{local_sip}>;tag={tag}");
+        let Identity { local, transport, from_user, tag, call_id } = *id;
+        let via = format!("SIP/2.0/{} {local};branch={branch};rport", transport.via_token());
+        // §8.1.1.8: a SIPS Request-URI needs a SIPS Contact; ours names the TLS listener.
+        let contact = match uri.get(..5).is_some_and(|s| s.eq_ignore_ascii_case("sips:")) {
+            true => format!("<sips:tonewall@{local}>"),
+            false => format!("<sip:tonewall@{local}{}>", transport.uri_param()),
+        };
+        let from = format!("<sip:{from_user}@{local}>;tag={tag}");
         let bytes = RequestBuilder::new(&Method::Invite, uri)
             .header("Via", &via)
             .header("Max-Forwards", "70")
@@ -53,7 +59,7 @@ impl AgentInvite {
             .header("To", &format!("<{uri}>"))
             .header("Call-ID", call_id)
             .header("CSeq", &format!("{INVITE_CSEQ} INVITE"))
-            .header("Contact", &format!("<sip:tonewall@{local_sip}>"))
+            .header("Contact", &contact)
             .body("application/sdp", sdp.as_bytes())
             .build();
         AgentInvite { uri: uri.to_string(), branch: branch.to_string(), via, from, call_id: call_id.to_string(), bytes }
@@ -90,8 +96,13 @@ mod tests {
 
     #[test]
     fn cancel_repeats_the_invite() {
-        let id =
-            Identity { local_sip: "127.0.0.1:5060".parse().unwrap(), from_user: "+4412", tag: "t1", call_id: "c1" };
+        let id = Identity {
+            local: "127.0.0.1:5060",
+            transport: Transport::Udp,
+            from_user: "+4412",
+            tag: "t1",
+            call_id: "c1",
+        };
         let inv = AgentInvite::new("sip:a@127.0.0.1:5080", &id, "z9hG4bKx", "v=0\r\n");
         let SipMessage::Request(i) = parse(inv.bytes()).unwrap() else { panic!() };
         let SipMessage::Request(c) = parse(&inv.cancel()).unwrap() else { panic!() };

@@ -174,7 +174,8 @@ pub(super) fn too_small(req: &Request) -> Vec<u8> {
 
 impl Call {
     pub(super) fn caller_contact(&self) -> String {
-        format!("<sip:tonewall@{}{}>", self.local_sip, self.caller.flow.transport.uri_param())
+        let transport = self.caller.flow.transport;
+        format!("<sip:tonewall@{}{}>", self.local(transport), transport.uri_param())
     }
 
     /// Our current description toward the caller (answers and refreshes alike).

@@ -106,11 +106,18 @@ pub enum AfterCapture {
     Hangup,
 }
 
-/// The agent leg's far end: the URI our INVITE names and the address it goes to.
+/// The agent leg's far end: the URI our INVITE names and how it goes there: UDP to an
+/// address, or a TCP or TLS connection the driver opened (`;transport=tcp|tls`, `sips:`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentTarget {
     pub uri: String,
-    pub addr: SocketAddr,
+    pub flow: Flow,
+}
+
+impl AgentTarget {
+    pub fn udp(uri: &str, addr: SocketAddr) -> AgentTarget {
+        AgentTarget { uri: uri.to_string(), flow: Flow::udp(addr) }
+    }
 }
 
 /// What a call is for.
@@ -125,8 +132,10 @@ pub enum Mode {
 }
 
 pub struct CallConfig {
-    /// Our SIP address, for Via and Contact.
+    /// Our SIP address, for Via and Contact (UDP and TCP).
     pub local_sip: SocketAddr,
+    /// Our SIP over TLS listener, for Contact on TLS legs, if there is one.
+    pub local_tls: Option<SocketAddr>,
     /// Where the caller's INVITE is answered (§18.2.2); the caller's leg stays on it.
     pub caller: Flow,
     pub caller_rtp: SocketAddr,
@@ -324,6 +333,7 @@ pub enum Timer {
 
 pub struct Call {
     local_sip: SocketAddr,
+    local_tls: Option<SocketAddr>,
     caller_rtp: SocketAddr,
     agent_rtp: SocketAddr,
     timers: Timers,
@@ -382,7 +392,7 @@ impl Call {
             flow: cfg.caller,
             replaced_flow: None,
             invite_branch: invite.branch(),
-            dialog: Dialog::uas(invite, &local_tag, &cfg.local_sip.to_string(), transport),
+            dialog: Dialog::uas(invite, &local_tag, &local_for(cfg.local_sip, cfg.local_tls, transport), transport),
             state: CallerState::Confirmed,
             media: caller::Negotiated { params, direction: offer.direction.answer(), version: cfg.seed >> 1, srtp },
             session_timer,
@@ -396,7 +406,7 @@ impl Call {
         };
         let agent_leg = AgentLeg {
             state: AgentState::Absent,
-            addr: agent.as_ref().map(|a| a.addr),
+            flow: agent.as_ref().map(|a| a.flow),
             call_id: format!("{:x}-agent@tonewall", cfg.seed),
             tag: format!("twa{:x}", cfg.seed.rotate_left(32)),
             from_user: agent_invite::from_user(inline.then(|| invite.from_user())),
@@ -411,6 +421,7 @@ impl Call {
         };
         let mut call = Call {
             local_sip: cfg.local_sip,
+            local_tls: cfg.local_tls,
             caller_rtp: cfg.caller_rtp,
             agent_rtp: cfg.agent_rtp,
             timers: cfg.timers,
@@ -491,12 +502,12 @@ impl Call {
         self.outputs.pop_front()
     }
 
-    /// Where `leg`'s messages go: the agent leg is always UDP.
+    /// Where `leg`'s messages go.
     fn flow(&self, leg: LegId) -> Option<Flow> {
         match leg {
             LegId::Caller => Some(self.caller.flow),
             LegId::Replaced => self.caller.replaced_flow,
-            LegId::Agent => self.agent.addr.map(Flow::udp),
+            LegId::Agent => self.agent.flow,
         }
     }
 
@@ -552,6 +563,11 @@ impl Call {
 
     fn event(&mut self, e: CallEvent) {
         self.outputs.push_back(Output::Event(e));
+    }
+
+    /// Our host:port on `transport`, for Via and Contact.
+    fn local(&self, transport: Transport) -> String {
+        local_for(self.local_sip, self.local_tls, transport)
     }
 
     /// The description with its media address checked against the policy (and, under
@@ -774,6 +790,15 @@ fn dtmf_relay_key(req: &Request) -> Option<Key> {
         }),
         "application/dtmf" => Key::from_char(body.trim().chars().next()?),
         _ => None,
+    }
+}
+
+/// Our host:port on `transport`: the TLS listener for TLS (when there is one), the UDP and
+/// TCP address otherwise.
+fn local_for(sip: SocketAddr, tls: Option<SocketAddr>, transport: Transport) -> String {
+    match (transport, tls) {
+        (Transport::Tls, Some(tls)) => tls.to_string(),
+        _ => sip.to_string(),
     }
 }
 

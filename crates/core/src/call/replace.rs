@@ -79,7 +79,7 @@ impl Call {
 
         self.caller.replacements += 1;
         let local_tag = format!("tw{:x}r{}", self.seed, self.caller.replacements);
-        self.caller.dialog = Dialog::uas(invite, &local_tag, &self.local_sip.to_string(), from.transport);
+        self.caller.dialog = Dialog::uas(invite, &local_tag, &self.local(from.transport), from.transport);
         self.caller.invite_branch = invite.branch();
         let params = offer.negotiate();
         let version = self.caller.media.version + 1;

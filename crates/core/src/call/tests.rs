@@ -45,7 +45,7 @@ const AGENT: u16 = 5080;
 const TRANSFEREE: u16 = 5090;
 
 fn agent_at(uri: &str) -> AgentTarget {
-    AgentTarget { uri: uri.to_string(), addr: addr(AGENT) }
+    AgentTarget::udp(uri, addr(AGENT))
 }
 
 fn session(after: AfterCapture, agent: Option<&str>) -> Mode {
@@ -55,6 +55,7 @@ fn session(after: AfterCapture, agent: Option<&str>) -> Mode {
 fn config(agent: Option<&str>) -> CallConfig {
     CallConfig {
         local_sip: addr(5060),
+        local_tls: None,
         caller: Flow::udp(addr(PHONE)),
         caller_rtp: addr(20000),
         agent_rtp: addr(20002),

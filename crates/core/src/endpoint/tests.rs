@@ -122,7 +122,7 @@ fn admits_sessions_and_inline_routes_and_nothing_else() {
 fn routes_a_calls_messages_and_forgets_them_when_it_ends() {
     let (mut ep, t) = (endpoint(), crate::test_origin());
     let phone = Flow::udp(addr(PHONE));
-    let call = ep.insert_call("call 1", "caller-1", "agent-1", phone, Some(addr(AGENT)));
+    let call = ep.insert_call("call 1", "caller-1", "agent-1", phone, Some(Flow::udp(addr(AGENT))));
     assert_eq!(ep.active_calls(), 1);
     let EndpointEvent::ToCall { call: inbox, leg, msg, .. } =
         ep.handle(t, phone, &request("BYE", "pay-x", "caller-1", ""))
@@ -235,7 +235,7 @@ fn refusals_go_where_the_request_is_answered() {
 fn a_dialog_takes_messages_only_from_its_peers_and_the_trusted() {
     let (mut ep, t) = (endpoint(), crate::test_origin());
     let phone = Flow::udp(addr(PHONE));
-    ep.insert_call("call 1", "caller-1", "agent-1", phone, Some(addr(AGENT)));
+    ep.insert_call("call 1", "caller-1", "agent-1", phone, Some(Flow::udp(addr(AGENT))));
     // The caller's IP on another port, another address, the right address over TCP: 403,
     // and the call never sees them; a stranger's ACK is dropped.
     let strangers = [

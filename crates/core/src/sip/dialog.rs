@@ -51,7 +51,7 @@ impl Dialog {
     }
 
     /// The UAC half, from the 2xx to an INVITE we sent with `invite_cseq`.
-    pub fn uac(resp: &Response, invite_cseq: u32, local_addr: &str) -> Dialog {
+    pub fn uac(resp: &Response, invite_cseq: u32, local_addr: &str, transport: Transport) -> Dialog {
         let mut route_set: Vec<String> = resp.headers_named("Record-Route").into_iter().map(str::to_string).collect();
         route_set.reverse();
         Dialog {
@@ -65,7 +65,7 @@ impl Dialog {
             local_cseq: invite_cseq,
             remote_cseq: None,
             local_addr: local_addr.to_string(),
-            transport: Transport::Udp,
+            transport,
         }
     }
 
