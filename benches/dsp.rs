@@ -70,7 +70,7 @@ fn relay(b: Bencher, level: MaskLevel) {
     let (caller, agent) = (params(4000, Codec::Pcmu), params(5000, Codec::Pcmu));
     let noise = Replacement::ComfortNoise { dbm0: -65.0 };
     let mut bridge = Bridge::new(caller, caller.remote.ip(), RtpSource::Sdp, 3, noise);
-    bridge.set_agent(agent, agent.remote.ip());
+    bridge.set_agent(agent, agent.remote.ip(), None);
     bridge.set_masking(level);
     let t0 = Instant::now();
     let mut i = 0usize;

@@ -85,6 +85,9 @@ pub struct SipConfig {
     pub rate_per_source: u32,
     /// SRTP on the caller's leg of session calls.
     pub srtp: SrtpPolicy,
+    /// SRTP on the agent's leg (and an inline call's target): required offers RTP/SAVP,
+    /// optional offers the key on RTP/AVP and takes SRTP if the agent answers with a key.
+    pub agent_srtp: SrtpPolicy,
     /// SDES keys (RFC 4568) only over SIP over TLS: offered over UDP or TCP they get 488.
     pub sdes_requires_tls: bool,
     /// The PBXs and SBCs in front (addresses or CIDRs): they may speak for any dialog and

@@ -161,6 +161,8 @@ fn config(replacement: Replacement) -> CallConfig {
         record: true,
         srtp: SrtpPolicy::Optional,
         srtp_key: MasterKey::from_random(&[7; 30]),
+        agent_srtp: SrtpPolicy::Off,
+        agent_srtp_key: MasterKey::from_random(&[7; 30]),
         media_policy: Default::default(),
         sdes_requires_tls: false,
     }

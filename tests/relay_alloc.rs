@@ -24,7 +24,7 @@ fn relaying_and_masking_make_no_allocation_per_packet() {
         let noise = Replacement::ComfortNoise { dbm0: -65.0 };
         let mut bridge = Bridge::new(caller, caller.remote.ip(), RtpSource::Sdp, 7, noise);
         let agent = params(5000, Codec::Pcma);
-        bridge.set_agent(agent, agent.remote.ip());
+        bridge.set_agent(agent, agent.remote.ip(), None);
         // Masked: the masker, the gate and the strict detector run on every packet (and in
         // capture, the band-stop).
         bridge.set_masking(level);

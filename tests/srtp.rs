@@ -135,3 +135,112 @@ a=crypto:1 {suite} inline:{caller_key}\r\n",
     }
     t.stop().await;
 }
+
+/// `sip.agent_srtp = "required"`: tonewall's INVITE to the agent offers RTP/SAVP with its
+/// SDES key; the agent (libsrtp) answers with its own, and every packet tonewall sends it
+/// while the caller keys its card decrypts under libsrtp, and carries silence (masked),
+/// never a key. An agent that answers plain RTP instead is hung up on.
+#[tokio::test]
+async fn the_agent_leg_is_srtp_under_libsrtp_when_required() {
+    use tonewall::media::srtp::SrtpPolicy;
+    use tonewall::sip::message::ResponseBuilder;
+    let t = TestServer::start_with(|c| {
+        c.sip.agent_srtp = SrtpPolicy::Required;
+        c.capture.masking = tonewall::media::masker::Replacement::Silence;
+    })
+    .await;
+    let key = t.key(Role::Agent).await;
+    for agent_answers_srtp in [true, false] {
+        let agent = Ua::bind().await.unwrap();
+        let agent_rtp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let agent_uri = format!("sip:agent@{}", agent.addr());
+        let (id, uri) = common::create_session_for(&t.base, &key, "srtp-agent", Some(&agent_uri)).await;
+        let caller = Ua::bind().await.unwrap();
+        let caller_rtp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let offer = tonewall::sip::sdp::write(
+            caller_rtp.local_addr().unwrap(),
+            1,
+            &[tonewall::media::g711::Codec::Pcmu],
+            Some(101),
+        );
+        let (invite, ..) = caller.invite(&uri, &offer);
+        caller.send(&invite, t.server.sip_addr).await.unwrap();
+
+        let (msg, from) = tokio::time::timeout(Duration::from_secs(5), agent.recv()).await.expect("dialled").unwrap();
+        let SipMessage::Request(inv) = msg else { panic!("{msg:?}") };
+        let body = String::from_utf8(inv.body().to_vec()).unwrap();
+        assert!(body.contains(" RTP/SAVP 0 8\r\n"), "{body}");
+        let tonewall_key = body
+            .lines()
+            .find_map(|l| l.strip_prefix("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"))
+            .expect("tonewall's key")
+            .to_string();
+        let agent_key = STANDARD.encode((0..30).map(|_| rand::random::<u8>()).collect::<Vec<_>>());
+        let port = agent_rtp.local_addr().unwrap().port();
+        let answer = match agent_answers_srtp {
+            true => format!(
+                "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/SAVP 0\r\n\
+a=rtpmap:0 PCMU/8000\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{agent_key}\r\n"
+            ),
+            false => format!(
+                "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\n\
+a=rtpmap:0 PCMU/8000\r\n"
+            ),
+        };
+        let ok = ResponseBuilder::new(&inv, 200, "OK")
+            .to_tag("agent1")
+            .header("Contact", &format!("<{agent_uri}>"))
+            .body("application/sdp", answer.as_bytes())
+            .build();
+        agent.send(&ok, from).await.unwrap();
+        // The ACK, then (without SRTP) tonewall's BYE.
+        let mut got_bye = false;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while let Ok(Ok((SipMessage::Request(r), from))) = tokio::time::timeout_at(deadline, agent.recv()).await {
+            got_bye |= r.method() == Method::Bye;
+            agent.answer(&r, from).await.unwrap();
+        }
+        assert_eq!(got_bye, !agent_answers_srtp, "an agent answering plain RTP is hung up on");
+
+        let media_to = caller_answer_media(&caller, t.server.sip_addr).await;
+        let mut libsrtp = Libsrtp::start("AES_CM_128_HMAC_SHA1_80", &agent_key, &tonewall_key);
+        let keys = tokio::spawn(async move {
+            for key_packets in keypad_events("4111111111111111#1230123", rand::random()) {
+                for packet in key_packets {
+                    caller_rtp.send_to(&packet, media_to).await.unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            caller_rtp
+        });
+        let mut buf = [0u8; 2048];
+        let mut decrypted = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while let Ok(Ok((n, _))) = tokio::time::timeout_at(deadline, agent_rtp.recv_from(&mut buf)).await {
+            let plain = libsrtp.unprotect(&buf[..n]).expect("libsrtp decrypts every packet to the agent");
+            assert_eq!((plain[0] >> 6, plain[1] & 0x7f), (2, 0), "RTP v2, PCMU");
+            assert!(plain[12..].iter().all(|b| *b == 0xff), "the agent hears silence while the caller keys");
+            decrypted += 1;
+        }
+        assert_eq!(decrypted > 0, agent_answers_srtp, "{decrypted} packets reached the agent");
+        let _ = keys.await;
+        let done = wait_final(&t.base, &key, &id, Duration::from_secs(10)).await;
+        assert_eq!(done["state"], "completed", "{done}");
+    }
+    t.stop().await;
+}
+
+/// The caller's side of the call placed above: its 200 (ACKed), and where its media goes.
+async fn caller_answer_media(caller: &Ua, server: std::net::SocketAddr) -> std::net::SocketAddr {
+    loop {
+        let (msg, _) = tokio::time::timeout(Duration::from_secs(5), caller.recv()).await.expect("answered").unwrap();
+        if let SipMessage::Response(r) = msg
+            && r.status() == 200
+        {
+            let (target, to) = (r.contact_uri().unwrap().to_string(), r.to().to_string());
+            let from_tag = r.from_tag().unwrap();
+            caller.send(&caller.in_dialog(Method::Ack, r.call_id(), &from_tag, &to, 1, &target), server).await.unwrap();
+            return tonewall::sip::sdp::RemoteDescription::parse(r.body()).unwrap().remote;
+        }
+    }
+}

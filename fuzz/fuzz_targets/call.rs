@@ -55,6 +55,8 @@ Contact: <sip:caller@127.0.0.1:5070>\r\nContent-Type: application/sdp\r\nContent
         record: true,
         srtp: SrtpPolicy::Optional,
         srtp_key: MasterKey::from_random(&[7; 30]),
+        agent_srtp: SrtpPolicy::Off,
+        agent_srtp_key: MasterKey::from_random(&[7; 30]),
         media_policy: Default::default(),
         sdes_requires_tls: false,
     };

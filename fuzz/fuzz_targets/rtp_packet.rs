@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     for level in [MaskLevel::Off, MaskLevel::Tones, MaskLevel::Capture] {
         let (caller, agent) = (p(4000), MediaParams { codec: Codec::Pcma, ..p(5000) });
         let mut b = Bridge::new(caller, caller.remote.ip(), RtpSource::Sdp, 1, Replacement::Silence);
-        b.set_agent(agent, agent.remote.ip());
+        b.set_agent(agent, agent.remote.ip(), None);
         b.set_masking(level);
         // The input as one packet, then cut into several, from the peers (and a stranger).
         b.handle_caller_packet(data, caller.remote, now);

@@ -138,6 +138,8 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, admission: Admission
             Admitted::Session(_) => shared.config.sip.srtp,
         },
         srtp_key: MasterKey::from_random(&rand::random()),
+        agent_srtp: shared.config.sip.agent_srtp,
+        agent_srtp_key: MasterKey::from_random(&rand::random()),
         media_policy: shared.config.media_policy(),
         sdes_requires_tls: shared.config.sip.sdes_requires_tls,
     };

@@ -1,8 +1,9 @@
 //! The agent's leg, where tonewall is the UAC (RFC 3261 §13.2): the INVITE in a client
 //! transaction (Timers A, B, D), the ACK for its 2xx from the dialog, CANCEL while it rings
 //! (§9.1) including a 200 that crosses the CANCEL (ACK, then BYE), and BYE either way.
+//! With `sip.agent_srtp` the offer carries our SDES key (RFC 4568 §6.1): on `RTP/SAVP` when
+//! SRTP is required, on `RTP/AVP` (best-effort) when it is optional.
 
-use crate::sip::stream::{Flow, Transport};
 use std::time::Instant;
 
 use super::agent_invite::{AgentInvite, INVITE_CSEQ, Identity};
@@ -10,9 +11,11 @@ use super::capture_flow::WhenQuiet;
 use super::transactions::Purpose;
 use super::{Call, CallEvent, LegId};
 use crate::media::g711::Codec;
+use crate::media::srtp::{CryptoAttr, MasterKey, SrtpLeg, SrtpPolicy};
 use crate::sip::dialog::Dialog;
 use crate::sip::message::{Method, Request, Response, ResponseBuilder, SipMessage, parse};
-use crate::sip::sdp::{self, MediaParams, RemoteDescription};
+use crate::sip::sdp::{self, MediaParams, Profile, RemoteDescription};
+use crate::sip::stream::{Flow, Transport};
 use crate::sip::transaction::{ClientInvite, ClientInviteState, Delivery, Outcome};
 
 /// Where our INVITE to the agent is.
@@ -45,6 +48,12 @@ pub(super) struct AgentLeg {
     pub tag: String,
     /// From user of our INVITE (the caller's number for inline calls).
     pub from_user: String,
+    /// Whether the leg insists on, tries or never offers SRTP (`sip.agent_srtp`).
+    pub srtp_policy: SrtpPolicy,
+    /// Our key for this leg, drawn by the driver.
+    pub srtp_key: MasterKey,
+    /// The key our INVITE offered, if it offered one.
+    pub srtp_offered: Option<CryptoAttr>,
 }
 
 impl AgentLeg {
@@ -73,9 +82,23 @@ impl Call {
     pub(super) fn dial_agent(&mut self, uri: String, now: Instant) {
         let codec = self.caller.media.params.codec;
         let other = if codec == Codec::Pcmu { Codec::Pcma } else { Codec::Pcmu };
-        let offer = sdp::write(self.agent_rtp, self.seed >> 2, &[codec, other], None);
-        let branch = self.next_branch();
         let transport = self.agent.flow.map_or(Transport::Udp, |f| f.transport);
+        // RFC 4568 §8.3: SDES keys travel in the SIP, so only over TLS when so configured.
+        let keys_in_clear = self.caller.sdes_requires_tls && transport != Transport::Tls;
+        let profile = match (self.agent.srtp_policy, keys_in_clear) {
+            (SrtpPolicy::Off, _) | (SrtpPolicy::Optional, true) => None,
+            (SrtpPolicy::Required, true) => {
+                self.event(CallEvent::AgentUnavailable { status: 488 });
+                self.refuse_proceeding_caller(now, 488);
+                return;
+            }
+            (SrtpPolicy::Required, false) => Some(Profile::Savp),
+            (SrtpPolicy::Optional, false) => Some(Profile::Avp),
+        };
+        self.agent.srtp_offered = profile.map(|_| CryptoAttr::offer(&self.agent.srtp_key));
+        let keyed = self.agent.srtp_offered.as_ref().zip(profile);
+        let offer = sdp::write_offer(self.agent_rtp, self.seed >> 2, &[codec, other], keyed);
+        let branch = self.next_branch();
         let id = Identity {
             local: &self.local(transport),
             transport,
@@ -178,11 +201,12 @@ impl Call {
             let signalling = agent_ip.unwrap_or(a.remote.ip());
             self.placed(a, signalling)
         });
+        let answer = answer.and_then(|a| self.agent_srtp(&a).map(|srtp| (a, srtp)));
         match answer {
-            Ok(answer) if !cancelled => {
+            Ok((answer, srtp)) if !cancelled => {
                 let p = answer.negotiate();
                 let agent_ip = agent_ip.unwrap_or(p.remote.ip());
-                self.bridge.set_agent(MediaParams { event_pt: None, ..p }, agent_ip);
+                self.bridge.set_agent(MediaParams { event_pt: None, ..p }, agent_ip, srtp);
                 self.agent.state = AgentState::Connected { dialog, ack };
                 self.event(CallEvent::AgentAnswered);
                 self.answer_proceeding_caller(now);
@@ -197,6 +221,20 @@ impl Call {
                     self.refuse_proceeding_caller(now, 488);
                 }
             }
+        }
+    }
+
+    /// The agent leg's SRTP, from its answer to our key (RFC 4568 §7.1.3: the answer names
+    /// the offered tag and suite, with its own key): None for plain RTP, which `required`
+    /// refuses.
+    fn agent_srtp(&self, answer: &RemoteDescription) -> Result<Option<SrtpLeg>, String> {
+        let Some(ours) = &self.agent.srtp_offered else { return Ok(None) };
+        match answer.crypto.iter().find(|theirs| ours.accepted_by(theirs)) {
+            Some(theirs) => SrtpLeg::new(theirs, ours).map(Some).map_err(|e| e.to_string()),
+            None if self.agent.srtp_policy == SrtpPolicy::Required => {
+                Err("the agent answered without SRTP, which sip.agent_srtp requires".into())
+            }
+            None => Ok(None),
         }
     }
 

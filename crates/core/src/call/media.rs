@@ -51,6 +51,8 @@ pub struct Bridge {
     outbox: Outbox,
     /// The caller's leg is SRTP (RFC 3711): unprotect what arrives, protect what we send.
     caller_srtp: Option<SrtpLeg>,
+    /// The same for the agent's leg (`sip.agent_srtp`), set with `agent`.
+    agent_srtp: Option<SrtpLeg>,
     stats: BridgeStats,
 }
 
@@ -111,6 +113,7 @@ impl Bridge {
             prompt_ts: 0,
             outbox: Outbox::new(caller.remote),
             caller_srtp: None,
+            agent_srtp: None,
             stats: BridgeStats::default(),
         }
     }
@@ -133,9 +136,10 @@ impl Bridge {
         self.caller_srtp.as_mut().is_some_and(|leg| leg.set_inbound(theirs).is_ok())
     }
 
-    /// The agent's answer, its signalling from `agent_ip`; the recording starts.
-    pub fn set_agent(&mut self, agent: MediaParams, agent_ip: IpAddr) {
+    /// The agent's answer, its signalling from `agent_ip`, SRTP or not; the recording starts.
+    pub fn set_agent(&mut self, agent: MediaParams, agent_ip: IpAddr, srtp: Option<SrtpLeg>) {
         self.agent = Some(agent);
+        self.agent_srtp = srtp;
         self.agent_lock = Some(SourceLock::new(agent.remote, agent_ip, self.rtp_source));
         self.to_agent.recording.start();
     }
@@ -144,6 +148,7 @@ impl Bridge {
     pub fn clear_agent(&mut self) {
         self.agent = None;
         self.agent_lock = None;
+        self.agent_srtp = None;
     }
 
     /// The call's recording (see `recording::Tap`).
@@ -195,7 +200,12 @@ impl Bridge {
     pub fn poll_packet(&mut self) -> Option<&MediaPacket> {
         loop {
             let p = self.outbox.poll()?;
-            let Some(srtp) = self.caller_srtp.as_mut().filter(|_| p.leg == LegId::Caller) else {
+            let srtp = match p.leg {
+                LegId::Agent => self.agent_srtp.as_mut(),
+                LegId::Caller => self.caller_srtp.as_mut(),
+                LegId::Replaced => None,
+            };
+            let Some(srtp) = srtp else {
                 return self.outbox.front();
             };
             match srtp.protect(&mut p.buf, p.len) {
@@ -287,6 +297,15 @@ impl Bridge {
             self.stats.agent_refused.count(why);
             return;
         }
+        let plain = match self.agent_srtp.as_mut().map(|s| s.unprotect(packet)) {
+            None => None,
+            Some(Ok(plain)) => Some(plain),
+            Some(Err(_)) => {
+                self.stats.srtp_rejected += 1;
+                return;
+            }
+        };
+        let packet = plain.as_ref().map_or(packet, |p| p.as_ref());
         let Ok(rtp) = RtpReader::new(packet) else {
             self.stats.dropped_packets += 1;
             return;
@@ -361,7 +380,7 @@ mod tests {
     fn events_become_silence_toward_the_agent_with_continuous_numbering() {
         let t = crate::test_origin();
         let mut b = Bridge::new(params(4000, Codec::Pcmu), CALLER.ip(), RtpSource::Sdp, 99, Replacement::Silence);
-        b.set_agent(params(5000, Codec::Pcma), AGENT.ip());
+        b.set_agent(params(5000, Codec::Pcma), AGENT.ip(), None);
         let audio = [0x10u8; 160];
         let mut keys = vec![];
         // 2 audio frames, then digit 7 as 4 updates + 3 end packets (duration up to 800), then audio.
@@ -400,7 +419,7 @@ mod tests {
         use crate::media::dtmf::signal::{TonePair, push_tone, to_i16};
         let t = crate::test_origin();
         let mut b = Bridge::new(params(4000, Codec::Pcmu), CALLER.ip(), RtpSource::Sdp, 5, Replacement::Silence);
-        b.set_agent(params(5000, Codec::Pcmu), AGENT.ip());
+        b.set_agent(params(5000, Codec::Pcmu), AGENT.ip(), None);
         // The gate alone (no band-stop), and a copy twisted 20 dB, which it does not open on.
         b.set_masking(MaskLevel::Tones);
         let mut tone = Vec::new();
@@ -445,7 +464,7 @@ mod tests {
     fn only_the_legs_peers_are_heard() {
         let t = crate::test_origin();
         let mut b = Bridge::new(params(4000, Codec::Pcmu), CALLER.ip(), RtpSource::Sdp, 1, Replacement::Silence);
-        b.set_agent(params(5000, Codec::Pcmu), AGENT.ip());
+        b.set_agent(params(5000, Codec::Pcmu), AGENT.ip(), None);
         let five = TelephoneEvent { code: 5, end: true, volume: 10, duration: 800 }.to_bytes();
         let stranger: SocketAddr = "127.0.0.9:4000".parse().unwrap();
         // Another address (even the caller's IP on another port): dropped unread.
@@ -472,7 +491,7 @@ mod tests {
     fn prompts_are_paced_and_take_the_floor_from_the_agent() {
         let t = crate::test_origin();
         let mut b = Bridge::new(params(4000, Codec::Pcmu), CALLER.ip(), RtpSource::Sdp, 1, Replacement::Silence);
-        b.set_agent(params(5000, Codec::Pcmu), AGENT.ip());
+        b.set_agent(params(5000, Codec::Pcmu), AGENT.ip(), None);
         b.player().enqueue(vec![1000i16; 400].into());
         b.kick_player(t);
         assert_eq!(b.poll_timeout(), Some(t));

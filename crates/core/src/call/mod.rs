@@ -156,6 +156,9 @@ pub struct CallConfig {
     pub srtp: SrtpPolicy,
     /// Our SRTP master key and salt for this call, drawn by the driver from the OS generator.
     pub srtp_key: MasterKey,
+    /// SRTP toward the agent (`sip.agent_srtp`), with a key of its own.
+    pub agent_srtp: SrtpPolicy,
+    pub agent_srtp_key: MasterKey,
     /// Where each leg's SDP may send media, and which packets it takes (`media.*`).
     pub media_policy: MediaAddressPolicy,
     /// Refuse SDES keys (488) unless the caller's SIP is over TLS.
@@ -410,6 +413,9 @@ impl Call {
             call_id: format!("{:x}-agent@tonewall", cfg.seed),
             tag: format!("twa{:x}", cfg.seed.rotate_left(32)),
             from_user: agent_invite::from_user(inline.then(|| invite.from_user())),
+            srtp_policy: cfg.agent_srtp,
+            srtp_key: cfg.agent_srtp_key,
+            srtp_offered: None,
         };
         let capture = CaptureFlow {
             state: capture,

@@ -69,6 +69,8 @@ fn config(agent: Option<&str>) -> CallConfig {
         record: true,
         srtp: SrtpPolicy::Optional,
         srtp_key: MasterKey::from_random(&[7; 30]),
+        agent_srtp: SrtpPolicy::Off,
+        agent_srtp_key: MasterKey::from_random(&[7; 30]),
         media_policy: MediaAddressPolicy::default(),
         sdes_requires_tls: false,
     }
@@ -613,5 +615,40 @@ fn an_sdp_aiming_media_at_a_third_party_is_refused() {
     call.handle_timeout(t + Duration::from_millis(20));
     while let Some(p) = call.poll_packet() {
         assert_eq!((p.leg, p.to), (LegId::Caller, addr(6000)), "only the caller's agreed address gets media");
+    }
+}
+
+/// What the agent's INVITE offers under each `sip.agent_srtp` (RFC 4568 §6.1): optional
+/// puts the key on RTP/AVP (best-effort), off offers none, and with SDES keys held to TLS a
+/// UDP agent gets no key, or, when SRTP is required, no INVITE at all.
+#[test]
+fn the_agent_offer_follows_the_srtp_policy() {
+    let t = crate::test_origin();
+    for (policy, tls_only, expect) in [
+        (SrtpPolicy::Optional, false, Some("RTP/AVP 0 8\r\n")),
+        (SrtpPolicy::Required, false, Some("RTP/SAVP 0 8\r\n")),
+        (SrtpPolicy::Off, false, Some("RTP/AVP 0 8\r\n")),
+        (SrtpPolicy::Optional, true, Some("RTP/AVP 0 8\r\n")),
+        (SrtpPolicy::Required, true, None),
+    ] {
+        let mut cfg = config(Some("sip:agent@127.0.0.1:5080"));
+        cfg.agent_srtp = policy;
+        cfg.sdes_requires_tls = tls_only;
+        let mut call = Call::accept(&invite(OFFER), cfg, t).unwrap();
+        let (sip, events) = drain(&mut call);
+        let offer = sip.iter().find(|(leg, _)| *leg == LegId::Agent).map(|(_, s)| s.clone());
+        let case = format!("{policy:?}, TLS only {tls_only}");
+        match expect {
+            None => {
+                assert!(offer.is_none(), "{case}: dialled anyway");
+                assert!(events.iter().any(|e| matches!(e, CallEvent::AgentUnavailable { status: 488 })), "{case}");
+            }
+            Some(profile) => {
+                let offer = offer.expect("agent dialled");
+                assert!(offer.contains(&format!("m=audio 20002 {profile}")), "{case}: {offer}");
+                let keyed = policy != SrtpPolicy::Off && !tls_only;
+                assert_eq!(offer.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"), keyed, "{case}: {offer}");
+            }
+        }
     }
 }

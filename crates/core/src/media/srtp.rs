@@ -130,6 +130,17 @@ impl CryptoAttr {
         Ok(Some(CryptoAttr { tag, suite, key: MasterKey(key) }))
     }
 
+    /// Our offer of one key (§6.1): tag 1, the suite every SDES peer takes.
+    pub fn offer(ours: &MasterKey) -> CryptoAttr {
+        let suite = Suite::AesCm128HmacSha1_80;
+        CryptoAttr { tag: 1, suite, key: MasterKey(Zeroizing::new(ours.0[..suite.material_len()].to_vec())) }
+    }
+
+    /// Whether `answer` accepts this offered key: the same tag and suite (§7.1.3).
+    pub fn accepted_by(&self, answer: &CryptoAttr) -> bool {
+        self.tag == answer.tag && self.suite == answer.suite
+    }
+
     /// Our answer to `offer`: its tag and suite, our own key (§7.1.2).
     pub fn answer(offer: &CryptoAttr, ours: &MasterKey) -> CryptoAttr {
         let key = Zeroizing::new(ours.0[..offer.suite.material_len()].to_vec());

@@ -112,10 +112,13 @@ impl RemoteDescription {
             .ok_or(SdpError::NoAudio)?;
         let profile = if media.media_name.protos.join("/") == "RTP/SAVP" { Profile::Savp } else { Profile::Avp };
         let mut crypto = Vec::new();
-        if profile == Profile::Savp {
-            for a in media.attributes.iter().filter(|a| a.key == "crypto") {
-                let value = a.value.as_deref().unwrap_or("");
-                crypto.extend(CryptoAttr::parse(value).map_err(|_| SdpError::BadCrypto)?);
+        for a in media.attributes.iter().filter(|a| a.key == "crypto") {
+            let value = a.value.as_deref().unwrap_or("");
+            match (CryptoAttr::parse(value), profile) {
+                (Ok(c), _) => crypto.extend(c),
+                (Err(_), Profile::Savp) => return Err(SdpError::BadCrypto),
+                // Keys on an RTP/AVP stream are best-effort SRTP: a bad one is no key at all.
+                (Err(_), Profile::Avp) => {}
             }
         }
         let port = u16::try_from(media.media_name.port.value).map_err(|_| SdpError::NoAudio)?;
@@ -182,6 +185,29 @@ pub fn write_version(
     direction: Direction,
     crypto: Option<&CryptoAttr>,
 ) -> String {
+    describe(local, (session_id, version), codecs, event_pt, direction, crypto.map(|c| (c, Profile::Savp)))
+}
+
+/// Our offer toward an agent: no telephone-event, and with `keyed` our SDES key on an
+/// `RTP/SAVP` stream (SRTP or nothing) or on an `RTP/AVP` one (best-effort SRTP: a peer
+/// that ignores the key answers plain RTP).
+pub fn write_offer(
+    local: SocketAddr,
+    session_id: u64,
+    codecs: &[Codec],
+    keyed: Option<(&CryptoAttr, Profile)>,
+) -> String {
+    describe(local, (session_id, session_id), codecs, None, Direction::SendRecv, keyed)
+}
+
+fn describe(
+    local: SocketAddr,
+    (session_id, version): (u64, u64),
+    codecs: &[Codec],
+    event_pt: Option<u8>,
+    direction: Direction,
+    keyed: Option<(&CryptoAttr, Profile)>,
+) -> String {
     let ip_kind = if local.is_ipv4() { "IP4" } else { "IP6" };
     let ip = local.ip();
     let mut fmts: Vec<String> = codecs.iter().map(|c| c.payload_type().to_string()).collect();
@@ -189,7 +215,7 @@ pub fn write_version(
     let mut s = format!(
         "v=0\r\no=tonewall {session_id} {version} IN {ip_kind} {ip}\r\ns=tonewall\r\nc=IN {ip_kind} {ip}\r\nt=0 0\r\nm=audio {} {} {}\r\n",
         local.port(),
-        if crypto.is_some() { "RTP/SAVP" } else { "RTP/AVP" },
+        if matches!(keyed, Some((_, Profile::Savp))) { "RTP/SAVP" } else { "RTP/AVP" },
         fmts.join(" ")
     );
     for c in codecs {
@@ -199,7 +225,7 @@ pub fn write_version(
         let _ = write!(s, "a=rtpmap:{pt} telephone-event/8000\r\na=fmtp:{pt} 0-15\r\n");
     }
     let _ = write!(s, "a=ptime:20\r\na={}\r\n", direction.attribute());
-    if let Some(c) = crypto {
+    if let Some((c, _)) = keyed {
         s.push_str(&c.sdp_line());
     }
     s
