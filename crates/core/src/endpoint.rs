@@ -17,12 +17,12 @@
 //! clones it.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use ipnet::IpNet;
 
 use crate::call::LegId;
+use crate::canonical;
 use crate::sip::message::{self, ALLOW, Method, Request, ResponseBuilder, SipMessage};
 use crate::sip::rate_limit::SourceLimiter;
 use crate::sip::replaces::Replaces;
@@ -125,11 +125,6 @@ fn agent_is(agent: Flow, from: Flow) -> bool {
 fn within(nets: &[IpNet], from: Flow) -> bool {
     let ip = from.remote.ip().to_canonical();
     nets.iter().any(|n| n.contains(&ip))
-}
-
-/// IPv4 peers show up as `::ffff:a.b.c.d` on a dual-stack socket.
-fn canonical(a: SocketAddr) -> SocketAddr {
-    SocketAddr::new(a.ip().to_canonical(), a.port())
 }
 
 pub struct Endpoint<C> {

@@ -10,6 +10,11 @@ pub mod endpoint;
 pub mod media;
 pub mod sip;
 
+/// An address as one peer: IPv4 peers show up as `::ffff:a.b.c.d` on a dual-stack socket.
+pub(crate) fn canonical(a: std::net::SocketAddr) -> std::net::SocketAddr {
+    std::net::SocketAddr::new(a.ip().to_canonical(), a.port())
+}
+
 /// The origin of simulated time for the cores' unit tests: the cores never read a clock,
 /// their tests start from this instant and advance it by hand.
 #[cfg(test)]

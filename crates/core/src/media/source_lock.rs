@@ -10,6 +10,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::Deserialize;
 
+use crate::canonical;
+
 /// How a leg's peer address is fixed (`sip.rtp_source`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -43,11 +45,6 @@ pub struct SourceLock {
     ssrc: Option<u32>,
     /// Packets seen while unlatched.
     seen: u8,
-}
-
-/// IPv4 peers show up as `::ffff:a.b.c.d` on a dual-stack socket.
-fn canonical(a: SocketAddr) -> SocketAddr {
-    SocketAddr::new(a.ip().to_canonical(), a.port())
 }
 
 impl SourceLock {
