@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::call::Command;
 use crate::capture::collector::FieldName;
+use crate::owner::{Owner, Viewer};
 use crate::session::SessionId;
 
 /// Tonewall's id for one call (`call_` and 32 hex digits); never the SIP Call-ID, which
@@ -77,6 +78,8 @@ struct Entry {
     session: Option<SessionId>,
     commands: mpsc::Sender<Command>,
     captures: mpsc::Sender<CaptureRequest>,
+    /// Who may see it and start a capture on it (`crate::owner`).
+    owner: Owner,
 }
 
 /// One call as the API shows it. `caller` is the whole number only for roles that need it.
@@ -85,7 +88,9 @@ pub struct CallView {
     pub id: CallId,
     #[serde(flatten)]
     pub mode: CallMode,
-    pub sip_call_id: String,
+    /// For admins only: agents have no use for it, and with it could act on the SIP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sip_call_id: Option<String>,
     pub caller: String,
     pub started_unix_ms: i64,
     pub answered: bool,
@@ -115,6 +120,7 @@ pub struct NewCall {
     pub session: Option<SessionId>,
     pub commands: mpsc::Sender<Command>,
     pub captures: mpsc::Sender<CaptureRequest>,
+    pub owner: Owner,
 }
 
 impl Calls {
@@ -133,6 +139,7 @@ impl Calls {
             session: c.session,
             commands: c.commands,
             captures: c.captures,
+            owner: c.owner,
         };
         self.lock().insert(id, entry);
     }
@@ -147,17 +154,18 @@ impl Calls {
         }
     }
 
-    /// Every call, oldest first; `full_caller` shows whole numbers, else only the last four
-    /// digits.
-    pub fn list(&self, full_caller: bool) -> Vec<CallView> {
+    /// The calls `viewer` may see, oldest first. Admins see whole numbers and SIP Call-IDs;
+    /// everyone else the last four digits and no Call-ID.
+    pub fn list(&self, viewer: &Viewer) -> Vec<CallView> {
         let mut v: Vec<CallView> = self
             .lock()
             .iter()
+            .filter(|(_, e)| viewer.sees(&e.owner))
             .map(|(id, e)| CallView {
                 id: id.clone(),
                 mode: e.mode.clone(),
-                sip_call_id: e.sip_call_id.clone(),
-                caller: if full_caller { e.caller.clone() } else { last_four(&e.caller) },
+                sip_call_id: viewer.admin.then(|| e.sip_call_id.clone()),
+                caller: if viewer.admin { e.caller.clone() } else { last_four(&e.caller) },
                 started_unix_ms: e.started_unix_ms,
                 answered: e.answered,
                 session_id: e.session.clone(),
@@ -167,10 +175,11 @@ impl Calls {
         v
     }
 
-    /// Checks that an inline, answered call can take a capture; where to ask its task for one.
-    pub fn capture_target(&self, id: &CallId) -> Result<mpsc::Sender<CaptureRequest>, CallsError> {
+    /// Checks that an inline, answered call `viewer` may see can take a capture; where to ask
+    /// its task for one.
+    pub fn capture_target(&self, id: &CallId, viewer: &Viewer) -> Result<mpsc::Sender<CaptureRequest>, CallsError> {
         let map = self.lock();
-        let e = map.get(id).ok_or(CallsError::NotFound)?;
+        let e = map.get(id).filter(|e| viewer.sees(&e.owner)).ok_or(CallsError::NotFound)?;
         if e.mode == CallMode::Session {
             return Err(CallsError::NotInline);
         }
@@ -228,28 +237,44 @@ mod tests {
             session: None,
             commands: tx.clone(),
             captures: captures.clone(),
+            owner: Owner::Route { team: None },
         };
         calls.insert(id.clone(), new(CallMode::Inline { route: "sales".into() }));
         let session_call = CallId::new();
         calls.insert(session_call.clone(), new(CallMode::Session));
-        let agent_view = calls.list(false);
+        let agent = Viewer { id: "key-a".into(), team: None, admin: false };
+        let admin = Viewer { admin: true, ..agent.clone() };
+        let agent_view = calls.list(&agent);
         assert_eq!(agent_view.len(), 2);
-        assert!(agent_view.iter().all(|c| c.caller == "…0123"));
-        assert_eq!(calls.list(true)[0].caller, "+441632960123");
+        assert!(agent_view.iter().all(|c| c.caller == "…0123" && c.sip_call_id.is_none()));
+        assert_eq!(calls.list(&admin)[0].caller, "+441632960123");
+        assert_eq!(calls.list(&admin)[0].sip_call_id.as_deref(), Some("abc@pbx"));
         let json: Vec<serde_json::Value> = agent_view.iter().map(|c| serde_json::to_value(c).unwrap()).collect();
         let inline = json.iter().find(|c| c["id"] == id.as_str()).unwrap();
         assert_eq!((inline["mode"].as_str(), inline["route"].as_str()), (Some("inline"), Some("sales")), "{inline}");
         let session = json.iter().find(|c| c["id"] == session_call.as_str()).unwrap();
         assert_eq!(session["mode"], "session", "{session}");
         assert!(session.get("route").is_none(), "a session call has no route: {session}");
-        assert_eq!(calls.capture_target(&id).err(), Some(CallsError::NotAnswered));
+        assert_eq!(calls.capture_target(&id, &agent).err(), Some(CallsError::NotAnswered));
         calls.mark_answered(&id);
         calls.mark_answered(&session_call);
-        assert!(calls.capture_target(&id).is_ok());
-        assert_eq!(calls.capture_target(&session_call).err(), Some(CallsError::NotInline));
+        assert!(calls.capture_target(&id, &agent).is_ok());
+        assert_eq!(calls.capture_target(&session_call, &agent).err(), Some(CallsError::NotInline));
+        // Another team's call is, to this agent, no call at all.
+        let theirs = CallId::new();
+        let team = crate::owner::Team::named("support");
+        calls.insert(
+            theirs.clone(),
+            NewCall { owner: Owner::Route { team }, ..new(CallMode::Inline { route: "s".into() }) },
+        );
+        calls.mark_answered(&theirs);
+        assert_eq!(calls.list(&agent).len(), 2);
+        assert_eq!(calls.capture_target(&theirs, &agent).err(), Some(CallsError::NotFound));
+        assert!(calls.capture_target(&theirs, &admin).is_ok());
+        calls.remove(&theirs);
         assert_eq!(calls.commands().len(), 2, "shutdown reaches session and inline calls alike");
         calls.remove(&id);
-        assert_eq!(calls.capture_target(&id).err(), Some(CallsError::NotFound));
+        assert_eq!(calls.capture_target(&id, &admin).err(), Some(CallsError::NotFound));
         assert_eq!(calls.commands().len(), 1);
         assert_eq!(CallId::parse(id.as_str()), Some(id));
         assert_eq!(CallId::parse("call_xyz"), None);
@@ -273,6 +298,7 @@ mod tests {
                     session: None,
                     commands,
                     captures: captures.clone(),
+                    owner: Owner::Route { team: None },
                 };
                 calls.insert(id.clone(), new);
                 id

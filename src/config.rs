@@ -131,6 +131,9 @@ pub struct SipRoute {
     /// SRTP on the caller's leg of this route's calls.
     #[serde(default)]
     pub srtp: SrtpPolicy,
+    /// The team whose agents see this route's calls (`crate::owner`); empty for every agent.
+    #[serde(default)]
+    pub team: String,
 }
 
 impl SipConfig {

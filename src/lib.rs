@@ -10,6 +10,7 @@ pub mod api;
 pub mod calendar;
 pub mod calls;
 pub mod config;
+pub mod owner;
 pub mod recording;
 pub mod runtime;
 pub mod session;

@@ -98,6 +98,9 @@ enum ApiKeyAction {
     Create {
         #[arg(long, value_enum)]
         role: Role,
+        /// The team whose agents share this key's sessions (none: only the key itself and admins).
+        #[arg(long)]
+        team: Option<String>,
         /// Bind the key to this client certificate (PEM; the first certificate in the file):
         /// over HTTPS with `http.client_ca` it then works only with that certificate.
         #[arg(long)]
@@ -257,20 +260,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("demo OK");
             Ok(())
         }
-        Command::ApiKey { action: ApiKeyAction::Create { role, client_cert, common } } => {
+        Command::ApiKey { action: ApiKeyAction::Create { role, team, client_cert, common } } => {
             // Read before anything is created: a wrong path leaves no key behind.
             let cert = match &client_cert {
                 Some(path) => Some(auth::cert_fingerprint(&tonewall::runtime::tls::read_certs(path)?[0])),
                 None => None,
             };
             let vault = open_vault(&common).await?;
-            let (id, key) = auth::create_key(vault.pool(), role).await?;
+            let team = team.as_deref().and_then(tonewall::owner::Team::named);
+            let (id, key) = auth::create_key_for(vault.pool(), role, team.as_ref()).await?;
             let detail = match &cert {
                 Some(c) => {
                     auth::bind_client_cert(vault.pool(), &id, c).await?;
                     format!("{} bound to client certificate sha256:{}", role.as_str(), c.0)
                 }
                 None => role.as_str().to_string(),
+            };
+            let detail = match &team {
+                Some(t) => format!("{detail}, team {}", t.0),
+                None => detail,
             };
             vault.audit(&audit::Event { detail: &detail, ..CLI_ACTOR.did("api_key.create", "created", &id) }).await?;
             println!("{key}");

@@ -16,6 +16,7 @@ use crate::capture::collector::FieldName;
 use crate::capture::progress;
 pub use crate::capture::progress::{FieldProgress, FieldState};
 use crate::endpoint::SESSION_PREFIX;
+use crate::owner::Owner;
 use crate::vault::TokenRecord;
 
 /// A session id: 32 lowercase hex digits (a v4 UUID without dashes).
@@ -155,6 +156,8 @@ struct Entry {
     agent_uri: Option<String>,
     after_capture: AfterCapture,
     updates: broadcast::Sender<SessionUpdate>,
+    /// Who may see and change it (`crate::owner`).
+    owner: Owner,
     /// A call is bound and has not ended yet: the entry outlives `forget_older_than`. How
     /// to reach that call is the calls registry's fact (`Calls::tell_session`).
     call_live: bool,
@@ -187,6 +190,7 @@ impl Sessions {
         agent_uri: Option<String>,
         after_capture: AfterCapture,
         sip_host: &str,
+        owner: Owner,
     ) -> SessionView {
         let id = SessionId::new();
         let fields = fields.into_iter().map(|name| FieldProgress::pending(name, 0)).collect();
@@ -210,10 +214,15 @@ impl Sessions {
         // Each update carries the whole view, so a subscriber that lags past 32 (and skips
         // ahead) still gets the latest state; 256 slots cost 60 KiB per session.
         let (updates, _) = broadcast::channel(32);
-        let entry =
-            Entry { view: view.clone(), agent_uri, after_capture, updates, call_live: false, created: Instant::now() };
+        let created = Instant::now();
+        let entry = Entry { view: view.clone(), agent_uri, after_capture, updates, owner, call_live: false, created };
         self.lock().insert(id, entry);
         view
+    }
+
+    /// Whose the session is, if it exists.
+    pub fn owner(&self, id: &SessionId) -> Option<Owner> {
+        self.lock().get(id).map(|e| e.owner.clone())
     }
 
     pub fn view(&self, id: &SessionId) -> Option<SessionView> {
@@ -389,6 +398,7 @@ mod tests {
             None,
             AfterCapture::Hangup,
             "127.0.0.1:5060",
+            Owner::Route { team: None },
         );
         assert!(v.transfer_uri.starts_with("sip:pay-"));
         let attached = s.attach(&v.id, 3).unwrap();

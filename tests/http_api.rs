@@ -292,3 +292,72 @@ async fn event_subscribers_and_client_messages_are_bounded() {
     assert!(again.is_some(), "a closed subscriber frees its place");
     t.stop().await;
 }
+
+/// PCI DSS 7.2: a session is its creator's and its team's. Agent B of another team gets the
+/// same 404 for agent A's session, its events, its cancel and a field restart as for a
+/// session that does not exist, and B's call list does not show A's call; A's team-mate and
+/// an admin see it; only the admin sees SIP Call-IDs.
+#[tokio::test]
+async fn another_teams_agent_finds_nothing_of_a_session() {
+    use tonewall::api::auth::create_key_for;
+    use tonewall::owner::Team;
+    let t = TestServer::start().await;
+    let pool = t.server.shared.vault.pool();
+    let key = |team: &'static str, role| async move {
+        create_key_for(pool, role, Team::named(team).as_ref()).await.unwrap().1
+    };
+    let (a, b, mate, admin) = (
+        key("sales", Role::Agent).await,
+        key("support", Role::Agent).await,
+        key("sales", Role::Agent).await,
+        t.key(Role::Admin).await,
+    );
+    let (_, created) = http("POST", &format!("{}/v1/sessions", t.base), Some(&a), Some(BODY)).await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let none = "0123456789abcdef0123456789abcdef";
+    for (method, path) in [("GET", ""), ("POST", "/cancel"), ("POST", "/fields/pan/restart")] {
+        let theirs = http(method, &format!("{}/v1/sessions/{id}{path}", t.base), Some(&b), None).await;
+        let missing = http(method, &format!("{}/v1/sessions/{none}{path}", t.base), Some(&b), None).await;
+        assert_eq!(theirs.0, 404, "{method} {path}: {}", theirs.1);
+        assert_eq!(theirs, missing, "{method} {path}: someone else's session looks like none");
+    }
+    let mut ws = format!("ws://{}/v1/sessions/{id}/events", t.server.http_addr).into_client_request().unwrap();
+    ws.headers_mut().insert("Authorization", format!("Bearer {b}").parse().unwrap());
+    match tokio_tungstenite::connect_async(ws).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 404),
+        other => panic!("B watched A's session: {:?}", other.map(|(_, r)| r.status())),
+    }
+    for (who, k) in [("A", &a), ("A's team-mate", &mate), ("an admin", &admin)] {
+        let (s, v) = http("GET", &format!("{}/v1/sessions/{id}", t.base), Some(k), None).await;
+        assert_eq!((s, v["state"].as_str()), (200, Some("waiting")), "{who}: {v}");
+    }
+
+    // A call for A's session: on A's list (no SIP Call-ID), the admin's (with it), not B's.
+    let caller = tonewall_testkit::Ua::bind().await.unwrap();
+    let offer = tonewall::sip::sdp::write(
+        "127.0.0.1:40990".parse().unwrap(),
+        1,
+        &[tonewall::media::g711::Codec::Pcmu],
+        Some(101),
+    );
+    let (invite, sip_call_id, _) = caller.invite(created["transfer_uri"].as_str().unwrap(), &offer);
+    caller.send(&invite, t.server.sip_addr).await.unwrap();
+    let calls_url = format!("{}/v1/calls", t.base);
+    let list = |k: String| {
+        let url = calls_url.clone();
+        async move { http("GET", &url, Some(&k), None).await.1 }
+    };
+    let mut listed = Value::Null;
+    for _ in 0..100 {
+        listed = list(a.clone()).await;
+        if listed["calls"].as_array().is_some_and(|c| !c.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(listed["calls"][0]["session_id"], id.as_str(), "{listed}");
+    assert!(listed["calls"][0].get("sip_call_id").is_none(), "an agent sees no SIP Call-ID: {listed}");
+    assert_eq!(list(b.clone()).await["calls"], serde_json::json!([]), "B sees no call of A's");
+    assert_eq!(list(admin.clone()).await["calls"][0]["sip_call_id"], sip_call_id.as_str());
+    t.stop().await;
+}

@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use sha2::{Digest, Sha256};
 use sqlx::AnyPool;
 
+use crate::owner::Team;
 use crate::vault::{crypto::hex, token::random_base62};
 
 pub use crate::vault::actor::Role;
@@ -18,17 +19,23 @@ fn hash(key: &str) -> String {
     hex(&Sha256::digest(key.as_bytes()))
 }
 
-/// Creates a key for `role`; returns its id and the key itself (the only time it exists in
-/// clear).
+/// Creates a key for `role` in no team; returns its id and the key itself (the only time it
+/// exists in clear).
 pub async fn create_key(pool: &AnyPool, role: Role) -> Result<(String, String), sqlx::Error> {
+    create_key_for(pool, role, None).await
+}
+
+/// Creates a key for `role` whose sessions its `team` shares (`crate::owner`).
+pub async fn create_key_for(pool: &AnyPool, role: Role, team: Option<&Team>) -> Result<(String, String), sqlx::Error> {
     let key = format!("{KEY_PREFIX}{}", random_base62(40));
     let id = uuid::Uuid::new_v4().to_string();
     let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-    sqlx::query("INSERT INTO api_keys (id, role, key_hash, created_at) VALUES ($1, $2, $3, $4)")
+    sqlx::query("INSERT INTO api_keys (id, role, key_hash, created_at, team) VALUES ($1, $2, $3, $4, $5)")
         .bind(&id)
         .bind(role.as_str())
         .bind(hash(&key))
         .bind(created)
+        .bind(team.map(|t| t.0.clone()))
         .execute(pool)
         .await?;
     Ok((id, key))
@@ -43,18 +50,26 @@ pub fn cert_fingerprint(der: &[u8]) -> ClientCert {
     ClientCert(hex(&Sha256::digest(der)))
 }
 
-/// A known key: its id, its role, and the client certificate it is bound to, if any.
+/// A known key: its id, its role, its team, and the client certificate it is bound to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KnownKey {
     pub id: String,
     pub role: Role,
+    pub team: Option<Team>,
     pub client_cert: Option<ClientCert>,
 }
 
-type KeyRow = (String, String, Option<String>);
+type KeyRow = (String, String, Option<String>, Option<String>);
 
 fn known(row: Option<KeyRow>) -> Option<KnownKey> {
-    row.and_then(|(id, role, cert)| Some(KnownKey { id, role: Role::parse(&role)?, client_cert: cert.map(ClientCert) }))
+    row.and_then(|(id, role, team, cert)| {
+        Some(KnownKey {
+            id,
+            role: Role::parse(&role)?,
+            team: team.as_deref().and_then(Team::named),
+            client_cert: cert.map(ClientCert),
+        })
+    })
 }
 
 /// The key, if it is known.
@@ -62,7 +77,7 @@ pub async fn lookup(pool: &AnyPool, key: &str) -> Result<Option<KnownKey>, sqlx:
     if !key.starts_with(KEY_PREFIX) || key.len() > 128 {
         return Ok(None);
     }
-    let row = sqlx::query_as("SELECT id, role, client_cert_sha256 FROM api_keys WHERE key_hash = $1")
+    let row = sqlx::query_as("SELECT id, role, team, client_cert_sha256 FROM api_keys WHERE key_hash = $1")
         .bind(hash(key))
         .fetch_optional(pool)
         .await?;
@@ -71,7 +86,7 @@ pub async fn lookup(pool: &AnyPool, key: &str) -> Result<Option<KnownKey>, sqlx:
 
 /// The key bound to a client certificate, if one is.
 pub async fn lookup_by_cert(pool: &AnyPool, cert: &ClientCert) -> Result<Option<KnownKey>, sqlx::Error> {
-    let row = sqlx::query_as("SELECT id, role, client_cert_sha256 FROM api_keys WHERE client_cert_sha256 = $1")
+    let row = sqlx::query_as("SELECT id, role, team, client_cert_sha256 FROM api_keys WHERE client_cert_sha256 = $1")
         .bind(&cert.0)
         .fetch_optional(pool)
         .await?;

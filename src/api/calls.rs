@@ -8,7 +8,6 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::auth::Role;
 use super::sessions::{AGENT_ROLES, validate_capture};
 use super::{ApiError, AppState, Caller};
 use tokio::sync::oneshot;
@@ -17,11 +16,11 @@ use crate::call::AfterCapture;
 use crate::calls::{CallId, CallsError, CaptureRefused, CaptureRequest};
 use crate::capture::collector::FieldName;
 
-/// Agents see the last four digits of a caller's number, enough to find their call; admins
-/// see the whole number.
+/// Agents see their team's calls (`crate::owner`) and the last four digits of a caller's
+/// number, enough to find their call; admins see every call, whole numbers and SIP Call-IDs.
 pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
     caller.require(AGENT_ROLES)?;
-    let calls = state.calls.list(caller.role == Role::Admin);
+    let calls = state.calls.list(&caller.viewer());
     Ok(Json(json!({ "calls": calls })).into_response())
 }
 
@@ -46,11 +45,13 @@ pub async fn capture(
     validate_capture(&req.fields, &req.reference).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, m))?;
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, "no such call");
     let call_id = CallId::parse(&id).ok_or_else(not_found)?;
-    let captures = state.calls.capture_target(&call_id).map_err(|e| match e {
+    let viewer = caller.viewer();
+    let captures = state.calls.capture_target(&call_id, &viewer).map_err(|e| match e {
         CallsError::NotFound => not_found(),
         e => ApiError::new(StatusCode::CONFLICT, e.to_string()),
     })?;
-    let view = state.sessions.create(req.fields.clone(), req.reference, None, AfterCapture::Bridge, &state.sip_host);
+    let (fields, host) = (req.fields.clone(), &state.sip_host);
+    let view = state.sessions.create(fields, req.reference, None, AfterCapture::Bridge, host, viewer.owner());
     // The call's task binds the session and starts the capture in one step, or says why not.
     let (reply, answer) = oneshot::channel();
     let asked = captures.send(CaptureRequest { session: view.id.clone(), fields: req.fields, reply }).await;

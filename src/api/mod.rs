@@ -148,10 +148,11 @@ async fn audit_or_log(state: &AppState, e: &audit::Event<'_>) {
     }
 }
 
-/// The authenticated caller of a route: key id, role, and the client's IP.
+/// The authenticated caller of a route: key id, role, team, and the client's IP.
 pub struct Caller {
     pub key_id: String,
     pub role: Role,
+    pub team: Option<crate::owner::Team>,
     pub origin: String,
 }
 
@@ -165,6 +166,11 @@ impl Caller {
     /// failed write is logged, not fatal (detokenize, which does, fails closed in the vault).
     pub async fn audit(&self, state: &AppState, action: &str, outcome: &str, resource: &str) {
         audit_or_log(state, &self.actor().did(action, outcome, resource)).await;
+    }
+
+    /// Who this is, as ownership sees it (`crate::owner`).
+    pub fn viewer(&self) -> crate::owner::Viewer {
+        crate::owner::Viewer { id: self.key_id.clone(), team: self.team.clone(), admin: self.role == Role::Admin }
     }
 
     pub fn require(&self, allowed: &[Role]) -> Result<(), ApiError> {
@@ -205,7 +211,7 @@ impl FromRequestParts<AppState> for Caller {
             if let Some(cert) = cert
                 && let Some(k) = auth::lookup_by_cert(state.vault.pool(), cert).await.map_err(unavailable)?
             {
-                return Ok(Caller { key_id: k.id, role: k.role, origin });
+                return Ok(Caller { key_id: k.id, role: k.role, team: k.team, origin });
             }
             return Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer key"));
         }
@@ -218,7 +224,7 @@ impl FromRequestParts<AppState> for Caller {
         }
         let (outcome, message) = match auth::lookup(state.vault.pool(), &key).await.map_err(unavailable)? {
             Some(k) if k.client_cert.is_none() || k.client_cert.as_ref() == cert => {
-                return Ok(Caller { key_id: k.id, role: k.role, origin });
+                return Ok(Caller { key_id: k.id, role: k.role, team: k.team, origin });
             }
             // A bound key without its certificate is a copied key: refused and audited.
             Some(_) => ("key_without_its_certificate", "this key works only with its client certificate"),

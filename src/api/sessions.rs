@@ -111,14 +111,22 @@ pub async fn create(
     validate(&req, &state.allowed_targets).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, m))?;
     // Checked by `validate` above.
     let after = after_capture(&req).unwrap_or(AfterCapture::Hangup);
-    let view = state.sessions.create(req.fields, req.reference, req.agent_uri, after, &state.sip_host);
+    let owner = caller.viewer().owner();
+    let view = state.sessions.create(req.fields, req.reference, req.agent_uri, after, &state.sip_host, owner);
     tracing::info!(session = view.id.as_str(), key = caller.key_id, "session created");
     caller.audit(&state, "session.create", "created", view.id.as_str()).await;
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
-fn session_id(raw: &str) -> Result<SessionId, ApiError> {
-    SessionId::parse(raw).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such session"))
+/// The session `raw` names, if it exists and `caller` may see it: someone else's session
+/// gets the same 404 as none at all (`crate::owner`).
+fn owned_session(state: &AppState, caller: &Caller, raw: &str) -> Result<SessionId, ApiError> {
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "no such session");
+    let id = SessionId::parse(raw).ok_or_else(not_found)?;
+    match state.sessions.owner(&id) {
+        Some(owner) if caller.viewer().sees(&owner) => Ok(id),
+        _ => Err(not_found()),
+    }
 }
 
 pub async fn show(
@@ -127,7 +135,7 @@ pub async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<SessionView>, ApiError> {
     caller.require(AGENT_ROLES)?;
-    let id = session_id(&id)?;
+    let id = owned_session(&state, &caller, &id)?;
     state.sessions.view(&id).map(Json).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such session"))
 }
 
@@ -137,7 +145,7 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<SessionView>, ApiError> {
     caller.require(AGENT_ROLES)?;
-    let id = session_id(&id)?;
+    let id = owned_session(&state, &caller, &id)?;
     match state.sessions.cancel(&id) {
         Ok(v) => {
             state.calls.tell_session(&id, Command::Cancel);
@@ -156,7 +164,7 @@ pub async fn restart_field(
     Path((id, field)): Path<(String, String)>,
 ) -> Result<Json<SessionView>, ApiError> {
     caller.require(AGENT_ROLES)?;
-    let id = session_id(&id)?;
+    let id = owned_session(&state, &caller, &id)?;
     let field: FieldName = serde_json::from_value(serde_json::Value::String(field))
         .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "no such field: pan, expiry or cvv"))?;
     match state.sessions.restart_field(&id, field) {
@@ -183,7 +191,7 @@ pub async fn events(
     caller.require(AGENT_ROLES)?;
     let ws =
         ws.map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "this route is a WebSocket: send an upgrade request"))?;
-    let id = session_id(&id)?;
+    let id = owned_session(&state, &caller, &id)?;
     let (view, rx) = state.sessions.subscribe(&id).map_err(|e| match e {
         SessionError::TooManySubscribers => ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
         _ => ApiError::new(StatusCode::NOT_FOUND, "no such session"),

@@ -17,6 +17,7 @@ use crate::calls::{CallId, CallMode, NewCall};
 use crate::config::SipRoute;
 use crate::endpoint::{Admission, EndpointEvent};
 use crate::media::srtp::MasterKey;
+use crate::owner::{Owner, Team};
 use crate::session::SessionId;
 use crate::sip::message::{self, Request};
 use crate::sip::stream::{Flow, Transport};
@@ -104,6 +105,10 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, admission: Admission
         session: session.clone(),
         commands: cmd_tx.clone(),
         captures,
+        owner: match &admitted {
+            Admitted::Inline(route) => Owner::Route { team: Team::named(&route.team) },
+            Admitted::Session(s) => shared.sessions.owner(s).unwrap_or(Owner::Unclaimed),
+        },
     };
     shared.calls.insert(id.clone(), new);
     let mode = match call_mode(shared, &admitted).await {
