@@ -161,6 +161,8 @@ pub struct HttpConfig {
     pub max_connections_per_address: usize,
     /// Who may show the pages in a frame: CSP `frame-ancestors` sources.
     pub frame_ancestors: Vec<String>,
+    /// How long a session's embed token (`"embed": true`) opens it.
+    pub embed_ttl_s: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -343,6 +345,9 @@ impl Config {
         }
         if self.http.header_timeout_s == 0 || self.http.header_timeout_s > 300 {
             return bad("http.header_timeout_s", "must be between 1 and 300 seconds");
+        }
+        if self.http.embed_ttl_s == 0 || self.http.embed_ttl_s > 86_400 {
+            return bad("http.embed_ttl_s", "an embed token must live between 1 second and a day");
         }
         if self.http.max_connections == 0 || self.http.max_connections_per_address == 0 {
             return bad("http.max_connections", "must be at least 1, and so must http.max_connections_per_address");

@@ -162,6 +162,16 @@ struct Entry {
     /// to reach that call is the calls registry's fact (`Calls::tell_session`).
     call_live: bool,
     created: Instant,
+    /// The SHA-256 of the session's embed token, and when it stops working.
+    embed: Option<([u8; 32], Instant)>,
+}
+
+/// How embed tokens begin (API keys begin `twk_`).
+pub const EMBED_PREFIX: &str = "twe_";
+
+fn embed_hash(token: &str) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(token.as_bytes()).into()
 }
 
 #[derive(Default)]
@@ -215,9 +225,37 @@ impl Sessions {
         // ahead) still gets the latest state; 256 slots cost 60 KiB per session.
         let (updates, _) = broadcast::channel(32);
         let created = Instant::now();
-        let entry = Entry { view: view.clone(), agent_uri, after_capture, updates, owner, call_live: false, created };
+        let entry = Entry {
+            view: view.clone(),
+            agent_uri,
+            after_capture,
+            updates,
+            owner,
+            call_live: false,
+            created,
+            embed: None,
+        };
         self.lock().insert(id, entry);
         view
+    }
+
+    /// A new embed token for the session, good until `until` for this session alone (view,
+    /// events, cancel, field restart); it replaces any earlier one. Only its hash is kept.
+    pub fn embed_token(&self, id: &SessionId, until: Instant) -> Option<String> {
+        let token = format!("{EMBED_PREFIX}{}", crate::vault::token::random_base62(40));
+        let mut map = self.lock();
+        map.get_mut(id)?.embed = Some((embed_hash(&token), until));
+        Some(token)
+    }
+
+    /// The session an embed token opens, while it has not expired.
+    pub fn embedded(&self, token: &str, now: Instant) -> Option<SessionId> {
+        if token.len() > 64 {
+            return None;
+        }
+        let hash = embed_hash(token);
+        let map = self.lock();
+        map.iter().find(|(_, e)| e.embed.is_some_and(|(h, until)| h == hash && now < until)).map(|(id, _)| id.clone())
     }
 
     /// Whose the session is, if it exists.

@@ -97,6 +97,12 @@ async fn an_agent_takes_a_payment_in_the_desktop_and_qa_replays_it() {
     b.screenshot(&artifact("desktop-completed.png")).await;
     call.await.unwrap();
     agent.finish().await.unwrap();
+    no_key_in_any_url(&b.requested, &[&agent_key]);
+    assert!(
+        b.requested.iter().any(|u| u.contains("/events")),
+        "the live view's socket is in the log: {:?}",
+        b.requested
+    );
     drop(b);
 
     // QA: the call's recording with its masked spans, labelled by field, on a waveform.
@@ -130,7 +136,60 @@ async fn an_agent_takes_a_payment_in_the_desktop_and_qa_replays_it() {
         .await;
     assert!(drawn.as_u64().unwrap() > 1000, "the waveform and spans are drawn: {drawn}");
     let audio = q.eval("document.getElementById('audio').src").await;
-    assert!(audio.as_str().unwrap().contains("/audio?access_token="), "{audio}");
+    assert!(audio.as_str().unwrap().contains("/audio?by=") && audio.as_str().unwrap().contains("&sig="), "{audio}");
     q.screenshot(&artifact("qa-recording.png")).await;
+    no_key_in_any_url(&q.requested, &[&qa_key]);
+    t.stop().await;
+}
+
+/// No request the page made carries a key or token in its URL (PCI DSS 8.3.2: proxies and
+/// histories keep URLs).
+fn no_key_in_any_url(requested: &[String], keys: &[&str]) {
+    assert!(!requested.is_empty(), "the network log is empty");
+    for url in requested {
+        assert!(
+            !url.contains("access_token")
+                && !url.contains("twk_")
+                && !url.contains("twe_")
+                && keys.iter().all(|k| !url.contains(k)),
+            "a key in a URL: {url}"
+        );
+    }
+}
+
+/// A platform embeds the desktop with `desktop_url` (POST /v1/sessions, "embed": true): the
+/// page opens that session without a sign-in, follows the real call to its token, and no
+/// URL it requests carries the token; the token opens no other route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_desktop_opens_its_one_session_without_a_key() {
+    let t = TestServer::start().await;
+    let key = t.key(Role::Agent).await;
+    let body = r#"{"fields":["pan","expiry"],"reference":"embedded","embed":true}"#;
+    let (s, created) = common::http("POST", &format!("{}/v1/sessions", t.base), Some(&key), Some(body)).await;
+    assert_eq!(s, 201, "{created}");
+    let desktop_url = created["desktop_url"].as_str().unwrap().to_string();
+    let token = desktop_url.split("token=").nth(1).unwrap().to_string();
+    let long = Duration::from_secs(20);
+    let mut b = Browser::open(&format!("{}{desktop_url}", t.base)).await;
+    let uri = b.wait_for(&text("#transfer-uri"), long).await.as_str().unwrap().to_string();
+    assert_eq!(uri, created["transfer_uri"], "the page shows the embedded session");
+    assert_eq!(b.eval(&visible("signin")).await, false, "no sign-in inside the embed");
+    assert_eq!(b.eval("location.hash").await, "", "the token is dropped from the address bar");
+    let sip = t.server.sip_addr;
+    let call = tokio::spawn(async move {
+        let opts =
+            CallerOptions { linger: Duration::from_secs(1), ..CallerOptions::new(sip, &uri, &format!("{PAN}#,1230")) };
+        caller::place_call(opts).await.unwrap()
+    });
+    b.wait_for(&visible("result"), long).await;
+    assert_eq!(b.eval(&text("#result-last4")).await, "1111");
+    b.screenshot(&artifact("desktop-embedded.png")).await;
+    call.await.unwrap();
+    no_key_in_any_url(&b.requested, &[&token]);
+    // The token is for this session only.
+    let (s, _) = common::http("POST", &format!("{}/v1/sessions", t.base), Some(&token), Some(body)).await;
+    assert_eq!(s, 403, "an embed token creates no session");
+    let (s, _) = common::http("GET", &format!("{}/v1/calls", t.base), Some(&token), None).await;
+    assert_eq!(s, 403, "an embed token lists no calls");
     t.stop().await;
 }

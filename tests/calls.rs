@@ -221,10 +221,9 @@ async fn websocket_shows_masked_progress_and_never_a_digit() {
     let t = TestServer::start().await;
     let key = t.key(Role::Agent).await;
     let (id, uri) = session(&t, &key, None).await;
-    let mut req = format!("ws://{}/v1/sessions/{id}/events?access_token={key}", t.server.http_addr)
-        .into_client_request()
-        .unwrap();
-    req.headers_mut().remove("Authorization");
+    // As a browser sends it: the key as a subprotocol, no Authorization header.
+    let mut req = format!("ws://{}/v1/sessions/{id}/events", t.server.http_addr).into_client_request().unwrap();
+    req.headers_mut().insert("Sec-WebSocket-Protocol", format!("tonewall, bearer.{key}").parse().unwrap());
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     call(&t, &uri, "378282246310005#,1230,1234", Codec::Pcmu, 101).await;
     let mut messages = Vec::new();

@@ -361,3 +361,49 @@ async fn another_teams_agent_finds_nothing_of_a_session() {
     assert_eq!(list(admin.clone()).await["calls"][0]["sip_call_id"], sip_call_id.as_str());
     t.stop().await;
 }
+
+/// An embed token opens its one session, for `http.embed_ttl_s`: view, events (the token as
+/// a WebSocket subprotocol), cancel; another session is 404, other routes 403, and once
+/// expired it is 401. No route takes a key in the URL any more, and a forged audio URL
+/// plays nothing.
+#[tokio::test]
+async fn an_embed_token_opens_one_session_for_a_while() {
+    let t = TestServer::start_with(|c| c.http.embed_ttl_s = 2).await;
+    let key = t.key(Role::Agent).await;
+    let embed_body = BODY.replacen('{', r#"{"embed":true,"#, 1);
+    let (s, created) = http("POST", &format!("{}/v1/sessions", t.base), Some(&key), Some(&embed_body)).await;
+    assert_eq!(s, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let url = created["desktop_url"].as_str().unwrap();
+    assert!(url.starts_with(&format!("/desktop#session={id}&token=twe_")), "{url}");
+    assert_eq!(created["embed_expires_in_s"], 2);
+    let token = url.split("token=").nth(1).unwrap().to_string();
+    let (_, other) = http("POST", &format!("{}/v1/sessions", t.base), Some(&key), Some(BODY)).await;
+    let other = other["id"].as_str().unwrap();
+
+    let (s, v) = http("GET", &format!("{}/v1/sessions/{id}", t.base), Some(&token), None).await;
+    assert_eq!((s, v["id"].as_str()), (200, Some(id.as_str())), "{v}");
+    assert_eq!(http("GET", &format!("{}/v1/sessions/{other}", t.base), Some(&token), None).await.0, 404);
+    assert_eq!(http("POST", &format!("{}/v1/sessions", t.base), Some(&token), Some(BODY)).await.0, 403);
+    assert_eq!(http("POST", &format!("{}/v1/tokenize", t.base), Some(&token), Some("{}")).await.0, 403);
+    let events = format!("ws://{}/v1/sessions/{id}/events", t.server.http_addr);
+    let mut req = events.as_str().into_client_request().unwrap();
+    req.headers_mut().insert("Sec-WebSocket-Protocol", format!("tonewall, bearer.{token}").parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.expect("the token as a subprotocol");
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "tonewall");
+    assert!(ws.next().await.unwrap().unwrap().into_text().unwrap().contains("snapshot"));
+    // Keys in URLs are refused everywhere now.
+    let in_url = format!("{events}?access_token={key}");
+    assert!(tokio_tungstenite::connect_async(in_url).await.is_err(), "a key in the URL");
+    let (s, _) = http("GET", &format!("{}/v1/calls?access_token={key}", t.base), None, None).await;
+    assert_eq!(s, 401);
+    let forged = format!("{}/v1/recordings/rec_x/audio?by=k&expires=99999999999&sig=00", t.base);
+    assert_eq!(http("GET", &forged, None, None).await.0, 403, "a forged audio URL");
+
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let (s, v) = http("GET", &format!("{}/v1/sessions/{id}", t.base), Some(&token), None).await;
+    assert_eq!(s, 401, "expired: {v}");
+    let (s, _) = http("POST", &format!("{}/v1/sessions/{id}/cancel", t.base), Some(&key), None).await;
+    assert_eq!(s, 200, "the key that made it still can");
+    t.stop().await;
+}

@@ -1,11 +1,14 @@
 //! `/v1/recordings` for QA reviewers (role `qa`): search and page through recordings, read
 //! their metadata (masked spans included), and replay them as WAV with HTTP range requests
 //! (RFC 9110 §14) so a browser's player can seek. Each replay is audited first and refused
-//! when the audit record cannot be written (PCI DSS 10.7.2).
+//! when the audit record cannot be written (PCI DSS 10.7.2). A browser's `<audio>` cannot
+//! send a bearer key, so a recording's metadata carries an `audio_url` signed for the
+//! reviewer who asked (HMAC-SHA256 over the recording, the reviewer and the expiry), good
+//! for `AUDIO_URL_LIFETIME`: no key ever rides in a URL.
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -13,8 +16,72 @@ use serde::{Deserialize, Serialize};
 use super::auth::Role;
 use super::{ApiError, AppState, Caller};
 use crate::recording::{self, Metadata};
+use crate::vault::{Actor, ActorRole};
 
 const QA: &[Role] = &[Role::Qa];
+
+/// How long a signed audio URL plays.
+const AUDIO_URL_LIFETIME_S: i64 = 300;
+
+type UrlMac = hmac::Hmac<sha2::Sha256>;
+
+fn url_mac(key: &[u8; 32], recording: &str, reviewer: &str, expires: i64) -> UrlMac {
+    use hmac::Mac as _;
+    // A 32-byte key is always a valid HMAC key.
+    let mut mac = <UrlMac as hmac::KeyInit>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+    for part in [recording, reviewer, &expires.to_string()] {
+        mac.update(part.as_bytes());
+        mac.update(b"\n");
+    }
+    mac
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The signed URL that plays `recording` for `reviewer` until a few minutes from now.
+fn audio_url(state: &AppState, recording: &str, reviewer: &str) -> String {
+    use hmac::Mac as _;
+    let expires = unix_now() + AUDIO_URL_LIFETIME_S;
+    let sig = crate::vault::crypto::hex(&url_mac(&state.url_key, recording, reviewer, expires).finalize().into_bytes());
+    format!("/v1/recordings/{recording}/audio?by={reviewer}&expires={expires}&sig={sig}")
+}
+
+/// The query of a signed audio URL (empty when the player sends a key instead).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Signed {
+    by: Option<String>,
+    expires: Option<i64>,
+    sig: Option<String>,
+}
+
+impl Signed {
+    fn is_empty(&self) -> bool {
+        self.by.is_none() && self.expires.is_none() && self.sig.is_none()
+    }
+
+    /// The reviewer it was signed for, if the signature holds and has not expired.
+    fn reviewer(&self, state: &AppState, recording: &str) -> Option<&str> {
+        use hmac::Mac as _;
+        let (by, expires, sig) = (self.by.as_deref()?, self.expires?, self.sig.as_deref()?);
+        let sig = (0..sig.len())
+            .step_by(2)
+            .map(|i| sig.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+            .collect::<Option<Vec<u8>>>()?;
+        let mac = url_mac(&state.url_key, recording, by, expires);
+        (expires > unix_now() && mac.verify_slice(&sig).is_ok()).then_some(by)
+    }
+}
+
+/// A recording's metadata, with the URL its reviewer's player streams from.
+#[derive(Serialize)]
+pub struct Shown {
+    #[serde(flatten)]
+    metadata: Metadata,
+    audio_url: String,
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,28 +127,45 @@ pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Metadata>, ApiError> {
+) -> Result<Json<Shown>, ApiError> {
     caller.require(QA)?;
-    recording::metadata(state.vault.pool(), &id)
+    let metadata = recording::metadata(state.vault.pool(), &id)
         .await
         .map_err(unavailable)?
-        .map(Json)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such recording"))
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such recording"))?;
+    let audio_url = audio_url(&state, &metadata.id, &caller.key_id);
+    Ok(Json(Shown { metadata, audio_url }))
 }
 
+/// Plays a recording for a QA reviewer's key, or for the reviewer a signed URL names.
 pub async fn audio(
     State(state): State<AppState>,
-    caller: Caller,
+    caller: Result<Caller, ApiError>,
     Path(id): Path<String>,
+    Query(signed): Query<Signed>,
+    ConnectInfo(from): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    caller.require(QA)?;
+    let origin = from.ip().to_string();
+    let actor = match (&caller, signed.reviewer(&state, &id)) {
+        (Ok(caller), _) => {
+            caller.require(QA)?;
+            caller.actor()
+        }
+        (Err(_), Some(reviewer)) => Actor { id: reviewer, role: ActorRole::Key(Role::Qa), origin: &origin },
+        (Err(_), None) if !signed.is_empty() => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "this audio URL is not signed for this recording or has expired",
+            ));
+        }
+        (Err(e), None) => return Err(ApiError::new(e.status, e.message.clone())),
+    };
     if recording::metadata(state.vault.pool(), &id).await.map_err(unavailable)?.is_none() {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "no such recording"));
     }
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let detail = if range.is_empty() { "whole" } else { range };
-    let actor = caller.actor();
     let event = crate::vault::audit::Event { detail, ..actor.did("recording.replay", "played", &id) };
     if let Err(e) = state.vault.audit(&event).await {
         tracing::error!(error = %e, "audit record not written: replay refused");

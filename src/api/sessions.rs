@@ -30,6 +30,22 @@ pub struct CreateSession {
     after_capture: Option<String>,
     /// Where "transfer" sends the caller; the agent_uri when absent.
     transfer_uri: Option<String>,
+    /// Also return a `desktop_url` whose token opens this session alone, for a while.
+    #[serde(default)]
+    embed: bool,
+}
+
+/// A new session, and for `embed`, the desktop URL that opens it.
+#[derive(serde::Serialize)]
+pub struct Created {
+    #[serde(flatten)]
+    view: SessionView,
+    /// `/desktop#session=…&token=…`: the token rides in the fragment, which browsers never
+    /// send to a server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    desktop_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    embed_expires_in_s: Option<u64>,
 }
 
 fn sip_uri_ok(uri: &str) -> bool {
@@ -115,18 +131,25 @@ pub async fn create(
     let view = state.sessions.create(req.fields, req.reference, req.agent_uri, after, &state.sip_host, owner);
     tracing::info!(session = view.id.as_str(), key = caller.key_id, "session created");
     caller.audit(&state, "session.create", "created", view.id.as_str()).await;
-    Ok((StatusCode::CREATED, Json(view)).into_response())
+    let mut created = Created { view, desktop_url: None, embed_expires_in_s: None };
+    if req.embed {
+        let id = &created.view.id;
+        let token = state.sessions.embed_token(id, std::time::Instant::now() + state.embed_ttl);
+        created.desktop_url = token.map(|t| format!("/desktop#session={}&token={t}", id.as_str()));
+        created.embed_expires_in_s = Some(state.embed_ttl.as_secs());
+        caller.audit(&state, "session.embed", "issued", id.as_str()).await;
+    }
+    Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
 /// The session `raw` names, if it exists and `caller` may see it: someone else's session
-/// gets the same 404 as none at all (`crate::owner`).
+/// gets the same 404 as none at all (`crate::owner`), and so does any session but its own
+/// for an embed token.
 fn owned_session(state: &AppState, caller: &Caller, raw: &str) -> Result<SessionId, ApiError> {
+    caller.require_for_session(AGENT_ROLES)?;
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, "no such session");
     let id = SessionId::parse(raw).ok_or_else(not_found)?;
-    match state.sessions.owner(&id) {
-        Some(owner) if caller.viewer().sees(&owner) => Ok(id),
-        _ => Err(not_found()),
-    }
+    if caller.may_see_session(state, &id) { Ok(id) } else { Err(not_found()) }
 }
 
 pub async fn show(
@@ -134,7 +157,6 @@ pub async fn show(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<SessionView>, ApiError> {
-    caller.require(AGENT_ROLES)?;
     let id = owned_session(&state, &caller, &id)?;
     state.sessions.view(&id).map(Json).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such session"))
 }
@@ -144,7 +166,6 @@ pub async fn cancel(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<SessionView>, ApiError> {
-    caller.require(AGENT_ROLES)?;
     let id = owned_session(&state, &caller, &id)?;
     match state.sessions.cancel(&id) {
         Ok(v) => {
@@ -163,7 +184,6 @@ pub async fn restart_field(
     caller: Caller,
     Path((id, field)): Path<(String, String)>,
 ) -> Result<Json<SessionView>, ApiError> {
-    caller.require(AGENT_ROLES)?;
     let id = owned_session(&state, &caller, &id)?;
     let field: FieldName = serde_json::from_value(serde_json::Value::String(field))
         .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "no such field: pan, expiry or cvv"))?;
@@ -188,16 +208,16 @@ pub async fn events(
     Path(id): Path<String>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    caller.require(AGENT_ROLES)?;
+    let id = owned_session(&state, &caller, &id)?;
     let ws =
         ws.map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "this route is a WebSocket: send an upgrade request"))?;
-    let id = owned_session(&state, &caller, &id)?;
     let (view, rx) = state.sessions.subscribe(&id).map_err(|e| match e {
         SessionError::TooManySubscribers => ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
         _ => ApiError::new(StatusCode::NOT_FOUND, "no such session"),
     })?;
-    // Clients only close or ping: nothing they send needs more than a few bytes.
-    let ws = ws.max_message_size(MAX_CLIENT_MESSAGE).max_frame_size(MAX_CLIENT_MESSAGE);
+    // Clients only close or ping: nothing they send needs more than a few bytes. A browser
+    // that sent its key as the `bearer.…` subprotocol is answered with `tonewall`.
+    let ws = ws.max_message_size(MAX_CLIENT_MESSAGE).max_frame_size(MAX_CLIENT_MESSAGE).protocols(["tonewall"]);
     Ok(ws.on_upgrade(move |socket| stream(socket, view, rx)))
 }
 

@@ -135,6 +135,8 @@ impl Server {
             allowed_targets,
             auth_failures: auth_failures.clone(),
             frame_ancestors: shared.config.http.frame_ancestors.join(" ").into(),
+            embed_ttl: Duration::from_secs(shared.config.http.embed_ttl_s),
+            url_key: Arc::new(rand::random()),
         };
         let app = api::router(state);
         let http_limits = http::Limits {

@@ -18,6 +18,8 @@ pub struct Browser {
     socket: Socket,
     next_id: u64,
     _profile: tempfile::TempDir,
+    /// Every URL the page requested (documents, fetches, WebSockets, media), in order.
+    pub requested: Vec<String>,
 }
 
 impl Browser {
@@ -71,7 +73,8 @@ impl Browser {
         .await
         .unwrap();
         let (socket, _) = tokio_tungstenite::connect_async(page_ws).await.expect("DevTools socket");
-        let mut b = Browser { child, socket, next_id: 1, _profile: profile };
+        let mut b = Browser { child, socket, next_id: 1, _profile: profile, requested: Vec::new() };
+        b.call("Network.enable", json!({})).await;
         // Headless windows are at least 500 px wide: the viewport is narrowed by emulation.
         let metrics = json!({ "width": 360, "height": 900, "deviceScaleFactor": 1, "mobile": false });
         b.call("Emulation.setDeviceMetricsOverride", metrics).await;
@@ -87,6 +90,11 @@ impl Browser {
             let m = tokio::time::timeout(Duration::from_secs(30), self.socket.next()).await.expect("DevTools reply");
             let Some(Ok(Message::Text(text))) = m else { continue };
             let v: Value = serde_json::from_str(&text).unwrap();
+            match v["method"].as_str() {
+                Some("Network.requestWillBeSent") => self.requested.push(v["params"]["request"]["url"].to_string()),
+                Some("Network.webSocketCreated") => self.requested.push(v["params"]["url"].to_string()),
+                _ => {}
+            }
             if v["id"] == id {
                 assert!(v["error"].is_null(), "{method}: {v}");
                 return v["result"].clone();

@@ -1,0 +1,157 @@
+//! Who calls a route. A client names itself with a bearer key in `Authorization` (RFC 6750
+//! §2.1), or, on a WebSocket, which browsers cannot give headers, as the subprotocol
+//! `bearer.<key>` next to `tonewall` (RFC 6455 §1.9, §11.3.4); never in a URL, where
+//! proxies and browser histories keep it. A TLS client certificate bound to a key names
+//! that key by itself. An embed token (`POST /v1/sessions` with `"embed": true`) names one
+//! session, for a while: its holder may view it, watch it, cancel it and restart a field,
+//! and nothing else.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+
+use super::auth::{self, Role};
+use super::auth_failures::Failure;
+use super::{ApiError, AppState, audit_or_log};
+use crate::owner::{Team, Viewer};
+use crate::session::{EMBED_PREFIX, SessionId};
+use crate::vault::{Actor, ActorRole};
+
+/// What a caller may reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Whatever its role allows.
+    Role,
+    /// One session only (an embed token).
+    Session(SessionId),
+}
+
+/// The authenticated caller of a route: key id, role, team, scope, and the client's IP.
+pub struct Caller {
+    pub key_id: String,
+    pub role: Role,
+    pub team: Option<Team>,
+    pub scope: Scope,
+    pub origin: String,
+}
+
+impl Caller {
+    /// Who this is, as the audit trail records it.
+    pub fn actor(&self) -> Actor<'_> {
+        Actor { id: &self.key_id, role: ActorRole::Key(self.role), origin: &self.origin }
+    }
+
+    /// Records what this caller did. The actions audited this way reveal no card data, so a
+    /// failed write is logged, not fatal (detokenize, which does, fails closed in the vault).
+    pub async fn audit(&self, state: &AppState, action: &str, outcome: &str, resource: &str) {
+        audit_or_log(state, &self.actor().did(action, outcome, resource)).await;
+    }
+
+    /// Who this is, as ownership sees it (`crate::owner`).
+    pub fn viewer(&self) -> Viewer {
+        Viewer { id: self.key_id.clone(), team: self.team.clone(), admin: self.role == Role::Admin }
+    }
+
+    /// For every route but one session's own: the role must be allowed, and an embed token
+    /// is never enough.
+    pub fn require(&self, allowed: &[Role]) -> Result<(), ApiError> {
+        if self.scope != Scope::Role {
+            return Err(ApiError::new(StatusCode::FORBIDDEN, "this token is good for its one session only"));
+        }
+        self.require_for_session(allowed)
+    }
+
+    /// For a session's own routes (view, events, cancel, field restart), which an embed
+    /// token for that session may use too.
+    pub fn require_for_session(&self, allowed: &[Role]) -> Result<(), ApiError> {
+        if allowed.contains(&self.role) {
+            Ok(())
+        } else {
+            Err(ApiError::new(StatusCode::FORBIDDEN, format!("role {} may not use this route", self.role.as_str())))
+        }
+    }
+
+    /// Whether this caller may see `id`, by scope and by ownership.
+    pub fn may_see_session(&self, state: &AppState, id: &SessionId) -> bool {
+        match &self.scope {
+            Scope::Session(only) => only == id && state.sessions.view(id).is_some(),
+            Scope::Role => state.sessions.owner(id).is_some_and(|owner| self.viewer().sees(&owner)),
+        }
+    }
+}
+
+/// The bearer credential of a request: `Authorization: Bearer …`, or a WebSocket
+/// subprotocol `bearer.…`.
+fn bearer(parts: &Parts) -> String {
+    let header = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if let Some(k) = header.and_then(|h| h.strip_prefix("Bearer ")) {
+        return k.trim().to_string();
+    }
+    let protocols = parts.headers.get(axum::http::header::SEC_WEBSOCKET_PROTOCOL).and_then(|v| v.to_str().ok());
+    protocols
+        .into_iter()
+        .flat_map(|p| p.split(','))
+        .find_map(|p| p.trim().strip_prefix("bearer."))
+        .unwrap_or_default()
+        .to_string()
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let key = bearer(parts);
+        let source = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        let origin = source.map_or("unknown".into(), |ip| ip.to_string());
+        let cert = parts.extensions.get::<auth::ClientCert>();
+        let unavailable = |e: sqlx::Error| {
+            tracing::error!(error = %e, "key lookup failed");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "key store unavailable")
+        };
+        if key.is_empty() {
+            // A client certificate the handshake verified identifies the key bound to it.
+            if let Some(cert) = cert
+                && let Some(k) = auth::lookup_by_cert(state.vault.pool(), cert).await.map_err(unavailable)?
+            {
+                return Ok(Caller { key_id: k.id, role: k.role, team: k.team, scope: Scope::Role, origin });
+            }
+            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer key"));
+        }
+        let now = Instant::now();
+        if source.is_some_and(|ip| state.auth_failures.is_throttled(ip, now)) {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many failed authentications from this address",
+            ));
+        }
+        let (outcome, message) = if key.starts_with(EMBED_PREFIX) {
+            match state.sessions.embedded(&key, now) {
+                Some(id) => {
+                    let key_id = format!("embed:{}", id.as_str());
+                    return Ok(Caller { key_id, role: Role::Agent, team: None, scope: Scope::Session(id), origin });
+                }
+                None => ("unknown_embed_token", "unknown or expired embed token"),
+            }
+        } else {
+            match auth::lookup(state.vault.pool(), &key).await.map_err(unavailable)? {
+                Some(k) if k.client_cert.is_none() || k.client_cert.as_ref() == cert => {
+                    return Ok(Caller { key_id: k.id, role: k.role, team: k.team, scope: Scope::Role, origin });
+                }
+                // A bound key without its certificate is a copied key: refused and audited.
+                Some(_) => ("key_without_its_certificate", "this key works only with its client certificate"),
+                None => ("unknown_key", "unknown bearer key"),
+            }
+        };
+        // PCI DSS 10.2.1.4: invalid access attempts are audited (the key itself is not): the
+        // first of a source's minute now, the rest as one record (`AuthFailures`).
+        let first = source.is_none_or(|ip| state.auth_failures.record(ip, now) == Failure::AuditNow);
+        if first {
+            let nobody = Actor { id: "unknown", role: ActorRole::Unauthenticated, origin: &origin };
+            audit_or_log(state, &nobody.did("auth", outcome, parts.uri.path())).await;
+        }
+        Err(ApiError::new(StatusCode::UNAUTHORIZED, message))
+    }
+}
