@@ -48,6 +48,7 @@ pub struct Config {
     pub vault: VaultConfig,
     pub recordings: RecordingsConfig,
     pub webhook: WebhookConfig,
+    pub accounts: AccountsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -212,6 +213,18 @@ pub struct VaultConfig {
     pub bulk_alarm_per_hour: u32,
 }
 
+/// Built-in accounts for people (`tonewall user add`), and their web sessions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountsConfig {
+    /// Agents, too, sign in with a one-time code (admin, qa and processor always do).
+    pub agent_totp: bool,
+    /// A signed-in session with no request for this long ends (PCI DSS 8.2.8: at most 900).
+    pub idle_timeout_s: u64,
+    /// And in any case after this long.
+    pub max_session_s: u64,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
@@ -345,6 +358,12 @@ impl Config {
         }
         if self.http.header_timeout_s == 0 || self.http.header_timeout_s > 300 {
             return bad("http.header_timeout_s", "must be between 1 and 300 seconds");
+        }
+        if self.accounts.idle_timeout_s == 0 || self.accounts.idle_timeout_s > 900 || self.accounts.max_session_s == 0 {
+            return bad(
+                "accounts.idle_timeout_s",
+                "a signed-in session must end after at most 15 minutes idle (PCI DSS 8.2.8)",
+            );
         }
         if self.http.embed_ttl_s == 0 || self.http.embed_ttl_s > 86_400 {
             return bad("http.embed_ttl_s", "an embed token must live between 1 second and a day");

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use tonewall::accounts;
 use tonewall::api::auth::{self, Role};
 use tonewall::config::Config;
 use tonewall::runtime::Server;
@@ -75,6 +76,11 @@ enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// People's built-in accounts for the pages.
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
     /// Call recordings.
     Recordings {
         #[command(subcommand)]
@@ -132,6 +138,37 @@ enum KeysAction {
     /// Write a self-signed TLS certificate and key for SIP over TLS, for development, where
     /// sip.tls_cert and sip.tls_key look by default (data_dir/tls).
     TlsDev {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserAction {
+    /// Add a user; the password is the first line of standard input. With --totp, prints
+    /// the one-time-code secret for the person's authenticator app (shown this once).
+    Add {
+        #[arg(long)]
+        username: String,
+        #[arg(long, value_enum)]
+        role: Role,
+        #[arg(long)]
+        team: Option<String>,
+        /// A one-time code at sign-in (always for admin, qa and processor).
+        #[arg(long)]
+        totp: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Every user: role, team, second factor, disabled, locked (no secret).
+    List {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Stop a user signing in; their open sessions end at their next request.
+    Disable {
+        #[arg(long)]
+        username: String,
         #[command(flatten)]
         common: Common,
     },
@@ -334,6 +371,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (cert, key) = cfg.tls_files();
             tonewall::runtime::tls::write_dev_pair(&cert, &key)?;
             println!("wrote {} and {} (self-signed, development only)", cert.display(), key.display());
+            Ok(())
+        }
+        Command::User { action: UserAction::Add { username, role, team, totp, common } } => {
+            let cfg = common.load()?;
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password).context("reading the password from standard input")?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            let vault = Vault::open(VaultOptions::from_config(&cfg)).await?;
+            let team = team.as_deref().and_then(tonewall::owner::Team::named);
+            let agent_totp = cfg.accounts.agent_totp;
+            let secret = accounts::add(&vault, &username, password, role, team.as_ref(), totp, agent_totp).await?;
+            let detail = format!("{}{}", role.as_str(), if secret.is_some() { ", with TOTP" } else { "" });
+            vault.audit(&audit::Event { detail: &detail, ..CLI_ACTOR.did("user.add", "created", &username) }).await?;
+            println!("added {username} ({detail})");
+            if let Some(secret) = secret {
+                println!("TOTP secret (base32, for the authenticator app; shown once): {secret}");
+                println!("otpauth://totp/tonewall:{username}?secret={secret}&issuer=tonewall");
+            }
+            Ok(())
+        }
+        Command::User { action: UserAction::List { common } } => {
+            let vault = open_vault(&common).await?;
+            for u in accounts::list(vault.pool()).await? {
+                let team = u.team.map_or("-".to_string(), |t| t.0);
+                let flags = [(u.totp, "totp"), (u.disabled, "disabled"), (u.locked, "locked")];
+                let flags: Vec<&str> = flags.iter().filter(|(on, _)| *on).map(|(_, f)| *f).collect();
+                println!("{}\t{}\t{team}\t{}", u.username, u.role.as_str(), flags.join(","));
+            }
+            Ok(())
+        }
+        Command::User { action: UserAction::Disable { username, common } } => {
+            let vault = open_vault(&common).await?;
+            accounts::disable(vault.pool(), &username).await?;
+            vault.audit(&CLI_ACTOR.did("user.disable", "disabled", &username)).await?;
+            println!("disabled {username}");
             Ok(())
         }
         Command::Recordings { action: RecordingsAction::Purge { older_than_days, common } } => {

@@ -10,12 +10,14 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use subtle::ConstantTimeEq as _;
 
 use super::auth::{self, Role};
 use super::auth_failures::Failure;
 use super::{ApiError, AppState, audit_or_log};
+use crate::accounts::web_sessions::{self, Ended};
 use crate::owner::{Team, Viewer};
 use crate::session::{EMBED_PREFIX, SessionId};
 use crate::vault::{Actor, ActorRole};
@@ -36,6 +38,8 @@ pub struct Caller {
     pub team: Option<Team>,
     pub scope: Scope,
     pub origin: String,
+    /// A person signed in with a built-in account, by session cookie.
+    pub web_session: Option<web_sessions::Live>,
 }
 
 impl Caller {
@@ -83,6 +87,52 @@ impl Caller {
     }
 }
 
+/// The session cookie's token, if the request carries one.
+pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix(web_sessions::COOKIE)?.strip_prefix('='))
+        .filter(|t| !t.is_empty())
+}
+
+/// A signed-in person's request: the session must be live, and a state change must carry
+/// the session's CSRF token in `X-CSRF-Token` (a cross-site form or script cannot read it).
+async fn from_web_session(parts: &Parts, state: &AppState, token: &str, origin: String) -> Result<Caller, ApiError> {
+    let live = state.web_sessions.touch(token, Instant::now()).map_err(|why| {
+        let message = match why {
+            Ended::Idle => "signed out after being idle: sign in again",
+            Ended::TooLong => "the session has reached its limit: sign in again",
+            Ended::Unknown => "not signed in",
+        };
+        ApiError::new(StatusCode::UNAUTHORIZED, message)
+    })?;
+    let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+    let sent = parts.headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !safe && !bool::from(sent.as_bytes().ct_eq(live.csrf.as_bytes())) {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "missing or wrong X-CSRF-Token"));
+    }
+    let u = &live.user;
+    let enabled = crate::accounts::is_enabled(state.vault.pool(), &u.id).await.map_err(|e| {
+        tracing::error!(error = %e, "account check failed");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the account store is unavailable")
+    })?;
+    if !enabled {
+        state.web_sessions.end_user(&u.id);
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "this account is disabled"));
+    }
+    Ok(Caller {
+        key_id: format!("user:{}", u.username),
+        role: u.role,
+        team: u.team.clone(),
+        scope: Scope::Role,
+        origin,
+        web_session: Some(live),
+    })
+}
+
 /// The bearer credential of a request: `Authorization: Bearer …`, or a WebSocket
 /// subprotocol `bearer.…`.
 fn bearer(parts: &Parts) -> String {
@@ -111,12 +161,24 @@ impl FromRequestParts<AppState> for Caller {
             tracing::error!(error = %e, "key lookup failed");
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "key store unavailable")
         };
+        if key.is_empty()
+            && let Some(token) = session_cookie(&parts.headers)
+        {
+            return from_web_session(parts, state, token, origin).await;
+        }
         if key.is_empty() {
             // A client certificate the handshake verified identifies the key bound to it.
             if let Some(cert) = cert
                 && let Some(k) = auth::lookup_by_cert(state.vault.pool(), cert).await.map_err(unavailable)?
             {
-                return Ok(Caller { key_id: k.id, role: k.role, team: k.team, scope: Scope::Role, origin });
+                return Ok(Caller {
+                    key_id: k.id,
+                    role: k.role,
+                    team: k.team,
+                    scope: Scope::Role,
+                    origin,
+                    web_session: None,
+                });
             }
             return Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer key"));
         }
@@ -131,14 +193,28 @@ impl FromRequestParts<AppState> for Caller {
             match state.sessions.embedded(&key, now) {
                 Some(id) => {
                     let key_id = format!("embed:{}", id.as_str());
-                    return Ok(Caller { key_id, role: Role::Agent, team: None, scope: Scope::Session(id), origin });
+                    return Ok(Caller {
+                        key_id,
+                        role: Role::Agent,
+                        team: None,
+                        scope: Scope::Session(id),
+                        origin,
+                        web_session: None,
+                    });
                 }
                 None => ("unknown_embed_token", "unknown or expired embed token"),
             }
         } else {
             match auth::lookup(state.vault.pool(), &key).await.map_err(unavailable)? {
                 Some(k) if k.client_cert.is_none() || k.client_cert.as_ref() == cert => {
-                    return Ok(Caller { key_id: k.id, role: k.role, team: k.team, scope: Scope::Role, origin });
+                    return Ok(Caller {
+                        key_id: k.id,
+                        role: k.role,
+                        team: k.team,
+                        scope: Scope::Role,
+                        origin,
+                        web_session: None,
+                    });
                 }
                 // A bound key without its certificate is a copied key: refused and audited.
                 Some(_) => ("key_without_its_certificate", "this key works only with its client certificate"),

@@ -11,6 +11,7 @@ pub mod cards;
 mod pages;
 mod recordings;
 mod sessions;
+mod signin;
 
 use std::sync::Arc;
 
@@ -46,6 +47,11 @@ pub struct AppState {
     pub embed_ttl: std::time::Duration,
     /// Signs the short-lived URLs the QA player streams from (`recordings::audio_url`).
     pub url_key: Arc<[u8; 32]>,
+    /// Signed-in people's sessions (`crate::accounts`), and how long one may last.
+    pub web_sessions: Arc<crate::accounts::web_sessions::WebSessions>,
+    pub session_max: std::time::Duration,
+    /// Agents sign in with a one-time code too (`accounts.agent_totp`).
+    pub agent_totp: bool,
 }
 
 /// Writes one audit record for each source whose minute of failed authentications ended
@@ -80,6 +86,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tokenize", post(cards::tokenize))
         .route("/v1/detokenize", post(cards::detokenize))
         .route("/v1/openapi.json", get(openapi))
+        .route("/v1/auth/sign-in", post(signin::sign_in))
+        .route("/v1/auth/me", get(signin::me))
+        .route("/v1/auth/sign-out", post(signin::sign_out))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "this route does not take that method")

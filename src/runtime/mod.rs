@@ -125,6 +125,10 @@ impl Server {
         let data_dir = shared.config.storage.data_dir.clone();
         let allowed_targets = Arc::new(shared.config.sip.allowed_targets.clone());
         let auth_failures = Arc::new(api::auth_failures::AuthFailures::default());
+        let web_sessions = Arc::new(crate::accounts::web_sessions::WebSessions::new(
+            Duration::from_secs(shared.config.accounts.idle_timeout_s),
+            Duration::from_secs(shared.config.accounts.max_session_s),
+        ));
         let state = AppState {
             sessions,
             calls,
@@ -137,6 +141,9 @@ impl Server {
             frame_ancestors: shared.config.http.frame_ancestors.join(" ").into(),
             embed_ttl: Duration::from_secs(shared.config.http.embed_ttl_s),
             url_key: Arc::new(rand::random()),
+            web_sessions: web_sessions.clone(),
+            session_max: Duration::from_secs(shared.config.accounts.max_session_s),
+            agent_totp: shared.config.accounts.agent_totp,
         };
         let app = api::router(state);
         let http_limits = http::Limits {
@@ -150,6 +157,7 @@ impl Server {
         let mut purge_stop = stop_rx.clone();
         let sessions = shared.sessions.clone();
         let purge_vault = vault.clone();
+        let purge_web = web_sessions.clone();
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(10));
             loop {
@@ -166,6 +174,7 @@ impl Server {
                 }
                 purge_vault.purge_security_codes(now);
                 sessions.forget_older_than(SESSION_RETENTION, now);
+                purge_web.purge(now);
             }
         }));
         tasks.push(tokio::spawn(vault_upkeep(vault, stop_rx)));
