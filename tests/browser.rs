@@ -41,7 +41,11 @@ fn visible(id: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_takes_a_payment_in_the_desktop_and_qa_replays_it() {
     let t = TestServer::start().await;
-    let (agent_key, qa_key) = (t.key(Role::Agent).await, t.key(Role::Qa).await);
+    let agent_key = t.key(Role::Agent).await;
+    let vault = t.server.shared.vault.clone();
+    let password = "a long qa password";
+    let totp =
+        tonewall::accounts::add(&vault, "qa-dana", password, Role::Qa, None, true, false).await.unwrap().unwrap();
     let agent = Agent::start().await.unwrap();
     let mut b = Browser::open(&format!("{}/desktop", t.base)).await;
     let long = Duration::from_secs(20);
@@ -105,12 +109,24 @@ async fn an_agent_takes_a_payment_in_the_desktop_and_qa_replays_it() {
     );
     drop(b);
 
-    // QA: the call's recording with its masked spans, labelled by field, on a waveform.
+    // QA: a reviewer signs in with her account and one-time code, and sees who she is and
+    // when the session ends; then the call's recording with its masked spans, labelled by
+    // field, on a waveform.
     let mut q = Browser::open(&format!("{}/qa", t.base)).await;
     q.wait_for(&visible("signin"), long).await;
-    q.eval(&fill("key", &qa_key)).await;
-    q.eval(&click("#signin-form button")).await;
+    q.eval(&fill("username", "qa-dana")).await;
+    q.eval(&fill("password", password)).await;
+    q.eval(&click("#account-button")).await;
+    let refused = q.wait_for(&text("#message"), long).await;
+    assert!(refused.as_str().unwrap().contains("Sign-in failed"), "qa without a code: {refused}");
+    q.eval(&fill("password", password)).await;
+    q.eval(&fill("code", &tonewall::accounts::current_code(&totp).unwrap())).await;
+    q.eval(&click("#account-button")).await;
     q.wait_for(&visible("search"), long).await;
+    assert_eq!(q.eval(&text("#who")).await, "qa-dana (qa)");
+    assert!(q.eval(&text("#ends")).await.as_str().unwrap().starts_with("Signs out at "));
+    let cookie_hidden = q.eval("document.cookie").await;
+    assert_eq!(cookie_hidden, "", "the session cookie is HttpOnly: no script reads it");
     q.eval(&fill("reference", "order-desk-1")).await;
     // Stored when the call ends: at worst after Timer F, if the agent left before the BYE.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(45);
@@ -138,7 +154,7 @@ async fn an_agent_takes_a_payment_in_the_desktop_and_qa_replays_it() {
     let audio = q.eval("document.getElementById('audio').src").await;
     assert!(audio.as_str().unwrap().contains("/audio?by=") && audio.as_str().unwrap().contains("&sig="), "{audio}");
     q.screenshot(&artifact("qa-recording.png")).await;
-    no_key_in_any_url(&q.requested, &[&qa_key]);
+    no_key_in_any_url(&q.requested, &[password]);
     t.stop().await;
 }
 
