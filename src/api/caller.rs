@@ -43,6 +43,10 @@ pub struct Caller {
 }
 
 impl Caller {
+    fn of_key(k: auth::KnownKey, origin: String) -> Caller {
+        Caller { key_id: k.id, role: k.role, team: k.team, scope: Scope::Role, origin, web_session: None }
+    }
+
     /// Who this is, as the audit trail records it.
     pub fn actor(&self) -> Actor<'_> {
         Actor { id: &self.key_id, role: ActorRole::Key(self.role), origin: &self.origin }
@@ -171,14 +175,7 @@ impl FromRequestParts<AppState> for Caller {
             if let Some(cert) = cert
                 && let Some(k) = auth::lookup_by_cert(state.vault.pool(), cert).await.map_err(unavailable)?
             {
-                return Ok(Caller {
-                    key_id: k.id,
-                    role: k.role,
-                    team: k.team,
-                    scope: Scope::Role,
-                    origin,
-                    web_session: None,
-                });
+                return Ok(Caller::of_key(k, origin));
             }
             return Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer key"));
         }
@@ -207,14 +204,7 @@ impl FromRequestParts<AppState> for Caller {
         } else {
             match auth::lookup(state.vault.pool(), &key).await.map_err(unavailable)? {
                 Some(k) if k.client_cert.is_none() || k.client_cert.as_ref() == cert => {
-                    return Ok(Caller {
-                        key_id: k.id,
-                        role: k.role,
-                        team: k.team,
-                        scope: Scope::Role,
-                        origin,
-                        web_session: None,
-                    });
+                    return Ok(Caller::of_key(k, origin));
                 }
                 // A bound key without its certificate is a copied key: refused and audited.
                 Some(_) => ("key_without_its_certificate", "this key works only with its client certificate"),

@@ -73,30 +73,44 @@ fn push_udp_frame(out: &mut Vec<u8>, t_ms: u64, payload: &[u8]) {
     out.extend_from_slice(&frame);
 }
 
-pub fn free_udp_port(block: u16) -> u16 {
+/// Ports for the tests' own listeners are handed out from 10000-19999: below the kernel's
+/// ephemeral range (32768 on), where a port probed free can be taken by any connect() or
+/// bind(0) before the peer that was to listen on it binds it (sipp's media socket lost such
+/// a race in CI), and below tonewall's RTP range (20000 on). Each test binary starts at its
+/// own offset; within one, ports are never handed out twice.
+fn next_block(block: u16) -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = 10_000 + (std::process::id() % 500) * 20;
+    let offset = NEXT.fetch_add(u32::from(block.max(2)), Ordering::Relaxed);
+    (10_000 + (start - 10_000 + offset) % 9_980) as u16 & !1
+}
+
+/// `block` consecutive ports, the first even, free on UDP and TCP.
+fn free_block(block: u16) -> u16 {
     loop {
-        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let p = s.local_addr().unwrap().port();
-        if p.is_multiple_of(2) && p < 65_000 && (1..block).all(|i| UdpSocket::bind(("127.0.0.1", p + i)).is_ok()) {
+        let p = next_block(block);
+        let free = |port: u16| {
+            UdpSocket::bind(("127.0.0.1", port)).is_ok() && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+        };
+        if (0..block.max(1)).all(|i| free(p + i)) {
             return p;
         }
     }
 }
 
+pub fn free_udp_port(block: u16) -> u16 {
+    free_block(block)
+}
+
 /// A port free for SIP over both UDP and TCP (`serve` listens on both), for a fixed
 /// `--sip-listen`.
 pub fn free_sip_port() -> u16 {
-    loop {
-        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
+    free_block(1)
 }
 
 pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    free_block(1)
 }
 
 pub fn wait_with_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
