@@ -209,8 +209,10 @@ async fn mutual_tls_binds_a_processor_key_to_its_certificate() {
     let cacert = t.dir.path().join("tls/cert.pem").display().to_string();
     let url = |path: &str| format!("https://127.0.0.1:{}{path}", t.server.http_addr.port());
     let post = |client: Option<&(String, String)>, bearer: Option<&str>, path: &str, body: &str| {
-        let mut args =
-            vec!["--cacert".to_string(), cacert.clone(), "-H".into(), "Content-Type: application/json".into()];
+        // HTTP/1.1: over HTTP/2 a refusal sent before curl has sent the whole request ends in
+        // a stream reset (curl error 92, seen in CI), which says nothing about the refusal.
+        let mut args = vec!["--http1.1".to_string(), "--cacert".into(), cacert.clone()];
+        args.extend(["-H".into(), "Content-Type: application/json".into()]);
         if let Some((c, k)) = client {
             args.extend(["--cert".into(), c.clone(), "--key".into(), k.clone()]);
         }
@@ -223,22 +225,25 @@ async fn mutual_tls_binds_a_processor_key_to_its_certificate() {
     let card = r#"{"pan":"4111111111111111","expiry":"1230"}"#;
     // The certificate alone: tokenize, then detokenize the PAN back.
     let (ok, text) = post(Some(&ours[0]), None, "/v1/tokenize", card).await;
-    assert!(ok && text.starts_with("HTTP/2 201"), "{text}");
+    assert!(ok && text.starts_with("HTTP/1.1 201"), "{text}");
     let token = text.split("\"token\":\"").nth(1).and_then(|r| r.split('"').next()).unwrap().to_string();
     let (_, text) = post(Some(&ours[0]), None, "/v1/detokenize", &format!(r#"{{"token":"{token}"}}"#)).await;
-    assert!(text.starts_with("HTTP/2 200") && text.contains("4111111111111111"), "{text}");
+    assert!(text.starts_with("HTTP/1.1 200") && text.contains("4111111111111111"), "{text}");
     // The certificate with its own key is fine too.
     let (_, text) = post(Some(&ours[0]), Some(&key), "/v1/detokenize", &format!(r#"{{"token":"{token}"}}"#)).await;
-    assert!(text.starts_with("HTTP/2 200"), "{text}");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     // The copied key: without the certificate, or with a sibling certificate of the same CA.
     for (case, client) in [("no certificate", None), ("another certificate", Some(&ours[1]))] {
         let (_, text) = post(client, Some(&key), "/v1/detokenize", &format!(r#"{{"token":"{token}"}}"#)).await;
-        assert!(text.starts_with("HTTP/2 401") && text.contains("only with its client certificate"), "{case}: {text}");
+        assert!(
+            text.starts_with("HTTP/1.1 401") && text.contains("only with its client certificate"),
+            "{case}: {text}"
+        );
         assert!(!text.contains("4111111111111111"), "{case}");
     }
     // A sibling certificate bound to no key is no key at all.
     let (_, text) = post(Some(&ours[1]), None, "/v1/detokenize", &format!(r#"{{"token":"{token}"}}"#)).await;
-    assert!(text.starts_with("HTTP/2 401"), "{text}");
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
     // Another CA's certificate does not get through the handshake.
     let (ok, text) = post(Some(&rogue[0]), Some(&key), "/v1/detokenize", &format!(r#"{{"token":"{token}"}}"#)).await;
     assert!(!ok && !text.contains("HTTP/"), "a foreign CA's client certificate was accepted: {text}");
