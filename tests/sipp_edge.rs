@@ -224,6 +224,24 @@ async fn b2bua_call_with_sipp_as_caller_and_agent() {
     assert_eq!(v["after_capture"], "bridge");
 }
 
+/// socat (OpenSSL) as a TLS server with `cert` and `key` on a free loopback port, relaying
+/// to `to` (a socat address): Debian's sipp has no TLS. Returns it and its port.
+async fn tls_server(cert: &Path, key: &Path, to: &str) -> (sipp::KillOnDrop, u16) {
+    let front = common::sipp::free_tcp_port();
+    let socat = Command::new("socat")
+        .arg(format!(
+            "OPENSSL-LISTEN:{front},bind=127.0.0.1,reuseaddr,cert={},key={},verify=0",
+            cert.display(),
+            key.display()
+        ))
+        .arg(to)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn socat");
+    common::sipp::wait_listening(front, Duration::from_secs(10)).await;
+    (sipp::KillOnDrop(Some(socat)), front)
+}
+
 /// The agent leg goes the way its URI says (RFC 3261 §19.1, §26.2): `;transport=tcp` over
 /// TCP to sipp, and `sips:` over TLS to socat (OpenSSL) in front of sipp, with tonewall
 /// checking the agent's certificate against `sip.tls_ca`; tonewall's INVITE, ACK and BYE
@@ -241,21 +259,11 @@ async fn the_agent_leg_goes_over_tcp_or_tls_as_its_uri_says() {
         let agent_uri = match transport {
             "TCP" => format!("sip:agent@127.0.0.1:{sipp_port};transport=tcp"),
             _ => {
-                // Debian's sipp has no TLS: socat is the TLS server, with the development pair.
-                let front = common::sipp::free_tcp_port();
                 let tls = edge.path().join("data/tls");
-                let socat = Command::new("socat")
-                    .arg(format!(
-                        "OPENSSL-LISTEN:{front},bind=127.0.0.1,reuseaddr,cert={},key={},verify=0",
-                        tls.join("cert.pem").display(),
-                        tls.join("key.pem").display()
-                    ))
-                    .arg(format!("TCP:127.0.0.1:{sipp_port}"))
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("spawn socat");
-                _socat = Some(sipp::KillOnDrop(Some(socat)));
-                common::sipp::wait_listening(front, Duration::from_secs(10)).await;
+                let (socat, front) =
+                    tls_server(&tls.join("cert.pem"), &tls.join("key.pem"), &format!("TCP:127.0.0.1:{sipp_port}"))
+                        .await;
+                _socat = Some(socat);
                 format!("sips:agent@127.0.0.1:{front}")
             }
         };
@@ -288,19 +296,7 @@ async fn an_agent_with_an_untrusted_tls_certificate_is_not_dialled() {
     let other = tempfile::tempdir().unwrap();
     let (cert, key) = (other.path().join("cert.pem"), other.path().join("key.pem"));
     tonewall::runtime::tls::write_dev_pair(&cert, &key).unwrap();
-    let front = common::sipp::free_tcp_port();
-    let socat = Command::new("socat")
-        .arg(format!(
-            "OPENSSL-LISTEN:{front},bind=127.0.0.1,reuseaddr,cert={},key={},verify=0",
-            cert.display(),
-            key.display()
-        ))
-        .arg("SYSTEM:cat > /dev/null")
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn socat");
-    let _socat = sipp::KillOnDrop(Some(socat));
-    common::sipp::wait_listening(front, Duration::from_secs(10)).await;
+    let (_socat, front) = tls_server(&cert, &key, "SYSTEM:cat > /dev/null").await;
     let (id, user) = edge.session(&format!(r#","agent_uri":"sips:agent@127.0.0.1:{front}""#)).await;
     let pcap = edge.keypad_pcap();
     let caller = edge.caller(
