@@ -17,6 +17,7 @@ use crate::media::source_lock::RtpSource;
 use crate::media::srtp::SrtpPolicy;
 use crate::sip::transaction::Timers;
 use crate::vault::VaultOptions;
+use crate::vault::actor::Role;
 use crate::vault::kek::KekSource;
 use crate::vault::secret::SecretSource;
 use crate::vault::token::TokenFormat;
@@ -49,6 +50,7 @@ pub struct Config {
     pub recordings: RecordingsConfig,
     pub webhook: WebhookConfig,
     pub accounts: AccountsConfig,
+    pub oidc: OidcConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -225,6 +227,55 @@ pub struct AccountsConfig {
     pub max_session_s: u64,
 }
 
+/// Sign-in through the contact center's identity provider (`crate::accounts::oidc`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// The provider's issuer URL (OpenID Connect Discovery 1.0 §4); empty: off.
+    pub issuer: String,
+    pub name: String,
+    pub client_id: String,
+    pub client_secret: ClientSecretSource,
+    pub redirect_url: String,
+    /// Extra CA certificates for the provider; empty: the Mozilla roots.
+    pub ca: PathBuf,
+    pub scopes: Vec<String>,
+    pub username_claim: String,
+    pub role_claim: String,
+    /// Claim value → role.
+    pub roles: std::collections::BTreeMap<String, Role>,
+    pub team_claim: String,
+    pub require_amr: Vec<String>,
+    pub require_acr: Vec<String>,
+}
+
+impl OidcConfig {
+    pub fn enabled(&self) -> bool {
+        !self.issuer.is_empty()
+    }
+}
+
+/// Where the OAuth client secret comes from.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientSecretSource {
+    /// A public client, protected by PKCE alone.
+    None,
+    Env(String),
+    /// A file readable by its owner only.
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for ClientSecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientSecretSource::None => f.write_str("None"),
+            ClientSecretSource::Env(v) => write!(f, "Env({v})"),
+            ClientSecretSource::File(p) => write!(f, "File({})", p.display()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
@@ -365,6 +416,7 @@ impl Config {
                 "a signed-in session must end after at most 15 minutes idle (PCI DSS 8.2.8)",
             );
         }
+        self.validate_oidc()?;
         if self.http.embed_ttl_s == 0 || self.http.embed_ttl_s > 86_400 {
             return bad("http.embed_ttl_s", "an embed token must live between 1 second and a day");
         }
@@ -423,6 +475,39 @@ impl Config {
             && !self.webhook.url.starts_with("https://")
         {
             return bad("webhook.url", "must be an http:// or https:// URL");
+        }
+        Ok(())
+    }
+
+    fn validate_oidc(&self) -> Result<(), ConfigError> {
+        let bad = |key, why: &str| Err(ConfigError::Invalid { key, why: why.to_string() });
+        let o = &self.oidc;
+        if !o.enabled() {
+            return Ok(());
+        }
+        if !o.issuer.starts_with("https://") {
+            return bad("oidc.issuer", "must be an https:// URL (OpenID Connect Discovery 1.0 §3)");
+        }
+        if o.client_id.is_empty() {
+            return bad("oidc.client_id", "the client id the provider registered for tonewall is needed");
+        }
+        if !o.redirect_url.starts_with("https://") || !o.redirect_url.ends_with("/v1/auth/oidc/callback") {
+            return bad("oidc.redirect_url", "must be https://HOST[:PORT]/v1/auth/oidc/callback");
+        }
+        if !o.scopes.iter().any(|s| s == "openid") {
+            return bad("oidc.scopes", "must include openid");
+        }
+        if o.username_claim.is_empty() || o.role_claim.is_empty() || o.roles.is_empty() {
+            return bad(
+                "oidc.roles",
+                "needs oidc.username_claim, oidc.role_claim and at least one claim value → role in oidc.roles",
+            );
+        }
+        if self.vault.production && o.require_amr.is_empty() && o.require_acr.is_empty() {
+            return bad(
+                "oidc.require_amr",
+                "production mode needs the provider's multi-factor authentication checked (PCI DSS 8.4.2): set oidc.require_amr or oidc.require_acr",
+            );
         }
         Ok(())
     }
@@ -622,6 +707,29 @@ mod tests {
         let latch = prod.replace("rtp_source = \"sdp\"", "rtp_source = \"latch\"");
         assert!(Config::parse("x", &latch).unwrap_err().to_string().contains("media.rtp_source"));
         assert!(Config::parse("x", &EMBEDDED.replace("rtp_source = \"sdp\"", "rtp_source = \"latch\"")).is_ok());
+        // `prod` with an identity provider.
+        let oidc = |issuer: &str, amr: &str| {
+            prod.replace("issuer = \"\"", &format!("issuer = \"{issuer}\""))
+                .replace("client_id = \"\"", "client_id = \"tonewall\"")
+                .replace("redirect_url = \"\"", "redirect_url = \"https://tw.example/v1/auth/oidc/callback\"")
+                .replace("roles = {}", "roles = { \"cc-agents\" = \"agent\" }")
+                .replace("require_amr = []", &format!("require_amr = [{amr}]"))
+        };
+        assert!(Config::parse("x", &oidc("https://idp.example", "\"otp\"")).is_ok());
+        let plain = Config::parse("x", &oidc("http://idp.example", "\"otp\"")).unwrap_err().to_string();
+        assert!(plain.contains("oidc.issuer"), "{plain}");
+        let no_roles =
+            oidc("https://idp.example", "\"otp\"").replace("roles = { \"cc-agents\" = \"agent\" }", "roles = {}");
+        assert!(Config::parse("x", &no_roles).unwrap_err().to_string().contains("oidc.roles"));
+        let unknown_role = oidc("https://idp.example", "\"otp\"").replace("\"agent\" }", "\"root\" }");
+        assert!(Config::parse("x", &unknown_role).unwrap_err().to_string().contains("root"));
+        let no_mfa = Config::parse("x", &oidc("https://idp.example", "")).unwrap_err().to_string();
+        assert!(
+            no_mfa.contains("oidc.require_amr") && no_mfa.contains("8.4.2"),
+            "production checks the second factor: {no_mfa}"
+        );
+        let dev = oidc("https://idp.example", "").replace("production = true", "production = false");
+        assert!(Config::parse("x", &dev).is_ok(), "outside production the provider's word is enough");
         let unknown_key = Config::parse("x", "[vault]\ndetokenize_per_mintue = 5\n").unwrap_err().to_string();
         assert!(unknown_key.contains("vault") && unknown_key.contains("detokenize_per_mintue"), "{unknown_key}");
         let bad_addr = EMBEDDED.replace("listen = \"127.0.0.1:8080\"", "listen = \"nowhere\"");

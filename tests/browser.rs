@@ -154,6 +154,19 @@ async fn an_agent_takes_a_payment_in_the_desktop_and_qa_replays_it() {
     let audio = q.eval("document.getElementById('audio').src").await;
     assert!(audio.as_str().unwrap().contains("/audio?by=") && audio.as_str().unwrap().contains("&sig="), "{audio}");
     q.screenshot(&artifact("qa-recording.png")).await;
+    // In a 360 px iframe the list and the player are one column, nothing scrolls sideways;
+    // at full width they stand side by side.
+    let layout = "(() => { const a = document.getElementById('search').getBoundingClientRect(), \
+                  b = document.getElementById('player').getBoundingClientRect(); \
+                  return { beside: b.left >= a.right && Math.abs(b.top - a.top) < 2, below: b.top >= a.bottom, \
+                  wide: document.documentElement.scrollWidth > window.innerWidth, list: a.width, player: b.width }; })()";
+    let narrow = q.eval(layout).await;
+    assert_eq!((narrow["below"].as_bool(), narrow["wide"].as_bool()), (Some(true), Some(false)), "360 px: {narrow}");
+    q.resize(1440, 900).await;
+    let full = q.eval(layout).await;
+    assert_eq!((full["beside"].as_bool(), full["wide"].as_bool()), (Some(true), Some(false)), "1440 px: {full}");
+    assert!(full["list"].as_f64().unwrap() > 700.0 && full["player"].as_f64().unwrap() > 450.0, "{full}");
+    q.screenshot(&artifact("qa-recording-full-width.png")).await;
     no_key_in_any_url(&q.requested, &[password]);
     t.stop().await;
 }

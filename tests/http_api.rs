@@ -119,6 +119,9 @@ async fn openapi_describes_every_route_and_the_permission_matrix_holds() {
         [
             "/healthz",
             "/v1/auth/me",
+            "/v1/auth/methods",
+            "/v1/auth/oidc/callback",
+            "/v1/auth/oidc/start",
             "/v1/auth/sign-in",
             "/v1/auth/sign-out",
             "/v1/calls",
@@ -184,7 +187,7 @@ async fn openapi_describes_every_route_and_the_permission_matrix_holds() {
             }
         }
     }
-    assert_eq!(checked, 17 * roles.len());
+    assert_eq!(checked, 20 * roles.len());
     let (s, v) = http("GET", &format!("{}/v1/nowhere", t.base), Some(agent), None).await;
     assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")));
     let (s, v) = http("GET", &format!("{}/v1/tokenize", t.base), Some(agent), None).await;

@@ -5,6 +5,7 @@
 //! sign-ins in a row the account is locked for `LOCKOUT` (8.3.4). The TOTP secret is sealed
 //! under a vault data key, bound to the user's id; a code is taken once (RFC 6238 §5.2).
 
+pub mod oidc;
 pub mod web_sessions;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -69,6 +70,36 @@ pub struct User {
     pub username: String,
     pub role: Role,
     pub team: Option<Team>,
+    pub source: Source,
+}
+
+/// Who vouched for a person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A built-in account: password and one-time code checked here.
+    Builtin,
+    /// The contact center's identity provider (`oidc`).
+    Provider,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Builtin => "password",
+            Source::Provider => "identity_provider",
+        }
+    }
+}
+
+impl User {
+    /// The owner name of what this person creates, and the audit trail's actor: the two
+    /// sources keep apart names, so a provider's "alice" is not the built-in "alice".
+    pub fn principal(&self) -> String {
+        match self.source {
+            Source::Builtin => format!("user:{}", self.username),
+            Source::Provider => format!("oidc:{}", self.username),
+        }
+    }
 }
 
 /// A user as `tonewall user list` shows them: no hash, no secret.
@@ -296,7 +327,7 @@ pub async fn sign_in(
                 .execute(pool)
                 .await?;
             let team = team.as_deref().and_then(Team::named);
-            Ok(Ok(User { id, username: username.into(), role, team }))
+            Ok(Ok(User { id, username: username.into(), role, team, source: Source::Builtin }))
         }
         Err(why) => {
             let failures = failures + 1;

@@ -118,7 +118,13 @@ mod tests {
     use crate::vault::actor::Role;
 
     fn alice() -> User {
-        User { id: "u1".into(), username: "alice".into(), role: Role::Agent, team: None }
+        User {
+            id: "u1".into(),
+            username: "alice".into(),
+            role: Role::Agent,
+            team: None,
+            source: super::super::Source::Builtin,
+        }
     }
 
     #[test]

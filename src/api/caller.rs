@@ -17,6 +17,7 @@ use subtle::ConstantTimeEq as _;
 use super::auth::{self, Role};
 use super::auth_failures::Failure;
 use super::{ApiError, AppState, audit_or_log};
+use crate::accounts::Source;
 use crate::accounts::web_sessions::{self, Ended};
 use crate::owner::{Team, Viewer};
 use crate::session::{EMBED_PREFIX, SessionId};
@@ -93,12 +94,17 @@ impl Caller {
 
 /// The session cookie's token, if the request carries one.
 pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    cookie(headers, web_sessions::COOKIE)
+}
+
+/// One cookie of a request.
+pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|c| c.trim().strip_prefix(web_sessions::COOKIE)?.strip_prefix('='))
+        .find_map(|c| c.trim().strip_prefix(name)?.strip_prefix('='))
         .filter(|t| !t.is_empty())
 }
 
@@ -119,16 +125,19 @@ async fn from_web_session(parts: &Parts, state: &AppState, token: &str, origin: 
         return Err(ApiError::new(StatusCode::FORBIDDEN, "missing or wrong X-CSRF-Token"));
     }
     let u = &live.user;
-    let enabled = crate::accounts::is_enabled(state.vault.pool(), &u.id).await.map_err(|e| {
-        tracing::error!(error = %e, "account check failed");
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the account store is unavailable")
-    })?;
+    // A provider's people are disabled at the provider; their sessions end within the idle
+    // timeout and `accounts.max_session_s`.
+    let enabled = u.source == Source::Provider
+        || crate::accounts::is_enabled(state.vault.pool(), &u.id).await.map_err(|e| {
+            tracing::error!(error = %e, "account check failed");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the account store is unavailable")
+        })?;
     if !enabled {
         state.web_sessions.end_user(&u.id);
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "this account is disabled"));
     }
     Ok(Caller {
-        key_id: format!("user:{}", u.username),
+        key_id: u.principal(),
         role: u.role,
         team: u.team.clone(),
         scope: Scope::Role,

@@ -8,6 +8,7 @@ pub mod auth_failures;
 mod caller;
 mod calls;
 pub mod cards;
+mod oidc;
 mod pages;
 mod recordings;
 mod sessions;
@@ -52,6 +53,8 @@ pub struct AppState {
     pub session_max: std::time::Duration,
     /// Agents sign in with a one-time code too (`accounts.agent_totp`).
     pub agent_totp: bool,
+    /// The contact center's identity provider, when `oidc.issuer` names one.
+    pub oidc: Option<Arc<crate::accounts::oidc::Oidc>>,
 }
 
 /// Writes one audit record for each source whose minute of failed authentications ended
@@ -89,6 +92,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/auth/sign-in", post(signin::sign_in))
         .route("/v1/auth/me", get(signin::me))
         .route("/v1/auth/sign-out", post(signin::sign_out))
+        .route("/v1/auth/methods", get(oidc::methods))
+        .route("/v1/auth/oidc/start", get(oidc::start))
+        .route("/v1/auth/oidc/callback", get(oidc::callback))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "this route does not take that method")

@@ -30,11 +30,22 @@ pub struct SignIn {
     code: String,
 }
 
+/// The `Set-Cookie` of a new web session.
+pub fn session_cookie_header(token: &str, max: std::time::Duration) -> Result<HeaderValue, ApiError> {
+    let cookie = format!(
+        "{}={token}; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age={}",
+        web_sessions::COOKIE,
+        max.as_secs()
+    );
+    HeaderValue::from_str(&cookie).map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "cookie"))
+}
+
 fn who(live: &web_sessions::Live, now: Instant) -> serde_json::Value {
     json!({
         "username": live.user.username,
         "role": live.user.role.as_str(),
         "team": live.user.team.as_ref().map(|t| t.0.clone()),
+        "signed_in_with": live.user.source.as_str(),
         "csrf_token": live.csrf,
         "idle_ends_in_s": live.idle_ends.saturating_duration_since(now).as_secs(),
     })
@@ -62,15 +73,8 @@ pub async fn sign_in(
             let actor = Actor { id: &user.id, role: ActorRole::Key(user.role), origin: &origin };
             audit_or_log(&state, &actor.did("auth.sign_in", "signed_in", &user.username)).await;
             let (token, live) = state.web_sessions.open(user, now);
-            let cookie = format!(
-                "{}={token}; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age={}",
-                web_sessions::COOKIE,
-                state.session_max.as_secs()
-            );
             let mut r = Json(who(&live, now)).into_response();
-            let value = HeaderValue::from_str(&cookie)
-                .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "cookie"))?;
-            r.headers_mut().insert(header::SET_COOKIE, value);
+            r.headers_mut().insert(header::SET_COOKIE, session_cookie_header(&token, state.session_max)?);
             Ok(r)
         }
         Err((why, user_id)) => {

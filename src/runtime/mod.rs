@@ -42,6 +42,8 @@ pub enum ServerError {
     Vault(#[from] VaultError),
     #[error(transparent)]
     Prompts(#[from] prompts::PromptError),
+    #[error(transparent)]
+    Oidc(#[from] crate::accounts::oidc::OidcError),
 }
 
 /// How long a session without a call stays visible to the API.
@@ -129,6 +131,10 @@ impl Server {
             Duration::from_secs(shared.config.accounts.idle_timeout_s),
             Duration::from_secs(shared.config.accounts.max_session_s),
         ));
+        let oidc = match shared.config.oidc.enabled() {
+            true => Some(Arc::new(crate::accounts::oidc::Oidc::new(&shared.config.oidc)?)),
+            false => None,
+        };
         let state = AppState {
             sessions,
             calls,
@@ -144,6 +150,7 @@ impl Server {
             web_sessions: web_sessions.clone(),
             session_max: Duration::from_secs(shared.config.accounts.max_session_s),
             agent_totp: shared.config.accounts.agent_totp,
+            oidc,
         };
         let app = api::router(state);
         let http_limits = http::Limits {

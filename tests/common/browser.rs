@@ -26,6 +26,12 @@ impl Browser {
     /// Starts Chromium on `url` with a 360 px wide viewport (the width of the iframes agent
     /// desktops are embedded in).
     pub async fn open(url: &str) -> Browser {
+        Self::open_with(url, &[]).await
+    }
+
+    /// `open` with more Chromium flags (`--ignore-certificate-errors` for the tests'
+    /// self-signed HTTPS servers).
+    pub async fn open_with(url: &str, flags: &[&str]) -> Browser {
         super::require_tool("chromium", "apt-get install -y chromium");
         let profile = tempfile::tempdir().unwrap();
         let mut child = std::process::Command::new("chromium")
@@ -40,6 +46,7 @@ impl Browser {
                 "--no-first-run",
                 "--remote-debugging-port=0",
             ])
+            .args(flags)
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg(url)
             .stderr(std::process::Stdio::piped())
@@ -76,9 +83,14 @@ impl Browser {
         let mut b = Browser { child, socket, next_id: 1, _profile: profile, requested: Vec::new() };
         b.call("Network.enable", json!({})).await;
         // Headless windows are at least 500 px wide: the viewport is narrowed by emulation.
-        let metrics = json!({ "width": 360, "height": 900, "deviceScaleFactor": 1, "mobile": false });
-        b.call("Emulation.setDeviceMetricsOverride", metrics).await;
+        b.resize(360, 900).await;
         b
+    }
+
+    /// Sets the viewport to `width` × `height` CSS pixels.
+    pub async fn resize(&mut self, width: u32, height: u32) {
+        let metrics = json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": false });
+        self.call("Emulation.setDeviceMetricsOverride", metrics).await;
     }
 
     async fn call(&mut self, method: &str, params: Value) -> Value {
