@@ -416,6 +416,12 @@ impl Config {
                 "a signed-in session must end after at most 15 minutes idle (PCI DSS 8.2.8)",
             );
         }
+        if self.vault.production && !self.accounts.agent_totp {
+            return bad(
+                "accounts.agent_totp",
+                "production mode needs a one-time code from agents with built-in accounts too (PCI DSS 8.4.2: multi-factor authentication for all access to the cardholder data environment)",
+            );
+        }
         self.validate_oidc()?;
         if self.http.embed_ttl_s == 0 || self.http.embed_ttl_s > 86_400 {
             return bad("http.embed_ttl_s", "an embed token must live between 1 second and a day");
@@ -655,15 +661,19 @@ mod tests {
             Config::parse("x", &ok_tone).unwrap().capture.masking,
             Replacement::FlatTone { hz: 2100.0, dbm0: -20.0 }
         );
-        // Production with every other setting it insists on (SDES keys only over TLS).
+        // Production with every other setting it insists on (SDES keys only over TLS, agents' codes).
         let dev = EMBEDDED
             .replace("production = false", "production = true")
-            .replace("sdes_requires_tls = false", "sdes_requires_tls = true");
+            .replace("sdes_requires_tls = false", "sdes_requires_tls = true")
+            .replace("agent_totp = false", "agent_totp = true");
         assert!(Config::parse("x", &dev).unwrap_err().to_string().contains("vault.kek"));
         let inline = dev.replace("kek = \"dev_file\"", &format!("kek = {{ hex = \"{}\" }}", "ab".repeat(32)));
         assert!(Config::parse("x", &inline).unwrap_err().to_string().contains("vault.kek"));
         let env = dev.replace("kek = \"dev_file\"", "kek = { env = \"TONEWALL_KEK\" }");
         assert!(Config::parse("x", &env).is_ok(), "production with the KEK in the environment");
+        let agents_without_codes = env.replace("agent_totp = true", "agent_totp = false");
+        let e = Config::parse("x", &agents_without_codes).unwrap_err().to_string();
+        assert!(e.contains("accounts.agent_totp") && e.contains("8.4.2"), "{e}");
         let token = dev.replace(
             "kek = \"dev_file\"",
             "kek = { pkcs11 = { module = \"/m.so\", token_label = \"t\", key_label = \"k\", pin_env = \"P\" } }",

@@ -141,8 +141,9 @@ async fn kek_from_the_environment_production_mode_and_no_core_dumps() {
     let kek = "5a".repeat(32);
     let s = Setup::new(&[
         ("kek = \"dev_file\"", "kek = { env = \"TONEWALL_TEST_KEK\" }"),
-        // Production also wants SDES keys over TLS only.
+        // Production also wants SDES keys over TLS only, and one-time codes from agents.
         ("sdes_requires_tls = false", "sdes_requires_tls = true"),
+        ("agent_totp = false", "agent_totp = true"),
     ]);
     let env = [("TONEWALL_TEST_KEK", kek.as_str())];
     let (ok, key, err) = s.run(&["api-key", "create", "--role", "processor"], &env);
