@@ -5,11 +5,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, http};
+use common::{TestServer, contains, files_under, http};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tonewall::api::auth::Role;
+use tonewall::vault::audit;
 
 const BODY: &str =
     r#"{"fields":["pan","expiry","cvv"],"reference":"order-123","agent_uri":"sip:agent@127.0.0.1:5070"}"#;
@@ -411,5 +412,71 @@ async fn an_embed_token_opens_one_session_for_a_while() {
     assert_eq!(s, 401, "expired: {v}");
     let (s, _) = http("POST", &format!("{}/v1/sessions/{id}/cancel", t.base), Some(&key), None).await;
     assert_eq!(s, 200, "the key that made it still can");
+    t.stop().await;
+}
+
+/// PCI DSS 3.5.1: a card number pasted into free text (a session's reference, a merchant
+/// name) or into a field a parser quotes back is refused with 400, not repeated in the
+/// answer, and written nowhere: no file under the data directory holds it, nor does the
+/// audit trail.
+#[tokio::test]
+async fn a_card_number_in_free_text_is_refused_and_kept_nowhere() {
+    let t = TestServer::start().await;
+    let agent = t.key(Role::Agent).await;
+    let processor = t.key(Role::Processor).await;
+    let url = format!("{}/v1/sessions", t.base);
+    let session = |reference: &str| {
+        format!(
+            r#"{{"fields":["pan","expiry","cvv"],"reference":"{reference}","agent_uri":"sip:agent@127.0.0.1:5070"}}"#
+        )
+    };
+    let pasted = [
+        ("4111 1111 1111 1111", "4111"),
+        ("order-5555-5555-5555-4444", "5555"),
+        ("caller said 378282246310005", "378282246310005"),
+        ("6011.1111.1111.1117", "6011"),
+    ];
+    for (reference, digits) in pasted {
+        let (s, v) = http("POST", &url, Some(&agent), Some(&session(reference))).await;
+        assert_eq!(s, 400, "{reference}: {v}");
+        assert!(!v.to_string().contains(digits), "the answer repeats it: {v}");
+    }
+    // Parsers quote what they refuse: not when it is a card number.
+    for body in [
+        r#"{"fields":"4012888888881881","reference":"r","agent_uri":"sip:a@127.0.0.1"}"#,
+        r#"{"fields":["4012888888881881"],"reference":"r","agent_uri":"sip:a@127.0.0.1"}"#,
+        r#"{"fields":["pan"],"reference":"r","agent_uri":"sip:a@127.0.0.1","4012888888881881":1}"#,
+    ] {
+        let (s, v) = http("POST", &url, Some(&agent), Some(body)).await;
+        assert_eq!(s, 400, "{body}: {v}");
+        assert!(!v.to_string().contains("4012888888881881"), "the answer repeats it: {v}");
+    }
+    let tokenize = format!("{}/v1/tokenize", t.base);
+    let card = r#"{"pan":"4000056655665556","merchant":"4222 2222 2222 2"}"#;
+    let (s, v) = http("POST", &tokenize, Some(&processor), Some(card)).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(!v.to_string().contains("4222"), "{v}");
+    // The controls: references and merchants with digits that are not card numbers.
+    for reference in ["order-123", "4111 1111 1111 1112", "2026-12-02 14:30 #41111111"] {
+        let (s, v) = http("POST", &url, Some(&agent), Some(&session(reference))).await;
+        assert_eq!(s, 201, "{reference}: {v}");
+    }
+    let card = r#"{"pan":"4000056655665556","merchant":"shop-20261202"}"#;
+    assert_eq!(http("POST", &tokenize, Some(&processor), Some(card)).await.0, 201);
+
+    let vault = &t.server.shared.vault;
+    let trail = audit::records(vault.pool(), 0, 10_000).await.unwrap();
+    let stored = files_under(t.dir.path());
+    assert!(!stored.is_empty());
+    for needle in
+        ["4111 1111 1111 1111", "5555-5555-5555-4444", "378282246310005", "6011.1111", "4012888888881881", "4222 2222"]
+    {
+        for (path, bytes) in &stored {
+            assert!(!contains(bytes, needle.as_bytes()), "{path} holds a pasted card number");
+        }
+        for r in &trail {
+            assert!(!format!("{} {} {}", r.resource, r.detail, r.actor).contains(needle), "the audit trail holds one");
+        }
+    }
     t.stop().await;
 }

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::Role;
 use super::{ApiError, AppState, Caller};
-use crate::capture::card::{Expiry, Pan, SecurityCode};
+use crate::capture::card::{Expiry, Pan, SecurityCode, looks_like_card_number};
 use crate::capture::collector::CapturedCard;
 use crate::vault::{TokenRecord, VaultError, audit};
 
@@ -68,6 +68,12 @@ pub async fn tokenize(
         None => None,
     };
     let merchant = req.merchant.as_deref().unwrap_or("default");
+    if looks_like_card_number(merchant) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "merchant looks like it holds a card number: refused and not stored",
+        ));
+    }
     if merchant.is_empty()
         || merchant.len() > 64
         || !merchant.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))

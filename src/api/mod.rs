@@ -120,8 +120,15 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// An error whose message never repeats a card number: parsers' messages quote the
+    /// offending value (serde's "invalid type: string …", "unknown variant …"), and a client
+    /// may have put a card number there (PCI DSS 3.5.1).
     pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError { status, message: message.into() }
+        let mut message = message.into();
+        if crate::capture::card::looks_like_card_number(&message) {
+            message = "the request holds a value that looks like a card number; it is not repeated here".into();
+        }
+        ApiError { status, message }
     }
 }
 

@@ -13,6 +13,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::auth::Role;
 use super::{ApiError, AppState, Caller};
 use crate::call::{AfterCapture, Command};
+use crate::capture::card::looks_like_card_number;
 use crate::capture::collector::FieldName;
 use crate::session::{Change, SessionError, SessionId, SessionView};
 use crate::targets::{AllowedTargets, Verdict};
@@ -71,6 +72,10 @@ fn after_capture(req: &CreateSession) -> Result<AfterCapture, String> {
     }
 }
 
+/// The answer to free text that holds what looks like a card number.
+pub(super) const CARD_IN_TEXT: &str =
+    "reference looks like it holds a card number: refused and not stored; card numbers are keyed by the caller";
+
 /// The fields and reference of a capture, whether a session's or an inline call's.
 pub(super) fn validate_capture(fields: &[FieldName], reference: &str) -> Result<(), String> {
     if fields.first() != Some(&FieldName::Pan) {
@@ -88,6 +93,10 @@ pub(super) fn validate_capture(fields: &[FieldName], reference: &str) -> Result<
     }
     if reference.len() > 200 || reference.chars().any(char::is_control) {
         return Err("reference must be at most 200 printable characters".into());
+    }
+    if looks_like_card_number(reference) {
+        // Not echoed, not stored, not logged (PCI DSS 3.5.1).
+        return Err(CARD_IN_TEXT.into());
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use std::fmt;
 
 use serde::Serialize;
 use thiserror::Error;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 /// Why a keyed value was refused. Never carries the digits themselves.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -152,6 +152,50 @@ pub fn luhn_valid(digits: &[u8]) -> bool {
         })
         .sum();
     sum.is_multiple_of(10)
+}
+
+/// Whether free text (a reference, a merchant name) holds what looks like a card number
+/// (PCI DSS 3.5.1: no PAN stored in clear where nobody looks for one): a Luhn-valid run of
+/// 13 to 19 digits, written whole or in groups split by single spaces, dashes or dots
+/// ("4111 1111 1111 1111", "4111-1111-1111-1111"). Any consecutive groups of a run count, so
+/// a number pasted between other digit groups is found too; an unbroken run of more than 19
+/// digits is an identifier, not a card number.
+pub fn looks_like_card_number(text: &str) -> bool {
+    let mut groups: Vec<Vec<u8>> = Vec::new();
+    let run_has = |groups: &mut Vec<Vec<u8>>| {
+        let found = (0..groups.len()).any(|start| {
+            let mut digits = Zeroizing::new(Vec::new());
+            groups[start..].iter().any(|g| {
+                digits.extend_from_slice(g);
+                (13..=19).contains(&digits.len()) && luhn_valid(&digits)
+            })
+        });
+        for g in groups.iter_mut() {
+            g.zeroize();
+        }
+        groups.clear();
+        found
+    };
+    let bytes = text.as_bytes();
+    let mut current: Vec<u8> = Vec::new();
+    for (i, &b) in bytes.iter().enumerate() {
+        if b.is_ascii_digit() {
+            current.push(b - b'0');
+            continue;
+        }
+        if !current.is_empty() {
+            groups.push(std::mem::take(&mut current));
+        }
+        let separator = matches!(b, b' ' | b'-' | b'.');
+        let digit_follows = bytes.get(i + 1).is_some_and(u8::is_ascii_digit);
+        if !(separator && digit_follows && !groups.is_empty()) && run_has(&mut groups) {
+            return true;
+        }
+    }
+    if !current.is_empty() {
+        groups.push(current);
+    }
+    run_has(&mut groups)
 }
 
 fn to_digit_values(ascii: &[u8]) -> Result<Zeroizing<Vec<u8>>, CardError> {
@@ -366,5 +410,32 @@ mod tests {
             CardError::SecurityCodeLength { expected: 4, got: 3 }
         );
         assert!(SecurityCode::parse(b"1234", Brand::Visa).is_err());
+    }
+    #[test]
+    fn free_text_holding_a_card_number_is_recognised_in_any_common_spelling() {
+        for text in [
+            "4111111111111111",
+            "4111 1111 1111 1111",
+            "order 4111-1111-1111-1111 for Bob",
+            "4111.1111.1111.1111",
+            "378282246310005",
+            "ref 12 4111 1111 1111 1111 99",
+            "6011111111111117x",
+        ] {
+            assert!(looks_like_card_number(text), "{text}");
+        }
+        for text in [
+            "",
+            "order-123",
+            "4111111111111112",
+            "4111 1111 1111 1112",
+            "411111111111",
+            "41111111111111111111",
+            "2026-12-02 14:30",
+            "4111  1111  1111  1111",
+            "invoice 1234567890123",
+        ] {
+            assert!(!looks_like_card_number(text), "{text}");
+        }
     }
 }
