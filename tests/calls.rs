@@ -72,6 +72,50 @@ async fn without_an_agent_tonewall_hangs_up_after_thanking_the_caller() {
     assert!(report.hung_up_by_tonewall);
     let s = wait_final(&t.base, &key, &id, Duration::from_secs(5)).await;
     assert_eq!((s["state"].as_str(), s["result"]["brand"].as_str()), (Some("completed"), Some("visa")));
+    // The processor comes a second after the call is over: the security code is still
+    // there, once (PCI DSS 3.3.1 allows it until authorization).
+    call_over(&t).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let token = s["result"]["token"].as_str().unwrap();
+    assert_eq!(security_code(&t, token).await, Some("123".to_string()), "a second after the hang-up");
+    assert_eq!(security_code(&t, token).await, None, "released once");
+    t.stop().await;
+}
+
+/// Waits until tonewall has no call left (the call task has cleaned up).
+async fn call_over(t: &TestServer) {
+    let admin = t.key(Role::Admin).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, v) = http("GET", &format!("{}/v1/calls", t.base), Some(&admin), None).await;
+        if v["calls"].as_array().is_some_and(Vec::is_empty) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the call never ended: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The security code a detokenize releases for `token`; the card number must be there.
+async fn security_code(t: &TestServer, token: &str) -> Option<String> {
+    let processor = t.key(Role::Processor).await;
+    let body = format!(r#"{{"token":"{token}"}}"#);
+    let (s, v) = http("POST", &format!("{}/v1/detokenize", t.base), Some(&processor), Some(&body)).await;
+    assert_eq!((s, v["pan"].as_str().map(str::len)), (200, Some(16)), "{}", v["error"]);
+    v["security_code"].as_str().map(String::from)
+}
+
+/// And never past `vault.security_code_ttl_s`, counted from the capture.
+#[tokio::test]
+async fn the_security_code_is_gone_once_its_ttl_ends() {
+    let t = TestServer::start_with(|c| c.vault.security_code_ttl_s = 3).await;
+    let key = t.key(Role::Agent).await;
+    let (id, uri) = session(&t, &key, None).await;
+    call(&t, &uri, "4111111111111111#,1230,123", Codec::Pcmu, 101).await;
+    let s = wait_final(&t.base, &key, &id, Duration::from_secs(5)).await;
+    call_over(&t).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(security_code(&t, s["result"]["token"].as_str().unwrap()).await, None, "past its TTL");
     t.stop().await;
 }
 

@@ -85,11 +85,9 @@ impl CallTask {
         self.record(&mut recorder, true);
         // Boxed: its database futures would otherwise sit in every call's task all call long.
         Box::pin(self.finish_recording(recorder)).await;
-        // The security code lives no longer than its call (PCI DSS 3.3.1).
-        let result = self.session.as_ref().and_then(|s| self.shared.sessions.view(s)).and_then(|v| v.result);
-        if let Some(result) = result {
-            self.shared.vault.drop_security_code(&result.token);
-        }
+        // The security code outlives the call: the processor may detokenize (or a webhook be
+        // retried) after tonewall hung up. The vault releases it once, or drops it at
+        // `vault.security_code_ttl_s` (PCI DSS 3.3.1: until authorization, never stored).
         self.shared.endpoint().remove_call(self.handle);
         self.shared.calls.remove(&self.id);
         let stats = self.call.media_stats();

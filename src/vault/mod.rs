@@ -397,11 +397,6 @@ impl Vault {
         (held.until > now).then_some(held.code)
     }
 
-    /// Forgets the security code of a card whose call ended.
-    pub fn drop_security_code(&self, token: &str) {
-        self.held().remove(token);
-    }
-
     /// Forgets every security code past its TTL; returns how many are still held.
     pub fn purge_security_codes(&self, now: Instant) -> usize {
         let mut held = self.held();
