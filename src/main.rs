@@ -111,6 +111,38 @@ enum ApiKeyAction {
         /// over HTTPS with `http.client_ca` it then works only with that certificate.
         #[arg(long)]
         client_cert: Option<PathBuf>,
+        /// What the key is for ("crm integration", "alice's desk").
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Who holds it (a person, or the team that runs a service).
+        #[arg(long, default_value = "")]
+        owner: String,
+        /// Days until it stops working; agent, qa and admin keys always expire (default 90,
+        /// at most 365), processor keys only when this is given.
+        #[arg(long)]
+        expires_days: Option<u32>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Every key: id, name, owner, role, team, created, expires, last used, state (never the key).
+    List {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Stop a key at once.
+    Revoke {
+        #[arg(long)]
+        id: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Print a new key with the same role, team, name and owner; the old one keeps working
+    /// for the overlap, then expires.
+    Rotate {
+        #[arg(long)]
+        id: String,
+        #[arg(long, default_value_t = 24)]
+        overlap_hours: u64,
         #[command(flatten)]
         common: Common,
     },
@@ -297,7 +329,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("demo OK");
             Ok(())
         }
-        Command::ApiKey { action: ApiKeyAction::Create { role, team, client_cert, common } } => {
+        Command::ApiKey {
+            action: ApiKeyAction::Create { role, team, client_cert, name, owner, expires_days, common },
+        } => {
             // Read before anything is created: a wrong path leaves no key behind.
             let cert = match &client_cert {
                 Some(path) => Some(auth::cert_fingerprint(&tonewall::runtime::tls::read_certs(path)?[0])),
@@ -305,7 +339,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let vault = open_vault(&common).await?;
             let team = team.as_deref().and_then(tonewall::owner::Team::named);
-            let (id, key) = auth::create_key_for(vault.pool(), role, team.as_ref()).await?;
+            let new = auth::NewKey { team: team.as_ref(), name: &name, owner: &owner, expires_in_days: expires_days };
+            let (id, key) = auth::create(vault.pool(), role, &new).await?;
             let detail = match &cert {
                 Some(c) => {
                     auth::bind_client_cert(vault.pool(), &id, c).await?;
@@ -317,7 +352,46 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(t) => format!("{detail}, team {}", t.0),
                 None => detail,
             };
+            let detail = format!("{detail}, name {name:?}, owner {owner:?}");
             vault.audit(&audit::Event { detail: &detail, ..CLI_ACTOR.did("api_key.create", "created", &id) }).await?;
+            println!("{key}");
+            Ok(())
+        }
+        Command::ApiKey { action: ApiKeyAction::List { common } } => {
+            let vault = open_vault(&common).await?;
+            let when = |t: Option<i64>| t.map_or("-".to_string(), utc);
+            println!("id\tname\towner\trole\tteam\tcreated\texpires\tlast_used\tcertificate\tstate");
+            for k in auth::list(vault.pool()).await? {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    k.id,
+                    k.name,
+                    k.owner,
+                    k.role,
+                    k.team.as_deref().unwrap_or("-"),
+                    when(Some(k.created_at)),
+                    when(k.expires_at),
+                    when(k.last_used_at),
+                    if k.bound_to_certificate { "bound" } else { "-" },
+                    k.state
+                );
+            }
+            Ok(())
+        }
+        Command::ApiKey { action: ApiKeyAction::Revoke { id, common } } => {
+            let vault = open_vault(&common).await?;
+            auth::revoke(vault.pool(), &id).await?;
+            vault.audit(&CLI_ACTOR.did("api_key.revoke", "revoked", &id)).await?;
+            println!("key {id} revoked");
+            Ok(())
+        }
+        Command::ApiKey { action: ApiKeyAction::Rotate { id, overlap_hours, common } } => {
+            let vault = open_vault(&common).await?;
+            let overlap = std::time::Duration::from_secs(overlap_hours.saturating_mul(3600));
+            let (new_id, key) = auth::rotate(vault.pool(), &id, overlap).await?;
+            let detail = format!("replaced by {new_id}; the old key works for {overlap_hours} h more");
+            vault.audit(&audit::Event { detail: &detail, ..CLI_ACTOR.did("api_key.rotate", "rotated", &id) }).await?;
+            eprintln!("key {new_id} replaces {id}, which stops working in {overlap_hours} h");
             println!("{key}");
             Ok(())
         }

@@ -179,16 +179,19 @@ impl FromRequestParts<AppState> for Caller {
         {
             return from_web_session(parts, state, token, origin).await;
         }
+        let now = Instant::now();
         if key.is_empty() {
             // A client certificate the handshake verified identifies the key bound to it.
-            if let Some(cert) = cert
-                && let Some(k) = auth::lookup_by_cert(state.vault.pool(), cert).await.map_err(unavailable)?
-            {
-                return Ok(Caller::of_key(k, origin));
-            }
-            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer key"));
+            let found = match cert {
+                Some(cert) => auth::lookup_by_cert(state.vault.pool(), cert).await.map_err(unavailable)?,
+                None => auth::Lookup::Unknown,
+            };
+            return match found {
+                auth::Lookup::Valid(k) => Ok(Caller::of_key(k, origin)),
+                auth::Lookup::Ended(why) => Err(refused(state, parts, source, now, why.outcome(), why.message()).await),
+                auth::Lookup::Unknown => Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer key")),
+            };
         }
-        let now = Instant::now();
         if source.is_some_and(|ip| state.auth_failures.is_throttled(ip, now)) {
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -212,21 +215,37 @@ impl FromRequestParts<AppState> for Caller {
             }
         } else {
             match auth::lookup(state.vault.pool(), &key).await.map_err(unavailable)? {
-                Some(k) if k.client_cert.is_none() || k.client_cert.as_ref() == cert => {
+                auth::Lookup::Valid(k) if k.client_cert.is_none() || k.client_cert.as_ref() == cert => {
                     return Ok(Caller::of_key(k, origin));
                 }
                 // A bound key without its certificate is a copied key: refused and audited.
-                Some(_) => ("key_without_its_certificate", "this key works only with its client certificate"),
-                None => ("unknown_key", "unknown bearer key"),
+                auth::Lookup::Valid(_) => {
+                    ("key_without_its_certificate", "this key works only with its client certificate")
+                }
+                auth::Lookup::Ended(why) => (why.outcome(), why.message()),
+                auth::Lookup::Unknown => ("unknown_key", "unknown bearer key"),
             }
         };
-        // PCI DSS 10.2.1.4: invalid access attempts are audited (the key itself is not): the
-        // first of a source's minute now, the rest as one record (`AuthFailures`).
-        let first = source.is_none_or(|ip| state.auth_failures.record(ip, now) == Failure::AuditNow);
-        if first {
-            let nobody = Actor { id: "unknown", role: ActorRole::Unauthenticated, origin: &origin };
-            audit_or_log(state, &nobody.did("auth", outcome, parts.uri.path())).await;
-        }
-        Err(ApiError::new(StatusCode::UNAUTHORIZED, message))
+        Err(refused(state, parts, source, now, outcome, message).await)
     }
+}
+
+/// A refused credential. PCI DSS 10.2.1.4: invalid access attempts are audited (the key
+/// itself is not): the first of a source's minute now, the rest as one record
+/// (`AuthFailures`), which also throttles the source.
+async fn refused(
+    state: &AppState,
+    parts: &Parts,
+    source: Option<std::net::IpAddr>,
+    now: Instant,
+    outcome: &str,
+    message: &'static str,
+) -> ApiError {
+    let first = source.is_none_or(|ip| state.auth_failures.record(ip, now) == Failure::AuditNow);
+    if first {
+        let origin = source.map_or("unknown".into(), |ip| ip.to_string());
+        let nobody = Actor { id: "unknown", role: ActorRole::Unauthenticated, origin: &origin };
+        audit_or_log(state, &nobody.did("auth", outcome, parts.uri.path())).await;
+    }
+    ApiError::new(StatusCode::UNAUTHORIZED, message)
 }
