@@ -150,6 +150,7 @@ async fn openapi_describes_every_route_and_the_permission_matrix_holds() {
     let (_, v) = http("POST", &format!("{}/v1/sessions", t.base), Some(agent), Some(BODY)).await;
     let id = v["id"].as_str().unwrap().to_string();
     let mut checked = 0;
+    let mut forbidden = 0;
     for (path, ops) in spec["paths"].as_object().unwrap() {
         let url = format!("{}{}", t.base, path.replace("{id}", &id).replace("{name}", "pan"));
         for (method, op) in ops.as_object().unwrap().iter().filter(|(m, _)| *m != "parameters") {
@@ -177,6 +178,7 @@ async fn openapi_describes_every_route_and_the_permission_matrix_holds() {
                         "{method} {path} as {}",
                         role.as_str()
                     );
+                    forbidden += 1;
                 }
                 if s >= 400 {
                     assert!(
@@ -189,6 +191,13 @@ async fn openapi_describes_every_route_and_the_permission_matrix_holds() {
         }
     }
     assert_eq!(checked, 20 * roles.len());
+    // PCI DSS 10.2.1.4, 10.2.1.6: every 403 is audited with its key and route, and so is the
+    // start of the service.
+    let trail = audit::records(t.server.shared.vault.pool(), 0, 100_000).await.unwrap();
+    let audited = trail.iter().filter(|r| r.action == "authz" && r.outcome == "forbidden").count();
+    assert!(forbidden > 20, "{forbidden}");
+    assert_eq!(audited, forbidden, "one audit record per 403");
+    assert!(trail.iter().any(|r| r.action == "service.start" && r.role == "system"), "the start is audited");
     let (s, v) = http("GET", &format!("{}/v1/nowhere", t.base), Some(agent), None).await;
     assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")));
     let (s, v) = http("GET", &format!("{}/v1/tokenize", t.base), Some(agent), None).await;

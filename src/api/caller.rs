@@ -68,7 +68,7 @@ impl Caller {
     /// is never enough.
     pub fn require(&self, allowed: &[Role]) -> Result<(), ApiError> {
         if self.scope != Scope::Role {
-            return Err(ApiError::new(StatusCode::FORBIDDEN, "this token is good for its one session only"));
+            return Err(ApiError::forbidden(self.refused(), "this token is good for its one session only"));
         }
         self.require_for_session(allowed)
     }
@@ -79,8 +79,12 @@ impl Caller {
         if allowed.contains(&self.role) {
             Ok(())
         } else {
-            Err(ApiError::new(StatusCode::FORBIDDEN, format!("role {} may not use this route", self.role.as_str())))
+            Err(ApiError::forbidden(self.refused(), format!("role {} may not use this route", self.role.as_str())))
         }
+    }
+
+    fn refused(&self) -> super::Refused {
+        super::Refused { key_id: self.key_id.clone(), role: self.role }
     }
 
     /// Whether this caller may see `id`, by scope and by ownership.
@@ -122,7 +126,8 @@ async fn from_web_session(parts: &Parts, state: &AppState, token: &str, origin: 
     let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
     let sent = parts.headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or("");
     if !safe && !bool::from(sent.as_bytes().ct_eq(live.csrf.as_bytes())) {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "missing or wrong X-CSRF-Token"));
+        let who = super::Refused { key_id: live.user.principal(), role: live.user.role };
+        return Err(ApiError::forbidden(who, "missing or wrong X-CSRF-Token"));
     }
     let u = &live.user;
     // A provider's people are disabled at the provider; their sessions end within the idle

@@ -100,6 +100,7 @@ pub fn router(state: AppState) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "this route does not take that method")
         })
         .layer(axum::middleware::map_response(never_cached_never_sniffed))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), audit_forbidden))
         .with_state(state)
 }
 
@@ -117,6 +118,15 @@ async fn never_cached_never_sniffed(mut r: Response) -> Response {
 pub struct ApiError {
     status: StatusCode,
     message: String,
+    /// Who was refused, for a 403: the audit layer (`audit_forbidden`) records it.
+    refused: Option<Refused>,
+}
+
+/// The caller a 403 refused, carried on the response to `audit_forbidden`.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    pub key_id: String,
+    pub role: auth::Role,
 }
 
 impl ApiError {
@@ -128,7 +138,12 @@ impl ApiError {
         if crate::capture::card::looks_like_card_number(&message) {
             message = "the request holds a value that looks like a card number; it is not repeated here".into();
         }
-        ApiError { status, message }
+        ApiError { status, message, refused: None }
+    }
+
+    /// A 403 for `caller`, audited on its way out.
+    pub fn forbidden(caller: Refused, message: impl Into<String>) -> ApiError {
+        ApiError { refused: Some(caller), ..ApiError::new(StatusCode::FORBIDDEN, message) }
     }
 }
 
@@ -154,8 +169,31 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": { "code": self.code(), "message": self.message } });
-        (self.status, Json(body)).into_response()
+        let mut r = (self.status, Json(body)).into_response();
+        if let Some(refused) = self.refused {
+            r.extensions_mut().insert(refused);
+        }
+        r
     }
+}
+
+/// PCI DSS 10.2.1.4 (invalid logical access attempts), for an authenticated caller: every
+/// 403 is audited with who, from where and what route.
+async fn audit_forbidden(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    // Cheap copies: this runs on every request, and audits only the rare 403.
+    let uri = request.uri().clone();
+    let from = request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    let response = next.run(request).await;
+    if let Some(r) = response.extensions().get::<Refused>() {
+        let origin = from.map_or("unknown".to_string(), |ip| ip.to_string());
+        let actor = Actor { id: &r.key_id, role: ActorRole::Key(r.role), origin: &origin };
+        audit_or_log(&state, &actor.did("authz", "forbidden", uri.path())).await;
+    }
+    response
 }
 
 /// The API's description (OpenAPI 3.1); `x-roles` on each operation is the permission matrix

@@ -25,7 +25,7 @@ use crate::call::Command;
 use crate::calls::Calls;
 use crate::config::Config;
 use crate::session::Sessions;
-use crate::vault::{Vault, VaultError, VaultOptions, webhook};
+use crate::vault::{Vault, VaultError, VaultOptions, audit, webhook};
 use ports::PortPool;
 pub use shared::Shared;
 use shared::{Registries, SipIo};
@@ -184,6 +184,13 @@ impl Server {
                 purge_web.purge(now);
             }
         }));
+        // PCI DSS 10.2.1.6: the audit trail shows when tonewall, and so its logging, started.
+        let listening = format!("SIP {sip_addr}, HTTP {http_addr}, production {}", shared.config.vault.production);
+        let event =
+            audit::Event { detail: &listening, ..SYSTEM.did("service.start", "started", env!("CARGO_PKG_VERSION")) };
+        if let Err(e) = vault.audit(&event).await {
+            tracing::error!(error = %e, "audit record not written");
+        }
         tasks.push(tokio::spawn(vault_upkeep(vault, stop_rx)));
         tracing::info!(sip = %sip_addr, tls = ?tls_addr, http = %http_addr, "tonewall listening");
         Ok(Server { sip_addr, tls_addr, http_addr, shared, stop, tasks })
@@ -198,12 +205,20 @@ impl Server {
         while self.shared.active_calls() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let left = format!("{} calls still up after the grace period", self.shared.active_calls());
+        let event = audit::Event { detail: &left, ..SYSTEM.did("service.stop", "stopped", env!("CARGO_PKG_VERSION")) };
+        if let Err(e) = self.shared.vault.audit(&event).await {
+            tracing::error!(error = %e, "audit record not written");
+        }
         let _ = self.stop.send(true);
         for t in self.tasks {
             let _ = t.await;
         }
     }
 }
+
+const SYSTEM: crate::vault::Actor<'static> =
+    crate::vault::Actor { id: "tonewall", role: crate::vault::ActorRole::System, origin: "local" };
 
 /// The SIP UDP socket and, with `tcp`, a TCP listener on the same port. With port 0 the OS
 /// picks the UDP port, which may be taken for TCP (by an outgoing connection, say): then
