@@ -86,6 +86,12 @@ enum Command {
         #[command(subcommand)]
         action: RecordingsAction,
     },
+    /// Stop detokenize and new captures at once, in every process sharing the vault (incident
+    /// response); only an admin lifts it.
+    Lockdown {
+        #[command(subcommand)]
+        action: LockdownAction,
+    },
     /// The audit trail.
     Audit {
         #[command(subcommand)]
@@ -143,6 +149,30 @@ enum ApiKeyAction {
         id: String,
         #[arg(long, default_value_t = 24)]
         overlap_hours: u64,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Subcommand)]
+enum LockdownAction {
+    /// Start it (a running serve refuses at its next request).
+    Start {
+        #[arg(long)]
+        reason: String,
+        /// Also revoke every key of this role.
+        #[arg(long, value_enum)]
+        revoke_role: Option<Role>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Lift it.
+    Lift {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Whether one is in force, since when, by whom, why.
+    Status {
         #[command(flatten)]
         common: Common,
     },
@@ -355,6 +385,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let detail = format!("{detail}, name {name:?}, owner {owner:?}");
             vault.audit(&audit::Event { detail: &detail, ..CLI_ACTOR.did("api_key.create", "created", &id) }).await?;
             println!("{key}");
+            Ok(())
+        }
+        Command::Lockdown { action: LockdownAction::Start { reason, revoke_role, common } } => {
+            anyhow::ensure!(
+                !reason.trim().is_empty() && !tonewall::capture::card::looks_like_card_number(&reason),
+                "--reason must say why, and hold no card number"
+            );
+            let vault = open_vault(&common).await?;
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
+            if tonewall::vault::lockdown::start(vault.pool(), "cli", reason.trim(), now).await? {
+                vault.audit(&CLI_ACTOR.did("lockdown.start", "locked", reason.trim())).await?;
+            }
+            if let Some(role) = revoke_role {
+                let n = auth::revoke_role(vault.pool(), role).await?;
+                let detail = format!("{n} {} keys revoked", role.as_str());
+                vault.audit(&CLI_ACTOR.did("lockdown.revoke_role", "revoked", &detail)).await?;
+                println!("{detail}");
+            }
+            println!("lockdown in force: detokenize and new captures are refused");
+            Ok(())
+        }
+        Command::Lockdown { action: LockdownAction::Lift { common } } => {
+            let vault = open_vault(&common).await?;
+            if tonewall::vault::lockdown::lift(vault.pool()).await? {
+                vault.audit(&CLI_ACTOR.did("lockdown.lift", "lifted", "")).await?;
+            }
+            println!("no lockdown in force");
+            Ok(())
+        }
+        Command::Lockdown { action: LockdownAction::Status { common } } => {
+            let vault = open_vault(&common).await?;
+            match tonewall::vault::lockdown::current(vault.pool()).await? {
+                Some(l) => println!("locked since {} by {}: {}", utc(l.since), l.by_actor, l.reason),
+                None => println!("no lockdown in force"),
+            }
             Ok(())
         }
         Command::ApiKey { action: ApiKeyAction::List { common } } => {

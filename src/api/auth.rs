@@ -307,6 +307,16 @@ pub async fn revoke(pool: &AnyPool, id: &str) -> Result<(), KeyError> {
     if done.rows_affected() == 1 { Ok(()) } else { Err(KeyError::NoSuchKey(id.to_string())) }
 }
 
+/// Revokes every live key of `role` (a lockdown's option); how many.
+pub async fn revoke_role(pool: &AnyPool, role: Role) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE role = $2 AND revoked_at IS NULL")
+        .bind(unix_now())
+        .bind(role.as_str())
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected())
+}
+
 /// Rotates key `id`: a new key with its role, team, name and owner (and its role's default
 /// expiry); the old one keeps working for `overlap`, then expires. The new key's id and key.
 pub async fn rotate(pool: &AnyPool, id: &str, overlap: Duration) -> Result<(String, String), KeyError> {

@@ -41,6 +41,7 @@ pub async fn capture(
     body: Result<Json<StartCapture>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     caller.require(AGENT_ROLES)?;
+    super::lockdown::refuse_if_locked(&state).await?;
     let Json(req) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     validate_capture(&req.fields, &req.reference).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, m))?;
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, "no such call");

@@ -112,6 +112,7 @@ pub async fn detokenize(
     body: Bytes,
 ) -> Result<Json<Detokenized>, ApiError> {
     caller.require(PROCESSOR)?;
+    super::lockdown::refuse_if_locked(&state).await?;
     let req: DetokenizeRequest = parse(&body)?;
     let actor = caller.actor();
     match state.limits.admit(&caller.key_id, Instant::now()) {

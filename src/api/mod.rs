@@ -8,6 +8,7 @@ pub mod auth_failures;
 mod caller;
 mod calls;
 pub mod cards;
+mod lockdown;
 mod oidc;
 mod pages;
 mod recordings;
@@ -93,6 +94,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/auth/me", get(signin::me))
         .route("/v1/auth/sign-out", post(signin::sign_out))
         .route("/v1/auth/methods", get(oidc::methods))
+        .route("/v1/admin/lockdown", get(lockdown::show).post(lockdown::start))
+        .route("/v1/admin/lockdown/lift", post(lockdown::lift))
         .route("/v1/auth/oidc/start", get(oidc::start))
         .route("/v1/auth/oidc/callback", get(oidc::callback))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
@@ -160,6 +163,7 @@ impl ApiError {
             StatusCode::GONE => "gone",
             StatusCode::UNPROCESSABLE_ENTITY => "invalid",
             StatusCode::TOO_MANY_REQUESTS => "rate_limited",
+            StatusCode::LOCKED => "lockdown",
             StatusCode::SERVICE_UNAVAILABLE => "unavailable",
             _ => "error",
         }

@@ -132,6 +132,7 @@ pub async fn create(
     body: Result<Json<CreateSession>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     caller.require(AGENT_ROLES)?;
+    super::lockdown::refuse_if_locked(&state).await?;
     let Json(req) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     validate(&req, &state.allowed_targets).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, m))?;
     // Checked by `validate` above.

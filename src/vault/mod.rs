@@ -10,6 +10,7 @@ pub mod audit;
 pub mod crypto;
 pub mod kek;
 pub mod keyring;
+pub mod lockdown;
 pub mod secret;
 pub mod store;
 #[doc(hidden)]

@@ -1,0 +1,69 @@
+//! Lockdown (PCI DSS 12.10.1): `tonewall lockdown start` from a shell stops a running
+//! server's detokenize and new captures at its very next request (423); agents and
+//! processors cannot lift it, an admin can; the API can start one too and revoke every key of
+//! a role with it; each step is audited.
+
+mod common;
+
+use common::{TestServer, http, tonewall};
+use tonewall::api::auth::Role;
+use tonewall::vault::audit;
+
+const SESSION: &str =
+    r#"{"fields":["pan","expiry","cvv"],"reference":"lockdown","agent_uri":"sip:agent@127.0.0.1:5070"}"#;
+
+#[tokio::test]
+async fn a_lockdown_stops_detokenize_and_captures_at_the_next_request_until_an_admin_lifts_it() {
+    let t = TestServer::start().await;
+    let data = t.dir.path().to_str().unwrap().to_string();
+    let (processor, agent, admin) = (t.key(Role::Processor).await, t.key(Role::Agent).await, t.key(Role::Admin).await);
+    let url = |p: &str| format!("{}{p}", t.base);
+    let (s, v) = http("POST", &url("/v1/tokenize"), Some(&processor), Some(r#"{"pan":"4000056655665556"}"#)).await;
+    assert_eq!(s, 201, "{v}");
+    let detokenize = format!(r#"{{"token":"{}"}}"#, v["token"].as_str().unwrap());
+    let detokenize_url = url("/v1/detokenize");
+    let detok = || http("POST", &detokenize_url, Some(&processor), Some(&detokenize));
+    assert_eq!(detok().await.0, 200);
+    assert_eq!(http("POST", &url("/v1/sessions"), Some(&agent), Some(SESSION)).await.0, 201);
+
+    let (ok, out, err) = tonewall(&["lockdown", "start", "--reason", "suspected key leak", "--data-dir", &data], &[]);
+    assert!(ok, "{err}");
+    assert!(out.contains("lockdown in force"), "{out}");
+    let (s, v) = detok().await;
+    assert_eq!((s, v["error"]["code"].as_str()), (423, Some("lockdown")), "the very next detokenize: {v}");
+    assert_eq!(http("POST", &url("/v1/sessions"), Some(&agent), Some(SESSION)).await.0, 423, "new captures");
+    let (s, v) = http("GET", &url("/v1/admin/lockdown"), Some(&admin), None).await;
+    assert_eq!((s, v["locked"].as_bool(), v["by"].as_str()), (200, Some(true), Some("cli")), "{v}");
+    for key in [&agent, &processor] {
+        assert_eq!(
+            http("POST", &url("/v1/admin/lockdown/lift"), Some(key), None).await.0,
+            403,
+            "only an admin lifts it"
+        );
+    }
+    assert_eq!(detok().await.0, 423, "still locked");
+    let (s, v) = http("POST", &url("/v1/admin/lockdown/lift"), Some(&admin), None).await;
+    assert_eq!((s, v["locked"].as_bool()), (200, Some(false)));
+    assert_eq!(detok().await.0, 200, "lifted");
+
+    // From the API, revoking every agent key with it.
+    let body = r#"{"reason":"agent keys copied to a wiki","revoke_role":"agent"}"#;
+    let (s, v) = http("POST", &url("/v1/admin/lockdown"), Some(&admin), Some(body)).await;
+    assert_eq!((s, v["locked"].as_bool()), (200, Some(true)), "{v}");
+    assert_eq!(detok().await.0, 423);
+    assert_eq!(http("GET", &url("/v1/auth/me"), Some(&agent), None).await.0, 401, "the agent key is revoked");
+    let (ok, out, _) = tonewall(&["lockdown", "status", "--data-dir", &data], &[]);
+    assert!(ok && out.contains("agent keys copied to a wiki"), "{out}");
+    let (ok, _, err) = tonewall(&["lockdown", "lift", "--data-dir", &data], &[]);
+    assert!(ok, "{err}");
+    assert_eq!(detok().await.0, 200);
+
+    let pool = t.server.shared.vault.pool();
+    let trail = audit::records(pool, 0, 10_000).await.unwrap();
+    let count = |action: &str| trail.iter().filter(|r| r.action == action).count();
+    assert_eq!((count("lockdown.start"), count("lockdown.lift"), count("lockdown.revoke_role")), (2, 2, 1));
+    assert_eq!(count("authz"), 2, "the refused lifts");
+    let vault = &t.server.shared.vault;
+    assert_eq!(audit::verify(pool, &vault.keys().audit).await.unwrap().1, vec![]);
+    t.stop().await;
+}
