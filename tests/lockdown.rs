@@ -1,5 +1,6 @@
 //! Lockdown (PCI DSS 12.10.1): `tonewall lockdown start` from a shell stops a running
-//! server's detokenize and new captures at its very next request (423); agents and
+//! server's detokenize and new captures at its very next request (423, and 503 to a
+//! session's caller); agents and
 //! processors cannot lift it, an admin can; the API can start one too and revoke every key of
 //! a role with it; each step is audited.
 
@@ -8,6 +9,8 @@ mod common;
 use common::{TestServer, http, tonewall};
 use tonewall::api::auth::Role;
 use tonewall::vault::audit;
+use tonewall_testkit::SoftphoneError;
+use tonewall_testkit::caller::{self, CallerOptions};
 
 const SESSION: &str =
     r#"{"fields":["pan","expiry","cvv"],"reference":"lockdown","agent_uri":"sip:agent@127.0.0.1:5070"}"#;
@@ -24,7 +27,8 @@ async fn a_lockdown_stops_detokenize_and_captures_at_the_next_request_until_an_a
     let detokenize_url = url("/v1/detokenize");
     let detok = || http("POST", &detokenize_url, Some(&processor), Some(&detokenize));
     assert_eq!(detok().await.0, 200);
-    assert_eq!(http("POST", &url("/v1/sessions"), Some(&agent), Some(SESSION)).await.0, 201);
+    let (s, before) = http("POST", &url("/v1/sessions"), Some(&agent), Some(SESSION)).await;
+    assert_eq!(s, 201);
 
     let (ok, out, err) = tonewall(&["lockdown", "start", "--reason", "suspected key leak", "--data-dir", &data], &[]);
     assert!(ok, "{err}");
@@ -32,6 +36,16 @@ async fn a_lockdown_stops_detokenize_and_captures_at_the_next_request_until_an_a
     let (s, v) = detok().await;
     assert_eq!((s, v["error"]["code"].as_str()), (423, Some("lockdown")), "the very next detokenize: {v}");
     assert_eq!(http("POST", &url("/v1/sessions"), Some(&agent), Some(SESSION)).await.0, 423, "new captures");
+    // A session made before the lockdown: its caller is turned away, and it keeps waiting.
+    let uri = before["transfer_uri"].as_str().unwrap();
+    let options = CallerOptions::new(t.server.sip_addr, uri, "4111111111111111#");
+    match caller::place_call(options).await {
+        Err(SoftphoneError::Refused(status)) => assert_eq!(status, 503),
+        other => panic!("a caller got through the lockdown: {:?}", other.map(|r| r.answered)),
+    }
+    let (_, v) =
+        http("GET", &url(&format!("/v1/sessions/{}", before["id"].as_str().unwrap())), Some(&agent), None).await;
+    assert_eq!(v["state"], "waiting", "{v}");
     let (s, v) = http("GET", &url("/v1/admin/lockdown"), Some(&admin), None).await;
     assert_eq!((s, v["locked"].as_bool(), v["by"].as_str()), (200, Some(true), Some("cli")), "{v}");
     for key in [&agent, &processor] {

@@ -80,6 +80,21 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, admission: Admission
             None => return refuse(404, "Not Found", None),
         },
     };
+    // A lockdown stops new captures: a session's caller is turned away (inline calls go on
+    // to their agent; their captures are refused by the API).
+    if let Admitted::Session(id) = &admitted {
+        match crate::vault::lockdown::current(shared.vault.pool()).await {
+            Ok(None) => {}
+            Ok(Some(_)) => {
+                tracing::warn!(session = id.as_str(), "lockdown: caller turned away");
+                return refuse(503, "Service Unavailable", None);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "lockdown state unavailable: caller turned away");
+                return refuse(503, "Service Unavailable", Some(5));
+            }
+        }
+    }
     let Some((caller_rtp, agent_rtp)) = shared.ports.bind_pair().await else {
         tracing::warn!("RTP port range exhausted");
         return refuse(503, "Service Unavailable", Some(5));
