@@ -114,3 +114,46 @@ async fn keys_are_named_owned_listed_revoked_rotated_and_expire() {
 fn line_of<'a>(list: &'a str, name: &str) -> &'a str {
     list.lines().find(|l| l.contains(name)).unwrap_or_else(|| panic!("{name} in\n{list}"))
 }
+
+/// The same lifecycle under `/v1/admin/keys`, for an admin: the new key only in the
+/// creating answer, a list without keys, rotate and revoke.
+#[tokio::test]
+async fn an_admin_manages_keys_over_the_api() {
+    let t = TestServer::start().await;
+    let admin = t.key(tonewall::api::auth::Role::Admin).await;
+    let url = |p: &str| format!("{}{p}", t.base);
+    let body = r#"{"role":"agent","team":"sales","name":"bob's desk","owner":"bob","expires_in_days":30}"#;
+    let (s, made) = http("POST", &url("/v1/admin/keys"), Some(&admin), Some(body)).await;
+    assert_eq!(s, 201, "{made}");
+    let (id, key) = (made["id"].as_str().unwrap().to_string(), made["key"].as_str().unwrap().to_string());
+    assert_eq!(http("GET", &url("/v1/auth/me"), Some(&key), None).await.0, 200);
+    let too_long = r#"{"role":"qa","expires_in_days":400}"#;
+    assert_eq!(http("POST", &url("/v1/admin/keys"), Some(&admin), Some(too_long)).await.0, 400);
+    let (s, list) = http("GET", &url("/v1/admin/keys"), Some(&admin), None).await;
+    assert_eq!(s, 200);
+    assert!(!list.to_string().contains("twk_"), "no key in the list: {list}");
+    let bob = list["keys"].as_array().unwrap().iter().find(|k| k["id"] == id.as_str()).unwrap().clone();
+    assert_eq!(
+        (bob["owner"].as_str(), bob["team"].as_str(), bob["state"].as_str()),
+        (Some("bob"), Some("sales"), Some("active"))
+    );
+    let in_30_days = now() + 30 * 86_400;
+    assert!((bob["expires_at"].as_i64().unwrap() - in_30_days).abs() < 60, "{bob}");
+
+    let (s, next) =
+        http("POST", &url(&format!("/v1/admin/keys/{id}/rotate")), Some(&admin), Some(r#"{"overlap_hours":0}"#)).await;
+    assert_eq!(s, 201, "{next}");
+    let next_key = next["key"].as_str().unwrap().to_string();
+    assert_eq!(http("GET", &url("/v1/auth/me"), Some(&key), None).await.0, 401, "no overlap");
+    assert_eq!(http("GET", &url("/v1/auth/me"), Some(&next_key), None).await.0, 200);
+    let next_id = next["id"].as_str().unwrap();
+    assert_eq!(http("POST", &url(&format!("/v1/admin/keys/{next_id}/revoke")), Some(&admin), None).await.0, 200);
+    assert_eq!(http("GET", &url("/v1/auth/me"), Some(&next_key), None).await.0, 401, "revoked");
+    assert_eq!(http("POST", &url("/v1/admin/keys/nonesuch/revoke"), Some(&admin), None).await.0, 404);
+
+    let trail = audit::records(t.server.shared.vault.pool(), 0, 10_000).await.unwrap();
+    for action in ["api_key.create", "api_key.rotate", "api_key.revoke"] {
+        assert!(trail.iter().any(|r| r.action == action && r.actor != "cli"), "{action} by the admin key");
+    }
+    t.stop().await;
+}

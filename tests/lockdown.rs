@@ -1,8 +1,7 @@
 //! Lockdown (PCI DSS 12.10.1): `tonewall lockdown start` from a shell stops a running
 //! server's detokenize and new captures at its very next request (423, and 503 to a
-//! session's caller); agents and
-//! processors cannot lift it, an admin can; the API can start one too and revoke every key of
-//! a role with it; each step is audited.
+//! session's caller); agents and processors cannot lift it, an admin can; the API can start
+//! one too and revoke every key of a role with it; each step is audited.
 
 mod common;
 

@@ -59,6 +59,11 @@ impl Caller {
         audit_or_log(state, &self.actor().did(action, outcome, resource)).await;
     }
 
+    pub async fn audit_detail(&self, state: &AppState, action: &str, outcome: &str, resource: &str, detail: &str) {
+        let actor = self.actor();
+        audit_or_log(state, &crate::vault::audit::Event { detail, ..actor.did(action, outcome, resource) }).await;
+    }
+
     /// Who this is, as ownership sees it (`crate::owner`).
     pub fn viewer(&self) -> Viewer {
         Viewer { id: self.key_id.clone(), team: self.team.clone(), admin: self.role == Role::Admin }

@@ -3,6 +3,7 @@
 //! `/healthz`. Every error, the router's own 404 and 405 included, is JSON
 //! `{"error": {"code": "...", "message": "..."}}` with the matching status.
 
+mod admin_keys;
 pub mod auth;
 pub mod auth_failures;
 mod caller;
@@ -95,6 +96,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/auth/sign-out", post(signin::sign_out))
         .route("/v1/auth/methods", get(oidc::methods))
         .route("/v1/admin/lockdown", get(lockdown::show).post(lockdown::start))
+        .route("/v1/admin/keys", get(admin_keys::list).post(admin_keys::create))
+        .route("/v1/admin/keys/{id}/revoke", post(admin_keys::revoke))
+        .route("/v1/admin/keys/{id}/rotate", post(admin_keys::rotate))
         .route("/v1/admin/lockdown/lift", post(lockdown::lift))
         .route("/v1/auth/oidc/start", get(oidc::start))
         .route("/v1/auth/oidc/callback", get(oidc::callback))
