@@ -157,7 +157,7 @@ pub fn luhn_valid(digits: &[u8]) -> bool {
 /// Whether free text (a reference, a merchant name) holds what looks like a card number
 /// (PCI DSS 3.5.1: no PAN stored in clear where nobody looks for one): a Luhn-valid run of
 /// 13 to 19 digits, written whole or in groups split by single spaces, dashes or dots
-/// ("4111 1111 1111 1111", "4111-1111-1111-1111"). Any consecutive groups of a run count, so
+/// ("NNNN NNNN NNNN NNNN", "NNNN-NNNN-NNNN-NNNN"). Any consecutive groups of a run count, so
 /// a number pasted between other digit groups is found too; an unbroken run of more than 19
 /// digits is an identifier, not a card number.
 pub fn looks_like_card_number(text: &str) -> bool {
