@@ -49,6 +49,8 @@ pub struct Config {
     pub vault: VaultConfig,
     pub recordings: RecordingsConfig,
     pub webhook: WebhookConfig,
+    pub audit: AuditConfig,
+    pub alerts: AlertsConfig,
     pub accounts: AccountsConfig,
     pub oidc: OidcConfig,
 }
@@ -205,6 +207,10 @@ pub struct StorageConfig {
 #[serde(deny_unknown_fields)]
 pub struct VaultConfig {
     pub kek: KekSource,
+    /// While rotating the KEK: the one being replaced, still used to unwrap data keys that
+    /// `tonewall keys rewrap` has not reached yet.
+    #[serde(default)]
+    pub previous_kek: Option<KekSource>,
     pub production: bool,
     pub token_format: TokenFormat,
     pub convergent: bool,
@@ -274,6 +280,40 @@ impl std::fmt::Debug for ClientSecretSource {
             ClientSecretSource::File(p) => write!(f, "File({})", p.display()),
         }
     }
+}
+
+/// Where the audit chain is anchored outside the database (`crate::vault::anchor`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Empty: `data_dir/audit-checkpoints.jsonl`.
+    pub checkpoint_file: PathBuf,
+    pub checkpoint_interval_s: u64,
+}
+
+/// Security events for people on call (`crate::alerts`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// JSON lines for a SIEM; empty: `data_dir/security.jsonl`.
+    pub log_file: PathBuf,
+    /// POSTed each event, signed; empty: none.
+    pub webhook_url: String,
+    pub webhook_secret: SecretSource,
+}
+
+impl Config {
+    pub fn checkpoint_file(&self) -> PathBuf {
+        or_in_data_dir(&self.audit.checkpoint_file, &self.storage.data_dir, "audit-checkpoints.jsonl")
+    }
+
+    pub fn security_log(&self) -> PathBuf {
+        or_in_data_dir(&self.alerts.log_file, &self.storage.data_dir, "security.jsonl")
+    }
+}
+
+fn or_in_data_dir(path: &Path, data_dir: &Path, name: &str) -> PathBuf {
+    if path.as_os_str().is_empty() { data_dir.join(name) } else { path.to_path_buf() }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -482,6 +522,25 @@ impl Config {
         {
             return bad("webhook.url", "must be an http:// or https:// URL");
         }
+        let alerts = &self.alerts.webhook_url;
+        if !alerts.is_empty() && !alerts.starts_with("http://") && !alerts.starts_with("https://") {
+            return bad("alerts.webhook_url", "must be an http:// or https:// URL");
+        }
+        if self.vault.production && alerts.starts_with("http://") {
+            return bad("alerts.webhook_url", "production mode sends security events over https:// only");
+        }
+        if self.vault.production && !alerts.is_empty() && self.alerts.webhook_secret.is_development() {
+            return bad("alerts.webhook_secret", "production mode refuses a development secret");
+        }
+        if self.vault.production && self.vault.previous_kek.as_ref().is_some_and(KekSource::is_development) {
+            return bad(
+                "vault.previous_kek",
+                "production mode refuses the development key and a key inside the config file",
+            );
+        }
+        if self.audit.checkpoint_interval_s == 0 {
+            return bad("audit.checkpoint_interval_s", "must be at least 1");
+        }
         Ok(())
     }
 
@@ -592,6 +651,8 @@ impl VaultOptions {
                 .then(|| Duration::from_secs(u64::from(c.vault.token_ttl_days) * 86_400)),
             security_code_ttl: Duration::from_secs(c.vault.security_code_ttl_s),
             max_encryptions_per_key: c.vault.max_encryptions_per_key as i64,
+            previous_kek: c.vault.previous_kek.clone(),
+            checkpoint_file: c.checkpoint_file(),
             webhook: (!c.webhook.url.is_empty()).then(|| {
                 (c.webhook.url.clone(), c.webhook.secret.clone(), Duration::from_secs(c.webhook.retry_base_s))
             }),

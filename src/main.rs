@@ -186,6 +186,18 @@ enum KeysAction {
         #[command(flatten)]
         common: Common,
     },
+    /// KEK rotation: re-wrap every data key still under vault.previous_kek under vault.kek.
+    /// Resumable (run it again after a crash) and safe beside a running serve.
+    Rewrap {
+        /// Keys per pass; progress is printed after each.
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        /// Pause between passes, to go easy on a hardware token.
+        #[arg(long, default_value_t = 0)]
+        pause_ms: u64,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Key versions, what each has sealed, how many records each still holds.
     Status {
         #[command(flatten)]
@@ -480,6 +492,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("done: every record is under data key {id}");
             Ok(())
         }
+        Command::Keys { action: KeysAction::Rewrap { batch, pause_ms, common } } => {
+            let vault = open_vault(&common).await?;
+            vault.audit(&CLI_ACTOR.did("kek.rewrap", "started", "kek")).await?;
+            let mut total = 0;
+            loop {
+                let pass = vault.keys().rewrap(vault.pool(), batch.max(1)).await?;
+                total += pass.moved;
+                println!("rewrapped {total} keys, {} left under the previous KEK", pass.left);
+                if pass.left == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+            }
+            let detail = format!("{total} keys re-wrapped");
+            vault.audit(&audit::Event { detail: &detail, ..CLI_ACTOR.did("kek.rewrap", "done", "kek") }).await?;
+            println!("done: every key is wrapped under the current KEK; vault.previous_kek can go");
+            Ok(())
+        }
         Command::Keys { action: KeysAction::Status { common } } => {
             let vault = open_vault(&common).await?;
             println!("{:>4}  {:<12} {:<17} {:>12} {:>10}", "id", "purpose", "created (UTC)", "encryptions", "records");
@@ -563,15 +593,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Audit { action: AuditAction::Verify { common } } => {
             let vault = open_vault(&common).await?;
-            let (checked, findings) = audit::verify(vault.pool(), &vault.keys().audit).await?;
-            for f in &findings {
+            let v = vault.verify_audit().await?;
+            for f in &v.findings {
                 println!("TAMPERED: {f}");
             }
-            if findings.is_empty() {
-                println!("audit trail intact: {checked} records");
+            let anchor = vault.checkpoint_file().display();
+            if v.unanchored {
+                println!("WARNING: no checkpoint file at {anchor}: records cut from the end would not show");
+            }
+            let outcome = if v.findings.is_empty() { "intact" } else { "tampered" };
+            let detail = format!("{} records, {} checkpoints, {} findings", v.checked, v.checkpoints, v.findings.len());
+            vault
+                .audit(&audit::Event { detail: &detail, ..CLI_ACTOR.did("audit.verify", outcome, "audit_log") })
+                .await?;
+            if v.findings.is_empty() {
+                // The verified head, and this run's own record, are vouched for from now on.
+                vault.checkpoint().await?;
+                println!(
+                    "audit trail intact: {} records (signed checkpoints held against: {} in {anchor})",
+                    v.checked, v.checkpoints
+                );
                 Ok(())
             } else {
-                anyhow::bail!("audit trail verification failed: {} finding(s) in {checked} records", findings.len())
+                anyhow::bail!(
+                    "audit trail verification failed: {} finding(s) in {} records",
+                    v.findings.len(),
+                    v.checked
+                )
             }
         }
         Command::CheckConfig { common } => {

@@ -137,6 +137,37 @@ async fn audit_verify_names_a_tampered_record_and_fails() {
     assert!(out.contains("TAMPERED: record 4 fails its MAC"), "{out}{err}");
 }
 
+/// The attack the chain alone cannot see: cut records off the end and point the head at the
+/// last survivor. The checkpoint that the first `audit verify` (and serve) left outside the
+/// database still names the cut record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_verify_finds_a_cut_tail_through_its_checkpoint() {
+    let s = Setup::new(&[]);
+    let (_, key, _) = s.run(&["api-key", "create", "--role", "processor"], &[]);
+    let serve = s.serve(&[]);
+    tokenize(&serve.base, key.trim(), 5).await;
+    serve.kill();
+    let (ok, out, _) = s.run(&["audit", "verify"], &[]);
+    assert!(ok && out.contains("intact: 7 records (signed checkpoints held against: 1 in"), "{out}");
+    let vault = tonewall::vault::Vault::open(tonewall::vault::VaultOptions::development(&s.data)).await.unwrap();
+    sqlx::raw_sql(
+        "DROP TRIGGER audit_log_no_delete; DELETE FROM audit_log WHERE seq > 5; \
+         UPDATE audit_head SET seq = 5, mac = (SELECT mac FROM audit_log WHERE seq = 5)",
+    )
+    .execute(vault.pool())
+    .await
+    .unwrap();
+    // Without the checkpoint file the chain looks whole: that is the attack.
+    assert_eq!(tonewall::vault::audit::verify(vault.pool(), &vault.keys().audit).await.unwrap(), (5, vec![]));
+    drop(vault);
+    let (ok, out, err) = s.run(&["audit", "verify"], &[]);
+    assert!(!ok, "a cut tail must fail the check: {out}");
+    assert!(
+        out.contains("TAMPERED: a signed checkpoint vouches for record 8 but the chain ends at record 5"),
+        "{out}{err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kek_from_the_environment_production_mode_and_no_core_dumps() {
     let kek = "5a".repeat(32);

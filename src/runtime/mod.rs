@@ -191,7 +191,8 @@ impl Server {
         if let Err(e) = vault.audit(&event).await {
             tracing::error!(error = %e, "audit record not written");
         }
-        tasks.push(tokio::spawn(vault_upkeep(vault, stop_rx)));
+        let checkpoint_every = Duration::from_secs(shared.config.audit.checkpoint_interval_s);
+        tasks.push(tokio::spawn(vault_upkeep(vault, checkpoint_every, stop_rx)));
         tracing::info!(sip = %sip_addr, tls = ?tls_addr, http = %http_addr, "tonewall listening");
         Ok(Server { sip_addr, tls_addr, http_addr, shared, stop, tasks })
     }
@@ -209,6 +210,9 @@ impl Server {
         let event = audit::Event { detail: &left, ..SYSTEM.did("service.stop", "stopped", env!("CARGO_PKG_VERSION")) };
         if let Err(e) = self.shared.vault.audit(&event).await {
             tracing::error!(error = %e, "audit record not written");
+        }
+        if let Err(e) = self.shared.vault.checkpoint().await {
+            tracing::error!(error = %e, "audit checkpoint not written");
         }
         let _ = self.stop.send(true);
         for t in self.tasks {
@@ -242,13 +246,22 @@ async fn bind_sip(listen: SocketAddr, tcp: bool) -> Result<(UdpSocket, Option<Tc
 }
 
 /// The vault's background work, every second: keys another process made, records still under
-/// older keys (re-encrypted in batches beside traffic), expired tokens, due webhooks.
-async fn vault_upkeep(vault: Arc<Vault>, mut stop: watch::Receiver<bool>) {
+/// older keys (re-encrypted in batches beside traffic), expired tokens, due webhooks; and
+/// every `checkpoint_every`, the audit chain's head anchored outside the database.
+async fn vault_upkeep(vault: Arc<Vault>, checkpoint_every: Duration, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut anchor = tokio::time::interval(checkpoint_every);
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
+        let anchoring = tokio::select! {
+            _ = tick.tick() => false,
+            _ = anchor.tick() => true,
             _ = stop.wait_for(|s| *s) => return,
+        };
+        if anchoring {
+            if let Err(e) = vault.checkpoint().await {
+                tracing::error!(error = %e, "audit checkpoint not written");
+            }
+            continue;
         }
         if let Err(e) = vault.keys().refresh(vault.pool()).await {
             tracing::warn!(error = %e, "key ring refresh failed");

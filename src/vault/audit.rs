@@ -7,6 +7,7 @@
 //! Appending takes the single `audit_head` row first (UPDATE … RETURNING), which serializes
 //! writers across connections and processes on SQLite and PostgreSQL alike.
 
+use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
@@ -15,6 +16,7 @@ use sha2::Sha256;
 use sqlx::{AnyConnection, AnyPool};
 
 use super::VaultError;
+use super::anchor::Anchors;
 use super::crypto::{SecretKey, hex};
 
 /// One thing that happened, as the audit trail records it.
@@ -57,6 +59,13 @@ pub enum Finding {
     /// The head disagrees with the newest record: records at the end deleted, or one added
     /// without the head.
     Head { head_seq: i64, last_seq: i64 },
+    /// A checkpoint outside the database vouches for a record the chain no longer reaches:
+    /// records cut from the end, the head moved back to hide it.
+    Cut { anchored: i64, last_seq: i64 },
+    /// The record at a checkpoint's place is not the one the checkpoint signed.
+    Diverged { seq: i64 },
+    /// A line of the checkpoint file that is not a checkpoint signed under the audit key.
+    ForgedCheckpoint { line: usize },
 }
 
 impl std::fmt::Display for Finding {
@@ -71,6 +80,14 @@ impl std::fmt::Display for Finding {
                 f,
                 "the chain head is at record {head_seq} but the newest record is {last_seq}: records removed from the end or added past it"
             ),
+            Finding::Cut { anchored, last_seq } => write!(
+                f,
+                "a signed checkpoint vouches for record {anchored} but the chain ends at record {last_seq}: records cut from the end"
+            ),
+            Finding::Diverged { seq } => write!(f, "record {seq} is not the record its signed checkpoint names"),
+            Finding::ForgedCheckpoint { line } => {
+                write!(f, "line {line} of the checkpoint file is not a checkpoint signed under the audit key")
+            }
         }
     }
 }
@@ -88,7 +105,7 @@ fn mac(key: &SecretKey, prev: &str, seq: i64, at_ms: i64, e: &Event) -> String {
     hex(&m.finalize().into_bytes())
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
@@ -139,7 +156,17 @@ pub async fn records(pool: &AnyPool, after: i64, limit: i64) -> Result<Vec<Recor
 
 /// Walks the whole chain; returns how many records it checked and what is wrong.
 pub async fn verify(pool: &AnyPool, key: &SecretKey) -> Result<(i64, Vec<Finding>), VaultError> {
-    let mut findings = Vec::new();
+    verify_anchored(pool, key, &Anchors::default()).await
+}
+
+/// `verify`, and also that the chain reaches every checkpoint with the MAC it signed.
+pub async fn verify_anchored(
+    pool: &AnyPool,
+    key: &SecretKey,
+    anchors: &Anchors,
+) -> Result<(i64, Vec<Finding>), VaultError> {
+    let mut findings: Vec<Finding> = anchors.forged.iter().map(|&line| Finding::ForgedCheckpoint { line }).collect();
+    let signed: HashMap<i64, &str> = anchors.valid.iter().map(|c| (c.seq, c.mac.as_str())).collect();
     let (mut expected, mut prev, mut checked, mut after_gap) = (1i64, String::new(), 0i64, false);
     loop {
         let page = records(pool, expected - 1, 1000).await?;
@@ -165,6 +192,9 @@ pub async fn verify(pool: &AnyPool, key: &SecretKey) -> Result<(i64, Vec<Finding
                 findings.push(Finding::Altered { seq: r.seq });
             }
             after_gap = false;
+            if signed.get(&r.seq).is_some_and(|m| *m != r.mac) {
+                findings.push(Finding::Diverged { seq: r.seq });
+            }
             prev = r.mac;
             expected = r.seq + 1;
             checked += 1;
@@ -176,6 +206,9 @@ pub async fn verify(pool: &AnyPool, key: &SecretKey) -> Result<(i64, Vec<Finding
         sqlx::query_as("SELECT seq, mac FROM audit_head WHERE id = 1").fetch_one(pool).await?;
     if head_seq != expected - 1 || head_mac != prev {
         findings.push(Finding::Head { head_seq, last_seq: expected - 1 });
+    }
+    if let Some(anchored) = signed.keys().copied().max().filter(|&a| a > expected - 1) {
+        findings.push(Finding::Cut { anchored, last_seq: expected - 1 });
     }
     Ok((checked, findings))
 }
@@ -265,6 +298,28 @@ mod tests {
             let f = findings(&vault).await;
             assert!(f.contains(&Finding::Altered { seq: 11 }), "{}: {f:?}", db.label);
             assert!(f.contains(&Finding::Head { head_seq: 10, last_seq: 11 }), "{f:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cut_tail_passes_the_chain_but_not_its_checkpoint() {
+        for db in TestDatabase::both().await {
+            let dir = tempfile::tempdir().unwrap();
+            let vault = Vault::open(db.options(dir.path())).await.unwrap();
+            let path = dir.path().join("checkpoints");
+            chain(&vault, 10).await;
+            crate::vault::anchor::write(vault.pool(), &vault.keys().audit, &path, 0).await.unwrap().unwrap();
+            // The attack: cut records 8 to 10 and point the head at the last survivor.
+            drop_guards(&vault).await;
+            sqlx::query("DELETE FROM audit_log WHERE seq > 7").execute(vault.pool()).await.unwrap();
+            sqlx::query("UPDATE audit_head SET seq = 7, mac = (SELECT mac FROM audit_log WHERE seq = 7)")
+                .execute(vault.pool())
+                .await
+                .unwrap();
+            assert_eq!(findings(&vault).await, vec![], "{}: the chain alone cannot see it", db.label);
+            let anchors = crate::vault::anchor::read(&vault.keys().audit, &path).unwrap();
+            let (checked, found) = verify_anchored(vault.pool(), &vault.keys().audit, &anchors).await.unwrap();
+            assert_eq!((checked, found), (7, vec![Finding::Cut { anchored: 10, last_seq: 7 }]), "{}", db.label);
         }
     }
 }

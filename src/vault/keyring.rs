@@ -16,6 +16,8 @@ use super::{VaultError, unix_now};
 
 pub struct KeyRing {
     kek: Kek,
+    /// The KEK being rotated away from: unwraps what `rewrap` has not moved yet.
+    previous: Option<Kek>,
     /// Every encryption key by id; the newest (largest id) seals new records.
     encryption: RwLock<BTreeMap<i64, SecretKey>>,
     pub fingerprint: SecretKey,
@@ -39,16 +41,17 @@ fn key_aad(purpose: &str, id: i64) -> String {
 
 impl KeyRing {
     /// Loads every key, creating the first of each purpose on first run.
-    pub async fn load(pool: &AnyPool, kek: Kek) -> Result<KeyRing, VaultError> {
+    pub async fn load(pool: &AnyPool, kek: Kek, previous: Option<Kek>) -> Result<KeyRing, VaultError> {
+        let keks = Keks { current: &kek, previous: previous.as_ref() };
         if newest_id(pool, "encryption").await?.is_none() {
             create(pool, &kek, "encryption").await?;
         }
         let fingerprint = match newest_id(pool, "fingerprint").await? {
-            Some(id) => unwrap(pool, &kek, "fingerprint", id).await?,
+            Some(id) => unwrap(pool, keks, "fingerprint", id).await?,
             None => create(pool, &kek, "fingerprint").await?.1,
         };
-        let audit = audit_key(pool, &kek).await?;
-        let ring = KeyRing { kek, encryption: RwLock::new(BTreeMap::new()), fingerprint, audit };
+        let audit = audit_key(pool, keks).await?;
+        let ring = KeyRing { kek, previous, encryption: RwLock::new(BTreeMap::new()), fingerprint, audit };
         ring.refresh(pool).await?;
         Ok(ring)
     }
@@ -75,7 +78,7 @@ impl KeyRing {
                 .await?;
         let mut fresh = Vec::new();
         for (id, wrapped) in &rows {
-            fresh.push((*id, self.kek.unwrap(wrapped, key_aad("encryption", *id).as_bytes())?));
+            fresh.push((*id, self.keks().unwrap(wrapped, key_aad("encryption", *id).as_bytes())?));
         }
         let mut keys = self.encryption.write().unwrap_or_else(|p| p.into_inner());
         keys.extend(fresh);
@@ -88,6 +91,46 @@ impl KeyRing {
         self.refresh(pool).await?;
         tracing::info!(key_id = id, "new data key: new records are sealed under it");
         Ok(id)
+    }
+
+    fn keks(&self) -> Keks<'_> {
+        Keks { current: &self.kek, previous: self.previous.as_ref() }
+    }
+
+    /// Re-wraps up to `limit` data keys (and the audit key) still under the previous KEK under
+    /// the current one; returns how many moved and how many are left. Each key moves in one
+    /// conditional UPDATE (only if its wrapping is still the one read), so this resumes
+    /// wherever a crash stopped it and is safe beside traffic and a second rewrap.
+    pub async fn rewrap(&self, pool: &AnyPool, limit: usize) -> Result<Rewrapped, VaultError> {
+        let mut done = Rewrapped::default();
+        let Some(previous) = &self.previous else {
+            return Err(VaultError::Config("vault.previous_kek is not set: there is no KEK to rewrap from".into()));
+        };
+        let data: Vec<(i64, String, Vec<u8>)> =
+            sqlx::query_as("SELECT id, purpose, wrapped FROM data_keys ORDER BY id").fetch_all(pool).await?;
+        let audit: Vec<(i64, String, Vec<u8>)> =
+            sqlx::query_as("SELECT id, 'audit', wrapped FROM audit_keys").fetch_all(pool).await?;
+        for (table, rows) in [("data_keys", data), ("audit_keys", audit)] {
+            for (id, purpose, wrapped) in rows {
+                let aad = key_aad(&purpose, id);
+                if self.kek.unwrap(&wrapped, aad.as_bytes()).is_ok() {
+                    continue;
+                }
+                if done.moved >= limit {
+                    done.left += 1;
+                    continue;
+                }
+                let key = previous.unwrap(&wrapped, aad.as_bytes())?;
+                let rewrapped = self.kek.wrap(&key, aad.as_bytes())?;
+                let sql = match table {
+                    "data_keys" => "UPDATE data_keys SET wrapped = $1 WHERE id = $2 AND wrapped = $3",
+                    _ => "UPDATE audit_keys SET wrapped = $1 WHERE id = $2 AND wrapped = $3",
+                };
+                let n = sqlx::query(sql).bind(rewrapped).bind(id).bind(wrapped).execute(pool).await?.rows_affected();
+                done.moved += n as usize;
+            }
+        }
+        Ok(done)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<i64, SecretKey>> {
@@ -126,10 +169,36 @@ async fn newest_id(pool: &AnyPool, purpose: &str) -> Result<Option<i64>, VaultEr
     Ok(row.map(|r| r.0))
 }
 
-async fn unwrap(pool: &AnyPool, kek: &Kek, purpose: &str, id: i64) -> Result<SecretKey, VaultError> {
+/// What one `rewrap` pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Rewrapped {
+    pub moved: usize,
+    /// Keys still under the previous KEK after this pass.
+    pub left: usize,
+}
+
+/// The current KEK and, while rotating, the previous one.
+#[derive(Clone, Copy)]
+struct Keks<'a> {
+    current: &'a Kek,
+    previous: Option<&'a Kek>,
+}
+
+impl Keks<'_> {
+    /// Unwraps under the current KEK, else the previous.
+    fn unwrap(&self, wrapped: &[u8], aad: &[u8]) -> Result<SecretKey, VaultError> {
+        match (self.current.unwrap(wrapped, aad), self.previous) {
+            (Ok(k), _) => Ok(k),
+            (Err(_), Some(p)) => p.unwrap(wrapped, aad),
+            (Err(e), None) => Err(e),
+        }
+    }
+}
+
+async fn unwrap(pool: &AnyPool, keks: Keks<'_>, purpose: &str, id: i64) -> Result<SecretKey, VaultError> {
     let (wrapped,): (Vec<u8>,) =
         sqlx::query_as("SELECT wrapped FROM data_keys WHERE id = $1").bind(id).fetch_one(pool).await?;
-    kek.unwrap(&wrapped, key_aad(purpose, id).as_bytes())
+    keks.unwrap(&wrapped, key_aad(purpose, id).as_bytes())
 }
 
 /// Creates and stores a wrapped key. Two processes racing for the same id: one insert fails
@@ -155,14 +224,14 @@ async fn create(pool: &AnyPool, kek: &Kek, purpose: &str) -> Result<(i64, Secret
     }
 }
 
-async fn audit_key(pool: &AnyPool, kek: &Kek) -> Result<SecretKey, VaultError> {
+async fn audit_key(pool: &AnyPool, keks: Keks<'_>) -> Result<SecretKey, VaultError> {
     let row: Option<(Vec<u8>,)> =
         sqlx::query_as("SELECT wrapped FROM audit_keys WHERE id = 1").fetch_optional(pool).await?;
     if let Some((wrapped,)) = row {
-        return kek.unwrap(&wrapped, key_aad("audit", 1).as_bytes());
+        return keks.unwrap(&wrapped, key_aad("audit", 1).as_bytes());
     }
     let key = SecretKey::generate();
-    let wrapped = kek.wrap(&key, key_aad("audit", 1).as_bytes())?;
+    let wrapped = keks.current.wrap(&key, key_aad("audit", 1).as_bytes())?;
     // Two first starts racing: the loser reads the winner's key.
     let inserted = sqlx::query("INSERT INTO audit_keys (id, wrapped, created_at) VALUES (1, $1, $2)")
         .bind(wrapped)
@@ -171,7 +240,7 @@ async fn audit_key(pool: &AnyPool, kek: &Kek) -> Result<SecretKey, VaultError> {
         .await;
     match inserted {
         Ok(_) => Ok(key),
-        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Box::pin(audit_key(pool, kek)).await,
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Box::pin(audit_key(pool, keks)).await,
         Err(e) => Err(e.into()),
     }
 }

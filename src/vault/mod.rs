@@ -6,6 +6,7 @@
 //! fails closed when that record cannot be written.
 
 pub mod actor;
+pub mod anchor;
 pub mod audit;
 pub mod crypto;
 pub mod kek;
@@ -93,6 +94,10 @@ pub struct VaultOptions {
     pub url: String,
     pub data_dir: PathBuf,
     pub kek: KekSource,
+    /// The KEK being replaced, while `keys rewrap` moves data keys off it.
+    pub previous_kek: Option<KekSource>,
+    /// Where signed checkpoints of the audit chain's head go (`anchor`).
+    pub checkpoint_file: PathBuf,
     pub production: bool,
     pub token_format: TokenFormat,
     pub convergent: bool,
@@ -124,6 +129,19 @@ pub struct Vault {
     options: VaultOptions,
     webhook: Option<webhook::Hook>,
     held_codes: Mutex<HashMap<String, HeldCode>>,
+    /// The newest seq this process anchored, so an idle chain adds no checkpoint lines.
+    anchored: std::sync::atomic::AtomicI64,
+}
+
+/// What `Vault::verify_audit` found.
+#[derive(Debug)]
+pub struct Verified {
+    pub checked: i64,
+    pub findings: Vec<audit::Finding>,
+    /// Signed checkpoints the chain was held against.
+    pub checkpoints: usize,
+    /// The checkpoint file does not exist.
+    pub unanchored: bool,
 }
 
 pub const KEK_FILE: &str = "kek.dev.hex";
@@ -160,8 +178,20 @@ impl Vault {
             None => None,
         };
         let (pool, backend) = store::open(&options.url).await?;
-        let keys = KeyRing::load(&pool, kek).await?;
-        Ok(Vault { pool, backend, keys, options, webhook, held_codes: Mutex::new(HashMap::new()) })
+        let previous = match &options.previous_kek {
+            Some(source) => Some(Kek::open(source, &dir.join(KEK_FILE))?),
+            None => None,
+        };
+        let keys = KeyRing::load(&pool, kek, previous).await?;
+        Ok(Vault {
+            pool,
+            backend,
+            keys,
+            options,
+            webhook,
+            held_codes: Mutex::new(HashMap::new()),
+            anchored: std::sync::atomic::AtomicI64::new(0),
+        })
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -178,6 +208,29 @@ impl Vault {
 
     pub fn webhook(&self) -> Option<&webhook::Hook> {
         self.webhook.as_ref()
+    }
+
+    /// Anchors the audit chain's head outside the database, when it moved since this process
+    /// last did (`anchor`).
+    pub async fn checkpoint(&self) -> Result<Option<anchor::Checkpoint>, VaultError> {
+        use std::sync::atomic::Ordering;
+        let after = self.anchored.load(Ordering::Relaxed);
+        let written = anchor::write(&self.pool, &self.keys.audit, &self.options.checkpoint_file, after).await?;
+        if let Some(c) = &written {
+            self.anchored.fetch_max(c.seq, Ordering::Relaxed);
+        }
+        Ok(written)
+    }
+
+    /// Walks the audit chain and holds it against the signed checkpoints.
+    pub async fn verify_audit(&self) -> Result<Verified, VaultError> {
+        let anchors = anchor::read(&self.keys.audit, &self.options.checkpoint_file)?;
+        let (checked, findings) = audit::verify_anchored(&self.pool, &self.keys.audit, &anchors).await?;
+        Ok(Verified { checked, findings, checkpoints: anchors.valid.len(), unanchored: anchors.missing })
+    }
+
+    pub fn checkpoint_file(&self) -> &std::path::Path {
+        &self.options.checkpoint_file
     }
 
     /// Writes one audit record in a transaction of its own.
