@@ -201,6 +201,9 @@ pub struct StorageConfig {
     pub data_dir: PathBuf,
     /// Empty: SQLite under `data_dir`.
     pub database_url: String,
+    /// Run the schema migrations at start; false when the runtime role may not (PostgreSQL
+    /// with two roles, `crate::vault::store`).
+    pub migrate: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -642,6 +645,7 @@ impl VaultOptions {
     pub fn from_config(c: &Config) -> VaultOptions {
         VaultOptions {
             url: crate::vault::store::url(&c.storage.database_url, &c.storage.data_dir),
+            migrate: c.storage.migrate,
             data_dir: c.storage.data_dir.clone(),
             kek: c.vault.kek.clone(),
             production: c.vault.production,

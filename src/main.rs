@@ -97,6 +97,11 @@ enum Command {
         #[command(subcommand)]
         action: AuditAction,
     },
+    /// The vault's database schema.
+    Db {
+        #[command(subcommand)]
+        action: DbAction,
+    },
     /// Validate the configuration and print the effective values.
     CheckConfig {
         #[command(flatten)]
@@ -255,6 +260,19 @@ enum RecordingsAction {
         /// Use this many days instead of recordings.retention_days.
         #[arg(long)]
         older_than_days: Option<u32>,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Subcommand)]
+enum DbAction {
+    /// Run the schema migrations as the owner role: TONEWALL_OWNER_DATABASE_URL, else
+    /// storage.database_url. With --runtime-role (PostgreSQL), grant that role what serve
+    /// needs: the audit table SELECT and INSERT only.
+    Migrate {
+        #[arg(long)]
+        runtime_role: Option<String>,
         #[command(flatten)]
         common: Common,
     },
@@ -621,6 +639,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     v.checked
                 )
             }
+        }
+        Command::Db { action: DbAction::Migrate { runtime_role, common } } => {
+            let cfg = common.load()?;
+            let url = match std::env::var("TONEWALL_OWNER_DATABASE_URL") {
+                Ok(owner) => owner,
+                Err(_) => tonewall::vault::store::url(&cfg.storage.database_url, &cfg.storage.data_dir),
+            };
+            tonewall::vault::store::migrate_as_owner(&url, runtime_role.as_deref()).await?;
+            match runtime_role {
+                Some(role) => println!("schema up to date; {role} may append to the audit trail but not change it"),
+                None => println!("schema up to date"),
+            }
+            Ok(())
         }
         Command::CheckConfig { common } => {
             let cfg = common.load()?;

@@ -92,6 +92,8 @@ pub struct Completion<'a> {
 #[derive(Debug, Clone)]
 pub struct VaultOptions {
     pub url: String,
+    /// Run the migrations on open; false: only check that the owner has (`store`).
+    pub migrate: bool,
     pub data_dir: PathBuf,
     pub kek: KekSource,
     /// The KEK being replaced, while `keys rewrap` moves data keys off it.
@@ -177,7 +179,13 @@ impl Vault {
             }),
             None => None,
         };
-        let (pool, backend) = store::open(&options.url).await?;
+        let (pool, backend) = store::open(&options.url, options.migrate).await?;
+        if options.production
+            && backend == Backend::Postgres
+            && let Some(why) = store::audit_rewritable_by_us(&pool).await?
+        {
+            return Err(VaultError::Config(why));
+        }
         let previous = match &options.previous_kek {
             Some(source) => Some(Kek::open(source, &dir.join(KEK_FILE))?),
             None => None,
