@@ -203,6 +203,15 @@ enum KeysAction {
         #[command(flatten)]
         common: Common,
     },
+    /// Destroy retired data keys that no card or recording is sealed under (serve does this
+    /// hourly with a 24-hour grace); audited.
+    DestroyRetired {
+        /// Only keys whose successor is at least this old (longer than any call).
+        #[arg(long, default_value_t = 24)]
+        grace_hours: u64,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Key versions, what each has sealed, how many records each still holds.
     Status {
         #[command(flatten)]
@@ -526,6 +535,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let detail = format!("{total} keys re-wrapped");
             vault.audit(&audit::Event { detail: &detail, ..CLI_ACTOR.did("kek.rewrap", "done", "kek") }).await?;
             println!("done: every key is wrapped under the current KEK; vault.previous_kek can go");
+            Ok(())
+        }
+        Command::Keys { action: KeysAction::DestroyRetired { grace_hours, common } } => {
+            let vault = open_vault(&common).await?;
+            let ids = vault.destroy_retired_keys(Duration::from_secs(grace_hours.saturating_mul(3600))).await?;
+            println!("destroyed {} retired data keys {ids:?}", ids.len());
             Ok(())
         }
         Command::Keys { action: KeysAction::Status { common } } => {

@@ -19,7 +19,10 @@ use crate::call::recording::{MaskedSpan, STEREO_FRAME};
 use crate::vault::crypto::{self, SecretKey};
 use crate::vault::{Vault, VaultError};
 
-const MAGIC: &[u8; 7] = b"TWREC1\n";
+/// Version 2: chunks sealed under a key derived for this recording alone (`recording_key`).
+const MAGIC: &[u8; 7] = b"TWREC2\n";
+/// Version 1: chunks sealed under the data key itself; still read.
+const MAGIC_V1: &[u8; 7] = b"TWREC1\n";
 /// A quarter second of 8 kHz 16-bit stereo: sealed and written as it fills, so a call holds
 /// only this much plain audio in memory (and loses at most this much in a crash).
 const CHUNK_BYTES: usize = 8_000;
@@ -81,6 +84,14 @@ pub fn directory(data_dir: &Path) -> PathBuf {
     data_dir.join("recordings")
 }
 
+/// Each recording's chunks are sealed under a key derived from the data key for that
+/// recording, so they spend none of the data key's GCM nonce budget (at 100 calls around the
+/// clock, sealing under the data key itself passed 2^32 in about four months), and random
+/// nonces under each derived key stay far from collision (2^32 chunks is 34 years of a call).
+fn recording_key(data_key: &SecretKey, id: &str) -> SecretKey {
+    data_key.derive(&format!("tonewall:recording-key:{id}"))
+}
+
 fn chunk_aad(id: &str, index: u64, last: bool) -> String {
     format!("tonewall:recording:{id}:chunk:{index}:{}", u8::from(last))
 }
@@ -108,7 +119,8 @@ impl Writer {
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let id = uuid::Uuid::new_v4().to_string();
         let path = dir.join(format!("{id}.twrec"));
-        let (key_id, key) = vault.keys().current();
+        let (key_id, data_key) = vault.keys().current();
+        let key = recording_key(&data_key, &id);
         let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(io_err(&path))?;
         // Sealed chunks are larger than the buffer and go straight to the file; the buffer
         // only gathers each chunk's length and nonce.
@@ -242,7 +254,10 @@ pub async fn wav(vault: &Vault, data_dir: &Path, id: &str) -> Result<Option<Vec<
     let mut bytes = Vec::new();
     std::fs::File::open(&path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(io_err(&path))?;
     let damaged = || RecordingError::Damaged(row.id.clone());
-    let body = bytes.strip_prefix(MAGIC.as_slice()).ok_or_else(damaged)?;
+    let (body, derived) = match bytes.strip_prefix(MAGIC.as_slice()) {
+        Some(body) => (body, true),
+        None => (bytes.strip_prefix(MAGIC_V1.as_slice()).ok_or_else(damaged)?, false),
+    };
     let (key_id, mut rest) = body.split_at_checked(8).ok_or_else(damaged)?;
     let key_id = i64::from_le_bytes(key_id.try_into().map_err(|_| damaged())?);
     if key_id != row.key_id {
@@ -255,6 +270,7 @@ pub async fn wav(vault: &Vault, data_dir: &Path, id: &str) -> Result<Option<Vec<
             vault.keys().get(key_id).ok_or_else(damaged)?
         }
     };
+    let key = if derived { recording_key(&key, &row.id) } else { key };
     let mut pcm = Vec::new();
     let mut index = 0u64;
     loop {

@@ -245,23 +245,48 @@ async fn bind_sip(listen: SocketAddr, tcp: bool) -> Result<(UdpSocket, Option<Tc
     Err(fail(last))
 }
 
+/// What the vault's upkeep does on a tick.
+enum Upkeep {
+    Tick,
+    Checkpoint,
+    DestroyRetiredKeys,
+}
+
+/// A retired data key is destroyed this long after its successor arrived (and only once no
+/// record is sealed under it): longer than any call holds the key it started with.
+pub const RETIRED_KEY_GRACE: Duration = Duration::from_secs(24 * 3600);
+
 /// The vault's background work, every second: keys another process made, records still under
 /// older keys (re-encrypted in batches beside traffic), expired tokens, due webhooks; and
-/// every `checkpoint_every`, the audit chain's head anchored outside the database.
+/// every `checkpoint_every`, the audit chain's head anchored outside the database; hourly,
+/// retired data keys nothing needs destroyed.
 async fn vault_upkeep(vault: Arc<Vault>, checkpoint_every: Duration, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut anchor = tokio::time::interval(checkpoint_every);
+    let mut destroy = tokio::time::interval(Duration::from_secs(3600));
     loop {
-        let anchoring = tokio::select! {
-            _ = tick.tick() => false,
-            _ = anchor.tick() => true,
+        let work = tokio::select! {
+            _ = tick.tick() => Upkeep::Tick,
+            _ = anchor.tick() => Upkeep::Checkpoint,
+            _ = destroy.tick() => Upkeep::DestroyRetiredKeys,
             _ = stop.wait_for(|s| *s) => return,
         };
-        if anchoring {
-            if let Err(e) = vault.checkpoint().await {
-                tracing::error!(error = %e, "audit checkpoint not written");
+        match work {
+            Upkeep::Tick => {}
+            Upkeep::Checkpoint => {
+                if let Err(e) = vault.checkpoint().await {
+                    tracing::error!(error = %e, "audit checkpoint not written");
+                }
+                continue;
             }
-            continue;
+            Upkeep::DestroyRetiredKeys => {
+                match vault.destroy_retired_keys(RETIRED_KEY_GRACE).await {
+                    Ok(ids) if !ids.is_empty() => tracing::info!(?ids, "retired data keys destroyed"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "destroying retired data keys failed"),
+                }
+                continue;
+            }
         }
         if let Err(e) = vault.keys().refresh(vault.pool()).await {
             tracing::warn!(error = %e, "key ring refresh failed");

@@ -69,6 +69,7 @@ impl KeyRing {
     }
 
     /// Loads keys another process (`tonewall keys rotate`) added; returns whether any were new.
+    /// (Only keys newer than the newest known: a destroyed older key is not loaded again.)
     pub async fn refresh(&self, pool: &AnyPool) -> Result<bool, VaultError> {
         let known = self.read().keys().next_back().copied().unwrap_or(0);
         let rows: Vec<(i64, Vec<u8>)> =
@@ -91,6 +92,14 @@ impl KeyRing {
         self.refresh(pool).await?;
         tracing::info!(key_id = id, "new data key: new records are sealed under it");
         Ok(id)
+    }
+
+    /// Drops a destroyed key from memory (zeroized on drop). Never the current one.
+    pub fn forget(&self, id: i64) {
+        let mut keys = self.encryption.write().unwrap_or_else(|p| p.into_inner());
+        if keys.last_key_value().is_some_and(|(newest, _)| *newest != id) {
+            keys.remove(&id);
+        }
     }
 
     fn keks(&self) -> Keks<'_> {

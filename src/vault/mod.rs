@@ -344,7 +344,11 @@ impl Vault {
         if used >= self.options.max_encryptions_per_key {
             // Another tokenization may have rotated already: only the first moves on.
             if self.keys.current().0 == key_id {
-                self.keys.rotate(&self.pool).await?;
+                let id = self.keys.rotate(&self.pool).await?;
+                let detail = format!("data key {key_id} reached its budget of {used} encryptions");
+                let system = Actor { id: "tonewall", role: ActorRole::System, origin: "local" };
+                self.audit(&audit::Event { detail: &detail, ..system.did("key.rotate", "created", &id.to_string()) })
+                    .await?;
             }
         }
         Ok(record)
@@ -436,6 +440,54 @@ impl Vault {
             tx.commit().await?;
         }
         Ok(moved)
+    }
+
+    /// Destroys encryption keys that nothing can need again: a newer key has sealed new
+    /// records for at least `grace` (longer than any call, so no recording or tokenization
+    /// still holds the old one), and no card or recording is sealed under them. The wrapped
+    /// key is deleted (SQLite overwrites freed pages: `secure_delete`) and the copy in memory
+    /// zeroized; each destruction is audited. Returns the ids destroyed.
+    pub async fn destroy_retired_keys(&self, grace: Duration) -> Result<Vec<i64>, VaultError> {
+        let retired_before = unix_now() - grace.as_secs() as i64;
+        let ids: Vec<(i64,)> = sqlx::query_as(
+            "SELECT k.id FROM data_keys k WHERE k.purpose = 'encryption' \
+             AND (SELECT MIN(n.created_at) FROM data_keys n WHERE n.purpose = 'encryption' AND n.id > k.id) <= $1 \
+             AND NOT EXISTS (SELECT 1 FROM cards c WHERE c.key_id = k.id) \
+             AND NOT EXISTS (SELECT 1 FROM recordings r WHERE r.key_id = k.id)",
+        )
+        .bind(retired_before)
+        .fetch_all(&self.pool)
+        .await?;
+        let system = Actor { id: "tonewall", role: ActorRole::System, origin: "local" };
+        let mut destroyed = Vec::new();
+        for (id,) in ids {
+            let mut tx = self.pool.begin().await?;
+            // Checked again inside the transaction that deletes, against a record sealed meanwhile.
+            let gone = sqlx::query(
+                "DELETE FROM data_keys WHERE id = $1 \
+                 AND NOT EXISTS (SELECT 1 FROM cards c WHERE c.key_id = $1) \
+                 AND NOT EXISTS (SELECT 1 FROM recordings r WHERE r.key_id = $1)",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if gone == 0 {
+                continue;
+            }
+            let resource = id.to_string();
+            let detail = "no card or recording is sealed under it";
+            audit::append_in(
+                &mut tx,
+                &self.keys.audit,
+                &audit::Event { detail, ..system.did("key.destroy", "destroyed", &resource) },
+            )
+            .await?;
+            tx.commit().await?;
+            self.keys.forget(id);
+            destroyed.push(id);
+        }
+        Ok(destroyed)
     }
 
     /// Deletes cards whose token has expired; returns how many.
@@ -587,6 +639,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn retired_keys_are_destroyed_once_nothing_is_sealed_under_them() {
+        for db in TestDatabase::both().await {
+            let dir = tempfile::tempdir().unwrap();
+            let vault = Vault::open(db.options(dir.path())).await.unwrap();
+            let first = vault.keys().current().0;
+            let card = store(&vault, "4111111111111111").await;
+            let second = vault.keys().rotate(vault.pool()).await.unwrap();
+            // A recording sealed under the second key keeps it alive after the third arrives.
+            sqlx::query(
+                "INSERT INTO recordings (id, call_id, session_id, reference, started_at, duration_ms, key_id, masked_spans, file) \
+                 VALUES ('r1', 'c1', 's1', 'ref', 0, 0, $1, '[]', 'r1.twrec')",
+            )
+            .bind(second)
+            .execute(vault.pool())
+            .await
+            .unwrap();
+            let third = vault.keys().rotate(vault.pool()).await.unwrap();
+            let (hour, none) = (Duration::from_secs(3600), Vec::<i64>::new());
+            assert_eq!(vault.destroy_retired_keys(hour).await.unwrap(), none, "{}: within the grace", db.label);
+            assert_eq!(vault.destroy_retired_keys(Duration::ZERO).await.unwrap(), none, "the card is under the first");
+            while vault.reencrypt(100).await.unwrap() > 0 {}
+            assert_eq!(vault.destroy_retired_keys(Duration::ZERO).await.unwrap(), vec![first], "{}", db.label);
+            assert!(vault.keys().get(first).is_none(), "gone from memory too");
+            let ids: Vec<i64> = keyring::status(vault.pool()).await.unwrap().into_iter().map(|k| k.id).collect();
+            assert!(!ids.contains(&first) && ids.contains(&second) && ids.contains(&third), "{ids:?}");
+            assert!(vault.detokenize(&card.token, ACTOR, Instant::now()).await.is_ok());
+            let actions: Vec<(String, String)> = audit::records(vault.pool(), 0, 100)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.action, r.resource))
+                .collect();
+            assert!(actions.contains(&("key.destroy".into(), first.to_string())), "{actions:?}");
+        }
+    }
+
+    #[tokio::test]
     async fn a_key_is_retired_after_its_encryption_budget() {
         let dir = tempfile::tempdir().unwrap();
         let mut options = VaultOptions::development(dir.path());
@@ -597,6 +686,9 @@ mod tests {
             store(&vault, "4111111111111111").await;
         }
         assert_ne!(vault.keys().current().0, first, "the third encryption retired the key");
+        let rotated =
+            audit::records(vault.pool(), 0, 100).await.unwrap().into_iter().find(|r| r.action == "key.rotate");
+        assert!(rotated.is_some_and(|r| r.detail.contains("budget of 3")), "the automatic rotation is audited");
     }
 
     #[tokio::test]

@@ -68,7 +68,7 @@ pub async fn open(url: &str, migrate: bool) -> Result<(AnyPool, Backend), VaultE
             Box::pin(async move {
                 if backend == Backend::Sqlite {
                     // Per connection: synchronous and foreign keys are not stored in the file.
-                    conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;")
+                    conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA secure_delete = ON; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;")
                         .await?;
                 }
                 Ok(())
