@@ -657,6 +657,9 @@ impl VaultOptions {
             max_encryptions_per_key: c.vault.max_encryptions_per_key as i64,
             previous_kek: c.vault.previous_kek.clone(),
             checkpoint_file: c.checkpoint_file(),
+            security_log: c.security_log(),
+            alert_webhook: (!c.alerts.webhook_url.is_empty())
+                .then(|| (c.alerts.webhook_url.clone(), c.alerts.webhook_secret.clone())),
             webhook: (!c.webhook.url.is_empty()).then(|| {
                 (c.webhook.url.clone(), c.webhook.secret.clone(), Duration::from_secs(c.webhook.retry_base_s))
             }),

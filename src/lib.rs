@@ -7,6 +7,7 @@
 pub use tonewall_core::{call, capture, endpoint, media, sip};
 
 pub mod accounts;
+pub mod alerts;
 pub mod api;
 pub mod calendar;
 pub mod calls;

@@ -432,24 +432,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "--reason must say why, and hold no card number"
             );
             let vault = open_vault(&common).await?;
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
-            if tonewall::vault::lockdown::start(vault.pool(), "cli", reason.trim(), now).await? {
-                vault.audit(&CLI_ACTOR.did("lockdown.start", "locked", reason.trim())).await?;
+            let done = tonewall::api::lockdown::impose(&vault, CLI_ACTOR, reason.trim(), revoke_role).await?;
+            if let Some((role, n)) = done.revoked {
+                println!("{n} {} keys revoked", role.as_str());
             }
-            if let Some(role) = revoke_role {
-                let n = auth::revoke_role(vault.pool(), role).await?;
-                let detail = format!("{n} {} keys revoked", role.as_str());
-                vault.audit(&CLI_ACTOR.did("lockdown.revoke_role", "revoked", &detail)).await?;
-                println!("{detail}");
-            }
+            vault.alerts().flush(Duration::from_secs(10)).await;
             println!("lockdown in force: detokenize and new captures are refused");
             Ok(())
         }
         Command::Lockdown { action: LockdownAction::Lift { common } } => {
             let vault = open_vault(&common).await?;
-            if tonewall::vault::lockdown::lift(vault.pool()).await? {
-                vault.audit(&CLI_ACTOR.did("lockdown.lift", "lifted", "")).await?;
-            }
+            tonewall::api::lockdown::release(&vault, CLI_ACTOR).await?;
+            vault.alerts().flush(Duration::from_secs(10)).await;
             println!("no lockdown in force");
             Ok(())
         }
@@ -633,6 +627,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let anchor = vault.checkpoint_file().display();
             if v.unanchored {
                 println!("WARNING: no checkpoint file at {anchor}: records cut from the end would not show");
+            }
+            if !v.findings.is_empty() {
+                let findings = v.findings.iter().map(ToString::to_string).collect();
+                vault.alerts().raise(tonewall::alerts::SecurityEvent::TamperFound { findings });
+                vault.alerts().flush(Duration::from_secs(10)).await;
             }
             let outcome = if v.findings.is_empty() { "intact" } else { "tampered" };
             let detail = format!("{} records, {} checkpoints, {} findings", v.checked, v.checkpoints, v.findings.len());

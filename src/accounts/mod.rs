@@ -339,6 +339,9 @@ pub async fn sign_in(
                 .bind(&id)
                 .execute(pool)
                 .await?;
+            if locked {
+                vault.alerts().raise(crate::alerts::SecurityEvent::Lockout { username: username.to_string() });
+            }
             Ok(Err((if locked { SignInFailure::Locked } else { why }, Some(id))))
         }
     }

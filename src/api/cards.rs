@@ -122,6 +122,8 @@ pub async fn detokenize(
             let detail = "hourly detokenize count over vault.bulk_alarm_per_hour";
             let e = audit::Event { detail, ..actor.did("alarm.bulk_detokenize", "raised", actor.id) };
             state.vault.audit(&e).await.map_err(|_| audit_down())?;
+            let (key_id, per_hour) = (caller.key_id.clone(), state.limits.alarm_per_hour());
+            state.vault.alerts().raise(crate::alerts::SecurityEvent::BulkDetokenize { key_id, per_hour });
         }
         Admit::No => {
             state.vault.audit(&actor.did("detokenize", "rate_limited", &req.token)).await.map_err(|_| audit_down())?;
@@ -177,6 +179,10 @@ pub enum Admit {
 impl Limits {
     pub fn new(per_minute: u32, alarm_per_hour: u32) -> Limits {
         Limits { per_minute, alarm_per_hour, keys: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn alarm_per_hour(&self) -> u32 {
+        self.alarm_per_hour
     }
 
     pub fn admit(&self, key: &str, now: Instant) -> Admit {

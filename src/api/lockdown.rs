@@ -14,8 +14,10 @@ use serde_json::{Value, json};
 use super::auth::{self, Role};
 use super::caller::Caller;
 use super::{ApiError, AppState};
+use crate::alerts::SecurityEvent;
 use crate::capture::card::looks_like_card_number;
 use crate::vault::lockdown::{self, Lockdown};
+use crate::vault::{Actor, Vault, VaultError};
 
 const ADMIN: &[Role] = &[Role::Admin];
 
@@ -25,6 +27,60 @@ pub struct Start {
     reason: String,
     /// Also revoke every key of this role (a leaked agent key, say).
     revoke_role: Option<Role>,
+}
+
+/// What `impose` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Imposed {
+    /// False when a lockdown was already in force (it is kept as it was).
+    pub started: bool,
+    /// Keys revoked with it.
+    pub revoked: Option<(Role, u64)>,
+}
+
+/// Starts a lockdown and optionally revokes every key of a role, for the API and the CLI
+/// alike: each step audited and raised as a security event.
+pub async fn impose(
+    vault: &Vault,
+    actor: Actor<'_>,
+    reason: &str,
+    revoke_role: Option<Role>,
+) -> Result<Imposed, VaultError> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let started = lockdown::start(vault.pool(), actor.id, reason, now).await?;
+    if started {
+        tracing::error!(by = actor.id, reason, "LOCKDOWN: detokenize and new captures stopped");
+        vault.audit(&actor.did("lockdown.start", "locked", reason)).await?;
+    }
+    let mut revoked = None;
+    if let Some(role) = revoke_role {
+        let n = auth::revoke_role(vault.pool(), role).await?;
+        let detail = format!("{n} {} keys revoked", role.as_str());
+        vault.audit(&actor.did("lockdown.revoke_role", "revoked", &detail)).await?;
+        revoked = Some((role, n));
+    }
+    if started || revoked.is_some() {
+        let (by, reason) = (actor.id.to_string(), reason.to_string());
+        let revoked_role = revoke_role.map(|r| r.as_str().to_string());
+        vault.alerts().raise(SecurityEvent::LockdownStarted { by, reason, revoked_role });
+    }
+    Ok(Imposed { started, revoked })
+}
+
+/// Lifts the lockdown (the caller checked the admin role); audited and raised.
+pub async fn release(vault: &Vault, actor: Actor<'_>) -> Result<bool, VaultError> {
+    let lifted = lockdown::lift(vault.pool()).await?;
+    if lifted {
+        tracing::warn!(by = actor.id, "lockdown lifted");
+        vault.audit(&actor.did("lockdown.lift", "lifted", "")).await?;
+        vault.alerts().raise(SecurityEvent::LockdownLifted { by: actor.id.to_string() });
+    }
+    Ok(lifted)
+}
+
+fn vault_down(e: VaultError) -> ApiError {
+    tracing::error!(error = %e, "lockdown not recorded");
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the vault is unavailable")
 }
 
 fn unavailable(e: sqlx::Error) -> ApiError {
@@ -74,25 +130,12 @@ pub async fn start(
             "reason must be 1-500 printable characters, no card number",
         ));
     }
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-    let pool = state.vault.pool();
-    if lockdown::start(pool, &caller.key_id, reason, now).await.map_err(unavailable)? {
-        tracing::error!(by = caller.key_id, reason, "LOCKDOWN: detokenize and new captures stopped");
-        caller.audit(&state, "lockdown.start", "locked", reason).await;
-    }
-    if let Some(role) = req.revoke_role {
-        let n = auth::revoke_role(pool, role).await.map_err(unavailable)?;
-        let detail = format!("{n} {} keys revoked", role.as_str());
-        caller.audit(&state, "lockdown.revoke_role", "revoked", &detail).await;
-    }
-    Ok(view(lockdown::current(pool).await.map_err(unavailable)?))
+    impose(&state.vault, caller.actor(), reason, req.revoke_role).await.map_err(vault_down)?;
+    Ok(view(lockdown::current(state.vault.pool()).await.map_err(unavailable)?))
 }
 
 pub async fn lift(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
     caller.require(ADMIN)?;
-    if lockdown::lift(state.vault.pool()).await.map_err(unavailable)? {
-        tracing::warn!(by = caller.key_id, "lockdown lifted");
-        caller.audit(&state, "lockdown.lift", "lifted", "").await;
-    }
+    release(&state.vault, caller.actor()).await.map_err(vault_down)?;
     Ok(view(None))
 }

@@ -9,7 +9,7 @@ pub mod auth_failures;
 mod caller;
 mod calls;
 pub mod cards;
-mod lockdown;
+pub mod lockdown;
 mod oidc;
 mod pages;
 mod recordings;
@@ -69,6 +69,10 @@ pub async fn audit_auth_failures(vault: &Vault, failures: &auth_failures::AuthFa
         let count = format!("{} more in one minute", f.more);
         if let Err(err) = vault.audit(&nobody.did("auth", "unknown_key_repeated", &count)).await {
             tracing::error!(error = %err, "audit record not written");
+        }
+        let failures = f.more + 1;
+        if failures >= auth_failures::LIMIT {
+            vault.alerts().raise(crate::alerts::SecurityEvent::AuthFlood { origin, failures });
         }
     }
 }

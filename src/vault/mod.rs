@@ -100,6 +100,9 @@ pub struct VaultOptions {
     pub previous_kek: Option<KekSource>,
     /// Where signed checkpoints of the audit chain's head go (`anchor`).
     pub checkpoint_file: PathBuf,
+    /// The security events' JSON lines, and their webhook (`crate::alerts`).
+    pub security_log: PathBuf,
+    pub alert_webhook: Option<(String, SecretSource)>,
     pub production: bool,
     pub token_format: TokenFormat,
     pub convergent: bool,
@@ -131,6 +134,7 @@ pub struct Vault {
     options: VaultOptions,
     webhook: Option<webhook::Hook>,
     held_codes: Mutex<HashMap<String, HeldCode>>,
+    alerts: crate::alerts::Alerts,
     /// The newest seq this process anchored, so an idle chain adds no checkpoint lines.
     anchored: std::sync::atomic::AtomicI64,
 }
@@ -148,6 +152,7 @@ pub struct Verified {
 
 pub const KEK_FILE: &str = "kek.dev.hex";
 pub const WEBHOOK_SECRET_FILE: &str = "webhook.dev.hex";
+pub const ALERTS_SECRET_FILE: &str = "alerts.dev.hex";
 pub use store::DB_FILE;
 
 pub(crate) fn unix_now() -> i64 {
@@ -179,6 +184,11 @@ impl Vault {
             }),
             None => None,
         };
+        let alert_webhook = match &options.alert_webhook {
+            Some((url, secret)) => Some((url.clone(), secret.load(&dir.join(ALERTS_SECRET_FILE))?)),
+            None => None,
+        };
+        let alerts = crate::alerts::Alerts::new(options.security_log.clone(), alert_webhook);
         let (pool, backend) = store::open(&options.url, options.migrate).await?;
         if options.production
             && backend == Backend::Postgres
@@ -198,6 +208,7 @@ impl Vault {
             options,
             webhook,
             held_codes: Mutex::new(HashMap::new()),
+            alerts,
             anchored: std::sync::atomic::AtomicI64::new(0),
         })
     }
@@ -226,6 +237,8 @@ impl Vault {
         let written = anchor::write(&self.pool, &self.keys.audit, &self.options.checkpoint_file, after).await?;
         if let Some(c) = &written {
             self.anchored.fetch_max(c.seq, Ordering::Relaxed);
+            let (seq, mac, sig) = (c.seq, c.mac.clone(), c.sig.clone());
+            self.alerts.raise(crate::alerts::SecurityEvent::AuditCheckpoint { seq, mac, sig });
         }
         Ok(written)
     }
@@ -241,9 +254,19 @@ impl Vault {
         &self.options.checkpoint_file
     }
 
-    /// Writes one audit record in a transaction of its own.
+    /// Security events: the security log and the alert webhook.
+    pub fn alerts(&self) -> &crate::alerts::Alerts {
+        &self.alerts
+    }
+
+    /// Writes one audit record in a transaction of its own; a failure is also a security event.
     pub async fn audit(&self, e: &audit::Event<'_>) -> Result<i64, VaultError> {
-        audit::append(&self.pool, &self.keys.audit, e).await
+        let written = audit::append(&self.pool, &self.keys.audit, e).await;
+        if let Err(why) = &written {
+            let (action, error) = (e.action.to_string(), why.to_string());
+            self.alerts.raise(crate::alerts::SecurityEvent::AuditWriteFailed { action, error });
+        }
+        written
     }
 
     /// Encrypts and stores the card and returns its token, or with convergent tokens the token

@@ -174,7 +174,7 @@ fn backoff(base: Duration, attempts: i64) -> i64 {
     base.saturating_mul(1i64 << (attempts - 1).clamp(0, 20)).min(MAX_GAP_S)
 }
 
-async fn post(url: String, body: String, signature: String, id: String) -> Result<(), String> {
+pub(crate) async fn post(url: String, body: String, signature: String, id: String) -> Result<(), String> {
     let blocking = move || -> Result<u16, ureq::Error> {
         // A redirect is not followed (the signed event goes to the configured URL only) and
         // is not a delivery either.
