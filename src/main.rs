@@ -191,6 +191,12 @@ enum KeysAction {
         #[command(flatten)]
         common: Common,
     },
+    /// Make a new fingerprint key (the keyed hash that finds a card's convergent token) and
+    /// fingerprint every card again under it (resumable; a running serve also finishes it).
+    RotateFingerprint {
+        #[command(flatten)]
+        common: Common,
+    },
     /// KEK rotation: re-wrap every data key still under vault.previous_kek under vault.kek.
     /// Resumable (run it again after a crash) and safe beside a running serve.
     Rewrap {
@@ -511,6 +517,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let detail = format!("{total} records");
             vault.audit(&audit::Event { detail: &detail, ..CLI_ACTOR.did("key.reencrypt", "done", &resource) }).await?;
             println!("done: every record is under data key {id}");
+            Ok(())
+        }
+        Command::Keys { action: KeysAction::RotateFingerprint { common } } => {
+            let vault = open_vault(&common).await?;
+            let id = vault.keys().rotate_fingerprint(vault.pool()).await?;
+            let resource = id.to_string();
+            vault.audit(&CLI_ACTOR.did("key.rotate_fingerprint", "created", &resource)).await?;
+            let mut total = 0;
+            loop {
+                let n = vault.refingerprint(500).await?;
+                if n == 0 {
+                    break;
+                }
+                total += n;
+                println!("  {total} cards re-fingerprinted");
+            }
+            let detail = format!("{total} cards");
+            let done = CLI_ACTOR.did("key.refingerprint", "done", &resource);
+            vault.audit(&audit::Event { detail: &detail, ..done }).await?;
+            println!("done: every card is fingerprinted under key {id}; the old key is destroyed once 24 h retired");
             Ok(())
         }
         Command::Keys { action: KeysAction::Rewrap { batch, pause_ms, common } } => {

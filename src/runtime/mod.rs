@@ -257,7 +257,7 @@ enum Upkeep {
 pub const RETIRED_KEY_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 /// The vault's background work, every second: keys another process made, records still under
-/// older keys (re-encrypted in batches beside traffic), expired tokens, due webhooks; and
+/// older keys (re-encrypted and re-fingerprinted in batches beside traffic), expired tokens, due webhooks; and
 /// every `checkpoint_every`, the audit chain's head anchored outside the database; hourly,
 /// retired data keys nothing needs destroyed.
 async fn vault_upkeep(vault: Arc<Vault>, checkpoint_every: Duration, mut stop: watch::Receiver<bool>) {
@@ -295,6 +295,11 @@ async fn vault_upkeep(vault: Arc<Vault>, checkpoint_every: Duration, mut stop: w
             Ok(0) => {}
             Ok(n) => tracing::info!(records = n, "re-encrypted under the newest data key"),
             Err(e) => tracing::warn!(error = %e, "re-encryption failed"),
+        }
+        match vault.refingerprint(500).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(cards = n, "re-fingerprinted under the newest fingerprint key"),
+            Err(e) => tracing::warn!(error = %e, "re-fingerprinting failed"),
         }
         if let Err(e) = vault.purge_expired_tokens().await {
             tracing::warn!(error = %e, "expired-token purge failed");

@@ -20,7 +20,9 @@ pub struct KeyRing {
     previous: Option<Kek>,
     /// Every encryption key by id; the newest (largest id) seals new records.
     encryption: RwLock<BTreeMap<i64, SecretKey>>,
-    pub fingerprint: SecretKey,
+    /// Every fingerprint key by id; the newest fingerprints new cards, the older ones are
+    /// still looked up until `Vault::refingerprint` has moved every card off them.
+    fingerprints: RwLock<BTreeMap<i64, SecretKey>>,
     pub audit: SecretKey,
 }
 
@@ -46,12 +48,17 @@ impl KeyRing {
         if newest_id(pool, "encryption").await?.is_none() {
             create(pool, &kek, "encryption").await?;
         }
-        let fingerprint = match newest_id(pool, "fingerprint").await? {
-            Some(id) => unwrap(pool, keks, "fingerprint", id).await?,
-            None => create(pool, &kek, "fingerprint").await?.1,
-        };
+        if newest_id(pool, "fingerprint").await?.is_none() {
+            create(pool, &kek, "fingerprint").await?;
+        }
         let audit = audit_key(pool, keks).await?;
-        let ring = KeyRing { kek, previous, encryption: RwLock::new(BTreeMap::new()), fingerprint, audit };
+        let ring = KeyRing {
+            kek,
+            previous,
+            encryption: RwLock::new(BTreeMap::new()),
+            fingerprints: RwLock::new(BTreeMap::new()),
+            audit,
+        };
         ring.refresh(pool).await?;
         Ok(ring)
     }
@@ -68,22 +75,48 @@ impl KeyRing {
         self.read().get(&id).cloned()
     }
 
+    /// The newest fingerprint key and its id.
+    pub fn fingerprint(&self) -> (i64, SecretKey) {
+        let keys = self.fingerprints.read().unwrap_or_else(|p| p.into_inner());
+        // Invariant: `load` leaves at least one fingerprint key in the ring.
+        let (id, key) = keys.last_key_value().expect("a fingerprint key");
+        (*id, key.clone())
+    }
+
+    /// Every fingerprint key, newest first: a card fingerprinted under any of them is found.
+    pub fn fingerprints(&self) -> Vec<(i64, SecretKey)> {
+        let keys = self.fingerprints.read().unwrap_or_else(|p| p.into_inner());
+        keys.iter().rev().map(|(id, k)| (*id, k.clone())).collect()
+    }
+
+    /// Makes a new fingerprint key for new cards; `Vault::refingerprint` moves the others.
+    pub async fn rotate_fingerprint(&self, pool: &AnyPool) -> Result<i64, VaultError> {
+        let (id, _) = create(pool, &self.kek, "fingerprint").await?;
+        self.refresh(pool).await?;
+        tracing::info!(key_id = id, "new fingerprint key: cards are re-fingerprinted under it");
+        Ok(id)
+    }
+
     /// Loads keys another process (`tonewall keys rotate`) added; returns whether any were new.
     /// (Only keys newer than the newest known: a destroyed older key is not loaded again.)
     pub async fn refresh(&self, pool: &AnyPool) -> Result<bool, VaultError> {
-        let known = self.read().keys().next_back().copied().unwrap_or(0);
-        let rows: Vec<(i64, Vec<u8>)> =
-            sqlx::query_as("SELECT id, wrapped FROM data_keys WHERE purpose = 'encryption' AND id > $1 ORDER BY id")
-                .bind(known)
-                .fetch_all(pool)
-                .await?;
-        let mut fresh = Vec::new();
-        for (id, wrapped) in &rows {
-            fresh.push((*id, self.keks().unwrap(wrapped, key_aad("encryption", *id).as_bytes())?));
+        let mut any = false;
+        for (purpose, map) in [("encryption", &self.encryption), ("fingerprint", &self.fingerprints)] {
+            let known = map.read().unwrap_or_else(|p| p.into_inner()).keys().next_back().copied().unwrap_or(0);
+            let rows: Vec<(i64, Vec<u8>)> =
+                sqlx::query_as("SELECT id, wrapped FROM data_keys WHERE purpose = $1 AND id > $2 ORDER BY id")
+                    .bind(purpose)
+                    .bind(known)
+                    .fetch_all(pool)
+                    .await?;
+            let mut fresh = Vec::new();
+            for (id, wrapped) in &rows {
+                fresh.push((*id, self.keks().unwrap(wrapped, key_aad(purpose, *id).as_bytes())?));
+            }
+            map.write().unwrap_or_else(|p| p.into_inner()).extend(fresh);
+            any |= !rows.is_empty();
         }
-        let mut keys = self.encryption.write().unwrap_or_else(|p| p.into_inner());
-        keys.extend(fresh);
-        Ok(!rows.is_empty())
+        Ok(any)
     }
 
     /// Makes a new encryption key, which seals every record from now on; returns its id.
@@ -94,11 +127,13 @@ impl KeyRing {
         Ok(id)
     }
 
-    /// Drops a destroyed key from memory (zeroized on drop). Never the current one.
+    /// Drops a destroyed key from memory (zeroized on drop). Never a current one.
     pub fn forget(&self, id: i64) {
-        let mut keys = self.encryption.write().unwrap_or_else(|p| p.into_inner());
-        if keys.last_key_value().is_some_and(|(newest, _)| *newest != id) {
-            keys.remove(&id);
+        for map in [&self.encryption, &self.fingerprints] {
+            let mut keys = map.write().unwrap_or_else(|p| p.into_inner());
+            if keys.last_key_value().is_some_and(|(newest, _)| *newest != id) {
+                keys.remove(&id);
+            }
         }
     }
 
@@ -151,16 +186,18 @@ impl KeyRing {
 /// Every data key with its use counts, oldest first.
 pub async fn status(pool: &AnyPool) -> Result<Vec<KeyStatus>, VaultError> {
     let rows: Vec<(i64, String, i64, i64, i64)> = sqlx::query_as(
-        "SELECT k.id, k.purpose, k.created_at, k.encryptions, (SELECT COUNT(*) FROM cards c WHERE c.key_id = k.id) \
+        "SELECT k.id, k.purpose, k.created_at, k.encryptions, \
+         (SELECT COUNT(*) FROM cards c WHERE c.key_id = k.id OR c.fingerprint_key_id = k.id) \
          FROM data_keys k ORDER BY k.id",
     )
     .fetch_all(pool)
     .await?;
-    let newest = rows.iter().filter(|r| r.1 == "encryption").map(|r| r.0).max();
+    let newest = |purpose: &str| rows.iter().filter(|r| r.1 == purpose).map(|r| r.0).max();
+    let (encryption, fingerprint) = (newest("encryption"), newest("fingerprint"));
     Ok(rows
         .into_iter()
         .map(|(id, purpose, created_at, encryptions, records)| KeyStatus {
-            current: purpose == "encryption" && Some(id) == newest,
+            current: Some(id) == if purpose == "encryption" { encryption } else { fingerprint },
             id,
             purpose,
             created_at,
@@ -202,12 +239,6 @@ impl Keks<'_> {
             (Err(e), None) => Err(e),
         }
     }
-}
-
-async fn unwrap(pool: &AnyPool, keks: Keks<'_>, purpose: &str, id: i64) -> Result<SecretKey, VaultError> {
-    let (wrapped,): (Vec<u8>,) =
-        sqlx::query_as("SELECT wrapped FROM data_keys WHERE id = $1").bind(id).fetch_one(pool).await?;
-    keks.unwrap(&wrapped, key_aad(purpose, id).as_bytes())
 }
 
 /// Creates and stores a wrapped key. Two processes racing for the same id: one insert fails

@@ -282,7 +282,13 @@ impl Vault {
     ) -> Result<TokenRecord, VaultError> {
         let (key_id, key) = self.keys.current();
         let pan = card.pan.expose();
-        let fingerprint = crypto::fingerprint(&self.keys.fingerprint, pan.as_bytes());
+        let (fingerprint_key_id, fingerprint_key) = self.keys.fingerprint();
+        let fingerprint = crypto::fingerprint(&fingerprint_key, pan.as_bytes());
+        // While fingerprint keys rotate, a convergent twin may still carry an older fingerprint.
+        let fingerprints: Vec<String> = match self.options.convergent {
+            true => self.keys.fingerprints().iter().map(|(_, k)| crypto::fingerprint(k, pan.as_bytes())).collect(),
+            false => Vec::new(),
+        };
         let expiry = card.expiry.map(|e| format!("{:02}{:02}", e.month(), e.year() % 100)).unwrap_or_default();
         let plaintext = Zeroizing::new(format!("{pan}|{expiry}"));
         let expires_at = self.options.token_ttl.map(|t| unix_now() + t.as_secs() as i64);
@@ -295,11 +301,11 @@ impl Vault {
         let mut outcome = "stored";
         let mut token = None;
         for _ in 0..20 {
-            if self.options.convergent {
+            for f in &fingerprints {
                 let existing: Option<(String,)> =
                     sqlx::query_as("SELECT token FROM cards WHERE merchant = $1 AND fingerprint = $2 AND convergent")
                         .bind(merchant)
-                        .bind(&fingerprint)
+                        .bind(f)
                         .fetch_optional(&mut *tx)
                         .await?;
                 if let Some((t,)) = existing {
@@ -307,6 +313,9 @@ impl Vault {
                     token = Some(t);
                     break;
                 }
+            }
+            if token.is_some() {
+                break;
             }
             let candidate = self.options.token_format.generate(pan);
             let record_id = uuid::Uuid::new_v4().to_string();
@@ -316,8 +325,8 @@ impl Vault {
             // leaves the transaction usable on PostgreSQL.
             let mut attempt = tx.begin().await?;
             let inserted = sqlx::query(
-                "INSERT INTO cards (id, token, key_id, nonce, ciphertext, fingerprint, brand, last4, created_at, merchant, convergent, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                "INSERT INTO cards (id, token, key_id, nonce, ciphertext, fingerprint, brand, last4, created_at, merchant, convergent, expires_at, fingerprint_key_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
             )
             .bind(&record_id)
             .bind(&candidate)
@@ -331,6 +340,7 @@ impl Vault {
             .bind(merchant)
             .bind(self.options.convergent)
             .bind(expires_at)
+            .bind(fingerprint_key_id)
             .execute(&mut *attempt)
             .await;
             match inserted {
@@ -465,17 +475,56 @@ impl Vault {
         Ok(moved)
     }
 
-    /// Destroys encryption keys that nothing can need again: a newer key has sealed new
-    /// records for at least `grace` (longer than any call, so no recording or tokenization
+    /// Moves up to `limit` cards fingerprinted under older fingerprint keys onto the newest
+    /// (decrypting each PAN to fingerprint it again); returns how many moved. One conditional
+    /// UPDATE per card: resumable, and safe beside traffic and another process.
+    pub async fn refingerprint(&self, limit: i64) -> Result<u64, VaultError> {
+        let (new_id, new_key) = self.keys.fingerprint();
+        let rows: Vec<(String, Option<i64>)> = sqlx::query_as(
+            "SELECT token, fingerprint_key_id FROM cards WHERE fingerprint_key_id IS NULL OR fingerprint_key_id <> $1 LIMIT $2",
+        )
+        .bind(new_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut moved = 0;
+        for (token, old_id) in rows {
+            if old_id.is_some_and(|old| old > new_id) {
+                self.keys.refresh(&self.pool).await?; // another process rotated past us
+                break;
+            }
+            let card = match self.reveal(&token).await {
+                Ok(card) => card,
+                Err(VaultError::Expired | VaultError::UnknownToken) => continue, // purged soon, or just now
+                Err(e) => return Err(e),
+            };
+            let fingerprint = crypto::fingerprint(&new_key, card.pan.as_bytes());
+            moved += sqlx::query(
+                "UPDATE cards SET fingerprint = $1, fingerprint_key_id = $2 WHERE token = $3 \
+                 AND (fingerprint_key_id IS NULL OR fingerprint_key_id = $4)",
+            )
+            .bind(fingerprint)
+            .bind(new_id)
+            .bind(&token)
+            .bind(old_id.unwrap_or(-1))
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        }
+        Ok(moved)
+    }
+
+    /// Destroys data keys (encryption and fingerprint) that nothing can need again: a newer
+    /// key of the same purpose has served new records for at least `grace` (longer than any call, so no recording or tokenization
     /// still holds the old one), and no card or recording is sealed under them. The wrapped
     /// key is deleted (SQLite overwrites freed pages: `secure_delete`) and the copy in memory
     /// zeroized; each destruction is audited. Returns the ids destroyed.
     pub async fn destroy_retired_keys(&self, grace: Duration) -> Result<Vec<i64>, VaultError> {
         let retired_before = unix_now() - grace.as_secs() as i64;
         let ids: Vec<(i64,)> = sqlx::query_as(
-            "SELECT k.id FROM data_keys k WHERE k.purpose = 'encryption' \
-             AND (SELECT MIN(n.created_at) FROM data_keys n WHERE n.purpose = 'encryption' AND n.id > k.id) <= $1 \
-             AND NOT EXISTS (SELECT 1 FROM cards c WHERE c.key_id = k.id) \
+            "SELECT k.id FROM data_keys k WHERE \
+             (SELECT MIN(n.created_at) FROM data_keys n WHERE n.purpose = k.purpose AND n.id > k.id) <= $1 \
+             AND NOT EXISTS (SELECT 1 FROM cards c WHERE c.key_id = k.id OR c.fingerprint_key_id = k.id) \
              AND NOT EXISTS (SELECT 1 FROM recordings r WHERE r.key_id = k.id)",
         )
         .bind(retired_before)
@@ -488,7 +537,7 @@ impl Vault {
             // Checked again inside the transaction that deletes, against a record sealed meanwhile.
             let gone = sqlx::query(
                 "DELETE FROM data_keys WHERE id = $1 \
-                 AND NOT EXISTS (SELECT 1 FROM cards c WHERE c.key_id = $1) \
+                 AND NOT EXISTS (SELECT 1 FROM cards c WHERE c.key_id = $1 OR c.fingerprint_key_id = $1) \
                  AND NOT EXISTS (SELECT 1 FROM recordings r WHERE r.key_id = $1)",
             )
             .bind(id)
@@ -695,6 +744,33 @@ mod tests {
                 .map(|r| (r.action, r.resource))
                 .collect();
             assert!(actions.contains(&("key.destroy".into(), first.to_string())), "{actions:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn fingerprint_rotation_keeps_convergent_tokens_and_retires_the_old_key() {
+        for db in TestDatabase::both().await {
+            let dir = tempfile::tempdir().unwrap();
+            let mut options = db.options(dir.path());
+            options.convergent = true;
+            let vault = Vault::open(options).await.unwrap();
+            let now = Instant::now();
+            let same = || vault.tokenize(card("4111111111111111", "123"), ACTOR, "shop", None, now);
+            let first = same().await.unwrap().token;
+            let other = vault.tokenize(card("5555555555554444", "123"), ACTOR, "shop", None, now).await.unwrap();
+            let old = vault.keys().fingerprint().0;
+            let new = vault.keys().rotate_fingerprint(vault.pool()).await.unwrap();
+            assert_eq!(same().await.unwrap().token, first, "{}: found under the old fingerprint", db.label);
+            assert_eq!(vault.refingerprint(1).await.unwrap(), 1);
+            assert_eq!(vault.refingerprint(10).await.unwrap(), 1);
+            assert_eq!(vault.refingerprint(10).await.unwrap(), 0);
+            assert_eq!(same().await.unwrap().token, first, "and under the new one");
+            let status = keyring::status(vault.pool()).await.unwrap();
+            let k = |id| status.iter().find(|k| k.id == id).unwrap().clone();
+            assert_eq!((k(old).records, k(new).records, k(new).current), (0, 2, true), "{}", db.label);
+            assert!(vault.destroy_retired_keys(Duration::ZERO).await.unwrap().contains(&old));
+            assert_eq!(same().await.unwrap().token, first, "after the old key is gone");
+            assert_eq!(vault.detokenize(&other.token, ACTOR, now).await.unwrap().pan.as_str(), "5555555555554444");
         }
     }
 
