@@ -197,6 +197,12 @@ enum KeysAction {
         #[command(flatten)]
         common: Common,
     },
+    /// Make a new audit key: records from now on are MACed under it; older records keep
+    /// verifying under the key that made them.
+    RotateAudit {
+        #[command(flatten)]
+        common: Common,
+    },
     /// KEK rotation: re-wrap every data key still under vault.previous_kek under vault.kek.
     /// Resumable (run it again after a crash) and safe beside a running serve.
     Rewrap {
@@ -517,6 +523,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let detail = format!("{total} records");
             vault.audit(&audit::Event { detail: &detail, ..CLI_ACTOR.did("key.reencrypt", "done", &resource) }).await?;
             println!("done: every record is under data key {id}");
+            Ok(())
+        }
+        Command::Keys { action: KeysAction::RotateAudit { common } } => {
+            let vault = open_vault(&common).await?;
+            let id = vault.keys().rotate_audit(vault.pool()).await?;
+            vault.audit(&CLI_ACTOR.did("key.rotate_audit", "created", &id.to_string())).await?;
+            println!("audit key {id} MACs new records from now on");
             Ok(())
         }
         Command::Keys { action: KeysAction::RotateFingerprint { common } } => {

@@ -18,6 +18,7 @@ use sha2::Sha256;
 use sqlx::AnyPool;
 
 use super::VaultError;
+use super::audit::AuditKeys;
 use super::crypto::{SecretKey, hex};
 
 /// One line of the checkpoint file.
@@ -26,7 +27,14 @@ pub struct Checkpoint {
     pub seq: i64,
     pub mac: String,
     pub at_ms: i64,
+    /// The audit key that signed it.
+    #[serde(default = "first_key")]
+    pub key_id: i64,
     pub sig: String,
+}
+
+fn first_key() -> i64 {
+    1
 }
 
 /// What reading the checkpoint file gave.
@@ -53,21 +61,27 @@ fn sign(key: &SecretKey, seq: i64, mac: &str, at_ms: i64) -> String {
 }
 
 impl Checkpoint {
-    fn holds(&self, key: &SecretKey) -> bool {
-        sign(key, self.seq, &self.mac, self.at_ms) == self.sig
+    fn holds(&self, keys: &AuditKeys) -> bool {
+        keys.get(self.key_id).is_some_and(|k| sign(&k, self.seq, &self.mac, self.at_ms) == self.sig)
     }
 }
 
 /// Signs the chain's current head and appends it to `path` (mode 0600, created when missing);
 /// returns it, or `None` when the head is not past `after` (nothing new to vouch for).
-pub async fn write(pool: &AnyPool, key: &SecretKey, path: &Path, after: i64) -> Result<Option<Checkpoint>, VaultError> {
+pub async fn write(
+    pool: &AnyPool,
+    keys: &AuditKeys,
+    path: &Path,
+    after: i64,
+) -> Result<Option<Checkpoint>, VaultError> {
     let (seq, mac): (i64, String) =
         sqlx::query_as("SELECT seq, mac FROM audit_head WHERE id = 1").fetch_one(pool).await?;
     if seq <= after {
         return Ok(None);
     }
     let at_ms = super::audit::now_ms();
-    let checkpoint = Checkpoint { sig: sign(key, seq, &mac, at_ms), seq, mac, at_ms };
+    let (key_id, key) = keys.current();
+    let checkpoint = Checkpoint { sig: sign(&key, seq, &mac, at_ms), seq, mac, at_ms, key_id };
     let fail = |e: std::io::Error| VaultError::Secret(format!("audit checkpoint file {}: {e}", path.display()));
     // Invariant: a struct of numbers and hex strings always serializes.
     let mut line = serde_json::to_string(&checkpoint).expect("serializable");
@@ -79,7 +93,7 @@ pub async fn write(pool: &AnyPool, key: &SecretKey, path: &Path, after: i64) -> 
 }
 
 /// Reads every checkpoint in `path`, checking each signature.
-pub fn read(key: &SecretKey, path: &Path) -> Result<Anchors, VaultError> {
+pub fn read(keys: &AuditKeys, path: &Path) -> Result<Anchors, VaultError> {
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -94,7 +108,7 @@ pub fn read(key: &SecretKey, path: &Path) -> Result<Anchors, VaultError> {
             continue;
         }
         match serde_json::from_str::<Checkpoint>(&line) {
-            Ok(c) if c.holds(key) => anchors.valid.push(c),
+            Ok(c) if c.holds(keys) => anchors.valid.push(c),
             _ => anchors.forged.push(n + 1),
         }
     }

@@ -19,6 +19,35 @@ use super::VaultError;
 use super::anchor::Anchors;
 use super::crypto::{SecretKey, hex};
 
+/// The audit chain's MAC keys by id (`audit_keys`, wrapped under the KEK). The newest MACs new
+/// records; each record names the key that made its MAC, so rotating (`tonewall keys
+/// rotate-audit`) needs no rewrite of the chain, and processes that have not seen the new key
+/// yet keep appending verifiable records under the old one.
+#[derive(Default)]
+pub struct AuditKeys(std::sync::RwLock<std::collections::BTreeMap<i64, SecretKey>>);
+
+impl AuditKeys {
+    pub fn insert(&self, id: i64, key: SecretKey) {
+        self.0.write().unwrap_or_else(|p| p.into_inner()).insert(id, key);
+    }
+
+    /// The newest key and its id.
+    pub fn current(&self) -> (i64, SecretKey) {
+        let keys = self.0.read().unwrap_or_else(|p| p.into_inner());
+        // Invariant: the key ring loads or creates the first audit key before anything appends.
+        let (id, key) = keys.last_key_value().expect("an audit key");
+        (*id, key.clone())
+    }
+
+    pub fn get(&self, id: i64) -> Option<SecretKey> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
+    }
+
+    pub fn newest_id(&self) -> i64 {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).keys().next_back().copied().unwrap_or(0)
+    }
+}
+
 /// One thing that happened, as the audit trail records it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Event<'a> {
@@ -47,6 +76,8 @@ pub struct Record {
     pub resource: String,
     pub detail: String,
     pub mac: String,
+    /// The audit key that made `mac`.
+    pub key_id: i64,
 }
 
 /// What `verify` found wrong.
@@ -110,16 +141,17 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 /// Appends inside the caller's transaction, so the record commits with what it describes.
-pub async fn append_in(conn: &mut AnyConnection, key: &SecretKey, e: &Event<'_>) -> Result<i64, VaultError> {
+pub async fn append_in(conn: &mut AnyConnection, keys: &AuditKeys, e: &Event<'_>) -> Result<i64, VaultError> {
+    let (key_id, key) = keys.current();
     let (seq, prev): (i64, String) =
         sqlx::query_as("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, mac")
             .fetch_one(&mut *conn)
             .await?;
     let at_ms = now_ms();
-    let mac = mac(key, &prev, seq, at_ms, e);
+    let mac = mac(&key, &prev, seq, at_ms, e);
     sqlx::query(
-        "INSERT INTO audit_log (seq, at_ms, actor, role, action, outcome, origin, resource, detail, mac) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        "INSERT INTO audit_log (seq, at_ms, actor, role, action, outcome, origin, resource, detail, mac, key_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(seq)
     .bind(at_ms)
@@ -131,6 +163,7 @@ pub async fn append_in(conn: &mut AnyConnection, key: &SecretKey, e: &Event<'_>)
     .bind(e.resource)
     .bind(e.detail)
     .bind(&mac)
+    .bind(key_id)
     .execute(&mut *conn)
     .await?;
     sqlx::query("UPDATE audit_head SET mac = $1 WHERE id = 1").bind(&mac).execute(&mut *conn).await?;
@@ -138,9 +171,9 @@ pub async fn append_in(conn: &mut AnyConnection, key: &SecretKey, e: &Event<'_>)
 }
 
 /// Appends in a transaction of its own.
-pub async fn append(pool: &AnyPool, key: &SecretKey, e: &Event<'_>) -> Result<i64, VaultError> {
+pub async fn append(pool: &AnyPool, keys: &AuditKeys, e: &Event<'_>) -> Result<i64, VaultError> {
     let mut tx = pool.begin().await?;
-    let seq = append_in(&mut tx, key, e).await?;
+    let seq = append_in(&mut tx, keys, e).await?;
     tx.commit().await?;
     Ok(seq)
 }
@@ -155,14 +188,14 @@ pub async fn records(pool: &AnyPool, after: i64, limit: i64) -> Result<Vec<Recor
 }
 
 /// Walks the whole chain; returns how many records it checked and what is wrong.
-pub async fn verify(pool: &AnyPool, key: &SecretKey) -> Result<(i64, Vec<Finding>), VaultError> {
-    verify_anchored(pool, key, &Anchors::default()).await
+pub async fn verify(pool: &AnyPool, keys: &AuditKeys) -> Result<(i64, Vec<Finding>), VaultError> {
+    verify_anchored(pool, keys, &Anchors::default()).await
 }
 
 /// `verify`, and also that the chain reaches every checkpoint with the MAC it signed.
 pub async fn verify_anchored(
     pool: &AnyPool,
-    key: &SecretKey,
+    keys: &AuditKeys,
     anchors: &Anchors,
 ) -> Result<(i64, Vec<Finding>), VaultError> {
     let mut findings: Vec<Finding> = anchors.forged.iter().map(|&line| Finding::ForgedCheckpoint { line }).collect();
@@ -188,7 +221,8 @@ pub async fn verify_anchored(
             };
             // After a deletion the first survivor cannot match (its predecessor is gone);
             // that is the deletion already reported, not a second finding.
-            if mac(key, &prev, r.seq, r.at_ms, &e) != r.mac && !after_gap {
+            let made = keys.get(r.key_id).map(|k| mac(&k, &prev, r.seq, r.at_ms, &e));
+            if made.as_deref() != Some(r.mac.as_str()) && !after_gap {
                 findings.push(Finding::Altered { seq: r.seq });
             }
             after_gap = false;
@@ -320,6 +354,25 @@ mod tests {
             let anchors = crate::vault::anchor::read(&vault.keys().audit, &path).unwrap();
             let (checked, found) = verify_anchored(vault.pool(), &vault.keys().audit, &anchors).await.unwrap();
             assert_eq!((checked, found), (7, vec![Finding::Cut { anchored: 10, last_seq: 7 }]), "{}", db.label);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rotated_audit_key_macs_new_records_and_the_chain_still_verifies() {
+        for db in TestDatabase::both().await {
+            let dir = tempfile::tempdir().unwrap();
+            let vault = Vault::open(db.options(dir.path())).await.unwrap();
+            let behind = Vault::open(db.options(dir.path())).await.unwrap(); // has not seen the new key yet
+            chain(&vault, 2).await;
+            assert_eq!(vault.keys().rotate_audit(vault.pool()).await.unwrap(), 2);
+            chain(&vault, 2).await;
+            chain(&behind, 1).await;
+            let ids: Vec<i64> = records(vault.pool(), 0, 10).await.unwrap().iter().map(|r| r.key_id).collect();
+            assert_eq!(ids, [1, 1, 2, 2, 1], "{}", db.label);
+            assert_eq!(verify(vault.pool(), &vault.keys().audit).await.unwrap(), (5, vec![]), "{}", db.label);
+            drop_guards(&vault).await;
+            sqlx::query("UPDATE audit_log SET key_id = 1 WHERE seq = 3").execute(vault.pool()).await.unwrap();
+            assert_eq!(findings(&vault).await, vec![Finding::Altered { seq: 3 }], "{}", db.label);
         }
     }
 }

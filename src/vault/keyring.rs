@@ -10,6 +10,7 @@ use std::sync::RwLock;
 use serde::Serialize;
 use sqlx::AnyPool;
 
+use super::audit::AuditKeys;
 use super::crypto::SecretKey;
 use super::kek::Kek;
 use super::{VaultError, unix_now};
@@ -23,7 +24,7 @@ pub struct KeyRing {
     /// Every fingerprint key by id; the newest fingerprints new cards, the older ones are
     /// still looked up until `Vault::refingerprint` has moved every card off them.
     fingerprints: RwLock<BTreeMap<i64, SecretKey>>,
-    pub audit: SecretKey,
+    pub audit: AuditKeys,
 }
 
 /// One key version as `tonewall keys status` shows it: no key material.
@@ -51,13 +52,13 @@ impl KeyRing {
         if newest_id(pool, "fingerprint").await?.is_none() {
             create(pool, &kek, "fingerprint").await?;
         }
-        let audit = audit_key(pool, keks).await?;
+        first_audit_key(pool, keks).await?;
         let ring = KeyRing {
             kek,
             previous,
             encryption: RwLock::new(BTreeMap::new()),
             fingerprints: RwLock::new(BTreeMap::new()),
-            audit,
+            audit: AuditKeys::default(),
         };
         ring.refresh(pool).await?;
         Ok(ring)
@@ -89,6 +90,31 @@ impl KeyRing {
         keys.iter().rev().map(|(id, k)| (*id, k.clone())).collect()
     }
 
+    /// Makes a new audit key: records from now on are MACed under it (the older keys stay, to
+    /// verify the records they made). Returns its id.
+    pub async fn rotate_audit(&self, pool: &AnyPool) -> Result<i64, VaultError> {
+        let mut tries = 0;
+        loop {
+            let (id,): (i64,) =
+                sqlx::query_as("SELECT COALESCE(MAX(id), 0) + 1 FROM audit_keys").fetch_one(pool).await?;
+            let wrapped = self.kek.wrap(&SecretKey::generate(), key_aad("audit", id).as_bytes())?;
+            let inserted = sqlx::query("INSERT INTO audit_keys (id, wrapped, created_at) VALUES ($1, $2, $3)")
+                .bind(id)
+                .bind(wrapped)
+                .bind(unix_now())
+                .execute(pool)
+                .await;
+            match inserted {
+                Ok(_) => {
+                    self.refresh(pool).await?;
+                    return Ok(id);
+                }
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() && tries < 5 => tries += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     /// Makes a new fingerprint key for new cards; `Vault::refingerprint` moves the others.
     pub async fn rotate_fingerprint(&self, pool: &AnyPool) -> Result<i64, VaultError> {
         let (id, _) = create(pool, &self.kek, "fingerprint").await?;
@@ -116,7 +142,14 @@ impl KeyRing {
             map.write().unwrap_or_else(|p| p.into_inner()).extend(fresh);
             any |= !rows.is_empty();
         }
-        Ok(any)
+        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as("SELECT id, wrapped FROM audit_keys WHERE id > $1 ORDER BY id")
+            .bind(self.audit.newest_id())
+            .fetch_all(pool)
+            .await?;
+        for (id, wrapped) in &rows {
+            self.audit.insert(*id, self.keks().unwrap(wrapped, key_aad("audit", *id).as_bytes())?);
+        }
+        Ok(any || !rows.is_empty())
     }
 
     /// Makes a new encryption key, which seals every record from now on; returns its id.
@@ -264,11 +297,11 @@ async fn create(pool: &AnyPool, kek: &Kek, purpose: &str) -> Result<(i64, Secret
     }
 }
 
-async fn audit_key(pool: &AnyPool, keks: Keks<'_>) -> Result<SecretKey, VaultError> {
-    let row: Option<(Vec<u8>,)> =
-        sqlx::query_as("SELECT wrapped FROM audit_keys WHERE id = 1").fetch_optional(pool).await?;
-    if let Some((wrapped,)) = row {
-        return keks.unwrap(&wrapped, key_aad("audit", 1).as_bytes());
+/// Creates audit key 1 on first run (`refresh` then loads every audit key).
+async fn first_audit_key(pool: &AnyPool, keks: Keks<'_>) -> Result<(), VaultError> {
+    let row: Option<(i64,)> = sqlx::query_as("SELECT id FROM audit_keys WHERE id = 1").fetch_optional(pool).await?;
+    if row.is_some() {
+        return Ok(());
     }
     let key = SecretKey::generate();
     let wrapped = keks.current.wrap(&key, key_aad("audit", 1).as_bytes())?;
@@ -279,8 +312,9 @@ async fn audit_key(pool: &AnyPool, keks: Keks<'_>) -> Result<SecretKey, VaultErr
         .execute(pool)
         .await;
     match inserted {
-        Ok(_) => Ok(key),
-        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Box::pin(audit_key(pool, keks)).await,
+        // Two first starts racing: the loser uses the winner's key.
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(()),
         Err(e) => Err(e.into()),
     }
 }
