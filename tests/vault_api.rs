@@ -61,7 +61,10 @@ async fn processors_tokenize_and_detokenize_and_no_other_role_can() {
     let detok: Vec<(&str, &str)> =
         records.iter().filter(|r| r.action == "detokenize").map(|r| (r.outcome.as_str(), r.origin.as_str())).collect();
     assert_eq!(detok, [("revealed", "127.0.0.1"), ("revealed", "127.0.0.1"), ("unknown_token", "127.0.0.1")]);
-    let guess = records.iter().find(|r| r.action == "auth").expect("the unknown key is audited");
+    let guess = records
+        .iter()
+        .find(|r| r.action == "auth" && r.outcome != "no_credential")
+        .expect("the unknown key is audited");
     assert_eq!(
         (guess.outcome.as_str(), guess.resource.as_str(), guess.origin.as_str()),
         ("unknown_key", "/v1/detokenize", "127.0.0.1")
@@ -199,6 +202,29 @@ async fn a_replay_is_audited_and_refused_when_the_audit_trail_cannot_be_written(
 /// A flood of unknown keys from one address: the first 30 of its minute are looked up and
 /// refused (401), the rest refused unread (429); the trail gets one record at once and one
 /// for the other 29, not one per request, and still verifies.
+/// Requests with no credential at all are invalid access attempts too (PCI DSS 10.2.1.4):
+/// audited once a minute per source plus an aggregate, and never throttled, since a contact
+/// center's pages load from one address before anyone signs in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_without_a_credential_are_audited_in_aggregate_and_not_throttled() {
+    let t = TestServer::start().await;
+    let url = format!("{}/v1/sessions", t.base);
+    for _ in 0..60 {
+        assert_eq!(http("POST", &url, None, Some("{}")).await.0, 401);
+    }
+    let vault = t.server.shared.vault.clone();
+    let auth = |records: Vec<audit::Record>| -> Vec<(String, String)> {
+        records.into_iter().filter(|r| r.action == "auth").map(|r| (r.outcome, r.resource)).collect()
+    };
+    let during = auth(audit::records(vault.pool(), 0, 1000).await.unwrap());
+    assert_eq!(during, [("no_credential".to_string(), "/v1/sessions".to_string())]);
+    let TestServer { server, dir, .. } = t;
+    server.shutdown(std::time::Duration::from_secs(3)).await;
+    let after = auth(audit::records(vault.pool(), 0, 1000).await.unwrap());
+    assert_eq!(after[1..], [("no_credential_repeated".to_string(), "59 more in one minute".to_string())]);
+    drop(dir);
+}
+
 #[tokio::test]
 async fn an_unknown_key_flood_is_throttled_and_audited_in_aggregate() {
     let t = TestServer::start().await;

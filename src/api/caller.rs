@@ -199,7 +199,7 @@ impl FromRequestParts<AppState> for Caller {
             return match found {
                 auth::Lookup::Valid(k) => Ok(Caller::of_key(k, origin)),
                 auth::Lookup::Ended(why) => Err(refused(state, parts, source, now, why.outcome(), why.message()).await),
-                auth::Lookup::Unknown => Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer key")),
+                auth::Lookup::Unknown => Err(no_credential(state, parts, source, now).await),
             };
         }
         if source.is_some_and(|ip| state.auth_failures.is_throttled(ip, now)) {
@@ -238,6 +238,17 @@ impl FromRequestParts<AppState> for Caller {
         };
         Err(refused(state, parts, source, now, outcome, message).await)
     }
+}
+
+/// A request with no credential (PCI DSS 10.2.1.4 counts it as an invalid access attempt):
+/// the first of a source's minute audited now, the rest as one record; never throttled.
+async fn no_credential(state: &AppState, parts: &Parts, source: Option<std::net::IpAddr>, now: Instant) -> ApiError {
+    if source.is_none_or(|ip| state.missing_credentials.record(ip, now) == Failure::AuditNow) {
+        let origin = source.map_or("unknown".into(), |ip| ip.to_string());
+        let nobody = Actor { id: "unknown", role: ActorRole::Unauthenticated, origin: &origin };
+        audit_or_log(state, &nobody.did("auth", "no_credential", parts.uri.path())).await;
+    }
+    ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer key")
 }
 
 /// A refused credential. PCI DSS 10.2.1.4: invalid access attempts are audited (the key

@@ -44,6 +44,9 @@ pub struct AppState {
     pub allowed_targets: Arc<crate::targets::AllowedTargets>,
     /// Failed authentications per source: aggregated audit records and the throttle.
     pub auth_failures: Arc<auth_failures::AuthFailures>,
+    /// Requests with no credential at all: counted and audited the same way, never throttled
+    /// (a contact center behind one address opens many pages before anyone signs in).
+    pub missing_credentials: Arc<auth_failures::AuthFailures>,
     /// The pages' CSP `frame-ancestors` sources (`http.frame_ancestors`).
     pub frame_ancestors: Arc<str>,
     /// How long an embed token works (`http.embed_ttl_s`).
@@ -62,16 +65,35 @@ pub struct AppState {
 /// Writes one audit record for each source whose minute of failed authentications ended
 /// with more than the one already audited (`AuthFailures`). The runtime calls it every few
 /// seconds.
-pub async fn audit_auth_failures(vault: &Vault, failures: &auth_failures::AuthFailures, now: std::time::Instant) {
+/// What a counter of failed authentications counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failures {
+    /// Unknown, ended or misused credentials: a flood of them is a security event.
+    WrongCredential,
+    /// No credential at all.
+    NoCredential,
+}
+
+/// Audits, as one record per source, the failures of every minute that has ended.
+pub async fn audit_auth_failures(
+    vault: &Vault,
+    failures: &auth_failures::AuthFailures,
+    what: Failures,
+    now: std::time::Instant,
+) {
+    let outcome = match what {
+        Failures::WrongCredential => "unknown_key_repeated",
+        Failures::NoCredential => "no_credential_repeated",
+    };
     for f in failures.drain_finished(now) {
         let origin = f.source.to_string();
         let nobody = Actor { id: "unknown", role: ActorRole::Unauthenticated, origin: &origin };
         let count = format!("{} more in one minute", f.more);
-        if let Err(err) = vault.audit(&nobody.did("auth", "unknown_key_repeated", &count)).await {
+        if let Err(err) = vault.audit(&nobody.did("auth", outcome, &count)).await {
             tracing::error!(error = %err, "audit record not written");
         }
         let failures = f.more + 1;
-        if failures >= auth_failures::LIMIT {
+        if what == Failures::WrongCredential && failures >= auth_failures::LIMIT {
             vault.alerts().raise(crate::alerts::SecurityEvent::AuthFlood { origin, failures });
         }
     }

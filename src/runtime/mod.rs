@@ -127,6 +127,7 @@ impl Server {
         let data_dir = shared.config.storage.data_dir.clone();
         let allowed_targets = Arc::new(shared.config.sip.allowed_targets.clone());
         let auth_failures = Arc::new(api::auth_failures::AuthFailures::default());
+        let missing_credentials = Arc::new(api::auth_failures::AuthFailures::default());
         let web_sessions = Arc::new(crate::accounts::web_sessions::WebSessions::new(
             Duration::from_secs(shared.config.accounts.idle_timeout_s),
             Duration::from_secs(shared.config.accounts.max_session_s),
@@ -144,6 +145,7 @@ impl Server {
             data_dir,
             allowed_targets,
             auth_failures: auth_failures.clone(),
+            missing_credentials: missing_credentials.clone(),
             frame_ancestors: shared.config.http.frame_ancestors.join(" ").into(),
             embed_ttl: Duration::from_secs(shared.config.http.embed_ttl_s),
             url_key: Arc::new(rand::random()),
@@ -175,7 +177,9 @@ impl Server {
                 let now = std::time::Instant::now();
                 // At shutdown, every window counts as ended: no failure goes unaudited.
                 let ended_by = if stopping { now + Duration::from_secs(60) } else { now };
-                api::audit_auth_failures(&purge_vault, &auth_failures, ended_by).await;
+                api::audit_auth_failures(&purge_vault, &auth_failures, api::Failures::WrongCredential, ended_by).await;
+                api::audit_auth_failures(&purge_vault, &missing_credentials, api::Failures::NoCredential, ended_by)
+                    .await;
                 if stopping {
                     return;
                 }
