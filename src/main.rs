@@ -422,18 +422,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let team = team.as_deref().and_then(tonewall::owner::Team::named);
             let new = auth::NewKey { team: team.as_ref(), name: &name, owner: &owner, expires_in_days: expires_days };
             let (id, key) = auth::create(vault.pool(), role, &new).await?;
-            let detail = match &cert {
-                Some(c) => {
-                    auth::bind_client_cert(vault.pool(), &id, c).await?;
-                    format!("{} bound to client certificate sha256:{}", role.as_str(), c.0)
-                }
-                None => role.as_str().to_string(),
-            };
-            let detail = match &team {
-                Some(t) => format!("{detail}, team {}", t.0),
-                None => detail,
-            };
-            let detail = format!("{detail}, name {name:?}, owner {owner:?}");
+            let mut detail = auth::created_detail(role, team.as_ref(), &name, &owner);
+            if let Some(c) = &cert {
+                auth::bind_client_cert(vault.pool(), &id, c).await?;
+                detail = format!("{detail}, bound to client certificate sha256:{}", c.0);
+            }
             vault.audit(&audit::Event { detail: &detail, ..CLI_ACTOR.did("api_key.create", "created", &id) }).await?;
             println!("{key}");
             Ok(())
@@ -499,7 +492,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let vault = open_vault(&common).await?;
             let overlap = std::time::Duration::from_secs(overlap_hours.saturating_mul(3600));
             let (new_id, key) = auth::rotate(vault.pool(), &id, overlap).await?;
-            let detail = format!("replaced by {new_id}; the old key works for {overlap_hours} h more");
+            let detail = auth::rotated_detail(&new_id, overlap_hours);
             vault.audit(&audit::Event { detail: &detail, ..CLI_ACTOR.did("api_key.rotate", "rotated", &id) }).await?;
             eprintln!("key {new_id} replaces {id}, which stops working in {overlap_hours} h");
             println!("{key}");

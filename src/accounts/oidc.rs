@@ -30,7 +30,6 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use thiserror::Error;
-use zeroize::Zeroizing;
 
 use super::{Source, User};
 use crate::config::{ClientSecretSource, OidcConfig};
@@ -422,13 +421,8 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 fn read_secret_file(path: &Path) -> Result<String, OidcError> {
-    use std::os::unix::fs::PermissionsExt;
-    let fail = |why: String| OidcError::Secret(format!("{}: {why}", path.display()));
-    let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(fail("must be readable by its owner only (chmod 600)".into()));
-    }
-    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?);
+    let text = crate::vault::secret::read_owner_only(path)
+        .map_err(|why| OidcError::Secret(format!("{}: {why}", path.display())))?;
     Ok(text.trim().to_string())
 }
 

@@ -89,7 +89,7 @@ pub async fn create(
     let team = req.team.as_deref().and_then(Team::named);
     let new = NewKey { team: team.as_ref(), name: &req.name, owner: &req.owner, expires_in_days: req.expires_in_days };
     let (id, key) = auth::create(state.vault.pool(), req.role, &new).await.map_err(key_error)?;
-    let detail = format!("{}, name {:?}, owner {:?}", req.role.as_str(), req.name, req.owner);
+    let detail = auth::created_detail(req.role, team.as_ref(), &req.name, &req.owner);
     caller.audit_detail(&state, "api_key.create", "created", &id, &detail).await;
     Ok((StatusCode::CREATED, Json(json!({ "id": id, "key": key }))))
 }
@@ -115,7 +115,7 @@ pub async fn rotate(
     let hours = body.and_then(|Json(r)| r.overlap_hours).unwrap_or(24).min(24 * 30);
     let overlap = Duration::from_secs(hours * 3600);
     let (new_id, key) = auth::rotate(state.vault.pool(), &id, overlap).await.map_err(key_error)?;
-    let detail = format!("replaced by {new_id}; the old key works for {hours} h more");
+    let detail = auth::rotated_detail(&new_id, hours);
     caller.audit_detail(&state, "api_key.rotate", "rotated", &id, &detail).await;
     Ok((StatusCode::CREATED, Json(json!({ "id": new_id, "key": key, "replaces": id, "old_key_overlap_hours": hours }))))
 }

@@ -318,6 +318,17 @@ pub async fn revoke_role(pool: &AnyPool, role: Role) -> Result<u64, sqlx::Error>
 }
 
 /// Rotates key `id`: a new key with its role, team, name and owner (and its role's default
+/// The audit detail of a key's creation, the same from the CLI and the API.
+pub fn created_detail(role: Role, team: Option<&Team>, name: &str, owner: &str) -> String {
+    let team = team.map_or(String::new(), |t| format!(", team {}", t.0));
+    format!("{}{team}, name {name:?}, owner {owner:?}", role.as_str())
+}
+
+/// The audit detail of a key's rotation.
+pub fn rotated_detail(new_id: &str, overlap_hours: u64) -> String {
+    format!("replaced by {new_id}; the old key works for {overlap_hours} h more")
+}
+
 /// expiry); the old one keeps working for `overlap`, then expires. The new key's id and key.
 pub async fn rotate(pool: &AnyPool, id: &str, overlap: Duration) -> Result<(String, String), KeyError> {
     let row: Option<ListRow> =

@@ -62,14 +62,18 @@ fn parse_hex(text: &str) -> Result<SecretKey, String> {
     SecretKey::from_bytes(&bytes).map_err(|_| "must hold 32 bytes (64 hex digits)".to_string())
 }
 
+/// A secret file's text, refused unless only its owner can read it.
+pub fn read_owner_only(path: &Path) -> Result<Zeroizing<String>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err("must be readable by its owner only (chmod 600)".into());
+    }
+    Ok(Zeroizing::new(std::fs::read_to_string(path).map_err(|e| e.to_string())?))
+}
+
 fn load_file(path: &Path) -> Result<SecretKey, VaultError> {
     let fail = |why: String| VaultError::Secret(format!("key file {}: {why}", path.display()));
-    let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(fail("must be readable by its owner only (chmod 600)".into()));
-    }
-    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?);
-    parse_hex(&text).map_err(fail)
+    parse_hex(&read_owner_only(path).map_err(fail)?).map_err(fail)
 }
 
 fn load_or_create(path: &Path) -> Result<SecretKey, VaultError> {
