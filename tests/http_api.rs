@@ -494,3 +494,88 @@ async fn a_card_number_in_free_text_is_refused_and_kept_nowhere() {
     }
     t.stop().await;
 }
+
+/// The free-text check swept: eight brands' test numbers × five ways of writing them × three
+/// places in the text are all refused, the same numbers with the last digit changed (Luhn
+/// fails) are all accepted, and no refused one is stored anywhere in any of its spellings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_free_text_check_holds_over_brands_spellings_and_places() {
+    let t = TestServer::start().await;
+    let agent = t.key(Role::Agent).await;
+    let url = format!("{}/v1/sessions", t.base);
+    let pans = [
+        ("visa", "4111111111111111"),
+        ("mastercard", "5555555555554444"),
+        ("amex", "378282246310005"),
+        ("discover", "6011111111111117"),
+        ("jcb", "3530111333300000"),
+        ("diners", "36227206271667"),
+        ("unionpay", "6200000000000005"),
+        ("visa-13", "4222222222222"),
+    ];
+    let spell = |pan: &str, sep: &str| -> String {
+        let groups: Vec<String> = pan.as_bytes().chunks(4).map(|c| String::from_utf8_lossy(c).into_owned()).collect();
+        groups.join(sep)
+    };
+    let separators = [("plain", ""), ("spaces", " "), ("dashes", "-"), ("dots", "."), ("mixed", "")];
+    let places = [("alone", "", ""), ("after text", "caller read ", ""), ("before text", "", " for order 12")];
+    let mut refused = 0;
+    let mut accepted = 0;
+    let mut spellings = Vec::new();
+    let mut table = String::from("| brand | refused (of 15) | Luhn-failing twins accepted (of 15) |\n|---|---|---|\n");
+    for (brand, pan) in pans {
+        let twin = format!("{}{}", &pan[..pan.len() - 1], (pan.as_bytes()[pan.len() - 1] - b'0' + 1) % 10);
+        let (mut r, mut a) = (0, 0);
+        for (style, sep) in separators {
+            for (_, before, after) in places {
+                for (number, must_refuse) in [(pan, true), (twin.as_str(), false)] {
+                    let written = match style {
+                        // Spaces, dashes and dots in one number.
+                        "mixed" => {
+                            let g = spell(number, "|");
+                            let mut seps = [" ", "-", "."].iter().cycle();
+                            g.split('|').collect::<Vec<_>>().iter().fold(String::new(), |acc, part| {
+                                if acc.is_empty() {
+                                    part.to_string()
+                                } else {
+                                    format!("{acc}{}{part}", seps.next().unwrap())
+                                }
+                            })
+                        }
+                        _ => spell(number, sep),
+                    };
+                    let reference = format!("{before}{written}{after}");
+                    let body = format!(
+                        r#"{{"fields":["pan"],"reference":"{reference}","agent_uri":"sip:agent@127.0.0.1:5070"}}"#
+                    );
+                    let (s, v) = http("POST", &url, Some(&agent), Some(&body)).await;
+                    if must_refuse {
+                        assert_eq!(s, 400, "{brand} {style} {reference:?}: {v}");
+                        r += 1;
+                        spellings.push(written);
+                    } else {
+                        assert_eq!(s, 201, "{brand} {style} twin {reference:?}: {v}");
+                        a += 1;
+                    }
+                }
+            }
+        }
+        table.push_str(&format!("| {brand} | {r} | {a} |\n"));
+        refused += r;
+        accepted += a;
+    }
+    println!("{table}");
+    assert_eq!((refused, accepted), (120, 120));
+    let stored = files_under(t.dir.path());
+    let trail = audit::records(t.server.shared.vault.pool(), 0, 100_000).await.unwrap();
+    let trail: String = trail.iter().map(|r| format!("{} {} {}\n", r.resource, r.detail, r.actor)).collect();
+    for (written, (_, pan)) in spellings.iter().zip(pans.iter().flat_map(|p| std::iter::repeat_n(p, 15))) {
+        for needle in [written.as_str(), pan] {
+            for (path, bytes) in &stored {
+                assert!(!contains(bytes, needle.as_bytes()), "{path} holds {needle:?}");
+            }
+            assert!(!trail.contains(needle), "the audit trail holds {needle:?}");
+        }
+    }
+    t.stop().await;
+}

@@ -80,3 +80,55 @@ async fn a_lockdown_stops_detokenize_and_captures_at_the_next_request_until_an_a
     assert_eq!(audit::verify(pool, &vault.keys().audit).await.unwrap().1, vec![]);
     t.stop().await;
 }
+
+/// Under traffic: four processors detokenize in a loop while `tonewall lockdown start` runs in
+/// another process. Every request sent after the command returned gets 423; none is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_traffic_no_detokenize_sent_after_the_lockdown_is_served() {
+    let t = TestServer::start_with(|c| {
+        c.vault.detokenize_per_minute = 1_000_000;
+        c.vault.bulk_alarm_per_hour = 1_000_000;
+    })
+    .await;
+    let data = t.dir.path().to_str().unwrap().to_string();
+    let processor = t.key(Role::Processor).await;
+    let (s, v) =
+        http("POST", &format!("{}/v1/tokenize", t.base), Some(&processor), Some(r#"{"pan":"4000056655665556"}"#)).await;
+    assert_eq!(s, 201, "{v}");
+    let body = format!(r#"{{"token":"{}"}}"#, v["token"].as_str().unwrap());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, key, body, stop) =
+                (format!("{}/v1/detokenize", t.base), processor.clone(), body.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let sent = std::time::Instant::now();
+                    seen.push((sent, http("POST", &url, Some(&key), Some(&body)).await.0));
+                }
+                seen
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let (ok, _, err) = tokio::task::spawn_blocking(move || {
+        tonewall(&["lockdown", "start", "--reason", "under traffic", "--data-dir", &data], &[])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{err}");
+    let locked_at = std::time::Instant::now();
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut seen = Vec::new();
+    for c in clients {
+        seen.extend(c.await.unwrap());
+    }
+    let before = seen.iter().filter(|(at, s)| *at < locked_at && *s == 200).count();
+    let after: Vec<u16> = seen.iter().filter(|(at, _)| *at >= locked_at).map(|(_, s)| *s).collect();
+    println!("{before} served before the lockdown returned, {} sent after it: all {:?}", after.len(), after.first());
+    assert!(before > 10 && after.len() > 10, "traffic on both sides: {before}, {}", after.len());
+    assert!(after.iter().all(|s| *s == 423), "a detokenize sent after the lockdown was not refused: {after:?}");
+    t.stop().await;
+}

@@ -150,14 +150,18 @@ fn torture_messages_get_the_right_answer_and_the_server_keeps_serving() {
     if std::env::var_os(NETNS_ENV).is_none() {
         common::require_tool("unshare", "apt-get install -y util-linux");
         common::require_tool("ip", "apt-get install -y iproute2");
-        let status = std::process::Command::new("unshare")
+        let child = std::process::Command::new("unshare")
             .args(["-rn", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
             .arg(std::env::current_exe().unwrap())
             .args(["--exact", "torture_messages_get_the_right_answer_and_the_server_keeps_serving", "--nocapture"])
             .env(NETNS_ENV, "1")
-            .status()
+            .output()
             .expect("unshare runs");
-        assert!(status.success(), "the test inside the network namespace failed: {status}");
+        let out = String::from_utf8_lossy(&child.stdout);
+        println!("{out}{}", String::from_utf8_lossy(&child.stderr));
+        assert!(child.status.success(), "the test inside the network namespace failed: {}", child.status);
+        // A renamed test would make `--exact` match nothing, and zero tests pass quietly.
+        assert!(out.contains("test result: ok. 1 passed"), "the child did not run exactly this test:\n{out}");
         return;
     }
     tokio::runtime::Runtime::new().unwrap().block_on(in_private_network());
