@@ -1,16 +1,21 @@
 //! Leak scan (PCI DSS 3.3, 3.5): a scripted run with test cards — cards imported through the
 //! API with their security codes, a whole phone call keyed on the keypad, detokenizations, a
 //! key rotation, an audit check — against `tonewall serve` on SQLite and on PostgreSQL at
-//! debug log level. Then the SQLite file with its WAL and shared memory, a `pg_dump`, every
-//! log line, every command's output and every API response except detokenize's are searched
-//! for the test card numbers (with or without spaces and dashes) and security codes in clear:
-//! zero hits. Sealed recordings are searched for card numbers only (see `scan`).
+//! debug log level. Then every file of the data directory (the SQLite file with its WAL and
+//! shared memory, the security log, the checkpoints, sealed recordings), on PostgreSQL a
+//! `pg_dump`, this database's files in the server's data directory, its WAL and the server's
+//! log, every log line, every command's output, and every API response's headers and raw body
+//! except detokenize's are searched for the test card numbers — their digits in order with
+//! any separators (spaces, dashes, one per line, UTF-16), and in hex and base64 — and for the
+//! security codes in clear: zero hits. Sealed recordings are searched for card numbers only
+//! (see `scan`). A file the scan cannot read fails it.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{ServeProcess, files_under, http, require_tool, tonewall, wait_final, write_config};
+use common::{ServeProcess, files_under, http, http_raw, require_tool, tonewall, wait_final, write_config};
+use serde_json::Value;
 use tonewall::vault::testing::TestDatabase;
 use tonewall_testkit::agent::Agent;
 use tonewall_testkit::caller::{self, CallerOptions};
@@ -24,13 +29,46 @@ const CARDS: [(&str, &str); 4] = [
 ];
 const CALL_CARD: (&str, &str) = ("4012888888881881", "364");
 
-/// The haystack with spaces and dashes taken out, so "4111 1111-1111 1111" is found too.
-fn squeezed(hay: &[u8]) -> Vec<u8> {
-    hay.iter().copied().filter(|b| *b != b' ' && *b != b'-').collect()
+/// The card number's digits in order, with up to three separator bytes between each two:
+/// "4111 1111", "4-1-1-1", "4.1/1_1", one digit per line (CR LF), UTF-16 (a NUL after each
+/// digit). Separators are punctuation, white space and NUL; other bytes between digits are
+/// binary structure (arrays of small integers in database pages would otherwise spell numbers).
+fn digits_in_order(hay: &[u8], pan: &str) -> bool {
+    let d = pan.as_bytes();
+    memchr::memchr_iter(d[0], hay).any(|start| {
+        let (mut at, mut next) = (start + 1, 1);
+        while next < d.len() {
+            let gap = hay[at.min(hay.len())..].iter().take(4).position(u8::is_ascii_digit);
+            let separators = |skip: usize| hay[at..at + skip].iter().all(|b| b" -._/,:;\t\r\n\0".contains(b));
+            match gap {
+                Some(skip) if hay[at + skip] == d[next] && separators(skip) => {
+                    at += skip + 1;
+                    next += 1;
+                }
+                _ => return false,
+            }
+        }
+        true
+    })
+}
+
+/// The card number as hex (either case) or base64 (at each of the three alignments, without
+/// the characters its neighbours change) of its ASCII digits.
+fn encodings(pan: &str) -> Vec<Vec<u8>> {
+    use base64::Engine;
+    let hex: String = pan.bytes().map(|b| format!("{b:02x}")).collect();
+    let mut out = vec![hex.clone().into_bytes(), hex.to_uppercase().into_bytes()];
+    for lead in 0..3usize {
+        let bytes = [vec![b'x'; lead], pan.as_bytes().to_vec()].concat();
+        let enc = base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes);
+        let skip = [0, 2, 3][lead];
+        out.push(enc.as_bytes()[skip..enc.len() - 3].to_vec());
+    }
+    out
 }
 
 fn has_pan(hay: &[u8], pan: &str) -> bool {
-    common::contains(&squeezed(hay), pan.as_bytes())
+    digits_in_order(hay, pan) || encodings(pan).iter().any(|e| memchr::memmem::find(hay, e).is_some())
 }
 
 /// Where a security code stands as a token of its own (not inside a number, a decimal such
@@ -46,6 +84,20 @@ fn code_at(hay: &[u8], code: &str) -> Option<String> {
 
 fn has_code(hay: &[u8], code: &str) -> bool {
     code_at(hay, code).is_some()
+}
+
+/// An API call whose response, headers and raw body, goes into the scan.
+async fn scanned(
+    outputs: &mut Vec<(String, Vec<u8>)>,
+    name: &str,
+    url: &str,
+    key: &str,
+    body: Option<&str>,
+) -> (u16, Value) {
+    let method = if body.is_some() { "POST" } else { "GET" };
+    let (status, headers, text) = http_raw(method, url, Some(key), body).await;
+    outputs.push((format!("{method} {name}"), format!("{headers}\n{text}").into_bytes()));
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
 async fn scripted_run(db: &TestDatabase) -> Vec<(String, Vec<u8>)> {
@@ -72,28 +124,31 @@ async fn scripted_run(db: &TestDatabase) -> Vec<(String, Vec<u8>)> {
     let mut tokens = Vec::new();
     for (pan, code) in CARDS {
         let body = format!(r#"{{"pan":"{pan}","expiry":"0931","security_code":"{code}"}}"#);
-        let (s, v) = http("POST", &format!("{base}/v1/tokenize"), Some(&processor), Some(&body)).await;
+        let tokenize = format!("{base}/v1/tokenize");
+        let (s, v) = scanned(&mut outputs, "/v1/tokenize", &tokenize, &processor, Some(&body)).await;
         assert_eq!(s, 201, "{v}");
-        outputs.push(("POST /v1/tokenize".into(), v.to_string().into_bytes()));
         tokens.push(v["token"].as_str().unwrap().to_string());
-        // Malformed and invalid submissions of the same card: their errors are scanned too.
+        // Malformed and invalid submissions of the same card: their errors are scanned too,
+        // as are a card number pasted into a reference and a route that does not exist.
         for bad in [format!(r#"{{"pan":{pan}}}"#), format!(r#"{{"pan":"{pan}0"}}"#), format!(r#"{{"pan":"{pan}""#)] {
-            let (_, v) = http("POST", &format!("{base}/v1/tokenize"), Some(&processor), Some(&bad)).await;
-            outputs.push(("POST /v1/tokenize (bad)".into(), v.to_string().into_bytes()));
+            scanned(&mut outputs, "/v1/tokenize (bad)", &tokenize, &processor, Some(&bad)).await;
         }
+        let pasted = format!(r#"{{"fields":["pan"],"reference":"{pan}","agent_uri":"sip:a@127.0.0.1"}}"#);
+        scanned(&mut outputs, "/v1/sessions (pasted)", &format!("{base}/v1/sessions"), &agent_key, Some(&pasted)).await;
+        scanned(&mut outputs, "/v1/<pan>", &format!("{base}/v1/{pan}"), &processor, None).await;
     }
     // A whole call: transfer, keypad entry, tokenization, the agent bridged throughout.
     let agent = Agent::start().await.unwrap();
     let body = format!(r#"{{"fields":["pan","expiry","cvv"],"reference":"leak-scan","agent_uri":"{}"}}"#, agent.uri);
-    let (_, v) = http("POST", &format!("{base}/v1/sessions"), Some(&agent_key), Some(&body)).await;
-    outputs.push(("POST /v1/sessions".into(), v.to_string().into_bytes()));
+    let (_, v) = scanned(&mut outputs, "/v1/sessions", &format!("{base}/v1/sessions"), &agent_key, Some(&body)).await;
     let (id, uri) = (v["id"].as_str().unwrap().to_string(), v["transfer_uri"].as_str().unwrap().to_string());
     let keys = format!("{}#,1230,{}", CALL_CARD.0, CALL_CARD.1);
     let opts = CallerOptions { linger: Duration::from_secs(3), ..CallerOptions::new(serve.sip, &uri, &keys) };
     caller::place_call(opts).await.unwrap();
-    let s = wait_final(&base, &agent_key, &id, Duration::from_secs(5)).await;
+    wait_final(&base, &agent_key, &id, Duration::from_secs(5)).await;
+    let (_, s) =
+        scanned(&mut outputs, "/v1/sessions/{id}", &format!("{base}/v1/sessions/{id}"), &agent_key, None).await;
     assert_eq!(s["state"], "completed", "{s}");
-    outputs.push(("GET /v1/sessions/{id}".into(), s.to_string().into_bytes()));
     tokens.push(s["result"]["token"].as_str().unwrap().to_string());
     agent.finish().await.unwrap();
     // Detokenize: the one response allowed to hold the card, so it is checked, not scanned.
@@ -116,17 +171,62 @@ async fn scripted_run(db: &TestDatabase) -> Vec<(String, Vec<u8>)> {
     serve.kill();
 
     outputs.push(("serve log".into(), std::fs::read(&log).unwrap()));
-    outputs.extend(files_under(&data));
+    let files = files_under(&data);
+    let read = |suffix: &str| files.iter().any(|(name, bytes)| name.ends_with(suffix) && !bytes.is_empty());
+    for must in ["security.jsonl", "audit-checkpoints.jsonl"] {
+        assert!(read(must), "the scan read {must}");
+    }
+    if db.url.is_empty() {
+        assert!(read("vault.db") && read("vault.db-wal"), "the scan read the database and its WAL");
+    }
+    outputs.extend(files);
     if !db.url.is_empty() {
-        require_tool("pg_dump", "apt-get install -y postgresql-client");
-        let dump = std::process::Command::new("pg_dump").arg(&db.url).output().unwrap();
-        assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
-        assert!(common::contains(&dump.stdout, b"audit_log"), "the dump holds the tables");
-        outputs.push(("pg_dump".into(), dump.stdout));
+        outputs.extend(postgres_files(db).await);
     }
     let log_text = String::from_utf8_lossy(&outputs.iter().find(|o| o.0 == "serve log").unwrap().1).to_string();
     assert!(log_text.contains("DEBUG") && log_text.contains("card tokenized"), "the log was at debug level");
     outputs
+}
+
+/// On PostgreSQL: a `pg_dump`, this database's files in the server's data directory (after a
+/// CHECKPOINT wrote them), the WAL and the server's log.
+async fn postgres_files(db: &TestDatabase) -> Vec<(String, Vec<u8>)> {
+    use sqlx::Connection;
+    require_tool("pg_dump", "apt-get install -y postgresql-client");
+    let dump = std::process::Command::new("pg_dump").arg(&db.url).output().unwrap();
+    assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
+    assert!(common::contains(&dump.stdout, b"audit_log"), "the dump holds the tables");
+    let mut out = vec![("pg_dump".to_string(), dump.stdout)];
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::raw_sql("CHECKPOINT").execute(&mut conn).await.unwrap();
+    let (dir,): (String,) = sqlx::query_as("SELECT setting FROM pg_settings WHERE name = 'data_directory'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let (oid,): (i64,) = sqlx::query_as("SELECT oid::bigint FROM pg_database WHERE datname = current_database()")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let tables = files_under(&std::path::Path::new(&dir).join("base").join(oid.to_string()));
+    let bytes: usize = tables.iter().map(|f| f.1.len()).sum();
+    assert!(bytes > 100_000, "this database's files were read: {bytes} bytes");
+    out.extend(tables);
+    let wal = files_under(&std::path::Path::new(&dir).join("pg_wal"));
+    assert!(wal.iter().any(|f| f.1.len() >= 16 << 20), "a WAL segment was read");
+    out.extend(wal);
+    let logs = files_under(std::path::Path::new("/var/log/postgresql"));
+    assert!(logs.iter().any(|f| f.0.ends_with(".log") && !f.1.is_empty()), "the server log was read");
+    // Where the server quotes statements and values: searched for security codes too (the
+    // rest of its log is full of counts, searched for card numbers).
+    let quoted: Vec<u8> = logs
+        .iter()
+        .flat_map(|f| f.1.split(|b| *b == b'\n'))
+        .filter(|l| [&b"STATEMENT:"[..], b"DETAIL:", b"ERROR:"].iter().any(|k| memchr::memmem::find(l, k).is_some()))
+        .flat_map(|l| [l, b"\n"].concat())
+        .collect();
+    out.push(("postgres log: statements and values".into(), quoted));
+    out.extend(logs);
+    out
 }
 
 async fn scan(db: TestDatabase) {
@@ -137,11 +237,15 @@ async fn scan(db: TestDatabase) {
             if has_pan(bytes, pan) {
                 hits.push(format!("{name}: card number ending {}", &pan[pan.len() - 4..]));
             }
-            // A sealed recording is a few hundred KB of AES-GCM output, where three given
-            // bytes between two non-alphanumeric ones turn up by chance; what the recording
-            // holds is audio, judged by the DTMF detector in tests/masking_judge.rs.
-            let sealed_audio = name.ends_with(".twrec");
-            if let Some(around) = code_at(bytes, code).filter(|_| !sealed_audio) {
+            // A sealed recording is a few hundred KB of AES-GCM output, and PostgreSQL's pages
+            // and WAL are megabytes of binary, where three given bytes between two
+            // non-alphanumeric ones turn up by chance: they are searched for card numbers
+            // only. What a recording holds is audio, judged by the DTMF detector in
+            // tests/masking_judge.rs; the database's text is in the `pg_dump`, searched for both,
+            // and so are the lines of the server's log that quote statements and values.
+            let binary = name.ends_with(".twrec") || name.starts_with("/var/lib/postgresql/");
+            let binary = binary || name.starts_with("/var/log/postgresql/");
+            if let Some(around) = code_at(bytes, code).filter(|_| !binary) {
                 hits.push(format!("{name}: a security code in {around:?}"));
             }
         }
@@ -153,9 +257,25 @@ async fn scan(db: TestDatabase) {
 
 #[test]
 fn the_scanner_finds_what_it_looks_for() {
-    assert!(has_pan(b"x 4111 1111 1111 1111 y", "4111111111111111"));
-    assert!(has_pan(b"x4111-1111-1111-1111", "4111111111111111"));
-    assert!(!has_pan(b"411111******1111", "4111111111111111"));
+    use base64::Engine;
+    let pan = "4111111111111111";
+    assert!(has_pan(b"x 4111 1111 1111 1111 y", pan));
+    assert!(has_pan(b"x4111-1111-1111-1111", pan));
+    assert!(has_pan(b"4.1.1.1/1111_1111 1111", pan));
+    assert!(has_pan(pan.chars().map(|c| format!("{c}\r\n")).collect::<String>().as_bytes(), pan), "one per line");
+    let utf16: Vec<u8> = pan.encode_utf16().flat_map(u16::to_le_bytes).collect();
+    assert!(has_pan(&utf16, pan), "UTF-16");
+    assert!(has_pan(b"card=34313131313131313131313131313131;", pan), "hex");
+    for lead in ["", "a", "ab"] {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{lead}{pan}!"));
+        assert!(has_pan(b64.as_bytes(), pan), "base64 after {lead:?}: {b64}");
+    }
+    assert!(!has_pan(b"411111******1111", pan));
+    assert!(!has_pan(b"4111 1111 1111 111", pan), "one digit short");
+    assert!(!has_pan(b"4111 1111 1111 1112", pan), "another number");
+    assert!(!has_pan(b"4111 1111 \x00\x00\x00\x00 1111 1111", pan), "four bytes apart is not one number");
+    let ints: Vec<u8> = b"4111111111111111".iter().enumerate().flat_map(|(i, d)| [*d, 0, 0, b'<' + i as u8]).collect();
+    assert!(!has_pan(&ints, pan), "binary structure between the digits");
     assert!(has_code(b"cvv=846;", "846") && has_code(b"\"846\"", "846"));
     assert!(!has_code(b"18460", "846") && !has_code(b"took 135.846ms", "846") && !has_code(b"a846f0", "846"));
 }

@@ -156,17 +156,53 @@ pub async fn wait_final(base: &str, key: &str, id: &str, within: Duration) -> Va
 }
 
 /// Every file under `dir`, as bytes (the SQLite database, its WAL and shared-memory files).
+/// Every file under `dir` with its bytes. A file that cannot be read fails the test: a scan
+/// must not pass by skipping what it could not open.
 pub fn files_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = entry.path();
+    let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));
+    for entry in entries {
+        let p = entry.unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display())).path();
         if p.is_dir() {
             out.extend(files_under(&p));
-        } else if let Ok(bytes) = std::fs::read(&p) {
+        } else {
+            let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("cannot read {} for the scan: {e}", p.display()));
             out.push((p.display().to_string(), bytes));
         }
     }
     out
+}
+
+/// One HTTP exchange as it went over the wire: status, the response's headers as text, and
+/// the raw body (not parsed, so a plain-text answer is scanned as sent).
+pub async fn http_raw(method: &'static str, url: &str, key: Option<&str>, body: Option<&str>) -> (u16, String, String) {
+    let (url, key, body) = (url.to_string(), key.map(str::to_string), body.map(str::to_string));
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let auth = key.map(|k| format!("Bearer {k}"));
+        let result = match method {
+            "POST" => {
+                let mut req = agent.post(&url).header("Content-Type", "application/json");
+                if let Some(a) = &auth {
+                    req = req.header("Authorization", a);
+                }
+                req.send(body.unwrap_or_default())
+            }
+            _ => {
+                let mut req = agent.get(&url);
+                if let Some(a) = &auth {
+                    req = req.header("Authorization", a);
+                }
+                req.call()
+            }
+        };
+        let Ok(mut resp) = result else { return (0, String::new(), String::new()) };
+        let headers: String =
+            resp.headers().iter().map(|(k, v)| format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes()))).collect();
+        (resp.status().as_u16(), headers, resp.body_mut().read_to_string().unwrap_or_default())
+    })
+    .await
+    .unwrap()
 }
 
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
