@@ -246,10 +246,17 @@ async fn shutdown_hangs_up_active_calls_with_bye() {
         caller::place_call(CallerOptions { linger: Duration::from_secs(20), ..CallerOptions::new(sip, &uri, "41") })
             .await
     });
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (_, v) = http("GET", &format!("{}/v1/sessions/{id}", t.base), Some(&key), None).await;
+    // Until both keys have been decoded (the caller keeps the line open for 20 s).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let v = loop {
+        let (_, v) = http("GET", &format!("{}/v1/sessions/{id}", t.base), Some(&key), None).await;
+        if v["fields"][0]["digits"] == 2 {
+            break v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "two keys never arrived: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(v["state"], "capturing");
-    assert_eq!(v["fields"][0]["digits"], 2);
     assert_eq!(v["fields"][0]["masked"], "••");
     t.server.shutdown(Duration::from_secs(5)).await;
     let report = caller.await.unwrap().unwrap();
@@ -321,13 +328,17 @@ async fn the_agent_asks_again_for_the_card_number_and_the_second_one_is_captured
     assert_eq!(s, 404, "{v}");
     let (s, v) = http("POST", &url("/fields/pan/restart"), Some(&key), None).await;
     assert_eq!(s, 200, "{v}");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let (_, v) = http("GET", &url(""), Some(&key), None).await;
-    assert_eq!(
-        (v["fields"][0]["state"].as_str(), v["fields"][0]["digits"].as_u64()),
-        (Some("entering"), Some(0)),
-        "{v}"
-    );
+    // The call task applies the restart: poll until the view shows it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let v = loop {
+        let (_, v) = http("GET", &url(""), Some(&key), None).await;
+        let field = (v["fields"][0]["state"].as_str(), v["fields"][0]["digits"].as_u64());
+        if field == (Some("entering"), Some(0)) {
+            break v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the restart never showed: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(v["fields"][1]["state"], "pending");
     let s = wait_final(&t.base, &key, &id, Duration::from_secs(20)).await;
     assert_eq!((s["state"].as_str(), s["result"]["last4"].as_str()), (Some("completed"), Some("4444")), "{s}");

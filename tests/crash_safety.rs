@@ -111,6 +111,22 @@ async fn kill_loop(db: &TestDatabase, kills: usize) {
         let (s, _) = detokenize(token).await;
         assert_eq!(s, 200, "stored row {token} does not decrypt");
     }
+    // Tokens are unique, and each acknowledged one has exactly one tokenize record.
+    let distinct: std::collections::HashSet<&String> = tokens.iter().map(|t| &t.0).collect();
+    assert_eq!(distinct.len(), tokens.len(), "{}: duplicate tokens", db.label);
+    let mut records: HashMap<String, usize> = HashMap::new();
+    let mut after = 0;
+    loop {
+        let page = tonewall::vault::audit::records(vault.pool(), after, 1000).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for r in page.into_iter().filter(|r| r.action == "tokenize") {
+            *records.entry(r.resource).or_default() += 1;
+        }
+    }
+    for token in acked.keys() {
+        assert_eq!(records.get(token), Some(&1), "{}: audit records for acknowledged token {token}", db.label);
+    }
     serve.kill();
     drop(vault);
     let (ok, out, err) = tonewall(&["audit", "verify", "--config", cfg, "--data-dir", data_s], &[]);

@@ -166,8 +166,16 @@ async fn scripted_run(db: &TestDatabase) -> Vec<(String, Vec<u8>)> {
     run(&["keys", "rotate"], &mut outputs);
     run(&["keys", "status"], &mut outputs);
     run(&["audit", "verify"], &mut outputs);
+    // One upkeep pass of a fresh server: it has run when the server anchored its start record.
+    let anchors = data.join("audit-checkpoints.jsonl");
+    let lines = || std::fs::read_to_string(&anchors).map_or(0, |t| t.lines().count());
+    let before = lines();
     let serve = ServeProcess::start(&config, &data, &log, &debug);
-    tokio::time::sleep(Duration::from_millis(1500)).await; // one upkeep pass
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while lines() == before {
+        assert!(std::time::Instant::now() < deadline, "the server wrote no checkpoint within 20 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     serve.kill();
 
     outputs.push(("serve log".into(), std::fs::read(&log).unwrap()));

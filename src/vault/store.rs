@@ -154,3 +154,44 @@ pub async fn audit_rewritable_by_us(pool: &AnyPool) -> Result<Option<String>, Va
         "production mode refuses a database role that can rewrite the audit trail: {user} {why}; run `tonewall db migrate --runtime-role NAME` as the owner and connect as NAME with storage.migrate = false"
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::vault::testing::TestDatabase;
+
+    /// An acknowledged write survives a power cut only if the database syncs it: SQLite's
+    /// `synchronous = FULL` on every connection (it is not stored in the file), and a
+    /// PostgreSQL server with `fsync` and `synchronous_commit` on.
+    #[tokio::test]
+    async fn every_connection_syncs_each_commit() {
+        for db in TestDatabase::both().await {
+            let dir = tempfile::tempdir().unwrap();
+            let vault = crate::vault::Vault::open(db.options(dir.path())).await.unwrap();
+            match vault.backend() {
+                super::Backend::Sqlite => {
+                    // Several connections: each must have it.
+                    let mut conns = Vec::new();
+                    for _ in 0..3 {
+                        conns.push(vault.pool().acquire().await.unwrap());
+                    }
+                    for c in &mut conns {
+                        let (mode,): (i64,) = sqlx::query_as("PRAGMA synchronous").fetch_one(&mut **c).await.unwrap();
+                        let (journal,): (String,) =
+                            sqlx::query_as("PRAGMA journal_mode").fetch_one(&mut **c).await.unwrap();
+                        assert_eq!((mode, journal.as_str()), (2, "wal"), "FULL is 2");
+                    }
+                }
+                super::Backend::Postgres => {
+                    for setting in ["fsync", "synchronous_commit", "full_page_writes"] {
+                        let (value,): (String,) = sqlx::query_as("SELECT setting FROM pg_settings WHERE name = $1")
+                            .bind(setting)
+                            .fetch_one(vault.pool())
+                            .await
+                            .unwrap();
+                        assert_eq!(value, "on", "{setting}");
+                    }
+                }
+            }
+        }
+    }
+}
