@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, http, wait_final};
+use common::{TestCard, TestServer, assert_card_whole, http, wait_final};
 use serde_json::Value;
 use tokio::net::UdpSocket;
 use tonewall::api::auth::Role;
@@ -50,6 +50,8 @@ async fn card_with_agent_completes_and_the_agent_never_receives_a_digit_packet()
     assert_eq!(s["state"], "completed", "{s}");
     assert_eq!(s["result"]["brand"], "mastercard");
     assert_eq!(s["result"]["last4"], "4444");
+    let card = TestCard { pan: "5555555555554444", month: 12, year: 2030, code: "321" };
+    assert_card_whole(&t, &s, &card, "PCMA, telephone-event 96").await;
     assert_eq!((s["result"]["expiry_month"].as_u64(), s["result"]["expiry_year"].as_u64()), (Some(12), Some(2030)));
     assert!(s["result"]["token"].as_str().unwrap().starts_with("tok_"));
     assert_eq!(s["fields"][0]["masked"], "•••• •••• •••• 4444");
@@ -342,6 +344,8 @@ async fn the_agent_asks_again_for_the_card_number_and_the_second_one_is_captured
     assert_eq!(v["fields"][1]["state"], "pending");
     let s = wait_final(&t.base, &key, &id, Duration::from_secs(20)).await;
     assert_eq!((s["state"].as_str(), s["result"]["last4"].as_str()), (Some("completed"), Some("4444")), "{s}");
+    let card = TestCard { pan: "5555555555554444", month: 12, year: 2030, code: "321" };
+    assert_card_whole(&t, &s, &card, "the second card after the restart").await;
     caller.await.unwrap();
     let records = tonewall::vault::audit::records(t.server.shared.vault.pool(), 0, 100).await.unwrap();
     assert!(records.iter().any(|r| r.action == "session.field_restart" && r.resource == id));
@@ -463,5 +467,7 @@ async fn invite_with_replaces_moves_the_caller_and_the_capture_carries_on() {
     }
     let s = wait_final(&t.base, &key, &id, Duration::from_secs(5)).await;
     assert_eq!((s["state"].as_str(), s["result"]["last4"].as_str()), (Some("completed"), Some("1111")), "{s}");
+    let card = TestCard { pan: "4111111111111111", month: 12, year: 2030, code: "123" };
+    assert_card_whole(&t, &s, &card, "keyed on the new leg").await;
     t.stop().await;
 }
