@@ -57,35 +57,8 @@ impl TestServer {
 /// One HTTP exchange: (status, JSON body or Null). Never fails on 4xx/5xx; a connection
 /// that cannot be made is status 0.
 pub async fn http(method: &'static str, url: &str, key: Option<&str>, body: Option<&str>) -> (u16, Value) {
-    let url = url.to_string();
-    let key = key.map(str::to_string);
-    let body = body.map(str::to_string);
-    tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-        let auth = key.map(|k| format!("Bearer {k}"));
-        let result = match method {
-            "POST" => {
-                let mut req = agent.post(&url).header("Content-Type", "application/json");
-                if let Some(a) = &auth {
-                    req = req.header("Authorization", a);
-                }
-                req.send(body.unwrap_or_default())
-            }
-            _ => {
-                let mut req = agent.get(&url);
-                if let Some(a) = &auth {
-                    req = req.header("Authorization", a);
-                }
-                req.call()
-            }
-        };
-        let Ok(mut resp) = result else { return (0, Value::Null) };
-        let status = resp.status().as_u16();
-        let text = resp.body_mut().read_to_string().unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    })
-    .await
-    .unwrap()
+    let (status, _, text) = http_raw(method, url, key, body).await;
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
 /// A session for a whole card (pan, expiry, cvv) through the API: its id and transfer URI.
