@@ -1,7 +1,7 @@
 //! The vault: tokenizes captured cards and gives them back to processors. PAN and expiry are
 //! stored only encrypted under the key ring's newest data key (`keyring`, `crypto`), looked up
 //! by keyed fingerprint; the security code is held in memory only, zeroized, until it is
-//! released once, its TTL ends, or its call ends (PCI DSS 3.3.1). Every tokenization and
+//! released once or its TTL ends (PCI DSS 3.3.1). Every tokenization and
 //! detokenization writes an audit record (`audit`) in the same transaction, and detokenizing
 //! fails closed when that record cannot be written.
 
