@@ -309,6 +309,23 @@ enum AuditAction {
     },
 }
 
+/// Runs a resumable batch job until a pass moves nothing, printing the running total.
+async fn until_done<F, Fut>(what: &str, mut pass: F) -> anyhow::Result<u64>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<u64, tonewall::vault::VaultError>>,
+{
+    let mut total = 0;
+    loop {
+        let n = pass().await?;
+        if n == 0 {
+            return Ok(total);
+        }
+        total += n;
+        println!("  {total} {what}");
+    }
+}
+
 #[cfg(feature = "hsm")]
 fn create_token_key(c: &kek::Pkcs11Config) -> anyhow::Result<()> {
     Ok(kek::hsm::TokenKey::create(c)?)
@@ -504,15 +521,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let resource = id.to_string();
             vault.audit(&CLI_ACTOR.did("key.rotate", "created", &resource)).await?;
             println!("data key {id} is now current; re-encrypting older records");
-            let mut total = 0;
-            loop {
-                let n = vault.reencrypt(500).await?;
-                if n == 0 {
-                    break;
-                }
-                total += n;
-                println!("  {total} records re-encrypted");
-            }
+            let total = until_done("records re-encrypted", || vault.reencrypt(500)).await?;
             let detail = format!("{total} records");
             vault.audit(&audit::Event { detail: &detail, ..CLI_ACTOR.did("key.reencrypt", "done", &resource) }).await?;
             println!("done: every record is under data key {id}");
@@ -530,15 +539,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let id = vault.keys().rotate_fingerprint(vault.pool()).await?;
             let resource = id.to_string();
             vault.audit(&CLI_ACTOR.did("key.rotate_fingerprint", "created", &resource)).await?;
-            let mut total = 0;
-            loop {
-                let n = vault.refingerprint(500).await?;
-                if n == 0 {
-                    break;
-                }
-                total += n;
-                println!("  {total} cards re-fingerprinted");
-            }
+            let total = until_done("cards re-fingerprinted", || vault.refingerprint(500)).await?;
             let detail = format!("{total} cards");
             let done = CLI_ACTOR.did("key.refingerprint", "done", &resource);
             vault.audit(&audit::Event { detail: &detail, ..done }).await?;

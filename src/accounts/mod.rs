@@ -35,7 +35,7 @@ pub enum AccountError {
     Exists(String),
     #[error("no user named {0}")]
     NoSuchUser(String),
-    #[error("usernames are 1 to 64 letters, digits, dots, dashes, underscores or @")]
+    #[error("usernames are 1 to 64 letters, digits, dots, dashes, underscores or @, and no card number")]
     BadUsername,
     #[error("passwords need at least {MIN_PASSWORD} characters")]
     ShortPassword,
@@ -139,7 +139,9 @@ pub async fn add(
     agent_totp: bool,
 ) -> Result<Option<String>, AccountError> {
     let ok_name = |c: char| c.is_ascii_alphanumeric() || "._-@".contains(c);
-    if username.is_empty() || username.len() > 64 || !username.chars().all(ok_name) {
+    // A card number as a name would reach the audit trail and the security log.
+    let card_like = crate::capture::card::looks_like_card_number(username);
+    if username.is_empty() || username.len() > 64 || !username.chars().all(ok_name) || card_like {
         return Err(AccountError::BadUsername);
     }
     if password.chars().count() < MIN_PASSWORD {
@@ -351,4 +353,21 @@ pub async fn sign_in(
 pub fn current_code(base32: &str) -> Option<String> {
     let secret = totp_rs::Secret::try_from_base32(base32).ok()?;
     totp(&secret).map(|t| t.generate_current().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_card_number_is_no_username() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = Vault::open(crate::vault::VaultOptions::development(dir.path())).await.unwrap();
+        let password = "a long enough password";
+        for name in ["4111111111111111", "4111-1111-1111-1111", "order.378282246310005"] {
+            let refused = add(&vault, name, password, Role::Agent, None, false, false).await;
+            assert!(matches!(refused, Err(AccountError::BadUsername)), "{name}");
+        }
+        assert!(add(&vault, "alice.4111", password, Role::Agent, None, false, false).await.is_ok(), "digits are fine");
+    }
 }

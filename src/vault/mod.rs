@@ -122,6 +122,14 @@ struct Sealed {
     expires_at: Option<i64>,
 }
 
+/// A card row with the fingerprint key that fingerprinted it.
+#[derive(sqlx::FromRow)]
+struct SealedFingerprint {
+    #[sqlx(flatten)]
+    sealed: Sealed,
+    fingerprint_key_id: Option<i64>,
+}
+
 struct HeldCode {
     code: SecurityCode,
     until: Instant,
@@ -412,10 +420,18 @@ impl Vault {
                 .bind(token)
                 .fetch_optional(&self.pool)
                 .await?;
-        let Sealed { id, key_id, nonce, ciphertext: ct, expires_at } = row.ok_or(VaultError::UnknownToken)?;
-        if expires_at.is_some_and(|t| t <= unix_now()) {
+        let sealed = row.ok_or(VaultError::UnknownToken)?;
+        if sealed.expires_at.is_some_and(|t| t <= unix_now()) {
             return Err(VaultError::Expired);
         }
+        self.open_sealed(sealed).await
+    }
+
+    /// Decrypts a stored row, whatever its expiry.
+    async fn open_sealed(
+        &self,
+        Sealed { id, key_id, nonce, ciphertext: ct, .. }: Sealed,
+    ) -> Result<RevealedCard, VaultError> {
         let key = match self.keys.get(key_id) {
             Some(k) => k,
             None => {
@@ -480,32 +496,31 @@ impl Vault {
     /// UPDATE per card: resumable, and safe beside traffic and another process.
     pub async fn refingerprint(&self, limit: i64) -> Result<u64, VaultError> {
         let (new_id, new_key) = self.keys.fingerprint();
-        let rows: Vec<(String, Option<i64>)> = sqlx::query_as(
-            "SELECT token, fingerprint_key_id FROM cards WHERE fingerprint_key_id IS NULL OR fingerprint_key_id <> $1 LIMIT $2",
+        let rows: Vec<SealedFingerprint> = sqlx::query_as(
+            "SELECT id, key_id, nonce, ciphertext, expires_at, fingerprint_key_id FROM cards \
+             WHERE fingerprint_key_id IS NULL OR fingerprint_key_id <> $1 LIMIT $2",
         )
         .bind(new_id)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
         let mut moved = 0;
-        for (token, old_id) in rows {
+        for SealedFingerprint { sealed, fingerprint_key_id: old_id } in rows {
             if old_id.is_some_and(|old| old > new_id) {
                 self.keys.refresh(&self.pool).await?; // another process rotated past us
                 break;
             }
-            let card = match self.reveal(&token).await {
-                Ok(card) => card,
-                Err(VaultError::Expired | VaultError::UnknownToken) => continue, // purged soon, or just now
-                Err(e) => return Err(e),
-            };
+            // Expired cards too: otherwise they would be picked again on every pass.
+            let id = sealed.id.clone();
+            let card = self.open_sealed(sealed).await?;
             let fingerprint = crypto::fingerprint(&new_key, card.pan.as_bytes());
             moved += sqlx::query(
-                "UPDATE cards SET fingerprint = $1, fingerprint_key_id = $2 WHERE token = $3 \
+                "UPDATE cards SET fingerprint = $1, fingerprint_key_id = $2 WHERE id = $3 \
                  AND (fingerprint_key_id IS NULL OR fingerprint_key_id = $4)",
             )
             .bind(fingerprint)
             .bind(new_id)
-            .bind(&token)
+            .bind(&id)
             .bind(old_id.unwrap_or(-1))
             .execute(&self.pool)
             .await?
