@@ -44,6 +44,7 @@ sed -e 's/^enabled = true/enabled = false/' -e 's/25060/25061/' -e 's/28080/2808
   "$WORK/tonewall.toml" > "$WORK/tonewall-norec.toml"
 for c in tonewall tonewall-norec; do
   target/release/tonewall api-key create --role agent --data-dir "$WORK/$c" > "$WORK/$c.key"
+  target/release/tonewall api-key create --role processor --data-dir "$WORK/$c" > "$WORK/$c.processor-key"
   target/release/tonewall serve --config "$WORK/$c.toml" --data-dir "$WORK/$c" \
     > "$WORK/$c.out" 2> "$WORK/$c.log" &
   PIDS+=($!)
@@ -62,9 +63,11 @@ echo "== rtpengine, block DTMF + detect DTMF + ${DELAY_MS} ms delay buffer"
   --svg "$OUT/rtpengine-masking.svg" || true
 echo "== tonewall, detection and masking on every call"
 "${LT[@]}" --target 127.0.0.1:25060 --api http://127.0.0.1:28080 --api-key "$(cat "$WORK/tonewall.key")" \
+  --processor-key "$(cat "$WORK/tonewall.processor-key")" \
   --json "$WORK/tonewall.json" --svg "$OUT/tonewall.svg" || true
 echo "== tonewall, detection and masking on every call, recording off"
 "${LT[@]}" --target 127.0.0.1:25061 --api http://127.0.0.1:28081 --api-key "$(cat "$WORK/tonewall-norec.key")" \
+  --processor-key "$(cat "$WORK/tonewall-norec.processor-key")" \
   --json "$WORK/tonewall-norec.json" --svg "$OUT/tonewall-norec.svg" || true
 
 python3 - "$WORK" "$DELAY_MS" <<'PY'

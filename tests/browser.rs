@@ -9,8 +9,8 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::TestServer;
 use common::browser::Browser;
+use common::{TestCard, TestServer};
 use tonewall::api::auth::Role;
 use tonewall_testkit::agent::Agent;
 use tonewall_testkit::caller::{self, CallerOptions};
@@ -73,6 +73,7 @@ async fn an_agent_takes_a_payment_in_the_desktop_and_qa_replays_it() {
     b.eval(&click("#start-button")).await;
     let uri = b.wait_for(&text("#transfer-uri"), long).await.as_str().unwrap().to_string();
     assert!(uri.starts_with("sip:pay-"), "{uri}");
+    let id = uri.trim_start_matches("sip:pay-").split('@').next().unwrap_or_default().to_string();
     b.wait_for("document.querySelectorAll('#fields li').length === 3", long).await;
     b.screenshot(&artifact("desktop-waiting.png")).await;
 
@@ -96,6 +97,11 @@ async fn an_agent_takes_a_payment_in_the_desktop_and_qa_replays_it() {
     assert!(token.as_str().unwrap().starts_with("tok_"), "{token}");
     assert_eq!(b.eval(&text("#result-brand")).await, "visa");
     assert_eq!(b.eval(&text("#result-last4")).await, "1111");
+    // The token the page shows is the session's, and it holds the whole card as keyed.
+    let session = common::wait_final(&t.base, &agent_key, &id, long).await;
+    assert_eq!(session["result"]["token"], token, "the page shows the session's token");
+    let card = TestCard { pan: PAN, month: 12, year: 2030, code: "737" };
+    common::assert_card_whole(&t, &session, &card, "keyed with the desktop open").await;
     let page = b.eval("document.body.innerText").await;
     assert!(!page.as_str().unwrap().contains(PAN) && !page.as_str().unwrap().contains("737"), "{page}");
     b.screenshot(&artifact("desktop-completed.png")).await;

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestCard, TestServer, assert_card_whole, http, wait_final};
+use common::{TestCard, TestServer, assert_card_whole, card_differences, detokenize_session, http, wait_final};
 use serde_json::Value;
 use tokio::net::UdpSocket;
 use tonewall::api::auth::Role;
@@ -51,7 +51,18 @@ async fn card_with_agent_completes_and_the_agent_never_receives_a_digit_packet()
     assert_eq!(s["result"]["brand"], "mastercard");
     assert_eq!(s["result"]["last4"], "4444");
     let card = TestCard { pan: "5555555555554444", month: 12, year: 2030, code: "321" };
-    assert_card_whole(&t, &s, &card, "PCMA, telephone-event 96").await;
+    // Detokenized once (the security code is released once), checked whole, and the check's
+    // negative control: the code, number or expiry changed by one digit is told apart.
+    let stored = detokenize_session(&t.base, &t.key(Role::Processor).await, &s, "PCMA").await;
+    assert_eq!(card_differences(&stored, &card), Vec::<&str>::new(), "PCMA, telephone-event 96: the card is whole");
+    for (wrong, part) in [
+        (TestCard { code: "312", ..card }, "security code"),
+        (TestCard { code: "322", ..card }, "security code"),
+        (TestCard { pan: "5555555555554443", ..card }, "card number"),
+        (TestCard { month: 11, ..card }, "expiry"),
+    ] {
+        assert_eq!(card_differences(&stored, &wrong), [part], "a one-digit change to the {part} is caught");
+    }
     assert_eq!((s["result"]["expiry_month"].as_u64(), s["result"]["expiry_year"].as_u64()), (Some(12), Some(2030)));
     assert!(s["result"]["token"].as_str().unwrap().starts_with("tok_"));
     assert_eq!(s["fields"][0]["masked"], "•••• •••• •••• 4444");

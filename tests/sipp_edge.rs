@@ -11,14 +11,16 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::sipp::{self, free_udp_port, keypad_pcap};
-use common::{ServeProcess, http, require_tool, tonewall, wait_final, write_config};
+use common::{ServeProcess, TestCard, http, require_tool, tonewall, wait_final, write_config};
 
 const KEYPAD: &str = "4111111111111111#,1230,321";
+const CARD: TestCard = TestCard { pan: "4111111111111111", month: 12, year: 2030, code: "321" };
 
 struct Edge {
     dir: tempfile::TempDir,
     serve: ServeProcess,
     key: String,
+    processor_key: String,
 }
 
 impl Edge {
@@ -48,6 +50,9 @@ impl Edge {
         let (ok, key, err) =
             tonewall(&["api-key", "create", "--role", "agent", "--data-dir", data.to_str().unwrap()], &[]);
         assert!(ok, "{err}");
+        let (ok, processor_key, err) =
+            tonewall(&["api-key", "create", "--role", "processor", "--data-dir", data.to_str().unwrap()], &[]);
+        assert!(ok, "{err}");
         let with_routes = format!("{routes}\n[http]");
         let mut replace = vec![("\n[http]", with_routes.as_str())];
         let tls_ca;
@@ -62,7 +67,7 @@ impl Edge {
         let config = write_config(dir.path(), &replace);
         let log = dir.path().join("server.log");
         let serve = ServeProcess::start_on(&config, &data, &log, &[("RUST_LOG", "debug")], sip_listen);
-        Edge { dir, serve, key: key.trim().to_string() }
+        Edge { dir, serve, key: key.trim().to_string(), processor_key: processor_key.trim().to_string() }
     }
 
     fn path(&self) -> &Path {
@@ -101,6 +106,11 @@ impl Edge {
         let pcap = self.path().join("keypad.pcap");
         std::fs::write(&pcap, keypad_pcap(KEYPAD)).unwrap();
         pcap
+    }
+
+    /// The completed session's token detokenizes to the card [`KEYPAD`] keys.
+    async fn assert_card_whole(&self, session: &serde_json::Value, case: &str) {
+        common::assert_card_whole_at(&self.serve.base, &self.processor_key, session, &CARD, case).await;
     }
 
     fn log(&self) -> String {
@@ -199,8 +209,7 @@ async fn tonewall_hangs_up_after_capture() {
     );
     sipp::passed(sipp, edge.path(), "BYE from tonewall").await;
     let v = edge.session_view(&id).await;
-    assert_eq!(v["state"], "completed", "{v}");
-    assert_eq!(v["result"]["last4"], "1111");
+    edge.assert_card_whole(&v, "BYE from tonewall").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -220,7 +229,7 @@ async fn b2bua_call_with_sipp_as_caller_and_agent() {
     sipp::passed(caller, edge.path(), "B2BUA caller").await;
     sipp::passed(agent, edge.path(), "B2BUA agent").await;
     let v = edge.session_view(&id).await;
-    assert_eq!(v["state"], "completed", "{v}");
+    edge.assert_card_whole(&v, "B2BUA").await;
     assert_eq!(v["after_capture"], "bridge");
 }
 
@@ -279,7 +288,7 @@ async fn the_agent_leg_goes_over_tcp_or_tls_as_its_uri_says() {
         sipp::passed(caller, edge.path(), "caller").await;
         sipp::passed(agent, edge.path(), &format!("agent over {transport}")).await;
         let v = edge.session_view(&id).await;
-        assert_eq!(v["state"], "completed", "{transport}: {v}");
+        edge.assert_card_whole(&v, transport).await;
         let log = edge.log();
         let line = log.lines().find(|l| l.contains("call answered")).unwrap_or_default();
         let agent_field = line.rsplit("agent").next().unwrap_or_default();
@@ -308,7 +317,7 @@ async fn an_agent_with_an_untrusted_tls_certificate_is_not_dialled() {
     );
     sipp::passed(caller, edge.path(), "caller").await;
     let v = edge.session_view(&id).await;
-    assert_eq!(v["state"], "completed", "{v}");
+    edge.assert_card_whole(&v, "agent unreachable").await;
     let log = edge.log();
     assert!(log.contains("agent unreachable") && log.contains("TLS with"), "{log}");
 }
@@ -340,7 +349,7 @@ async fn refer_back_to_the_agent_after_capture() {
     );
     sipp::passed(sipp, edge.path(), "REFER back").await;
     let v = edge.session_view(&id).await;
-    assert_eq!(v["state"], "completed", "{v}");
+    edge.assert_card_whole(&v, "REFER back").await;
     assert_eq!(v["transferred"], true, "{v}");
 }
 
@@ -388,8 +397,7 @@ async fn inline_route_forwards_to_the_target_and_captures_on_request() {
     assert_eq!(s, 409, "{v}");
     // The keys start 3 s after the answer and take about 9 s.
     let done = wait_final(&edge.serve.base, &edge.key, session["id"].as_str().unwrap(), Duration::from_secs(20)).await;
-    assert_eq!(done["state"], "completed", "{done}");
-    assert_eq!(done["result"]["last4"], "1111");
+    edge.assert_card_whole(&done, "inline capture").await;
     sipp::passed(caller, edge.path(), "inline caller").await;
     sipp::passed(agent, edge.path(), "inline target").await;
     // Unknown call ids and users outside any route get the same answers as always.
@@ -416,7 +424,7 @@ async fn card_call_over_ipv6() {
     let caller = sipp::spawn_at(edge.path(), &path, "::1", free_udp_port(1), &[&target, "-s", &user]);
     sipp::passed(caller, edge.path(), "IPv6 caller").await;
     let v = edge.session_view(&id).await;
-    assert_eq!(v["state"], "completed", "{v}");
+    edge.assert_card_whole(&v, "IPv6").await;
     let log = edge.log();
     assert!(log.lines().any(|l| l.contains("call answered") && l.contains("[::1]")), "the call came over IPv6:\n{log}");
 }

@@ -8,11 +8,14 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::{Value, json};
 
+use crate::script::Card;
+
 #[derive(Clone)]
 pub struct Api {
     agent: ureq::Agent,
     base: Arc<str>,
     auth: Arc<str>,
+    processor_auth: Arc<str>,
 }
 
 /// A created session: its id and the URI the caller is transferred to.
@@ -22,12 +25,18 @@ pub struct Session {
 }
 
 impl Api {
-    pub fn new(base: &str, key: &str) -> Api {
+    /// `key` is the agent's; `processor_key` reads cards back whole at the end.
+    pub fn new(base: &str, key: &str, processor_key: &str) -> Api {
         let config = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(10)))
             .max_idle_connections_per_host(64)
             .build();
-        Api { agent: config.into(), base: base.trim_end_matches('/').into(), auth: format!("Bearer {key}").into() }
+        Api {
+            agent: config.into(),
+            base: base.trim_end_matches('/').into(),
+            auth: format!("Bearer {key}").into(),
+            processor_auth: format!("Bearer {processor_key}").into(),
+        }
     }
 
     /// `POST /v1/sessions` for a card, with the agent the call is bridged to.
@@ -48,11 +57,33 @@ impl Api {
         tokio::task::spawn_blocking(move || api.request("GET", &path, None)).await?
     }
 
+    /// `POST /v1/detokenize` as a processor: the card the vault holds for `token`.
+    pub async fn detokenize(&self, token: String) -> anyhow::Result<Card> {
+        let api = self.clone();
+        let body = json!({ "token": token });
+        let v = tokio::task::spawn_blocking(move || {
+            api.request_as(&api.processor_auth, "POST", "/v1/detokenize", Some(body))
+        })
+        .await??;
+        let text = |k: &str| v[k].as_str().map(str::to_string).with_context(|| format!("detokenize without {k}"));
+        let number = |k: &str| v[k].as_u64().with_context(|| format!("detokenize without {k}"));
+        Ok(Card {
+            pan: text("pan")?,
+            expiry_month: number("expiry_month")?,
+            expiry_year: number("expiry_year")?,
+            security_code: text("security_code")?,
+        })
+    }
+
     fn request(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        self.request_as(&self.auth, method, path, body)
+    }
+
+    fn request_as(&self, auth: &str, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
         let resp = match body {
-            Some(b) => self.agent.post(&url).header("Authorization", &*self.auth).send_json(b),
-            None => self.agent.get(&url).header("Authorization", &*self.auth).call(),
+            Some(b) => self.agent.post(&url).header("Authorization", auth).send_json(b),
+            None => self.agent.get(&url).header("Authorization", auth).call(),
         };
         let mut resp = resp.with_context(|| format!("{method} {path}"))?;
         Ok(resp.body_mut().read_json::<Value>()?)

@@ -50,6 +50,10 @@ struct Args {
     /// An agent API key (`tonewall api-key create --role agent`).
     #[arg(long, env = "TONEWALL_API_KEY", hide_env_values = true, required_unless_present = "rtpengine")]
     api_key: Option<String>,
+    /// A processor API key (`tonewall api-key create --role processor`): every captured card
+    /// is read back whole (number, expiry, security code) and compared with what was keyed.
+    #[arg(long, env = "TONEWALL_PROCESSOR_KEY", hide_env_values = true, required_unless_present = "rtpengine")]
+    processor_key: Option<String>,
     /// Concurrent calls to hold (the top of the ramp if --ramp is given too).
     #[arg(long, default_value_t = 100)]
     calls: u32,
@@ -222,7 +226,11 @@ async fn run(args: &Args, levels: &[u32]) -> anyhow::Result<()> {
         shards,
         sip,
         judge,
-        api: Api::new(&args.api, args.api_key.as_deref().unwrap_or_default()),
+        api: Api::new(
+            &args.api,
+            args.api_key.as_deref().unwrap_or_default(),
+            args.processor_key.as_deref().unwrap_or_default(),
+        ),
         ng,
         events,
         events_tx,
@@ -255,6 +263,7 @@ async fn run(args: &Args, levels: &[u32]) -> anyhow::Result<()> {
             (Some(ng), Some(ms)) => format!("rtpengine (block DTMF, detect DTMF, {ms} ms delay buffer) at {ng}"),
             (None, _) => format!("tonewall at {}", args.target),
         },
+        server_pid,
         attempted: run.calls.len() as u64,
         failed: failed as u64,
         failures: run.failures.clone(),
@@ -342,6 +351,7 @@ impl Run {
             calls: calls_measured,
             setups_per_second,
             failed: failed_in_step as u64,
+            cpu_seconds: procfs::cpu_seconds(&s0, &s1),
             cpu_percent: procfs::cpu_percent(&s0, &s1),
             tool_cpu_percent: procfs::cpu_percent(&t0, &t1),
             rss_bytes: s1.rss_bytes,
@@ -517,8 +527,8 @@ impl Run {
         }
     }
 
-    /// Reads every connected call's session back: per way of keying (RFC 4733, in-band),
-    /// cards captured right and calls that keyed one.
+    /// Reads every connected call's session back and detokenizes its card: per way of keying
+    /// (RFC 4733, in-band), cards stored whole as keyed and calls that keyed one.
     async fn check_sessions(&self) -> [(u64, u64); 2] {
         let gate = Arc::new(Semaphore::new(16));
         let mut tasks = Vec::new();
@@ -526,12 +536,13 @@ impl Run {
         let calls = self.calls.values().filter(|c| c.connected.is_some() && self.ng.is_none());
         for c in calls {
             let Some(session) = c.session.clone() else { continue };
-            let (api, last4, gate) = (self.api.clone(), c.keypad.last4.clone(), gate.clone());
+            let (api, keypad, gate) = (self.api.clone(), c.keypad.clone(), gate.clone());
             let way = usize::from(c.keypad.keying == Keying::InBand);
             let task = tokio::spawn(async move {
                 let _permit = gate.acquire_owned().await.ok()?;
                 let v = api.session(&session).await.ok()?;
-                Some(v["state"] == "completed" && v["result"]["last4"] == last4.as_str())
+                let token = v["result"]["token"].as_str().filter(|_| v["state"] == "completed")?;
+                Some(api.detokenize(token.to_string()).await.ok()? == keypad.card)
             });
             tasks.push((way, task));
         }

@@ -34,10 +34,15 @@ pub fn sample(pid: u32) -> anyhow::Result<Sample> {
     Ok(Sample { at: Instant::now(), cpu_seconds, rss_bytes: field(24)? * page })
 }
 
+/// CPU seconds (user and system) used between two samples.
+pub fn cpu_seconds(a: &Sample, b: &Sample) -> f64 {
+    b.cpu_seconds - a.cpu_seconds
+}
+
 /// CPU used between two samples, in percent of one core.
 pub fn cpu_percent(a: &Sample, b: &Sample) -> f64 {
     let wall = b.at.duration_since(a.at).as_secs_f64();
-    if wall <= 0.0 { 0.0 } else { 100.0 * (b.cpu_seconds - a.cpu_seconds) / wall }
+    if wall <= 0.0 { 0.0 } else { 100.0 * cpu_seconds(a, b) / wall }
 }
 
 /// The process that has a UDP socket bound to `addr`'s port (the SIP listener).
@@ -79,13 +84,27 @@ mod tests {
         let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         assert_eq!(pid_listening_on(s.local_addr().unwrap()).unwrap(), std::process::id());
         let a = sample(std::process::id()).unwrap();
+        // Spin this thread for 300 ms of its own CPU time (CLOCK_THREAD_CPUTIME_ID, which
+        // counts only what this thread ran): the process used at least that much.
+        let spent = || {
+            let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            // SAFETY: t is a valid timespec to write.
+            unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+            t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+        };
+        let start = spent();
         let mut x = 0u64;
-        for i in 0..30_000_000u64 {
-            x = x.wrapping_add(i * i);
+        while spent() - start < 0.3 {
+            for i in 0..100_000u64 {
+                x = x.wrapping_add(i * i);
+            }
         }
         std::hint::black_box(x);
         let b = sample(std::process::id()).unwrap();
         assert!(b.rss_bytes > 1 << 20, "{} bytes resident", b.rss_bytes);
-        assert!(cpu_percent(&a, &b) >= 0.0);
+        // /proc counts in clock ticks (10 ms): at least 0.3 s less a tick at each end.
+        let used = cpu_seconds(&a, &b);
+        assert!(used >= 0.28, "/proc/self/stat counted {used} s of the 0.3 s this thread spun");
+        assert!(cpu_percent(&a, &b) > 0.0);
     }
 }

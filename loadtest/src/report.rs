@@ -16,7 +16,8 @@ pub struct Step {
     pub calls: u32,
     pub setups_per_second: f64,
     pub failed: u64,
-    /// The server's CPU over the window, percent of one core.
+    /// The server's CPU over the window: seconds, and percent of one core.
+    pub cpu_seconds: f64,
     pub cpu_percent: f64,
     pub tool_cpu_percent: f64,
     pub rss_bytes: u64,
@@ -26,10 +27,13 @@ pub struct Step {
 
 pub struct Report {
     pub target: String,
+    /// The process whose CPU and memory were measured.
+    pub server_pid: u32,
     pub attempted: u64,
     pub failed: u64,
     pub failures: HashMap<String, u32>,
-    /// Per way of keying (RFC 4733, in-band): cards captured right, and calls that keyed one.
+    /// Per way of keying (RFC 4733, in-band): cards stored whole as keyed (number, expiry,
+    /// security code, read back by detokenizing), and calls that keyed one.
     pub captured: [(u64, u64); 2],
     /// Dial to both legs up.
     pub setup_us: Histogram<u64>,
@@ -98,6 +102,7 @@ impl Step {
             "frames_sent": s.frames_sent,
             "frames_received": s.frames_received,
             "leaks": {"digits": s.leaked_digits, "rfc4733_packets": s.leaked_events},
+            "cpu_seconds": self.cpu_seconds,
             "cpu_percent": self.cpu_percent,
             "rss_bytes": self.rss_bytes,
             "rss_per_call_bytes": self.rss_per_call_bytes,
@@ -123,7 +128,7 @@ impl Report {
             println!("{}", s.line());
         }
         println!(
-            "calls attempted {}, failed {}; cards captured right: RFC 4733 {}/{}, in-band {}/{} ({:.4}); leaks: {} digits in agent audio, {} RFC 4733 packets on the agent leg; set-up p50 {:.1} ms, p99 {:.1} ms",
+            "calls attempted {}, failed {}; cards stored whole as keyed: RFC 4733 {}/{}, in-band {}/{} ({:.4}); leaks: {} digits in agent audio, {} RFC 4733 packets on the agent leg; set-up p50 {:.1} ms, p99 {:.1} ms",
             self.attempted,
             self.failed,
             self.captured[0].0,
@@ -161,6 +166,7 @@ impl Report {
         });
         v["leaks"] = json!({"digits": self.all.leaked_digits, "rfc4733_packets": self.all.leaked_events});
         v["target"] = json!(self.target);
+        v["server_pid"] = json!(self.server_pid);
         v["steps"] = self.steps.iter().map(Step::json).collect();
         v
     }

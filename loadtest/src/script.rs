@@ -26,13 +26,29 @@ const TONE_DBM0: f32 = -10.0;
 pub struct Keypad {
     pub keying: Keying,
     pub ticks: Vec<Tick>,
-    pub last4: String,
+    pub card: Card,
+}
+
+/// The card as keyed (test numbers only), to compare whole with what the vault stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Card {
+    pub pan: String,
+    pub expiry_month: u64,
+    pub expiry_year: u64,
+    pub security_code: String,
 }
 
 impl Keypad {
     pub fn new(keying: Keying, pan: &str, expiry: &str, cvv: &str) -> Keypad {
         let ticks = keypad::plan(&keypad::script(&format!("{pan}#,{expiry},{cvv}")), keying);
-        Keypad { keying, ticks, last4: pan[pan.len() - 4..].to_string() }
+        let digits = |r: std::ops::Range<usize>| expiry.get(r).and_then(|d| d.parse::<u64>().ok()).unwrap_or(0);
+        let card = Card {
+            pan: pan.to_string(),
+            expiry_month: digits(0..2),
+            expiry_year: 2000 + digits(2..4),
+            security_code: cvv.to_string(),
+        };
+        Keypad { keying, ticks, card }
     }
 
     pub fn ticks(&self) -> u32 {
@@ -132,7 +148,9 @@ mod tests {
         // 24 keys of 12 ticks and two one-second pauses.
         assert_eq!(k.ticks(), 24 * 12 + 2 * 50);
         assert_eq!(k.ticks.iter().filter(|t| t.event.is_some_and(|e| e.since == 0)).count(), 24);
-        assert_eq!(k.last4, "1111");
+        let whole =
+            Card { pan: "4111111111111111".into(), expiry_month: 12, expiry_year: 2030, security_code: "123".into() };
+        assert_eq!(k.card, whole);
         let k = Keypad::new(Keying::InBand, "4111111111111111", "1230", "123");
         assert!(k.ticks.iter().all(|t| t.event.is_none()));
         assert_eq!(k.ticks.iter().filter(|t| t.tone.is_some_and(|e| e.since == 0)).count(), 24);

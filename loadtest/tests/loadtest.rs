@@ -39,8 +39,10 @@ async fn every_card_is_captured_and_nothing_leaks_through_tonewall() {
     cfg.storage.data_dir = dir.path().to_path_buf();
     let server = Server::start(cfg).await.unwrap();
     let (_, key) = auth::create_key(server.shared.vault.pool(), Role::Agent).await.unwrap();
+    let (_, processor_key) = auth::create_key(server.shared.vault.pool(), Role::Processor).await.unwrap();
     let (json, svg) = (dir.path().join("report.json"), dir.path().join("chart.svg"));
-    let (sip, api, pid) = (server.sip_addr.to_string(), format!("http://{}", server.http_addr), std::process::id());
+    let (sip, api) = (server.sip_addr.to_string(), format!("http://{}", server.http_addr));
+    // No --server-pid: the tool finds the server by its SIP socket, which is this process.
     let args = [
         "--target",
         &sip,
@@ -48,8 +50,8 @@ async fn every_card_is_captured_and_nothing_leaks_through_tonewall() {
         &api,
         "--api-key",
         &key,
-        "--server-pid",
-        &pid.to_string(),
+        "--processor-key",
+        &processor_key,
         "--ramp",
         "6,12",
         "--rate",
@@ -62,7 +64,9 @@ async fn every_card_is_captured_and_nothing_leaks_through_tonewall() {
         svg.to_str().unwrap(),
     ]
     .map(str::to_string);
+    let cpu_before = own_cpu_seconds();
     let out = tokio::task::spawn_blocking(move || loadtest(&args.each_ref().map(String::as_str))).await.unwrap();
+    let cpu_during_run = own_cpu_seconds() - cpu_before;
     let r = report(&out, &json);
     assert_eq!((f(&r, "/calls/attempted"), f(&r, "/calls/failed")), (12.0, 0.0), "{r}");
     assert_eq!(f(&r, "/capture/accuracy"), 1.0, "{r}");
@@ -77,16 +81,33 @@ async fn every_card_is_captured_and_nothing_leaks_through_tonewall() {
     let during = |k: &str| f(&r, &format!("/steps/0/latency_ms_during_capture/{k}"));
     assert!(during("samples") > 0.0 && during("p50") >= 19.0, "{r}");
     assert!(f(&r, "/plain_frames") > 0.0 && f(&r, "/loss") < 0.01, "{r}");
-    assert!(f(&r, "/rss_bytes") > 1e6 && f(&r, "/cpu_percent") >= 0.0);
+    // The CPU figure is the server's (this process's), as getrusage sees it: every step's
+    // window lies inside the run, so their sum is at most what this process used meanwhile
+    // (less a 10 ms /proc tick per sample), and 12 calls of masked RTP use some.
+    assert_eq!(f(&r, "/server_pid"), f64::from(std::process::id()), "{r}");
+    let steps_cpu: f64 = (0..2).map(|n| f(&r, &format!("/steps/{n}/cpu_seconds"))).sum();
+    eprintln!("server CPU: {steps_cpu:.3} s in the measured windows, {cpu_during_run:.3} s over the run");
+    assert!(steps_cpu > 0.0 && steps_cpu <= cpu_during_run + 0.04, "steps {steps_cpu} s, run {cpu_during_run} s");
+    assert!(f(&r, "/rss_bytes") > 1e6 && f(&r, "/cpu_percent") > 0.0, "{r}");
     assert_eq!(r["steps"].as_array().map(Vec::len), Some(2));
     let chart = std::fs::read_to_string(&svg).unwrap();
     assert!(chart.starts_with("<svg") && chart.matches("<polyline").count() == 4, "{chart}");
     server.shutdown(Duration::from_secs(5)).await;
 }
 
+/// User and system CPU seconds of this whole process (getrusage(2)), independent of /proc.
+fn own_cpu_seconds() -> f64 {
+    // SAFETY: an all-zero rusage is valid for getrusage to fill.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: u is a valid rusage to write.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(u.ru_utime) + secs(u.ru_stime)
+}
+
 #[test]
 fn refuses_a_target_off_loopback() {
-    let out = loadtest(&["--target", "192.0.2.1:5060", "--api-key", "k", "--server-pid", "1"]);
+    let out = loadtest(&["--target", "192.0.2.1:5060", "--api-key", "k", "--processor-key", "k", "--server-pid", "1"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not on loopback"), "{out:?}");
 }
