@@ -169,7 +169,6 @@ fn torture_messages_get_the_right_answer_and_the_server_keeps_serving() {
 
 async fn in_private_network() {
     use std::time::Duration;
-    use tokio::net::UdpSocket;
 
     let all: Vec<_> = vectors("rfc4475").into_iter().chain(vectors("rfc5118")).collect();
     let names: Vec<_> = EXPECTED.iter().map(|(n, _)| *n).collect();
@@ -178,21 +177,28 @@ async fn in_private_network() {
         assert!(names.contains(&dir_name.as_str()), "{dir_name} has no expected outcome");
     }
     let t = common::TestServer::start().await;
-    // Replies go to the Via port at the source address (received=127.0.0.1): listen on
-    // every port the vectors' Vias name, and send from the default one.
-    let mut ears = Vec::new();
-    for port in [5060u16, 5050, 6050, 19823] {
-        ears.push(UdpSocket::bind(("127.0.0.1", port)).await.expect("bind a Via port in the namespace"));
-    }
+    let mut ears = Ears::bind().await;
     let mut failures = Vec::new();
-    for (name, expect) in EXPECTED {
+    let mut stale = 0;
+    for (n, (name, expect)) in EXPECTED.iter().enumerate() {
         let bytes = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)).unwrap();
-        ears[0].send_to(&bytes, t.server.sip_addr).await.unwrap();
-        let wait = match expect {
-            Status(_) => Duration::from_secs(2),
-            Silence => Duration::from_millis(300),
+        // Whatever came late for an earlier vector is counted and dropped, never taken for
+        // this one's answer.
+        stale += ears.drain();
+        let ids = Ids::of(&String::from_utf8_lossy(&bytes));
+        ears.send(&bytes, t.server.sip_addr).await;
+        let got = match expect {
+            Status(_) => ears.final_status(&ids, Duration::from_secs(2)).await,
+            // Silence is proved by a probe sent after the vector: tonewall answers datagrams
+            // in order, so once the probe's answer is in, any answer to the vector would be.
+            Silence => {
+                let probe = probe(n);
+                ears.send(probe.as_bytes(), t.server.sip_addr).await;
+                let probe_answer = ears.final_status(&Ids::of(&probe), Duration::from_secs(2)).await;
+                assert_eq!(probe_answer, Some(200), "{name}: the OPTIONS probe after it was not answered");
+                ears.answered(&ids)
+            }
         };
-        let got = final_status(&ears, wait).await;
         let ok = match (expect, got) {
             (Status(codes), Some(code)) => codes.contains(&code),
             (Silence, None) => true,
@@ -203,34 +209,165 @@ async fn in_private_network() {
             failures.push(format!("{name}: expected {expect:?}, got {got:?}"));
         }
     }
+    println!("{stale} late or unmatched datagrams dropped between vectors");
     assert!(failures.is_empty(), "{} wrong answers:\n{}", failures.len(), failures.join("\n"));
     still_serves(&t).await;
     t.stop().await;
 }
 
-/// The first final status any ear hears within `wait` (provisional responses skipped).
-async fn final_status(ears: &[tokio::net::UdpSocket], wait: std::time::Duration) -> Option<u16> {
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut buf = vec![0u8; 70_000];
-    loop {
-        let recv = async {
-            loop {
-                for e in ears {
-                    if let Ok((n, _)) = e.try_recv_from(&mut buf) {
-                        return buf[..n].to_vec();
+/// An OPTIONS to nobody, which tonewall answers 200 (RFC 3261 §11.2), from the 5060 ear.
+fn probe(n: usize) -> String {
+    format!(
+        "OPTIONS sip:probe@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKprobe{n}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:t@127.0.0.1>;tag=p{n}\r\nTo: <sip:probe@127.0.0.1>\r\n\
+         Call-ID: probe-{n}@torture\r\nCSeq: {n} OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+/// What ties a response to its request (RFC 3261 §17.1.3, §8.2.6.2): the Call-ID, the CSeq
+/// and the top Via's branch, read leniently from the raw text (some vectors are malformed on
+/// purpose). A part the request lacks is not compared.
+#[derive(Debug, Default, PartialEq)]
+struct Ids {
+    call_id: Option<String>,
+    cseq: Option<String>,
+    branch: Option<String>,
+}
+
+impl Ids {
+    fn of(text: &str) -> Ids {
+        let head = text.split("\r\n\r\n").next().unwrap_or_default();
+        // Folded header lines (RFC 3261 §7.3.1) joined first.
+        let head = head.replace("\r\n ", " ").replace("\r\n\t", " ");
+        let mut ids = Ids::default();
+        for line in head.split("\r\n").skip(1) {
+            let Some((name, value)) = line.split_once(':') else { continue };
+            let value = value.trim();
+            match name.trim().to_ascii_lowercase().as_str() {
+                "call-id" | "i" if ids.call_id.is_none() => ids.call_id = Some(value.to_string()),
+                // "0009 INVITE" and "9 INVITE" are one CSeq.
+                "cseq" if ids.cseq.is_none() => {
+                    let mut parts = value.split_whitespace();
+                    let number = parts.next().and_then(|n| n.parse::<u32>().ok());
+                    ids.cseq = number.map(|n| format!("{n} {}", parts.next().unwrap_or_default()));
+                }
+                "via" | "v" if ids.branch.is_none() => {
+                    let top = value.split(',').next().unwrap_or_default();
+                    ids.branch = top.split(';').skip(1).find_map(|param| {
+                        let (k, v) = param.split_once('=')?;
+                        k.trim().eq_ignore_ascii_case("branch").then(|| v.trim().to_string())
+                    });
+                }
+                _ => {}
+            }
+        }
+        ids
+    }
+
+    /// Whether `reply` answers the request these came from.
+    fn answered_by(&self, reply: &Ids) -> bool {
+        let same = |ours: &Option<String>, theirs: &Option<String>| ours.is_none() || ours == theirs;
+        same(&self.call_id, &reply.call_id) && same(&self.cseq, &reply.cseq) && same(&self.branch, &reply.branch)
+    }
+}
+
+/// UDP sockets on every port the vectors' Vias name (replies go to the Via port at the
+/// source address, received=127.0.0.1), each read by a task into one queue.
+struct Ears {
+    send_from: std::sync::Arc<tokio::net::UdpSocket>,
+    heard: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    /// Responses heard while waiting for another request's answer.
+    others: Vec<Vec<u8>>,
+}
+
+impl Ears {
+    async fn bind() -> Ears {
+        let (tx, heard) = tokio::sync::mpsc::unbounded_channel();
+        let mut send_from = None;
+        for port in [5060u16, 5050, 6050, 19823] {
+            let socket =
+                tokio::net::UdpSocket::bind(("127.0.0.1", port)).await.expect("bind a Via port in the namespace");
+            let socket = std::sync::Arc::new(socket);
+            send_from.get_or_insert_with(|| socket.clone());
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 70_000];
+                while let Ok((n, _)) = socket.recv_from(&mut buf).await {
+                    if tx.send(buf[..n].to_vec()).is_err() {
+                        return;
                     }
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            });
+        }
+        Ears { send_from: send_from.expect("an ear"), heard, others: Vec::new() }
+    }
+
+    async fn send(&self, bytes: &[u8], to: std::net::SocketAddr) {
+        self.send_from.send_to(bytes, to).await.expect("send a vector");
+    }
+
+    /// Drops everything heard so far; returns how many datagrams that was.
+    fn drain(&mut self) -> usize {
+        let mut n = self.others.drain(..).count();
+        while self.heard.try_recv().is_ok() {
+            n += 1;
+        }
+        n
+    }
+
+    /// The first final status answering `ids` within `wait`; other datagrams are kept aside.
+    async fn final_status(&mut self, ids: &Ids, wait: std::time::Duration) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.heard.recv()).await.ok()??;
+            match status_of(&msg) {
+                Some(code) if code >= 200 && ids.answered_by(&Ids::of(&String::from_utf8_lossy(&msg))) => {
+                    return Some(code);
+                }
+                Some(code) if code < 200 => continue,
+                _ => self.others.push(msg),
             }
-        };
-        let Ok(msg) = tokio::time::timeout_at(deadline, recv).await else { return None };
-        let text = String::from_utf8_lossy(&msg);
-        let code = text.strip_prefix("SIP/2.0 ").and_then(|r| r.get(..3)).and_then(|c| c.parse::<u16>().ok());
-        match code {
-            Some(c) if c >= 200 => return Some(c),
-            _ => continue,
         }
     }
+
+    /// A final status answering `ids` among what has been heard so far.
+    fn answered(&mut self, ids: &Ids) -> Option<u16> {
+        while let Ok(msg) = self.heard.try_recv() {
+            self.others.push(msg);
+        }
+        self.others
+            .iter()
+            .filter(|m| ids.answered_by(&Ids::of(&String::from_utf8_lossy(m))))
+            .find_map(|m| status_of(m).filter(|c| *c >= 200))
+    }
+}
+
+#[test]
+fn a_reply_is_matched_to_its_own_request_only() {
+    let reply = |branch: &str, cseq: &str| {
+        format!(
+            "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch={branch};received=127.0.0.1\r\n\
+             Call-ID: probe-1@torture\r\nCSeq: {cseq}\r\n\r\n"
+        )
+    };
+    let request = Ids::of(&probe(1));
+    assert!(request.answered_by(&Ids::of(&reply("z9hG4bKprobe1", "1 OPTIONS"))));
+    assert!(!Ids::of(&probe(2)).answered_by(&Ids::of(&reply("z9hG4bKprobe1", "1 OPTIONS"))), "another call");
+    assert!(!request.answered_by(&Ids::of(&reply("z9hG4bKprobe1", "2 OPTIONS"))), "another CSeq");
+    assert!(!request.answered_by(&Ids::of(&reply("z9hG4bKother", "1 OPTIONS"))), "another transaction");
+    // RFC 4475 §3.1.1.1's folded, spaced headers read as the plain ones would.
+    let wsinv = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/rfc4475/wsinv.dat")).unwrap();
+    let ids = Ids::of(&String::from_utf8_lossy(&wsinv));
+    let expected = ("wsinv.ndaksdj@192.0.2.1", "9 INVITE", "390skdjuw");
+    assert_eq!(
+        (ids.call_id.as_deref(), ids.cseq.as_deref(), ids.branch.as_deref()),
+        (Some(expected.0), Some(expected.1), Some(expected.2))
+    );
+}
+
+fn status_of(msg: &[u8]) -> Option<u16> {
+    let text = String::from_utf8_lossy(msg);
+    text.strip_prefix("SIP/2.0 ").and_then(|r| r.get(..3)).and_then(|c| c.parse::<u16>().ok())
 }
 
 /// After all that, a caller keys a card and the session completes.
