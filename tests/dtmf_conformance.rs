@@ -158,15 +158,24 @@ fn white_noise_all_detected_at_15_db_and_lowest_99_percent_reported() {
     lat.sort_by(f32::total_cmp);
     let p = |q: f64| lat[((lat.len() - 1) as f64 * q) as usize];
     println!("decision latency from onset (15 dB S/N, 50 ms tones): p50 {:.1} ms, p99 {:.1} ms", p(0.5), p(0.99));
-    assert!(p(0.99) <= 48.0, "decisions come within 48 ms of onset");
-    let mut lowest = 15.0;
-    for snr in [12.0, 10.0, 9.0, 8.0, 7.0, 6.0, 5.0, 4.0] {
-        let (rate, _) = noise_run(snr, 8);
-        println!("S/N {snr} dB: {:.1}% detected", rate * 100.0);
-        if rate < 0.99 {
-            break;
-        }
-        lowest = snr;
+    // The README states 34 ms (p50) and 38 ms (p99); the noise is seeded, so the margin is
+    // one 1 ms step of rounding plus one more.
+    assert!(p(0.5) <= 36.0 && p(0.99) <= 40.0, "decision p50 {} ms, p99 {} ms", p(0.5), p(0.99));
+    // 1,024 tones a level (64 per key): one miss is 0.1%, so 99% is a measured figure.
+    let rates: Vec<(f32, f64)> =
+        [12.0, 10.0, 8.0, 7.0, 6.0, 5.0, 4.0, 3.0].into_iter().map(|snr| (snr, noise_run(snr, 64).0)).collect();
+    for (snr, rate) in &rates {
+        println!("S/N {snr} dB: {:.2}% of 1024 detected", rate * 100.0);
     }
+    // The lowest S/N down to which every level detects 99%.
+    let lowest = rates.iter().take_while(|(_, r)| *r >= 0.99).last().map_or(15.0, |(snr, _)| *snr);
     println!("lowest S/N with 99% detection: {lowest} dB");
+    assert!(lowest <= 8.0, "99% at 8 dB S/N");
+    assert!(
+        lowest <= LOWEST_99_PERCENT_SNR_DB,
+        "99% only down to {lowest} dB, the README says {LOWEST_99_PERCENT_SNR_DB}"
+    );
 }
+
+/// The lowest white-noise S/N the README states 99% detection for.
+const LOWEST_99_PERCENT_SNR_DB: f32 = 4.0;

@@ -101,5 +101,6 @@ fn no_false_digits_and_few_gate_triggers_on_the_speech_and_music_corpus() {
     assert_eq!(languages.iter().map(String::as_str).collect::<Vec<_>>(), ["en", "es", "fr", "it", "ru"]);
     assert!(hours > 2.45, "corpus shorter than expected: {hours:.2} h");
     assert!(false_digits.is_empty(), "{} false digits", false_digits.len());
-    assert!(gate_triggers as f64 / hours <= 5.0, "{gate_triggers} gate triggers in {hours:.2} h");
+    // The README says 3.6 an hour; the corpus and the gate are fixed, so 10% of margin.
+    assert!(gate_triggers as f64 / hours <= 4.0, "{gate_triggers} gate triggers in {hours:.2} h");
 }

@@ -75,17 +75,21 @@ mod tests {
         to_i16(&x).iter().enumerate().find_map(|(i, s)| (g.push(*s) == Some(true)).then_some(i + 1)).map(|i| i - onset)
     }
 
+    /// The module doc's 14–20 ms: never later (the look-ahead is 20 ms), and never so early
+    /// that a 12 ms burst of speech could open it.
     #[test]
-    fn fires_within_12_ms_of_onset_for_every_key_and_phase() {
+    fn fires_14_to_20_ms_after_onset_for_every_key_and_phase() {
+        let mut delays = Vec::new();
         for key in "123A456B789C*0#D".chars() {
-            for onset in [20.0, 21.5, 23.0, 24.75] {
-                let d = fire_delay(onset, TonePair::key(Key::from_char(key).unwrap(), -20.0)).expect("fires");
-                assert!(d <= 160, "{key} at {onset} ms: fired after {} ms", d as f32 / 8.0);
+            for onset in [20.0, 21.0, 21.5, 22.0, 23.0, 24.75] {
+                delays.push(fire_delay(onset, TonePair::key(Key::from_char(key).unwrap(), -20.0)).expect("fires"));
             }
         }
         // Quiet and twisted tones too.
-        assert!(fire_delay(20.0, TonePair::key(Key::Digit(1), -40.0)).unwrap() <= 160);
-        assert!(fire_delay(20.0, TonePair::key(Key::Digit(9), -20.0).twist(10.0)).unwrap() <= 160);
+        delays.push(fire_delay(20.0, TonePair::key(Key::Digit(1), -40.0)).expect("a -40 dBm0 tone"));
+        delays.push(fire_delay(20.0, TonePair::key(Key::Digit(9), -20.0).twist(10.0)).expect("10 dB twist"));
+        let (first, last) = (delays.iter().min().copied(), delays.iter().max().copied());
+        assert!(first >= Some(14 * 8) && last <= Some(20 * 8), "fired {first:?} to {last:?} samples after onset");
     }
 
     #[test]
