@@ -102,6 +102,22 @@ enum Command {
         #[command(subcommand)]
         action: DbAction,
     },
+    /// An encrypted, consistent copy of a SQLite vault, taken while serve runs. The KEK is not
+    /// in it: restoring needs the same key source.
+    Backup {
+        /// The backup file to create (refused if it exists).
+        #[arg(long)]
+        to: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Brings a backup back into an empty data directory (the configured KEK opens it).
+    Restore {
+        #[arg(long)]
+        from: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Validate the configuration and print the effective values.
     CheckConfig {
         #[command(flatten)]
@@ -698,6 +714,46 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(role) => println!("schema up to date; {role} may append to the audit trail but not change it"),
                 None => println!("schema up to date"),
             }
+            Ok(())
+        }
+        Command::Backup { to, common } => {
+            let vault = open_vault(&common).await?;
+            let b = vault.backup(&to, &CLI_ACTOR).await?;
+            println!(
+                "backup written to {}: {} bytes of database, audit trail up to record {}, {} checkpoints",
+                to.display(),
+                b.database_bytes,
+                b.audit_seq,
+                b.checkpoints
+            );
+            Ok(())
+        }
+        Command::Restore { from, common } => {
+            let cfg = common.load()?;
+            anyhow::ensure!(
+                cfg.storage.database_url.is_empty(),
+                "tonewall restore brings back a SQLite vault; restore PostgreSQL with pg_restore"
+            );
+            let options = VaultOptions::from_config(&cfg);
+            std::fs::create_dir_all(&options.data_dir)
+                .with_context(|| format!("creating {}", options.data_dir.display()))?;
+            let kek = tonewall::vault::kek::Kek::open(&options.kek, &options.data_dir.join(tonewall::vault::KEK_FILE))?;
+            let to = tonewall::vault::backup::RestoreTo {
+                database: options.data_dir.join(tonewall::vault::DB_FILE),
+                checkpoint_file: options.checkpoint_file.clone(),
+            };
+            let b = tonewall::vault::backup::restore(&from, &kek, &to)?;
+            // Opening runs any newer migrations and proves the keys unwrap.
+            let vault = Vault::open(options).await?;
+            let detail = format!("from {}: audit up to {}", from.display(), b.audit_seq);
+            vault.audit(&audit::Event { detail: &detail, ..CLI_ACTOR.did("backup.restore", "ok", "vault") }).await?;
+            println!(
+                "restored {} bytes of database into {}, audit trail up to record {}, {} checkpoints; run `tonewall audit verify`",
+                b.database_bytes,
+                to.database.display(),
+                b.audit_seq,
+                b.checkpoints
+            );
             Ok(())
         }
         Command::CheckConfig { common } => {

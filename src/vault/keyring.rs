@@ -170,6 +170,11 @@ impl KeyRing {
         }
     }
 
+    /// The key-encrypting key new keys are wrapped under.
+    pub(crate) fn kek(&self) -> &Kek {
+        &self.kek
+    }
+
     fn keks(&self) -> Keks<'_> {
         Keks { current: &self.kek, previous: self.previous.as_ref() }
     }

@@ -8,6 +8,7 @@
 pub mod actor;
 pub mod anchor;
 pub mod audit;
+pub mod backup;
 pub mod crypto;
 pub mod kek;
 pub mod keyring;
@@ -249,6 +250,19 @@ impl Vault {
             self.alerts.raise(crate::alerts::SecurityEvent::AuditCheckpoint { seq, mac, sig });
         }
         Ok(written)
+    }
+
+    /// An online, encrypted copy of a SQLite vault (`backup`), audited.
+    pub async fn backup(&self, to: &std::path::Path, actor: &actor::Actor<'_>) -> Result<backup::Summary, VaultError> {
+        if self.backend != Backend::Sqlite {
+            return Err(VaultError::Config(
+                "tonewall backup copies a SQLite vault; back PostgreSQL up with pg_dump or a base backup".into(),
+            ));
+        }
+        let summary = backup::write(&self.pool, self.keys.kek(), &self.options.checkpoint_file, to).await?;
+        let detail = format!("{} bytes, audit up to {}", summary.database_bytes, summary.audit_seq);
+        self.audit(&audit::Event { detail: &detail, ..actor.did("backup.create", "ok", "vault") }).await?;
+        Ok(summary)
     }
 
     /// Walks the audit chain and holds it against the signed checkpoints.
