@@ -20,6 +20,17 @@ fn pan(n: u64) -> String {
     format!("{body}{}", tonewall::capture::card::luhn_check_digit(&digits))
 }
 
+/// Every token in `cards` detokenizes on `base` to its card number.
+async fn all_detokenize(base: &str, key: &str, cards: &HashMap<String, String>, copy: &str) {
+    for (token, p) in cards {
+        let body = format!(r#"{{"token":"{token}"}}"#);
+        let (s, v) = http("POST", &format!("{base}/v1/detokenize"), Some(key), Some(&body)).await;
+        assert_eq!(s, 200, "{copy}: a token acknowledged before the copy answered {s}");
+        assert!(v["pan"].as_str() == Some(p.as_str()), "{copy}: the card differs");
+    }
+    println!("{} tokens detokenized from {copy}", cards.len());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backup_taken_under_load_restores_and_verifies() {
     let dir = tempfile::tempdir().unwrap();
@@ -113,6 +124,11 @@ async fn a_backup_taken_under_load_restores_and_verifies() {
         assert!(!ok && err.contains(why), "{}: {err}", f.display());
         assert!(!restored.join("vault.db").exists(), "a refused backup left a vault behind");
     }
+    // A stale write-ahead log would be replayed into the restored copy.
+    std::fs::write(restored.join("vault.db-wal"), b"stale").unwrap();
+    let (ok, _, err) = restore(&file, restored_s);
+    assert!(!ok && err.contains("vault.db-wal exists"), "{err}");
+    std::fs::remove_file(restored.join("vault.db-wal")).unwrap();
     let (ok, out, err) = restore(&file, restored_s);
     assert!(ok, "restore failed: {err}");
     println!("{out}");
@@ -121,13 +137,7 @@ async fn a_backup_taken_under_load_restores_and_verifies() {
     let (ok, out, err) = tonewall(&["audit", "verify", "--config", cfg, "--data-dir", restored_s], &[]);
     assert!(ok && out.contains("audit trail intact"), "{out}{err}");
     let again = ServeProcess::start(&config, &restored, &dir.path().join("restored.log"), &[]);
-    for (token, p) in &before {
-        let body = format!(r#"{{"token":"{token}"}}"#);
-        let (s, v) = http("POST", &format!("{}/v1/detokenize", again.base), Some(&key), Some(&body)).await;
-        assert_eq!(s, 200, "a token acknowledged before the backup: {s}");
-        assert!(v["pan"].as_str() == Some(p.as_str()), "the restored card differs");
-    }
-    println!("{} tokens detokenized from the restored vault", before.len());
+    all_detokenize(&again.base, &key, &before, "the restored vault").await;
     again.kill();
 }
 
@@ -188,12 +198,6 @@ async fn a_pg_dump_restores_and_verifies() {
     let (ok, out, err) = tonewall(&["audit", "verify", "--config", rcfg, "--data-dir", data_s], &[]);
     assert!(ok && out.contains("audit trail intact"), "{out}{err}");
     let again = ServeProcess::start(&restored_config, &data, &dir.path().join("restored.log"), &[]);
-    for (token, p) in &acknowledged {
-        let body = format!(r#"{{"token":"{token}"}}"#);
-        let (s, v) = http("POST", &format!("{}/v1/detokenize", again.base), Some(&key), Some(&body)).await;
-        assert_eq!(s, 200, "a token acknowledged before the dump: {s}");
-        assert!(v["pan"].as_str() == Some(p.as_str()), "the restored card differs");
-    }
-    println!("{} tokens detokenized from the pg_restore'd copy", acknowledged.len());
+    all_detokenize(&again.base, &key, &acknowledged, "the pg_restore'd copy").await;
     again.kill();
 }

@@ -204,7 +204,9 @@ pub fn restore(from: &Path, kek: &Kek, to: &RestoreTo) -> Result<Summary, VaultE
     let mut bytes = Vec::new();
     std::fs::File::open(from).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(|e| io_error(from, e))?;
     let (db, lines, summary) = open(&bytes, kek)?;
-    for p in [&to.database, &to.checkpoint_file] {
+    // A stale write-ahead log beside the database would be replayed into the restored copy.
+    let wal = PathBuf::from(format!("{}-wal", to.database.display()));
+    for p in [&to.database, &wal, &to.checkpoint_file] {
         if p.exists() {
             return Err(VaultError::Config(format!("{} exists: restore only into an empty place", p.display())));
         }
