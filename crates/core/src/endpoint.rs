@@ -6,6 +6,10 @@
 //! 420, out-of-dialog OPTIONS → 200, no such call → 481, REFER or an unknown method outside
 //! a dialog → 405, nobody to take the call → 404, too many new requests from one source → 503).
 //!
+//! A draining endpoint (`drain`, when the node is being stopped) answers out-of-dialog OPTIONS
+//! and new INVITEs with 503 and Retry-After (§21.5.4), so a proxy that probes with OPTIONS
+//! (Kamailio's dispatcher) sends new calls elsewhere, while the calls it holds go on.
+//!
 //! A dialog is its peer's: a message naming a live call's Call-ID is taken only from where
 //! that leg's peer is (the flow its INVITE came on or the address we answer it at; the
 //! agent's address), or from `trusted_peers` (the PBX or SBC in front). A stranger's
@@ -142,6 +146,17 @@ pub struct Endpoint<C> {
     /// the call takes the dialog over.
     takeovers: HashMap<String, (CallHandle, Flow)>,
     next_handle: u64,
+    admitting: Admitting,
+}
+
+/// Whether new calls are taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admitting {
+    Open,
+    /// Stopping: new calls and OPTIONS probes get 503 with this Retry-After.
+    Draining {
+        retry_after_s: u32,
+    },
 }
 
 impl<C: Clone> Endpoint<C> {
@@ -155,7 +170,17 @@ impl<C: Clone> Endpoint<C> {
             pending: HashMap::new(),
             takeovers: HashMap::new(),
             next_handle: 0,
+            admitting: Admitting::Open,
         }
+    }
+
+    /// From now on new calls and OPTIONS probes are refused with 503; calls already up go on.
+    pub fn drain(&mut self, retry_after_s: u32) {
+        self.admitting = Admitting::Draining { retry_after_s };
+    }
+
+    pub fn admitting(&self) -> Admitting {
+        self.admitting
     }
 
     /// One datagram, or one message framed from a stream, from `from`.
@@ -222,6 +247,13 @@ impl<C: Clone> Endpoint<C> {
         }
         if !self.limiter.allow(from.remote.ip(), now) {
             return EndpointEvent::Respond(self.refuse(&req, from, 503, "Service Unavailable", Some(1)));
+        }
+        if let Admitting::Draining { retry_after_s } = self.admitting
+            && matches!(req.method(), Method::Options | Method::Invite)
+            && req.to_tag().is_none()
+            && Replaces::of(&req).is_none()
+        {
+            return EndpointEvent::Respond(self.refuse(&req, from, 503, "Service Unavailable", Some(retry_after_s)));
         }
         let stateless = |status, reason| EndpointEvent::Respond(reply(&req, from, plain(&req, status, reason)));
         match req.method() {

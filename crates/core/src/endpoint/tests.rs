@@ -275,3 +275,33 @@ fn an_invites_source_speaks_for_its_dialog_when_the_via_names_another_port() {
         assert!(matches!(ep.handle(t, from, &request("INFO", "pay-abc", "c-9", "")), EndpointEvent::ToCall { .. }));
     }
 }
+
+#[test]
+fn a_draining_endpoint_turns_new_calls_and_probes_away_and_keeps_its_calls() {
+    let (mut ep, t) = (endpoint(), crate::test_origin());
+    let phone = Flow::udp(addr(PHONE));
+    ep.insert_call("call 1", "caller-1", "agent-1", phone, None);
+    ep.drain(30);
+    assert_eq!(ep.admitting(), Admitting::Draining { retry_after_s: 30 });
+    for method in ["OPTIONS", "INVITE"] {
+        let ev = ep.handle(t, phone, &request(method, "pay-x", &format!("new-{method}"), ""));
+        let EndpointEvent::Respond(tx) = ev else { panic!("{method} while draining is answered") };
+        let text = String::from_utf8(tx.bytes).unwrap();
+        assert!(text.starts_with("SIP/2.0 503 Service Unavailable\r\n"), "{method}: {text}");
+        assert!(text.contains("\r\nRetry-After: 30\r\n"), "{method}: {text}");
+    }
+    // The call it holds goes on: its BYE, and an in-dialog OPTIONS, reach it.
+    for method in ["OPTIONS", "BYE"] {
+        let ev = ep.handle(t, phone, &request(method, "pay-x", "caller-1", ""));
+        assert!(matches!(ev, EndpointEvent::ToCall { leg: LegId::Caller, .. }), "{method}");
+    }
+    // A transfer from the PBX into a held call (Replaces) is not a new call.
+    let desk = Flow::udp(addr(&format!("{PBX}:5060")));
+    let replacing = request("INVITE", "pay-x", "new-1", "Replaces: caller-1;to-tag=tw1;from-tag=ct\r\n");
+    assert!(matches!(ep.handle(t, desk, &replacing), EndpointEvent::ToCall { .. }));
+    // Other stateless answers are unchanged.
+    assert_eq!(
+        status(ep.handle(t, phone, &request("BYE", "pay-x", "gone", ""))),
+        "SIP/2.0 481 Call/Transaction Does Not Exist"
+    );
+}
