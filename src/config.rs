@@ -88,6 +88,8 @@ pub struct SipConfig {
     pub idle_timeout_s: u64,
     /// New out-of-dialog requests per second one source address may send (twice that in a burst).
     pub rate_per_source: u32,
+    /// On SIGTERM, how long calls in progress may go on before they are hung up.
+    pub drain_timeout_s: u64,
     /// SRTP on the caller's leg of session calls.
     pub srtp: SrtpPolicy,
     /// SRTP on the agent's leg (and an inline call's target): required offers RTP/SAVP,
@@ -378,6 +380,9 @@ impl Config {
         }
         if !(100..=60_000).contains(&self.sip.t4_ms) {
             return bad("sip.t4_ms", "must be between 100 and 60000");
+        }
+        if !(1..=86_400).contains(&self.sip.drain_timeout_s) {
+            return bad("sip.drain_timeout_s", "must be between 1 and 86400");
         }
         if self.sip.rate_per_source == 0 {
             return bad("sip.rate_per_source", "must be at least 1");

@@ -390,6 +390,29 @@ async fn main() -> ExitCode {
     }
 }
 
+/// SIGTERM (what systemd, Kubernetes and `kill` send) and SIGINT (Ctrl-C).
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> anyhow::Result<StopSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     forbid_core_dumps()?;
     match cli.command {
@@ -405,9 +428,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let tcp = if server.shared.config.sip.tcp { format!(" tcp:{}", server.sip_addr) } else { String::new() };
             let tls = server.tls_addr.map(|a| format!(" tls:{a}")).unwrap_or_default();
             println!("tonewall serving: SIP udp:{}{tcp}{tls}  HTTP http://{}", server.sip_addr, server.http_addr);
-            tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
-            tracing::info!("shutting down: hanging up active calls");
-            server.shutdown(Duration::from_secs(5)).await;
+            let mut stop = StopSignals::new()?;
+            stop.next().await;
+            let timeout = Duration::from_secs(server.shared.config.sip.drain_timeout_s);
+            // A second signal cuts the drain short.
+            server.drain(timeout, async move { stop.next().await }).await;
             Ok(())
         }
         Command::Demo { data_dir } => {

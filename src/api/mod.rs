@@ -60,6 +60,8 @@ pub struct AppState {
     pub agent_totp: bool,
     /// The contact center's identity provider, when `oidc.issuer` names one.
     pub oidc: Option<Arc<crate::accounts::oidc::Oidc>>,
+    /// This node: whether it admits new calls, its calls and RTP ports (health, metrics).
+    pub node: Arc<crate::runtime::Shared>,
 }
 
 /// Writes one audit record for each source whose minute of failed authentications ended
@@ -153,6 +155,8 @@ pub struct ApiError {
     message: String,
     /// Who was refused, for a 403: the audit layer (`audit_forbidden`) records it.
     refused: Option<Refused>,
+    /// Seconds to wait before trying again, for a 503 (`Retry-After`).
+    retry_after_s: Option<u32>,
 }
 
 /// The caller a 403 refused, carried on the response to `audit_forbidden`.
@@ -171,12 +175,23 @@ impl ApiError {
         if crate::capture::card::looks_like_card_number(&message) {
             message = "the request holds a value that looks like a card number; it is not repeated here".into();
         }
-        ApiError { status, message, refused: None }
+        ApiError { status, message, refused: None, retry_after_s: None }
     }
 
     /// A 403 for `caller`, audited on its way out.
     pub fn forbidden(caller: Refused, message: impl Into<String>) -> ApiError {
         ApiError { refused: Some(caller), ..ApiError::new(StatusCode::FORBIDDEN, message) }
+    }
+
+    /// 503 while this node drains: the client tries another node, or this one later.
+    pub fn draining(state: &AppState) -> Option<ApiError> {
+        match state.node.admitting() {
+            crate::endpoint::Admitting::Open => None,
+            crate::endpoint::Admitting::Draining { retry_after_s } => Some(ApiError {
+                retry_after_s: Some(retry_after_s),
+                ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "this node is draining and takes no new sessions")
+            }),
+        }
     }
 }
 
@@ -206,6 +221,9 @@ impl IntoResponse for ApiError {
         let mut r = (self.status, Json(body)).into_response();
         if let Some(refused) = self.refused {
             r.extensions_mut().insert(refused);
+        }
+        if let Some(s) = self.retry_after_s {
+            r.headers_mut().insert(axum::http::header::RETRY_AFTER, s.into());
         }
         r
     }

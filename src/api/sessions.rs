@@ -133,6 +133,9 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     caller.require(AGENT_ROLES)?;
     super::lockdown::refuse_if_locked(&state).await?;
+    if let Some(e) = ApiError::draining(&state) {
+        return Err(e);
+    }
     let Json(req) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     validate(&req, &state.allowed_targets).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, m))?;
     // Checked by `validate` above.

@@ -153,6 +153,7 @@ impl Server {
             session_max: Duration::from_secs(shared.config.accounts.max_session_s),
             agent_totp: shared.config.accounts.agent_totp,
             oidc,
+            node: shared.clone(),
         };
         let app = api::router(state);
         let http_limits = http::Limits {
@@ -199,6 +200,34 @@ impl Server {
         tasks.push(tokio::spawn(vault_upkeep(vault, checkpoint_every, stop_rx)));
         tracing::info!(sip = %sip_addr, tls = ?tls_addr, http = %http_addr, "tonewall listening");
         Ok(Server { sip_addr, tls_addr, http_addr, shared, stop, tasks })
+    }
+
+    /// Drains: from now on OPTIONS probes and new calls get 503 with Retry-After (RFC 3261
+    /// §21.5.4), so a proxy in front sends new calls to other nodes, and the API refuses new
+    /// sessions. Calls in progress go on until they end, `timeout` passes or `cut_short`
+    /// resolves (a second signal); then the rest are hung up and tonewall stops.
+    pub async fn drain(self, timeout: Duration, cut_short: impl std::future::Future<Output = ()>) {
+        let retry_after_s = u32::try_from(timeout.as_secs()).unwrap_or(u32::MAX).max(1);
+        self.shared.drain(retry_after_s);
+        let calls = self.shared.active_calls();
+        let detail = format!("{calls} calls in progress, up to {}s for them to end", timeout.as_secs());
+        let event =
+            audit::Event { detail: &detail, ..SYSTEM.did("service.drain", "started", env!("CARGO_PKG_VERSION")) };
+        if let Err(e) = self.shared.vault.audit(&event).await {
+            tracing::error!(error = %e, "audit record not written");
+        }
+        tracing::info!(calls, timeout_s = timeout.as_secs(), "draining: new calls refused");
+        let deadline = tokio::time::Instant::now() + timeout;
+        tokio::pin!(cut_short);
+        while self.shared.active_calls() > 0 {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = &mut cut_short => break,
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+        tracing::info!(left = self.shared.active_calls(), "drained: hanging up the calls still up");
+        self.shutdown(Duration::from_secs(5)).await;
     }
 
     /// Hangs up every call (BYE), waits up to `grace` for them to end, then stops.

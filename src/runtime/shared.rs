@@ -15,7 +15,7 @@ use super::ports::PortPool;
 use crate::call::{LegId, Prompts};
 use crate::calls::Calls;
 use crate::config::Config;
-use crate::endpoint::{Endpoint, EndpointConfig, InlineRoute};
+use crate::endpoint::{Admitting, Endpoint, EndpointConfig, InlineRoute};
 use crate::session::Sessions;
 use crate::sip::message::SipMessage;
 use crate::sip::stream::{ConnectionId, Flow};
@@ -126,6 +126,16 @@ impl Shared {
 
     pub fn active_calls(&self) -> usize {
         self.endpoint().active_calls()
+    }
+
+    /// Stops taking new calls (SIP 503, and the API refuses new sessions); calls in
+    /// progress go on. The endpoint owns the fact: `admitting` reads it.
+    pub fn drain(&self, retry_after_s: u32) {
+        self.endpoint().drain(retry_after_s);
+    }
+
+    pub fn admitting(&self) -> Admitting {
+        self.endpoint().admitting()
     }
 
     /// Sends on a flow. A stream whose queue is full or closed loses the message, as UDP
