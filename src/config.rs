@@ -170,6 +170,9 @@ pub struct HttpConfig {
     pub frame_ancestors: Vec<String>,
     /// How long a session's embed token (`"embed": true`) opens it.
     pub embed_ttl_s: u64,
+    /// Who may read `/metrics` and `/readyz` (addresses or CIDRs); `/healthz` is open.
+    #[serde(deserialize_with = "addresses_or_cidrs")]
+    pub monitoring_from: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -55,7 +55,7 @@ impl Default for SessionId {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SessionState {
     Waiting,
@@ -66,6 +66,16 @@ pub enum SessionState {
 }
 
 impl SessionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Waiting => "waiting",
+            SessionState::Capturing => "capturing",
+            SessionState::Completed => "completed",
+            SessionState::Failed => "failed",
+            SessionState::Cancelled => "cancelled",
+        }
+    }
+
     pub fn is_final(self) -> bool {
         matches!(self, SessionState::Completed | SessionState::Failed | SessionState::Cancelled)
     }
@@ -261,6 +271,15 @@ impl Sessions {
     /// Whose the session is, if it exists.
     pub fn owner(&self, id: &SessionId) -> Option<Owner> {
         self.lock().get(id).map(|e| e.owner.clone())
+    }
+
+    /// How many sessions (kept for `SESSION_RETENTION`) are in each state.
+    pub fn count_by_state(&self) -> HashMap<SessionState, usize> {
+        let mut counts = HashMap::new();
+        for e in self.lock().values() {
+            *counts.entry(e.view.state).or_default() += 1;
+        }
+        counts
     }
 
     pub fn view(&self, id: &SessionId) -> Option<SessionView> {

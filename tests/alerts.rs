@@ -114,6 +114,13 @@ async fn every_security_event_reaches_the_log_and_the_signed_webhook() {
     let (s, _) = http("POST", &format!("{}/v1/detokenize", t.base), Some(&processor), Some(&token)).await;
     assert_eq!(s, 503, "no audit record, no card");
     assert_eq!(received(&got, "audit_write_failed").await["action"], "detokenize");
+    // ... and Prometheus would see it (the TonewallAuditWriteFailures alert).
+    let (_, _, metrics) = common::http_raw("GET", &format!("{}/metrics", t.base), None, None).await;
+    let failures = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tonewall_audit_write_failures_total "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(failures.is_some_and(|n| n >= 1), "audit write failures in /metrics: {failures:?}");
     sqlx::query("INSERT INTO audit_head (id, seq, mac) VALUES (1, $1, $2)")
         .bind(head.0)
         .bind(&head.1)

@@ -1,6 +1,6 @@
 //! HTTP API (axum): `/v1` JSON routes behind bearer keys with roles, the session WebSocket,
-//! `/v1/openapi.json` (which describes every route and the roles that may use it) and
-//! `/healthz`. Every error, the router's own 404 and 405 included, is JSON
+//! `/v1/openapi.json` (which describes every route and the roles that may use it),
+//! `/healthz`, and for monitoring `/readyz` and `/metrics` (`monitoring`). Every error, the router's own 404 and 405 included, is JSON
 //! `{"error": {"code": "...", "message": "..."}}` with the matching status.
 
 mod admin_keys;
@@ -10,6 +10,7 @@ mod caller;
 mod calls;
 pub mod cards;
 pub mod lockdown;
+mod monitoring;
 mod oidc;
 mod pages;
 mod recordings;
@@ -104,6 +105,8 @@ pub async fn audit_auth_failures(
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(monitoring::readyz))
+        .route("/metrics", get(monitoring::metrics))
         .route("/desktop", get(pages::desktop))
         .route("/qa", get(pages::qa))
         .route("/v1/sessions", post(sessions::create))

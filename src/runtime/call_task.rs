@@ -9,15 +9,20 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use super::shared::{Inbound, Shared};
+use crate::call::media::BridgeStats;
 use crate::call::recording::STEREO_FRAME;
 use crate::call::{Call, CallEvent, Command, Input, LegId, Output};
 use crate::calls::{CallId, CaptureRefused, CaptureRequest};
 use crate::capture::collector::CapturedCard;
 use crate::endpoint::CallHandle;
 use crate::media::rtp::MAX_PACKET;
+use crate::metrics::Capture;
 use crate::recording::{RecordingError, Writer};
 use crate::session::SessionId;
 use crate::vault::{Actor, ActorRole, Completion};
+
+/// How often a call adds its media counts to the metrics.
+const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Where the timer rests while the call has no deadline.
 const IDLE: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -50,8 +55,16 @@ impl CallTask {
         let timer = tokio::time::sleep_until(idle());
         tokio::pin!(timer);
         let mut armed = None;
+        // Media counts reach the metrics once a second while the call lasts.
+        let mut reported = BridgeStats::default();
+        let mut next_report = Instant::now() + REPORT_EVERY;
         loop {
             self.flush();
+            let now = Instant::now();
+            if now >= next_report {
+                next_report = now + REPORT_EVERY;
+                reported = self.report_media(reported);
+            }
             self.record(&mut recorder, false);
             if self.call.is_ended() {
                 break;
@@ -83,6 +96,7 @@ impl CallTask {
             }
         }
         self.record(&mut recorder, true);
+        self.report_media(reported);
         // Boxed: its database futures would otherwise sit in every call's task all call long.
         Box::pin(self.finish_recording(recorder)).await;
         // The security code outlives the call: the processor may detokenize (or a webhook be
@@ -144,6 +158,13 @@ impl CallTask {
         }
     }
 
+    /// Adds what the call's media counters grew by since `reported`; returns them now.
+    fn report_media(&self, reported: BridgeStats) -> BridgeStats {
+        let now = self.call.media_stats();
+        self.shared.metrics.media(&reported, &now);
+        now
+    }
+
     fn flush(&mut self) {
         while let Some(out) = self.call.poll_output() {
             match out {
@@ -154,6 +175,9 @@ impl CallTask {
                             tracing::warn!(call = self.id.as_str(), status, "agent leg failed")
                         }
                         CallEvent::Answered => self.shared.calls.mark_answered(&self.id),
+                        CallEvent::Completed => self.shared.metrics.capture(Capture::Completed),
+                        CallEvent::CaptureFailed { reason } => self.shared.metrics.capture(Capture::Failed(*reason)),
+                        CallEvent::Cancelled => self.shared.metrics.capture(Capture::Cancelled),
                         CallEvent::CallerReplaced { previous_call_id, caller } => {
                             let new_call_id = self.call.caller_call_id();
                             self.shared.endpoint().caller_replaced(self.handle, previous_call_id, new_call_id, *caller);

@@ -17,6 +17,7 @@ use crate::calls::{CallId, CallMode, NewCall};
 use crate::config::SipRoute;
 use crate::endpoint::{Admission, EndpointEvent};
 use crate::media::srtp::MasterKey;
+use crate::metrics::Setup;
 use crate::owner::{Owner, Team};
 use crate::session::SessionId;
 use crate::sip::message::{self, Request};
@@ -66,18 +67,19 @@ enum Admitted {
 }
 
 async fn start_call(shared: &Arc<Shared>, invite: &Request, admission: Admission, flow: Flow) {
-    let refuse = |status, reason, retry: Option<u32>| {
+    let refuse = |why: Setup, status, reason, retry: Option<u32>| {
+        shared.metrics.setup(why);
         let t = shared.endpoint().refuse(invite, flow, status, reason, retry);
         shared.send(&t.to, &t.bytes);
     };
     let admitted = match admission {
         Admission::Session { id } => match SessionId::parse(&id) {
             Some(id) => Admitted::Session(id),
-            None => return refuse(404, "Not Found", None),
+            None => return refuse(Setup::SessionNotFound, 404, "Not Found", None),
         },
         Admission::Inline { route } => match shared.config.sip.routes.get(route) {
             Some(r) => Admitted::Inline(r.clone()),
-            None => return refuse(404, "Not Found", None),
+            None => return refuse(Setup::TargetUnreachable, 404, "Not Found", None),
         },
     };
     // A lockdown stops new captures: a session's caller is turned away (inline calls go on
@@ -87,17 +89,17 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, admission: Admission
             Ok(None) => {}
             Ok(Some(_)) => {
                 tracing::warn!(session = id.as_str(), "lockdown: caller turned away");
-                return refuse(503, "Service Unavailable", None);
+                return refuse(Setup::Lockdown, 503, "Service Unavailable", None);
             }
             Err(e) => {
                 tracing::error!(error = %e, "lockdown state unavailable: caller turned away");
-                return refuse(503, "Service Unavailable", Some(5));
+                return refuse(Setup::VaultUnavailable, 503, "Service Unavailable", Some(5));
             }
         }
     }
     let Some((caller_rtp, agent_rtp)) = shared.ports.bind_pair().await else {
         tracing::warn!("RTP port range exhausted");
-        return refuse(503, "Service Unavailable", Some(5));
+        return refuse(Setup::NoRtpPorts, 503, "Service Unavailable", Some(5));
     };
     let (sip_tx, sip_rx) = mpsc::channel(64);
     let (cmd_tx, cmd_rx) = mpsc::channel(16);
@@ -128,9 +130,9 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, admission: Admission
     shared.calls.insert(id.clone(), new);
     let mode = match call_mode(shared, &admitted).await {
         Ok(mode) => mode,
-        Err((status, reason)) => {
+        Err((why, status, reason)) => {
             shared.calls.remove(&id);
-            return refuse(status, reason, None);
+            return refuse(why, status, reason, None);
         }
     };
     let local = |s: &tokio::net::UdpSocket| s.local_addr().unwrap_or(shared.sip_addr);
@@ -166,6 +168,7 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, admission: Admission
     let call = match Call::accept(invite, cfg, Instant::now()) {
         Ok(c) => c,
         Err(refusal) => {
+            shared.metrics.setup(Setup::OfferRefused);
             shared.calls.remove(&id);
             let t = shared.endpoint().refuse_with(invite, flow, refusal);
             shared.send(&t.to, &t.bytes);
@@ -176,6 +179,7 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, admission: Admission
             return;
         }
     };
+    shared.metrics.setup(Setup::Answered);
     let handle = shared.endpoint().insert_call(sip_tx, call.caller_call_id(), call.agent_call_id(), flow, agent_flow);
     tracing::info!(call = id.as_str(), session = session.as_ref().map(SessionId::as_str), from = %flow.remote, transport = flow.transport.via_token(), agent = agent_transport, "call answered");
     let task = CallTask {
@@ -196,18 +200,21 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, admission: Admission
 
 /// What the call is for: the inline route's agent, reached, or the attached session's
 /// fields and agent. The error is the refusal to send the caller.
-async fn call_mode(shared: &Arc<Shared>, admitted: &Admitted) -> Result<Mode, (u16, &'static str)> {
+async fn call_mode(shared: &Arc<Shared>, admitted: &Admitted) -> Result<Mode, (Setup, u16, &'static str)> {
     match admitted {
         Admitted::Inline(route) => match reach(shared, &route.target, None).await {
             Ok(agent) => Ok(Mode::Inline { agent }),
             Err(e) => {
                 tracing::warn!(route = route.name, error = %e, "inline route target unreachable");
-                Err((503, "Service Unavailable"))
+                Err((Setup::TargetUnreachable, 503, "Service Unavailable"))
             }
         },
         Admitted::Session(id) => {
             // Unknown and already-used sessions get the same answer: no enumeration.
-            let a = shared.sessions.attach(id, shared.config.capture.max_attempts).map_err(|_| (404, "Not Found"))?;
+            let a = shared
+                .sessions
+                .attach(id, shared.config.capture.max_attempts)
+                .map_err(|_| (Setup::SessionNotFound, 404, "Not Found"))?;
             let agent = match (a.agent_uri, &a.after_capture) {
                 (Some(uri), AfterCapture::Bridge) => {
                     match reach(shared, &uri, Some(&shared.config.sip.allowed_targets)).await {

@@ -39,6 +39,8 @@ pub struct Shared {
     pub sessions: Arc<Sessions>,
     pub calls: Arc<Calls>,
     pub vault: Arc<Vault>,
+    /// What calls count as they happen (`/metrics`).
+    pub metrics: crate::metrics::CallMetrics,
     pub(super) prompts: Arc<Prompts>,
     pub(super) sip: Arc<UdpSocket>,
     pub(super) sip_addr: SocketAddr,
@@ -99,6 +101,7 @@ impl Shared {
             sessions,
             calls,
             vault,
+            metrics: crate::metrics::CallMetrics::default(),
             prompts,
             sip: Arc::new(sip),
             sip_addr,
@@ -126,6 +129,31 @@ impl Shared {
 
     pub fn active_calls(&self) -> usize {
         self.endpoint().active_calls()
+    }
+
+    /// Readiness: a call could get its two RTP ports now (they are bound and let go).
+    pub async fn rtp_ports_free(&self) -> bool {
+        self.ports.bind_pair().await.is_some()
+    }
+
+    /// What `/metrics` reads from the owners of each state.
+    pub async fn metrics_snapshot(&self) -> crate::metrics::Snapshot {
+        let (draining, refused, active_calls) = {
+            let ep = self.endpoint();
+            (ep.admitting() != Admitting::Open, ep.refusals(), ep.active_calls())
+        };
+        let mut sessions: Vec<(&'static str, usize)> =
+            self.sessions.count_by_state().into_iter().map(|(state, n)| (state.as_str(), n)).collect();
+        sessions.sort_unstable();
+        let (webhook_queue, oldest) = match crate::vault::webhook::queue(self.vault.pool()).await {
+            Ok((n, oldest)) => (usize::try_from(n).unwrap_or(0), oldest),
+            Err(e) => {
+                tracing::warn!(error = %e, "webhook queue unreadable for /metrics");
+                (0, None)
+            }
+        };
+        let webhook_oldest_s = oldest.map_or(0, |at| (crate::vault::unix_now() - at).max(0));
+        crate::metrics::Snapshot { draining, active_calls, sessions, refused, webhook_queue, webhook_oldest_s }
     }
 
     /// Stops taking new calls (SIP 503, and the API refuses new sessions); calls in

@@ -152,6 +152,24 @@ impl KeyRing {
         Ok(any || !rows.is_empty())
     }
 
+    /// Readiness: the newest encryption key as stored, unwrapped under the KEK (in the HSM
+    /// when there is one), is the key in memory. Fails when the KEK is gone or changed, or
+    /// the HSM does not answer.
+    pub async fn check_kek(&self, pool: &AnyPool) -> Result<(), VaultError> {
+        use subtle::ConstantTimeEq;
+        let (id, key) = self.current();
+        let (wrapped,): (Vec<u8>,) =
+            sqlx::query_as("SELECT wrapped FROM data_keys WHERE purpose = 'encryption' AND id = $1")
+                .bind(id)
+                .fetch_one(pool)
+                .await?;
+        let stored = self.keks().unwrap(&wrapped, key_aad("encryption", id).as_bytes())?;
+        match bool::from(stored.expose().ct_eq(key.expose())) {
+            true => Ok(()),
+            false => Err(VaultError::Config(format!("data key {id} as stored is not the one in use"))),
+        }
+    }
+
     /// Makes a new encryption key, which seals every record from now on; returns its id.
     pub async fn rotate(&self, pool: &AnyPool) -> Result<i64, VaultError> {
         let (id, _) = create(pool, &self.kek, "encryption").await?;

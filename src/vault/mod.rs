@@ -146,7 +146,18 @@ pub struct Vault {
     alerts: crate::alerts::Alerts,
     /// The newest seq this process anchored, so an idle chain adds no checkpoint lines.
     anchored: std::sync::atomic::AtomicI64,
+    metrics: crate::metrics::VaultMetrics,
 }
+
+/// What `Vault::readiness` found, check by check.
+#[derive(Debug)]
+pub struct Readiness {
+    pub database: Result<(), VaultError>,
+    pub kek: Result<(), VaultError>,
+    pub audit: Result<(), VaultError>,
+}
+
+const SYSTEM_PROBE: Actor<'static> = Actor { id: "tonewall", role: ActorRole::System, origin: "local" };
 
 /// What `Vault::verify_audit` found.
 #[derive(Debug)]
@@ -219,7 +230,29 @@ impl Vault {
             held_codes: Mutex::new(HashMap::new()),
             alerts,
             anchored: std::sync::atomic::AtomicI64::new(0),
+            metrics: crate::metrics::VaultMetrics::default(),
         })
+    }
+
+    /// Readiness (`/readyz`): the database answers, the KEK unwraps the stored data key, and
+    /// an audit record can be written (appended in a transaction that is rolled back, so the
+    /// chain does not grow with every probe).
+    pub async fn readiness(&self) -> Readiness {
+        let database = sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ()).map_err(VaultError::from);
+        let kek = self.keys.check_kek(&self.pool).await;
+        let audit = async {
+            let mut tx = self.pool.begin().await?;
+            let probe = SYSTEM_PROBE.did("health.audit", "probed", "readyz");
+            audit::append_in(&mut tx, &self.keys.audit, &probe).await?;
+            tx.rollback().await?;
+            Ok::<(), VaultError>(())
+        }
+        .await;
+        Readiness { database, kek, audit }
+    }
+
+    pub fn metrics(&self) -> &crate::metrics::VaultMetrics {
+        &self.metrics
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -283,8 +316,11 @@ impl Vault {
 
     /// Writes one audit record in a transaction of its own; a failure is also a security event.
     pub async fn audit(&self, e: &audit::Event<'_>) -> Result<i64, VaultError> {
+        let timed = self.metrics.time("audit");
         let written = audit::append(&self.pool, &self.keys.audit, e).await;
+        drop(timed);
         if let Err(why) = &written {
+            self.metrics.audit_failed();
             let (action, error) = (e.action.to_string(), why.to_string());
             self.alerts.raise(crate::alerts::SecurityEvent::AuditWriteFailed { action, error });
         }
@@ -302,6 +338,7 @@ impl Vault {
         completion: Option<Completion<'_>>,
         now: Instant,
     ) -> Result<TokenRecord, VaultError> {
+        let _timed = self.metrics.time("tokenize");
         let (key_id, key) = self.keys.current();
         let pan = card.pan.expose();
         let (fingerprint_key_id, fingerprint_key) = self.keys.fingerprint();
@@ -412,6 +449,7 @@ impl Vault {
     /// Decrypts a stored card for a processor, with the security code if still held (then
     /// forgotten). Fails closed: without its audit record, nothing is revealed.
     pub async fn detokenize(&self, token: &str, actor: Actor<'_>, now: Instant) -> Result<RevealedCard, VaultError> {
+        let _timed = self.metrics.time("detokenize");
         let result = self.reveal(token).await;
         let outcome = match &result {
             Ok(_) => "revealed",

@@ -104,6 +104,17 @@ pub struct Pass {
     pub given_up: usize,
 }
 
+/// Webhooks waiting (neither delivered nor given up on): how many, and when the oldest was
+/// made (unix seconds).
+pub async fn queue(pool: &AnyPool) -> Result<(i64, Option<i64>), VaultError> {
+    let row: (i64, Option<i64>) = sqlx::query_as(
+        "SELECT COUNT(*), MIN(created_at) FROM webhooks WHERE delivered_at IS NULL AND given_up_at IS NULL",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(row)
+}
+
 /// Sends every event that is due; returns what happened.
 pub async fn deliver_due(pool: &AnyPool, hook: &Hook) -> Result<Pass, VaultError> {
     let now = unix_now();

@@ -147,6 +147,25 @@ pub struct Endpoint<C> {
     takeovers: HashMap<String, (CallHandle, Flow)>,
     next_handle: u64,
     admitting: Admitting,
+    refused: Refusals,
+}
+
+/// Requests the endpoint turned away itself, by reason (the driver counts its own).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Refusals {
+    /// New out-of-dialog requests over `rate_per_source` (503).
+    pub rate_limited: u64,
+    /// Requests inside calls over their own budget (503).
+    pub in_dialog_rate_limited: u64,
+    /// New INVITEs and OPTIONS while draining (503).
+    pub draining: u64,
+    /// Requests in a live dialog, or Replaces or inline-route INVITEs, from a source that may
+    /// not send them (403).
+    pub forbidden: u64,
+    /// New INVITEs for no session prefix and no route (404).
+    pub not_found: u64,
+    /// Requests that require an extension we lack (420).
+    pub bad_extension: u64,
 }
 
 /// Whether new calls are taken.
@@ -171,6 +190,7 @@ impl<C: Clone> Endpoint<C> {
             takeovers: HashMap::new(),
             next_handle: 0,
             admitting: Admitting::Open,
+            refused: Refusals::default(),
         }
     }
 
@@ -181,6 +201,10 @@ impl<C: Clone> Endpoint<C> {
 
     pub fn admitting(&self) -> Admitting {
         self.admitting
+    }
+
+    pub fn refusals(&self) -> Refusals {
+        self.refused
     }
 
     /// One datagram, or one message framed from a stream, from `from`.
@@ -220,17 +244,20 @@ impl<C: Clone> Endpoint<C> {
         // Extensions the request requires and we lack (§8.2.2.3; never for ACK or CANCEL).
         let unsupported = req.unsupported_required(message::SUPPORTED);
         if !unsupported.is_empty() && !matches!(req.method(), Method::Ack | Method::Cancel) {
+            self.refused.bad_extension += 1;
             let resp = ResponseBuilder::new(&req, 420, "Bad Extension").header("Unsupported", &unsupported.join(", "));
             return EndpointEvent::Respond(reply(&req, from, resp.build()));
         }
         if let Some((handle, call, leg)) = self.route(req.call_id()) {
             let limited = req.method() != Method::Ack && !self.trusted(from);
             if limited && !self.in_dialog.allow(from.remote.ip(), now) {
+                self.refused.in_dialog_rate_limited += 1;
                 let resp = ResponseBuilder::new(&req, 503, "Service Unavailable").header("Retry-After", "1");
                 return EndpointEvent::Respond(reply(&req, from, resp.build()));
             }
             if !self.speaks_for(handle, leg, from) {
                 tracing::info!(from = %from.remote, method = ?req.method(), "a request in a live dialog from a stranger, refused");
+                self.refused.forbidden += 1;
                 return match req.method() {
                     Method::Ack => EndpointEvent::Nothing,
                     _ => EndpointEvent::Respond(reply(&req, from, plain(&req, 403, "Forbidden"))),
@@ -246,6 +273,7 @@ impl<C: Clone> Endpoint<C> {
             return EndpointEvent::Nothing; // an ACK for nothing we know (or for a stateless error)
         }
         if !self.limiter.allow(from.remote.ip(), now) {
+            self.refused.rate_limited += 1;
             return EndpointEvent::Respond(self.refuse(&req, from, 503, "Service Unavailable", Some(1)));
         }
         if let Admitting::Draining { retry_after_s } = self.admitting
@@ -253,6 +281,7 @@ impl<C: Clone> Endpoint<C> {
             && req.to_tag().is_none()
             && Replaces::of(&req).is_none()
         {
+            self.refused.draining += 1;
             return EndpointEvent::Respond(self.refuse(&req, from, 503, "Service Unavailable", Some(retry_after_s)));
         }
         let stateless = |status, reason| EndpointEvent::Respond(reply(&req, from, plain(&req, status, reason)));
@@ -284,6 +313,7 @@ impl<C: Clone> Endpoint<C> {
     fn take_over(&mut self, req: Request, replaces: Result<Replaces, ()>, from: Flow) -> EndpointEvent<C> {
         if !self.trusted(from) {
             tracing::info!(from = %from.remote, "an INVITE with Replaces from an untrusted peer, refused");
+            self.refused.forbidden += 1;
             return EndpointEvent::Respond(reply(&req, from, plain(&req, 403, "Forbidden")));
         }
         let Ok(replaces) = replaces else {
@@ -306,9 +336,13 @@ impl<C: Clone> Endpoint<C> {
                 Some(route) if within(&self.config.inline_routes[route].sources, from) => Admission::Inline { route },
                 Some(_) => {
                     tracing::info!(from = %from.remote, "an inline route's INVITE from a source it does not take, refused");
+                    self.refused.forbidden += 1;
                     return EndpointEvent::Respond(reply(&invite, from, plain(&invite, 403, "Forbidden")));
                 }
-                None => return EndpointEvent::Respond(reply(&invite, from, plain(&invite, 404, "Not Found"))),
+                None => {
+                    self.refused.not_found += 1;
+                    return EndpointEvent::Respond(reply(&invite, from, plain(&invite, 404, "Not Found")));
+                }
             },
         };
         let reply_to = reply_flow(&invite, from);

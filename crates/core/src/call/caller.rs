@@ -346,6 +346,7 @@ impl Call {
             Method::Info if in_dialog => {
                 self.reply(now, LegId::Caller, req, 200, "OK");
                 if let Some(key) = super::dtmf_relay_key(req) {
+                    self.info_keys += 1;
                     self.on_key(key, now);
                 }
             }

@@ -68,6 +68,18 @@ pub struct BridgeStats {
     /// Packets from someone other than the leg's peer, dropped before anything read them.
     pub caller_refused: RefusedCounts,
     pub agent_refused: RefusedCounts,
+    pub keys: KeyCounts,
+}
+
+/// The caller's keys, by how they reached tonewall.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KeyCounts {
+    /// RFC 4733 telephone-events.
+    pub rfc4733: u64,
+    /// SIP INFO (`application/dtmf-relay`, `application/dtmf`); counted by the call.
+    pub info: u64,
+    /// Tones in the audio, decoded by tonewall's detector.
+    pub in_band: u64,
 }
 
 /// Dropped packets of one leg, by reason.
@@ -175,7 +187,7 @@ impl Bridge {
 
     /// Counters for logs and tests, read when asked rather than kept up to date per packet.
     pub fn stats(&self) -> BridgeStats {
-        BridgeStats { masked_frames: self.to_agent.masked_frames, ..self.stats }
+        BridgeStats { masked_frames: self.to_agent.masked_frames, keys: self.to_agent.keys, ..self.stats }
     }
 
     pub fn player(&mut self) -> &mut Player {

@@ -267,6 +267,26 @@ pub enum CaptureFailure {
     SessionExpired,
 }
 
+impl CaptureFailure {
+    /// A stable name for metrics and machines.
+    pub fn code(self) -> &'static str {
+        match self {
+            CaptureFailure::TooManyAttempts(_) => "too_many_attempts",
+            CaptureFailure::NotStored => "not_stored",
+            CaptureFailure::CannotStart => "cannot_start",
+            CaptureFailure::OfferRefused => "offer_refused",
+            CaptureFailure::CallerHungUp => "caller_hung_up",
+            CaptureFailure::Transferred => "transferred",
+            CaptureFailure::ShuttingDown => "shutting_down",
+            CaptureFailure::NoAck => "no_ack",
+            CaptureFailure::RefreshFailed => "refresh_failed",
+            CaptureFailure::RefreshUnanswered => "refresh_unanswered",
+            CaptureFailure::RefreshUnbuildable => "refresh_unbuildable",
+            CaptureFailure::SessionExpired => "session_expired",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum Command {
     Cancel,
@@ -352,6 +372,8 @@ pub struct Call {
     branches: u64,
     ended: bool,
     media_policy: MediaAddressPolicy,
+    /// Keys the caller sent as SIP INFO (the bridge counts the ones in its media).
+    info_keys: u64,
 }
 
 impl Call {
@@ -447,6 +469,7 @@ impl Call {
             outputs: VecDeque::new(),
             branches: 0,
             ended: false,
+            info_keys: 0,
             media_policy: cfg.media_policy,
         };
         call.bridge.set_caller_srtp(caller_srtp);
@@ -498,7 +521,9 @@ impl Call {
     }
 
     pub fn media_stats(&self) -> media::BridgeStats {
-        self.bridge.stats()
+        let mut stats = self.bridge.stats();
+        stats.keys.info = self.info_keys;
+        stats
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {

@@ -378,6 +378,12 @@ Content-Type: {ct}\r\nContent-Length: {}\r\n\r\n{body}",
         _ => None,
     });
     assert_eq!(done.as_deref(), Some("•••• •••• •••• 1111"));
+    let keys = call.media_stats().keys;
+    assert_eq!((keys.info, keys.rfc4733, keys.in_band), (17, 0, 0), "counted by source");
+    // One key as an RFC 4733 event after them: counted apart.
+    call.handle_rtp(t, LegId::Caller, &event_packet(1, 100, 7, false));
+    call.handle_rtp(t, LegId::Caller, &event_packet(2, 100, 7, true));
+    assert_eq!(call.media_stats().keys.rfc4733, 1);
 }
 
 /// An in-dialog request from the caller with extra headers and a body.

@@ -92,6 +92,8 @@ pub struct ToAgent {
     /// A key the strict detector decided while audio was being fed in.
     heard: Option<Key>,
     pub masked_frames: u64,
+    /// Keys taken from the caller's media, by how they came.
+    pub keys: super::media::KeyCounts,
     /// The recording: everything sent to the agent, as sent.
     pub recording: Tap,
 }
@@ -111,6 +113,7 @@ impl ToAgent {
             sends_events: false,
             heard: None,
             masked_frames: 0,
+            keys: super::media::KeyCounts::default(),
             recording: Tap::default(),
         }
     }
@@ -357,6 +360,10 @@ impl ToAgent {
             return None;
         }
         self.last_key = Some((key, ts, origin));
+        match origin {
+            Origin::Event => self.keys.rfc4733 += 1,
+            Origin::InBand => self.keys.in_band += 1,
+        }
         Some(key)
     }
 }

@@ -116,6 +116,7 @@ fn admits_sessions_and_inline_routes_and_nothing_else() {
     assert!(matches!(ep.handle(t, outsider, &request("INVITE", "pay-s3", "n6", "")), EndpointEvent::NewCall { .. }));
     let first = ep.handle(t, from, &request("INVITE", "cc-1", "n4", ""));
     assert!(matches!(first, EndpointEvent::NewCall { admission: Admission::Inline { route: 0 }, .. }));
+    assert_eq!(ep.refusals(), Refusals { not_found: 1, forbidden: 1, ..Refusals::default() });
 }
 
 #[test]
@@ -218,6 +219,8 @@ fn a_flood_from_one_source_gets_503_and_never_cuts_established_calls() {
         ep.handle(later, pbx, &request("INFO", "pay-x", "in-dialog", "")),
         EndpointEvent::ToCall { .. }
     )));
+    let refused = ep.refusals();
+    assert_eq!((refused.rate_limited, refused.in_dialog_rate_limited), (20 + 1 + 5, 5));
 }
 
 #[test]
@@ -304,4 +307,5 @@ fn a_draining_endpoint_turns_new_calls_and_probes_away_and_keeps_its_calls() {
         status(ep.handle(t, phone, &request("BYE", "pay-x", "gone", ""))),
         "SIP/2.0 481 Call/Transaction Does Not Exist"
     );
+    assert_eq!(ep.refusals(), Refusals { draining: 2, ..Refusals::default() }, "the two turned away, counted");
 }
