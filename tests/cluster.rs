@@ -144,6 +144,8 @@ async fn place(c: &Cluster, created_on: usize, reference: &str) -> Call {
     let proxy: SocketAddr = PROXY.parse().unwrap();
     let ok = caller.call(&invite, proxy, Duration::from_secs(15)).await.unwrap();
     assert_eq!(ok.status(), 200, "{reference}: {}\n{}", ok.status(), c.logs());
+    let recorded = ok.headers_named("Record-Route");
+    assert!(recorded.iter().any(|r| r.contains(PROXY)), "the 200 carries the proxy's route set: {recorded:?}");
     let target = ok.contact_uri().unwrap().to_string();
     let ack = routed(caller.in_dialog(Method::Ack, &call_id, &from_tag, ok.to(), 1, &target), &ok);
     caller.send(&ack, proxy).await.unwrap();

@@ -214,6 +214,7 @@ impl Call {
         let contact = self.caller_contact();
         let ringing = ResponseBuilder::new(invite, 180, "Ringing")
             .to_tag(&self.caller.dialog.local_tag)
+            .record_route()
             .header("Contact", &contact);
         self.respond(now, LegId::Caller, invite, 180, ringing.build());
     }
@@ -268,6 +269,7 @@ impl Call {
         let contact = self.caller_contact();
         let mut b = ResponseBuilder::new(req, 200, "OK")
             .to_tag(local_tag)
+            .record_route()
             .header("Contact", &contact)
             .header("Allow", ALLOW)
             .header("Supported", SUPPORTED_HEADER);

@@ -658,3 +658,16 @@ fn the_agent_offer_follows_the_srtp_policy() {
         }
     }
 }
+
+#[test]
+fn the_answer_carries_the_route_set_the_proxies_recorded() {
+    // RFC 3261 §12.1.1: without the Record-Route in the 2xx, the caller's ACK and BYE
+    // would skip the proxy in front (Kamailio), which then refuses them.
+    let t = crate::test_origin();
+    let recorded = "Record-Route: <sip:10.0.0.1;lr;ftag=ct>\r\nRecord-Route: <sip:10.0.0.2;lr>\r\n";
+    let mut call = Call::accept(&invite_with(recorded), config(None), t).unwrap();
+    let (sip, _) = drain(&mut call);
+    let ok = &sip.iter().find(|(_, s)| s.starts_with("SIP/2.0 200")).expect("the 200").1;
+    let routes: Vec<&str> = ok.lines().filter(|l| l.starts_with("Record-Route:")).collect();
+    assert_eq!(routes, ["Record-Route: <sip:10.0.0.1;lr;ftag=ct>", "Record-Route: <sip:10.0.0.2;lr>"], "{ok}");
+}

@@ -471,6 +471,15 @@ impl<'a> ResponseBuilder<'a> {
         self
     }
 
+    /// The request's Record-Route headers, in order: a response that creates a dialog
+    /// carries them back so the caller learns the route set too (RFC 3261 §12.1.1).
+    pub fn record_route(mut self) -> Self {
+        for r in self.req.headers_named("Record-Route") {
+            let _ = write!(self.extra, "Record-Route: {r}\r\n");
+        }
+        self
+    }
+
     pub fn body(mut self, content_type: &'a str, body: &'a [u8]) -> Self {
         self.body = Some((content_type, body));
         self
