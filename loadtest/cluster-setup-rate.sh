@@ -19,8 +19,11 @@ export TONEWALL_BIN=$PWD/target/release/tonewall
 WORK=$(mktemp -d)
 export TONEWALL_CLUSTER_DIR=$WORK/cluster
 trap 'scripts/cluster stop >/dev/null 2>&1 || true; [ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT
-# The caller follows the route set Kamailio records (ACK and BYE to the Contact, via Route).
-sed -e 's/\[service\]/[field0]/g' -e 's/PAUSE_MS/0/' \
+# The caller follows the route set Kamailio records (ACK and BYE to the Contact, via Route),
+# and takes a 180 that arrives after the 200 (Kamailio's workers may pass them on in either
+# order over UDP).
+sed -e 's/\[service\]/[field0]/g' -e '/<pause milliseconds="PAUSE_MS"\/>/d' \
+    -e 's|<recv response="200" crlf="true"/>|<recv response="180" optional="true"/>\n  <recv response="200" crlf="true"/>|' \
     -e 's|<recv response="200" rtd="true">|<recv response="200" rtd="true" rrs="true">|' \
     -e 's|ACK sip:\[field0\]@\[remote_ip\]:\[remote_port\] SIP/2.0|ACK [next_url] SIP/2.0\n      [routes]|' \
     -e 's|BYE sip:\[field0\]@\[remote_ip\]:\[remote_port\] SIP/2.0|BYE [next_url] SIP/2.0\n      [routes]|' \
