@@ -1,7 +1,8 @@
 //! HTTP API (axum): `/v1` JSON routes behind bearer keys with roles, the session WebSocket,
 //! `/v1/openapi.json` (which describes every route and the roles that may use it),
-//! `/healthz`, and for monitoring `/readyz` and `/metrics` (`monitoring`). Every error, the router's own 404 and 405 included, is JSON
-//! `{"error": {"code": "...", "message": "..."}}` with the matching status.
+//! `/healthz`, and for monitoring `/readyz` and `/metrics` (`monitoring`). Every error, the
+//! router's own 404 and 405 included, is JSON `{"error": {"code": "...", "message": "..."}}`
+//! with the matching status.
 
 mod admin_keys;
 pub mod auth;
