@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestCard, TestServer, assert_card_whole, create_session, keypad_events, wait_final};
+use common::{TestCard, TestServer, assert_card_whole, create_session, send_keys, wait_final};
 use tokio::net::UdpSocket;
 use tonewall::api::auth::Role;
 use tonewall::media::g711::Codec;
@@ -26,20 +26,6 @@ async fn next_final(ua: &Ua) -> Response {
         {
             return r;
         }
-    }
-}
-
-async fn key(rtp: &UdpSocket, to: std::net::SocketAddr, keys: &str, first_seq: u32) {
-    for (i, packets) in keypad_events(keys, 77).into_iter().enumerate() {
-        for mut p in packets {
-            // Sequence numbers and event timestamps carry on from the keys sent before.
-            let seq = u16::from_be_bytes([p[2], p[3]]).wrapping_add((first_seq * 7) as u16);
-            p[2..4].copy_from_slice(&seq.to_be_bytes());
-            let ts = 8000 + (first_seq + i as u32) * 1600;
-            p[4..8].copy_from_slice(&ts.to_be_bytes());
-            rtp.send_to(&p, to).await.unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -62,7 +48,7 @@ async fn a_strangers_bye_info_reinvite_and_replaces_are_refused_and_the_call_goe
     caller.send(&caller.in_dialog(Method::Ack, &call_id, &from_tag, &to, 1, &target), server).await.unwrap();
     let media = RemoteDescription::parse(ok.body()).unwrap().remote;
     let (first, rest) = CARD.pan.split_at(8);
-    key(&rtp, media, first, 0).await;
+    send_keys(&rtp, media, first, 0, 77).await;
 
     // The stranger, on the caller's IP and another port, with the dialog's Call-ID and tags.
     let stranger = Ua::bind().await.unwrap();
@@ -93,9 +79,9 @@ async fn a_strangers_bye_info_reinvite_and_replaces_are_refused_and_the_call_goe
     caller.send(&caller.in_dialog(Method::Info, &call_id, &from_tag, &to, 5, &target), server).await.unwrap();
     assert_eq!(next_final(&caller).await.status(), 200, "the caller's own INFO");
 
-    key(&rtp, media, &format!("{rest}#"), 8).await;
-    key(&rtp, media, &format!("{:02}{:02}", CARD.month, CARD.year % 100), 17).await;
-    key(&rtp, media, CARD.code, 21).await;
+    send_keys(&rtp, media, &format!("{rest}#"), 8, 77).await;
+    send_keys(&rtp, media, &format!("{:02}{:02}", CARD.month, CARD.year % 100), 17, 77).await;
+    send_keys(&rtp, media, CARD.code, 21, 77).await;
     let s = wait_final(&t.base, &api_key, &id, Duration::from_secs(10)).await;
     assert_card_whole(&t, &s, &CARD, "after the stranger's requests").await;
     // Nothing hung the caller up: the first request it gets is tonewall's own BYE, after

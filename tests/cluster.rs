@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{TestCard, card_differences, detokenize_session, http, keypad_events, require_tool, tonewall, wait_final};
+use common::{TestCard, card_differences, detokenize_session, http, require_tool, send_keys, tonewall, wait_final};
 use serde_json::Value;
 use tokio::net::UdpSocket;
 use tonewall::media::g711::Codec;
@@ -155,16 +155,7 @@ async fn place(c: &Cluster, created_on: usize, reference: &str) -> Call {
 }
 
 async fn key(call: &mut Call, keys: &str) {
-    for (i, packets) in keypad_events(keys, 77).into_iter().enumerate() {
-        let n = call.keyed + i as u32;
-        for mut p in packets {
-            let seq = u16::from_be_bytes([p[2], p[3]]).wrapping_add((call.keyed * 7) as u16);
-            p[2..4].copy_from_slice(&seq.to_be_bytes());
-            p[4..8].copy_from_slice(&(8000 + n * 1600).to_be_bytes());
-            call.rtp.send_to(&p, call.media).await.unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    send_keys(&call.rtp, call.media, keys, call.keyed, 77).await;
     call.keyed += keys.len() as u32;
 }
 

@@ -9,9 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::sipp::wait_with_timeout;
-use common::{
-    ServeProcess, TestCard, assert_card_whole_at, http_raw, keypad_events, tonewall, wait_final, write_config,
-};
+use common::{ServeProcess, TestCard, assert_card_whole_at, http_raw, send_keys, tonewall, wait_final, write_config};
 use tokio::net::UdpSocket;
 use tonewall::media::g711::Codec;
 use tonewall::sip::message::{Method, Response, SipMessage};
@@ -75,19 +73,6 @@ async fn place_call(node: &Node, reference: &str) -> (String, Call) {
     (id, Call { caller, rtp, media })
 }
 
-/// Keys `keys` as RFC 4733 events, numbered on from the `first` key sent before.
-async fn key(call: &Call, keys: &str, first: u32) {
-    for (i, packets) in keypad_events(keys, 99).into_iter().enumerate() {
-        for mut p in packets {
-            let seq = u16::from_be_bytes([p[2], p[3]]).wrapping_add((first * 7) as u16);
-            p[2..4].copy_from_slice(&seq.to_be_bytes());
-            p[4..8].copy_from_slice(&(8000 + (first + i as u32) * 1600).to_be_bytes());
-            call.rtp.send_to(&p, call.media).await.unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// An out-of-dialog OPTIONS, as Kamailio's dispatcher probes a node; its final answer.
 async fn probe(to: SocketAddr) -> Response {
     let ua = Ua::bind().await.unwrap();
@@ -135,7 +120,7 @@ async fn sigterm_refuses_new_calls_and_probes_and_lets_the_capture_in_progress_f
     assert_eq!(probe(node.serve.sip).await.status(), 200, "a serving node answers the probe");
     let (id, call) = place_call(&node, "drain").await;
     let (first, rest) = CARD.pan.split_at(8);
-    key(&call, first, 0).await;
+    send_keys(&call.rtp, call.media, first, 0, 99).await;
 
     sigterm(&node.serve);
     // The signal is handled asynchronously: probe until the node says it is draining.
@@ -163,9 +148,9 @@ async fn sigterm_refuses_new_calls_and_probes_and_lets_the_capture_in_progress_f
     assert!(headers.to_ascii_lowercase().contains("retry-after: 300"), "{headers}");
 
     // The call in progress was not cut: the caller keys the rest and the card is stored whole.
-    key(&call, &format!("{rest}#"), 8).await;
-    key(&call, &format!("{:02}{:02}", CARD.month, CARD.year % 100), 17).await;
-    key(&call, CARD.code, 21).await;
+    send_keys(&call.rtp, call.media, &format!("{rest}#"), 8, 99).await;
+    send_keys(&call.rtp, call.media, &format!("{:02}{:02}", CARD.month, CARD.year % 100), 17, 99).await;
+    send_keys(&call.rtp, call.media, CARD.code, 21, 99).await;
     let session = wait_final(&node.serve.base, &node.agent, &id, Duration::from_secs(15)).await;
     assert_card_whole_at(&node.serve.base, &node.processor, &session, &CARD, "captured while draining").await;
     assert_eq!(next_request(&call, Duration::from_secs(15)).await, Method::Bye, "tonewall ends the call itself");

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::sipp::{KillOnDrop, free_tcp_port, free_udp_port};
-use common::{TestCard, TestServer, assert_card_whole, create_session, keypad_events, require_tool, wait_final};
+use common::{TestCard, TestServer, assert_card_whole, create_session, require_tool, send_keys, wait_final};
 use serde_json::Value;
 use tokio::net::UdpSocket;
 use tonewall::api::auth::Role;
@@ -23,19 +23,6 @@ use tonewall::sip::sdp::{self, RemoteDescription};
 use tonewall_testkit::Ua;
 
 const CARD: TestCard = TestCard { pan: "4111111111111111", month: 12, year: 2030, code: "321" };
-
-/// Keys as RFC 4733 events, numbered on from the `first` key sent before.
-async fn key(rtp: &UdpSocket, to: SocketAddr, keys: &str, first: u32) {
-    for (i, packets) in keypad_events(keys, 51).into_iter().enumerate() {
-        for mut p in packets {
-            let seq = u16::from_be_bytes([p[2], p[3]]).wrapping_add((first * 7) as u16);
-            p[2..4].copy_from_slice(&seq.to_be_bytes());
-            p[4..8].copy_from_slice(&(8000 + (first + i as u32) * 1600).to_be_bytes());
-            rtp.send_to(&p, to).await.unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// One call that keys the card number and expiry as RFC 4733 events and the security code
 /// as SIP INFO, captured whole; it ends with tonewall's BYE.
@@ -52,8 +39,8 @@ async fn capture_one_card(t: &TestServer) {
     let target = ok.contact_uri().unwrap().to_string();
     caller.send(&caller.in_dialog(Method::Ack, &call_id, &from_tag, ok.to(), 1, &target), server).await.unwrap();
     let media = RemoteDescription::parse(ok.body()).unwrap().remote;
-    key(&rtp, media, &format!("{}#", CARD.pan), 0).await;
-    key(&rtp, media, &format!("{:02}{:02}", CARD.month, CARD.year % 100), 17).await;
+    send_keys(&rtp, media, &format!("{}#", CARD.pan), 0, 51).await;
+    send_keys(&rtp, media, &format!("{:02}{:02}", CARD.month, CARD.year % 100), 17, 51).await;
     for (i, digit) in CARD.code.chars().enumerate() {
         let body = format!("Signal={digit}\r\nDuration=160\r\n");
         let info =

@@ -104,6 +104,20 @@ pub fn keypad_events(keys: &str, ssrc: u32) -> Vec<Vec<Vec<u8>>> {
         .collect()
 }
 
+/// Keys `keys` to `to` as RFC 4733 events from `ssrc`, 20 ms apart, as the `first` keys sent
+/// before on the same stream left off: sequence numbers and event timestamps carry on.
+pub async fn send_keys(rtp: &tokio::net::UdpSocket, to: std::net::SocketAddr, keys: &str, first: u32, ssrc: u32) {
+    for (i, packets) in keypad_events(keys, ssrc).into_iter().enumerate() {
+        for mut p in packets {
+            let seq = u16::from_be_bytes([p[2], p[3]]).wrapping_add((first * 7) as u16);
+            p[2..4].copy_from_slice(&seq.to_be_bytes());
+            p[4..8].copy_from_slice(&(8000 + (first + i as u32) * 1600).to_be_bytes());
+            rtp.send_to(&p, to).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Fails loudly when a tool the test needs is missing, naming how to install it.
 pub fn require_tool(cmd: &str, install: &str) {
     let found = std::process::Command::new("sh")
