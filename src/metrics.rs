@@ -283,8 +283,8 @@ pub fn encode(calls: &CallMetrics, vault: &VaultMetrics, s: &Snapshot) -> String
     };
     r.register("calls_active", "Calls up on this node", gauge(s.active_calls));
     let sessions: Family<State, Gauge> = Family::default();
-    for state in ["waiting", "capturing", "completed", "failed", "cancelled"] {
-        sessions.get_or_create_owned(&State { state });
+    for state in crate::session::SessionState::ALL {
+        sessions.get_or_create_owned(&State { state: state.as_str() });
     }
     for (state, n) in &s.sessions {
         sessions.get_or_create(&State { state }).set(i64::try_from(*n).unwrap_or(i64::MAX));

@@ -66,6 +66,14 @@ pub enum SessionState {
 }
 
 impl SessionState {
+    pub const ALL: [SessionState; 5] = [
+        SessionState::Waiting,
+        SessionState::Capturing,
+        SessionState::Completed,
+        SessionState::Failed,
+        SessionState::Cancelled,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             SessionState::Waiting => "waiting",
