@@ -209,6 +209,9 @@ pub struct StorageConfig {
     /// Run the schema migrations at start; false when the runtime role may not (PostgreSQL
     /// with two roles, `crate::vault::store`).
     pub migrate: bool,
+    /// A node that has not renewed its row in `nodes` for this long is lost: another node
+    /// fails the captures it held (`node_lost`). Nodes renew it five times per lease.
+    pub node_lease_s: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -386,6 +389,9 @@ impl Config {
         }
         if !(1..=86_400).contains(&self.sip.drain_timeout_s) {
             return bad("sip.drain_timeout_s", "must be between 1 and 86400");
+        }
+        if !(1..=3_600).contains(&self.storage.node_lease_s) {
+            return bad("storage.node_lease_s", "must be between 1 and 3600");
         }
         if self.sip.rate_per_source == 0 {
             return bad("sip.rate_per_source", "must be at least 1");

@@ -108,6 +108,8 @@ pub enum Capture {
     Completed,
     Failed(CaptureFailure),
     Cancelled,
+    /// Failed by this node because the node holding the call was lost (`runtime::cluster`).
+    NodeLost,
 }
 
 /// What calls count as they happen; each call's task adds to it.
@@ -168,6 +170,7 @@ impl CallMetrics {
             Capture::Completed => CaptureResult { result: "completed", reason: "" },
             Capture::Failed(why) => CaptureResult { result: "failed", reason: why.code() },
             Capture::Cancelled => CaptureResult { result: "cancelled", reason: "" },
+            Capture::NodeLost => CaptureResult { result: "failed", reason: "node_lost" },
         };
         self.captures.get_or_create(&labels).inc();
     }
@@ -289,7 +292,7 @@ pub fn encode(calls: &CallMetrics, vault: &VaultMetrics, s: &Snapshot) -> String
     for (state, n) in &s.sessions {
         sessions.get_or_create(&State { state }).set(i64::try_from(*n).unwrap_or(i64::MAX));
     }
-    r.register("sessions", "Sessions this node holds, by state", sessions);
+    r.register("sessions", "Sessions kept (all nodes sharing the database), by state", sessions);
     let refused: Family<Reason, Counter> = Family::default();
     let f = s.refused;
     for (reason, n) in [

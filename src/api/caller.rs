@@ -20,7 +20,7 @@ use super::{ApiError, AppState, audit_or_log};
 use crate::accounts::Source;
 use crate::accounts::web_sessions::{self, Ended};
 use crate::owner::{Team, Viewer};
-use crate::session::{EMBED_PREFIX, SessionId};
+use crate::session::{EMBED_PREFIX, SessionError, SessionId};
 use crate::vault::{Actor, ActorRole};
 
 /// What a caller may reach.
@@ -93,11 +93,11 @@ impl Caller {
     }
 
     /// Whether this caller may see `id`, by scope and by ownership.
-    pub fn may_see_session(&self, state: &AppState, id: &SessionId) -> bool {
-        match &self.scope {
-            Scope::Session(only) => only == id && state.sessions.view(id).is_some(),
-            Scope::Role => state.sessions.owner(id).is_some_and(|owner| self.viewer().sees(&owner)),
-        }
+    pub async fn may_see_session(&self, state: &AppState, id: &SessionId) -> Result<bool, SessionError> {
+        Ok(match &self.scope {
+            Scope::Session(only) => only == id && state.sessions.owner(id).await?.is_some(),
+            Scope::Role => state.sessions.owner(id).await?.is_some_and(|owner| self.viewer().sees(&owner)),
+        })
     }
 }
 
@@ -209,7 +209,7 @@ impl FromRequestParts<AppState> for Caller {
             ));
         }
         let (outcome, message) = if key.starts_with(EMBED_PREFIX) {
-            match state.sessions.embedded(&key, now) {
+            match state.sessions.embedded(&key, std::time::SystemTime::now()).await.map_err(ApiError::sessions)? {
                 Some(id) => {
                     let key_id = format!("embed:{}", id.as_str());
                     return Ok(Caller {

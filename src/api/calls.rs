@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use crate::call::AfterCapture;
 use crate::calls::{CallId, CallsError, CaptureRefused, CaptureRequest};
 use crate::capture::collector::FieldName;
+use crate::session::NewSession;
 
 /// Agents see their team's calls (`crate::owner`) and the last four digits of a caller's
 /// number, enough to find their call; admins see every call, whole numbers and SIP Call-IDs.
@@ -51,8 +52,14 @@ pub async fn capture(
         CallsError::NotFound => not_found(),
         e => ApiError::new(StatusCode::CONFLICT, e.to_string()),
     })?;
-    let (fields, host) = (req.fields.clone(), &state.sip_host);
-    let view = state.sessions.create(fields, req.reference, None, AfterCapture::Bridge, host, viewer.owner());
+    let new = NewSession {
+        fields: req.fields.clone(),
+        reference: req.reference,
+        agent_uri: None,
+        after_capture: AfterCapture::Bridge,
+        owner: viewer.owner(),
+    };
+    let view = state.sessions.create(new, &state.sip_host, true).await.map_err(ApiError::sessions)?;
     // The call's task binds the session and starts the capture in one step, or says why not.
     let (reply, answer) = oneshot::channel();
     let asked = captures.send(CaptureRequest { session: view.id.clone(), fields: req.fields, reply }).await;
@@ -62,7 +69,7 @@ pub async fn capture(
         _ => Some(CaptureRefused::CallEnded),
     };
     if let Some(why) = refused {
-        let _ = state.sessions.cancel(&view.id);
+        let _ = state.sessions.cancel_held(&view.id);
         return Err(match why {
             CaptureRefused::Busy => ApiError::new(StatusCode::CONFLICT, why.to_string()),
             CaptureRefused::SessionGone | CaptureRefused::CallEnded => not_found(),
@@ -70,6 +77,6 @@ pub async fn capture(
     }
     tracing::info!(call = call_id.as_str(), session = view.id.as_str(), key = caller.key_id, "capture started");
     caller.audit(&state, "call.capture", "started", view.id.as_str()).await;
-    let view = state.sessions.view(&view.id).unwrap_or(view);
+    let view = state.sessions.held_view(&view.id).unwrap_or(view);
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }

@@ -187,6 +187,23 @@ impl ApiError {
         ApiError { refused: Some(caller), ..ApiError::new(StatusCode::FORBIDDEN, message) }
     }
 
+    /// A session registry's refusal: 404, 429, 503 for the store, 409 for the rest.
+    pub fn sessions(e: crate::session::SessionError) -> ApiError {
+        use crate::session::SessionError as E;
+        match e {
+            E::NotFound => ApiError::new(StatusCode::NOT_FOUND, "no such session"),
+            E::TooManySubscribers => ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
+            E::Store(why) => {
+                tracing::error!(error = why, "session store unavailable");
+                ApiError {
+                    retry_after_s: Some(5),
+                    ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the session store is unavailable")
+                }
+            }
+            e => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+        }
+    }
+
     /// 503 while this node drains: the client tries another node, or this one later.
     pub fn draining(state: &AppState) -> Option<ApiError> {
         match state.node.admitting() {

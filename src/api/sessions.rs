@@ -7,6 +7,8 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use std::time::Duration;
+
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -15,7 +17,8 @@ use super::{ApiError, AppState, Caller};
 use crate::call::{AfterCapture, Command};
 use crate::capture::card::looks_like_card_number;
 use crate::capture::collector::FieldName;
-use crate::session::{Change, SessionError, SessionId, SessionView};
+use crate::runtime::cluster::{SessionCommand, forward};
+use crate::session::{Change, NewSession, Reach, SessionError, SessionId, SessionView};
 use crate::targets::{AllowedTargets, Verdict};
 
 pub(super) const AGENT_ROLES: &[Role] = &[Role::Agent, Role::Admin];
@@ -140,14 +143,21 @@ pub async fn create(
     validate(&req, &state.allowed_targets).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, m))?;
     // Checked by `validate` above.
     let after = after_capture(&req).unwrap_or(AfterCapture::Hangup);
-    let owner = caller.viewer().owner();
-    let view = state.sessions.create(req.fields, req.reference, req.agent_uri, after, &state.sip_host, owner);
+    let new = NewSession {
+        fields: req.fields,
+        reference: req.reference,
+        agent_uri: req.agent_uri,
+        after_capture: after,
+        owner: caller.viewer().owner(),
+    };
+    let view = state.sessions.create(new, &state.sip_host, false).await.map_err(ApiError::sessions)?;
     tracing::info!(session = view.id.as_str(), key = caller.key_id, "session created");
     caller.audit(&state, "session.create", "created", view.id.as_str()).await;
     let mut created = Created { view, desktop_url: None, embed_expires_in_s: None };
     if req.embed {
         let id = &created.view.id;
-        let token = state.sessions.embed_token(id, std::time::Instant::now() + state.embed_ttl);
+        let until = std::time::SystemTime::now() + state.embed_ttl;
+        let token = state.sessions.embed_token(id, until).await.map_err(ApiError::sessions)?;
         created.desktop_url = token.map(|t| format!("/desktop#session={}&token={t}", id.as_str()));
         created.embed_expires_in_s = Some(state.embed_ttl.as_secs());
         caller.audit(&state, "session.embed", "issued", id.as_str()).await;
@@ -158,11 +168,11 @@ pub async fn create(
 /// The session `raw` names, if it exists and `caller` may see it: someone else's session
 /// gets the same 404 as none at all (`crate::owner`), and so does any session but its own
 /// for an embed token.
-fn owned_session(state: &AppState, caller: &Caller, raw: &str) -> Result<SessionId, ApiError> {
+async fn owned_session(state: &AppState, caller: &Caller, raw: &str) -> Result<SessionId, ApiError> {
     caller.require_for_session(AGENT_ROLES)?;
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, "no such session");
     let id = SessionId::parse(raw).ok_or_else(not_found)?;
-    if caller.may_see_session(state, &id) { Ok(id) } else { Err(not_found()) }
+    if caller.may_see_session(state, &id).await.map_err(ApiError::sessions)? { Ok(id) } else { Err(not_found()) }
 }
 
 pub async fn show(
@@ -170,25 +180,52 @@ pub async fn show(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<SessionView>, ApiError> {
-    let id = owned_session(&state, &caller, &id)?;
-    state.sessions.view(&id).map(Json).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such session"))
+    let id = owned_session(&state, &caller, &id).await?;
+    let view = state.sessions.view(&id).await.map_err(ApiError::sessions)?;
+    view.map(Json).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such session"))
 }
+
+/// How long the API waits for another node to carry out a cancel it forwarded.
+const FORWARDED_CANCEL_WAIT: Duration = Duration::from_secs(3);
 
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<SessionView>, ApiError> {
-    let id = owned_session(&state, &caller, &id)?;
-    match state.sessions.cancel(&id) {
-        Ok(v) => {
+    let id = owned_session(&state, &caller, &id).await?;
+    let view = match state.sessions.cancel(&id).await.map_err(ApiError::sessions)? {
+        Reach::Here(view) => {
             state.calls.tell_session(&id, Command::Cancel);
-            tracing::info!(session = id.as_str(), key = caller.key_id, "session cancelled");
-            caller.audit(&state, "session.cancel", "cancelled", id.as_str()).await;
-            Ok(Json(v))
+            view
         }
-        Err(SessionError::NotFound) => Err(ApiError::new(StatusCode::NOT_FOUND, "no such session")),
-        Err(e) => Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),
+        Reach::HeldBy(node) => {
+            forward(&state.node, node, &id, SessionCommand::Cancel).await.map_err(ApiError::sessions)?;
+            wait_until_final(&state, &id).await?
+        }
+    };
+    tracing::info!(session = id.as_str(), key = caller.key_id, "session cancelled");
+    caller.audit(&state, "session.cancel", "cancelled", id.as_str()).await;
+    Ok(Json(view))
+}
+
+/// The view once the node holding the call has ended the session, which it does within
+/// milliseconds of hearing the command.
+async fn wait_until_final(state: &AppState, id: &SessionId) -> Result<SessionView, ApiError> {
+    let deadline = tokio::time::Instant::now() + FORWARDED_CANCEL_WAIT;
+    loop {
+        let view = state.sessions.view(id).await.map_err(ApiError::sessions)?;
+        let view = view.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such session"))?;
+        if view.state.is_final() {
+            return Ok(view);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "the node holding the call did not confirm the cancel in time",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
@@ -197,19 +234,27 @@ pub async fn restart_field(
     caller: Caller,
     Path((id, field)): Path<(String, String)>,
 ) -> Result<Json<SessionView>, ApiError> {
-    let id = owned_session(&state, &caller, &id)?;
+    let id = owned_session(&state, &caller, &id).await?;
     let field: FieldName = serde_json::from_value(serde_json::Value::String(field))
         .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "no such field: pan, expiry or cvv"))?;
-    match state.sessions.restart_field(&id, field) {
-        Ok(v) => {
+    let view = match state.sessions.restart_field(&id, field).await.map_err(ApiError::sessions)? {
+        Reach::Here(view) => {
             // A race with the caller's own keys can make it moot, which is harmless.
             state.calls.tell_session(&id, Command::RestartField(field));
-            caller.audit(&state, "session.field_restart", "requested", id.as_str()).await;
-            Ok(Json(v))
+            view
         }
-        Err(SessionError::NotFound) => Err(ApiError::new(StatusCode::NOT_FOUND, "no such session")),
-        Err(e) => Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),
-    }
+        Reach::HeldBy(node) => {
+            forward(&state.node, node, &id, SessionCommand::RestartField(field)).await.map_err(ApiError::sessions)?;
+            state
+                .sessions
+                .view(&id)
+                .await
+                .map_err(ApiError::sessions)?
+                .ok_or_else(|| ApiError::sessions(SessionError::NotFound))?
+        }
+    };
+    caller.audit(&state, "session.field_restart", "requested", id.as_str()).await;
+    Ok(Json(view))
 }
 
 /// The largest WebSocket message or frame a client may send; a larger one ends the stream.
@@ -221,13 +266,10 @@ pub async fn events(
     Path(id): Path<String>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let id = owned_session(&state, &caller, &id)?;
+    let id = owned_session(&state, &caller, &id).await?;
     let ws =
         ws.map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "this route is a WebSocket: send an upgrade request"))?;
-    let (view, rx) = state.sessions.subscribe(&id).map_err(|e| match e {
-        SessionError::TooManySubscribers => ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
-        _ => ApiError::new(StatusCode::NOT_FOUND, "no such session"),
-    })?;
+    let (view, rx) = state.sessions.subscribe(&id).await.map_err(ApiError::sessions)?;
     // Clients only close or ping: nothing they send needs more than a few bytes. A browser
     // that sent its key as the `bearer.…` subprotocol is answered with `tonewall`.
     let ws = ws.max_message_size(MAX_CLIENT_MESSAGE).max_frame_size(MAX_CLIENT_MESSAGE).protocols(["tonewall"]);
@@ -252,7 +294,7 @@ async fn stream(
                     if socket.send(Message::Text(text.into())).await.is_err() {
                         return;
                     }
-                    if u.event == Change::CallEnded {
+                    if matches!(u.event, Change::CallEnded | Change::NodeLost) {
                         let _ = socket.send(Message::Close(None)).await;
                         return;
                     }

@@ -143,8 +143,12 @@ impl CallTask {
     async fn finish_recording(&mut self, r: Recorder) {
         let Some(writer) = r.writer else { return };
         let session = self.session.as_ref().map_or("", SessionId::as_str);
-        let reference =
-            self.session.as_ref().and_then(|s| self.shared.sessions.view(s)).map(|v| v.reference).unwrap_or_default();
+        let reference = self
+            .session
+            .as_ref()
+            .and_then(|s| self.shared.sessions.held_view(s))
+            .map(|v| v.reference)
+            .unwrap_or_default();
         let spans = self.call.masked_spans();
         let call_id = self.call.caller_call_id().to_string();
         match writer.finish(self.shared.vault.pool(), &call_id, session, &reference, &spans).await {
@@ -208,7 +212,7 @@ impl CallTask {
     fn start_capture(&mut self, request: CaptureRequest) {
         let CaptureRequest { session, fields, reply } = request;
         let running =
-            self.session.as_ref().and_then(|s| self.shared.sessions.view(s)).is_some_and(|v| !v.state.is_final());
+            self.session.as_ref().and_then(|s| self.shared.sessions.held_view(s)).is_some_and(|v| !v.state.is_final());
         let answer = if running {
             Err(CaptureRefused::Busy)
         } else {
@@ -236,7 +240,7 @@ impl CallTask {
         let cmd = self.cmd_tx.clone();
         let origin = format!("sip:{}", self.call.caller_flow().remote);
         tokio::spawn(async move {
-            let reference = shared.sessions.view(&session).map(|v| v.reference).unwrap_or_default();
+            let reference = shared.sessions.held_view(&session).map(|v| v.reference).unwrap_or_default();
             let actor_id = format!("call:{}", session.as_str());
             let actor = Actor { id: &actor_id, role: ActorRole::Call, origin: &origin };
             let completion = Completion { session_id: session.as_str(), reference: &reference };

@@ -19,7 +19,7 @@ use crate::endpoint::{Admission, EndpointEvent};
 use crate::media::srtp::MasterKey;
 use crate::metrics::Setup;
 use crate::owner::{Owner, Team};
-use crate::session::SessionId;
+use crate::session::{SessionError, SessionId};
 use crate::sip::message::{self, Request};
 use crate::sip::stream::{Flow, Transport};
 use crate::targets::{self, AllowedTargets};
@@ -124,7 +124,7 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, admission: Admission
         captures,
         owner: match &admitted {
             Admitted::Inline(route) => Owner::Route { team: Team::named(&route.team) },
-            Admitted::Session(s) => shared.sessions.owner(s).unwrap_or(Owner::Unclaimed),
+            Admitted::Session(s) => shared.sessions.owner(s).await.ok().flatten().unwrap_or(Owner::Unclaimed),
         },
     };
     shared.calls.insert(id.clone(), new);
@@ -211,10 +211,17 @@ async fn call_mode(shared: &Arc<Shared>, admitted: &Admitted) -> Result<Mode, (S
         },
         Admitted::Session(id) => {
             // Unknown and already-used sessions get the same answer: no enumeration.
-            let a = shared
-                .sessions
-                .attach(id, shared.config.capture.max_attempts)
-                .map_err(|_| (Setup::SessionNotFound, 404, "Not Found"))?;
+            let a = shared.sessions.claim(id, shared.config.capture.max_attempts).await.map_err(|e| match e {
+                SessionError::Store(why) => {
+                    tracing::error!(
+                        session = id.as_str(),
+                        error = why,
+                        "session store unavailable: caller turned away"
+                    );
+                    (Setup::VaultUnavailable, 503, "Service Unavailable")
+                }
+                _ => (Setup::SessionNotFound, 404, "Not Found"),
+            })?;
             let agent = match (a.agent_uri, &a.after_capture) {
                 (Some(uri), AfterCapture::Bridge) => {
                     match reach(shared, &uri, Some(&shared.config.sip.allowed_targets)).await {

@@ -2,6 +2,7 @@
 //! the wiring that starts and stops them together.
 
 mod call_task;
+pub mod cluster;
 mod endpoint;
 pub mod http;
 pub mod ports;
@@ -24,7 +25,7 @@ use crate::api::{self, AppState};
 use crate::call::Command;
 use crate::calls::Calls;
 use crate::config::Config;
-use crate::session::Sessions;
+use crate::session::{NodeId, Sessions};
 use crate::vault::{Vault, VaultError, VaultOptions, audit, webhook};
 use ports::PortPool;
 pub use shared::Shared;
@@ -101,7 +102,8 @@ impl Server {
         let sip_host =
             if config.sip.public_host.is_empty() { sip_addr.to_string() } else { config.sip.public_host.clone() };
         let ports = PortPool::new(sip_addr.ip(), config.media.rtp_port_min, config.media.rtp_port_max);
-        let sessions = Arc::new(Sessions::default());
+        let node = NodeId::new();
+        let sessions = Arc::new(Sessions::new(vault.pool().clone(), vault.backend(), node));
         let calls = Arc::new(Calls::default());
         let tls_ca = Some(config.sip.tls_ca.as_path()).filter(|p| !p.as_os_str().is_empty());
         let tls_connector = tls::tls_connector(tls_ca)?;
@@ -114,6 +116,11 @@ impl Server {
         ));
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(endpoint::run(shared.clone(), stop_rx.clone())));
+        tasks.push(tokio::spawn(cluster::keep_lease(shared.clone(), stop_rx.clone())));
+        if shared.vault.backend() == crate::vault::store::Backend::Postgres {
+            let url = shared.config.storage.database_url.clone();
+            tasks.push(tokio::spawn(cluster::listen(shared.clone(), url, stop_rx.clone())));
+        }
         if let Some(l) = tcp {
             tasks.push(tokio::spawn(transport::listen(shared.clone(), l, None, stop_rx.clone())));
         }
@@ -185,7 +192,9 @@ impl Server {
                     return;
                 }
                 purge_vault.purge_security_codes(now);
-                sessions.forget_older_than(SESSION_RETENTION, now);
+                if let Err(e) = sessions.forget_older_than(SESSION_RETENTION, now).await {
+                    tracing::warn!(error = %e, "old sessions not forgotten");
+                }
                 purge_web.purge(now);
             }
         }));
@@ -239,6 +248,8 @@ impl Server {
         while self.shared.active_calls() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // The views the calls left are in the database before the node goes.
+        self.shared.sessions.flush().await;
         let left = format!("{} calls still up after the grace period", self.shared.active_calls());
         let event = audit::Event { detail: &left, ..SYSTEM.did("service.stop", "stopped", env!("CARGO_PKG_VERSION")) };
         if let Err(e) = self.shared.vault.audit(&event).await {

@@ -142,8 +142,12 @@ impl Shared {
             let ep = self.endpoint();
             (ep.admitting() != Admitting::Open, ep.refusals(), ep.active_calls())
         };
+        let counts = self.sessions.count_by_state().await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "session counts unreadable for /metrics");
+            Default::default()
+        });
         let mut sessions: Vec<(&'static str, usize)> =
-            self.sessions.count_by_state().into_iter().map(|(state, n)| (state.as_str(), n)).collect();
+            counts.into_iter().map(|(state, n)| (state.as_str(), n)).collect();
         sessions.sort_unstable();
         let (webhook_queue, oldest) = match crate::vault::webhook::queue(self.vault.pool()).await {
             Ok((n, oldest)) => (usize::try_from(n).unwrap_or(0), oldest),

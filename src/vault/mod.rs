@@ -65,7 +65,7 @@ pub enum VaultError {
 }
 
 /// What the agent, the processor webhook and the session result may see of a stored card.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct TokenRecord {
     pub token: String,
     pub brand: Brand,

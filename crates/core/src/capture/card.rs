@@ -35,7 +35,7 @@ pub enum CardError {
 }
 
 /// Card brands we accept, lowercase in JSON as the API promises.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Brand {
     Visa,

@@ -2,11 +2,11 @@
 //! masks, never a digit. The collector owns this; the session registry only stores the
 //! latest copy the call reports (`CallEvent::Progress`).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::collector::{FieldName, masked_pan};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FieldState {
     Pending,
@@ -15,7 +15,7 @@ pub enum FieldState {
     Failed,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FieldProgress {
     pub name: FieldName,
     pub state: FieldState,

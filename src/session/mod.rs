@@ -1,0 +1,986 @@
+//! Payment sessions: what an agent creates, a transferred call fills in, and the API and
+//! WebSocket show. Views carry masked progress only (dots and at most the last four digits).
+//!
+//! A session lives in the vault's database (`store`), so every node sharing the vault answers
+//! for it. The node whose call claimed it holds it in memory too and is its only writer: each
+//! change goes to that node's subscribers at once and to the database behind it (one
+//! transaction per batch), and on PostgreSQL to the other nodes' subscribers by `NOTIFY` sent
+//! in the same transaction. Sessions no call holds (waiting, or ended) are read from the
+//! database.
+
+pub mod store;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sqlx::AnyPool;
+use thiserror::Error;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::call::{AfterCapture, CallEvent, EndReason};
+use crate::capture::collector::FieldName;
+use crate::capture::progress;
+pub use crate::capture::progress::{FieldProgress, FieldState};
+use crate::endpoint::SESSION_PREFIX;
+use crate::owner::{Owner, Team};
+use crate::vault::TokenRecord;
+use crate::vault::store::Backend;
+
+/// A session id: 32 lowercase hex digits (a v4 UUID without dashes).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SessionId(String);
+
+impl SessionId {
+    pub fn new() -> SessionId {
+        SessionId(uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    /// Accepts only the shape we issue, so nothing else reaches a lookup or a log.
+    pub fn parse(s: &str) -> Option<SessionId> {
+        (s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+            .then(|| SessionId(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The Request-URI user part a PBX transfers the caller to.
+    pub fn sip_user(&self) -> String {
+        format!("{SESSION_PREFIX}{}", self.0)
+    }
+
+    pub fn from_sip_user(user: &str) -> Option<SessionId> {
+        user.strip_prefix(SESSION_PREFIX).and_then(SessionId::parse)
+    }
+}
+
+impl Default for SessionId {
+    fn default() -> Self {
+        SessionId::new()
+    }
+}
+
+/// One running tonewall process: a new id at each start, so a restarted node never answers
+/// for the calls its previous life held.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct NodeId(String);
+
+impl NodeId {
+    pub fn new() -> NodeId {
+        NodeId(uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    pub fn from_stored(s: String) -> NodeId {
+        NodeId(s)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for NodeId {
+    fn default() -> Self {
+        NodeId::new()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionState {
+    Waiting,
+    Capturing,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl SessionState {
+    pub const ALL: [SessionState; 5] = [
+        SessionState::Waiting,
+        SessionState::Capturing,
+        SessionState::Completed,
+        SessionState::Failed,
+        SessionState::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Waiting => "waiting",
+            SessionState::Capturing => "capturing",
+            SessionState::Completed => "completed",
+            SessionState::Failed => "failed",
+            SessionState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SessionState> {
+        SessionState::ALL.into_iter().find(|state| state.as_str() == s)
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, SessionState::Completed | SessionState::Failed | SessionState::Cancelled)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionView {
+    pub id: SessionId,
+    pub state: SessionState,
+    pub reference: String,
+    pub transfer_uri: String,
+    pub agent_connected: bool,
+    /// What happens to the caller after capture.
+    pub after_capture: AfterCaptureKind,
+    /// The caller has put the call on hold.
+    pub on_hold: bool,
+    /// The caller was transferred back (REFER accepted and the transfer succeeded).
+    pub transferred: bool,
+    /// As the call's collector last reported it.
+    pub fields: Vec<FieldProgress>,
+    pub result: Option<TokenRecord>,
+    pub error: Option<String>,
+    /// Why a failed session failed, as a stable code (`too_many_attempts`, `caller_hung_up`,
+    /// `call_ended`, `node_lost`, …).
+    pub reason: Option<String>,
+}
+
+/// What happens to the caller after capture, as the view shows it (the transfer URI stays
+/// with the session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AfterCaptureKind {
+    Bridge,
+    Transfer,
+    Hangup,
+}
+
+/// What changed, as the WebSocket names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    CallStarted,
+    AgentConnected,
+    AgentDisconnected,
+    Digit,
+    FieldRestarted,
+    FieldRejected,
+    FieldDone,
+    Tokenizing,
+    CallerReplaced,
+    Failed,
+    Cancelled,
+    Completed,
+    Hold,
+    Resumed,
+    Transferring,
+    TransferFailed,
+    CallEnded,
+    /// The node holding the call stopped renewing its lease (`src/runtime/cluster.rs`).
+    NodeLost,
+}
+
+/// One change, as sent on the WebSocket: what happened and the session after it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionUpdate {
+    pub event: Change,
+    pub session: SessionView,
+}
+
+/// Open event streams one session may have (the agent's desktop, a supervisor, a retry).
+pub const MAX_SUBSCRIBERS: usize = 8;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum SessionError {
+    #[error("no such session")]
+    NotFound,
+    #[error("this session already has {MAX_SUBSCRIBERS} event subscribers")]
+    TooManySubscribers,
+    #[error("session is {0:?}, not waiting for a call")]
+    NotWaiting(SessionState),
+    #[error("session already ended ({0:?})")]
+    Final(SessionState),
+    #[error("session is {0:?}, not capturing")]
+    NotCapturing(SessionState),
+    #[error("the session does not ask for this field")]
+    FieldNotRequested,
+    #[error("the caller has not reached this field yet")]
+    FieldNotReached,
+    #[error("the session store is unavailable: {0}")]
+    Store(String),
+    #[error("the node holding this session's call is gone; the session will show failed (node_lost)")]
+    HolderGone,
+}
+
+/// What the holding node keeps of a session whose call it has.
+struct Entry {
+    view: SessionView,
+    agent_uri: Option<String>,
+    after_capture: AfterCapture,
+    /// Who may see and change it (`crate::owner`).
+    owner: Owner,
+    /// A call is bound and has not ended yet: the entry outlives `forget_older_than`. How
+    /// to reach that call is the calls registry's fact (`Calls::tell_session`).
+    call_live: bool,
+    created: Instant,
+}
+
+/// How embed tokens begin (API keys begin `twk_`).
+pub const EMBED_PREFIX: &str = "twe_";
+
+fn embed_hash(token: &str) -> String {
+    use sha2::Digest as _;
+    crate::vault::crypto::hex(&sha2::Sha256::digest(token.as_bytes()))
+}
+
+pub fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// What a session is made of when the API creates it.
+#[derive(Debug)]
+pub struct NewSession {
+    pub fields: Vec<FieldName>,
+    pub reference: String,
+    pub agent_uri: Option<String>,
+    pub after_capture: AfterCapture,
+    pub owner: Owner,
+}
+
+/// Where a command for a session was carried out, or must go.
+#[derive(Debug)]
+pub enum Reach {
+    /// Here: the session as it is now (the caller tells this node's call, if any).
+    Here(SessionView),
+    /// Another node's call holds the session: the command goes to it.
+    HeldBy(NodeId),
+}
+
+/// A change the holder has made, on its way to the database (and the other nodes).
+enum Pending {
+    View { id: SessionId, state: SessionState, view: String },
+    Notice(String),
+    Flush(oneshot::Sender<()>),
+}
+
+/// What another node learns of a change, by `NOTIFY`.
+#[derive(Serialize, Deserialize)]
+pub struct Notice {
+    pub origin: NodeId,
+    pub update: SessionUpdate,
+}
+
+pub struct Sessions {
+    node: NodeId,
+    pool: AnyPool,
+    backend: Backend,
+    /// Sessions whose calls this node holds.
+    held: Mutex<HashMap<SessionId, Entry>>,
+    /// Subscribers on this node, per session, whoever holds it.
+    hubs: Mutex<HashMap<SessionId, broadcast::Sender<SessionUpdate>>>,
+    writes: mpsc::UnboundedSender<Pending>,
+}
+
+/// What a call needs from its session when it arrives.
+#[derive(Debug)]
+pub struct Attached {
+    pub fields: Vec<FieldName>,
+    pub agent_uri: Option<String>,
+    pub after_capture: AfterCapture,
+}
+
+/// Locks a mutex whose every critical section leaves its data consistent, so that a
+/// poisoned one is still good to use.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Sessions {
+    /// The registry of node `node`, on the vault's database; starts the task that writes
+    /// this node's changes behind it (in a Tokio runtime).
+    pub fn new(pool: AnyPool, backend: Backend, node: NodeId) -> Sessions {
+        let (writes, rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_behind(pool.clone(), node.clone(), rx));
+        Sessions { node, pool, backend, held: Mutex::default(), hubs: Mutex::default(), writes }
+    }
+
+    pub fn node(&self) -> &NodeId {
+        &self.node
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Stores a new session. `held_here` is for an inline call's capture: this node's call
+    /// holds it from the start, so no INVITE can claim it.
+    pub async fn create(&self, new: NewSession, sip_host: &str, held_here: bool) -> Result<SessionView, SessionError> {
+        let NewSession { fields, reference, agent_uri, after_capture, owner } = new;
+        let id = SessionId::new();
+        let view = SessionView {
+            transfer_uri: format!("sip:{}@{sip_host}", id.sip_user()),
+            id: id.clone(),
+            state: SessionState::Waiting,
+            reference,
+            agent_connected: false,
+            after_capture: kind_of(&after_capture),
+            on_hold: false,
+            transferred: false,
+            fields: fields.into_iter().map(|name| FieldProgress::pending(name, 0)).collect(),
+            result: None,
+            error: None,
+            reason: None,
+        };
+        let (owner_kind, owner_id, owner_team) = match &owner {
+            Owner::Principal { id, team } => ("principal", Some(id.clone()), team.as_ref().map(|t| t.0.clone())),
+            Owner::Route { team } => ("route", None, team.as_ref().map(|t| t.0.clone())),
+            Owner::Unclaimed => ("unclaimed", None, None),
+        };
+        let (after, transfer_target) = match &after_capture {
+            AfterCapture::Bridge => ("bridge", None),
+            AfterCapture::Transfer(uri) => ("transfer", Some(uri.clone())),
+            AfterCapture::Hangup => ("hangup", None),
+        };
+        let now = SystemTime::now();
+        let row = store::Row {
+            id: id.as_str().to_string(),
+            state: SessionState::Waiting.as_str().to_string(),
+            node: held_here.then(|| self.node.as_str().to_string()),
+            owner_kind: owner_kind.into(),
+            owner_id,
+            owner_team,
+            agent_uri: agent_uri.clone(),
+            after_capture: after.into(),
+            transfer_target,
+            view: to_json(&view),
+            created_ms: unix_ms(now),
+        };
+        store::insert(&self.pool, &row, unix_ms(now)).await?;
+        if held_here {
+            let entry = Entry {
+                view: view.clone(),
+                agent_uri,
+                after_capture,
+                owner,
+                call_live: false,
+                created: Instant::now(),
+            };
+            lock(&self.held).insert(id, entry);
+        }
+        Ok(view)
+    }
+
+    /// A new embed token for the session, good until `until` for this session alone (view,
+    /// events, cancel, field restart); it replaces any earlier one. Only its hash is kept.
+    pub async fn embed_token(&self, id: &SessionId, until: SystemTime) -> Result<Option<String>, SessionError> {
+        let token = format!("{EMBED_PREFIX}{}", crate::vault::token::random_base62(40));
+        let stored = store::set_embed(&self.pool, id.as_str(), &embed_hash(&token), unix_ms(until)).await?;
+        Ok(stored.then_some(token))
+    }
+
+    /// The session an embed token opens, while it has not expired.
+    pub async fn embedded(&self, token: &str, now: SystemTime) -> Result<Option<SessionId>, SessionError> {
+        if token.len() > 64 {
+            return Ok(None);
+        }
+        let found = store::embedded(&self.pool, &embed_hash(token), unix_ms(now)).await?;
+        Ok(found.and_then(|id| SessionId::parse(&id)))
+    }
+
+    /// Whose the session is, if it exists.
+    pub async fn owner(&self, id: &SessionId) -> Result<Option<Owner>, SessionError> {
+        if let Some(e) = lock(&self.held).get(id) {
+            return Ok(Some(e.owner.clone()));
+        }
+        Ok(store::load(&self.pool, id.as_str()).await?.map(|row| owner_of(&row)))
+    }
+
+    /// How many sessions (kept for `SESSION_RETENTION`, on every node) are in each state.
+    pub async fn count_by_state(&self) -> Result<HashMap<SessionState, usize>, SessionError> {
+        let rows = store::count_by_state(&self.pool).await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(state, n)| Some((SessionState::parse(&state)?, usize::try_from(n).unwrap_or(0))))
+            .collect())
+    }
+
+    /// The view of a session this node's call holds (the call's task reads it).
+    pub fn held_view(&self, id: &SessionId) -> Option<SessionView> {
+        lock(&self.held).get(id).map(|e| e.view.clone())
+    }
+
+    pub async fn view(&self, id: &SessionId) -> Result<Option<SessionView>, SessionError> {
+        if let Some(e) = lock(&self.held).get(id) {
+            return Ok(Some(e.view.clone()));
+        }
+        match store::load(&self.pool, id.as_str()).await? {
+            Some(row) => Ok(Some(from_json(&row.view)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The view and its changes from now on, whichever node holds the call; at most
+    /// `MAX_SUBSCRIBERS` at once on this node, so one client cannot make every change be
+    /// serialized and sent a thousand times.
+    pub async fn subscribe(
+        &self,
+        id: &SessionId,
+    ) -> Result<(SessionView, broadcast::Receiver<SessionUpdate>), SessionError> {
+        // Subscribed before the view is read, so no change falls between the two.
+        let rx = {
+            let mut hubs = lock(&self.hubs);
+            let hub = hubs.entry(id.clone()).or_insert_with(|| broadcast::channel(32).0);
+            if hub.receiver_count() >= MAX_SUBSCRIBERS {
+                return Err(SessionError::TooManySubscribers);
+            }
+            hub.subscribe()
+        };
+        match self.view(id).await? {
+            Some(view) => Ok((view, rx)),
+            None => Err(SessionError::NotFound),
+        }
+    }
+
+    /// Claims a waiting session for a call that reached this node: one conditional UPDATE,
+    /// so of two INVITEs for one session, on any nodes, exactly one gets it.
+    pub async fn claim(&self, id: &SessionId, max_attempts: u8) -> Result<Attached, SessionError> {
+        let row = store::load(&self.pool, id.as_str()).await?.ok_or(SessionError::NotFound)?;
+        let mut view: SessionView = from_json(&row.view)?;
+        if view.state != SessionState::Waiting || row.node.is_some() {
+            return Err(SessionError::NotWaiting(view.state));
+        }
+        let names: Vec<FieldName> = view.fields.iter().map(|f| f.name).collect();
+        view.state = SessionState::Capturing;
+        // How the collector the call is about to start will report it.
+        view.fields = progress::initial(&names, max_attempts);
+        if !store::claim(&self.pool, id.as_str(), self.node.as_str(), &to_json(&view), unix_ms(SystemTime::now()))
+            .await?
+        {
+            return Err(SessionError::NotWaiting(SessionState::Capturing));
+        }
+        let after_capture = after_capture_of(&row);
+        let entry = Entry {
+            view,
+            agent_uri: row.agent_uri.clone(),
+            after_capture: after_capture.clone(),
+            owner: owner_of(&row),
+            call_live: true,
+            created: Instant::now(),
+        };
+        self.publish(id, &entry.view, Change::CallStarted);
+        lock(&self.held).insert(id.clone(), entry);
+        Ok(Attached { fields: names, agent_uri: row.agent_uri, after_capture })
+    }
+
+    /// Binds an inline call's capture to the session made for it here (`create` with
+    /// `held_here`).
+    pub fn attach(&self, id: &SessionId, max_attempts: u8) -> Result<Attached, SessionError> {
+        let mut held = lock(&self.held);
+        let e = held.get_mut(id).ok_or(SessionError::NotFound)?;
+        if e.view.state != SessionState::Waiting {
+            return Err(SessionError::NotWaiting(e.view.state));
+        }
+        e.call_live = true;
+        e.view.state = SessionState::Capturing;
+        let fields: Vec<FieldName> = e.view.fields.iter().map(|f| f.name).collect();
+        e.view.fields = progress::initial(&fields, max_attempts);
+        self.publish(id, &e.view, Change::CallStarted);
+        Ok(Attached { fields, agent_uri: e.agent_uri.clone(), after_capture: e.after_capture.clone() })
+    }
+
+    /// Cancels a session: here if this node holds it or nobody does; else says who does.
+    pub async fn cancel(&self, id: &SessionId) -> Result<Reach, SessionError> {
+        // Twice at most: a call may claim the session between the read and the update.
+        for _ in 0..2 {
+            if lock(&self.held).contains_key(id) {
+                return self.cancel_held(id).map(Reach::Here);
+            }
+            let row = store::load(&self.pool, id.as_str()).await?.ok_or(SessionError::NotFound)?;
+            let mut view: SessionView = from_json(&row.view)?;
+            if view.state.is_final() {
+                return Err(SessionError::Final(view.state));
+            }
+            if let Some(node) = row.node {
+                return Ok(Reach::HeldBy(NodeId(node)));
+            }
+            view.state = SessionState::Cancelled;
+            if store::cancel_waiting(&self.pool, id.as_str(), &to_json(&view), unix_ms(SystemTime::now())).await? {
+                self.announce(&view, Change::Cancelled);
+                return Ok(Reach::Here(view));
+            }
+        }
+        Err(SessionError::Store("the session changed twice while it was being cancelled".into()))
+    }
+
+    /// Cancels a session this node's call holds; the caller tells the call to stop.
+    pub fn cancel_held(&self, id: &SessionId) -> Result<SessionView, SessionError> {
+        let mut held = lock(&self.held);
+        let e = held.get_mut(id).ok_or(SessionError::NotFound)?;
+        if e.view.state.is_final() {
+            return Err(SessionError::Final(e.view.state));
+        }
+        e.view.state = SessionState::Cancelled;
+        self.publish(id, &e.view, Change::Cancelled);
+        Ok(e.view.clone())
+    }
+
+    /// Checks that the agent may ask the caller again for `field` (and the fields after it),
+    /// and says where the call is that must be told.
+    pub async fn restart_field(&self, id: &SessionId, field: FieldName) -> Result<Reach, SessionError> {
+        let (view, holder) = match lock(&self.held).get(id) {
+            Some(e) => (Some(e.view.clone()), None),
+            None => (None, None::<String>),
+        };
+        let (view, holder) = match view {
+            Some(v) => (v, holder),
+            None => {
+                let row = store::load(&self.pool, id.as_str()).await?.ok_or(SessionError::NotFound)?;
+                (from_json::<SessionView>(&row.view)?, row.node)
+            }
+        };
+        if view.state != SessionState::Capturing {
+            return Err(SessionError::NotCapturing(view.state));
+        }
+        let f = view.fields.iter().find(|f| f.name == field).ok_or(SessionError::FieldNotRequested)?;
+        if f.state == FieldState::Pending {
+            return Err(SessionError::FieldNotReached);
+        }
+        Ok(match holder {
+            Some(node) if node != self.node.0 => Reach::HeldBy(NodeId(node)),
+            _ => Reach::Here(view),
+        })
+    }
+
+    /// Applies what a call reported. Card data never passes here: only counts and masks.
+    pub fn apply(&self, id: &SessionId, event: &CallEvent) {
+        let mut held = lock(&self.held);
+        let Some(e) = held.get_mut(id) else { return };
+        let name = match event {
+            CallEvent::Answered => return,
+            CallEvent::AgentAnswered => {
+                e.view.agent_connected = true;
+                Change::AgentConnected
+            }
+            CallEvent::AgentUnavailable { .. } | CallEvent::AgentHungUp => {
+                e.view.agent_connected = false;
+                Change::AgentDisconnected
+            }
+            CallEvent::Progress { fields } => {
+                // Published with the event of the same change, which comes next.
+                e.view.fields = fields.clone();
+                return;
+            }
+            CallEvent::DigitEntered { .. } => Change::Digit,
+            CallEvent::FieldRestarted { .. } => Change::FieldRestarted,
+            CallEvent::FieldRejected { reason, .. } => {
+                e.view.error = Some(reason.to_string());
+                Change::FieldRejected
+            }
+            CallEvent::FieldDone { .. } => {
+                e.view.error = None;
+                Change::FieldDone
+            }
+            CallEvent::CardCaptured(_) => Change::Tokenizing,
+            CallEvent::CallerReplaced { .. } => Change::CallerReplaced,
+            CallEvent::Completed => return,
+            CallEvent::CaptureFailed { reason } => {
+                if e.view.state.is_final() {
+                    return;
+                }
+                e.view.state = SessionState::Failed;
+                e.view.error = Some(reason.to_string());
+                e.view.reason = Some(reason.code().to_string());
+                Change::Failed
+            }
+            CallEvent::Cancelled => return,
+            CallEvent::Hold { on } => {
+                e.view.on_hold = *on;
+                if *on { Change::Hold } else { Change::Resumed }
+            }
+            CallEvent::Transferring => Change::Transferring,
+            CallEvent::TransferFailed { status } => {
+                e.view.error = Some(format!("the transfer back failed ({status})"));
+                Change::TransferFailed
+            }
+            CallEvent::Ended(reason) => {
+                if *reason == EndReason::Transferred {
+                    e.view.transferred = true;
+                }
+                e.call_live = false;
+                e.view.agent_connected = false;
+                if !e.view.state.is_final() {
+                    e.view.state = SessionState::Failed;
+                    e.view.error = Some("the call ended before the card was captured".into());
+                    e.view.reason = Some("call_ended".into());
+                }
+                Change::CallEnded
+            }
+        };
+        self.publish(id, &e.view, name);
+    }
+
+    pub fn complete(&self, id: &SessionId, result: TokenRecord) {
+        let mut held = lock(&self.held);
+        let Some(e) = held.get_mut(id) else { return };
+        if e.view.state == SessionState::Capturing {
+            e.view.state = SessionState::Completed;
+            e.view.result = Some(result);
+            e.view.error = None;
+            self.publish(id, &e.view, Change::Completed);
+        }
+    }
+
+    /// Fails the captures a lost node held, unless another node did first; returns the
+    /// sessions this node failed.
+    pub async fn fail_lost(&self, lost: &NodeId) -> Result<Vec<SessionId>, SessionError> {
+        let mut failed = Vec::new();
+        for row in store::capturing_on(&self.pool, lost.as_str()).await? {
+            let mut view: SessionView = from_json(&row.view)?;
+            view.state = SessionState::Failed;
+            view.agent_connected = false;
+            view.error = Some("the node holding the call stopped answering".into());
+            view.reason = Some("node_lost".into());
+            if store::fail_lost(&self.pool, &row.id, lost.as_str(), &to_json(&view), unix_ms(SystemTime::now())).await?
+            {
+                self.announce(&view, Change::NodeLost);
+                failed.push(view.id);
+            }
+        }
+        Ok(failed)
+    }
+
+    /// A change another node made, as its `NOTIFY` told it.
+    pub fn deliver(&self, notice: Notice) {
+        if notice.origin == self.node {
+            return;
+        }
+        if let Some(hub) = lock(&self.hubs).get(&notice.update.session.id) {
+            let _ = hub.send(notice.update);
+        }
+    }
+
+    /// Forgets, in memory, held sessions older than `age` whose calls have ended, and hubs
+    /// nobody listens to; in the database, sessions older than `age` that no call holds.
+    pub async fn forget_older_than(&self, age: Duration, now: Instant) -> Result<u64, SessionError> {
+        lock(&self.held).retain(|_, e| e.call_live || now.saturating_duration_since(e.created) < age);
+        lock(&self.hubs).retain(|_, hub| hub.receiver_count() > 0);
+        let cutoff = SystemTime::now().checked_sub(age).unwrap_or(UNIX_EPOCH);
+        store::forget_before(&self.pool, unix_ms(cutoff)).await
+    }
+
+    /// Returns once every change made so far is in the database.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.writes.send(Pending::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// A held session changed: its subscribers here hear it now; the database and the
+    /// other nodes right behind.
+    fn publish(&self, id: &SessionId, view: &SessionView, event: Change) {
+        let update = SessionUpdate { event, session: view.clone() };
+        let _ = self.writes.send(Pending::View { id: id.clone(), state: view.state, view: to_json(view) });
+        self.send_notice(&update);
+        if let Some(hub) = lock(&self.hubs).get(id) {
+            let _ = hub.send(update);
+        }
+    }
+
+    /// A change already stored (a cancelled waiting session, a lost node's capture): only
+    /// subscribers need to hear it.
+    fn announce(&self, view: &SessionView, event: Change) {
+        let update = SessionUpdate { event, session: view.clone() };
+        self.send_notice(&update);
+        if let Some(hub) = lock(&self.hubs).get(&view.id) {
+            let _ = hub.send(update);
+        }
+    }
+
+    fn send_notice(&self, update: &SessionUpdate) {
+        if self.backend == Backend::Postgres {
+            let notice = Notice { origin: self.node.clone(), update: update.clone() };
+            let _ = self.writes.send(Pending::Notice(to_json(&notice)));
+        }
+    }
+}
+
+fn kind_of(after: &AfterCapture) -> AfterCaptureKind {
+    match after {
+        AfterCapture::Bridge => AfterCaptureKind::Bridge,
+        AfterCapture::Transfer(_) => AfterCaptureKind::Transfer,
+        AfterCapture::Hangup => AfterCaptureKind::Hangup,
+    }
+}
+
+fn owner_of(row: &store::Row) -> Owner {
+    let team = row.owner_team.as_deref().and_then(Team::named);
+    match (row.owner_kind.as_str(), &row.owner_id) {
+        ("principal", Some(id)) => Owner::Principal { id: id.clone(), team },
+        ("route", _) => Owner::Route { team },
+        _ => Owner::Unclaimed,
+    }
+}
+
+fn after_capture_of(row: &store::Row) -> AfterCapture {
+    match (row.after_capture.as_str(), &row.transfer_target) {
+        ("bridge", _) => AfterCapture::Bridge,
+        ("transfer", Some(uri)) => AfterCapture::Transfer(uri.clone()),
+        _ => AfterCapture::Hangup,
+    }
+}
+
+fn to_json<T: Serialize>(value: &T) -> String {
+    // Plain structs of strings, numbers and enums: serializing cannot fail.
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, SessionError> {
+    serde_json::from_str(text).map_err(|e| SessionError::Store(format!("a stored session view does not parse: {e}")))
+}
+
+/// Largest batch one transaction writes.
+const MAX_BATCH: usize = 256;
+
+/// Writes the holder's changes behind it: whatever has queued up goes in one transaction,
+/// each session's latest view once, then the notices in order.
+async fn write_behind(pool: AnyPool, node: NodeId, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let mut writes: Vec<store::ViewWrite> = Vec::new();
+        let mut notices = Vec::new();
+        let mut flushed = Vec::new();
+        for p in batch {
+            match p {
+                Pending::View { id, state, view } => {
+                    writes.retain(|w| w.id != id.as_str());
+                    writes.push(store::ViewWrite { id: id.0, state: state.as_str(), view });
+                }
+                Pending::Notice(n) => notices.push(n),
+                Pending::Flush(tx) => flushed.push(tx),
+            }
+        }
+        if !writes.is_empty() || !notices.is_empty() {
+            write_batch(&pool, &node, &writes, &notices).await;
+        }
+        for tx in flushed {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A database that cannot be written is retried for a while; each later write carries the
+/// whole view, so a batch given up leaves the row behind, not wrong.
+async fn write_batch(pool: &AnyPool, node: &NodeId, writes: &[store::ViewWrite], notices: &[String]) {
+    let mut wait = Duration::from_millis(50);
+    for attempt in 1..=6 {
+        match store::write_views(pool, node.as_str(), writes, notices, unix_ms(SystemTime::now())).await {
+            Ok(lost) => {
+                for id in lost {
+                    tracing::warn!(
+                        session = id,
+                        "session no longer held by this node (its lease ran out): change not stored"
+                    );
+                }
+                return;
+            }
+            Err(e) if attempt < 6 => {
+                tracing::warn!(error = %e, attempt, "session changes not stored yet; retrying");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            Err(e) => tracing::error!(error = %e, sessions = writes.len(), "session changes not stored"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::card::YearMonth;
+    use crate::capture::collector::{Collector, CollectorConfig};
+    use crate::media::telephone_event::Key;
+    use crate::vault::testing::TestDatabase;
+
+    #[test]
+    fn session_ids_and_sip_users() {
+        let id = SessionId::new();
+        assert_eq!(SessionId::from_sip_user(&id.sip_user()), Some(id.clone()));
+        assert_eq!(SessionId::from_sip_user("pay-../../etc"), None);
+        assert_eq!(SessionId::parse("ABCDEF0123456789abcdef0123456789"), None);
+    }
+
+    /// Two nodes' registries on one vault database.
+    async fn two_nodes(db: &TestDatabase, dir: &std::path::Path) -> (crate::vault::Vault, Sessions, Sessions) {
+        let vault = crate::vault::Vault::open(db.options(dir)).await.unwrap();
+        let a = Sessions::new(vault.pool().clone(), vault.backend(), NodeId::new());
+        let b = Sessions::new(vault.pool().clone(), vault.backend(), NodeId::new());
+        (vault, a, b)
+    }
+
+    fn card_session(owner: Owner) -> NewSession {
+        NewSession {
+            fields: vec![FieldName::Pan, FieldName::Expiry],
+            reference: "order-1".into(),
+            agent_uri: None,
+            after_capture: AfterCapture::Hangup,
+            owner,
+        }
+    }
+
+    #[tokio::test]
+    async fn progress_is_masked_and_every_node_reads_it() {
+        for db in TestDatabase::both().await {
+            let dir = tempfile::tempdir().unwrap();
+            let (_vault, a, b) = two_nodes(&db, dir.path()).await;
+            let owner = Owner::Principal { id: "key-1".into(), team: Team::named("blue") };
+            let v = a.create(card_session(owner.clone()), "127.0.0.1:5060", false).await.unwrap();
+            assert!(v.transfer_uri.starts_with("sip:pay-"));
+            // Made through A, claimed by a call that reached B.
+            assert_eq!(b.owner(&v.id).await.unwrap(), Some(owner));
+            let attached = b.claim(&v.id, 3).await.unwrap();
+            assert_eq!(attached.fields, vec![FieldName::Pan, FieldName::Expiry]);
+            assert_eq!(attached.after_capture, AfterCapture::Hangup);
+            assert_eq!(a.claim(&v.id, 3).await.unwrap_err(), SessionError::NotWaiting(SessionState::Capturing));
+            // The view is what the call's collector reports, as the call forwards it.
+            let t = Instant::now();
+            let mut c = Collector::new(
+                attached.fields.clone(),
+                CollectorConfig::default(),
+                YearMonth { year: 2026, month: 12 },
+                t,
+            );
+            let key = |c: &mut Collector, ch| {
+                c.handle_key(Key::from_char(ch).unwrap(), t);
+                while c.poll_event().is_some() {}
+                b.apply(&v.id, &CallEvent::Progress { fields: c.progress() });
+            };
+            for ch in "411111".chars() {
+                key(&mut c, ch);
+            }
+            b.apply(&v.id, &CallEvent::DigitEntered { field: FieldName::Pan, count: 6 });
+            b.flush().await;
+            assert_eq!(a.view(&v.id).await.unwrap().unwrap().fields[0].masked, "•••• ••");
+            for ch in "1111111111#".chars() {
+                key(&mut c, ch);
+            }
+            b.apply(
+                &v.id,
+                &CallEvent::FieldDone {
+                    field: FieldName::Pan, masked: "•••• •••• •••• 1111".into()
+                },
+            );
+            b.flush().await;
+            let now = a.view(&v.id).await.unwrap().unwrap();
+            assert_eq!(now.fields[0].masked, "•••• •••• •••• 1111");
+            assert_eq!((now.fields[0].state, now.fields[1].state), (FieldState::Done, FieldState::Entering));
+            // A cancel through A must go to B, which holds the call.
+            assert!(matches!(a.cancel(&v.id).await.unwrap(), Reach::HeldBy(n) if n == *b.node()));
+            assert_eq!(b.cancel_held(&v.id).unwrap().state, SessionState::Cancelled);
+            assert_eq!(b.cancel_held(&v.id).unwrap_err(), SessionError::Final(SessionState::Cancelled));
+            b.apply(&v.id, &CallEvent::Ended(crate::call::EndReason::CallerHungUp));
+            b.flush().await;
+            assert_eq!(a.view(&v.id).await.unwrap().unwrap().state, SessionState::Cancelled);
+            assert_eq!(a.cancel(&v.id).await.unwrap_err(), SessionError::Final(SessionState::Cancelled));
+            // Nothing stored holds more than the last four digits.
+            let (stored,): (String,) = sqlx::query_as("SELECT view FROM sessions WHERE id = $1")
+                .bind(v.id.as_str())
+                .fetch_one(a.pool())
+                .await
+                .unwrap();
+            assert!(!stored.contains("411111"), "{stored}");
+            let later = Instant::now() + Duration::from_secs(7200);
+            b.forget_older_than(Duration::from_secs(3600), later).await.unwrap();
+            assert!(b.held_view(&v.id).is_none());
+            assert!(b.view(&v.id).await.unwrap().is_some(), "younger than an hour in the database");
+            assert_eq!(b.forget_older_than(Duration::ZERO, later).await.unwrap(), 1);
+            assert!(a.view(&v.id).await.unwrap().is_none());
+        }
+    }
+
+    /// Two INVITEs for one session at once, on two nodes: exactly one call gets it; and a
+    /// cancel racing a claim leaves the session either cancelled or held, never both.
+    #[tokio::test]
+    async fn a_session_is_claimed_exactly_once() {
+        for db in TestDatabase::both().await {
+            let dir = tempfile::tempdir().unwrap();
+            let (_vault, a, b) = two_nodes(&db, dir.path()).await;
+            for _ in 0..20 {
+                let v = a.create(card_session(Owner::Route { team: None }), "h", false).await.unwrap();
+                let (x, y) = tokio::join!(a.claim(&v.id, 3), b.claim(&v.id, 3));
+                assert_eq!(u8::from(x.is_ok()) + u8::from(y.is_ok()), 1, "{x:?} {y:?}");
+                let v = a.create(card_session(Owner::Route { team: None }), "h", false).await.unwrap();
+                let (claimed, cancelled) = tokio::join!(b.claim(&v.id, 3), a.cancel(&v.id));
+                match (claimed, cancelled) {
+                    (Ok(_), Ok(Reach::HeldBy(n))) => assert_eq!(n, *b.node()),
+                    (Ok(_), Err(SessionError::NotWaiting(_))) => {}
+                    (
+                        Err(SessionError::NotWaiting(SessionState::Cancelled | SessionState::Capturing)),
+                        Ok(Reach::Here(v)),
+                    ) => {
+                        assert_eq!(v.state, SessionState::Cancelled)
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            // An inline call's session is held from its start: no INVITE can claim it.
+            let v = a.create(card_session(Owner::Route { team: None }), "h", true).await.unwrap();
+            assert!(b.claim(&v.id, 3).await.is_err());
+            assert!(a.attach(&v.id, 3).is_ok());
+        }
+    }
+
+    /// A node found lost: its captures fail as node_lost, whatever it writes later is refused,
+    /// and embed tokens work from any node.
+    #[tokio::test]
+    async fn a_lost_nodes_captures_fail_and_stay_failed() {
+        for db in TestDatabase::both().await {
+            let dir = tempfile::tempdir().unwrap();
+            let (_vault, a, b) = two_nodes(&db, dir.path()).await;
+            let v = a.create(card_session(Owner::Route { team: None }), "h", false).await.unwrap();
+            let token = a.embed_token(&v.id, SystemTime::now() + Duration::from_secs(60)).await.unwrap().unwrap();
+            assert_eq!(b.embedded(&token, SystemTime::now()).await.unwrap(), Some(v.id.clone()));
+            assert_eq!(b.embedded(&token, SystemTime::now() + Duration::from_secs(61)).await.unwrap(), None);
+            assert_eq!(b.embedded("twe_nope", SystemTime::now()).await.unwrap(), None);
+            let waiting = a.create(card_session(Owner::Route { team: None }), "h", false).await.unwrap();
+            a.claim(&v.id, 3).await.unwrap();
+            let (_, mut events) = b.subscribe(&v.id).await.unwrap();
+            assert_eq!(b.fail_lost(a.node()).await.unwrap(), vec![v.id.clone()]);
+            assert_eq!(b.fail_lost(a.node()).await.unwrap(), vec![], "once");
+            let update = events.recv().await.unwrap();
+            assert_eq!((update.event, update.session.reason.as_deref()), (Change::NodeLost, Some("node_lost")));
+            // The lost node was only slow: what it writes now must not bring the capture back.
+            a.complete(
+                &v.id,
+                TokenRecord {
+                    token: "tok".into(),
+                    brand: crate::capture::card::Brand::Visa,
+                    last4: "1111".into(),
+                    expiry_month: None,
+                    expiry_year: None,
+                },
+            );
+            a.flush().await;
+            let now = b.view(&v.id).await.unwrap().unwrap();
+            assert_eq!((now.state, now.reason.as_deref(), now.result), (SessionState::Failed, Some("node_lost"), None));
+            assert_eq!(b.view(&waiting.id).await.unwrap().unwrap().state, SessionState::Waiting, "no call held it");
+            let counts = b.count_by_state().await.unwrap();
+            assert_eq!((counts[&SessionState::Failed], counts[&SessionState::Waiting]), (1, 1));
+        }
+    }
+}
