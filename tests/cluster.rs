@@ -1,14 +1,16 @@
 //! A cluster (issue 19): `scripts/cluster start 3` runs PostgreSQL, three tonewall nodes on
 //! 127.0.0.2-4 sharing one vault, and Kamailio on 127.0.0.1:5070 with the shipped
-//! `sip-config/kamailio/kamailio.cfg`. Every call goes through Kamailio: a session's call
-//! reaches the node that holds the session (the others answer 404 and the dispatcher tries
-//! the next), its card is stored whole; another node detokenizes its number and expiry from
-//! the shared vault, and only the capturing node has its security code (held in memory,
-//! never in the database). A node sent
-//! SIGTERM finishes the capture it has (no call cut) while new calls go to the others, and
-//! exits; a node killed with SIGKILL is probed out, and every new call after the probe
-//! interval succeeds. At the end every acknowledged token detokenizes and the audit chain,
-//! written by three processes, verifies.
+//! `sip-config/kamailio/kamailio.cfg`. Sessions live in the shared database: one is created
+//! through one node's API, its call goes through Kamailio to whichever node the dispatcher
+//! picks (which claims it), and it is watched, asked to restart a field, cancelled and read
+//! through the other nodes' APIs and WebSockets. The card is stored whole; another node
+//! detokenizes its number and expiry from the shared vault, and only the capturing node has
+//! its security code (held in memory, never in the database). A node sent SIGTERM finishes
+//! the capture it has (no call cut) while new calls go to the others, and exits; a node
+//! killed with SIGKILL mid-capture: that capture shows `failed` with reason `node_lost` on
+//! the node left (its lease ran out), and every new call after the probe interval succeeds.
+//! At the end every acknowledged token detokenizes and the audit chain, written by three
+//! processes, verifies.
 
 mod common;
 
@@ -16,7 +18,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{TestCard, card_differences, detokenize_session, http, require_tool, send_keys, tonewall, wait_final};
+use common::{TestCard, card_differences, detokenize_session, http, require_tool, send_keys, tonewall};
 use serde_json::Value;
 use tokio::net::UdpSocket;
 use tonewall::media::g711::Codec;
@@ -41,6 +43,7 @@ impl Cluster {
             .env("TONEWALL_CLUSTER_DIR", dir)
             .env("TONEWALL_BIN", common::BIN)
             .env("TONEWALL_PROBE_INTERVAL_S", "1")
+            .env("TONEWALL_NODE_LEASE_S", "2")
             .output()
             .expect("run scripts/cluster");
         let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
@@ -84,7 +87,8 @@ impl Cluster {
     }
 
     fn running(&self, n: usize) -> bool {
-        std::process::Command::new("kill").args(["-0", &self.pid(n)]).status().unwrap().success()
+        let mut probe = std::process::Command::new("kill");
+        probe.args(["-0", &self.pid(n)]).stderr(std::process::Stdio::null()).status().unwrap().success()
     }
 
     fn logs(&self) -> String {
@@ -110,10 +114,9 @@ struct Call {
     caller: Ua,
     rtp: UdpSocket,
     media: SocketAddr,
-    /// The node that answered, from its Contact.
-    node_ip: String,
+    /// The node that answered (1-based), from the address of its media.
+    node: usize,
     session: String,
-    created_on: usize,
     keyed: u32,
 }
 
@@ -131,27 +134,51 @@ fn routed(request: Vec<u8>, ok: &Response) -> Vec<u8> {
     format!("{first}\r\n{routes}{rest}").into_bytes()
 }
 
-async fn place(c: &Cluster, created_on: usize, reference: &str) -> Call {
+/// A whole-card session made through node `on`'s API: its id and transfer URI.
+async fn create(c: &Cluster, on: usize, reference: &str) -> (String, String) {
     let body = format!(r#"{{"fields":["pan","expiry","cvv"],"reference":"{reference}"}}"#);
-    let (s, v) = http("POST", &format!("{}/v1/sessions", Cluster::api(created_on)), Some(&c.agent), Some(&body)).await;
-    assert_eq!(s, 201, "session on node {created_on}: {v}");
+    let (s, v) = http("POST", &format!("{}/v1/sessions", Cluster::api(on)), Some(&c.agent), Some(&body)).await;
+    assert_eq!(s, 201, "session on node {on}: {v}");
     let uri = v["transfer_uri"].as_str().unwrap().to_string();
     assert!(uri.ends_with(&format!("@{PROXY}")), "the transfer URI names the cluster, not a node: {uri}");
+    (v["id"].as_str().unwrap().to_string(), uri)
+}
+
+/// Calls `uri` through the proxy.
+async fn dial(c: &Cluster, session: String, uri: &str) -> Call {
     let caller = Ua::bind().await.unwrap();
     let rtp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let offer = sdp::write(([127, 0, 0, 1], rtp.local_addr().unwrap().port()).into(), 1, &[Codec::Pcmu], Some(101));
-    let (invite, call_id, from_tag) = caller.invite(&uri, &offer);
+    let (invite, call_id, from_tag) = caller.invite(uri, &offer);
     let proxy: SocketAddr = PROXY.parse().unwrap();
     let ok = caller.call(&invite, proxy, Duration::from_secs(15)).await.unwrap();
-    assert_eq!(ok.status(), 200, "{reference}: {}\n{}", ok.status(), c.logs());
+    assert_eq!(ok.status(), 200, "{session}: {}\n{}", ok.status(), c.logs());
     let recorded = ok.headers_named("Record-Route");
     assert!(recorded.iter().any(|r| r.contains(PROXY)), "the 200 carries the proxy's route set: {recorded:?}");
     let target = ok.contact_uri().unwrap().to_string();
     let ack = routed(caller.in_dialog(Method::Ack, &call_id, &from_tag, ok.to(), 1, &target), &ok);
     caller.send(&ack, proxy).await.unwrap();
     let media = RemoteDescription::parse(ok.body()).unwrap().remote;
-    let node_ip = media.ip().to_string();
-    Call { caller, rtp, media, node_ip, session: v["id"].as_str().unwrap().to_string(), created_on, keyed: 0 }
+    let node = match media.ip() {
+        std::net::IpAddr::V4(ip) => usize::from(ip.octets()[3]) - 1,
+        other => panic!("media on {other}"),
+    };
+    Call { caller, rtp, media, node, session, keyed: 0 }
+}
+
+async fn place(c: &Cluster, created_on: usize, reference: &str) -> Call {
+    let (id, uri) = create(c, created_on, reference).await;
+    dial(c, id, &uri).await
+}
+
+/// A node of the cluster other than `n` and the nodes in `down`, if one is left.
+fn another(n: usize, down: &[usize]) -> Option<usize> {
+    (1..=NODES).map(|i| (n + i - 1) % NODES + 1).find(|i| *i != n && !down.contains(i))
+}
+
+/// A node of the cluster other than `n` and the nodes in `down`.
+fn other_than(n: usize, down: &[usize]) -> usize {
+    another(n, down).unwrap_or_else(|| panic!("no node up besides {n} (down: {down:?})"))
 }
 
 async fn key(call: &mut Call, keys: &str) {
@@ -159,26 +186,44 @@ async fn key(call: &mut Call, keys: &str) {
     call.keyed += keys.len() as u32;
 }
 
-/// Keys the rest of `card` (after `first` digits of its number), waits for the session to
-/// complete, checks the card whole through `detokenize_on`, answers tonewall's BYE; the
-/// session (with its token).
-async fn finish(c: &Cluster, mut call: Call, card: &TestCard, first: usize, detokenize_on: usize) -> Value {
-    key(&mut call, &format!("{}#", &card.pan[first..])).await;
-    key(&mut call, &format!("{:02}{:02}", card.month, card.year % 100)).await;
-    key(&mut call, card.code).await;
-    let api = Cluster::api(call.created_on);
-    let session = wait_final(&api, &c.agent, &call.session, Duration::from_secs(20)).await;
-    assert_eq!(session["state"], "completed", "{session}\n{}", c.logs());
-    // Another node reads the card from the shared vault; the security code is only in the
-    // memory of the node that captured it (never in the database), so it is not there.
-    if detokenize_on != call.created_on {
-        let case = format!("session of node {} detokenized on node {detokenize_on}", call.created_on);
-        let elsewhere = detokenize_session(&Cluster::api(detokenize_on), &c.processor, &session, &case).await;
-        assert_eq!(card_differences(&elsewhere, card), ["security code"], "{case}: {elsewhere}");
+/// Every message node `on`'s events WebSocket sends for `session`, until it closes.
+fn watch(c: &Cluster, on: usize, session: &str) -> tokio::task::JoinHandle<Vec<Value>> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!("ws://127.0.0.{}:8080/v1/sessions/{session}/events", on + 1);
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert("Sec-WebSocket-Protocol", format!("tonewall, bearer.{}", c.agent).parse().unwrap());
+    tokio::spawn(async move {
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.expect("events WebSocket");
+        let mut out = Vec::new();
+        while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+            if let Ok(v) = serde_json::from_str::<Value>(m.to_text().unwrap_or("")) {
+                out.push(v);
+            }
+        }
+        out
+    })
+}
+
+fn events(messages: &[Value]) -> Vec<&str> {
+    messages.iter().map(|m| m["event"].as_str().unwrap_or("")).collect()
+}
+
+/// Polls node `on`'s view of `session` until `done` holds of it, for up to 15 s.
+async fn until(c: &Cluster, on: usize, session: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, v) = http("GET", &format!("{}/v1/sessions/{session}", Cluster::api(on)), Some(&c.agent), None).await;
+        if done(&v) {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "node {on} never saw {what}: {v}\n{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let case = format!("session of node {} detokenized there", call.created_on);
-    let stored = detokenize_session(&api, &c.processor, &session, &case).await;
-    assert_eq!(card_differences(&stored, card), Vec::<&str>::new(), "{case}");
+}
+
+/// Answers requests on the call until tonewall's BYE.
+async fn until_bye(call: &mut Call) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -186,63 +231,137 @@ async fn finish(c: &Cluster, mut call: Call, card: &TestCard, first: usize, deto
         if let SipMessage::Request(r) = msg {
             call.caller.answer(&r, from).await.unwrap();
             if r.method() == Method::Bye {
-                break;
+                return;
             }
         }
     }
+}
+
+/// Keys the rest of `card` (after `first` digits of its number), waits on another node (if
+/// one is up) for the session to complete, checks the card whole on the capturing node and
+/// without its security code on the other, answers tonewall's BYE; the session (with its
+/// token).
+async fn finish(c: &Cluster, mut call: Call, card: &TestCard, first: usize, down: &[usize]) -> Value {
+    key(&mut call, &format!("{}#", &card.pan[first..])).await;
+    key(&mut call, &format!("{:02}{:02}", card.month, card.year % 100)).await;
+    key(&mut call, card.code).await;
+    let elsewhere = another(call.node, down);
+    let reader = elsewhere.unwrap_or(call.node);
+    let session = until(c, reader, &call.session, "completed", |v| v["state"] == "completed").await;
+    if let Some(elsewhere) = elsewhere {
+        let case = format!("session captured on node {} detokenized on node {elsewhere}", call.node);
+        let there = detokenize_session(&Cluster::api(elsewhere), &c.processor, &session, &case).await;
+        assert_eq!(card_differences(&there, card), ["security code"], "{case}");
+    }
+    let case = format!("session captured on node {} detokenized there", call.node);
+    let stored = detokenize_session(&Cluster::api(call.node), &c.processor, &session, &case).await;
+    assert_eq!(card_differences(&stored, card), Vec::<&str>::new(), "{case}");
+    until_bye(&mut call).await;
     session
 }
 
-async fn capture(c: &Cluster, i: usize, created_on: usize, detokenize_on: usize) -> (Value, TestCard) {
+async fn capture(c: &Cluster, i: usize, created_on: usize, down: &[usize]) -> (Value, TestCard) {
     let card = card(i);
     let mut call = place(c, created_on, &format!("cluster-{i}")).await;
-    assert_eq!(call.node_ip, format!("127.0.0.{}", created_on + 1), "the call reached the session's node");
+    assert!(!down.contains(&call.node), "the call reached a node that is down");
     key(&mut call, &card.pan[..6]).await;
-    (finish(c, call, &card, 6, detokenize_on).await, card)
+    (finish(c, call, &card, 6, down).await, card)
 }
 
 #[tokio::test]
 async fn calls_through_kamailio_survive_a_drained_and_a_killed_node() {
     let c = Cluster::start();
     let mut stored = Vec::new();
-    // Each node's sessions, reached through the proxy, detokenized through the next node.
+
+    // Made on node n, watched on every node, restarted and completed through nodes other
+    // than the one whose call holds it.
     for n in 1..=NODES {
-        stored.push(capture(&c, n, n, n % NODES + 1).await);
+        let card = card(n);
+        let (id, uri) = create(&c, n, &format!("cross-{n}")).await;
+        let watchers: Vec<_> = (1..=NODES).map(|on| watch(&c, on, &id)).collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut call = dial(&c, id.clone(), &uri).await;
+        let other = other_than(call.node, &[]);
+        key(&mut call, "541333").await;
+        until(&c, other, &id, "six digits", |v| v["fields"][0]["digits"] == 6).await;
+        let restart = format!("{}/v1/sessions/{id}/fields/pan/restart", Cluster::api(other));
+        let (s, v) = http("POST", &restart, Some(&c.agent), None).await;
+        assert_eq!(s, 200, "restart through node {other} for a call on node {}: {v}", call.node);
+        until(&c, other, &id, "the card number asked again", |v| v["fields"][0]["digits"] == 0).await;
+        key(&mut call, &card.pan[..6]).await;
+        let session = finish(&c, call, &card, 6, &[]).await;
+        for (on, w) in watchers.into_iter().enumerate() {
+            let messages = w.await.unwrap();
+            let seen = events(&messages);
+            for want in ["snapshot", "call_started", "field_restarted", "field_done", "completed", "call_ended"] {
+                assert!(seen.contains(&want), "node {}'s WebSocket missed {want}: {seen:?}", on + 1);
+            }
+            let digits = seen.iter().filter(|e| **e == "digit").count();
+            assert_eq!(digits, 6 + 16 + 4 + 3, "node {}'s WebSocket digits: {seen:?}", on + 1);
+            let all = serde_json::to_string(&messages).unwrap();
+            assert!(!all.contains(&card.pan[6..]) && !all.contains(&card.pan[..6]), "a digit on a WebSocket");
+        }
+        stored.push((session, card));
     }
 
-    // SIGTERM node 3 in the middle of a capture.
+    // Cancelled through a node that does not hold the call: the holder stops the capture
+    // and hangs up.
+    let mut cancelled = place(&c, 1, "cancelled").await;
+    key(&mut cancelled, "4111").await;
+    let other = other_than(cancelled.node, &[]);
+    until(&c, other, &cancelled.session, "four digits", |v| v["fields"][0]["digits"] == 4).await;
+    let url = format!("{}/v1/sessions/{}/cancel", Cluster::api(other), cancelled.session);
+    let (s, v) = http("POST", &url, Some(&c.agent), None).await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("cancelled")), "cancel through node {other}: {v}");
+    until_bye(&mut cancelled).await;
+    let third = other_than(other, &[cancelled.node]);
+    until(&c, third, &cancelled.session, "cancelled", |v| v["state"] == "cancelled").await;
+
+    // SIGTERM the node holding a call in the middle of its capture.
     let draining_card = card(10);
-    let mut held = place(&c, 3, "drained").await;
+    let mut held = place(&c, 1, "drained").await;
+    let drained = held.node;
     key(&mut held, &draining_card.pan[..8]).await;
-    c.signal(3, "-TERM");
-    let (s, _) = http("POST", &format!("{}/v1/sessions", Cluster::api(3)), Some(&c.agent), Some("{}")).await;
+    c.signal(drained, "-TERM");
+    let (s, _) = http("POST", &format!("{}/v1/sessions", Cluster::api(drained)), Some(&c.agent), Some("{}")).await;
     assert_eq!(s, 503, "a draining node takes no new session");
-    // New calls meanwhile go to the other nodes, whichever node Kamailio tries first: one
-    // while node 3 holds its call, then more while that call finishes and node 3 exits.
-    stored.push(capture(&c, 20, 1, 2).await);
-    assert!(c.running(3), "node 3 still carries its call");
+    // New calls meanwhile go to the other nodes, whichever node Kamailio tries first.
+    let up = other_than(drained, &[]);
+    stored.push(capture(&c, 20, up, &[drained]).await);
+    assert!(c.running(drained), "node {drained} still carries its call");
     let more = async {
         let mut done = Vec::new();
         for i in 1..4 {
-            done.push(capture(&c, 20 + i, 1 + i % 2, 2 - i % 2).await);
+            done.push(capture(&c, 20 + i, up, &[drained]).await);
         }
         done
     };
-    let (drained, more) = tokio::join!(finish(&c, held, &draining_card, 8, 1), more);
-    stored.push((drained, draining_card));
+    let (finished, more) = tokio::join!(finish(&c, held, &draining_card, 8, &[]), more);
+    stored.push((finished, draining_card));
     stored.extend(more);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while c.running(3) && std::time::Instant::now() < deadline {
+    while c.running(drained) && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(!c.running(3), "node 3 exits once its last call is over\n{}", c.logs());
+    assert!(!c.running(drained), "node {drained} exits once its last call is over\n{}", c.logs());
 
-    // SIGKILL node 2. After the probe interval (1 s, and one failed probe), every new call
-    // succeeds.
-    c.signal(2, "-KILL");
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // SIGKILL the node holding a call mid-capture. Its lease (2 s) runs out, the node left
+    // fails that capture as node_lost and tells its WebSocket; after the probe interval
+    // (1 s, one failed probe) every new call succeeds.
+    let mut lost = place(&c, up, "lost").await;
+    let (killed, left) = (lost.node, other_than(lost.node, &[drained]));
+    key(&mut lost, "4012").await;
+    until(&c, left, &lost.session, "four digits", |v| v["fields"][0]["digits"] == 4).await;
+    let watcher = watch(&c, left, &lost.session);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    c.signal(killed, "-KILL");
+    let failed = until(&c, left, &lost.session, "node_lost", |v| v["state"] == "failed").await;
+    assert_eq!(failed["reason"], "node_lost", "{failed}");
+    let seen = watcher.await.unwrap();
+    assert_eq!(events(&seen).last(), Some(&"node_lost"), "{:?}", events(&seen));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     for i in 0..5 {
-        stored.push(capture(&c, 40 + i, 1, 1).await);
+        stored.push(capture(&c, 40 + i, left, &[drained, killed]).await);
     }
 
     // Every acknowledged token detokenizes through the node still up (the security code was
@@ -251,18 +370,18 @@ async fn calls_through_kamailio_survive_a_drained_and_a_killed_node() {
         let token = session["result"]["token"].as_str().unwrap();
         let (s, v) = http(
             "POST",
-            &format!("{}/v1/detokenize", Cluster::api(1)),
+            &format!("{}/v1/detokenize", Cluster::api(left)),
             Some(&c.processor),
             Some(&format!(r#"{{"token":"{token}"}}"#)),
         )
         .await;
         assert_eq!((s, v["pan"].as_str()), (200, Some(card.pan)), "{token}");
     }
-    println!("{} captures through Kamailio, all detokenized", stored.len());
+    println!("{} captures through Kamailio, all detokenized; node {drained} drained, node {killed} lost", stored.len());
 
-    // Three processes wrote one audit chain; it verifies.
-    let node1 = c.node_dir(1);
-    let (cfg, data) = (node1.join("tonewall.toml"), node1.join("data"));
+    // Three processes wrote one audit chain, with the lost capture in it; it verifies.
+    let node = c.node_dir(left);
+    let (cfg, data) = (node.join("tonewall.toml"), node.join("data"));
     let (ok, out, err) =
         tonewall(&["audit", "verify", "--config", cfg.to_str().unwrap(), "--data-dir", data.to_str().unwrap()], &[]);
     assert!(ok, "audit verify: {out}{err}");
