@@ -1,6 +1,10 @@
 //! tonewall's HTTP API as the agent desktop uses it: one payment session per call, read
 //! back at the end. One pooled HTTP/1.1 client (keep-alive) serves every call; requests run
 //! on tokio's blocking pool.
+//!
+//! Given several nodes of a cluster, sessions are made on each in turn and read back through
+//! whichever answers first; a card's security code is held only by the node that captured it
+//! (never in the shared database), so a card read without it is read again on the others.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +17,7 @@ use crate::script::Card;
 #[derive(Clone)]
 pub struct Api {
     agent: ureq::Agent,
-    base: Arc<str>,
+    bases: Arc<[String]>,
     auth: Arc<str>,
     processor_auth: Arc<str>,
 }
@@ -26,61 +30,102 @@ pub struct Session {
 
 impl Api {
     /// `key` is the agent's; `processor_key` reads cards back whole at the end.
-    pub fn new(base: &str, key: &str, processor_key: &str) -> Api {
+    pub fn new(bases: &[String], key: &str, processor_key: &str) -> Api {
         let config = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(10)))
             .max_idle_connections_per_host(64)
             .build();
         Api {
             agent: config.into(),
-            base: base.trim_end_matches('/').into(),
+            bases: bases.iter().map(|b| b.trim_end_matches('/').to_string()).collect(),
             auth: format!("Bearer {key}").into(),
             processor_auth: format!("Bearer {processor_key}").into(),
         }
     }
 
-    /// `POST /v1/sessions` for a card, with the agent the call is bridged to.
-    pub async fn create_session(&self, agent_uri: String, reference: String) -> anyhow::Result<Session> {
+    /// `POST /v1/sessions` for a card, with the agent the call is bridged to; on the nodes in
+    /// turn (`n` is the call's number).
+    pub async fn create_session(&self, n: u32, agent_uri: String, reference: String) -> anyhow::Result<Session> {
         let api = self.clone();
         let body = json!({"fields": ["pan", "expiry", "cvv"], "reference": reference, "agent_uri": agent_uri});
-        let v = tokio::task::spawn_blocking(move || api.request("POST", "/v1/sessions", Some(body))).await??;
+        let first = n as usize % self.bases.len();
+        // A node that is down or draining: the next one (as a load balancer would).
+        let v = tokio::task::spawn_blocking(move || {
+            let mut last = None;
+            for i in 0..api.bases.len() {
+                let base = (first + i) % api.bases.len();
+                match api.request_at(base, &api.auth, "POST", "/v1/sessions", Some(body.clone())) {
+                    Ok(v) => return Ok(v),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.unwrap_or_else(|| anyhow::anyhow!("no API given")))
+        })
+        .await??;
         Ok(Session {
             id: v["id"].as_str().context("session without id")?.to_string(),
             transfer_uri: v["transfer_uri"].as_str().context("session without transfer_uri")?.to_string(),
         })
     }
 
-    /// `GET /v1/sessions/{id}`.
+    /// `GET /v1/sessions/{id}`, from the first node that answers.
     pub async fn session(&self, id: &str) -> anyhow::Result<Value> {
         let api = self.clone();
         let path = format!("/v1/sessions/{id}");
-        tokio::task::spawn_blocking(move || api.request("GET", &path, None)).await?
+        tokio::task::spawn_blocking(move || {
+            let mut last = None;
+            for base in 0..api.bases.len() {
+                match api.request_at(base, &api.auth, "GET", &path, None) {
+                    Ok(v) => return Ok(v),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.unwrap_or_else(|| anyhow::anyhow!("no API given")))
+        })
+        .await?
     }
 
-    /// `POST /v1/detokenize` as a processor: the card the vault holds for `token`.
+    /// `POST /v1/detokenize` as a processor: the card the vault holds for `token`, with the
+    /// security code from whichever node holds it (empty if none does).
     pub async fn detokenize(&self, token: String) -> anyhow::Result<Card> {
         let api = self.clone();
-        let body = json!({ "token": token });
-        let v = tokio::task::spawn_blocking(move || {
-            api.request_as(&api.processor_auth, "POST", "/v1/detokenize", Some(body))
+        tokio::task::spawn_blocking(move || {
+            let body = json!({ "token": token });
+            let mut card: Option<Card> = None;
+            for base in 0..api.bases.len() {
+                let Ok(v) = api.request_at(base, &api.processor_auth, "POST", "/v1/detokenize", Some(body.clone()))
+                else {
+                    continue;
+                };
+                let text =
+                    |k: &str| v[k].as_str().map(str::to_string).with_context(|| format!("detokenize without {k}"));
+                let number = |k: &str| v[k].as_u64().with_context(|| format!("detokenize without {k}"));
+                let read = Card {
+                    pan: text("pan")?,
+                    expiry_month: number("expiry_month")?,
+                    expiry_year: number("expiry_year")?,
+                    security_code: text("security_code").unwrap_or_default(),
+                };
+                let whole = !read.security_code.is_empty();
+                card = Some(read);
+                if whole {
+                    break;
+                }
+            }
+            card.context("no node detokenized the token")
         })
-        .await??;
-        let text = |k: &str| v[k].as_str().map(str::to_string).with_context(|| format!("detokenize without {k}"));
-        let number = |k: &str| v[k].as_u64().with_context(|| format!("detokenize without {k}"));
-        Ok(Card {
-            pan: text("pan")?,
-            expiry_month: number("expiry_month")?,
-            expiry_year: number("expiry_year")?,
-            security_code: text("security_code")?,
-        })
+        .await?
     }
 
-    fn request(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-        self.request_as(&self.auth, method, path, body)
-    }
-
-    fn request_as(&self, auth: &str, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-        let url = format!("{}{path}", self.base);
+    fn request_at(
+        &self,
+        base: usize,
+        auth: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.bases[base]);
         let resp = match body {
             Some(b) => self.agent.post(&url).header("Authorization", auth).send_json(b),
             None => self.agent.get(&url).header("Authorization", auth).call(),

@@ -44,9 +44,10 @@ struct Args {
     /// tonewall's SIP address (UDP).
     #[arg(long, default_value = "127.0.0.1:5060")]
     target: SocketAddr,
-    /// tonewall's HTTP API.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    api: String,
+    /// tonewall's HTTP API; several (comma-separated) for the nodes of a cluster: sessions
+    /// are made on each in turn and read back through any.
+    #[arg(long, default_value = "http://127.0.0.1:8080", value_delimiter = ',')]
+    api: Vec<String>,
     /// An agent API key (`tonewall api-key create --role agent`).
     #[arg(long, env = "TONEWALL_API_KEY", hide_env_values = true, required_unless_present = "rtpengine")]
     api_key: Option<String>,
@@ -92,6 +93,17 @@ struct Args {
     /// Allows a target or API that is not on loopback (never against production).
     #[arg(long)]
     allow_non_loopback: bool,
+    /// Failover drill: kills this process (SIGKILL, a cluster node) --kill-after seconds into
+    /// the run; the report counts the calls dialled once --kill-grace more seconds have
+    /// passed, and how many of them failed.
+    #[arg(long, requires = "kill_after")]
+    kill_pid: Option<u32>,
+    #[arg(long)]
+    kill_after: Option<f64>,
+    /// Seconds after the kill from which every new call must succeed (the proxy's probe
+    /// interval and a margin).
+    #[arg(long, default_value_t = 3.0)]
+    kill_grace: f64,
 }
 
 const MAX_CALLS: u32 = 10_000;
@@ -114,14 +126,20 @@ async fn main() -> anyhow::Result<()> {
     ensure!(args.rate > 0.0 && args.rate <= 5000.0, "--rate must be in (0, 5000] calls per second");
     ensure!((1..=3600).contains(&args.duration), "--duration must be 1..=3600 seconds");
     ensure!((1..=16).contains(&args.shards), "--shards must be 1..=16");
-    let api_host = args.api.split("://").nth(1).and_then(|r| r.split(['/', ':']).next()).unwrap_or("");
+    ensure!(!args.api.is_empty() && args.api.len() <= 16, "--api takes 1 to 16 addresses");
+    if let Some(after) = args.kill_after {
+        ensure!((0.0..=3600.0).contains(&after), "--kill-after must be 0..=3600 seconds");
+        ensure!((0.0..=600.0).contains(&args.kill_grace), "--kill-grace must be 0..=600 seconds");
+    }
     if !args.allow_non_loopback {
         ensure!(args.target.ip().is_loopback(), "--target {} is not on loopback (--allow-non-loopback)", args.target);
-        ensure!(
-            api_host == "localhost" || api_host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()),
-            "--api {} is not on loopback (--allow-non-loopback)",
-            args.api
-        );
+        for api in &args.api {
+            let host = api.split("://").nth(1).and_then(|r| r.split(['/', ':']).next()).unwrap_or("");
+            ensure!(
+                host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()),
+                "--api {api} is not on loopback (--allow-non-loopback)"
+            );
+        }
         ensure!(args.bind.is_loopback(), "--bind {} is not on loopback", args.bind);
         if let Some(ng) = args.rtpengine {
             ensure!(ng.ip().is_loopback(), "--rtpengine {ng} is not on loopback (--allow-non-loopback)");
@@ -243,13 +261,35 @@ async fn run(args: &Args, levels: &[u32]) -> anyhow::Result<()> {
         rng: 0x10ad_7e57,
     };
     let baseline = procfs::sample(server_pid)?;
+    let started = Instant::now();
+    let killed_at = Arc::new(std::sync::OnceLock::new());
+    if let (Some(pid), Some(after)) = (args.kill_pid, args.kill_after) {
+        let killed_at = killed_at.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs_f64(after)).await;
+            let pid = libc::pid_t::try_from(pid).unwrap_or(0);
+            // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+            let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
+            if rc == 0 {
+                let _ = killed_at.set(Instant::now());
+                eprintln!("killed process {pid} (SIGKILL) {after:.1} s into the run");
+            } else {
+                eprintln!("could not kill process {pid}: {}", std::io::Error::last_os_error());
+            }
+        });
+    }
     let mut steps = Vec::new();
     for (n, &level) in levels.iter().enumerate() {
         steps.push(run.step(n as u8 + 1, level, args, server_pid, baseline.rss_bytes).await?);
     }
     run.finish_keying().await;
+    let failover = match (args.kill_pid, killed_at.get()) {
+        (Some(pid), Some(&at)) => Some(run.failover(pid, started, at, Duration::from_secs_f64(args.kill_grace))),
+        (Some(pid), None) => bail!("process {pid} was never killed: the run ended before --kill-after"),
+        _ => None,
+    };
     run.hang_up_all(args.rate).await;
-    let captured = run.check_sessions().await;
+    let (captured, outcomes) = run.check_sessions().await;
     let mut all = WindowStats::new();
     for s in &steps {
         all.merge(&s.stats);
@@ -268,6 +308,8 @@ async fn run(args: &Args, levels: &[u32]) -> anyhow::Result<()> {
         failed: failed as u64,
         failures: run.failures.clone(),
         captured,
+        outcomes,
+        failover,
         setup_us: run.setup_us.clone(),
         steps,
         all,
@@ -400,7 +442,7 @@ impl Run {
         tokio::spawn(async move {
             let Ok(_permit) = http.acquire_owned().await else { return };
             let agent = format!("sip:agent-{id}@{sip_addr}");
-            let e = match api.create_session(agent, format!("load-{id}")).await {
+            let e = match api.create_session(id, agent, format!("load-{id}")).await {
                 Ok(s) => Event::SessionCreated { id, session: s.id, uri: s.transfer_uri },
                 Err(e) => Event::Sip(SipEvent::Failed { id, reason: format!("session: {e:#}") }),
             };
@@ -527,9 +569,27 @@ impl Run {
         }
     }
 
+    /// The failover drill's count, taken before the calls are hung up: calls up when the
+    /// node was killed, and those dialled after the grace period with how many failed.
+    fn failover(&self, pid: u32, started: Instant, killed: Instant, grace: Duration) -> report::Failover {
+        let after: Vec<&Placed> = self.calls.values().filter(|c| c.dialed >= killed + grace).collect();
+        report::Failover {
+            pid,
+            killed_after_s: killed.duration_since(started).as_secs_f64(),
+            grace_s: grace.as_secs_f64(),
+            up_at_kill: self.calls.values().filter(|c| c.connected.is_some_and(|t| t < killed)).count() as u64,
+            dialled_after_grace: after.len() as u64,
+            failed_after_grace: after
+                .iter()
+                .filter(|c| matches!(c.state, CallState::Failed | CallState::Dropped | CallState::Dialing))
+                .count() as u64,
+        }
+    }
+
     /// Reads every connected call's session back and detokenizes its card: per way of keying
-    /// (RFC 4733, in-band), cards stored whole as keyed and calls that keyed one.
-    async fn check_sessions(&self) -> [(u64, u64); 2] {
+    /// (RFC 4733, in-band), cards stored whole as keyed and calls that keyed one; and how
+    /// every session ended (`completed`, `failed:node_lost`, ...).
+    async fn check_sessions(&self) -> ([(u64, u64); 2], HashMap<String, u64>) {
         let gate = Arc::new(Semaphore::new(16));
         let mut tasks = Vec::new();
         // rtpengine relays; it captures nothing.
@@ -539,18 +599,29 @@ impl Run {
             let (api, keypad, gate) = (self.api.clone(), c.keypad.clone(), gate.clone());
             let way = usize::from(c.keypad.keying == Keying::InBand);
             let task = tokio::spawn(async move {
-                let _permit = gate.acquire_owned().await.ok()?;
-                let v = api.session(&session).await.ok()?;
-                let token = v["result"]["token"].as_str().filter(|_| v["state"] == "completed")?;
-                Some(api.detokenize(token.to_string()).await.ok()? == keypad.card)
+                let _permit = gate.acquire_owned().await.ok();
+                let Ok(v) = api.session(&session).await else { return ("unreadable".to_string(), false) };
+                let outcome = match (v["state"].as_str(), v["reason"].as_str()) {
+                    (Some(state), Some(reason)) => format!("{state}:{reason}"),
+                    (Some(state), None) => state.to_string(),
+                    _ => "no state".to_string(),
+                };
+                let Some(token) = v["result"]["token"].as_str().filter(|_| v["state"] == "completed") else {
+                    return (outcome, false);
+                };
+                let whole = api.detokenize(token.to_string()).await.is_ok_and(|card| card == keypad.card);
+                (outcome, whole)
             });
             tasks.push((way, task));
         }
         let mut out = [(0, 0); 2];
+        let mut outcomes = HashMap::new();
         for (way, t) in tasks {
-            out[way].0 += u64::from(matches!(t.await, Ok(Some(true))));
+            let (outcome, whole) = t.await.unwrap_or_else(|_| ("check panicked".to_string(), false));
+            *outcomes.entry(outcome).or_default() += 1;
+            out[way].0 += u64::from(whole);
             out[way].1 += 1;
         }
-        out
+        (out, outcomes)
     }
 }

@@ -35,10 +35,26 @@ pub struct Report {
     /// Per way of keying (RFC 4733, in-band): cards stored whole as keyed (number, expiry,
     /// security code, read back by detokenizing), and calls that keyed one.
     pub captured: [(u64, u64); 2],
+    /// How the connected calls' sessions ended, e.g. `completed`, `failed:node_lost`.
+    pub outcomes: HashMap<String, u64>,
+    pub failover: Option<Failover>,
     /// Dial to both legs up.
     pub setup_us: Histogram<u64>,
     pub steps: Vec<Step>,
     pub all: WindowStats,
+}
+
+/// A failover drill (`--kill-pid`): a node killed mid-run, and the calls dialled after it.
+pub struct Failover {
+    pub pid: u32,
+    pub killed_after_s: f64,
+    pub grace_s: f64,
+    /// Calls connected before the kill (on every node).
+    pub up_at_kill: u64,
+    /// Calls dialled once the grace period after the kill had passed, and of them those
+    /// that failed or never connected.
+    pub dialled_after_grace: u64,
+    pub failed_after_grace: u64,
 }
 
 fn ms(h: &Histogram<u64>, q: f64) -> f64 {
@@ -144,6 +160,15 @@ impl Report {
         for (why, n) in &self.failures {
             println!("  {n} × {why}");
         }
+        let mut outcomes: Vec<_> = self.outcomes.iter().collect();
+        outcomes.sort();
+        println!("sessions: {}", outcomes.iter().map(|(o, n)| format!("{n} {o}")).collect::<Vec<_>>().join(", "));
+        if let Some(f) = &self.failover {
+            println!(
+                "failover: process {} killed {:.1} s in with {} calls up; {} calls dialled from {:.1} s after, {} failed",
+                f.pid, f.killed_after_s, f.up_at_kill, f.dialled_after_grace, f.grace_s, f.failed_after_grace
+            );
+        }
     }
 
     /// The report as JSON: the top level describes the highest load level; `steps` has each.
@@ -165,6 +190,17 @@ impl Report {
             "in_band": {"right": r2, "attempted": a2},
         });
         v["leaks"] = json!({"digits": self.all.leaked_digits, "rfc4733_packets": self.all.leaked_events});
+        v["sessions"] = json!(self.outcomes);
+        v["failover"] = self.failover.as_ref().map_or(Value::Null, |f| {
+            json!({
+                "pid": f.pid,
+                "killed_after_s": f.killed_after_s,
+                "grace_s": f.grace_s,
+                "up_at_kill": f.up_at_kill,
+                "dialled_after_grace": f.dialled_after_grace,
+                "failed_after_grace": f.failed_after_grace,
+            })
+        });
         v["target"] = json!(self.target);
         v["server_pid"] = json!(self.server_pid);
         v["steps"] = self.steps.iter().map(Step::json).collect();

@@ -79,6 +79,9 @@ struct Call {
     agent_sdp: String,
     to: Option<String>,
     target: String,
+    /// The dialog's route set (RFC 3261 §12.1.2): the 200's Record-Route, reversed; the
+    /// in-dialog requests carry it as Route headers, so they follow a proxy in front.
+    route: Vec<String>,
     phase: Phase,
     started: Instant,
     caller_leg: Option<SocketAddrV4>,
@@ -188,6 +191,7 @@ impl Task {
                 agent_sdp,
                 to: None,
                 target: uri,
+                route: Vec::new(),
                 phase: Phase::Inviting(tx),
                 started: now,
                 caller_leg: None,
@@ -200,8 +204,11 @@ impl Task {
     }
 
     fn in_dialog(&self, c: &Call, method: Method, cseq: u32) -> Vec<u8> {
-        RequestBuilder::new(&method, &c.target)
-            .header("Via", &self.via())
+        let mut b = RequestBuilder::new(&method, &c.target);
+        for r in &c.route {
+            b = b.header("Route", r);
+        }
+        b.header("Via", &self.via())
             .header("Max-Forwards", "70")
             .header("From", &format!("<sip:caller@{}>;tag={}", self.addr, c.from_tag))
             .header("To", c.to.as_deref().unwrap_or_default())
@@ -264,6 +271,7 @@ impl Task {
                 let Some(c) = self.calls.get_mut(&id) else { return };
                 c.to = Some(r.to().to_string());
                 c.target = r.contact_uri().unwrap_or(&c.target).to_string();
+                c.route = route_set(&r);
                 c.phase = Phase::Up;
                 match RemoteDescription::parse(r.body()).map(|d| d.negotiate().remote) {
                     Ok(SocketAddr::V4(a)) => c.caller_leg = Some(a),
@@ -427,4 +435,43 @@ enum Step {
     Refused,
     AckAgain,
     ByeAnswered,
+}
+
+/// The route set a UAC takes from a 2xx (RFC 3261 §12.1.2): every Record-Route entry, the
+/// last first. A header may list several entries, separated by commas outside `<...>`.
+fn route_set(ok: &Response) -> Vec<String> {
+    let mut entries = Vec::new();
+    for header in ok.headers_named("Record-Route") {
+        let (mut depth, mut start) = (0u32, 0);
+        for (i, ch) in header.char_indices() {
+            match ch {
+                '<' => depth += 1,
+                '>' => depth = depth.saturating_sub(1),
+                ',' if depth == 0 => {
+                    entries.push(header[start..i].trim().to_string());
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        entries.push(header[start..].trim().to_string());
+    }
+    entries.retain(|e| !e.is_empty());
+    entries.reverse();
+    entries
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_route_set_is_the_record_route_reversed() {
+        let ok = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5000;branch=z9hG4bK1\r\n\
+                  Record-Route: <sip:127.0.0.1:5070;lr;ftag=a,b>, <sip:10.0.0.1;lr>\r\n\
+                  Record-Route: <sip:127.0.0.9;lr>\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:b@y>;tag=2\r\n\
+                  Call-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        let Ok(SipMessage::Response(r)) = message::parse(ok.as_bytes()) else { panic!("does not parse") };
+        assert_eq!(route_set(&r), ["<sip:127.0.0.9;lr>", "<sip:10.0.0.1;lr>", "<sip:127.0.0.1:5070;lr;ftag=a,b>"]);
+    }
 }
