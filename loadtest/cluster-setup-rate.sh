@@ -4,8 +4,8 @@
 # the API) at each rate in RATES, in three set-ups from scripts/cluster:
 #   alone       one node, sipp straight at it
 #   kamailio-1  the same node behind Kamailio
-#   kamailio-2  two nodes behind Kamailio (sessions made on both; a call that reaches the
-#               node without its session is answered 404 and tried on the other)
+#   kamailio-2  two nodes behind Kamailio (sessions made on both APIs; whichever node a call
+#               reaches claims its session from the shared database)
 # and reads the CPU time Kamailio's and the nodes' processes used (/proc), per call.
 # Bounded and on loopback only.
 #   loadtest/cluster-setup-rate.sh [CALLS] [RATES]     e.g. loadtest/cluster-setup-rate.sh 1000 "200 400"
