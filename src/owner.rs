@@ -26,6 +26,34 @@ pub enum Owner {
     Unclaimed,
 }
 
+/// An owner as the `sessions` and `calls` tables store it: a kind, an id and a team.
+pub struct StoredOwner {
+    pub kind: &'static str,
+    pub id: Option<String>,
+    pub team: Option<String>,
+}
+
+impl Owner {
+    pub fn to_stored(&self) -> StoredOwner {
+        let team = |t: &Option<Team>| t.as_ref().map(|t| t.0.clone());
+        match self {
+            Owner::Principal { id, team: t } => StoredOwner { kind: "principal", id: Some(id.clone()), team: team(t) },
+            Owner::Route { team: t } => StoredOwner { kind: "route", id: None, team: team(t) },
+            Owner::Unclaimed => StoredOwner { kind: "unclaimed", id: None, team: None },
+        }
+    }
+
+    /// The owner a row names; anything unknown is `Unclaimed` (admins only).
+    pub fn from_stored(kind: &str, id: Option<&str>, team: Option<&str>) -> Owner {
+        let team = team.and_then(Team::named);
+        match (kind, id) {
+            ("principal", Some(id)) => Owner::Principal { id: id.to_string(), team },
+            ("route", _) => Owner::Route { team },
+            _ => Owner::Unclaimed,
+        }
+    }
+}
+
 /// Whoever asks: a key or person with a team, or an admin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Viewer {

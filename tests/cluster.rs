@@ -41,10 +41,11 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn script(dir: &Path, args: &[&str]) -> (bool, String) {
+    fn script(dir: &Path, args: &[&str], extra: &str) -> (bool, String) {
         let out = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cluster"))
             .args(args)
             .env("TONEWALL_CLUSTER_DIR", dir)
+            .env("TONEWALL_CLUSTER_EXTRA", extra)
             .env("TONEWALL_BIN", common::BIN)
             .env("TONEWALL_PROBE_INTERVAL_S", "1")
             .env("TONEWALL_NODE_LEASE_S", "2")
@@ -54,11 +55,12 @@ impl Cluster {
         (out.status.success(), text)
     }
 
-    fn start(nodes: usize) -> Cluster {
+    /// `extra`: TOML every node's configuration ends with.
+    fn start(nodes: usize, extra: &str) -> Cluster {
         require_tool("kamailio", "apt-get install -y kamailio");
         require_tool("psql", "apt-get install -y postgresql-client");
         let dir = tempfile::tempdir().unwrap();
-        let (ok, out) = Cluster::script(dir.path(), &["start", &nodes.to_string()]);
+        let (ok, out) = Cluster::script(dir.path(), &["start", &nodes.to_string()], extra);
         assert!(ok, "scripts/cluster start: {out}");
         println!("{out}");
         let node1 = dir.path().join("node1");
@@ -109,7 +111,7 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let (_, out) = Cluster::script(self.dir.path(), &["stop"]);
+        let (_, out) = Cluster::script(self.dir.path(), &["stop"], "");
         println!("{out}");
     }
 }
@@ -123,6 +125,8 @@ struct Call {
     node: usize,
     session: String,
     keyed: u32,
+    /// The caller's BYE, routed through the proxy.
+    bye: Vec<u8>,
 }
 
 fn card(i: usize) -> TestCard {
@@ -168,7 +172,8 @@ async fn dial(c: &Cluster, session: String, uri: &str) -> Call {
         std::net::IpAddr::V4(ip) => usize::from(ip.octets()[3]) - 1,
         other => panic!("media on {other}"),
     };
-    Call { caller, rtp, media, node, session, keyed: 0 }
+    let bye = routed(caller.in_dialog(Method::Bye, &call_id, &from_tag, ok.to(), 2, &target), &ok);
+    Call { caller, rtp, media, node, session, keyed: 0, bye }
 }
 
 async fn place(c: &Cluster, created_on: usize, reference: &str) -> Call {
@@ -276,7 +281,13 @@ async fn capture(c: &Cluster, i: usize, created_on: usize, down: &[usize]) -> (V
 #[tokio::test]
 async fn calls_through_kamailio_survive_a_drained_and_a_killed_node() {
     let _one = ONE_CLUSTER.lock().await;
-    let c = Cluster::start(NODES);
+    // The inline route "sales": calls to sales… (from the proxy) go on to this agent.
+    let queue = tonewall_testkit::agent::Agent::start().await.unwrap();
+    let route = format!(
+        "[[sip.routes]]\nname = \"sales\"\nuser_prefix = \"sales\"\ntarget = \"{}\"\nsources = [\"127.0.0.1\"]",
+        queue.uri
+    );
+    let c = Cluster::start(NODES, &route);
     let mut stored = Vec::new();
 
     // Made on node n, watched on every node, restarted and completed through nodes other
@@ -323,14 +334,71 @@ async fn calls_through_kamailio_survive_a_drained_and_a_killed_node() {
     let third = other_than(other, &[cancelled.node]);
     until(&c, third, &cancelled.session, "cancelled", |v| v["state"] == "cancelled").await;
 
+    // An inline call that reached one node, listed and captured through another; a second
+    // capture asked meanwhile is refused by the node holding the call; once the caller hangs
+    // up, no node lists the call.
+    let mut inline = dial(&c, String::new(), &format!("sip:sales-1@{PROXY}")).await;
+    let other = other_than(inline.node, &[]);
+    let calls_url = format!("{}/v1/calls", Cluster::api(other));
+    let listed = |v: &Value| v["calls"].as_array().into_iter().flatten().find(|call| call["mode"] == "inline").cloned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let call = loop {
+        let (s, v) = http("GET", &calls_url, Some(&c.agent), None).await;
+        assert_eq!(s, 200, "{v}");
+        if let Some(call) = listed(&v).filter(|call| call["answered"] == true) {
+            break call;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "node {other} never listed the inline call: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(call["route"], "sales", "{call}");
+    assert!(call.get("sip_call_id").is_none(), "an agent sees no SIP Call-ID: {call}");
+    let capture_url = format!("{}/v1/calls/{}/capture", Cluster::api(other), call["id"].as_str().unwrap());
+    let body = r#"{"fields":["pan","expiry","cvv"],"reference":"inline"}"#;
+    let (s, v) = http("POST", &capture_url, Some(&c.agent), Some(body)).await;
+    assert_eq!((s, v["state"].as_str()), (201, Some("capturing")), "capture through node {other}: {v}");
+    let (s, again) = http("POST", &capture_url, Some(&c.agent), Some(body)).await;
+    assert_eq!(s, 409, "a second capture on a call already capturing: {again}");
+    inline.session = v["id"].as_str().unwrap().to_string();
+    let inline_card = card(7);
+    key(&mut inline, &format!("{}#", inline_card.pan)).await;
+    key(&mut inline, &format!("{:02}{:02}", inline_card.month, inline_card.year % 100)).await;
+    key(&mut inline, inline_card.code).await;
+    let done = until(&c, other, &inline.session, "the inline capture completed", |v| v["state"] == "completed").await;
+    let case = format!("inline call on node {} captured through node {other}", inline.node);
+    let stored_card = detokenize_session(&Cluster::api(inline.node), &c.processor, &done, &case).await;
+    assert_eq!(card_differences(&stored_card, &inline_card), Vec::<&str>::new(), "{case}");
+    inline.caller.send(&inline.bye, PROXY.parse().unwrap()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, v) = http("GET", &calls_url, Some(&c.agent), None).await;
+        if listed(&v).is_none() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the ended inline call is still listed: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(queue.finish().await.unwrap().answered, "the route's target answered the inline call");
+
     // SIGTERM the node holding a call in the middle of its capture.
     let draining_card = card(10);
     let mut held = place(&c, 1, "drained").await;
     let drained = held.node;
     key(&mut held, &draining_card.pan[..8]).await;
     c.signal(drained, "-TERM");
-    let (s, _) = http("POST", &format!("{}/v1/sessions", Cluster::api(drained)), Some(&c.agent), Some("{}")).await;
-    assert_eq!(s, 503, "a draining node takes no new session");
+    // Once the node has taken the signal, a new session (here an empty, invalid one: 400
+    // until then) gets 503.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let url = format!("{}/v1/sessions", Cluster::api(drained));
+        let (s, v) = http("POST", &url, Some(&c.agent), Some("{}")).await;
+        if s == 503 {
+            break;
+        }
+        assert_eq!(s, 400, "{v}");
+        assert!(tokio::time::Instant::now() < deadline, "node {drained} never refused new sessions: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // New calls meanwhile go to the other nodes, whichever node Kamailio tries first.
     let up = other_than(drained, &[]);
     stored.push(capture(&c, 20, up, &[drained]).await);
@@ -408,7 +476,7 @@ async fn the_load_tool_through_kamailio_rides_out_a_killed_node() {
         Path::new(load).exists(),
         "no load tool at {load}: cargo build -p tonewall-loadtest (cargo test --workspace builds it)"
     );
-    let c = Cluster::start(2);
+    let c = Cluster::start(2, "");
     let json = c.dir.path().join("report.json");
     let (victim, survivor) = (c.pid(2), c.pid(1));
     let apis = format!("{},{}", Cluster::api(1), Cluster::api(2));

@@ -12,16 +12,25 @@ use super::sessions::{AGENT_ROLES, validate_capture};
 use super::{ApiError, AppState, Caller};
 use tokio::sync::oneshot;
 
+use std::time::Duration;
+
 use crate::call::AfterCapture;
-use crate::calls::{CallId, CallsError, CaptureRefused, CaptureRequest};
+use crate::calls::{CallId, CallsError, CaptureAt, CaptureRefused, CaptureRequest};
 use crate::capture::collector::FieldName;
-use crate::session::NewSession;
+use crate::runtime::cluster::{SessionCommand, forward};
+use crate::session::{Holder, NewSession, SessionError, SessionId, SessionState, SessionView};
 
 /// Agents see their team's calls (`crate::owner`) and the last four digits of a caller's
 /// number, enough to find their call; admins see every call, whole numbers and SIP Call-IDs.
 pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
     caller.require(AGENT_ROLES)?;
-    let calls = state.calls.list(&caller.viewer());
+    let calls = state.calls.list(&caller.viewer()).await.map_err(|e| {
+        tracing::error!(error = %e, "calls not listed");
+        ApiError {
+            retry_after_s: Some(5),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the call store is unavailable")
+        }
+    })?;
     Ok(Json(json!({ "calls": calls })).into_response())
 }
 
@@ -48,8 +57,9 @@ pub async fn capture(
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, "no such call");
     let call_id = CallId::parse(&id).ok_or_else(not_found)?;
     let viewer = caller.viewer();
-    let captures = state.calls.capture_target(&call_id, &viewer).map_err(|e| match e {
+    let at = state.calls.capture_target(&call_id, &viewer).await.map_err(|e| match e {
         CallsError::NotFound => not_found(),
+        CallsError::Store(_) => ApiError::sessions(SessionError::Store(e.to_string())),
         e => ApiError::new(StatusCode::CONFLICT, e.to_string()),
     })?;
     let new = NewSession {
@@ -59,24 +69,65 @@ pub async fn capture(
         after_capture: AfterCapture::Bridge,
         owner: viewer.owner(),
     };
-    let view = state.sessions.create(new, &state.sip_host, true).await.map_err(ApiError::sessions)?;
-    // The call's task binds the session and starts the capture in one step, or says why not.
-    let (reply, answer) = oneshot::channel();
-    let asked = captures.send(CaptureRequest { session: view.id.clone(), fields: req.fields, reply }).await;
-    let refused = match (asked, answer.await) {
-        (Ok(()), Ok(Ok(()))) => None,
-        (Ok(()), Ok(Err(why))) => Some(why),
-        _ => Some(CaptureRefused::CallEnded),
+    let refusal = |why: CaptureRefused| match why {
+        CaptureRefused::Busy => ApiError::new(StatusCode::CONFLICT, why.to_string()),
+        CaptureRefused::SessionGone | CaptureRefused::CallEnded => not_found(),
     };
-    if let Some(why) = refused {
-        let _ = state.sessions.cancel_held(&view.id);
-        return Err(match why {
-            CaptureRefused::Busy => ApiError::new(StatusCode::CONFLICT, why.to_string()),
-            CaptureRefused::SessionGone | CaptureRefused::CallEnded => not_found(),
-        });
-    }
+    let view = match at {
+        CaptureAt::Here(captures) => {
+            let view = state.sessions.create(new, &state.sip_host, Holder::Here).await.map_err(ApiError::sessions)?;
+            // The call's task binds the session and starts the capture in one step, or says why not.
+            let (reply, answer) = oneshot::channel();
+            let asked = captures.send(CaptureRequest { session: view.id.clone(), fields: req.fields, reply }).await;
+            let refused = match (asked, answer.await) {
+                (Ok(()), Ok(Ok(()))) => None,
+                (Ok(()), Ok(Err(why))) => Some(why),
+                _ => Some(CaptureRefused::CallEnded),
+            };
+            if let Some(why) = refused {
+                let _ = state.sessions.refuse_held(&view.id, why.code(), why.to_string());
+                return Err(refusal(why));
+            }
+            state.sessions.held_view(&view.id).unwrap_or(view)
+        }
+        CaptureAt::Node(node) => {
+            // Made here, held by the call's node, which is told to adopt it and start.
+            let holder = Holder::Node(node.clone());
+            let view = state.sessions.create(new, &state.sip_host, holder).await.map_err(ApiError::sessions)?;
+            let command = SessionCommand::StartCapture { call: call_id.as_str().to_string(), fields: req.fields };
+            forward(&state.node, node, &view.id, command).await.map_err(ApiError::sessions)?;
+            let view = until_started(&state, &view.id).await?;
+            if view.state != SessionState::Capturing {
+                let why = view.reason.as_deref().and_then(CaptureRefused::from_code);
+                return Err(refusal(why.unwrap_or(CaptureRefused::CallEnded)));
+            }
+            view
+        }
+    };
     tracing::info!(call = call_id.as_str(), session = view.id.as_str(), key = caller.key_id, "capture started");
     caller.audit(&state, "call.capture", "started", view.id.as_str()).await;
-    let view = state.sessions.held_view(&view.id).unwrap_or(view);
     Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// How long the node holding a call has to start (or refuse) a capture asked of it, which
+/// it does within milliseconds.
+const FORWARDED_CAPTURE_WAIT: Duration = Duration::from_secs(3);
+
+/// The session once the call's node has taken it out of `waiting`.
+async fn until_started(state: &AppState, id: &SessionId) -> Result<SessionView, ApiError> {
+    let deadline = tokio::time::Instant::now() + FORWARDED_CAPTURE_WAIT;
+    loop {
+        let view = state.sessions.view(id).await.map_err(ApiError::sessions)?;
+        let view = view.ok_or_else(|| ApiError::sessions(SessionError::NotFound))?;
+        if view.state != SessionState::Waiting {
+            return Ok(view);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "the node holding the call did not start the capture in time",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }

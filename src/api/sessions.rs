@@ -18,7 +18,7 @@ use crate::call::{AfterCapture, Command};
 use crate::capture::card::looks_like_card_number;
 use crate::capture::collector::FieldName;
 use crate::runtime::cluster::{SessionCommand, forward};
-use crate::session::{Change, NewSession, Reach, SessionError, SessionId, SessionView};
+use crate::session::{Change, Holder, NewSession, Reach, SessionError, SessionId, SessionView};
 use crate::targets::{AllowedTargets, Verdict};
 
 pub(super) const AGENT_ROLES: &[Role] = &[Role::Agent, Role::Admin];
@@ -150,7 +150,7 @@ pub async fn create(
         after_capture: after,
         owner: caller.viewer().owner(),
     };
-    let view = state.sessions.create(new, &state.sip_host, false).await.map_err(ApiError::sessions)?;
+    let view = state.sessions.create(new, &state.sip_host, Holder::Nobody).await.map_err(ApiError::sessions)?;
     tracing::info!(session = view.id.as_str(), key = caller.key_id, "session created");
     caller.audit(&state, "session.create", "created", view.id.as_str()).await;
     let mut created = Created { view, desktop_url: None, embed_expires_in_s: None };

@@ -15,8 +15,11 @@ use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 
+use tokio::sync::oneshot;
+
 use super::Shared;
 use crate::call::Command;
+use crate::calls::{CallId, CaptureRefused, CaptureRequest};
 use crate::capture::collector::FieldName;
 use crate::session::store::{self, COMMAND_CHANNEL, SESSION_CHANNEL};
 use crate::session::{NodeId, Notice, SessionError, SessionId, unix_ms};
@@ -30,11 +33,17 @@ pub struct Forwarded {
     pub command: SessionCommand,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SessionCommand {
     Cancel,
     RestartField(FieldName),
+    /// Start a capture on this inline call for the session (made by the sending node's API,
+    /// held by this node, waiting): adopt it and ask the call, or refuse it with the reason.
+    StartCapture {
+        call: String,
+        fields: Vec<FieldName>,
+    },
 }
 
 /// Sends `command` to the node holding the session. Only PostgreSQL carries it: on SQLite
@@ -63,7 +72,7 @@ pub async fn forward(
 }
 
 /// Carries out a command another node forwarded, if this node holds the session.
-fn execute(shared: &Shared, f: Forwarded) {
+fn execute(shared: &Arc<Shared>, f: Forwarded) {
     if f.to != *shared.sessions.node() {
         return;
     }
@@ -73,6 +82,33 @@ fn execute(shared: &Shared, f: Forwarded) {
             Err(e) => tracing::info!(session = f.session.as_str(), error = %e, "forwarded cancel not carried out"),
         },
         SessionCommand::RestartField(field) => shared.calls.tell_session(&f.session, Command::RestartField(field)),
+        SessionCommand::StartCapture { call, fields } => {
+            tokio::spawn(start_capture(shared.clone(), f.session, call, fields));
+        }
+    }
+}
+
+/// Starts a capture another node's API asked for on an inline call held here. Whatever the
+/// outcome, the session leaves `waiting`: `capturing`, or `cancelled` with the refusal's
+/// code as its reason, which the asking node is watching for.
+async fn start_capture(shared: Arc<Shared>, session: SessionId, call: String, fields: Vec<FieldName>) {
+    if let Err(e) = shared.sessions.adopt(&session).await {
+        tracing::info!(session = session.as_str(), error = %e, "forwarded capture not started");
+        return;
+    }
+    let inbox = CallId::parse(&call).and_then(|id| shared.calls.capture_inbox(&id));
+    let refused = match inbox {
+        Some(inbox) => {
+            let (reply, answer) = oneshot::channel();
+            match inbox.send(CaptureRequest { session: session.clone(), fields, reply }).await {
+                Ok(()) => answer.await.unwrap_or(Err(CaptureRefused::CallEnded)).err(),
+                Err(_) => Some(CaptureRefused::CallEnded),
+            }
+        }
+        None => Some(CaptureRefused::CallEnded),
+    };
+    if let Some(why) = refused {
+        let _ = shared.sessions.refuse_held(&session, why.code(), why.to_string());
     }
 }
 
@@ -141,6 +177,9 @@ async fn fail_lapsed(shared: &Shared, lease: Duration) -> Result<(), SessionErro
         if let Err(e) = shared.vault.audit(&event).await {
             tracing::error!(error = %e, "audit record not written");
         }
+        if let Err(e) = crate::calls::store::remove_node(pool, lost.as_str()).await {
+            tracing::warn!(error = %e, "a lost node's calls are still listed");
+        }
         store::remove_node(pool, lost.as_str()).await?;
     }
     Ok(())
@@ -206,5 +245,11 @@ mod tests {
         let text = serde_json::to_string(&f).unwrap();
         assert!(text.contains("\"restart_field\":\"expiry\""), "{text}");
         assert_eq!(serde_json::from_str::<Forwarded>(&text).unwrap(), f);
+        let start = Forwarded {
+            command: SessionCommand::StartCapture { call: CallId::new().as_str().into(), fields: vec![FieldName::Pan] },
+            ..f
+        };
+        let text = serde_json::to_string(&start).unwrap();
+        assert_eq!(serde_json::from_str::<Forwarded>(&text).unwrap(), start);
     }
 }

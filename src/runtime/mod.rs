@@ -103,8 +103,8 @@ impl Server {
             if config.sip.public_host.is_empty() { sip_addr.to_string() } else { config.sip.public_host.clone() };
         let ports = PortPool::new(sip_addr.ip(), config.media.rtp_port_min, config.media.rtp_port_max);
         let node = NodeId::new();
+        let calls = Arc::new(Calls::new(vault.pool().clone(), node.clone()));
         let sessions = Arc::new(Sessions::new(vault.pool().clone(), vault.backend(), node));
-        let calls = Arc::new(Calls::default());
         let tls_ca = Some(config.sip.tls_ca.as_path()).filter(|p| !p.as_os_str().is_empty());
         let tls_connector = tls::tls_connector(tls_ca)?;
         let (stop, stop_rx) = watch::channel(false);

@@ -24,7 +24,7 @@ use crate::capture::collector::FieldName;
 use crate::capture::progress;
 pub use crate::capture::progress::{FieldProgress, FieldState};
 use crate::endpoint::SESSION_PREFIX;
-use crate::owner::{Owner, Team};
+use crate::owner::Owner;
 use crate::vault::TokenRecord;
 use crate::vault::store::Backend;
 
@@ -252,6 +252,17 @@ pub struct NewSession {
     pub owner: Owner,
 }
 
+/// Which node's call holds a session from its creation on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    /// Nobody yet: the first INVITE for its URI claims it.
+    Nobody,
+    /// An inline call on this node.
+    Here,
+    /// An inline call on that node, which adopts the session when told to start the capture.
+    Node(NodeId),
+}
+
 /// Where a command for a session was carried out, or must go.
 #[derive(Debug)]
 pub enum Reach {
@@ -321,9 +332,9 @@ impl Sessions {
         self.backend
     }
 
-    /// Stores a new session. `held_here` is for an inline call's capture: this node's call
-    /// holds it from the start, so no INVITE can claim it.
-    pub async fn create(&self, new: NewSession, sip_host: &str, held_here: bool) -> Result<SessionView, SessionError> {
+    /// Stores a new session, held by `holder` from the start (an inline call's capture: no
+    /// INVITE can claim it) or by nobody until a call claims it.
+    pub async fn create(&self, new: NewSession, sip_host: &str, holder: Holder) -> Result<SessionView, SessionError> {
         let NewSession { fields, reference, agent_uri, after_capture, owner } = new;
         let id = SessionId::new();
         let view = SessionView {
@@ -340,11 +351,7 @@ impl Sessions {
             error: None,
             reason: None,
         };
-        let (owner_kind, owner_id, owner_team) = match &owner {
-            Owner::Principal { id, team } => ("principal", Some(id.clone()), team.as_ref().map(|t| t.0.clone())),
-            Owner::Route { team } => ("route", None, team.as_ref().map(|t| t.0.clone())),
-            Owner::Unclaimed => ("unclaimed", None, None),
-        };
+        let stored = owner.to_stored();
         let (after, transfer_target) = match &after_capture {
             AfterCapture::Bridge => ("bridge", None),
             AfterCapture::Transfer(uri) => ("transfer", Some(uri.clone())),
@@ -354,10 +361,14 @@ impl Sessions {
         let row = store::Row {
             id: id.as_str().to_string(),
             state: SessionState::Waiting.as_str().to_string(),
-            node: held_here.then(|| self.node.as_str().to_string()),
-            owner_kind: owner_kind.into(),
-            owner_id,
-            owner_team,
+            node: match &holder {
+                Holder::Nobody => None,
+                Holder::Here => Some(self.node.as_str().to_string()),
+                Holder::Node(n) => Some(n.as_str().to_string()),
+            },
+            owner_kind: stored.kind.into(),
+            owner_id: stored.id,
+            owner_team: stored.team,
             agent_uri: agent_uri.clone(),
             after_capture: after.into(),
             transfer_target,
@@ -365,7 +376,7 @@ impl Sessions {
             created_ms: unix_ms(now),
         };
         store::insert(&self.pool, &row, unix_ms(now)).await?;
-        if held_here {
+        if holder == Holder::Here {
             let entry = Entry {
                 view: view.clone(),
                 agent_uri,
@@ -519,6 +530,41 @@ impl Sessions {
             }
         }
         Err(SessionError::Store("the session changed twice while it was being cancelled".into()))
+    }
+
+    /// Takes into this node's memory a session another node's API made for an inline call
+    /// held here (`Holder::Node`), so that the call's task can attach it.
+    pub async fn adopt(&self, id: &SessionId) -> Result<(), SessionError> {
+        let row = store::load(&self.pool, id.as_str()).await?.ok_or(SessionError::NotFound)?;
+        let view: SessionView = from_json(&row.view)?;
+        if row.node.as_deref() != Some(self.node.as_str()) || view.state != SessionState::Waiting {
+            return Err(SessionError::NotWaiting(view.state));
+        }
+        let entry = Entry {
+            view,
+            agent_uri: row.agent_uri.clone(),
+            after_capture: after_capture_of(&row),
+            owner: owner_of(&row),
+            call_live: false,
+            created: Instant::now(),
+        };
+        lock(&self.held).insert(id.clone(), entry);
+        Ok(())
+    }
+
+    /// Cancels a session made for a capture its call refused, saying why (`reason` is the
+    /// code the API maps back to a status).
+    pub fn refuse_held(&self, id: &SessionId, reason: &'static str, why: String) -> Result<SessionView, SessionError> {
+        let mut held = lock(&self.held);
+        let e = held.get_mut(id).ok_or(SessionError::NotFound)?;
+        if e.view.state.is_final() {
+            return Err(SessionError::Final(e.view.state));
+        }
+        e.view.state = SessionState::Cancelled;
+        e.view.error = Some(why);
+        e.view.reason = Some(reason.to_string());
+        self.publish(id, &e.view, Change::Cancelled);
+        Ok(e.view.clone())
     }
 
     /// Cancels a session this node's call holds; the caller tells the call to stop.
@@ -723,12 +769,7 @@ fn kind_of(after: &AfterCapture) -> AfterCaptureKind {
 }
 
 fn owner_of(row: &store::Row) -> Owner {
-    let team = row.owner_team.as_deref().and_then(Team::named);
-    match (row.owner_kind.as_str(), &row.owner_id) {
-        ("principal", Some(id)) => Owner::Principal { id: id.clone(), team },
-        ("route", _) => Owner::Route { team },
-        _ => Owner::Unclaimed,
-    }
+    Owner::from_stored(&row.owner_kind, row.owner_id.as_deref(), row.owner_team.as_deref())
 }
 
 fn after_capture_of(row: &store::Row) -> AfterCapture {
@@ -848,8 +889,8 @@ mod tests {
         for db in TestDatabase::both().await {
             let dir = tempfile::tempdir().unwrap();
             let (_vault, a, b) = two_nodes(&db, dir.path()).await;
-            let owner = Owner::Principal { id: "key-1".into(), team: Team::named("blue") };
-            let v = a.create(card_session(owner.clone()), "127.0.0.1:5060", false).await.unwrap();
+            let owner = Owner::Principal { id: "key-1".into(), team: crate::owner::Team::named("blue") };
+            let v = a.create(card_session(owner.clone()), "127.0.0.1:5060", Holder::Nobody).await.unwrap();
             assert!(v.transfer_uri.starts_with("sip:pay-"));
             // Made through A, claimed by a call that reached B.
             assert_eq!(b.owner(&v.id).await.unwrap(), Some(owner));
@@ -921,10 +962,10 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let (_vault, a, b) = two_nodes(&db, dir.path()).await;
             for _ in 0..20 {
-                let v = a.create(card_session(Owner::Route { team: None }), "h", false).await.unwrap();
+                let v = a.create(card_session(Owner::Route { team: None }), "h", Holder::Nobody).await.unwrap();
                 let (x, y) = tokio::join!(a.claim(&v.id, 3), b.claim(&v.id, 3));
                 assert_eq!(u8::from(x.is_ok()) + u8::from(y.is_ok()), 1, "{x:?} {y:?}");
-                let v = a.create(card_session(Owner::Route { team: None }), "h", false).await.unwrap();
+                let v = a.create(card_session(Owner::Route { team: None }), "h", Holder::Nobody).await.unwrap();
                 let (claimed, cancelled) = tokio::join!(b.claim(&v.id, 3), a.cancel(&v.id));
                 match (claimed, cancelled) {
                     (Ok(_), Ok(Reach::HeldBy(n))) => assert_eq!(n, *b.node()),
@@ -939,7 +980,7 @@ mod tests {
                 }
             }
             // An inline call's session is held from its start: no INVITE can claim it.
-            let v = a.create(card_session(Owner::Route { team: None }), "h", true).await.unwrap();
+            let v = a.create(card_session(Owner::Route { team: None }), "h", Holder::Here).await.unwrap();
             assert!(b.claim(&v.id, 3).await.is_err());
             assert!(a.attach(&v.id, 3).is_ok());
         }
@@ -952,12 +993,12 @@ mod tests {
         for db in TestDatabase::both().await {
             let dir = tempfile::tempdir().unwrap();
             let (_vault, a, b) = two_nodes(&db, dir.path()).await;
-            let v = a.create(card_session(Owner::Route { team: None }), "h", false).await.unwrap();
+            let v = a.create(card_session(Owner::Route { team: None }), "h", Holder::Nobody).await.unwrap();
             let token = a.embed_token(&v.id, SystemTime::now() + Duration::from_secs(60)).await.unwrap().unwrap();
             assert_eq!(b.embedded(&token, SystemTime::now()).await.unwrap(), Some(v.id.clone()));
             assert_eq!(b.embedded(&token, SystemTime::now() + Duration::from_secs(61)).await.unwrap(), None);
             assert_eq!(b.embedded("twe_nope", SystemTime::now()).await.unwrap(), None);
-            let waiting = a.create(card_session(Owner::Route { team: None }), "h", false).await.unwrap();
+            let waiting = a.create(card_session(Owner::Route { team: None }), "h", Holder::Nobody).await.unwrap();
             a.claim(&v.id, 3).await.unwrap();
             let (_, mut events) = b.subscribe(&v.id).await.unwrap();
             assert_eq!(b.fail_lost(a.node()).await.unwrap(), vec![v.id.clone()]);
