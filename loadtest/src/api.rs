@@ -48,18 +48,10 @@ impl Api {
     pub async fn create_session(&self, n: u32, agent_uri: String, reference: String) -> anyhow::Result<Session> {
         let api = self.clone();
         let body = json!({"fields": ["pan", "expiry", "cvv"], "reference": reference, "agent_uri": agent_uri});
-        let first = n as usize % self.bases.len();
         // A node that is down or draining: the next one (as a load balancer would).
+        let first = n as usize % self.bases.len();
         let v = tokio::task::spawn_blocking(move || {
-            let mut last = None;
-            for i in 0..api.bases.len() {
-                let base = (first + i) % api.bases.len();
-                match api.request_at(base, &api.auth, "POST", "/v1/sessions", Some(body.clone())) {
-                    Ok(v) => return Ok(v),
-                    Err(e) => last = Some(e),
-                }
-            }
-            Err(last.unwrap_or_else(|| anyhow::anyhow!("no API given")))
+            api.on_nodes(first, |base| api.request_at(base, &api.auth, "POST", "/v1/sessions", Some(body.clone())))
         })
         .await??;
         Ok(Session {
@@ -72,17 +64,8 @@ impl Api {
     pub async fn session(&self, id: &str) -> anyhow::Result<Value> {
         let api = self.clone();
         let path = format!("/v1/sessions/{id}");
-        tokio::task::spawn_blocking(move || {
-            let mut last = None;
-            for base in 0..api.bases.len() {
-                match api.request_at(base, &api.auth, "GET", &path, None) {
-                    Ok(v) => return Ok(v),
-                    Err(e) => last = Some(e),
-                }
-            }
-            Err(last.unwrap_or_else(|| anyhow::anyhow!("no API given")))
-        })
-        .await?
+        tokio::task::spawn_blocking(move || api.on_nodes(0, |base| api.request_at(base, &api.auth, "GET", &path, None)))
+            .await?
     }
 
     /// `POST /v1/detokenize` as a processor: the card the vault holds for `token`, with the
@@ -115,6 +98,18 @@ impl Api {
             card.context("no node detokenized the token")
         })
         .await?
+    }
+
+    /// `f` on each node from `first` on, until one answers; the last error if none does.
+    fn on_nodes<T>(&self, first: usize, mut f: impl FnMut(usize) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        let mut last = anyhow::anyhow!("no API given");
+        for i in 0..self.bases.len() {
+            match f((first + i) % self.bases.len()) {
+                Ok(v) => return Ok(v),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 
     fn request_at(
