@@ -13,7 +13,8 @@ set -euo pipefail
 LEVELS=${1:-50,100,200}
 RATE=${2:-25}
 cd "$(dirname "$0")/.."
-cargo build --release --quiet --bin tonewall --bin loadtest
+cargo build --release --quiet -p tonewall --bin tonewall
+cargo build --release --quiet -p tonewall-loadtest --bin loadtest
 export TONEWALL_BIN=$PWD/target/release/tonewall
 WORK=$(mktemp -d)
 export TONEWALL_CLUSTER_DIR=$WORK/cluster

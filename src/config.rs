@@ -173,6 +173,8 @@ pub struct HttpConfig {
     /// Who may read `/metrics` and `/readyz` (addresses or CIDRs); `/healthz` is open.
     #[serde(deserialize_with = "addresses_or_cidrs")]
     pub monitoring_from: Vec<ipnet::IpNet>,
+    /// The URL other nodes reach this node's API at ("" for `http(s)://listen`).
+    pub advertise: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -480,6 +482,11 @@ impl Config {
             );
         }
         self.validate_oidc()?;
+        let advertise = &self.http.advertise;
+        let is_url = advertise.starts_with("http://") || advertise.starts_with("https://");
+        if !advertise.is_empty() && !is_url {
+            return bad("http.advertise", "must be empty or an http:// or https:// URL");
+        }
         if self.http.embed_ttl_s == 0 || self.http.embed_ttl_s > 86_400 {
             return bad("http.embed_ttl_s", "an embed token must live between 1 second and a day");
         }
@@ -500,6 +507,15 @@ impl Config {
         }
         if !self.http.client_ca.as_os_str().is_empty() && !self.http.tls {
             return bad("http.client_ca", "client certificates need HTTPS (http.tls = true)");
+        }
+        let advertised_host = advertise.split("://").nth(1).and_then(|r| r.split(['/', ':']).next()).unwrap_or("");
+        let advertised_loopback = advertised_host == "localhost"
+            || advertised_host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        if self.vault.production && advertise.starts_with("http://") && !advertised_loopback {
+            return bad(
+                "http.advertise",
+                "production mode refuses plain HTTP between nodes off loopback: security codes travel over it (PCI DSS 4.2.1)",
+            );
         }
         if self.vault.production && !self.http.tls && !self.http.listen.ip().is_loopback() {
             return bad(
@@ -773,6 +789,12 @@ mod tests {
         assert!(Config::parse("x", &open).unwrap_err().to_string().contains("http.tls"), "plain HTTP off loopback");
         assert!(Config::parse("x", &open.replace("tls = false", "tls = true")).is_ok(), "HTTPS off loopback");
         assert!(Config::parse("x", &prod).is_ok(), "plain HTTP on loopback (a proxy in front)");
+        let advertise = |url: &str| prod.replace("advertise = \"\"", &format!("advertise = \"{url}\""));
+        let plain_peer = Config::parse("x", &advertise("http://10.0.0.11:8080")).unwrap_err().to_string();
+        assert!(plain_peer.contains("http.advertise"), "{plain_peer}");
+        assert!(Config::parse("x", &advertise("https://node1.example:8443")).is_ok());
+        assert!(Config::parse("x", &advertise("http://127.0.0.2:8080")).is_ok(), "between nodes on one machine");
+        assert!(Config::parse("x", &advertise("node1:8080")).unwrap_err().to_string().contains("http.advertise"));
         let hook = |url: &str| {
             prod.replace("\nurl = \"\"", &format!("\nurl = \"{url}\""))
                 .replace("secret = \"dev_file\"", "secret = { env = \"TONEWALL_HOOK_SECRET\" }")

@@ -2,9 +2,8 @@
 //! back at the end. One pooled HTTP/1.1 client (keep-alive) serves every call; requests run
 //! on tokio's blocking pool.
 //!
-//! Given several nodes of a cluster, sessions are made on each in turn and read back through
-//! whichever answers first; a card's security code is held only by the node that captured it
-//! (never in the shared database), so a card read without it is read again on the others.
+//! Given several nodes of a cluster, sessions are made on each in turn and read back, and
+//! cards detokenized, through whichever answers first.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,36 +67,26 @@ impl Api {
             .await?
     }
 
-    /// `POST /v1/detokenize` as a processor: the card the vault holds for `token`, with the
-    /// security code from whichever node holds it (empty if none does).
+    /// `POST /v1/detokenize` as a processor, on the first node that answers: the card the
+    /// vault holds for `token`, with the security code (which that node fetches from the
+    /// node that captured the card, if another did).
     pub async fn detokenize(&self, token: String) -> anyhow::Result<Card> {
         let api = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let body = json!({ "token": token });
-            let mut card: Option<Card> = None;
-            for base in 0..api.bases.len() {
-                let Ok(v) = api.request_at(base, &api.processor_auth, "POST", "/v1/detokenize", Some(body.clone()))
-                else {
-                    continue;
-                };
-                let text =
-                    |k: &str| v[k].as_str().map(str::to_string).with_context(|| format!("detokenize without {k}"));
-                let number = |k: &str| v[k].as_u64().with_context(|| format!("detokenize without {k}"));
-                let read = Card {
-                    pan: text("pan")?,
-                    expiry_month: number("expiry_month")?,
-                    expiry_year: number("expiry_year")?,
-                    security_code: text("security_code").unwrap_or_default(),
-                };
-                let whole = !read.security_code.is_empty();
-                card = Some(read);
-                if whole {
-                    break;
-                }
-            }
-            card.context("no node detokenized the token")
+        let body = json!({ "token": token });
+        let v = tokio::task::spawn_blocking(move || {
+            api.on_nodes(0, |base| {
+                api.request_at(base, &api.processor_auth, "POST", "/v1/detokenize", Some(body.clone()))
+            })
         })
-        .await?
+        .await??;
+        let text = |k: &str| v[k].as_str().map(str::to_string).with_context(|| format!("detokenize without {k}"));
+        let number = |k: &str| v[k].as_u64().with_context(|| format!("detokenize without {k}"));
+        Ok(Card {
+            pan: text("pan")?,
+            expiry_month: number("expiry_month")?,
+            expiry_year: number("expiry_year")?,
+            security_code: text("security_code")?,
+        })
     }
 
     /// `f` on each node from `first` on, until one answers; the last error if none does.

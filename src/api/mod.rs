@@ -106,6 +106,7 @@ pub async fn audit_auth_failures(
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route(crate::runtime::peer::PATH, post(crate::runtime::peer::release))
         .route("/readyz", get(monitoring::readyz))
         .route("/metrics", get(monitoring::metrics))
         .route("/desktop", get(pages::desktop))

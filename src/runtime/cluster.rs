@@ -112,14 +112,15 @@ async fn start_capture(shared: Arc<Shared>, session: SessionId, call: String, fi
     }
 }
 
-/// Registers this node, renews its lease and fails the captures of nodes whose lease ran
-/// out, until `stop`; then removes this node's row (its calls have ended by then).
-pub async fn keep_lease(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+/// Registers this node (with `api`, where the other nodes reach its API), renews its lease
+/// and fails the captures of nodes whose lease ran out, until `stop`; then removes this
+/// node's row (its calls have ended by then).
+pub async fn keep_lease(shared: Arc<Shared>, api: Option<String>, mut stop: watch::Receiver<bool>) {
     let pool = shared.sessions.pool().clone();
     let me = shared.sessions.node().clone();
     let lease = Duration::from_secs(shared.config.storage.node_lease_s);
     let sip = shared.sip_addr.to_string();
-    let register = || store::register_node(&pool, me.as_str(), &sip, unix_ms(SystemTime::now()));
+    let register = || store::register_node(&pool, me.as_str(), &sip, api.as_deref(), unix_ms(SystemTime::now()));
     if let Err(e) = register().await {
         tracing::error!(error = %e, "this node could not register its lease");
     }

@@ -5,6 +5,7 @@ mod call_task;
 pub mod cluster;
 mod endpoint;
 pub mod http;
+pub mod peer;
 pub mod ports;
 pub mod prompts;
 mod shared;
@@ -116,7 +117,18 @@ impl Server {
         ));
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(endpoint::run(shared.clone(), stop_rx.clone())));
-        tasks.push(tokio::spawn(cluster::keep_lease(shared.clone(), stop_rx.clone())));
+        let advertised = match (&shared.config.http.advertise, shared.config.http.tls) {
+            (url, _) if !url.is_empty() => Some(url.clone()),
+            _ if http_addr.ip().is_unspecified() => {
+                tracing::warn!(
+                    "http.listen is a wildcard address and http.advertise is empty: other nodes cannot ask this node for the security codes it holds"
+                );
+                None
+            }
+            (_, true) => Some(format!("https://{http_addr}")),
+            (_, false) => Some(format!("http://{http_addr}")),
+        };
+        tasks.push(tokio::spawn(cluster::keep_lease(shared.clone(), advertised, stop_rx.clone())));
         if shared.vault.backend() == crate::vault::store::Backend::Postgres {
             let url = shared.config.storage.database_url.clone();
             tasks.push(tokio::spawn(cluster::listen(shared.clone(), url, stop_rx.clone())));

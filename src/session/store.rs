@@ -197,10 +197,18 @@ pub async fn fail_lost(pool: &AnyPool, id: &str, node: &str, view: &str, now_ms:
     Ok(done.rows_affected() == 1)
 }
 
-pub async fn register_node(pool: &AnyPool, node: &str, sip: &str, now_ms: i64) -> Result<(), SessionError> {
-    sqlx::query("INSERT INTO nodes (id, sip, started_ms, heartbeat_ms) VALUES ($1, $2, $3, $3)")
+/// `api`: where the other nodes reach this node's API (`http.advertise`), if anywhere.
+pub async fn register_node(
+    pool: &AnyPool,
+    node: &str,
+    sip: &str,
+    api: Option<&str>,
+    now_ms: i64,
+) -> Result<(), SessionError> {
+    sqlx::query("INSERT INTO nodes (id, sip, api, started_ms, heartbeat_ms) VALUES ($1, $2, $3, $4, $4)")
         .bind(node)
         .bind(sip)
+        .bind(api)
         .bind(now_ms)
         .execute(pool)
         .await?;

@@ -650,6 +650,11 @@ impl Vault {
         (held.until > now).then_some(held.code)
     }
 
+    /// Whether this process holds the security code of `token` (within its TTL).
+    pub fn holds_security_code(&self, token: &str, now: Instant) -> bool {
+        self.held().get(token).is_some_and(|h| h.until > now)
+    }
+
     /// Forgets every security code past its TTL; returns how many are still held.
     pub fn purge_security_codes(&self, now: Instant) -> usize {
         let mut held = self.held();
