@@ -555,26 +555,25 @@ impl Sessions {
     /// Cancels a session made for a capture its call refused, saying why (`reason` is the
     /// code the API maps back to a status).
     pub fn refuse_held(&self, id: &SessionId, reason: &'static str, why: String) -> Result<SessionView, SessionError> {
-        let mut held = lock(&self.held);
-        let e = held.get_mut(id).ok_or(SessionError::NotFound)?;
-        if e.view.state.is_final() {
-            return Err(SessionError::Final(e.view.state));
-        }
-        e.view.state = SessionState::Cancelled;
-        e.view.error = Some(why);
-        e.view.reason = Some(reason.to_string());
-        self.publish(id, &e.view, Change::Cancelled);
-        Ok(e.view.clone())
+        self.end_held(id, Some((reason, why)))
     }
 
     /// Cancels a session this node's call holds; the caller tells the call to stop.
     pub fn cancel_held(&self, id: &SessionId) -> Result<SessionView, SessionError> {
+        self.end_held(id, None)
+    }
+
+    fn end_held(&self, id: &SessionId, refused: Option<(&'static str, String)>) -> Result<SessionView, SessionError> {
         let mut held = lock(&self.held);
         let e = held.get_mut(id).ok_or(SessionError::NotFound)?;
         if e.view.state.is_final() {
             return Err(SessionError::Final(e.view.state));
         }
         e.view.state = SessionState::Cancelled;
+        if let Some((reason, why)) = refused {
+            e.view.error = Some(why);
+            e.view.reason = Some(reason.to_string());
+        }
         self.publish(id, &e.view, Change::Cancelled);
         Ok(e.view.clone())
     }
