@@ -11,14 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{ServeProcess, http, tonewall, write_config};
-
-/// A Luhn-valid 16-digit Visa test number from a counter.
-fn pan(n: u64) -> String {
-    let body = format!("4{n:014}");
-    let digits: Vec<u8> = body.bytes().map(|b| b - b'0').collect();
-    format!("{body}{}", tonewall::capture::card::luhn_check_digit(&digits))
-}
+use common::{ServeProcess, http, tonewall, visa_pan, write_config};
 
 /// Every token in `cards` detokenizes on `base` to its card number.
 async fn all_detokenize(base: &str, key: &str, cards: &HashMap<String, String>, copy: &str) {
@@ -61,7 +54,7 @@ async fn a_backup_taken_under_load_restores_and_verifies() {
                 if stop.load(Ordering::Relaxed) {
                     return;
                 }
-                let p = pan(counter.fetch_add(1, Ordering::Relaxed));
+                let p = visa_pan(counter.fetch_add(1, Ordering::Relaxed));
                 let body = format!(r#"{{"pan":"{p}","expiry":"1230"}}"#);
                 let (s, v) = http("POST", &format!("{base}/v1/tokenize"), Some(&key), Some(&body)).await;
                 assert_eq!(s, 201, "tokenize: {v}");
@@ -173,7 +166,7 @@ async fn a_pg_dump_restores_and_verifies() {
     let serve = ServeProcess::start(&config, &data, &dir.path().join("serve.log"), &[]);
     let mut acknowledged = HashMap::new();
     for n in 0..200 {
-        let p = pan(10_000 + n);
+        let p = visa_pan(10_000 + n);
         let body = format!(r#"{{"pan":"{p}","expiry":"1230"}}"#);
         let (s, v) = http("POST", &format!("{}/v1/tokenize", serve.base), Some(&key), Some(&body)).await;
         assert_eq!(s, 201, "tokenize: {v}");

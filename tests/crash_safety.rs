@@ -9,15 +9,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{ServeProcess, http, tonewall, write_config};
+use common::{ServeProcess, http, tonewall, visa_pan, write_config};
 use tonewall::vault::testing::TestDatabase;
-
-/// A Luhn-valid 16-digit Visa test number from a counter.
-fn pan(n: u64) -> String {
-    let body = format!("4{n:014}");
-    let digits: Vec<u8> = body.bytes().map(|b| b - b'0').collect();
-    format!("{body}{}", tonewall::capture::card::luhn_check_digit(&digits))
-}
 
 /// xorshift64*: the kill schedule, reproducible from the printed seed.
 struct Rng(u64);
@@ -63,7 +56,7 @@ async fn kill_loop(db: &TestDatabase, kills: usize) {
                 (serve.base.clone(), key.clone(), acknowledged.clone(), counter.clone(), stop.clone());
             clients.push(tokio::spawn(async move {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let p = pan(counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+                    let p = visa_pan(counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
                     let body = format!(r#"{{"pan":"{p}","expiry":"1230"}}"#);
                     let (s, v) = http("POST", &format!("{base}/v1/tokenize"), Some(&key), Some(&body)).await;
                     if s == 201 {
@@ -114,16 +107,7 @@ async fn kill_loop(db: &TestDatabase, kills: usize) {
     // Tokens are unique, and each acknowledged one has exactly one tokenize record.
     let distinct: std::collections::HashSet<&String> = tokens.iter().map(|t| &t.0).collect();
     assert_eq!(distinct.len(), tokens.len(), "{}: duplicate tokens", db.label);
-    let mut records: HashMap<String, usize> = HashMap::new();
-    let mut after = 0;
-    loop {
-        let page = tonewall::vault::audit::records(vault.pool(), after, 1000).await.unwrap();
-        let Some(last) = page.last() else { break };
-        after = last.seq;
-        for r in page.into_iter().filter(|r| r.action == "tokenize") {
-            *records.entry(r.resource).or_default() += 1;
-        }
-    }
+    let records = common::tokenize_records(vault.pool()).await;
     for token in acked.keys() {
         assert_eq!(records.get(token), Some(&1), "{}: audit records for acknowledged token {token}", db.label);
     }

@@ -13,17 +13,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{ServeProcess, http, tonewall, write_config};
+use common::{ServeProcess, http, tonewall, visa_pan, write_config};
 use tonewall::vault::testing::TestDatabase;
 
 const KEK_A: &str = "1111111111111111111111111111111111111111111111111111111111111111";
 const KEK_B: &str = "2222222222222222222222222222222222222222222222222222222222222222";
-
-fn pan(n: u64) -> String {
-    let body = format!("4{n:014}");
-    let digits: Vec<u8> = body.bytes().map(|b| b - b'0').collect();
-    format!("{body}{}", tonewall::capture::card::luhn_check_digit(&digits))
-}
 
 type Acked = Arc<Mutex<HashMap<String, String>>>;
 
@@ -41,7 +35,7 @@ fn tokenize_until(
                 (base.to_string(), key.to_string(), acked.clone(), counter.clone(), stop.clone());
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    let p = pan(counter.fetch_add(1, Ordering::Relaxed));
+                    let p = visa_pan(counter.fetch_add(1, Ordering::Relaxed));
                     let body = format!(r#"{{"pan":"{p}","expiry":"1230"}}"#);
                     let (s, v) = http("POST", &format!("{base}/v1/tokenize"), Some(&key), Some(&body)).await;
                     match s {

@@ -19,16 +19,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{ServeProcess, http, tonewall, write_config};
+use common::{ServeProcess, http, tonewall, visa_pan, write_config};
 
 const LOSSYFS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/powerloss/lossyfs.py");
-
-/// A Luhn-valid 16-digit Visa test number from a counter.
-fn pan(n: u64) -> String {
-    let body = format!("4{n:014}");
-    let digits: Vec<u8> = body.bytes().map(|b| b - b'0').collect();
-    format!("{body}{}", tonewall::capture::card::luhn_check_digit(&digits))
-}
 
 fn require_fuse() {
     let fusepy = Command::new("/usr/bin/python3").args(["-c", "import fusepy"]).output();
@@ -125,7 +118,7 @@ async fn tokenize_then_cut(ignore_fsync: bool, rounds: usize) -> Survived {
                 (serve.base.clone(), key.clone(), acknowledged.clone(), counter.clone(), stop.clone());
             clients.push(tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    let p = pan(counter.fetch_add(1, Ordering::Relaxed));
+                    let p = visa_pan(counter.fetch_add(1, Ordering::Relaxed));
                     let body = format!(r#"{{"pan":"{p}","expiry":"1230"}}"#);
                     let (s, v) = http("POST", &format!("{base}/v1/tokenize"), Some(&key), Some(&body)).await;
                     match s {
@@ -176,16 +169,7 @@ async fn tokenize_then_cut(ignore_fsync: bool, rounds: usize) -> Survived {
         Ok(v) => v,
         Err(e) => return Survived { acknowledged: acked.len(), lost: everything(), audit: Err(e.to_string()) },
     };
-    let mut records: HashMap<String, usize> = HashMap::new();
-    let mut after = 0;
-    loop {
-        let page = tonewall::vault::audit::records(vault.pool(), after, 1000).await.unwrap();
-        let Some(last) = page.last() else { break };
-        after = last.seq;
-        for r in page.into_iter().filter(|r| r.action == "tokenize") {
-            *records.entry(r.resource).or_default() += 1;
-        }
-    }
+    let records = common::tokenize_records(vault.pool()).await;
     drop(vault);
     for token in acked.keys() {
         if records.get(token) != Some(&1) && !lost.contains(token) {

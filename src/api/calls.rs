@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::sessions::{AGENT_ROLES, validate_capture};
+use super::sessions::{AGENT_ROLES, until_view, validate_capture};
 use super::{ApiError, AppState, Caller};
 use tokio::sync::oneshot;
 
@@ -18,7 +18,7 @@ use crate::call::AfterCapture;
 use crate::calls::{CallId, CallsError, CaptureAt, CaptureRefused, CaptureRequest};
 use crate::capture::collector::FieldName;
 use crate::runtime::cluster::{SessionCommand, forward};
-use crate::session::{Holder, NewSession, SessionError, SessionId, SessionState, SessionView};
+use crate::session::{Holder, NewSession, SessionError, SessionState, SessionView};
 
 /// Agents see their team's calls (`crate::owner`) and the last four digits of a caller's
 /// number, enough to find their call; admins see every call, whole numbers and SIP Call-IDs.
@@ -96,7 +96,8 @@ pub async fn capture(
             let view = state.sessions.create(new, &state.sip_host, holder).await.map_err(ApiError::sessions)?;
             let command = SessionCommand::StartCapture { call: call_id.as_str().to_string(), fields: req.fields };
             forward(&state.node, node, &view.id, command).await.map_err(ApiError::sessions)?;
-            let view = until_started(&state, &view.id).await?;
+            let started = |v: &SessionView| v.state != SessionState::Waiting;
+            let view = until_view(&state, &view.id, FORWARDED_CAPTURE_WAIT, "start the capture", started).await?;
             if view.state != SessionState::Capturing {
                 let why = view.reason.as_deref().and_then(CaptureRefused::from_code);
                 return Err(refusal(why.unwrap_or(CaptureRefused::CallEnded)));
@@ -112,22 +113,3 @@ pub async fn capture(
 /// How long the node holding a call has to start (or refuse) a capture asked of it, which
 /// it does within milliseconds.
 const FORWARDED_CAPTURE_WAIT: Duration = Duration::from_secs(3);
-
-/// The session once the call's node has taken it out of `waiting`.
-async fn until_started(state: &AppState, id: &SessionId) -> Result<SessionView, ApiError> {
-    let deadline = tokio::time::Instant::now() + FORWARDED_CAPTURE_WAIT;
-    loop {
-        let view = state.sessions.view(id).await.map_err(ApiError::sessions)?;
-        let view = view.ok_or_else(|| ApiError::sessions(SessionError::NotFound))?;
-        if view.state != SessionState::Waiting {
-            return Ok(view);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "the node holding the call did not start the capture in time",
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}

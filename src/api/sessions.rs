@@ -201,7 +201,7 @@ pub async fn cancel(
         }
         Reach::HeldBy(node) => {
             forward(&state.node, node, &id, SessionCommand::Cancel).await.map_err(ApiError::sessions)?;
-            wait_until_final(&state, &id).await?
+            until_view(&state, &id, FORWARDED_CANCEL_WAIT, "confirm the cancel", |v| v.state.is_final()).await?
         }
     };
     tracing::info!(session = id.as_str(), key = caller.key_id, "session cancelled");
@@ -209,21 +209,25 @@ pub async fn cancel(
     Ok(Json(view))
 }
 
-/// The view once the node holding the call has ended the session, which it does within
-/// milliseconds of hearing the command.
-async fn wait_until_final(state: &AppState, id: &SessionId) -> Result<SessionView, ApiError> {
-    let deadline = tokio::time::Instant::now() + FORWARDED_CANCEL_WAIT;
+/// The view once `done` holds of it: the node holding the call acts within milliseconds of
+/// hearing a forwarded command; after `wait`, 504 saying that it did not do `what` in time.
+pub(super) async fn until_view(
+    state: &AppState,
+    id: &SessionId,
+    wait: Duration,
+    what: &str,
+    done: impl Fn(&SessionView) -> bool,
+) -> Result<SessionView, ApiError> {
+    let deadline = tokio::time::Instant::now() + wait;
     loop {
         let view = state.sessions.view(id).await.map_err(ApiError::sessions)?;
         let view = view.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such session"))?;
-        if view.state.is_final() {
+        if done(&view) {
             return Ok(view);
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "the node holding the call did not confirm the cancel in time",
-            ));
+            let message = format!("the node holding the call did not {what} in time");
+            return Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, message));
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }

@@ -329,3 +329,25 @@ pub fn card_differences(stored: &Value, card: &TestCard) -> Vec<&'static str> {
     }
     differ
 }
+
+/// A Luhn-valid 16-digit Visa test number from a counter.
+pub fn visa_pan(n: u64) -> String {
+    let body = format!("4{n:014}");
+    let digits: Vec<u8> = body.bytes().map(|b| b - b'0').collect();
+    format!("{body}{}", tonewall::capture::card::luhn_check_digit(&digits))
+}
+
+/// How many `tokenize` audit records each token has, over the whole trail.
+pub async fn tokenize_records(pool: &sqlx::AnyPool) -> std::collections::HashMap<String, usize> {
+    let mut records = std::collections::HashMap::new();
+    let mut after = 0;
+    loop {
+        let page = tonewall::vault::audit::records(pool, after, 1000).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for r in page.into_iter().filter(|r| r.action == "tokenize") {
+            *records.entry(r.resource).or_default() += 1;
+        }
+    }
+    records
+}
