@@ -278,6 +278,14 @@ impl ServeProcess {
     }
 }
 
+/// A test that ends, or fails, without killing its server does not leave it running.
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A test card as the caller keys it, to check whole after a call.
 #[derive(Debug, Clone, Copy)]
 pub struct TestCard {
