@@ -21,6 +21,7 @@
 //!
 //! The agent-leg audio around each call's keys goes to the leak judge (spandsp, `judge.rs`).
 
+use std::collections::HashMap;
 use std::net::SocketAddrV4;
 use std::sync::Arc;
 use std::time::Duration;
@@ -240,8 +241,8 @@ impl Shard {
             calls: Vec::new(),
             free: Vec::new(),
             buckets: Default::default(),
-            by_caller_port: vec![u32::MAX; 65536],
-            by_agent_port: vec![u32::MAX; 65536],
+            by_caller: HashMap::new(),
+            by_agent: HashMap::new(),
             window: 0,
             stats: vec![WindowStats::new()],
             judge,
@@ -261,9 +262,10 @@ struct ShardTask {
     calls: Vec<Option<Call>>,
     free: Vec<u32>,
     buckets: [Vec<u32>; BUCKETS],
-    /// tonewall's port → index in `calls`, for each socket.
-    by_caller_port: Vec<u32>,
-    by_agent_port: Vec<u32>,
+    /// tonewall's address → index in `calls`, for each socket. The whole address: nodes of
+    /// a cluster on different IPs hand out the same ports.
+    by_caller: HashMap<SocketAddrV4, u32>,
+    by_agent: HashMap<SocketAddrV4, u32>,
     window: u8,
     stats: Vec<WindowStats>,
     judge: Judge,
@@ -319,7 +321,7 @@ impl ShardTask {
     fn command(&mut self, c: ShardCommand) {
         match c {
             ShardCommand::Add(m) => {
-                let (cp, ap) = (m.caller_leg.port(), m.agent_leg.port());
+                let (cp, ap) = (m.caller_leg, m.agent_leg);
                 let call = Call::new(m);
                 let i = match self.free.pop() {
                     Some(i) => {
@@ -331,8 +333,8 @@ impl ShardTask {
                         self.calls.len() as u32 - 1
                     }
                 };
-                self.by_caller_port[usize::from(cp)] = i;
-                self.by_agent_port[usize::from(ap)] = i;
+                self.by_caller.insert(cp, i);
+                self.by_agent.insert(ap, i);
                 self.buckets[i as usize % BUCKETS].push(i);
             }
             ShardCommand::Remove(id) => {
@@ -343,8 +345,8 @@ impl ShardTask {
                     if !c.heard.is_empty() {
                         self.judge.submit(self.window, std::mem::take(&mut c.heard));
                     }
-                    self.by_caller_port[usize::from(c.media.caller_leg.port())] = u32::MAX;
-                    self.by_agent_port[usize::from(c.media.agent_leg.port())] = u32::MAX;
+                    self.by_caller.remove(&c.media.caller_leg);
+                    self.by_agent.remove(&c.media.agent_leg);
                 }
                 self.buckets[i % BUCKETS].retain(|&x| x as usize != i);
                 self.free.push(i as u32);
@@ -438,13 +440,12 @@ impl ShardTask {
     /// Reads everything waiting on one socket.
     fn drain(&mut self, caller_side: bool, recv: &mut RecvBatch) {
         let fd = mmsg::fd_of(if caller_side { &self.caller } else { &self.agent });
-        let map = if caller_side { &self.by_caller_port } else { &self.by_agent_port };
+        let map = if caller_side { &self.by_caller } else { &self.by_agent };
         let (calls, stats, window) = (&mut self.calls, &mut self.stats, self.window);
         let arrival = Arrival { caller_side, window, by_timestamp: self.by_timestamp, judge: &self.judge };
         loop {
             let n = recv.recv(fd, |p| {
-                let i = map[usize::from(p.from.port())];
-                if i != u32::MAX {
+                if let Some(&i) = map.get(&p.from) {
                     arrived(calls, stats, i, &arrival, p.at_ns, p.data);
                 }
             });
