@@ -19,3 +19,4 @@ pub mod runtime;
 pub mod session;
 pub mod targets;
 pub mod vault;
+pub mod write_behind;

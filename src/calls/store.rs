@@ -110,33 +110,13 @@ async fn apply(pool: &AnyPool, node: &str, batch: &[Write]) -> Result<(), CallsE
     Ok(())
 }
 
-/// Largest batch one transaction writes.
-const MAX_BATCH: usize = 256;
-
 /// Writes this node's call changes behind its calls, in order. A batch the database refuses
 /// is retried for a while, then given up with an error in the log: the listing lags, the
 /// calls themselves go on.
 pub async fn write_behind(pool: AnyPool, node: String, mut rx: mpsc::UnboundedReceiver<Write>) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(w) => batch.push(w),
-                Err(_) => break,
-            }
-        }
-        let mut wait = std::time::Duration::from_millis(50);
-        for attempt in 1..=6 {
-            match apply(&pool, &node, &batch).await {
-                Ok(()) => break,
-                Err(e) if attempt == 6 => {
-                    tracing::error!(error = %e, changes = batch.len(), "call listing not updated")
-                }
-                Err(_) => {
-                    tokio::time::sleep(wait).await;
-                    wait *= 2;
-                }
-            }
+    while let Some(batch) = crate::write_behind::next_batch(&mut rx).await {
+        if let Err(e) = crate::write_behind::with_retries(|| apply(&pool, &node, &batch)).await {
+            tracing::error!(error = %e, changes = batch.len(), "call listing not updated");
         }
     }
 }

@@ -788,20 +788,10 @@ fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, SessionErr
     serde_json::from_str(text).map_err(|e| SessionError::Store(format!("a stored session view does not parse: {e}")))
 }
 
-/// Largest batch one transaction writes.
-const MAX_BATCH: usize = 256;
-
 /// Writes the holder's changes behind it: whatever has queued up goes in one transaction,
 /// each session's latest view once, then the notices in order.
 async fn write_behind(pool: AnyPool, node: NodeId, mut rx: mpsc::UnboundedReceiver<Pending>) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = crate::write_behind::next_batch(&mut rx).await {
         let mut writes: Vec<store::ViewWrite> = Vec::new();
         let mut notices = Vec::new();
         let mut flushed = Vec::new();
@@ -827,25 +817,17 @@ async fn write_behind(pool: AnyPool, node: NodeId, mut rx: mpsc::UnboundedReceiv
 /// A database that cannot be written is retried for a while; each later write carries the
 /// whole view, so a batch given up leaves the row behind, not wrong.
 async fn write_batch(pool: &AnyPool, node: &NodeId, writes: &[store::ViewWrite], notices: &[String]) {
-    let mut wait = Duration::from_millis(50);
-    for attempt in 1..=6 {
-        match store::write_views(pool, node.as_str(), writes, notices, unix_ms(SystemTime::now())).await {
-            Ok(lost) => {
-                for id in lost {
-                    tracing::warn!(
-                        session = id,
-                        "session no longer held by this node (its lease ran out): change not stored"
-                    );
-                }
-                return;
+    let write = || store::write_views(pool, node.as_str(), writes, notices, unix_ms(SystemTime::now()));
+    match crate::write_behind::with_retries(write).await {
+        Ok(lost) => {
+            for id in lost {
+                tracing::warn!(
+                    session = id,
+                    "session no longer held by this node (its lease ran out): change not stored"
+                );
             }
-            Err(e) if attempt < 6 => {
-                tracing::warn!(error = %e, attempt, "session changes not stored yet; retrying");
-                tokio::time::sleep(wait).await;
-                wait *= 2;
-            }
-            Err(e) => tracing::error!(error = %e, sessions = writes.len(), "session changes not stored"),
         }
+        Err(e) => tracing::error!(error = %e, sessions = writes.len(), "session changes not stored"),
     }
 }
 
