@@ -12,6 +12,7 @@ use thiserror::Error;
 
 use crate::call::Masking;
 use crate::capture::collector::CollectorConfig;
+use crate::capture::plan::{BackKey, Language};
 use crate::media::masker::Replacement;
 use crate::media::source_lock::RtpSource;
 use crate::media::srtp::SrtpPolicy;
@@ -196,6 +197,7 @@ pub struct CaptureConfig {
     pub first_digit_timeout_ms: u64,
     pub max_attempts: u8,
     pub language: String,
+    pub back_key: String,
     /// What the agent hears instead of a keypress tone.
     pub masking: Replacement,
     /// Mask in-band tones for the whole call, not only during capture (adds 20 ms throughout).
@@ -430,8 +432,11 @@ impl Config {
         if self.capture.inter_digit_timeout_ms < 500 || self.capture.first_digit_timeout_ms < 500 {
             return bad("capture.inter_digit_timeout_ms", "timeouts must be at least 500 ms");
         }
-        if self.capture.language != "en" {
-            return bad("capture.language", "only \"en\" prompts ship today");
+        if Language::parse(&self.capture.language).is_none() {
+            return bad("capture.language", "must be \"en\", \"es\", \"fr\" or \"de\"");
+        }
+        if !self.capture.back_key.is_empty() && BackKey::parse(&self.capture.back_key).is_none() {
+            return bad("capture.back_key", "must be \"\" (none), \"*\", \"#\" or \"A\" to \"D\"");
         }
         match self.capture.masking {
             Replacement::FlatTone { hz, dbm0 }
@@ -659,6 +664,11 @@ impl Config {
 
     pub fn masking(&self) -> Masking {
         Masking { replacement: self.capture.masking, always: self.capture.mask_outside_capture }
+    }
+
+    /// The language and back key of a session that names neither (checked by `validate`).
+    pub fn capture_defaults(&self) -> (Language, Option<BackKey>) {
+        (Language::parse(&self.capture.language).unwrap_or_default(), BackKey::parse(&self.capture.back_key))
     }
 
     pub fn collector(&self) -> CollectorConfig {

@@ -27,7 +27,8 @@ use tonewall::call::{
     AfterCapture, AgentTarget, Call, CallConfig, CallEvent, Command, Input, LegId, Masking, Mode, Output, Prompts,
 };
 use tonewall::capture::card::YearMonth;
-use tonewall::capture::collector::{CollectorConfig, FieldName};
+use tonewall::capture::collector::{CollectorConfig, FieldName, Payment};
+use tonewall::capture::plan::CapturePlan;
 use tonewall::media::dtmf::signal::{TonePair, push_tone};
 use tonewall::media::dtmf::{Detector, dbm0_to_amplitude};
 use tonewall::media::g711::Codec;
@@ -148,7 +149,7 @@ fn config(replacement: Replacement) -> CallConfig {
         caller_rtp: addr(20000),
         agent_rtp: addr(20002),
         mode: Mode::Session {
-            fields: vec![FieldName::Pan, FieldName::Expiry, FieldName::Cvv],
+            plan: CapturePlan::card(vec![FieldName::Pan, FieldName::Expiry, FieldName::Cvv]),
             after: AfterCapture::Bridge,
             agent: Some(AgentTarget::udp("sip:agent@127.0.0.1:5080", AGENT)),
         },
@@ -257,7 +258,8 @@ CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
                     let msg = Box::new(SipMessage::Request(request(&ack)));
                     call.handle_input(now, Input::Sip { leg: LegId::Caller, msg, from: Flow::udp(addr(5070)) });
                 }
-                Output::Event(CallEvent::CardCaptured(card)) => {
+                Output::Event(CallEvent::PaymentCaptured(captured)) => {
+                    let Payment::Card(card) = captured.payment else { panic!("a card capture took a bank account") };
                     let right = card.pan.expose() == plan.card.0
                         && card
                             .expiry

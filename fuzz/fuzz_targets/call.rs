@@ -13,6 +13,7 @@ use tonewall_core::call::{
 };
 use tonewall_core::capture::card::YearMonth;
 use tonewall_core::capture::collector::{CollectorConfig, FieldName};
+use tonewall_core::capture::plan::{Amount, BackKey, CapturePlan, Currency, PaymentMethod};
 use tonewall_core::endpoint::{Endpoint, EndpointConfig};
 use tonewall_core::media::masker::Replacement;
 use tonewall_core::media::srtp::{MasterKey, SrtpPolicy};
@@ -42,7 +43,12 @@ Contact: <sip:caller@127.0.0.1:5070>\r\nContent-Type: application/sdp\r\nContent
         caller_rtp: addr(20000),
         agent_rtp: addr(20002),
         mode: Mode::Session {
-            fields: vec![FieldName::Pan, FieldName::Expiry, FieldName::Cvv],
+            // Every step the collector has: postal code, the back key and the read-back.
+            plan: CapturePlan {
+                amount: Some(Amount { minor: 1250, currency: Currency::Eur }),
+                back_key: BackKey::parse("*"),
+                ..CapturePlan::card(vec![FieldName::Pan, FieldName::Expiry, FieldName::Cvv, FieldName::PostalCode])
+            },
             after: AfterCapture::Bridge,
             agent: Some(AgentTarget::udp("sip:agent@127.0.0.1:5080", addr(5080))),
         },
@@ -99,7 +105,13 @@ fuzz_target!(|data: &[u8]| {
                     1 => Command::RestartField(FieldName::Pan),
                     2 => Command::CardStored,
                     3 => Command::CardNotStored,
-                    4 => Command::StartCapture { fields: vec![FieldName::Pan] },
+                    4 => Command::StartCapture {
+                        plan: CapturePlan {
+                            method: PaymentMethod::Ach,
+                            require_matching_inputs: true,
+                            ..CapturePlan::card(PaymentMethod::Ach.default_fields())
+                        },
+                    },
                     _ => Command::Hangup,
                 };
                 call.handle_input(now, Input::Command(cmd));

@@ -13,6 +13,7 @@
 
 use std::sync::Arc;
 
+use tonewall::capture::plan::Language;
 use tonewall::media::g711::Codec;
 use tonewall::media::rtp::FRAME_SAMPLES;
 use tonewall::media::telephone_event::Key;
@@ -65,7 +66,7 @@ pub struct Sounds {
 
 impl Sounds {
     pub fn load() -> anyhow::Result<Sounds> {
-        let prompts = tonewall::runtime::prompts::english()?;
+        let prompts = tonewall::runtime::prompts::built_in()?;
         // About −22 dBm0, like a caller talking under the keys (as in the masking judge).
         let pcmu = |s: &[i16]| -> Arc<[u8]> {
             let whole = s.len() / FRAME_SAMPLES * FRAME_SAMPLES;
@@ -73,7 +74,10 @@ impl Sounds {
         };
         let tones =
             "0123456789*#".chars().filter_map(Key::from_char).map(|k| (k, keypad::tone(k, TONE_DBM0))).collect();
-        Ok(Sounds { caller: pcmu(&prompts.card_number), agent: pcmu(&prompts.security_code), tones })
+        let english = |name: &str| {
+            prompts.get(Language::En, name).cloned().ok_or_else(|| anyhow::anyhow!("no English {name} prompt"))
+        };
+        Ok(Sounds { caller: pcmu(&english("card_number")?), agent: pcmu(&english("security_code")?), tones })
     }
 
     /// Writes frame `tick` of `speech` (looped, from `offset` frames in) into `out`; marks it

@@ -8,7 +8,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::sessions::{AGENT_ROLES, until_view, validate_capture};
+use super::capture_options;
+use super::sessions::{AGENT_ROLES, until_view};
 use super::{ApiError, AppState, Caller};
 use tokio::sync::oneshot;
 
@@ -16,7 +17,6 @@ use std::time::Duration;
 
 use crate::call::AfterCapture;
 use crate::calls::{CallId, CallsError, CaptureAt, CaptureRefused, CaptureRequest};
-use crate::capture::collector::FieldName;
 use crate::runtime::cluster::{SessionCommand, forward};
 use crate::session::{Holder, NewSession, SessionError, SessionState, SessionView};
 
@@ -34,13 +34,10 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Respo
     Ok(Json(json!({ "calls": calls })).into_response())
 }
 
+/// An inline capture has no options of its own: the body is all capture options.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct StartCapture {
-    fields: Vec<FieldName>,
-    #[serde(default)]
-    reference: String,
-}
+pub struct StartCapture {}
 
 /// Starts a capture on an answered inline call: a session is made for it (same fields, view
 /// and events as any session), the caller is prompted, and the agent's audio is masked.
@@ -48,12 +45,14 @@ pub async fn capture(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    body: Result<Json<StartCapture>, JsonRejection>,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     caller.require(AGENT_ROLES)?;
     super::lockdown::refuse_if_locked(&state).await?;
-    let Json(req) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
-    validate_capture(&req.fields, &req.reference).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, m))?;
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
+    let Json(body) = body.map_err(|e| bad(e.body_text()))?;
+    let (options, StartCapture {}) = capture_options::split(body, &[]).map_err(bad)?;
+    let (plan, reference) = options.plan(state.capture_defaults).map_err(bad)?;
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, "no such call");
     let call_id = CallId::parse(&id).ok_or_else(not_found)?;
     let viewer = caller.viewer();
@@ -62,13 +61,8 @@ pub async fn capture(
         CallsError::Store(_) => ApiError::sessions(SessionError::Store(e.to_string())),
         e => ApiError::new(StatusCode::CONFLICT, e.to_string()),
     })?;
-    let new = NewSession {
-        fields: req.fields.clone(),
-        reference: req.reference,
-        agent_uri: None,
-        after_capture: AfterCapture::Bridge,
-        owner: viewer.owner(),
-    };
+    let new =
+        NewSession { plan, reference, agent_uri: None, after_capture: AfterCapture::Bridge, owner: viewer.owner() };
     let refusal = |why: CaptureRefused| match why {
         CaptureRefused::Busy => ApiError::new(StatusCode::CONFLICT, why.to_string()),
         CaptureRefused::SessionGone | CaptureRefused::CallEnded => not_found(),
@@ -78,7 +72,7 @@ pub async fn capture(
             let view = state.sessions.create(new, &state.sip_host, Holder::Here).await.map_err(ApiError::sessions)?;
             // The call's task binds the session and starts the capture in one step, or says why not.
             let (reply, answer) = oneshot::channel();
-            let asked = captures.send(CaptureRequest { session: view.id.clone(), fields: req.fields, reply }).await;
+            let asked = captures.send(CaptureRequest { session: view.id.clone(), reply }).await;
             let refused = match (asked, answer.await) {
                 (Ok(()), Ok(Ok(()))) => None,
                 (Ok(()), Ok(Err(why))) => Some(why),
@@ -94,7 +88,7 @@ pub async fn capture(
             // Made here, held by the call's node, which is told to adopt it and start.
             let holder = Holder::Node(node.clone());
             let view = state.sessions.create(new, &state.sip_host, holder).await.map_err(ApiError::sessions)?;
-            let command = SessionCommand::StartCapture { call: call_id.as_str().to_string(), fields: req.fields };
+            let command = SessionCommand::StartCapture { call: call_id.as_str().to_string() };
             forward(&state.node, node, &view.id, command).await.map_err(ApiError::sessions)?;
             let started = |v: &SessionView| v.state != SessionState::Waiting;
             let view = until_view(&state, &view.id, FORWARDED_CAPTURE_WAIT, "start the capture", started).await?;

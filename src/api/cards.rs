@@ -16,9 +16,11 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::Role;
 use super::{ApiError, AppState, Caller};
+use crate::capture::bank::AccountType;
 use crate::capture::card::{Expiry, Pan, SecurityCode, looks_like_card_number};
-use crate::capture::collector::CapturedCard;
-use crate::vault::{TokenRecord, VaultError, audit};
+use crate::capture::collector::{Captured, CapturedCard, Payment};
+use crate::capture::plan::PaymentMethod;
+use crate::vault::{Revealed, TokenRecord, VaultError, audit};
 
 const PROCESSOR: &[Role] = &[Role::Processor];
 
@@ -81,7 +83,7 @@ pub async fn tokenize(
         return Err(bad("merchant must be 1-64 letters, digits, '-', '_' or '.'"));
     }
     let actor = caller.actor();
-    let card = CapturedCard { pan, expiry, security_code };
+    let card = Captured { payment: Payment::Card(CapturedCard::new(pan, expiry, security_code)), confirmed: None };
     // No session completes here, so no webhook fires.
     let record = state.vault.tokenize(card, actor, merchant, None, Instant::now()).await.map_err(|e| {
         tracing::error!(error = %e, "tokenize failed");
@@ -96,14 +98,30 @@ pub struct DetokenizeRequest {
     token: String,
 }
 
-#[derive(Serialize)]
+/// A card (`pan`, expiry, code, postal code) or a bank account (routing and account
+/// numbers, type), as `payment_method` says.
+#[derive(Serialize, Default)]
 pub struct Detokenized {
     token: String,
-    pan: String,
+    payment_method: PaymentMethod,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pan: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     expiry_month: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     expiry_year: Option<u16>,
     /// Present only the first time, within its TTL, while the call's code is still held.
+    #[serde(skip_serializing_if = "Option::is_none")]
     security_code: Option<String>,
+    /// For address verification, when the call captured one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    postal_code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    routing_number: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    account_number: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    account_type: Option<AccountType>,
 }
 
 pub async fn detokenize(
@@ -130,7 +148,7 @@ pub async fn detokenize(
             return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "detokenize rate limit for this key"));
         }
     }
-    let card = state.vault.detokenize(&req.token, actor, Instant::now()).await.map_err(|e| match e {
+    let revealed = state.vault.detokenize(&req.token, actor, Instant::now()).await.map_err(|e| match e {
         VaultError::UnknownToken => ApiError::new(StatusCode::NOT_FOUND, "no such token"),
         VaultError::Expired => ApiError::new(StatusCode::GONE, "token expired"),
         VaultError::AuditUnavailable(_) => audit_down(),
@@ -139,19 +157,33 @@ pub async fn detokenize(
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the vault could not read the card")
         }
     })?;
+    let card = match revealed {
+        Revealed::Bank(account) => {
+            return Ok(Json(Detokenized {
+                token: req.token,
+                payment_method: PaymentMethod::Ach,
+                routing_number: Some(account.routing_number.to_string()),
+                account_number: Some(account.account_number.to_string()),
+                account_type: account.account_type,
+                ..Detokenized::default()
+            }));
+        }
+        Revealed::Card(card) => card,
+    };
     // Held only by the node that captured the card: another node is asked for it.
-    let mut security_code = card.security_code.map(|c| c.expose().to_string());
+    let mut security_code = card.security_code.as_ref().map(|c| c.expose().to_string());
     if security_code.is_none() {
         security_code = crate::runtime::peer::security_code_elsewhere(&state.node, &req.token, &caller.key_id).await;
     }
-    let month = card.expiry.get(0..2).and_then(|m| m.parse().ok());
-    let year = card.expiry.get(2..4).and_then(|y| y.parse::<u16>().ok()).map(|y| 2000 + y);
     Ok(Json(Detokenized {
         token: req.token,
-        pan: card.pan.to_string(),
-        expiry_month: month,
-        expiry_year: year,
+        payment_method: PaymentMethod::Card,
+        pan: Some(card.pan.to_string()),
+        expiry_month: card.expiry.get(0..2).and_then(|m| m.parse().ok()),
+        expiry_year: card.expiry.get(2..4).and_then(|y| y.parse::<u16>().ok()).map(|y| 2000 + y),
         security_code,
+        postal_code: (!card.postal_code.is_empty()).then(|| card.postal_code.to_string()),
+        ..Detokenized::default()
     }))
 }
 

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod auth_failures;
 mod caller;
 mod calls;
+mod capture_options;
 pub mod cards;
 pub mod lockdown;
 mod monitoring;
@@ -53,6 +54,8 @@ pub struct AppState {
     pub frame_ancestors: Arc<str>,
     /// How long an embed token works (`http.embed_ttl_s`).
     pub embed_ttl: std::time::Duration,
+    /// The language and back key of a capture that names neither (`[capture]`).
+    pub capture_defaults: (crate::capture::plan::Language, Option<crate::capture::plan::BackKey>),
     /// Signs the short-lived URLs the QA player streams from (`recordings::audio_url`).
     pub url_key: Arc<[u8; 32]>,
     /// Signed-in people's sessions (`crate::accounts`), and how long one may last.

@@ -13,9 +13,8 @@ use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::auth::Role;
-use super::{ApiError, AppState, Caller};
+use super::{ApiError, AppState, Caller, capture_options};
 use crate::call::{AfterCapture, Command};
-use crate::capture::card::looks_like_card_number;
 use crate::capture::collector::FieldName;
 use crate::runtime::cluster::{SessionCommand, forward};
 use crate::session::{Change, Holder, NewSession, Reach, SessionError, SessionId, SessionView};
@@ -23,12 +22,10 @@ use crate::targets::{AllowedTargets, Verdict};
 
 pub(super) const AGENT_ROLES: &[Role] = &[Role::Agent, Role::Admin];
 
+/// A session's own options; the rest of the body is its capture (`capture_options`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSession {
-    fields: Vec<FieldName>,
-    #[serde(default)]
-    reference: String,
     agent_uri: Option<String>,
     /// "bridge" (the default with an agent_uri), "transfer" or "hangup" (the default without).
     after_capture: Option<String>,
@@ -38,6 +35,8 @@ pub struct CreateSession {
     #[serde(default)]
     embed: bool,
 }
+
+const SESSION_KEYS: &[&str] = &["agent_uri", "after_capture", "transfer_uri", "embed"];
 
 /// A new session, and for `embed`, the desktop URL that opens it.
 #[derive(serde::Serialize)]
@@ -75,37 +74,7 @@ fn after_capture(req: &CreateSession) -> Result<AfterCapture, String> {
     }
 }
 
-/// The answer to free text that holds what looks like a card number.
-pub(super) const CARD_IN_TEXT: &str =
-    "reference looks like it holds a card number: refused and not stored; card numbers are keyed by the caller";
-
-/// The fields and reference of a capture, whether a session's or an inline call's.
-pub(super) fn validate_capture(fields: &[FieldName], reference: &str) -> Result<(), String> {
-    if fields.first() != Some(&FieldName::Pan) {
-        return Err("fields must start with \"pan\"".into());
-    }
-    let mut seen = fields.to_vec();
-    seen.dedup();
-    if seen.len() != fields.len() || fields.len() > 3 {
-        return Err("fields must not repeat".into());
-    }
-    let order = [FieldName::Pan, FieldName::Expiry, FieldName::Cvv];
-    let positions: Vec<usize> = fields.iter().filter_map(|f| order.iter().position(|o| o == f)).collect();
-    if positions.windows(2).any(|w| w[0] >= w[1]) {
-        return Err("fields must be in the order pan, expiry, cvv".into());
-    }
-    if reference.len() > 200 || reference.chars().any(char::is_control) {
-        return Err("reference must be at most 200 printable characters".into());
-    }
-    if looks_like_card_number(reference) {
-        // Not echoed, not stored, not logged (PCI DSS 3.5.1).
-        return Err(CARD_IN_TEXT.into());
-    }
-    Ok(())
-}
-
 fn validate(req: &CreateSession, allowed: &AllowedTargets) -> Result<(), String> {
-    validate_capture(&req.fields, &req.reference)?;
     // tonewall resolves an agent_uri itself (and checks the address then); a transfer_uri
     // goes to the caller's side in a REFER, so it must be allowed as written.
     let agent_is_transfer_target = req.after_capture.as_deref() == Some("transfer") && req.transfer_uri.is_none();
@@ -132,24 +101,22 @@ fn validate(req: &CreateSession, allowed: &AllowedTargets) -> Result<(), String>
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
-    body: Result<Json<CreateSession>, JsonRejection>,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     caller.require(AGENT_ROLES)?;
     super::lockdown::refuse_if_locked(&state).await?;
     if let Some(e) = ApiError::draining(&state) {
         return Err(e);
     }
-    let Json(req) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
-    validate(&req, &state.allowed_targets).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, m))?;
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
+    let Json(body) = body.map_err(|e| bad(e.body_text()))?;
+    let (options, req): (_, CreateSession) = capture_options::split(body, SESSION_KEYS).map_err(bad)?;
+    let (plan, reference) = options.plan(state.capture_defaults).map_err(bad)?;
+    validate(&req, &state.allowed_targets).map_err(bad)?;
     // Checked by `validate` above.
     let after = after_capture(&req).unwrap_or(AfterCapture::Hangup);
-    let new = NewSession {
-        fields: req.fields,
-        reference: req.reference,
-        agent_uri: req.agent_uri,
-        after_capture: after,
-        owner: caller.viewer().owner(),
-    };
+    let new =
+        NewSession { plan, reference, agent_uri: req.agent_uri, after_capture: after, owner: caller.viewer().owner() };
     let view = state.sessions.create(new, &state.sip_host, Holder::Nobody).await.map_err(ApiError::sessions)?;
     tracing::info!(session = view.id.as_str(), key = caller.key_id, "session created");
     caller.audit(&state, "session.create", "created", view.id.as_str()).await;
@@ -197,7 +164,7 @@ pub async fn cancel(
     let view = match state.sessions.cancel(&id).await.map_err(ApiError::sessions)? {
         Reach::Here(view) => {
             state.calls.tell_session(&id, Command::Cancel);
-            view
+            *view
         }
         Reach::HeldBy(node) => {
             forward(&state.node, node, &id, SessionCommand::Cancel).await.map_err(ApiError::sessions)?;
@@ -239,13 +206,17 @@ pub async fn restart_field(
     Path((id, field)): Path<(String, String)>,
 ) -> Result<Json<SessionView>, ApiError> {
     let id = owned_session(&state, &caller, &id).await?;
-    let field: FieldName = serde_json::from_value(serde_json::Value::String(field))
-        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "no such field: pan, expiry or cvv"))?;
+    let field = FieldName::parse(&field).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no such field: pan, expiry, cvv, postal_code, routing_number, account_number, account_type or confirm",
+        )
+    })?;
     let view = match state.sessions.restart_field(&id, field).await.map_err(ApiError::sessions)? {
         Reach::Here(view) => {
             // A race with the caller's own keys can make it moot, which is harmless.
             state.calls.tell_session(&id, Command::RestartField(field));
-            view
+            *view
         }
         Reach::HeldBy(node) => {
             forward(&state.node, node, &id, SessionCommand::RestartField(field)).await.map_err(ApiError::sessions)?;

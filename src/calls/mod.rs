@@ -14,7 +14,6 @@ use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::call::Command;
-use crate::capture::collector::FieldName;
 use crate::owner::{Owner, Viewer};
 use crate::session::{NodeId, SessionId};
 
@@ -54,12 +53,11 @@ pub enum CallMode {
     Inline { route: String },
 }
 
-/// A capture asked of an inline call's task, which binds the session and starts it in one
-/// step (it owns the call's session binding) and answers on `reply`.
+/// A capture asked of an inline call's task, which binds the session and starts what its
+/// plan asks in one step (it owns the call's session binding) and answers on `reply`.
 #[derive(Debug)]
 pub struct CaptureRequest {
     pub session: SessionId,
-    pub fields: Vec<FieldName>,
     pub reply: oneshot::Sender<Result<(), CaptureRefused>>,
 }
 

@@ -13,7 +13,7 @@ use crate::call::media::BridgeStats;
 use crate::call::recording::STEREO_FRAME;
 use crate::call::{Call, CallEvent, Command, Input, LegId, Output};
 use crate::calls::{CallId, CaptureRefused, CaptureRequest};
-use crate::capture::collector::CapturedCard;
+use crate::capture::collector::Captured;
 use crate::endpoint::CallHandle;
 use crate::media::rtp::MAX_PACKET;
 use crate::metrics::Capture;
@@ -191,8 +191,8 @@ impl CallTask {
                     }
                     let Some(session) = self.session.clone() else { continue };
                     self.shared.sessions.apply(&session, &e);
-                    if let CallEvent::CardCaptured(card) = e {
-                        self.tokenize(session, *card);
+                    if let CallEvent::PaymentCaptured(captured) = e {
+                        self.tokenize(session, *captured);
                     }
                 }
             }
@@ -210,7 +210,7 @@ impl CallTask {
     /// Binds the session the API made for an inline call and starts its capture: one step
     /// here, where the call's session binding lives, so no other capture can slip in between.
     fn start_capture(&mut self, request: CaptureRequest) {
-        let CaptureRequest { session, fields, reply } = request;
+        let CaptureRequest { session, reply } = request;
         let running =
             self.session.as_ref().and_then(|s| self.shared.sessions.held_view(s)).is_some_and(|v| !v.state.is_final());
         let answer = if running {
@@ -219,9 +219,10 @@ impl CallTask {
             // Bound in the calls registry first, so a cancel once attached reaches this call.
             self.shared.calls.set_session(&self.id, Some(session.clone()));
             match self.shared.sessions.attach(&session, self.shared.config.capture.max_attempts) {
-                Ok(_) => {
+                Ok(attached) => {
                     self.session = Some(session);
-                    self.call.handle_input(Instant::now(), Input::Command(Command::StartCapture { fields }));
+                    let plan = attached.plan;
+                    self.call.handle_input(Instant::now(), Input::Command(Command::StartCapture { plan }));
                     Ok(())
                 }
                 Err(_) => {
@@ -235,7 +236,7 @@ impl CallTask {
     }
 
     /// Tokenizes off the call's task (the core never waits on the vault) and reports back.
-    fn tokenize(&self, session: SessionId, card: CapturedCard) {
+    fn tokenize(&self, session: SessionId, card: Captured) {
         let shared = self.shared.clone();
         let cmd = self.cmd_tx.clone();
         let origin = format!("sip:{}", self.call.caller_flow().remote);
@@ -246,7 +247,7 @@ impl CallTask {
             let completion = Completion { session_id: session.as_str(), reference: &reference };
             let answer = match shared.vault.tokenize(card, actor, "default", Some(completion), Instant::now()).await {
                 Ok(rec) => {
-                    tracing::info!(session = session.as_str(), brand = rec.brand.as_str(), "card tokenized");
+                    tracing::info!(session = session.as_str(), method = ?rec.payment_method, "payment tokenized");
                     shared.sessions.complete(&session, rec);
                     Command::CardStored
                 }

@@ -42,7 +42,6 @@ pub enum SessionCommand {
     /// held by this node, waiting): adopt it and ask the call, or refuse it with the reason.
     StartCapture {
         call: String,
-        fields: Vec<FieldName>,
     },
 }
 
@@ -82,8 +81,8 @@ fn execute(shared: &Arc<Shared>, f: Forwarded) {
             Err(e) => tracing::info!(session = f.session.as_str(), error = %e, "forwarded cancel not carried out"),
         },
         SessionCommand::RestartField(field) => shared.calls.tell_session(&f.session, Command::RestartField(field)),
-        SessionCommand::StartCapture { call, fields } => {
-            tokio::spawn(start_capture(shared.clone(), f.session, call, fields));
+        SessionCommand::StartCapture { call } => {
+            tokio::spawn(start_capture(shared.clone(), f.session, call));
         }
     }
 }
@@ -91,7 +90,7 @@ fn execute(shared: &Arc<Shared>, f: Forwarded) {
 /// Starts a capture another node's API asked for on an inline call held here. Whatever the
 /// outcome, the session leaves `waiting`: `capturing`, or `cancelled` with the refusal's
 /// code as its reason, which the asking node is watching for.
-async fn start_capture(shared: Arc<Shared>, session: SessionId, call: String, fields: Vec<FieldName>) {
+async fn start_capture(shared: Arc<Shared>, session: SessionId, call: String) {
     if let Err(e) = shared.sessions.adopt(&session).await {
         tracing::info!(session = session.as_str(), error = %e, "forwarded capture not started");
         return;
@@ -100,7 +99,7 @@ async fn start_capture(shared: Arc<Shared>, session: SessionId, call: String, fi
     let refused = match inbox {
         Some(inbox) => {
             let (reply, answer) = oneshot::channel();
-            match inbox.send(CaptureRequest { session: session.clone(), fields, reply }).await {
+            match inbox.send(CaptureRequest { session: session.clone(), reply }).await {
                 Ok(()) => answer.await.unwrap_or(Err(CaptureRefused::CallEnded)).err(),
                 Err(_) => Some(CaptureRefused::CallEnded),
             }
@@ -246,10 +245,7 @@ mod tests {
         let text = serde_json::to_string(&f).unwrap();
         assert!(text.contains("\"restart_field\":\"expiry\""), "{text}");
         assert_eq!(serde_json::from_str::<Forwarded>(&text).unwrap(), f);
-        let start = Forwarded {
-            command: SessionCommand::StartCapture { call: CallId::new().as_str().into(), fields: vec![FieldName::Pan] },
-            ..f
-        };
+        let start = Forwarded { command: SessionCommand::StartCapture { call: CallId::new().as_str().into() }, ..f };
         let text = serde_json::to_string(&start).unwrap();
         assert_eq!(serde_json::from_str::<Forwarded>(&text).unwrap(), start);
     }

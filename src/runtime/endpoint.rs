@@ -234,7 +234,7 @@ async fn call_mode(shared: &Arc<Shared>, admitted: &Admitted) -> Result<Mode, (S
                 }
                 _ => None,
             };
-            Ok(Mode::Session { fields: a.fields, after: a.after_capture, agent })
+            Ok(Mode::Session { plan: a.plan, after: a.after_capture, agent })
         }
     }
 }

@@ -65,7 +65,7 @@ pub struct Server {
 impl Server {
     pub async fn start(config: Config) -> Result<Server, ServerError> {
         let vault = Arc::new(Vault::open(VaultOptions::from_config(&config)).await?);
-        let prompts = Arc::new(prompts::english()?);
+        let prompts = Arc::new(prompts::built_in()?);
         let sip_listen = config.sip.listen;
         let (sip, tcp) = bind_sip(sip_listen, config.sip.tcp).await?;
         let sip_addr = sip.local_addr().map_err(|e| ServerError::SipBind { addr: sip_listen, why: e.to_string() })?;
@@ -167,6 +167,7 @@ impl Server {
             missing_credentials: missing_credentials.clone(),
             frame_ancestors: shared.config.http.frame_ancestors.join(" ").into(),
             embed_ttl: Duration::from_secs(shared.config.http.embed_ttl_s),
+            capture_defaults: shared.config.capture_defaults(),
             url_key: Arc::new(rand::random()),
             web_sessions: web_sessions.clone(),
             session_max: Duration::from_secs(shared.config.accounts.max_session_s),

@@ -21,6 +21,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::call::{AfterCapture, CallEvent, EndReason};
 use crate::capture::collector::FieldName;
+use crate::capture::plan::CapturePlan;
 use crate::capture::progress;
 pub use crate::capture::progress::{FieldProgress, FieldState};
 use crate::endpoint::SESSION_PREFIX;
@@ -141,6 +142,10 @@ pub struct SessionView {
     pub on_hold: bool,
     /// The caller was transferred back (REFER accepted and the transfer succeeded).
     pub transferred: bool,
+    /// What the capture asks for: method, fields, card types, lengths, amount, language.
+    /// (None only on sessions stored before plans were.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<CapturePlan>,
     /// As the call's collector last reported it.
     pub fields: Vec<FieldProgress>,
     pub result: Option<TokenRecord>,
@@ -245,7 +250,7 @@ pub fn unix_ms(t: SystemTime) -> i64 {
 /// What a session is made of when the API creates it.
 #[derive(Debug)]
 pub struct NewSession {
-    pub fields: Vec<FieldName>,
+    pub plan: CapturePlan,
     pub reference: String,
     pub agent_uri: Option<String>,
     pub after_capture: AfterCapture,
@@ -267,7 +272,7 @@ pub enum Holder {
 #[derive(Debug)]
 pub enum Reach {
     /// Here: the session as it is now (the caller tells this node's call, if any).
-    Here(SessionView),
+    Here(Box<SessionView>),
     /// Another node's call holds the session: the command goes to it.
     HeldBy(NodeId),
 }
@@ -300,9 +305,16 @@ pub struct Sessions {
 /// What a call needs from its session when it arrives.
 #[derive(Debug)]
 pub struct Attached {
-    pub fields: Vec<FieldName>,
+    pub plan: CapturePlan,
     pub agent_uri: Option<String>,
     pub after_capture: AfterCapture,
+}
+
+/// The session's plan; a session stored before plans were asked for card fields only.
+fn plan_of(view: &SessionView) -> CapturePlan {
+    view.capture.clone().unwrap_or_else(|| {
+        CapturePlan::card(view.fields.iter().map(|f| f.name).filter(|f| *f != FieldName::Confirm).collect())
+    })
 }
 
 /// Locks a mutex whose every critical section leaves its data consistent, so that a
@@ -335,7 +347,7 @@ impl Sessions {
     /// Stores a new session, held by `holder` from the start (an inline call's capture: no
     /// INVITE can claim it) or by nobody until a call claims it.
     pub async fn create(&self, new: NewSession, sip_host: &str, holder: Holder) -> Result<SessionView, SessionError> {
-        let NewSession { fields, reference, agent_uri, after_capture, owner } = new;
+        let NewSession { plan, reference, agent_uri, after_capture, owner } = new;
         let id = SessionId::new();
         let view = SessionView {
             transfer_uri: format!("sip:{}@{sip_host}", id.sip_user()),
@@ -346,7 +358,8 @@ impl Sessions {
             after_capture: kind_of(&after_capture),
             on_hold: false,
             transferred: false,
-            fields: fields.into_iter().map(|name| FieldProgress::pending(name, 0)).collect(),
+            fields: plan.steps().into_iter().map(|name| FieldProgress::pending(name, 0)).collect(),
+            capture: Some(plan),
             result: None,
             error: None,
             reason: None,
@@ -469,10 +482,10 @@ impl Sessions {
         if view.state != SessionState::Waiting || row.node.is_some() {
             return Err(SessionError::NotWaiting(view.state));
         }
-        let names: Vec<FieldName> = view.fields.iter().map(|f| f.name).collect();
+        let plan = plan_of(&view);
         view.state = SessionState::Capturing;
         // How the collector the call is about to start will report it.
-        view.fields = progress::initial(&names, max_attempts);
+        view.fields = progress::initial(&plan.steps(), max_attempts);
         if !store::claim(&self.pool, id.as_str(), self.node.as_str(), &to_json(&view), unix_ms(SystemTime::now()))
             .await?
         {
@@ -489,7 +502,7 @@ impl Sessions {
         };
         self.publish(id, &entry.view, Change::CallStarted);
         lock(&self.held).insert(id.clone(), entry);
-        Ok(Attached { fields: names, agent_uri: row.agent_uri, after_capture })
+        Ok(Attached { plan, agent_uri: row.agent_uri, after_capture })
     }
 
     /// Binds an inline call's capture to the session made for it here (`create` with
@@ -502,10 +515,10 @@ impl Sessions {
         }
         e.call_live = true;
         e.view.state = SessionState::Capturing;
-        let fields: Vec<FieldName> = e.view.fields.iter().map(|f| f.name).collect();
-        e.view.fields = progress::initial(&fields, max_attempts);
+        let plan = plan_of(&e.view);
+        e.view.fields = progress::initial(&plan.steps(), max_attempts);
         self.publish(id, &e.view, Change::CallStarted);
-        Ok(Attached { fields, agent_uri: e.agent_uri.clone(), after_capture: e.after_capture.clone() })
+        Ok(Attached { plan, agent_uri: e.agent_uri.clone(), after_capture: e.after_capture.clone() })
     }
 
     /// Cancels a session: here if this node holds it or nobody does; else says who does.
@@ -513,7 +526,7 @@ impl Sessions {
         // Twice at most: a call may claim the session between the read and the update.
         for _ in 0..2 {
             if lock(&self.held).contains_key(id) {
-                return self.cancel_held(id).map(Reach::Here);
+                return self.cancel_held(id).map(|v| Reach::Here(Box::new(v)));
             }
             let row = store::load(&self.pool, id.as_str()).await?.ok_or(SessionError::NotFound)?;
             let mut view: SessionView = from_json(&row.view)?;
@@ -526,7 +539,7 @@ impl Sessions {
             view.state = SessionState::Cancelled;
             if store::cancel_waiting(&self.pool, id.as_str(), &to_json(&view), unix_ms(SystemTime::now())).await? {
                 self.announce(&view, Change::Cancelled);
-                return Ok(Reach::Here(view));
+                return Ok(Reach::Here(Box::new(view)));
             }
         }
         Err(SessionError::Store("the session changed twice while it was being cancelled".into()))
@@ -601,7 +614,7 @@ impl Sessions {
         }
         Ok(match holder {
             Some(node) if node != self.node.0 => Reach::HeldBy(NodeId(node)),
-            _ => Reach::Here(view),
+            _ => Reach::Here(Box::new(view)),
         })
     }
 
@@ -634,7 +647,7 @@ impl Sessions {
                 e.view.error = None;
                 Change::FieldDone
             }
-            CallEvent::CardCaptured(_) => Change::Tokenizing,
+            CallEvent::PaymentCaptured(_) => Change::Tokenizing,
             CallEvent::CallerReplaced { .. } => Change::CallerReplaced,
             CallEvent::Completed => return,
             CallEvent::CaptureFailed { reason } => {
@@ -857,7 +870,7 @@ mod tests {
 
     fn card_session(owner: Owner) -> NewSession {
         NewSession {
-            fields: vec![FieldName::Pan, FieldName::Expiry],
+            plan: CapturePlan::card(vec![FieldName::Pan, FieldName::Expiry]),
             reference: "order-1".into(),
             agent_uri: None,
             after_capture: AfterCapture::Hangup,
@@ -876,13 +889,13 @@ mod tests {
             // Made through A, claimed by a call that reached B.
             assert_eq!(b.owner(&v.id).await.unwrap(), Some(owner));
             let attached = b.claim(&v.id, 3).await.unwrap();
-            assert_eq!(attached.fields, vec![FieldName::Pan, FieldName::Expiry]);
+            assert_eq!(attached.plan.fields, vec![FieldName::Pan, FieldName::Expiry]);
             assert_eq!(attached.after_capture, AfterCapture::Hangup);
             assert_eq!(a.claim(&v.id, 3).await.unwrap_err(), SessionError::NotWaiting(SessionState::Capturing));
             // The view is what the call's collector reports, as the call forwards it.
             let t = Instant::now();
             let mut c = Collector::new(
-                attached.fields.clone(),
+                attached.plan.clone(),
                 CollectorConfig::default(),
                 YearMonth { year: 2026, month: 12 },
                 t,
@@ -991,10 +1004,14 @@ mod tests {
                 &v.id,
                 TokenRecord {
                     token: "tok".into(),
-                    brand: crate::capture::card::Brand::Visa,
+                    payment_method: Default::default(),
+                    brand: Some(crate::capture::card::Brand::Visa),
                     last4: "1111".into(),
                     expiry_month: None,
                     expiry_year: None,
+                    account_type: None,
+                    postal_code: false,
+                    amount_confirmed: None,
                 },
             );
             a.flush().await;

@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod kek;
 pub mod keyring;
 pub mod lockdown;
+pub mod payload;
 pub mod secret;
 pub mod store;
 #[doc(hidden)]
@@ -25,17 +26,16 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
 use sqlx::{AnyPool, Connection};
 use thiserror::Error;
-use zeroize::Zeroizing;
 
-use crate::capture::card::{Brand, SecurityCode};
-use crate::capture::collector::CapturedCard;
+use crate::capture::card::SecurityCode;
+use crate::capture::collector::{Captured, Payment};
 pub use actor::{Actor, ActorRole, Role};
 use crypto::CryptoError;
 use kek::{Kek, KekSource};
 use keyring::KeyRing;
+pub use payload::{Revealed, RevealedAccount, RevealedCard, TokenRecord};
 use secret::SecretSource;
 pub use store::Backend;
 use token::TokenFormat;
@@ -62,24 +62,6 @@ pub enum VaultError {
     AuditUnavailable(String),
     #[error("could not create data directory {path}: {why}")]
     DataDir { path: PathBuf, why: String },
-}
-
-/// What the agent, the processor webhook and the session result may see of a stored card.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct TokenRecord {
-    pub token: String,
-    pub brand: Brand,
-    pub last4: String,
-    pub expiry_month: Option<u8>,
-    pub expiry_year: Option<u16>,
-}
-
-/// A stored card decrypted for a processor. Zeroized on drop; no Debug.
-pub struct RevealedCard {
-    pub pan: Zeroizing<String>,
-    /// MMYY, or empty when none was captured.
-    pub expiry: Zeroizing<String>,
-    pub security_code: Option<SecurityCode>,
 }
 
 /// The session a tokenization completes, if any (then the processor webhook fires).
@@ -327,12 +309,13 @@ impl Vault {
         written
     }
 
-    /// Encrypts and stores the card and returns its token, or with convergent tokens the token
-    /// `merchant` already has for it; holds the security code in memory. The audit record
-    /// and, for a session, the processor webhook commit in the same transaction.
+    /// Encrypts and stores the card or bank account and returns its token, or with
+    /// convergent tokens the token `merchant` already has for it; holds a card's security
+    /// code in memory. The audit record and, for a session, the processor webhook commit in
+    /// the same transaction.
     pub async fn tokenize(
         &self,
-        card: CapturedCard,
+        captured: Captured,
         actor: Actor<'_>,
         merchant: &str,
         completion: Option<Completion<'_>>,
@@ -340,16 +323,17 @@ impl Vault {
     ) -> Result<TokenRecord, VaultError> {
         let _timed = self.metrics.time("tokenize");
         let (key_id, key) = self.keys.current();
-        let pan = card.pan.expose();
+        let payload::Sealable { plaintext, fingerprinted, brand_column, mut record } =
+            payload::sealable(&captured, String::new());
         let (fingerprint_key_id, fingerprint_key) = self.keys.fingerprint();
-        let fingerprint = crypto::fingerprint(&fingerprint_key, pan.as_bytes());
+        let fingerprint = crypto::fingerprint(&fingerprint_key, fingerprinted.as_bytes());
         // While fingerprint keys rotate, a convergent twin may still carry an older fingerprint.
         let fingerprints: Vec<String> = match self.options.convergent {
-            true => self.keys.fingerprints().iter().map(|(_, k)| crypto::fingerprint(k, pan.as_bytes())).collect(),
+            true => {
+                self.keys.fingerprints().iter().map(|(_, k)| crypto::fingerprint(k, fingerprinted.as_bytes())).collect()
+            }
             false => Vec::new(),
         };
-        let expiry = card.expiry.map(|e| format!("{:02}{:02}", e.month(), e.year() % 100)).unwrap_or_default();
-        let plaintext = Zeroizing::new(format!("{pan}|{expiry}"));
         let expires_at = self.options.token_ttl.map(|t| unix_now() + t.as_secs() as i64);
         let mut tx = self.pool.begin().await?;
         let (used,): (i64,) =
@@ -376,7 +360,11 @@ impl Vault {
             if token.is_some() {
                 break;
             }
-            let candidate = self.options.token_format.generate(pan);
+            let candidate = match &captured.payment {
+                Payment::Card(card) => self.options.token_format.generate(card.pan.expose()),
+                // A format-preserving token of a short account number would show all of it.
+                Payment::Bank(_) => token::new_token(),
+            };
             let record_id = uuid::Uuid::new_v4().to_string();
             let (nonce, ciphertext) =
                 crypto::seal(&key, plaintext.as_bytes(), record_aad(&record_id, key_id).as_bytes());
@@ -393,8 +381,8 @@ impl Vault {
             .bind(nonce)
             .bind(ciphertext)
             .bind(&fingerprint)
-            .bind(card.pan.brand().as_str())
-            .bind(card.pan.last4())
+            .bind(brand_column)
+            .bind(&record.last4)
             .bind(unix_now())
             .bind(merchant)
             .bind(self.options.convergent)
@@ -412,14 +400,7 @@ impl Vault {
                 Err(e) => return Err(e.into()),
             }
         }
-        let token = token.ok_or(VaultError::TokensExhausted)?;
-        let record = TokenRecord {
-            token,
-            brand: card.pan.brand(),
-            last4: card.pan.last4().to_string(),
-            expiry_month: card.expiry.map(|e| e.month()),
-            expiry_year: card.expiry.map(|e| e.year()),
-        };
+        record.token = token.ok_or(VaultError::TokensExhausted)?;
         let event = audit::Event {
             detail: completion.map_or("", |c| c.session_id),
             ..actor.did("tokenize", outcome, &record.token)
@@ -429,7 +410,9 @@ impl Vault {
             webhook::enqueue_in(&mut tx, &hook.url, c.session_id, c.reference, &record).await?;
         }
         tx.commit().await?;
-        if let Some(code) = card.security_code {
+        if let Payment::Card(crate::capture::collector::CapturedCard { security_code: Some(code), .. }) =
+            captured.payment
+        {
             let held = HeldCode { code, until: now + self.options.security_code_ttl };
             self.held().insert(record.token.clone(), held);
         }
@@ -448,7 +431,7 @@ impl Vault {
 
     /// Decrypts a stored card for a processor, with the security code if still held (then
     /// forgotten). Fails closed: without its audit record, nothing is revealed.
-    pub async fn detokenize(&self, token: &str, actor: Actor<'_>, now: Instant) -> Result<RevealedCard, VaultError> {
+    pub async fn detokenize(&self, token: &str, actor: Actor<'_>, now: Instant) -> Result<Revealed, VaultError> {
         let _timed = self.metrics.time("detokenize");
         let result = self.reveal(token).await;
         let outcome = match &result {
@@ -461,12 +444,14 @@ impl Vault {
             tracing::error!(error = %e, "audit record not written: detokenize refused");
             return Err(VaultError::AuditUnavailable(e.to_string()));
         }
-        let mut card = result?;
-        card.security_code = self.take_security_code(token, now);
-        Ok(card)
+        let mut revealed = result?;
+        if let Revealed::Card(card) = &mut revealed {
+            card.security_code = self.take_security_code(token, now);
+        }
+        Ok(revealed)
     }
 
-    async fn reveal(&self, token: &str) -> Result<RevealedCard, VaultError> {
+    async fn reveal(&self, token: &str) -> Result<Revealed, VaultError> {
         let row: Option<Sealed> =
             sqlx::query_as("SELECT id, key_id, nonce, ciphertext, expires_at FROM cards WHERE token = $1")
                 .bind(token)
@@ -483,7 +468,7 @@ impl Vault {
     async fn open_sealed(
         &self,
         Sealed { id, key_id, nonce, ciphertext: ct, .. }: Sealed,
-    ) -> Result<RevealedCard, VaultError> {
+    ) -> Result<Revealed, VaultError> {
         let key = match self.keys.get(key_id) {
             Some(k) => k,
             None => {
@@ -494,12 +479,7 @@ impl Vault {
         };
         let plain = crypto::open(&key, &nonce, &ct, record_aad(&id, key_id).as_bytes())?;
         let text = std::str::from_utf8(&plain).map_err(|_| CryptoError::Decrypt)?;
-        let (pan, expiry) = text.split_once('|').ok_or(CryptoError::Decrypt)?;
-        Ok(RevealedCard {
-            pan: Zeroizing::new(pan.to_string()),
-            expiry: Zeroizing::new(expiry.to_string()),
-            security_code: None,
-        })
+        Ok(payload::reveal(text)?)
     }
 
     /// Moves up to `limit` records sealed under older keys onto the newest key; returns how
@@ -564,8 +544,8 @@ impl Vault {
             }
             // Expired cards too: otherwise they would be picked again on every pass.
             let id = sealed.id.clone();
-            let card = self.open_sealed(sealed).await?;
-            let fingerprint = crypto::fingerprint(&new_key, card.pan.as_bytes());
+            let revealed = self.open_sealed(sealed).await?;
+            let fingerprint = crypto::fingerprint(&new_key, revealed.fingerprinted().as_bytes());
             moved += sqlx::query(
                 "UPDATE cards SET fingerprint = $1, fingerprint_key_id = $2 WHERE id = $3 \
                  AND (fingerprint_key_id IS NULL OR fingerprint_key_id = $4)",
@@ -671,19 +651,18 @@ impl Vault {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capture::card::{Expiry, Pan, YearMonth};
+    use crate::capture::card::{Brand, Expiry, Pan, YearMonth};
+    use crate::capture::collector::CapturedCard;
     use testing::TestDatabase;
 
     const ACTOR: Actor<'static> = Actor { id: "test", role: ActorRole::Key(Role::Processor), origin: "127.0.0.1" };
 
-    fn card(pan: &str, cvv: &str) -> CapturedCard {
+    fn card(pan: &str, cvv: &str) -> Captured {
         let pan = Pan::parse(pan.as_bytes()).unwrap();
         let brand = pan.brand();
-        CapturedCard {
-            pan,
-            expiry: Some(Expiry::parse(b"1230", YearMonth { year: 2026, month: 1 }).unwrap()),
-            security_code: Some(SecurityCode::parse(cvv.as_bytes(), brand).unwrap()),
-        }
+        let expiry = Some(Expiry::parse(b"1230", YearMonth { year: 2026, month: 1 }).unwrap());
+        let code = Some(SecurityCode::parse(cvv.as_bytes(), brand).unwrap());
+        Captured { payment: Payment::Card(CapturedCard::new(pan, expiry, code)), confirmed: None }
     }
 
     async fn store(vault: &Vault, pan: &str) -> TokenRecord {
@@ -700,14 +679,17 @@ mod tests {
             let rec = vault.tokenize(card("5555555555554444", "321"), ACTOR, "default", None, now).await.unwrap();
             assert_eq!(
                 (rec.brand, rec.last4.as_str(), rec.expiry_month, rec.expiry_year),
-                (Brand::Mastercard, "4444", Some(12), Some(2030)),
+                (Some(Brand::Mastercard), "4444", Some(12), Some(2030)),
                 "{}",
                 db.label
             );
-            let c = vault.detokenize(&rec.token, ACTOR, now).await.unwrap();
+            let c = vault.detokenize(&rec.token, ACTOR, now).await.unwrap().into_card().unwrap();
             assert_eq!((c.pan.as_str(), c.expiry.as_str()), ("5555555555554444", "1230"));
             assert_eq!(c.security_code.unwrap().expose(), "321", "the code is released once");
-            assert!(vault.detokenize(&rec.token, ACTOR, now).await.unwrap().security_code.is_none(), "then gone");
+            assert!(
+                vault.detokenize(&rec.token, ACTOR, now).await.unwrap().into_card().unwrap().security_code.is_none(),
+                "then gone"
+            );
             assert!(matches!(vault.detokenize("tok_nope", ACTOR, now).await, Err(VaultError::UnknownToken)));
             // A ciphertext moved to another row no longer decrypts (associated data binds the id).
             let rec2 = store(&vault, "4111111111111111").await;
@@ -842,7 +824,10 @@ mod tests {
             assert_eq!((k(old).records, k(new).records, k(new).current), (0, 2, true), "{}", db.label);
             assert!(vault.destroy_retired_keys(Duration::ZERO).await.unwrap().contains(&old));
             assert_eq!(same().await.unwrap().token, first, "after the old key is gone");
-            assert_eq!(vault.detokenize(&other.token, ACTOR, now).await.unwrap().pan.as_str(), "5555555555554444");
+            assert_eq!(
+                vault.detokenize(&other.token, ACTOR, now).await.unwrap().into_card().unwrap().pan.as_str(),
+                "5555555555554444"
+            );
         }
     }
 

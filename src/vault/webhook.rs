@@ -35,11 +35,9 @@ pub struct Completed<'a> {
     pub event: &'static str,
     pub session_id: &'a str,
     pub reference: &'a str,
-    pub token: &'a str,
-    pub brand: &'a str,
-    pub last4: &'a str,
-    pub expiry_month: Option<u8>,
-    pub expiry_year: Option<u16>,
+    /// What was stored: token, payment method, brand or account type, last four.
+    #[serde(flatten)]
+    pub stored: &'a TokenRecord,
     /// The same on every retry of this event: processors drop repeats by it.
     pub idempotency_key: &'a str,
 }
@@ -66,11 +64,7 @@ pub async fn enqueue_in(
         event: "session.completed",
         session_id,
         reference,
-        token: &card.token,
-        brand: card.brand.as_str(),
-        last4: &card.last4,
-        expiry_month: card.expiry_month,
-        expiry_year: card.expiry_year,
+        stored: card,
         idempotency_key: &id,
     })
     .map_err(|e| VaultError::Config(e.to_string()))?;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use tokio::sync::Semaphore;
 use tonewall::capture::card::Pan;
-use tonewall::capture::collector::CapturedCard;
+use tonewall::capture::collector::{Captured, CapturedCard, Payment};
 use tonewall::vault::testing::TestDatabase;
 use tonewall::vault::{Actor, ActorRole, Role, Vault};
 
@@ -107,7 +107,7 @@ async fn main() -> anyhow::Result<()> {
         let (vault, tokens) = (vault.clone(), tokens.clone());
         async move {
             let p = Pan::parse(pan(i).as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let card = CapturedCard { pan: p, expiry: None, security_code: None };
+            let card = Captured { payment: Payment::Card(CapturedCard::new(p, None, None)), confirmed: None };
             let rec = vault.tokenize(card, ACTOR, "default", None, std::time::Instant::now()).await?;
             tokens.lock().unwrap_or_else(|p| p.into_inner())[i] = rec.token;
             Ok(())
@@ -119,8 +119,8 @@ async fn main() -> anyhow::Result<()> {
         let (vault, tokens) = (vault.clone(), tokens.clone());
         async move {
             let token = tokens.lock().unwrap_or_else(|p| p.into_inner())[i].clone();
-            let card = vault.detokenize(&token, ACTOR, std::time::Instant::now()).await?;
-            anyhow::ensure!(*card.pan == pan(i), "token {i} gave another card");
+            let card = vault.detokenize(&token, ACTOR, std::time::Instant::now()).await?.into_card();
+            anyhow::ensure!(card.is_some_and(|c| *c.pan == pan(i)), "token {i} gave another card");
             Ok(())
         }
     })

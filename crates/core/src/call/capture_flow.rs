@@ -6,7 +6,9 @@ use std::time::Instant;
 use super::media::MaskLevel;
 use super::{AfterCapture, Call, CallEvent, CaptureFailure};
 use crate::capture::card::YearMonth;
-use crate::capture::collector::{CaptureEvent, Collector, CollectorConfig, FieldName, PromptId};
+use crate::capture::collector::{CaptureEvent, Collector, CollectorConfig, PromptId};
+use crate::capture::plan::{CapturePlan, Language};
+use crate::capture::speech::Clip;
 use crate::media::telephone_event::Key;
 
 /// Where the capture is.
@@ -40,6 +42,8 @@ pub(super) struct CaptureFlow {
     pub today: YearMonth,
     /// Keep the masker on for the whole call, not only while capturing.
     pub mask_always: bool,
+    /// The language of the capture running or last run, for its closing prompt.
+    pub language: Language,
 }
 
 impl CaptureFlow {
@@ -62,17 +66,18 @@ impl CaptureFlow {
 impl Call {
     /// A capture on a call that has none running (inline mode): prompts start and the
     /// masker takes the agent's audio path at once.
-    pub(super) fn start_capture(&mut self, now: Instant, fields: Vec<FieldName>) {
+    pub(super) fn start_capture(&mut self, now: Instant, plan: CapturePlan) {
         let idle = matches!(
             self.capture.state,
             CaptureState::Idle | CaptureState::Completed | CaptureState::Failed | CaptureState::Cancelled
         );
-        if !idle || fields.is_empty() || !self.caller.is_up() {
+        if !idle || plan.fields.is_empty() || !self.caller.is_up() {
             self.event(CallEvent::CaptureFailed { reason: CaptureFailure::CannotStart });
             return;
         }
+        self.capture.language = plan.language;
         self.capture.state =
-            CaptureState::Collecting(Box::new(Collector::new(fields, self.capture.config, self.capture.today, now)));
+            CaptureState::Collecting(Box::new(Collector::new(plan, self.capture.config, self.capture.today, now)));
         self.capture.when_quiet = WhenQuiet::Nothing;
         self.bridge.set_masking(MaskLevel::Capture);
         self.drain_capture(now);
@@ -101,20 +106,21 @@ impl Call {
         }
         for e in events {
             match e {
-                CaptureEvent::Prompt(id) => {
-                    let audio = self.prompts.audio(id);
-                    self.bridge.player().enqueue(audio);
-                    self.bridge.kick_player(now);
-                }
+                CaptureEvent::Say(clips) => self.say(now, &clips),
                 CaptureEvent::DigitEntered { field, count } => self.event(CallEvent::DigitEntered { field, count }),
                 CaptureEvent::FieldRestarted { field } => self.event(CallEvent::FieldRestarted { field }),
                 CaptureEvent::FieldRejected { field, attempts_left, reason } => {
                     self.event(CallEvent::FieldRejected { field, attempts_left, reason })
                 }
                 CaptureEvent::FieldDone { field, masked } => self.event(CallEvent::FieldDone { field, masked }),
-                CaptureEvent::Completed(card) => {
+                CaptureEvent::Completed(captured) => {
                     self.capture.state = CaptureState::Tokenizing;
-                    self.event(CallEvent::CardCaptured(card));
+                    self.event(CallEvent::PaymentCaptured(captured));
+                }
+                CaptureEvent::Declined => {
+                    self.capture.state = CaptureState::Failed;
+                    self.event(CallEvent::CaptureFailed { reason: CaptureFailure::Declined });
+                    self.finish_capture(now, Some(PromptId::PaymentStopped));
                 }
                 CaptureEvent::Failed { field } => {
                     self.capture.state = CaptureState::Failed;
@@ -130,9 +136,7 @@ impl Call {
     pub(super) fn finish_capture(&mut self, now: Instant, prompt: Option<PromptId>) {
         self.bridge.set_masking(if self.capture.mask_always { MaskLevel::Tones } else { MaskLevel::Off });
         if let Some(id) = prompt {
-            let audio = self.prompts.audio(id);
-            self.bridge.player().enqueue(audio);
-            self.bridge.kick_player(now);
+            self.say(now, &[Clip::Prompt(id)]);
         }
         let agent_on = self.agent.is_on();
         self.capture.when_quiet = match &self.capture.after {
@@ -141,6 +145,17 @@ impl Call {
             AfterCapture::Bridge | AfterCapture::Hangup => WhenQuiet::HangUp,
         };
         self.check_quiet(now);
+    }
+
+    /// Queues `clips` in the capture's language and starts playing.
+    fn say(&mut self, now: Instant, clips: &[Clip]) {
+        let language = self.capture.language;
+        for clip in clips {
+            if let Some(audio) = self.prompts.audio(language, *clip) {
+                self.bridge.player().enqueue(audio);
+            }
+        }
+        self.bridge.kick_player(now);
     }
 
     pub(super) fn abandon_capture(&mut self, reason: CaptureFailure) {

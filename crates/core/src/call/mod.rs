@@ -13,10 +13,13 @@ mod caller;
 mod capture_flow;
 pub mod media;
 mod outbox;
+mod prompts;
 pub mod recording;
 mod replace;
 mod to_agent;
 mod transactions;
+
+pub use prompts::Prompts;
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -24,11 +27,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::capture::card::YearMonth;
-use crate::capture::collector::{CapturedCard, Collector, CollectorConfig, FieldName, PromptId, Rejection};
+use crate::capture::collector::{Captured, Collector, CollectorConfig, FieldName, PromptId, Rejection};
+use crate::capture::plan::CapturePlan;
 use crate::capture::progress::FieldProgress;
 use crate::media::address_policy::MediaAddressPolicy;
 use crate::media::masker::Replacement;
-use crate::media::player::PromptAudio;
 use crate::media::srtp::{MasterKey, SrtpLeg, SrtpPolicy};
 use crate::media::telephone_event::Key;
 use crate::sip::dialog::Dialog;
@@ -52,40 +55,6 @@ pub enum LegId {
     /// The caller's previous dialog, after an INVITE with Replaces took it over (RFC 3891):
     /// only our BYE and what crosses it.
     Replaced,
-}
-
-/// The prompt recordings, decoded once and shared by every call.
-#[derive(Debug, Clone)]
-pub struct Prompts {
-    pub card_number: PromptAudio,
-    pub expiry: PromptAudio,
-    pub security_code: PromptAudio,
-    pub invalid: PromptAudio,
-    pub thank_you: PromptAudio,
-}
-
-impl Prompts {
-    /// The same recording for every prompt: what simulated calls and fuzzing need, where
-    /// only a prompt's length matters.
-    pub fn same(audio: PromptAudio) -> Prompts {
-        Prompts {
-            card_number: audio.clone(),
-            expiry: audio.clone(),
-            security_code: audio.clone(),
-            invalid: audio.clone(),
-            thank_you: audio,
-        }
-    }
-
-    pub fn audio(&self, id: PromptId) -> PromptAudio {
-        match id {
-            PromptId::CardNumber => self.card_number.clone(),
-            PromptId::Expiry => self.expiry.clone(),
-            PromptId::SecurityCode => self.security_code.clone(),
-            PromptId::Invalid => self.invalid.clone(),
-            PromptId::ThankYou => self.thank_you.clone(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -123,9 +92,9 @@ impl AgentTarget {
 /// What a call is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
-    /// A payment session: the caller is answered at once and asked for `fields`; then
+    /// A payment session: the caller is answered at once and asked what `plan` asks; then
     /// `after`. With `agent`, the agent is dialled and bridged while the caller keys.
-    Session { fields: Vec<FieldName>, after: AfterCapture, agent: Option<AgentTarget> },
+    Session { plan: CapturePlan, after: AfterCapture, agent: Option<AgentTarget> },
     /// Inline: a B2BUA to `agent` that answers the caller only when the agent answers (and
     /// passes on its refusal otherwise), with no capture until `Command::StartCapture`.
     Inline { agent: AgentTarget },
@@ -212,7 +181,7 @@ pub enum CallEvent {
     },
     /// The driver tokenizes the card and answers with `Command::CardStored` or
     /// `Command::CardNotStored`.
-    CardCaptured(Box<CapturedCard>),
+    PaymentCaptured(Box<Captured>),
     Completed,
     CaptureFailed {
         reason: CaptureFailure,
@@ -265,6 +234,8 @@ pub enum CaptureFailure {
     RefreshUnbuildable,
     #[error("the caller's session expired")]
     SessionExpired,
+    #[error("the caller heard the amount and stopped the payment")]
+    Declined,
 }
 
 impl CaptureFailure {
@@ -283,6 +254,7 @@ impl CaptureFailure {
             CaptureFailure::RefreshUnanswered => "refresh_unanswered",
             CaptureFailure::RefreshUnbuildable => "refresh_unbuildable",
             CaptureFailure::SessionExpired => "session_expired",
+            CaptureFailure::Declined => "declined",
         }
     }
 }
@@ -298,9 +270,9 @@ pub enum Command {
     CardNotStored,
     /// Hang up every leg (shutdown).
     Hangup,
-    /// Inline mode: ask the caller for these fields now (capture starts masking at once).
+    /// Inline mode: ask the caller what `plan` asks now (capture starts masking at once).
     StartCapture {
-        fields: Vec<FieldName>,
+        plan: CapturePlan,
     },
 }
 
@@ -403,14 +375,16 @@ impl Call {
         };
         let params = offer.negotiate();
         let local_tag = format!("tw{:x}", cfg.seed);
-        let (fields, after_capture, agent, inline) = match cfg.mode {
-            Mode::Session { fields, after, agent } => (fields, after, agent, false),
-            Mode::Inline { agent } => (vec![], AfterCapture::Bridge, Some(agent), true),
+        let (plan, after_capture, agent, inline) = match cfg.mode {
+            Mode::Session { plan, after, agent } => (Some(plan), after, agent, false),
+            Mode::Inline { agent } => (None, AfterCapture::Bridge, Some(agent), true),
         };
-        let capture = if fields.is_empty() {
-            CaptureState::Idle
-        } else {
-            CaptureState::Collecting(Box::new(Collector::new(fields, cfg.collector, cfg.today, now)))
+        let language = plan.as_ref().map(|p| p.language).unwrap_or_default();
+        let capture = match plan {
+            Some(plan) if !plan.fields.is_empty() => {
+                CaptureState::Collecting(Box::new(Collector::new(plan, cfg.collector, cfg.today, now)))
+            }
+            _ => CaptureState::Idle,
         };
         let transport = cfg.caller.transport;
         let caller = CallerLeg {
@@ -446,6 +420,7 @@ impl Call {
             config: cfg.collector,
             today: cfg.today,
             mask_always: cfg.masking.always,
+            language,
         };
         let mut call = Call {
             local_sip: cfg.local_sip,
@@ -723,7 +698,7 @@ impl Call {
                 self.hang_up_caller(now);
                 self.hang_up_agent(now);
             }
-            Command::StartCapture { fields } => self.start_capture(now, fields),
+            Command::StartCapture { plan } => self.start_capture(now, plan),
         }
     }
 

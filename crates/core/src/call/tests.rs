@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use rtp_rs::{RtpPacketBuilder, Seq};
 
 use super::*;
-use crate::capture::collector::FieldName;
+use crate::capture::collector::{FieldName, Payment};
 use crate::media::g711::Codec;
+use crate::media::player::PromptAudio;
 use crate::media::srtp::{MasterKey, SrtpLeg, SrtpPolicy};
 use crate::media::telephone_event::TelephoneEvent;
 use crate::sip::message::{Response, parse};
@@ -49,7 +50,11 @@ fn agent_at(uri: &str) -> AgentTarget {
 }
 
 fn session(after: AfterCapture, agent: Option<&str>) -> Mode {
-    Mode::Session { fields: vec![FieldName::Pan, FieldName::Expiry, FieldName::Cvv], after, agent: agent.map(agent_at) }
+    Mode::Session {
+        plan: CapturePlan::card(vec![FieldName::Pan, FieldName::Expiry, FieldName::Cvv]),
+        after,
+        agent: agent.map(agent_at),
+    }
 }
 
 fn config(agent: Option<&str>) -> CallConfig {
@@ -244,7 +249,10 @@ fn capture_by_rfc4733_tokenize_thank_and_hang_up() {
     key_all(&mut call, "4111111111111111#1230123", t);
     let (_, events) = drain(&mut call);
     let card = events.into_iter().find_map(|e| match e {
-        CallEvent::CardCaptured(c) => Some(c),
+        CallEvent::PaymentCaptured(c) => match c.payment {
+            Payment::Card(card) => Some(card),
+            Payment::Bank(_) => None,
+        },
         _ => None,
     });
     let card = card.expect("card captured");

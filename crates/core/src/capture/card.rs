@@ -30,6 +30,10 @@ pub enum CardError {
     Expired,
     #[error("security code must have {expected} digits, got {got}")]
     SecurityCodeLength { expected: usize, got: usize },
+    #[error("postal code must have {min} to {max} digits, got {got}")]
+    PostalCodeLength { min: u8, max: u8, got: usize },
+    #[error("{0} cards are not accepted for this payment")]
+    BrandNotAccepted(Brand),
     #[error("only the digits 0-9 are allowed")]
     NotDigits,
 }
@@ -278,6 +282,30 @@ impl fmt::Debug for SecurityCode {
     }
 }
 
+/// A postal code keyed for address verification (AVS), of the length the session allows.
+/// Sealed with the card; shown as dots.
+pub struct PostalCode(Zeroizing<String>);
+
+impl PostalCode {
+    pub fn parse(ascii: &[u8], lengths: super::plan::LengthRange) -> Result<PostalCode, CardError> {
+        to_digit_values(ascii)?;
+        if !lengths.contains(ascii.len()) {
+            return Err(CardError::PostalCodeLength { min: lengths.min, max: lengths.max, got: ascii.len() });
+        }
+        Ok(PostalCode(Zeroizing::new(String::from_utf8_lossy(ascii).into_owned())))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for PostalCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PostalCode(•••••)")
+    }
+}
+
 /// A calendar month, the unit expiry dates are compared in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct YearMonth {
@@ -411,6 +439,19 @@ mod tests {
         );
         assert!(SecurityCode::parse(b"1234", Brand::Visa).is_err());
     }
+    #[test]
+    fn postal_codes_take_the_session_lengths() {
+        let zip = super::super::plan::LengthRange::new(5, 9);
+        assert_eq!(PostalCode::parse(b"94105", zip).unwrap().expose(), "94105");
+        assert!(PostalCode::parse(b"941051234", zip).is_ok());
+        assert_eq!(
+            PostalCode::parse(b"9410", zip).unwrap_err(),
+            CardError::PostalCodeLength { min: 5, max: 9, got: 4 }
+        );
+        assert_eq!(PostalCode::parse(b"9410a", zip).unwrap_err(), CardError::NotDigits);
+        assert!(!format!("{:?}", PostalCode::parse(b"94105", zip).unwrap()).contains("941"));
+    }
+
     #[test]
     fn free_text_holding_a_card_number_is_recognised_in_any_common_spelling() {
         for text in [

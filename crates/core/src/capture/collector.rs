@@ -1,68 +1,27 @@
-//! Turns keypresses into card fields: one field at a time, `#` ends a field, `*` restarts
-//! it, fixed-length fields end on their last digit, an inter-digit timeout submits what was
-//! keyed, and a field that fails validation is asked again up to `max_attempts` times.
+//! Turns keypresses into payment fields, following a `CapturePlan`: one field at a time, `#`
+//! ends a field, `*` restarts it, the plan's back key returns to the field before,
+//! fixed-length fields end on their last digit, an inter-digit timeout submits what was
+//! keyed, a field keyed twice must match its first entry, and a field that fails
+//! validation is asked again up to `max_attempts` times. With an amount, the caller hears it
+//! read back with the last four digits and presses 1 to confirm or 2 to stop.
 //!
 //! Sans-IO: every input carries the time it happened; `poll_timeout` says when to call
-//! `handle_timeout`. The keyed digits live in a zeroizing buffer and never leave this
-//! module except inside the validated `Pan`/`SecurityCode` types.
+//! `handle_timeout`. The keyed digits live in zeroizing buffers and never leave this
+//! module except inside the validated types of `card` and `bank`.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::card::{CardError, Expiry, Pan, SecurityCode, YearMonth};
+use super::bank::{AccountNumber, AccountType, BankAccount, BankError, RoutingNumber};
+use super::card::{CardError, Expiry, Pan, PostalCode, SecurityCode, YearMonth};
+pub use super::plan::FieldName;
+use super::plan::{Amount, CapturePlan, PaymentMethod};
 use super::progress::{self, FieldProgress, FieldState};
+pub use super::speech::PromptId;
+use super::speech::{self, Clip, Ending};
 use crate::media::telephone_event::Key;
-
-/// A field the agent can ask for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FieldName {
-    Pan,
-    Expiry,
-    Cvv,
-}
-
-impl FieldName {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FieldName::Pan => "pan",
-            FieldName::Expiry => "expiry",
-            FieldName::Cvv => "cvv",
-        }
-    }
-
-    /// The longest entry we buffer for this field before submitting it.
-    fn max_len(self) -> usize {
-        match self {
-            FieldName::Pan => 19,
-            FieldName::Expiry => 4,
-            FieldName::Cvv => 4,
-        }
-    }
-}
-
-/// Prompts the capture flow asks the call to play.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PromptId {
-    CardNumber,
-    Expiry,
-    SecurityCode,
-    Invalid,
-    ThankYou,
-}
-
-impl PromptId {
-    pub fn for_field(field: FieldName) -> PromptId {
-        match field {
-            FieldName::Pan => PromptId::CardNumber,
-            FieldName::Expiry => PromptId::Expiry,
-            FieldName::Cvv => PromptId::SecurityCode,
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy)]
 pub struct CollectorConfig {
@@ -85,6 +44,29 @@ pub struct CapturedCard {
     pub pan: Pan,
     pub expiry: Option<Expiry>,
     pub security_code: Option<SecurityCode>,
+    pub postal_code: Option<PostalCode>,
+}
+
+impl CapturedCard {
+    /// A card with only its number and maybe expiry and code (the card API, tests).
+    pub fn new(pan: Pan, expiry: Option<Expiry>, security_code: Option<SecurityCode>) -> CapturedCard {
+        CapturedCard { pan, expiry, security_code, postal_code: None }
+    }
+}
+
+/// What a capture took.
+#[derive(Debug)]
+pub enum Payment {
+    Card(CapturedCard),
+    Bank(BankAccount),
+}
+
+/// A completed capture: the payment details and, if the plan had an amount, the amount
+/// the caller confirmed.
+#[derive(Debug)]
+pub struct Captured {
+    pub payment: Payment,
+    pub confirmed: Option<Amount>,
 }
 
 /// Why a field's entry was refused. Never carries the digits.
@@ -94,17 +76,40 @@ pub enum Rejection {
     NothingEntered,
     #[error(transparent)]
     Invalid(#[from] CardError),
+    #[error(transparent)]
+    Bank(#[from] BankError),
+    #[error("the second entry did not match the first")]
+    Mismatch,
+    #[error("only 1 (confirm) or 2 (stop) is an answer here")]
+    NotAnOption,
 }
 
 #[derive(Debug)]
 pub enum CaptureEvent {
-    Prompt(PromptId),
-    DigitEntered { field: FieldName, count: usize },
-    FieldRestarted { field: FieldName },
-    FieldRejected { field: FieldName, attempts_left: u8, reason: Rejection },
-    FieldDone { field: FieldName, masked: String },
-    Completed(Box<CapturedCard>),
-    Failed { field: FieldName },
+    /// Play these clips, in order.
+    Say(Vec<Clip>),
+    DigitEntered {
+        field: FieldName,
+        count: usize,
+    },
+    FieldRestarted {
+        field: FieldName,
+    },
+    FieldRejected {
+        field: FieldName,
+        attempts_left: u8,
+        reason: Rejection,
+    },
+    FieldDone {
+        field: FieldName,
+        masked: String,
+    },
+    Completed(Box<Captured>),
+    Failed {
+        field: FieldName,
+    },
+    /// The caller heard the amount and pressed 2.
+    Declined,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -124,48 +129,83 @@ enum Phase {
     Failed,
 }
 
-pub struct Collector {
-    config: CollectorConfig,
-    today: YearMonth,
-    fields: Vec<FieldName>,
-    index: usize,
-    entry: Zeroizing<Vec<u8>>,
-    attempts: u8,
-    deadline: Option<Instant>,
-    phase: Phase,
+/// The validated values so far, each dropped (and zeroized) when its field restarts.
+#[derive(Default)]
+struct Values {
     pan: Option<Pan>,
     expiry: Option<Expiry>,
     security_code: Option<SecurityCode>,
-    /// Each done field's digit count and mask, for `progress`.
+    postal_code: Option<PostalCode>,
+    routing: Option<RoutingNumber>,
+    account: Option<AccountNumber>,
+    account_type: Option<AccountType>,
+    confirmed: bool,
+}
+
+impl Values {
+    fn clear(&mut self, field: FieldName) {
+        match field {
+            FieldName::Pan => self.pan = None,
+            FieldName::Expiry => self.expiry = None,
+            FieldName::Cvv => self.security_code = None,
+            FieldName::PostalCode => self.postal_code = None,
+            FieldName::RoutingNumber => self.routing = None,
+            FieldName::AccountNumber => self.account = None,
+            FieldName::AccountType => self.account_type = None,
+            FieldName::Confirm => self.confirmed = false,
+        }
+    }
+}
+
+pub struct Collector {
+    config: CollectorConfig,
+    plan: CapturePlan,
+    today: YearMonth,
+    /// The plan's fields, then the confirmation if it has an amount.
+    steps: Vec<FieldName>,
+    index: usize,
+    entry: Zeroizing<Vec<u8>>,
+    /// A field keyed twice: its first entry, while the second is keyed.
+    first_entry: Option<Zeroizing<Vec<u8>>>,
+    attempts: u8,
+    deadline: Option<Instant>,
+    phase: Phase,
+    values: Values,
+    /// Each done step's digit count and mask, for `progress`.
     done: Vec<Option<(usize, String)>>,
     events: VecDeque<CaptureEvent>,
 }
 
 impl Collector {
-    /// `fields` must start with `Pan` (the API checks this); `today` is the current month.
-    pub fn new(fields: Vec<FieldName>, config: CollectorConfig, today: YearMonth, now: Instant) -> Self {
-        let done = vec![None; fields.len()];
+    /// `plan` must pass `CapturePlan::check` (the API checks it); `today` is the current month.
+    pub fn new(plan: CapturePlan, config: CollectorConfig, today: YearMonth, now: Instant) -> Self {
+        let steps = plan.steps();
+        let done = vec![None; steps.len()];
         let mut c = Collector {
             config,
+            plan,
             today,
-            fields,
+            steps,
             index: 0,
             entry: Zeroizing::new(Vec::with_capacity(19)),
+            first_entry: None,
             attempts: 0,
             deadline: None,
             phase: Phase::Collecting,
-            pan: None,
-            expiry: None,
-            security_code: None,
+            values: Values::default(),
             done,
             events: VecDeque::new(),
         };
-        c.ask_current(now);
+        if c.steps.is_empty() {
+            c.phase = Phase::Failed;
+        } else {
+            c.ask_current(now);
+        }
         c
     }
 
     pub fn current_field(&self) -> Option<FieldName> {
-        (self.phase == Phase::Collecting).then(|| self.fields[self.index])
+        (self.phase == Phase::Collecting).then(|| self.steps[self.index])
     }
 
     pub fn is_finished(&self) -> bool {
@@ -175,7 +215,7 @@ impl Collector {
     /// Where every field stands: the one copy of the capture's progress.
     pub fn progress(&self) -> Vec<FieldProgress> {
         let max = self.config.max_attempts;
-        let mut all = progress::initial(&self.fields, max);
+        let mut all = progress::initial(&self.steps, max);
         for (i, f) in all.iter_mut().enumerate() {
             if let Some((digits, masked)) = &self.done[i] {
                 *f = FieldProgress { state: FieldState::Done, digits: *digits, masked: masked.clone(), ..f.clone() };
@@ -185,6 +225,7 @@ impl Collector {
                 f.digits = count;
                 f.masked = progress::entering_mask(f.name, count);
                 f.attempts_left = max.saturating_sub(self.attempts);
+                f.second_entry = self.first_entry.is_some();
             } else {
                 f.state = FieldState::Pending;
             }
@@ -202,7 +243,17 @@ impl Collector {
 
     pub fn handle_key(&mut self, key: Key, now: Instant) {
         let Some(field) = self.current_field() else { return };
+        if self.goes_back(key) {
+            let back_to = self.steps[self.index.saturating_sub(1)];
+            // Checked above: the field is reached and the capture is collecting.
+            let _ = self.restart(back_to, now);
+            return;
+        }
         match key {
+            Key::Digit(d) if field.is_single_key() => {
+                self.entry.push(b'0' + d);
+                self.submit(now);
+            }
             Key::Digit(d) => {
                 self.entry.push(b'0' + d);
                 self.events.push_back(CaptureEvent::DigitEntered { field, count: self.entry.len() });
@@ -215,6 +266,7 @@ impl Collector {
             Key::Hash => {}
             Key::Star => {
                 self.entry.clear();
+                self.first_entry = None;
                 self.events.push_back(CaptureEvent::FieldRestarted { field });
                 self.ask_current(now);
             }
@@ -222,31 +274,42 @@ impl Collector {
         }
     }
 
-    /// The agent asks the caller again for `field`, which must already have been reached:
-    /// it and every field after it are collected again, with fresh attempts (the security
-    /// code's length depends on the card, so nothing after a restarted field stands).
+    /// Whether `key` is the plan's back key, pressed where it goes back.
+    fn goes_back(&self, key: Key) -> bool {
+        let Some(back) = self.plan.back_key else { return false };
+        if back.0 != key {
+            return false;
+        }
+        match key {
+            // `*` and `#` also restart and end a field: they go back only on an empty entry.
+            Key::Star | Key::Hash => self.entry.is_empty() && self.first_entry.is_none(),
+            _ => true,
+        }
+    }
+
+    /// The agent (or the back key) asks the caller again for `field`, which must already
+    /// have been reached: it and every field after it are collected again, with fresh
+    /// attempts (the security code's length depends on the card, so nothing after a
+    /// restarted field stands).
     pub fn restart(&mut self, field: FieldName, now: Instant) -> Result<(), RestartError> {
         if self.phase != Phase::Collecting {
             return Err(RestartError::NotCollecting);
         }
-        let at = self.fields.iter().position(|f| *f == field).ok_or(RestartError::NotRequested)?;
+        let at = self.steps.iter().position(|f| *f == field).ok_or(RestartError::NotRequested)?;
         if at > self.index {
             return Err(RestartError::NotReached);
         }
         for d in &mut self.done[at..] {
             *d = None;
         }
-        for f in &self.fields[at..=self.index] {
-            match f {
-                FieldName::Pan => self.pan = None,
-                FieldName::Expiry => self.expiry = None,
-                FieldName::Cvv => self.security_code = None,
-            }
+        for f in &self.steps[at..=self.index] {
+            self.values.clear(*f);
         }
         // One event: a restarted field takes those after it along.
         self.events.push_back(CaptureEvent::FieldRestarted { field });
         self.index = at;
         self.entry.clear();
+        self.first_entry = None;
         self.attempts = 0;
         self.ask_current(now);
         Ok(())
@@ -269,75 +332,173 @@ impl Collector {
     fn entry_is_complete(&self, field: FieldName) -> bool {
         let len = self.entry.len();
         match field {
-            FieldName::Pan => len >= field.max_len(),
             FieldName::Expiry => len == 4,
             FieldName::Cvv => {
-                let want = self.pan.as_ref().map_or(3, |p| p.brand().security_code_len());
+                let want = self.values.pan.as_ref().map_or(3, |p| p.brand().security_code_len());
                 len >= want
+            }
+            FieldName::RoutingNumber => len == 9,
+            FieldName::AccountType | FieldName::Confirm => len == 1,
+            FieldName::Pan | FieldName::PostalCode | FieldName::AccountNumber => {
+                self.plan.lengths.of(field).is_some_and(|r| len >= usize::from(r.max))
             }
         }
     }
 
     fn ask_current(&mut self, now: Instant) {
-        self.events.push_back(CaptureEvent::Prompt(PromptId::for_field(self.fields[self.index])));
+        let field = self.steps[self.index];
+        let clips = match (field, self.plan.amount) {
+            (FieldName::Confirm, Some(amount)) => {
+                let (ending, last4) = match (&self.values.pan, &self.values.account) {
+                    (Some(pan), _) => (Ending::Card, pan.last4().to_string()),
+                    (None, Some(account)) => (Ending::Account, account.last4().to_string()),
+                    (None, None) => (Ending::Card, String::new()),
+                };
+                speech::confirmation(self.plan.language, amount, ending, &last4)
+            }
+            _ => vec![Clip::Prompt(PromptId::for_field(field))],
+        };
+        self.events.push_back(CaptureEvent::Say(clips));
         self.deadline = Some(now + self.config.first_digit);
     }
 
     fn submit(&mut self, now: Instant) {
-        let field = self.fields[self.index];
-        let result = self.validate(field);
+        let field = self.steps[self.index];
+        if field == FieldName::Confirm {
+            return self.answer_confirmation(now);
+        }
         let digits = self.entry.len();
+        if self.plan.keyed_twice(field) {
+            match self.first_entry.take() {
+                None => {
+                    // The first entry must be valid before it is asked for again.
+                    return match self.validate(field) {
+                        Ok(_) => {
+                            self.values.clear(field);
+                            self.first_entry = Some(std::mem::replace(&mut self.entry, Zeroizing::new(Vec::new())));
+                            self.events.push_back(CaptureEvent::Say(vec![Clip::Prompt(PromptId::EnterAgain)]));
+                            self.deadline = Some(now + self.config.first_digit);
+                        }
+                        Err(e) => {
+                            self.entry.clear();
+                            self.reject(e, now);
+                        }
+                    };
+                }
+                Some(first) if *first != *self.entry => {
+                    self.entry.clear();
+                    return self.reject(Rejection::Mismatch, now);
+                }
+                Some(_) => {}
+            }
+        }
+        let result = self.validate(field);
         self.entry.clear();
         match result {
-            Ok(masked) => {
-                self.done[self.index] = Some((digits, masked.clone()));
-                self.events.push_back(CaptureEvent::FieldDone { field, masked });
-                self.attempts = 0;
-                self.index += 1;
-                if self.index == self.fields.len() {
-                    self.complete();
-                } else {
-                    self.ask_current(now);
-                }
-            }
-            Err(e) => self.reject(Rejection::Invalid(e), now),
+            Ok(masked) => self.field_done(field, digits, masked, now),
+            Err(e) => self.reject(e, now),
         }
     }
 
-    fn validate(&mut self, field: FieldName) -> Result<String, CardError> {
+    fn answer_confirmation(&mut self, now: Instant) {
+        let key = self.entry.first().copied();
+        self.entry.clear();
+        match key {
+            Some(b'1') => {
+                self.values.confirmed = true;
+                self.field_done(FieldName::Confirm, 1, "confirmed".into(), now);
+            }
+            Some(b'2') => {
+                self.phase = Phase::Failed;
+                self.deadline = None;
+                self.events.push_back(CaptureEvent::Declined);
+            }
+            _ => self.reject(Rejection::NotAnOption, now),
+        }
+    }
+
+    fn field_done(&mut self, field: FieldName, digits: usize, masked: String, now: Instant) {
+        self.done[self.index] = Some((digits, masked.clone()));
+        self.events.push_back(CaptureEvent::FieldDone { field, masked });
+        self.attempts = 0;
+        self.index += 1;
+        if self.index == self.steps.len() {
+            self.complete();
+        } else {
+            self.ask_current(now);
+        }
+    }
+
+    /// Checks the entry for `field`, keeps its value and says how the desktop shows it.
+    fn validate(&mut self, field: FieldName) -> Result<String, Rejection> {
+        let entry: &[u8] = &self.entry;
+        let dots = "•".repeat(entry.len());
         match field {
             FieldName::Pan => {
-                let pan = Pan::parse(&self.entry)?;
-                let masked = masked_pan(self.entry.len(), Some(pan.last4()));
-                self.pan = Some(pan);
+                if !self.plan.lengths.pan.contains(entry.len()) {
+                    return Err(CardError::PanLength(entry.len()).into());
+                }
+                let pan = Pan::parse(entry)?;
+                if !self.plan.accepts(pan.brand()) {
+                    return Err(CardError::BrandNotAccepted(pan.brand()).into());
+                }
+                let masked = masked_pan(entry.len(), Some(pan.last4()));
+                self.values.pan = Some(pan);
                 Ok(masked)
             }
             FieldName::Expiry => {
-                let e = Expiry::parse(&self.entry, self.today)?;
-                self.expiry = Some(e);
+                let e = Expiry::parse(entry, self.today)?;
+                self.values.expiry = Some(e);
                 Ok(format!("{:02}/{:02}", e.month(), e.year() % 100))
             }
             FieldName::Cvv => {
-                let brand = self.pan.as_ref().map(|p| p.brand()).ok_or(CardError::UnknownBrand)?;
-                let code = SecurityCode::parse(&self.entry, brand)?;
-                let masked = "•".repeat(code.expose().len());
-                self.security_code = Some(code);
+                let brand = self.values.pan.as_ref().map(|p| p.brand()).ok_or(CardError::UnknownBrand)?;
+                self.values.security_code = Some(SecurityCode::parse(entry, brand)?);
+                Ok(dots)
+            }
+            FieldName::PostalCode => {
+                self.values.postal_code = Some(PostalCode::parse(entry, self.plan.lengths.postal_code)?);
+                Ok(dots)
+            }
+            FieldName::RoutingNumber => {
+                let rtn = RoutingNumber::parse(entry)?;
+                let masked = format!("••••• {}", rtn.last4());
+                self.values.routing = Some(rtn);
                 Ok(masked)
             }
+            FieldName::AccountNumber => {
+                let account = AccountNumber::parse(entry, self.plan.lengths.account_number)?;
+                let masked = format!("{} {}", "•".repeat(entry.len() - 4), account.last4());
+                self.values.account = Some(account);
+                Ok(masked)
+            }
+            FieldName::AccountType => {
+                let digit = entry.first().map_or(0, |b| b.wrapping_sub(b'0'));
+                let kind = AccountType::from_key(digit)?;
+                self.values.account_type = Some(kind);
+                Ok(kind.as_str().to_string())
+            }
+            // Answered by `answer_confirmation`.
+            FieldName::Confirm => Err(Rejection::NotAnOption),
         }
     }
 
     fn reject(&mut self, reason: Rejection, now: Instant) {
-        let field = self.fields[self.index];
+        let field = self.steps[self.index];
         self.attempts += 1;
         let attempts_left = self.config.max_attempts.saturating_sub(self.attempts);
+        let why = match reason {
+            Rejection::Invalid(CardError::BrandNotAccepted(_)) => PromptId::CardTypeNotAccepted,
+            Rejection::Mismatch => PromptId::Mismatch,
+            _ => PromptId::Invalid,
+        };
         self.events.push_back(CaptureEvent::FieldRejected { field, attempts_left, reason });
         if attempts_left == 0 {
             self.phase = Phase::Failed;
             self.deadline = None;
             self.events.push_back(CaptureEvent::Failed { field });
         } else {
-            self.events.push_back(CaptureEvent::Prompt(PromptId::Invalid));
+            self.events.push_back(CaptureEvent::Say(vec![Clip::Prompt(why)]));
             self.ask_current(now);
         }
     }
@@ -345,17 +506,27 @@ impl Collector {
     fn complete(&mut self) {
         self.phase = Phase::Completed;
         self.deadline = None;
-        // Invariant: the first field is always the PAN, so it is set once all fields are done.
-        let Some(pan) = self.pan.take() else {
-            self.phase = Phase::Failed;
-            self.events.push_back(CaptureEvent::Failed { field: FieldName::Pan });
-            return;
+        let v = std::mem::take(&mut self.values);
+        let confirmed = if v.confirmed { self.plan.amount } else { None };
+        // Invariant (`CapturePlan::check`): a card plan asks for the number, an ACH plan for
+        // both numbers, so they are set once every step is done.
+        let payment = match (self.plan.method, v.pan, v.routing, v.account) {
+            (PaymentMethod::Card, Some(pan), _, _) => Payment::Card(CapturedCard {
+                pan,
+                expiry: v.expiry,
+                security_code: v.security_code,
+                postal_code: v.postal_code,
+            }),
+            (PaymentMethod::Ach, _, Some(routing), Some(account)) => {
+                Payment::Bank(BankAccount { routing, account, kind: v.account_type })
+            }
+            _ => {
+                self.phase = Phase::Failed;
+                self.events.push_back(CaptureEvent::Failed { field: self.steps[0] });
+                return;
+            }
         };
-        self.events.push_back(CaptureEvent::Completed(Box::new(CapturedCard {
-            pan,
-            expiry: self.expiry.take(),
-            security_code: self.security_code.take(),
-        })));
+        self.events.push_back(CaptureEvent::Completed(Box::new(Captured { payment, confirmed })));
     }
 }
 
@@ -379,199 +550,4 @@ pub fn masked_pan(count: usize, last4: Option<&str>) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn keys(c: &mut Collector, s: &str, now: Instant) {
-        for ch in s.chars() {
-            let k = match ch {
-                '*' => Key::Star,
-                '#' => Key::Hash,
-                d => Key::Digit(d.to_digit(10).unwrap() as u8),
-            };
-            c.handle_key(k, now);
-        }
-    }
-
-    fn drain(c: &mut Collector) -> Vec<CaptureEvent> {
-        std::iter::from_fn(|| c.poll_event()).collect()
-    }
-
-    fn collector(now: Instant) -> Collector {
-        let today = YearMonth { year: 2026, month: 11 };
-        Collector::new(vec![FieldName::Pan, FieldName::Expiry, FieldName::Cvv], CollectorConfig::default(), today, now)
-    }
-
-    #[test]
-    fn full_card_completes() {
-        let t = crate::test_origin();
-        let mut c = collector(t);
-        keys(&mut c, "4111111111111111#1230123", t);
-        let ev = drain(&mut c);
-        let done: Vec<_> = ev
-            .iter()
-            .filter_map(|e| match e {
-                CaptureEvent::FieldDone { field, masked } => Some((*field, masked.clone())),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(
-            done,
-            vec![
-                (FieldName::Pan, "•••• •••• •••• 1111".to_string()),
-                (FieldName::Expiry, "12/30".to_string()),
-                (FieldName::Cvv, "•••".to_string())
-            ]
-        );
-        let card = ev.into_iter().find_map(|e| match e {
-            CaptureEvent::Completed(c) => Some(c),
-            _ => None,
-        });
-        let card = card.expect("completed");
-        // The whole card, as keyed: a code keyed as 123 and kept as 132 must fail here.
-        assert_eq!(card.pan.expose(), "4111111111111111");
-        assert_eq!(card.expiry.map(|e| (e.month(), e.year())), Some((12, 2030)));
-        assert_eq!(card.security_code.as_ref().map(|c| c.expose()), Some("123"));
-        assert!(c.is_finished());
-        assert_eq!(c.poll_timeout(), None);
-    }
-
-    #[test]
-    fn star_restarts_the_field() {
-        let t = crate::test_origin();
-        let mut c = collector(t);
-        keys(&mut c, "999*4111111111111111#", t);
-        let ev = drain(&mut c);
-        assert!(ev.iter().any(|e| matches!(e, CaptureEvent::FieldRestarted { field: FieldName::Pan })));
-        assert!(ev.iter().any(|e| matches!(e, CaptureEvent::FieldDone { field: FieldName::Pan, .. })));
-        assert_eq!(c.current_field(), Some(FieldName::Expiry));
-    }
-
-    #[test]
-    fn the_agent_can_ask_again_for_a_field_already_entered() {
-        let t = crate::test_origin();
-        let mut c = collector(t);
-        assert_eq!(c.restart(FieldName::Expiry, t), Err(RestartError::NotReached));
-        keys(&mut c, "4111111111111111#12", t);
-        drain(&mut c);
-        assert_eq!(c.current_field(), Some(FieldName::Expiry));
-        // Back to the card number: it and the half-entered expiry start over.
-        c.restart(FieldName::Pan, t).unwrap();
-        let restarted: Vec<FieldName> = drain(&mut c)
-            .into_iter()
-            .filter_map(|e| match e {
-                CaptureEvent::FieldRestarted { field } => Some(field),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(restarted, [FieldName::Pan]);
-        assert_eq!(c.current_field(), Some(FieldName::Pan));
-        keys(&mut c, "5555555555554444#1230321", t);
-        let card = drain(&mut c).into_iter().find_map(|e| match e {
-            CaptureEvent::Completed(c) => Some(c),
-            _ => None,
-        });
-        let card = card.expect("completed");
-        assert_eq!(card.pan.expose(), "5555555555554444", "the second card is the one captured");
-        assert_eq!(card.security_code.as_ref().map(|c| c.expose()), Some("321"));
-        assert_eq!(c.restart(FieldName::Pan, t), Err(RestartError::NotCollecting));
-        let mut only_pan =
-            Collector::new(vec![FieldName::Pan], CollectorConfig::default(), YearMonth { year: 2026, month: 11 }, t);
-        assert_eq!(only_pan.restart(FieldName::Cvv, t), Err(RestartError::NotRequested));
-    }
-
-    #[test]
-    fn three_invalid_attempts_fail() {
-        let t = crate::test_origin();
-        let mut c = collector(t);
-        keys(&mut c, "4111111111111112#", t);
-        keys(&mut c, "4111111111111113#", t);
-        assert!(!c.is_finished());
-        keys(&mut c, "4111111111111114#", t);
-        let ev = drain(&mut c);
-        let lefts: Vec<u8> = ev
-            .iter()
-            .filter_map(|e| match e {
-                CaptureEvent::FieldRejected { attempts_left, .. } => Some(*attempts_left),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(lefts, vec![2, 1, 0]);
-        assert_eq!(ev.iter().filter(|e| matches!(e, CaptureEvent::Prompt(PromptId::Invalid))).count(), 2);
-        assert!(matches!(ev.last(), Some(CaptureEvent::Failed { field: FieldName::Pan })));
-        assert!(c.is_finished());
-    }
-
-    #[test]
-    fn inter_digit_timeout_submits_the_entry() {
-        let t = crate::test_origin();
-        let mut c = collector(t);
-        keys(&mut c, "4111111111111111", t);
-        let due = c.poll_timeout().unwrap();
-        assert_eq!(due, t + CollectorConfig::default().inter_digit);
-        c.handle_timeout(due - Duration::from_millis(1));
-        assert_eq!(c.current_field(), Some(FieldName::Pan));
-        c.handle_timeout(due);
-        assert_eq!(c.current_field(), Some(FieldName::Expiry));
-    }
-
-    #[test]
-    fn no_input_counts_as_an_attempt() {
-        let t = crate::test_origin();
-        let mut c = collector(t);
-        let due = c.poll_timeout().unwrap();
-        c.handle_timeout(due);
-        let ev = drain(&mut c);
-        assert!(ev.iter().any(|e| matches!(e, CaptureEvent::FieldRejected { attempts_left: 2, .. })));
-    }
-
-    #[test]
-    fn amex_wants_four_digit_code_and_expired_card_is_refused() {
-        let t = crate::test_origin();
-        let mut c = collector(t);
-        keys(&mut c, "378282246310005#1025", t);
-        let ev = drain(&mut c);
-        assert!(ev.iter().any(|e| matches!(e, CaptureEvent::FieldRejected { field: FieldName::Expiry, .. })));
-        keys(&mut c, "0128123", t);
-        assert_eq!(c.current_field(), Some(FieldName::Cvv));
-        keys(&mut c, "4", t);
-        assert!(c.is_finished());
-    }
-
-    #[test]
-    fn masked_pan_groups_and_shows_last4_only() {
-        assert_eq!(masked_pan(0, None), "");
-        assert_eq!(masked_pan(5, None), "•••• •");
-        assert_eq!(masked_pan(15, Some("0005")), "•••• •••• ••• 0005");
-    }
-
-    #[test]
-    fn progress_follows_keys_rejections_and_restarts() {
-        let t = crate::test_origin();
-        let mut c = collector(t);
-        let states =
-            |c: &Collector| c.progress().iter().map(|f| (f.state, f.digits, f.attempts_left)).collect::<Vec<_>>();
-        assert_eq!(
-            states(&c),
-            vec![(FieldState::Entering, 0, 3), (FieldState::Pending, 0, 3), (FieldState::Pending, 0, 3)]
-        );
-        keys(&mut c, "411111", t);
-        assert_eq!(c.progress()[0].masked, "•••• ••");
-        keys(&mut c, "1111111112#", t); // fails the Luhn check
-        assert_eq!(states(&c)[0], (FieldState::Entering, 0, 2));
-        keys(&mut c, "4111111111111111#12", t);
-        let p = c.progress();
-        assert_eq!((p[0].state, p[0].digits, p[0].masked.as_str()), (FieldState::Done, 16, "•••• •••• •••• 1111"));
-        assert_eq!((p[1].state, p[1].digits, p[1].masked.as_str()), (FieldState::Entering, 2, "••"));
-        keys(&mut c, "*", t);
-        assert_eq!(states(&c)[1], (FieldState::Entering, 0, 3), "the caller's * clears the field");
-        c.restart(FieldName::Pan, t).unwrap();
-        assert_eq!(states(&c)[..2], [(FieldState::Entering, 0, 3), (FieldState::Pending, 0, 3)], "the agent's restart");
-        for _ in 0..3 {
-            keys(&mut c, "1234#", t);
-        }
-        assert_eq!(states(&c)[0], (FieldState::Failed, 0, 0));
-        let shown = format!("{:?}", c.progress());
-        assert!(!shown.contains("1234") && !shown.contains("4111"), "progress shows no digit: {shown}");
-    }
-}
+mod tests;

@@ -4,7 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::collector::{FieldName, masked_pan};
+use super::collector::masked_pan;
+use super::plan::FieldName;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -24,12 +25,22 @@ pub struct FieldProgress {
     /// Dots for keyed digits; a done card number shows its last four, a done expiry MM/YY.
     pub masked: String,
     pub attempts_left: u8,
+    /// A field keyed twice: the first entry is in, the second is being keyed.
+    #[serde(default)]
+    pub second_entry: bool,
 }
 
 impl FieldProgress {
     /// A field nobody has reached yet.
     pub fn pending(name: FieldName, attempts_left: u8) -> FieldProgress {
-        FieldProgress { name, state: FieldState::Pending, digits: 0, masked: String::new(), attempts_left }
+        FieldProgress {
+            name,
+            state: FieldState::Pending,
+            digits: 0,
+            masked: String::new(),
+            attempts_left,
+            second_entry: false,
+        }
     }
 }
 
@@ -46,7 +57,7 @@ pub fn initial(fields: &[FieldName], max_attempts: u8) -> Vec<FieldProgress> {
 pub fn entering_mask(field: FieldName, count: usize) -> String {
     match field {
         FieldName::Pan => masked_pan(count, None),
-        FieldName::Expiry | FieldName::Cvv => "•".repeat(count),
+        _ => "•".repeat(count),
     }
 }
 

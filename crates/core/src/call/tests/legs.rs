@@ -68,7 +68,7 @@ fn srtp_caller_keys_a_card_and_hears_protected_prompts() {
         }
     }
     let (_, events) = drain(&mut call);
-    assert!(events.iter().any(|e| matches!(e, CallEvent::CardCaptured(_))), "{events:?}");
+    assert!(events.iter().any(|e| matches!(e, CallEvent::PaymentCaptured(_))), "{events:?}");
     assert_eq!(call.media_stats().srtp_rejected, 1);
     // A re-INVITE that drops SRTP mid-call is refused and changes nothing.
     call.handle_sip(t, LegId::Caller, caller_with(&call, "INVITE", 2, "", "application/sdp", OFFER));
@@ -144,7 +144,10 @@ fn inline_call_is_answered_when_the_target_answers_and_captures_on_command() {
     assert_eq!((p.leg, crate::media::rtp::RtpReader::new(&p.buf[..p.len]).unwrap().payload()[0]), (LegId::Agent, 0x2a));
     drain(&mut call);
     // The API starts a capture: prompts to the caller, keys collected, agent path masked.
-    call.handle_command(t, Command::StartCapture { fields: vec![FieldName::Pan, FieldName::Expiry, FieldName::Cvv] });
+    call.handle_command(
+        t,
+        Command::StartCapture { plan: CapturePlan::card(vec![FieldName::Pan, FieldName::Expiry, FieldName::Cvv]) },
+    );
     call.handle_timeout(t + Duration::from_millis(60));
     let mut prompt = 0;
     while let Some(p) = call.poll_packet() {
@@ -153,7 +156,7 @@ fn inline_call_is_answered_when_the_target_answers_and_captures_on_command() {
     assert!(prompt > 0, "the first prompt plays");
     key_all(&mut call, "4111111111111111#1230123", t + Duration::from_millis(80));
     let (_, events) = drain(&mut call);
-    assert!(events.iter().any(|e| matches!(e, CallEvent::CardCaptured(_))), "{events:?}");
+    assert!(events.iter().any(|e| matches!(e, CallEvent::PaymentCaptured(_))), "{events:?}");
     call.handle_command(t, Command::CardStored);
     let (sip, events) = drain(&mut call);
     assert!(events.iter().any(|e| matches!(e, CallEvent::Completed)));
@@ -228,7 +231,10 @@ fn invite_with_replaces_takes_over_the_callers_dialog_and_capture_goes_on() {
     key_from(&mut call, "111111111111#1230123", 4, t);
     let (_, events) = drain(&mut call);
     let card = events.into_iter().find_map(|e| match e {
-        CallEvent::CardCaptured(c) => Some(c),
+        CallEvent::PaymentCaptured(c) => match c.payment {
+            Payment::Card(card) => Some(card),
+            Payment::Bank(_) => None,
+        },
         _ => None,
     });
     assert_eq!(card.expect("the new leg finished the card").pan.last4(), "1111");
