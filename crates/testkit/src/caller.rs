@@ -69,6 +69,8 @@ pub struct CallerReport {
     /// The audio it sent, decoded back from G.711 (before the link's loss): what a judge
     /// must be able to read the keys from, the positive control for a masking test.
     pub sent_audio: Vec<i16>,
+    /// The audio packets tonewall sent, decoded in order of arrival: which prompts played.
+    pub heard_audio: Vec<i16>,
 }
 
 /// What the caller sends at each 20 ms tick: always an audio frame (unless an RFC 4733-only
@@ -152,9 +154,12 @@ pub async fn place_call(opts: CallerOptions) -> Result<CallerReport, SoftphoneEr
             }
             r = rtp.recv_from(&mut rbuf) => {
                 if let Ok((n, _)) = r
-                    && RtpReader::new(&rbuf[..n]).is_ok()
+                    && let Ok(packet) = RtpReader::new(&rbuf[..n])
                 {
                     report.packets_heard += 1;
+                    if packet.payload_type() == media.codec.payload_type() {
+                        report.heard_audio.extend(packet.payload().iter().map(|b| media.codec.decode(*b)));
+                    }
                 }
             }
             msg = ua.recv() => {
