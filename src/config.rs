@@ -337,6 +337,8 @@ pub struct WebhookConfig {
     pub url: String,
     pub secret: SecretSource,
     pub retry_base_s: u64,
+    /// Also one event per completed field (`session.field_completed`).
+    pub field_events: bool,
 }
 
 impl Config {
@@ -703,6 +705,7 @@ impl VaultOptions {
             webhook: (!c.webhook.url.is_empty()).then(|| {
                 (c.webhook.url.clone(), c.webhook.secret.clone(), Duration::from_secs(c.webhook.retry_base_s))
             }),
+            webhook_field_events: c.webhook.field_events,
         }
     }
 

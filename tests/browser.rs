@@ -228,3 +228,55 @@ async fn an_embedded_desktop_opens_its_one_session_without_a_key() {
     assert_eq!(s, 403, "an embed token lists no calls");
     t.stop().await;
 }
+
+/// A bank-account payment from the desktop form: ACH keyed twice, an amount read back in
+/// Spanish. The page shows each field as dots with the last four, marks the second entry,
+/// names the amount and its confirmation, and never an account number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_desktop_takes_a_bank_account_with_an_amount_confirmed_in_spanish() {
+    let t = TestServer::start().await;
+    let key = t.key(Role::Agent).await;
+    let long = Duration::from_secs(30);
+    let mut b = Browser::open(&format!("{}/desktop", t.base)).await;
+    b.wait_for(&visible("signin"), long).await;
+    b.eval(&fill("key", &key)).await;
+    b.eval(&click("#signin-button")).await;
+    b.wait_for(&visible("start"), long).await;
+    b.eval("const m = document.getElementById('method'); m.value = 'ach'; m.dispatchEvent(new Event('change')); true")
+        .await;
+    assert_eq!(b.eval(&visible("ach-fields")).await, true);
+    assert_eq!(b.eval(&visible("card-fields")).await, false);
+    b.eval("document.getElementById('twice').checked = true; true").await;
+    b.eval(&fill("amount", "12.50")).await;
+    b.eval(&fill("currency", "EUR")).await;
+    b.eval(&fill("language", "es")).await;
+    b.eval(&fill("reference", "order-ach-1")).await;
+    let widths = b.eval("[window.innerWidth, document.documentElement.scrollWidth]").await;
+    assert!(widths[1].as_u64() <= Some(360), "the longer form still fits 360 px: {widths}");
+    b.eval(&click("#start-button")).await;
+    let uri = b.wait_for(&text("#transfer-uri"), long).await.as_str().unwrap().to_string();
+    b.wait_for("document.querySelectorAll('#fields li').length === 4", long).await;
+    assert_eq!(b.eval(&text("#amount-shown")).await, "12.50 EUR");
+    let sip = t.server.sip_addr;
+    let (routing, account) = ("021000021", "12345678");
+    let call = tokio::spawn(async move {
+        let keys = format!(",{routing},,{routing},{account}#,,{account}#,2,,1");
+        let opts = CallerOptions { linger: Duration::from_secs(4), ..CallerOptions::new(sip, &uri, &keys) };
+        caller::place_call(opts).await.unwrap()
+    });
+    let second =
+        b.wait_for(&format!("{} .includes('(again)')", text("li[data-field=routing_number] .dots")), long).await;
+    assert_eq!(second, true, "the desktop shows the first entry is in and the second awaited");
+    b.screenshot(&artifact("desktop-ach-second-entry.png")).await;
+    b.wait_for(&visible("result"), long).await;
+    assert_eq!(b.eval(&text("#result-title")).await, "Bank account stored");
+    assert_eq!(b.eval(&text("#result-brand")).await, "savings");
+    assert_eq!(b.eval(&text("#result-last4")).await, "5678");
+    assert_eq!(b.eval(&text("#result-amount-value")).await, "12.50 EUR");
+    let page = b.eval("document.body.innerText").await;
+    let page = page.as_str().unwrap();
+    assert!(!page.contains(account) && !page.contains(routing), "{page}");
+    b.screenshot(&artifact("desktop-ach-completed.png")).await;
+    call.await.unwrap();
+    t.stop().await;
+}

@@ -5,7 +5,8 @@
 //! shared memory, the security log, the checkpoints, sealed recordings), on PostgreSQL a
 //! `pg_dump`, this database's files in the server's data directory, its WAL and the server's
 //! log, every log line, every command's output, and every API response's headers and raw body
-//! except detokenize's are searched for the test card numbers — their digits in order with
+//! except detokenize's are searched for the test card numbers and a bank account number
+//! keyed in an ACH call — their digits in order with
 //! any separators (spaces, dashes, one per line, UTF-16), and in hex and base64 — and for the
 //! security codes in clear: zero hits. Sealed recordings are searched for card numbers only
 //! (see `scan`). A file the scan cannot read fails it.
@@ -28,6 +29,9 @@ const CARDS: [(&str, &str); 4] = [
     ("6011111111111117", "518"),
 ];
 const CALL_CARD: (&str, &str) = ("4012888888881881", "364");
+/// A bank account keyed in an ACH call: routing number (public, not searched for) and an
+/// account number searched for like a card number.
+const CALL_ACCOUNT: (&str, &str) = ("322271627", "73920461358");
 
 /// The card number's digits in order, with up to three separator bytes between each two:
 /// "4111 1111", "4-1-1-1", "4.1/1_1", one digit per line (CR LF), UTF-16 (a NUL after each
@@ -139,10 +143,13 @@ async fn scripted_run(db: &TestDatabase) -> Vec<(String, Vec<u8>)> {
     }
     // A whole call: transfer, keypad entry, tokenization, the agent bridged throughout.
     let agent = Agent::start().await.unwrap();
-    let body = format!(r#"{{"fields":["pan","expiry","cvv"],"reference":"leak-scan","agent_uri":"{}"}}"#, agent.uri);
+    let body = format!(
+        r#"{{"fields":["pan","expiry","cvv","postal_code"],"amount":"12.50","currency":"USD","reference":"leak-scan","agent_uri":"{}"}}"#,
+        agent.uri
+    );
     let (_, v) = scanned(&mut outputs, "/v1/sessions", &format!("{base}/v1/sessions"), &agent_key, Some(&body)).await;
     let (id, uri) = (v["id"].as_str().unwrap().to_string(), v["transfer_uri"].as_str().unwrap().to_string());
-    let keys = format!("{}#,1230,{}", CALL_CARD.0, CALL_CARD.1);
+    let keys = format!("{}#,1230,{},94105#,1", CALL_CARD.0, CALL_CARD.1);
     let opts = CallerOptions { linger: Duration::from_secs(3), ..CallerOptions::new(serve.sip, &uri, &keys) };
     caller::place_call(opts).await.unwrap();
     wait_final(&base, &agent_key, &id, Duration::from_secs(5)).await;
@@ -151,6 +158,28 @@ async fn scripted_run(db: &TestDatabase) -> Vec<(String, Vec<u8>)> {
     assert_eq!(s["state"], "completed", "{s}");
     tokens.push(s["result"]["token"].as_str().unwrap().to_string());
     agent.finish().await.unwrap();
+    // A bank account, keyed twice (ACH with matching inputs).
+    let body = r#"{"payment_method":"ach","require_matching_inputs":true,"reference":"leak-scan-ach"}"#;
+    let (_, v) =
+        scanned(&mut outputs, "/v1/sessions (ach)", &format!("{base}/v1/sessions"), &agent_key, Some(body)).await;
+    let (id, uri) = (v["id"].as_str().unwrap().to_string(), v["transfer_uri"].as_str().unwrap().to_string());
+    let (routing, account) = CALL_ACCOUNT;
+    let keys = format!("{routing},{routing},{account}#,{account}#,1");
+    let opts = CallerOptions { linger: Duration::from_secs(3), ..CallerOptions::new(serve.sip, &uri, &keys) };
+    caller::place_call(opts).await.unwrap();
+    wait_final(&base, &agent_key, &id, Duration::from_secs(5)).await;
+    let (_, s) =
+        scanned(&mut outputs, "/v1/sessions/{id} (ach)", &format!("{base}/v1/sessions/{id}"), &agent_key, None).await;
+    assert_eq!(s["state"], "completed", "{s}");
+    let ach_token = s["result"]["token"].as_str().unwrap().to_string();
+    let (status, v) = http(
+        "POST",
+        &format!("{base}/v1/detokenize"),
+        Some(&processor),
+        Some(&format!(r#"{{"token":"{ach_token}"}}"#)),
+    )
+    .await;
+    assert_eq!((status, v["account_number"].as_str()), (200, Some(account)));
     // Detokenize: the one response allowed to hold the card, so it is checked, not scanned.
     for (token, (pan, _)) in tokens.iter().zip(CARDS.iter().chain([&CALL_CARD])) {
         let (s, v) = http(
@@ -161,6 +190,9 @@ async fn scripted_run(db: &TestDatabase) -> Vec<(String, Vec<u8>)> {
         )
         .await;
         assert_eq!((s, v["pan"].as_str()), (200, Some(*pan)));
+        if *pan == CALL_CARD.0 {
+            assert_eq!(v["postal_code"], "94105", "the call's postal code was sealed with its card");
+        }
     }
     serve.kill();
     run(&["keys", "rotate"], &mut outputs);
@@ -241,6 +273,9 @@ async fn scan(db: TestDatabase) {
     let outputs = scripted_run(&db).await;
     let mut hits = Vec::new();
     for (name, bytes) in &outputs {
+        if has_pan(bytes, CALL_ACCOUNT.1) {
+            hits.push(format!("{name}: the bank account number"));
+        }
         for (pan, code) in CARDS.iter().chain([&CALL_CARD]) {
             if has_pan(bytes, pan) {
                 hits.push(format!("{name}: card number ending {}", &pan[pan.len() - 4..]));

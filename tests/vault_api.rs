@@ -252,3 +252,71 @@ async fn an_unknown_key_flood_is_throttled_and_audited_in_aggregate() {
     assert_eq!(audit::verify(vault.pool(), &vault.keys().audit).await.unwrap().1, vec![]);
     drop(dir);
 }
+
+/// With `webhook.field_events`, a platform that draws its own screens gets one signed event
+/// per field as the caller completes it (mask, brand once known, attempts left), and then
+/// the completion; no body holds more of the card than its last four digits.
+#[tokio::test]
+async fn field_events_report_each_completed_field_masked_and_signed() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_addr = listener.local_addr().unwrap();
+    let got = receiver(listener, 0).await;
+    let secret_hex = "24".repeat(32);
+    let t = TestServer::start_with(|c| {
+        c.webhook.url = format!("http://{hook_addr}/hook");
+        c.webhook.secret = SecretSource::Hex(secret_hex.clone());
+        c.webhook.field_events = true;
+    })
+    .await;
+    let key = t.key(Role::Agent).await;
+    let body =
+        r#"{"fields":["pan","expiry","cvv","postal_code"],"amount":"9.99","currency":"GBP","reference":"order-88"}"#;
+    let (_, v) = http("POST", &format!("{}/v1/sessions", t.base), Some(&key), Some(body)).await;
+    let (id, uri) = (v["id"].as_str().unwrap().to_string(), v["transfer_uri"].as_str().unwrap().to_string());
+    // A wrong card number first: its field completes with one attempt fewer.
+    let keys = "4111111111111112#,4111111111111111#,1230,737,94105#,1";
+    let opts = CallerOptions { linger: Duration::from_secs(3), ..CallerOptions::new(t.server.sip_addr, &uri, keys) };
+    caller::place_call(opts).await.unwrap();
+    let s = wait_final(&t.base, &key, &id, Duration::from_secs(5)).await;
+    assert_eq!(s["state"], "completed", "{s}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while got.lock().unwrap().len() < 6 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let got = got.lock().unwrap().clone();
+    let secret = SecretKey::from_bytes(&tonewall::vault::crypto::unhex(&secret_hex).unwrap()).unwrap();
+    let mut fields = Vec::new();
+    for (headers, body) in &got {
+        let sig = headers[SIGNATURE_HEADER].to_str().unwrap();
+        let t_value: i64 = sig.strip_prefix("t=").and_then(|r| r.split(',').next()).unwrap().parse().unwrap();
+        assert_eq!(sig, signature(&secret, t_value, body), "the processor can verify it");
+        assert!(!body.contains("411111") && !body.contains("94105") && !body.contains("737"), "{body}");
+        let event: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!((event["session_id"].as_str(), event["reference"].as_str()), (Some(id.as_str()), Some("order-88")));
+        if event["event"] == "session.field_completed" {
+            let brand = event["brand"].as_str().unwrap_or("-").to_string();
+            let left = event["attempts_left"].as_u64().unwrap();
+            fields.push((
+                event["field"].as_str().unwrap().to_string(),
+                event["masked"].as_str().unwrap().to_string(),
+                brand,
+                left,
+            ));
+        }
+    }
+    fields.sort();
+    let want = |f: &str, m: &str, b: &str, l: u64| (f.to_string(), m.to_string(), b.to_string(), l);
+    assert_eq!(
+        fields,
+        [
+            want("confirm", "confirmed", "visa", 3),
+            want("cvv", "•••", "visa", 3),
+            want("expiry", "12/30", "visa", 3),
+            want("pan", "•••• •••• •••• 1111", "visa", 2),
+            want("postal_code", "•••••", "visa", 3),
+        ]
+    );
+    let completed = got.iter().filter(|(_, b)| b.contains("\"session.completed\"")).count();
+    assert_eq!((got.len(), completed), (6, 1), "five fields, then the completion");
+    t.stop().await;
+}

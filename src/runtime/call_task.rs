@@ -13,12 +13,14 @@ use crate::call::media::BridgeStats;
 use crate::call::recording::STEREO_FRAME;
 use crate::call::{Call, CallEvent, Command, Input, LegId, Output};
 use crate::calls::{CallId, CaptureRefused, CaptureRequest};
-use crate::capture::collector::Captured;
+use crate::capture::card::Brand;
+use crate::capture::collector::{Captured, FieldName};
 use crate::endpoint::CallHandle;
 use crate::media::rtp::MAX_PACKET;
 use crate::metrics::Capture;
 use crate::recording::{RecordingError, Writer};
 use crate::session::SessionId;
+use crate::vault::webhook::FieldCompleted;
 use crate::vault::{Actor, ActorRole, Completion};
 
 /// How often a call adds its media counts to the metrics.
@@ -191,8 +193,12 @@ impl CallTask {
                     }
                     let Some(session) = self.session.clone() else { continue };
                     self.shared.sessions.apply(&session, &e);
-                    if let CallEvent::PaymentCaptured(captured) = e {
-                        self.tokenize(session, *captured);
+                    match e {
+                        CallEvent::PaymentCaptured(captured) => self.tokenize(session, *captured),
+                        CallEvent::FieldDone { field, masked, brand, attempts_left } => {
+                            self.field_completed(session, field, masked, brand, attempts_left)
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -235,6 +241,31 @@ impl CallTask {
         let _ = reply.send(answer);
     }
 
+    /// Queues the field's webhook event off the call's task, when the webhook sends them.
+    fn field_completed(
+        &self,
+        session: SessionId,
+        field: FieldName,
+        masked: String,
+        brand: Option<Brand>,
+        attempts_left: u8,
+    ) {
+        let webhook = &self.shared.config.webhook;
+        if !webhook.field_events || webhook.url.is_empty() {
+            return;
+        }
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let reference = shared.sessions.held_view(&session).map(|v| v.reference).unwrap_or_default();
+            let session_id = session.as_str();
+            let event =
+                FieldCompleted { session_id, reference: &reference, field, masked: &masked, brand, attempts_left };
+            if let Err(e) = shared.vault.field_completed(&event).await {
+                tracing::warn!(session = session_id, error = %e, "field event not queued");
+            }
+        });
+    }
+
     /// Tokenizes off the call's task (the core never waits on the vault) and reports back.
     fn tokenize(&self, session: SessionId, card: Captured) {
         let shared = self.shared.clone();
@@ -247,7 +278,12 @@ impl CallTask {
             let completion = Completion { session_id: session.as_str(), reference: &reference };
             let answer = match shared.vault.tokenize(card, actor, "default", Some(completion), Instant::now()).await {
                 Ok(rec) => {
-                    tracing::info!(session = session.as_str(), method = ?rec.payment_method, "payment tokenized");
+                    match rec.brand {
+                        Some(brand) => {
+                            tracing::info!(session = session.as_str(), brand = brand.as_str(), "card tokenized")
+                        }
+                        None => tracing::info!(session = session.as_str(), "bank account tokenized"),
+                    }
                     shared.sessions.complete(&session, rec);
                     Command::CardStored
                 }

@@ -917,7 +917,10 @@ mod tests {
             b.apply(
                 &v.id,
                 &CallEvent::FieldDone {
-                    field: FieldName::Pan, masked: "•••• •••• •••• 1111".into()
+                    field: FieldName::Pan,
+                    masked: "•••• •••• •••• 1111".into(),
+                    brand: Some(crate::capture::card::Brand::Visa),
+                    attempts_left: 3,
                 },
             );
             b.flush().await;

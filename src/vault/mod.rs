@@ -93,6 +93,8 @@ pub struct VaultOptions {
     pub security_code_ttl: Duration,
     pub max_encryptions_per_key: i64,
     pub webhook: Option<(String, SecretSource, Duration)>,
+    /// Also queue one webhook event per completed field.
+    pub webhook_field_events: bool,
 }
 
 /// A card row as stored: sealed, with what opening it needs.
@@ -278,6 +280,15 @@ impl Vault {
         let detail = format!("{} bytes, audit up to {}", summary.database_bytes, summary.audit_seq);
         self.audit(&audit::Event { detail: &detail, ..actor.did("backup.create", "ok", "vault") }).await?;
         Ok(summary)
+    }
+
+    /// Queues a `session.field_completed` event, when the webhook sends them
+    /// (`webhook.field_events`); its own transaction, as the field's completion is a fact
+    /// of the call, not of the vault.
+    pub async fn field_completed(&self, event: &webhook::FieldCompleted<'_>) -> Result<(), VaultError> {
+        let Some(hook) = self.webhook.as_ref().filter(|_| self.options.webhook_field_events) else { return Ok(()) };
+        let mut conn = self.pool.acquire().await?;
+        webhook::enqueue_field_in(&mut conn, &hook.url, event).await
     }
 
     /// Walks the audit chain and holds it against the signed checkpoints.

@@ -1,4 +1,5 @@
-//! Completion webhooks to the processor. The event is queued in the transaction that stores
+//! Webhooks to the processor: `session.completed`, and with `webhook.field_events` one
+//! `session.field_completed` per field as the caller completes it. A completion is queued in the transaction that stores
 //! the card (an outbox), so a crash or restart loses none; a delivery loop POSTs due events,
 //! signed `Tonewall-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "t.body">` (the scheme
 //! the README shows processors how to check), and retries failures with exponential back-off
@@ -42,6 +43,40 @@ pub struct Completed<'a> {
     pub idempotency_key: &'a str,
 }
 
+/// A field the caller completed, for platforms that draw their own screens: its mask (dots
+/// and at most the last four digits), the card's brand once the number is in, and the
+/// attempts it had left.
+#[derive(Debug, Serialize)]
+pub struct FieldCompleted<'a> {
+    pub session_id: &'a str,
+    pub reference: &'a str,
+    pub field: crate::capture::collector::FieldName,
+    pub masked: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub brand: Option<crate::capture::card::Brand>,
+    pub attempts_left: u8,
+}
+
+#[derive(Serialize)]
+struct FieldEvent<'a> {
+    event: &'static str,
+    #[serde(flatten)]
+    field: &'a FieldCompleted<'a>,
+    idempotency_key: &'a str,
+}
+
+/// Queues a field event.
+pub async fn enqueue_field_in(
+    conn: &mut AnyConnection,
+    url: &str,
+    field: &FieldCompleted<'_>,
+) -> Result<(), VaultError> {
+    let id = uuid::Uuid::new_v4().to_string();
+    let body = serde_json::to_string(&FieldEvent { event: "session.field_completed", field, idempotency_key: &id })
+        .map_err(|e| VaultError::Config(e.to_string()))?;
+    insert(conn, &id, url, &body).await
+}
+
 /// `t=<t>,v1=<hex HMAC-SHA256(secret, "t.body")>`.
 pub fn signature(secret: &SecretKey, t: i64, body: &str) -> String {
     // Invariant: HMAC accepts keys of any length.
@@ -68,9 +103,14 @@ pub async fn enqueue_in(
         idempotency_key: &id,
     })
     .map_err(|e| VaultError::Config(e.to_string()))?;
+    insert(conn, &id, url, &body).await
+}
+
+/// Puts one event in the outbox, due now.
+async fn insert(conn: &mut AnyConnection, id: &str, url: &str, body: &str) -> Result<(), VaultError> {
     let now = unix_now();
     sqlx::query("INSERT INTO webhooks (id, url, body, next_attempt_at, created_at) VALUES ($1, $2, $3, $4, $5)")
-        .bind(&id)
+        .bind(id)
         .bind(url)
         .bind(body)
         .bind(now)

@@ -112,7 +112,9 @@ impl Call {
                 CaptureEvent::FieldRejected { field, attempts_left, reason } => {
                     self.event(CallEvent::FieldRejected { field, attempts_left, reason })
                 }
-                CaptureEvent::FieldDone { field, masked } => self.event(CallEvent::FieldDone { field, masked }),
+                CaptureEvent::FieldDone { field, masked, brand, attempts_left } => {
+                    self.event(CallEvent::FieldDone { field, masked, brand, attempts_left })
+                }
                 CaptureEvent::Completed(captured) => {
                     self.capture.state = CaptureState::Tokenizing;
                     self.event(CallEvent::PaymentCaptured(captured));

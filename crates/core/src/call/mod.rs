@@ -26,7 +26,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::capture::card::YearMonth;
+use crate::capture::card::{Brand, YearMonth};
 use crate::capture::collector::{Captured, Collector, CollectorConfig, FieldName, PromptId, Rejection};
 use crate::capture::plan::CapturePlan;
 use crate::capture::progress::FieldProgress;
@@ -178,6 +178,8 @@ pub enum CallEvent {
     FieldDone {
         field: FieldName,
         masked: String,
+        brand: Option<Brand>,
+        attempts_left: u8,
     },
     /// The driver tokenizes the card and answers with `Command::CardStored` or
     /// `Command::CardNotStored`.

@@ -382,7 +382,7 @@ Content-Type: {ct}\r\nContent-Length: {}\r\n\r\n{body}",
     let (sip, events) = drain(&mut call);
     assert_eq!(sip.iter().filter(|(_, s)| s.starts_with("SIP/2.0 200 OK")).count(), 17);
     let done = events.iter().find_map(|e| match e {
-        CallEvent::FieldDone { field: FieldName::Pan, masked } => Some(masked.clone()),
+        CallEvent::FieldDone { field: FieldName::Pan, masked, .. } => Some(masked.clone()),
         _ => None,
     });
     assert_eq!(done.as_deref(), Some("•••• •••• •••• 1111"));

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
 
 use super::bank::{AccountNumber, AccountType, BankAccount, BankError, RoutingNumber};
-use super::card::{CardError, Expiry, Pan, PostalCode, SecurityCode, YearMonth};
+use super::card::{Brand, CardError, Expiry, Pan, PostalCode, SecurityCode, YearMonth};
 pub use super::plan::FieldName;
 use super::plan::{Amount, CapturePlan, PaymentMethod};
 use super::progress::{self, FieldProgress, FieldState};
@@ -100,9 +100,13 @@ pub enum CaptureEvent {
         attempts_left: u8,
         reason: Rejection,
     },
+    /// A field passed its checks: how the desktop shows it, the card's brand once the number
+    /// is in, and the attempts it had left.
     FieldDone {
         field: FieldName,
         masked: String,
+        brand: Option<Brand>,
+        attempts_left: u8,
     },
     Completed(Box<Captured>),
     Failed {
@@ -419,7 +423,9 @@ impl Collector {
 
     fn field_done(&mut self, field: FieldName, digits: usize, masked: String, now: Instant) {
         self.done[self.index] = Some((digits, masked.clone()));
-        self.events.push_back(CaptureEvent::FieldDone { field, masked });
+        let brand = self.values.pan.as_ref().map(Pan::brand);
+        let attempts_left = self.config.max_attempts.saturating_sub(self.attempts);
+        self.events.push_back(CaptureEvent::FieldDone { field, masked, brand, attempts_left });
         self.attempts = 0;
         self.index += 1;
         if self.index == self.steps.len() {

@@ -79,7 +79,7 @@ fn full_card_completes() {
     let done: Vec<_> = ev
         .iter()
         .filter_map(|e| match e {
-            CaptureEvent::FieldDone { field, masked } => Some((*field, masked.clone())),
+            CaptureEvent::FieldDone { field, masked, .. } => Some((*field, masked.clone())),
             _ => None,
         })
         .collect();
