@@ -126,6 +126,8 @@ async fn openapi_describes_every_route_and_the_permission_matrix_holds() {
             "/v1/admin/keys/{id}/rotate",
             "/v1/admin/lockdown",
             "/v1/admin/lockdown/lift",
+            "/v1/admin/prompts",
+            "/v1/admin/prompts/{language}/{name}",
             "/v1/auth/me",
             "/v1/auth/methods",
             "/v1/auth/oidc/callback",
@@ -159,9 +161,15 @@ async fn openapi_describes_every_route_and_the_permission_matrix_holds() {
     let mut checked = 0;
     let mut forbidden = 0;
     for (path, ops) in spec["paths"].as_object().unwrap() {
-        let url = format!("{}{}", t.base, path.replace("{id}", &id).replace("{name}", "pan"));
+        let url =
+            format!("{}{}", t.base, path.replace("{id}", &id).replace("{name}", "pan").replace("{language}", "fr"));
         for (method, op) in ops.as_object().unwrap().iter().filter(|(m, _)| *m != "parameters") {
-            let method = if method == "post" { "POST" } else { "GET" };
+            let method = match method.as_str() {
+                "post" => "POST",
+                "put" => "PUT",
+                "delete" => "DELETE",
+                _ => "GET",
+            };
             let allowed: Vec<&str> = op["x-roles"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
             let public = allowed == ["public"];
             let (s, v) = http(method, &url, None, Some("{}")).await;
@@ -197,7 +205,7 @@ async fn openapi_describes_every_route_and_the_permission_matrix_holds() {
             }
         }
     }
-    assert_eq!(checked, 29 * roles.len());
+    assert_eq!(checked, 32 * roles.len());
     // PCI DSS 10.2.1.4, 10.2.1.6: every 403 is audited with its key and route, and so is the
     // start of the service.
     let trail = audit::records(t.server.shared.vault.pool(), 0, 100_000).await.unwrap();

@@ -32,11 +32,16 @@ async fn call(t: &TestServer, uri: &str, keypad: &str) -> CallerReport {
     .expect("call placed")
 }
 
-/// How many times the caller heard the start of `lang`'s clip `name`: its first three
-/// frames, through PCMU as tonewall sends them, at a frame boundary of what was heard.
+/// How many times the caller heard the start of `lang`'s built-in clip `name`.
 fn times_heard(report: &CallerReport, lang: Language, name: &str) -> usize {
     let prompts = tonewall::runtime::prompts::built_in().unwrap();
     let clip = prompts.get(lang, name).unwrap_or_else(|| panic!("no {lang:?} clip {name}"));
+    times_heard_audio(report, clip)
+}
+
+/// How many times the caller heard the start of `clip`: its first three frames, through PCMU
+/// as tonewall sends them, at a frame boundary of what was heard.
+fn times_heard_audio(report: &CallerReport, clip: &[i16]) -> usize {
     let want: Vec<i16> = clip[..3 * FRAME_SAMPLES].iter().map(|s| Codec::Pcmu.decode(Codec::Pcmu.encode(*s))).collect();
     let heard = &report.heard_audio;
     (0..heard.len().saturating_sub(want.len()))
@@ -186,5 +191,72 @@ async fn a_caller_who_presses_2_at_the_read_back_stops_the_payment_and_nothing_i
         sqlx::query_as("SELECT COUNT(*) FROM cards").fetch_one(t.server.shared.vault.pool()).await.unwrap();
     assert_eq!(cards, 0, "a stopped payment stores no card");
     assert!(report.hung_up_by_tonewall);
+    t.stop().await;
+}
+
+/// An admin uploads a Spanish card prompt: it is checked (a 16 kHz file is refused with the
+/// reason, and audited), the next Spanish call plays it instead of the built-in one, and
+/// once removed the built-in one plays again.
+#[tokio::test]
+async fn an_uploaded_prompt_plays_in_its_language_and_its_removal_restores_the_built_in_one() {
+    let t = TestServer::start().await;
+    let (admin, agent) = (t.key(Role::Admin).await, t.key(Role::Agent).await);
+    let ours: Vec<i16> = (0..16000).map(|i| ((i as f64 * 0.25).sin() * 8000.0) as i16).collect();
+    let wav = |rate: u32, samples: &[i16]| {
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: rate,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut out = std::io::Cursor::new(Vec::new());
+        let mut w = hound::WavWriter::new(&mut out, spec).unwrap();
+        samples.iter().for_each(|s| w.write_sample(*s).unwrap());
+        w.finalize().unwrap();
+        out.into_inner()
+    };
+    let url = format!("{}/v1/admin/prompts/es/card_number", t.base);
+    let put = |body: Vec<u8>, key: String| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+            let mut r = agent
+                .put(&url)
+                .header("Authorization", &format!("Bearer {key}"))
+                .header("Content-Type", "audio/wav")
+                .send(&body[..])
+                .unwrap();
+            (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+        })
+    };
+    let (status, text) = put(wav(16000, &ours), admin.clone()).await.unwrap();
+    assert_eq!(status, 422, "{text}");
+    assert!(text.contains("must be 8 kHz mono 16-bit PCM, is 16000 Hz"), "{text}");
+    assert_eq!(put(wav(8000, &ours), agent.clone()).await.unwrap().0, 403, "admins only");
+    let (status, text) = put(wav(8000, &ours), admin.clone()).await.unwrap();
+    assert_eq!(status, 201, "{text}");
+    let (_, listed) = http("GET", &format!("{}/v1/admin/prompts", t.base), Some(&admin), None).await;
+    assert_eq!(listed["uploads"][0]["name"], "card_number", "{listed}");
+
+    let body = r#"{"fields":["pan"],"language":"es"}"#;
+    let (id, uri) = session(&t, &agent, body).await;
+    let report = call(&t, &uri, ",,4111111111111111#").await;
+    wait_final(&t.base, &agent, &id, Duration::from_secs(10)).await;
+    assert_eq!(times_heard_audio(&report, &ours), 1, "the upload played");
+    assert_eq!(times_heard(&report, Language::Es, "card_number"), 0, "not the built-in one");
+
+    let (status, _) = http("DELETE", &url, Some(&admin), None).await;
+    assert_eq!(status, 200);
+    let (id, uri) = session(&t, &agent, body).await;
+    let report = call(&t, &uri, ",,4111111111111111#").await;
+    wait_final(&t.base, &agent, &id, Duration::from_secs(10)).await;
+    assert_eq!((times_heard_audio(&report, &ours), times_heard(&report, Language::Es, "card_number")), (0, 1));
+    let records = tonewall::vault::audit::records(t.server.shared.vault.pool(), 0, 200).await.unwrap();
+    let prompt_records: Vec<String> = records
+        .iter()
+        .filter(|r| r.action.starts_with("prompt."))
+        .map(|r| format!("{}:{}", r.action, r.outcome))
+        .collect();
+    assert_eq!(prompt_records, ["prompt.upload:refused", "prompt.upload:stored", "prompt.remove:removed"]);
     t.stop().await;
 }

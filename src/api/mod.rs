@@ -15,6 +15,7 @@ pub mod lockdown;
 mod monitoring;
 mod oidc;
 mod pages;
+mod prompts;
 mod recordings;
 mod sessions;
 mod signin;
@@ -25,7 +26,7 @@ use axum::Json;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use serde_json::json;
 
 use crate::calls::Calls;
@@ -136,6 +137,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/keys/{id}/revoke", post(admin_keys::revoke))
         .route("/v1/admin/keys/{id}/rotate", post(admin_keys::rotate))
         .route("/v1/admin/lockdown/lift", post(lockdown::lift))
+        .route("/v1/admin/prompts", get(prompts::list))
+        .route("/v1/admin/prompts/{language}/{name}", put(prompts::upload).delete(prompts::remove))
         .route("/v1/auth/oidc/start", get(oidc::start))
         .route("/v1/auth/oidc/callback", get(oidc::callback))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })

@@ -154,7 +154,7 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, admission: Admission
         seed: rand::random(),
         masking: shared.config.masking(),
         record: shared.config.recordings.enabled,
-        prompts: shared.prompts.clone(),
+        prompts: shared.prompts.current(),
         srtp: match &admitted {
             Admitted::Inline(route) => route.srtp,
             Admitted::Session(_) => shared.config.sip.srtp,

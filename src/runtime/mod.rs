@@ -65,7 +65,7 @@ pub struct Server {
 impl Server {
     pub async fn start(config: Config) -> Result<Server, ServerError> {
         let vault = Arc::new(Vault::open(VaultOptions::from_config(&config)).await?);
-        let prompts = Arc::new(prompts::built_in()?);
+        let prompts = Arc::new(prompts::PromptLibrary::open(vault.pool().clone()).await?);
         let sip_listen = config.sip.listen;
         let (sip, tcp) = bind_sip(sip_listen, config.sip.tcp).await?;
         let sip_addr = sip.local_addr().map_err(|e| ServerError::SipBind { addr: sip_listen, why: e.to_string() })?;
@@ -188,6 +188,7 @@ impl Server {
         let sessions = shared.sessions.clone();
         let purge_vault = vault.clone();
         let purge_web = web_sessions.clone();
+        let prompts = shared.prompts.clone();
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(10));
             loop {
@@ -209,6 +210,12 @@ impl Server {
                     tracing::warn!(error = %e, "old sessions not forgotten");
                 }
                 purge_web.purge(now);
+                // Recordings an admin uploaded through another node.
+                match prompts.refresh().await {
+                    Ok(true) => tracing::info!("uploaded prompts changed; new calls play them"),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "uploaded prompts not refreshed"),
+                }
             }
         }));
         // PCI DSS 10.2.1.6: the audit trail shows when tonewall, and so its logging, started.

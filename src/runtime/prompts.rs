@@ -2,9 +2,16 @@
 //! `prompts/<lang>/` holds one 8 kHz mono 16-bit WAV per clip its manifest names and per
 //! number 0 to 99. Every language must have every clip `capture::speech` can ask for in it;
 //! all are decoded once at start.
+//!
+//! An admin may upload recordings over them (`PromptLibrary`), per language and clip: they
+//! are checked as the built-in ones are, kept in the vault's database so every node plays
+//! them, and a clip without one plays the built-in recording.
 
 use std::io::Cursor;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
+
+use sha2::Digest as _;
+use sqlx::AnyPool;
 
 use include_dir::{Dir, include_dir};
 use thiserror::Error;
@@ -25,6 +32,12 @@ pub enum PromptError {
     Bad { name: String, why: String },
     #[error("prompts/{lang}/{name}.wav is missing: run prompts/generate.sh {lang}")]
     Missing { lang: &'static str, name: String },
+    #[error(
+        "{lang} has no clip named {name:?}: the prompts are {prompts}, the numbers n0 to n99, and the words amounts are read with"
+    )]
+    UnknownClip { lang: &'static str, name: String, prompts: String },
+    #[error("the prompt store is unavailable: {0}")]
+    Store(#[from] sqlx::Error),
 }
 
 /// Decodes a WAV recording, which must be 8 kHz mono 16-bit PCM of 0.1 to 30 s with sound.
@@ -71,6 +84,138 @@ pub fn built_in() -> Result<Prompts, PromptError> {
         }
     }
     Ok(prompts)
+}
+
+/// A custom recording, as listed.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct Custom {
+    pub language: String,
+    pub name: String,
+    pub sha256: String,
+    pub uploaded_at: i64,
+    pub uploaded_by: String,
+}
+
+/// The prompts calls play: the built-in set with the uploaded recordings over it. The API
+/// changes it; each new call takes the set current when it starts.
+pub struct PromptLibrary {
+    built_in: Prompts,
+    current: RwLock<Arc<Prompts>>,
+    pool: AnyPool,
+    /// The uploads' (language, name, sha256) the current set was built with.
+    loaded: Mutex<Vec<(String, String, String)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl PromptLibrary {
+    /// The built-in set with every upload in the database over it.
+    pub async fn open(pool: AnyPool) -> Result<PromptLibrary, PromptError> {
+        let built_in = built_in()?;
+        let library = PromptLibrary {
+            current: RwLock::new(Arc::new(built_in.clone())),
+            built_in,
+            pool,
+            loaded: Mutex::new(Vec::new()),
+        };
+        library.refresh().await?;
+        Ok(library)
+    }
+
+    /// The set a call starting now plays.
+    pub fn current(&self) -> Arc<Prompts> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Rebuilds the set if the uploads changed (on another node, too); says whether they had.
+    pub async fn refresh(&self) -> Result<bool, PromptError> {
+        let now: Vec<(String, String, String)> =
+            sqlx::query_as("SELECT language, name, sha256 FROM prompts ORDER BY language, name")
+                .fetch_all(&self.pool)
+                .await?;
+        if *lock(&self.loaded) == now {
+            return Ok(false);
+        }
+        let rows: Vec<(String, String, Vec<u8>)> =
+            sqlx::query_as("SELECT language, name, wav FROM prompts").fetch_all(&self.pool).await?;
+        let mut prompts = self.built_in.clone();
+        for (code, name, wav) in rows {
+            // Checked on upload; a row that no longer decodes keeps the built-in clip.
+            match (Language::parse(&code), decode(&name, &wav)) {
+                (Some(lang), Ok(audio)) => prompts.insert(lang, name, audio),
+                (_, Err(e)) => tracing::error!(language = code, error = %e, "uploaded prompt not used"),
+                (None, _) => tracing::error!(language = code, name, "uploaded prompt of an unknown language not used"),
+            }
+        }
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(prompts);
+        *lock(&self.loaded) = now;
+        Ok(true)
+    }
+
+    /// Checks and stores `wav` as `lang`'s clip `name`, and plays it from the next call on.
+    pub async fn upload(&self, lang: Language, name: &str, wav: &[u8], by: &str) -> Result<Custom, PromptError> {
+        known_clip(lang, name)?;
+        decode(name, wav)?;
+        let custom = Custom {
+            language: lang.code().to_string(),
+            name: name.to_string(),
+            sha256: crate::vault::crypto::hex(&sha2::Sha256::digest(wav)),
+            uploaded_at: crate::vault::unix_now(),
+            uploaded_by: by.to_string(),
+        };
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM prompts WHERE language = $1 AND name = $2")
+            .bind(&custom.language)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO prompts (language, name, wav, sha256, uploaded_at, uploaded_by) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&custom.language)
+        .bind(name)
+        .bind(wav.to_vec())
+        .bind(&custom.sha256)
+        .bind(custom.uploaded_at)
+        .bind(by)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.refresh().await?;
+        Ok(custom)
+    }
+
+    /// Removes the upload for `lang`'s clip `name`, if any: the built-in clip plays again.
+    pub async fn remove(&self, lang: Language, name: &str) -> Result<bool, PromptError> {
+        known_clip(lang, name)?;
+        let gone = sqlx::query("DELETE FROM prompts WHERE language = $1 AND name = $2")
+            .bind(lang.code())
+            .bind(name)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        self.refresh().await?;
+        Ok(gone > 0)
+    }
+
+    pub async fn uploads(&self) -> Result<Vec<Custom>, PromptError> {
+        Ok(sqlx::query_as(
+            "SELECT language, name, sha256, uploaded_at, uploaded_by FROM prompts ORDER BY language, name",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
+
+/// Refuses a name the language does not play.
+fn known_clip(lang: Language, name: &str) -> Result<(), PromptError> {
+    if speech::clip_names(lang).iter().any(|n| n == name) {
+        return Ok(());
+    }
+    let prompts = crate::capture::speech::PromptId::ALL.map(|p| p.name()).join(", ");
+    Err(PromptError::UnknownClip { lang: lang.code(), name: name.chars().take(40).collect(), prompts })
 }
 
 #[cfg(test)]
@@ -122,5 +267,57 @@ mod tests {
         assert!(why(b"RIFF....WAVEfmt ").contains("not a WAV file"));
         let long = vec![1000i16; 31 * 8000];
         assert!(why(&wav(8000, 1, &long)).contains("lasts 31.00 s"));
+    }
+
+    fn wav(samples: &[i16]) -> Vec<u8> {
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: 8000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut out = Cursor::new(Vec::new());
+        let mut w = hound::WavWriter::new(&mut out, spec).unwrap();
+        for s in samples {
+            w.write_sample(*s).unwrap();
+        }
+        w.finalize().unwrap();
+        out.into_inner()
+    }
+
+    #[tokio::test]
+    async fn an_upload_plays_on_every_node_and_its_removal_brings_the_built_in_back() {
+        use crate::vault::testing::TestDatabase;
+        for db in TestDatabase::both().await {
+            let dir = tempfile::tempdir().unwrap();
+            let vault = crate::vault::Vault::open(db.options(dir.path())).await.unwrap();
+            let (a, b) = (
+                PromptLibrary::open(vault.pool().clone()).await.unwrap(),
+                PromptLibrary::open(vault.pool().clone()).await.unwrap(),
+            );
+            let card = Clip::Prompt(PromptId::CardNumber);
+            let built_in = a.current().audio(Language::Fr, card).unwrap();
+            let ours: Vec<i16> = (0..4000).map(|i| ((i as f64 * 0.2).sin() * 9000.0) as i16).collect();
+            let refused = a.upload(Language::Fr, "card_number", b"not a wav", "admin-1").await.unwrap_err();
+            assert!(refused.to_string().contains("not a WAV file"), "{refused}");
+            let refused = a.upload(Language::Fr, "card_numbre", &wav(&ours), "admin-1").await.unwrap_err();
+            assert!(refused.to_string().contains("fr has no clip named \"card_numbre\""), "{refused}");
+            let custom = a.upload(Language::Fr, "card_number", &wav(&ours), "admin-1").await.unwrap();
+            assert_eq!((custom.language.as_str(), custom.uploaded_by.as_str()), ("fr", "admin-1"));
+            assert_eq!(&a.current().audio(Language::Fr, card).unwrap()[..], &ours[..], "{}", db.label);
+            assert_eq!(
+                a.current().audio(Language::Es, card),
+                b.current().audio(Language::Es, card),
+                "other languages keep theirs"
+            );
+            // The other node plays it once it refreshes (every 10 s in `serve`).
+            assert!(b.refresh().await.unwrap());
+            assert_eq!(&b.current().audio(Language::Fr, card).unwrap()[..], &ours[..]);
+            assert!(!b.refresh().await.unwrap(), "nothing changed since");
+            assert_eq!(a.uploads().await.unwrap().len(), 1);
+            assert!(a.remove(Language::Fr, "card_number").await.unwrap());
+            assert_eq!(a.current().audio(Language::Fr, card).unwrap(), built_in);
+            assert!(!a.remove(Language::Fr, "card_number").await.unwrap(), "nothing left to remove");
+        }
     }
 }

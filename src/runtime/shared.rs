@@ -12,7 +12,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsConnector;
 
 use super::ports::PortPool;
-use crate::call::{LegId, Prompts};
+use super::prompts::PromptLibrary;
+use crate::call::LegId;
 use crate::calls::Calls;
 use crate::config::Config;
 use crate::endpoint::{Admitting, Endpoint, EndpointConfig, InlineRoute};
@@ -41,7 +42,8 @@ pub struct Shared {
     pub vault: Arc<Vault>,
     /// What calls count as they happen (`/metrics`).
     pub metrics: crate::metrics::CallMetrics,
-    pub(super) prompts: Arc<Prompts>,
+    /// The recordings calls play, uploads included.
+    pub prompts: Arc<PromptLibrary>,
     pub(super) sip: Arc<UdpSocket>,
     pub(super) sip_addr: SocketAddr,
     /// The SIP over TLS listener, if there is one.
@@ -83,7 +85,7 @@ pub(super) struct SipIo {
 }
 
 impl Shared {
-    pub(super) fn new(config: Config, registries: Registries, prompts: Arc<Prompts>, io: SipIo) -> Shared {
+    pub(super) fn new(config: Config, registries: Registries, prompts: Arc<PromptLibrary>, io: SipIo) -> Shared {
         let SipIo { sip, sip_addr, tls_addr, ports, tls_connector, stop } = io;
         let endpoint = Endpoint::new(EndpointConfig {
             rate_per_source: config.sip.rate_per_source,

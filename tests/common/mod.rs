@@ -168,12 +168,20 @@ pub async fn http_raw(method: &'static str, url: &str, key: Option<&str>, body: 
         let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
         let auth = key.map(|k| format!("Bearer {k}"));
         let result = match method {
-            "POST" => {
-                let mut req = agent.post(&url).header("Content-Type", "application/json");
+            "POST" | "PUT" => {
+                let req = if method == "PUT" { agent.put(&url) } else { agent.post(&url) };
+                let mut req = req.header("Content-Type", "application/json");
                 if let Some(a) = &auth {
                     req = req.header("Authorization", a);
                 }
                 req.send(body.unwrap_or_default())
+            }
+            "DELETE" => {
+                let mut req = agent.delete(&url);
+                if let Some(a) = &auth {
+                    req = req.header("Authorization", a);
+                }
+                req.call()
             }
             _ => {
                 let mut req = agent.get(&url);
