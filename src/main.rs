@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 use tonewall::accounts;
 use tonewall::api::auth::{self, Role};
 use tonewall::config::Config;
+use tonewall::recording::Purge;
 use tonewall::runtime::Server;
 use tonewall::vault::kek::{self, KekSource};
 use tonewall::vault::{Actor, ActorRole, Vault, VaultOptions, audit, keyring};
@@ -295,8 +296,11 @@ enum RecordingsAction {
     /// Delete recordings (file and metadata) older than recordings.retention_days; audited.
     Purge {
         /// Use this many days instead of recordings.retention_days.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "reference")]
         older_than_days: Option<u32>,
+        /// Delete this reference's recordings now, whatever their age (erasure on request).
+        #[arg(long)]
+        reference: Option<String>,
         #[command(flatten)]
         common: Common,
     },
@@ -678,14 +682,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("disabled {username}");
             Ok(())
         }
-        Command::Recordings { action: RecordingsAction::Purge { older_than_days, common } } => {
+        Command::Recordings { action: RecordingsAction::Purge { older_than_days, reference, common } } => {
             let cfg = common.load()?;
             let days = older_than_days.unwrap_or(cfg.recordings.retention_days);
             let vault = Vault::open(VaultOptions::from_config(&cfg)).await?;
             let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
-            let before = now_ms - i64::from(days) * 86_400_000;
-            let n = tonewall::recording::purge(&vault, &cfg.storage.data_dir, before).await?;
-            let detail = format!("{n} recordings older than {days} days");
+            if reference.as_deref().is_some_and(tonewall::capture::card::looks_like_card_number) {
+                anyhow::bail!("--reference looks like it holds a card number: refused (references never hold one)");
+            }
+            let (which, what) = match &reference {
+                Some(r) => (Purge::Reference(r), format!("of reference {r:?}")),
+                None => {
+                    (Purge::StartedBefore(now_ms - i64::from(days) * 86_400_000), format!("older than {days} days"))
+                }
+            };
+            let n = tonewall::recording::purge(&vault, &cfg.storage.data_dir, which).await?;
+            let detail = format!("{n} recordings {what}");
             vault
                 .audit(&audit::Event { detail: &detail, ..CLI_ACTOR.did("recording.purge", "deleted", "recordings") })
                 .await?;

@@ -317,9 +317,30 @@ fn wav_bytes(pcm_le: &[u8]) -> Vec<u8> {
 }
 
 /// Deletes recordings that started before `before` (unix ms), files and rows; returns how many.
-pub async fn purge(vault: &Vault, data_dir: &Path, before: i64) -> Result<u64, RecordingError> {
-    let rows: Vec<Row> =
-        sqlx::query_as("SELECT * FROM recordings WHERE started_at < $1").bind(before).fetch_all(vault.pool()).await?;
+/// Which recordings a purge deletes.
+#[derive(Debug, Clone, Copy)]
+pub enum Purge<'a> {
+    /// Those started before this time (unix ms): retention.
+    StartedBefore(i64),
+    /// Those of a reference, whatever their age: erasure on request.
+    Reference(&'a str),
+}
+
+pub async fn purge(vault: &Vault, data_dir: &Path, which: Purge<'_>) -> Result<u64, RecordingError> {
+    let rows: Vec<Row> = match which {
+        Purge::StartedBefore(before) => {
+            sqlx::query_as("SELECT * FROM recordings WHERE started_at < $1")
+                .bind(before)
+                .fetch_all(vault.pool())
+                .await?
+        }
+        Purge::Reference(reference) => {
+            sqlx::query_as("SELECT * FROM recordings WHERE reference = $1")
+                .bind(reference)
+                .fetch_all(vault.pool())
+                .await?
+        }
+    };
     let mut n = 0;
     for r in rows {
         let path = directory(data_dir).join(&r.file);
@@ -400,7 +421,7 @@ mod tests {
         assert_eq!(page.len(), 1);
         assert_eq!(list(vault.pool(), None, None, Some("other"), 1, 10).await.unwrap().1, 0);
         assert_eq!(list(vault.pool(), Some(1_800_000_000_000), None, None, 1, 10).await.unwrap().1, 0);
-        assert_eq!(purge(&vault, dir.path(), 1_700_000_000_001).await.unwrap(), 3);
+        assert_eq!(purge(&vault, dir.path(), Purge::StartedBefore(1_700_000_000_001)).await.unwrap(), 3);
         assert_eq!(list(vault.pool(), None, None, None, 1, 10).await.unwrap().1, 0);
         assert_eq!(std::fs::read_dir(directory(dir.path())).unwrap().count(), 0, "files gone too");
     }

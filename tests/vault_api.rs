@@ -320,3 +320,87 @@ async fn field_events_report_each_completed_field_masked_and_signed() {
     assert_eq!((got.len(), completed), (6, 1), "five fields, then the completion");
     t.stop().await;
 }
+
+/// Right to erasure: a processor (or an admin) deletes a stored card; the token then answers
+/// 404 to detokenize and to a second erasure, an agent may not erase, and each attempt is in
+/// the audit trail. An admin purges a reference's recordings before their retention ends.
+#[tokio::test]
+async fn erasure_deletes_the_card_and_the_references_recordings_and_the_audit_says_so() {
+    let t = TestServer::start().await;
+    let (processor, admin, agent) = (t.key(Role::Processor).await, t.key(Role::Admin).await, t.key(Role::Agent).await);
+    let mut tokens = Vec::new();
+    for pan in ["4111111111111111", "5555555555554444"] {
+        let body = format!(r#"{{"pan":"{pan}","expiry":"1230","security_code":"123"}}"#);
+        let (s, v) = http("POST", &format!("{}/v1/tokenize", t.base), Some(&processor), Some(&body)).await;
+        assert_eq!(s, 201, "{v}");
+        tokens.push(v["token"].as_str().unwrap().to_string());
+    }
+    let erase = |token: &str| format!("{}/v1/tokens/{token}", t.base);
+    let detokenize = |token: &str| format!(r#"{{"token":"{token}"}}"#);
+    assert_eq!(http("DELETE", &erase(&tokens[0]), Some(&agent), None).await.0, 403, "agents may not erase");
+    let (s, v) = http("DELETE", &erase(&tokens[0]), Some(&processor), None).await;
+    assert_eq!((s, v["erased"].as_bool()), (200, Some(true)), "{v}");
+    let (s, _) =
+        http("POST", &format!("{}/v1/detokenize", t.base), Some(&processor), Some(&detokenize(&tokens[0]))).await;
+    assert_eq!(s, 404, "an erased token reveals nothing");
+    assert_eq!(http("DELETE", &erase(&tokens[0]), Some(&processor), None).await.0, 404, "nothing left to erase");
+    assert_eq!(http("DELETE", &erase(&tokens[1]), Some(&admin), None).await.0, 200, "an admin may erase");
+    let (rows,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM cards").fetch_one(t.server.shared.vault.pool()).await.unwrap();
+    assert_eq!(rows, 0);
+    assert_eq!(
+        http("DELETE", &erase("4111111111111111"), Some(&admin), None).await.0,
+        404,
+        "a card number is no token"
+    );
+
+    // A call recorded under a reference, then purged on request.
+    let phone = Agent::start().await.unwrap();
+    let body = format!(r#"{{"fields":["pan"],"reference":"erase-me","agent_uri":"{}"}}"#, phone.uri);
+    let (_, v) = http("POST", &format!("{}/v1/sessions", t.base), Some(&agent), Some(&body)).await;
+    let (id, uri) = (v["id"].as_str().unwrap().to_string(), v["transfer_uri"].as_str().unwrap().to_string());
+    let opts = CallerOptions {
+        linger: Duration::from_secs(2),
+        ..CallerOptions::new(t.server.sip_addr, &uri, "4111111111111111#")
+    };
+    caller::place_call(opts).await.unwrap();
+    wait_final(&t.base, &agent, &id, Duration::from_secs(5)).await;
+    phone.finish().await.unwrap();
+    let qa = t.key(Role::Qa).await;
+    let listed = || async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let (_, v) = http("GET", &format!("{}/v1/recordings?reference=erase-me", t.base), Some(&qa), None).await;
+            let n = v["total"].as_i64().unwrap_or(0);
+            if n > 0 || tokio::time::Instant::now() > deadline {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    assert_eq!(listed().await, 1, "the call was recorded");
+    let files = || std::fs::read_dir(t.dir.path().join("recordings")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(files(), 1);
+    let purge = format!("{}/v1/recordings?reference=erase-me", t.base);
+    assert_eq!(http("DELETE", &purge, Some(&qa), None).await.0, 403, "QA replays, only admins purge");
+    let (s, v) = http("DELETE", &purge, Some(&admin), None).await;
+    assert_eq!((s, v["deleted"].as_u64()), (200, Some(1)), "{v}");
+    assert_eq!((listed().await, files()), (0, 0), "metadata and file gone");
+
+    let records = audit::records(t.server.shared.vault.pool(), 0, 1000).await.unwrap();
+    let erasures: Vec<String> = records
+        .iter()
+        .filter(|r| r.action == "token.erase" || r.action == "recording.purge")
+        .map(|r| format!("{}:{}:{}", r.action, r.outcome, r.role))
+        .collect();
+    assert_eq!(
+        erasures,
+        [
+            "token.erase:erased:processor",
+            "token.erase:unknown_token:processor",
+            "token.erase:erased:admin",
+            "recording.purge:deleted:admin"
+        ]
+    );
+    t.stop().await;
+}

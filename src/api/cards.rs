@@ -187,6 +187,28 @@ pub async fn detokenize(
     }))
 }
 
+/// Right to erasure: the stored card or account is deleted and the audit says so; the token
+/// answers 404 from then on.
+pub async fn erase(
+    State(state): State<AppState>,
+    caller: Caller,
+    axum::extract::Path(token): axum::extract::Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require(&[Role::Processor, Role::Admin])?;
+    if token.len() > 64 || looks_like_card_number(&token) {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "no such token"));
+    }
+    state.vault.erase(&token, caller.actor()).await.map_err(|e| match e {
+        VaultError::UnknownToken => ApiError::new(StatusCode::NOT_FOUND, "no such token"),
+        other => {
+            tracing::error!(error = %other, "erasure failed");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the vault could not erase the record; nothing was erased")
+        }
+    })?;
+    tracing::info!(key = caller.key_id, "token erased");
+    Ok(Json(serde_json::json!({ "token": token, "erased": true })))
+}
+
 fn audit_down() -> ApiError {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the audit trail cannot be written, so nothing is revealed")
 }

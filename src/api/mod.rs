@@ -26,7 +26,7 @@ use axum::Json;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use serde_json::json;
 
 use crate::calls::Calls;
@@ -122,11 +122,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sessions/{id}/events", get(sessions::events))
         .route("/v1/calls", get(calls::list))
         .route("/v1/calls/{id}/capture", post(calls::capture))
-        .route("/v1/recordings", get(recordings::list))
+        .route("/v1/recordings", get(recordings::list).delete(recordings::purge))
         .route("/v1/recordings/{id}", get(recordings::show))
         .route("/v1/recordings/{id}/audio", get(recordings::audio))
         .route("/v1/tokenize", post(cards::tokenize))
         .route("/v1/detokenize", post(cards::detokenize))
+        .route("/v1/tokens/{token}", delete(cards::erase))
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/auth/sign-in", post(signin::sign_in))
         .route("/v1/auth/me", get(signin::me))

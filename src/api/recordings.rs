@@ -103,6 +103,32 @@ pub struct Page {
     total: i64,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeQuery {
+    reference: String,
+}
+
+/// Erasure on request (role admin): every recording of a reference, file and metadata,
+/// before its retention ends; audited with how many went.
+pub async fn purge(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: Result<Query<PurgeQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let bad = || ApiError::new(StatusCode::BAD_REQUEST, "give the reference whose recordings go: ?reference=…");
+    let Query(q) = query.map_err(|_| bad())?;
+    if q.reference.is_empty() || q.reference.len() > 200 || crate::capture::card::looks_like_card_number(&q.reference) {
+        return Err(bad());
+    }
+    let which = recording::Purge::Reference(&q.reference);
+    let n = recording::purge(&state.vault, &state.data_dir, which).await.map_err(unavailable)?;
+    let detail = format!("{n} recordings of the reference, on request");
+    caller.audit_detail(&state, "recording.purge", "deleted", &q.reference, &detail).await;
+    Ok(Json(serde_json::json!({ "reference": q.reference, "deleted": n })))
+}
+
 fn unavailable(e: impl std::fmt::Display) -> ApiError {
     tracing::error!(error = %e, "recording store failed");
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the recording store could not be read")

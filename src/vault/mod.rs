@@ -10,6 +10,7 @@ pub mod anchor;
 pub mod audit;
 pub mod backup;
 pub mod crypto;
+mod erasure;
 pub mod kek;
 pub mod keyring;
 pub mod lockdown;

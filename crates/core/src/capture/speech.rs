@@ -297,7 +297,7 @@ mod tests {
         assert_eq!(said(Language::En, 1250, Currency::Usd), "n12 usd_pl and n50 usd_minor_pl");
         assert_eq!(said(Language::En, 100, Currency::Usd), "n1 usd");
         assert_eq!(said(Language::En, 1, Currency::Gbp), "n1 gbp_minor");
-        assert_eq!(said(Language::En, 123_456_78, Currency::Eur), "h1 n23 thousand h4 n56 eur_pl and n78 eur_minor_pl");
+        assert_eq!(said(Language::En, 12_345_678, Currency::Eur), "h1 n23 thousand h4 n56 eur_pl and n78 eur_minor_pl");
         assert_eq!(said(Language::En, 100_000, Currency::Usd), "n1 thousand usd_pl");
     }
 
