@@ -50,6 +50,7 @@ pub struct Config {
     pub vault: VaultConfig,
     pub recordings: RecordingsConfig,
     pub webhook: WebhookConfig,
+    pub push: PushConfig,
     pub audit: AuditConfig,
     pub alerts: AlertsConfig,
     pub accounts: AccountsConfig,
@@ -341,6 +342,19 @@ pub struct WebhookConfig {
     pub field_events: bool,
 }
 
+/// `[push]`: the card pushed to the processor's gateway (`crate::push`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushConfig {
+    pub url: String,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub ca: PathBuf,
+    pub secret: SecretSource,
+    pub attempts: u32,
+    pub retry_base_ms: u64,
+}
+
 impl Config {
     /// Reads `path`, or without one the default file if present, else the embedded default.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
@@ -556,6 +570,20 @@ impl Config {
         if self.vault.production && self.webhook.url.starts_with("http://") {
             return bad("webhook.url", "production mode sends card events over https:// only");
         }
+        if !self.push.url.is_empty() {
+            if !self.push.url.starts_with("https://") {
+                return bad("push.url", "card data is pushed over https:// only");
+            }
+            if self.push.client_cert.as_os_str().is_empty() || self.push.client_key.as_os_str().is_empty() {
+                return bad("push.client_cert", "pushing needs a client certificate and key (mutual TLS)");
+            }
+            if !(1..=20).contains(&self.push.attempts) {
+                return bad("push.attempts", "must be between 1 and 20");
+            }
+            if self.vault.production && self.push.secret.is_development() {
+                return bad("push.secret", "production mode refuses a development secret");
+            }
+        }
         if !self.webhook.url.is_empty()
             && !self.webhook.url.starts_with("http://")
             && !self.webhook.url.starts_with("https://")
@@ -750,6 +778,33 @@ mod tests {
         assert_eq!(c.http.listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(c.storage.data_dir, PathBuf::from("./tonewall-data"));
         assert_eq!(c.timers(), Timers::default());
+    }
+
+    #[test]
+    fn push_goes_over_https_with_a_client_certificate_and_production_wants_a_real_secret() {
+        let push = |url: &str, cert: &str| {
+            EMBEDDED
+                .replacen("url = \"\"\nclient_cert = \"\"", &format!("url = \"{url}\"\nclient_cert = \"{cert}\""), 1)
+                .replace("client_key = \"\"", "client_key = \"/etc/tonewall/push.key\"")
+        };
+        let ok = Config::parse("x", &push("https://gw.example/tokenize", "/etc/tonewall/push.pem"));
+        assert!(ok.is_ok(), "{:?}", ok.err());
+        let e = Config::parse("x", &push("http://gw.example/tokenize", "/c.pem")).unwrap_err().to_string();
+        assert!(e.contains("push.url") && e.contains("https:// only"), "{e}");
+        let e = Config::parse("x", &push("https://gw.example/tokenize", "")).unwrap_err().to_string();
+        assert!(e.contains("push.client_cert") && e.contains("mutual TLS"), "{e}");
+        let attempts = push("https://gw.example/t", "/c.pem").replace("attempts = 6", "attempts = 0");
+        assert!(Config::parse("x", &attempts).unwrap_err().to_string().contains("push.attempts"));
+        let production = push("https://gw.example/t", "/c.pem")
+            .replace("production = false", "production = true")
+            .replace("sdes_requires_tls = false", "sdes_requires_tls = true")
+            .replace("agent_totp = false", "agent_totp = true")
+            .replace("kek = \"dev_file\"", "kek = { env = \"TONEWALL_KEK\" }");
+        let e = Config::parse("x", &production).unwrap_err().to_string();
+        assert!(e.contains("push.secret") && e.contains("development secret"), "{e}");
+        let real =
+            production.replacen("secret = \"dev_file\"\n# Tries", "secret = { env = \"PUSH_SECRET\" }\n# Tries", 1);
+        assert!(Config::parse("x", &real).is_ok(), "{:?}", Config::parse("x", &real).err());
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod calls;
 pub mod config;
 pub mod metrics;
 pub mod owner;
+pub mod push;
 pub mod recording;
 pub mod runtime;
 pub mod session;

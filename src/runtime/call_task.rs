@@ -15,9 +15,11 @@ use crate::call::{Call, CallEvent, Command, Input, LegId, Output};
 use crate::calls::{CallId, CaptureRefused, CaptureRequest};
 use crate::capture::card::Brand;
 use crate::capture::collector::{Captured, FieldName};
+use crate::capture::plan::Amount;
 use crate::endpoint::CallHandle;
 use crate::media::rtp::MAX_PACKET;
 use crate::metrics::Capture;
+use crate::push::PushView;
 use crate::recording::{RecordingError, Writer};
 use crate::session::SessionId;
 use crate::vault::webhook::FieldCompleted;
@@ -278,6 +280,7 @@ impl CallTask {
             let completion = Completion { session_id: session.as_str(), reference: &reference };
             let answer = match shared.vault.tokenize(card, actor, "default", Some(completion), Instant::now()).await {
                 Ok(rec) => {
+                    let (token, amount) = (rec.token.clone(), rec.amount_confirmed);
                     match rec.brand {
                         Some(brand) => {
                             tracing::info!(session = session.as_str(), brand = brand.as_str(), "card tokenized")
@@ -285,6 +288,7 @@ impl CallTask {
                         None => tracing::info!(session = session.as_str(), "bank account tokenized"),
                     }
                     shared.sessions.complete(&session, rec);
+                    push_to_gateway(&shared, &session, token, amount);
                     Command::CardStored
                 }
                 Err(e) => {
@@ -296,6 +300,21 @@ impl CallTask {
             let _ = cmd.send(answer).await;
         });
     }
+}
+
+/// Pushes a stored card to the processor's gateway off the call, when `[push]` names one;
+/// the session shows it pending, then delivered or failed.
+fn push_to_gateway(shared: &Arc<Shared>, session: &SessionId, token: String, amount: Option<Amount>) {
+    let Some(pusher) = shared.pusher.clone() else { return };
+    shared.sessions.set_push(session, PushView::Pending);
+    let (shared, session) = (shared.clone(), session.clone());
+    tokio::spawn(async move {
+        let outcome = pusher.push(&shared.vault, session.as_str(), &token, amount).await;
+        if let PushView::Failed { error, .. } = &outcome {
+            tracing::warn!(session = session.as_str(), error, "card not pushed to the gateway");
+        }
+        shared.sessions.set_push(&session, outcome);
+    });
 }
 
 struct Recorder {

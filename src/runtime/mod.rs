@@ -45,6 +45,8 @@ pub enum ServerError {
     #[error(transparent)]
     Prompts(#[from] prompts::PromptError),
     #[error(transparent)]
+    Push(#[from] crate::push::PushError),
+    #[error(transparent)]
     Oidc(#[from] crate::accounts::oidc::OidcError),
 }
 
@@ -66,6 +68,7 @@ impl Server {
     pub async fn start(config: Config) -> Result<Server, ServerError> {
         let vault = Arc::new(Vault::open(VaultOptions::from_config(&config)).await?);
         let prompts = Arc::new(prompts::PromptLibrary::open(vault.pool().clone()).await?);
+        let pusher = crate::push::Pusher::from_config(&config.push, &config.storage.data_dir)?.map(Arc::new);
         let sip_listen = config.sip.listen;
         let (sip, tcp) = bind_sip(sip_listen, config.sip.tcp).await?;
         let sip_addr = sip.local_addr().map_err(|e| ServerError::SipBind { addr: sip_listen, why: e.to_string() })?;
@@ -111,7 +114,7 @@ impl Server {
         let (stop, stop_rx) = watch::channel(false);
         let shared = Arc::new(Shared::new(
             config,
-            Registries { sessions: sessions.clone(), calls: calls.clone(), vault: vault.clone() },
+            Registries { sessions: sessions.clone(), calls: calls.clone(), vault: vault.clone(), pusher },
             prompts,
             SipIo { sip, sip_addr, tls_addr, ports, tls_connector, stop: stop_rx.clone() },
         ));

@@ -17,6 +17,7 @@ use crate::call::LegId;
 use crate::calls::Calls;
 use crate::config::Config;
 use crate::endpoint::{Admitting, Endpoint, EndpointConfig, InlineRoute};
+use crate::push::Pusher;
 use crate::session::Sessions;
 use crate::sip::message::SipMessage;
 use crate::sip::stream::{ConnectionId, Flow};
@@ -40,6 +41,8 @@ pub struct Shared {
     pub sessions: Arc<Sessions>,
     pub calls: Arc<Calls>,
     pub vault: Arc<Vault>,
+    /// Pushes each stored card to the processor's gateway, when `[push]` names one.
+    pub pusher: Option<Arc<Pusher>>,
     /// What calls count as they happen (`/metrics`).
     pub metrics: crate::metrics::CallMetrics,
     /// The recordings calls play, uploads included.
@@ -72,6 +75,7 @@ pub(super) struct Registries {
     pub sessions: Arc<Sessions>,
     pub calls: Arc<Calls>,
     pub vault: Arc<Vault>,
+    pub pusher: Option<Arc<Pusher>>,
 }
 
 /// The SIP sockets and what outbound connections need.
@@ -97,12 +101,13 @@ impl Shared {
                 .collect(),
             trusted_peers: config.sip.trusted_peers.clone(),
         });
-        let Registries { sessions, calls, vault } = registries;
+        let Registries { sessions, calls, vault, pusher } = registries;
         Shared {
             config,
             sessions,
             calls,
             vault,
+            pusher,
             metrics: crate::metrics::CallMetrics::default(),
             prompts,
             sip: Arc::new(sip),

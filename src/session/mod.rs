@@ -149,6 +149,9 @@ pub struct SessionView {
     /// As the call's collector last reported it.
     pub fields: Vec<FieldProgress>,
     pub result: Option<TokenRecord>,
+    /// The card pushed to the processor's gateway (`[push]`), once stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<crate::push::PushView>,
     pub error: Option<String>,
     /// Why a failed session failed, as a stable code (`too_many_attempts`, `caller_hung_up`,
     /// `call_ended`, `node_lost`, …).
@@ -188,6 +191,8 @@ pub enum Change {
     CallEnded,
     /// The node holding the call stopped renewing its lease (`src/runtime/cluster.rs`).
     NodeLost,
+    /// The push to the processor's gateway changed: pending, delivered or failed.
+    Push,
 }
 
 /// One change, as sent on the WebSocket: what happened and the session after it.
@@ -361,6 +366,7 @@ impl Sessions {
             fields: plan.steps().into_iter().map(|name| FieldProgress::pending(name, 0)).collect(),
             capture: Some(plan),
             result: None,
+            push: None,
             error: None,
             reason: None,
         };
@@ -694,6 +700,16 @@ impl Sessions {
             e.view.result = Some(result);
             e.view.error = None;
             self.publish(id, &e.view, Change::Completed);
+        }
+    }
+
+    /// Records how the push of a completed session's card stands.
+    pub fn set_push(&self, id: &SessionId, push: crate::push::PushView) {
+        let mut held = lock(&self.held);
+        let Some(e) = held.get_mut(id) else { return };
+        if e.view.state == SessionState::Completed {
+            e.view.push = Some(push);
+            self.publish(id, &e.view, Change::Push);
         }
     }
 

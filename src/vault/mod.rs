@@ -292,6 +292,16 @@ impl Vault {
         webhook::enqueue_field_in(&mut conn, &hook.url, event).await
     }
 
+    /// Keeps the processor gateway's reference for a card pushed to it (`crate::push`).
+    pub async fn set_gateway_reference(&self, token: &str, reference: &str) -> Result<(), VaultError> {
+        sqlx::query("UPDATE cards SET gateway_ref = $1 WHERE token = $2")
+            .bind(reference)
+            .bind(token)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Walks the audit chain and holds it against the signed checkpoints.
     pub async fn verify_audit(&self) -> Result<Verified, VaultError> {
         let anchors = anchor::read(&self.keys.audit, &self.options.checkpoint_file)?;

@@ -1,0 +1,255 @@
+//! The push connector against a real HTTPS gateway in another process (`tests/push/
+//! gateway.py`, Python's ssl module: OpenSSL, a client certificate required): a card captured
+//! while the gateway is down is pushed once it is up (retried, one delivery for one
+//! idempotency key), signed, with the whole card and the amount; the gateway's reference is
+//! kept and the security code forgotten. A client without a certificate, or with one from
+//! another CA, is refused by the gateway (judged by curl), and a tonewall holding such a
+//! certificate shows the push failed. Of tonewall's files, none holds the card number; the
+//! gateway's log does.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{TestServer, files_under, http, require_tool, wait_final};
+use serde_json::Value;
+use tonewall::api::auth::Role;
+use tonewall::vault::secret::SecretSource;
+use tonewall_testkit::caller::{self, CallerOptions};
+
+const PAN: &str = "4012888888881881";
+const SECRET_HEX: &str = "5e";
+
+struct Certs {
+    gateway: (PathBuf, PathBuf),
+    gateway_ca: PathBuf,
+    client_ca: PathBuf,
+    ours: (PathBuf, PathBuf),
+    rogue: (PathBuf, PathBuf),
+}
+
+/// A CA, written to `dir/<name>-ca.pem`, and its issuer.
+fn ca(dir: &Path, name: &str) -> (PathBuf, rcgen::Issuer<'static, rcgen::KeyPair>) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name.push(rcgen::DnType::CommonName, format!("{name} CA"));
+    let key = KeyPair::generate().unwrap();
+    let path = dir.join(format!("{name}-ca.pem"));
+    std::fs::write(&path, p.self_signed(&key).unwrap().pem()).unwrap();
+    (path, Issuer::new(p, key))
+}
+
+fn issue(dir: &Path, name: &str, issuer: &rcgen::Issuer<'static, rcgen::KeyPair>, server: bool) -> (PathBuf, PathBuf) {
+    use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair};
+    let sans = if server { vec!["127.0.0.1".to_string()] } else { Vec::new() };
+    let mut p = CertificateParams::new(sans).unwrap();
+    p.distinguished_name.push(rcgen::DnType::CommonName, name);
+    p.extended_key_usages =
+        vec![if server { ExtendedKeyUsagePurpose::ServerAuth } else { ExtendedKeyUsagePurpose::ClientAuth }];
+    let key = KeyPair::generate().unwrap();
+    let cert = p.signed_by(&key, issuer).unwrap();
+    let (c, k) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c, k)
+}
+
+fn certs(dir: &Path) -> Certs {
+    let (gateway_ca, gateway_issuer) = ca(dir, "gateway");
+    let (client_ca, client_issuer) = ca(dir, "clients");
+    let (_, rogue_issuer) = ca(dir, "rogue");
+    Certs {
+        gateway: issue(dir, "gateway", &gateway_issuer, true),
+        gateway_ca,
+        client_ca,
+        ours: issue(dir, "tonewall", &client_issuer, false),
+        rogue: issue(dir, "rogue", &rogue_issuer, false),
+    }
+}
+
+struct Gateway {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Gateway {
+    fn start(port: u16, c: &Certs, dir: &Path) -> Gateway {
+        require_tool("python3", "apt-get install -y python3");
+        let log = dir.join("gateway.jsonl");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/push/gateway.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(port.to_string())
+            .args([&c.gateway.0, &c.gateway.1, &c.client_ca])
+            .arg(SECRET_HEX.repeat(32))
+            .arg(&log)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs the gateway");
+        let mut ready = String::new();
+        use std::io::BufRead as _;
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut ready).unwrap();
+        assert_eq!(ready.trim(), "ready", "the gateway started");
+        Gateway { child, log }
+    }
+
+    fn accepted(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn server(port: u16, c: &Certs, client: &(PathBuf, PathBuf), attempts: u32) -> TestServer {
+    let (cert, key, ca) = (client.0.clone(), client.1.clone(), c.gateway_ca.clone());
+    TestServer::start_with(move |cfg| {
+        cfg.push.url = format!("https://127.0.0.1:{port}/tokenize");
+        cfg.push.client_cert = cert;
+        cfg.push.client_key = key;
+        cfg.push.ca = ca;
+        cfg.push.secret = SecretSource::Hex(SECRET_HEX.repeat(32));
+        cfg.push.attempts = attempts;
+        cfg.push.retry_base_ms = 300;
+    })
+    .await
+}
+
+async fn pay(t: &TestServer, key: &str) -> String {
+    let body =
+        r#"{"fields":["pan","expiry","cvv","postal_code"],"amount":"12.50","currency":"USD","reference":"push-1"}"#;
+    let (s, v) = http("POST", &format!("{}/v1/sessions", t.base), Some(key), Some(body)).await;
+    assert_eq!(s, 201, "{v}");
+    let (id, uri) = (v["id"].as_str().unwrap().to_string(), v["transfer_uri"].as_str().unwrap().to_string());
+    let keys = format!("{PAN}#,1230,737,94105#,1");
+    let opts = CallerOptions { linger: Duration::from_secs(2), ..CallerOptions::new(t.server.sip_addr, &uri, &keys) };
+    caller::place_call(opts).await.unwrap();
+    let s = wait_final(&t.base, key, &id, Duration::from_secs(5)).await;
+    assert_eq!(s["state"], "completed", "{s}");
+    id
+}
+
+/// The session once its push is no longer pending.
+async fn pushed(t: &TestServer, key: &str, id: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let (_, s) = http("GET", &format!("{}/v1/sessions/{id}", t.base), Some(key), None).await;
+        if s["push"]["state"] != "pending" || tokio::time::Instant::now() > deadline {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn curl(port: u16, c: &Certs, client: Option<&(PathBuf, PathBuf)>) -> bool {
+    require_tool("curl", "apt-get install -y curl");
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-o", "/dev/null", "--max-time", "5", "--cacert"]).arg(&c.gateway_ca);
+    if let Some((cert, key)) = client {
+        cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+    }
+    cmd.args(["-X", "POST", "-d", "{}", &format!("https://127.0.0.1:{port}/tokenize")]);
+    cmd.status().unwrap().success()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_card_is_pushed_over_mutual_tls_once_the_gateway_is_up_and_its_code_is_then_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = certs(dir.path());
+    let port = free_port();
+    let t = server(port, &c, &c.ours, 8).await;
+    let key = t.key(Role::Agent).await;
+    // The gateway is down while the caller keys the card.
+    let id = pay(&t, &key).await;
+    let (_, s) = http("GET", &format!("{}/v1/sessions/{id}", t.base), Some(&key), None).await;
+    assert_eq!(s["push"]["state"], "pending", "{s}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let gateway = Gateway::start(port, &c, dir.path());
+    let s = pushed(&t, &key, &id).await;
+    assert_eq!(s["push"]["state"], "delivered", "{s}");
+    assert_eq!(s["push"]["reference"], "gw-1");
+    assert!(s["push"]["attempts"].as_u64().unwrap() >= 2, "tried while the gateway was down: {s}");
+
+    let accepted = gateway.accepted();
+    assert_eq!(accepted.len(), 1, "one delivery: {accepted:?}");
+    let (delivered, client) = (&accepted[0]["body"], &accepted[0]["client"]);
+    assert_eq!(client, "tonewall", "the gateway saw tonewall's client certificate");
+    assert_eq!((delivered["pan"].as_str(), delivered["expiry"].as_str()), (Some(PAN), Some("1230")));
+    assert_eq!((delivered["security_code"].as_str(), delivered["postal_code"].as_str()), (Some("737"), Some("94105")));
+    assert_eq!(delivered["amount"], serde_json::json!({"minor": 1250, "currency": "USD"}));
+    assert_eq!(delivered["token"], s["result"]["token"]);
+    assert_eq!(delivered["session_id"], id.as_str());
+
+    // The code was the push's to use: a processor pulling the card later gets none.
+    let processor = t.key(Role::Processor).await;
+    let token = s["result"]["token"].as_str().unwrap();
+    let (status, card) = http(
+        "POST",
+        &format!("{}/v1/detokenize", t.base),
+        Some(&processor),
+        Some(&format!(r#"{{"token":"{token}"}}"#)),
+    )
+    .await;
+    assert_eq!((status, card["pan"].as_str(), card.get("security_code")), (200, Some(PAN), None));
+    let (reference,): (Option<String>,) = sqlx::query_as("SELECT gateway_ref FROM cards WHERE token = $1")
+        .bind(token)
+        .fetch_one(t.server.shared.vault.pool())
+        .await
+        .unwrap();
+    assert_eq!(reference.as_deref(), Some("gw-1"), "kept beside tonewall's token");
+    let records = tonewall::vault::audit::records(t.server.shared.vault.pool(), 0, 1000).await.unwrap();
+    assert!(records.iter().any(|r| r.action == "push" && r.outcome == "delivered" && r.resource == token));
+    assert!(
+        records.iter().any(|r| r.action == "detokenize" && r.actor == "push-connector"),
+        "the read-back is audited"
+    );
+
+    // The gateway checks certificates: none, or one from another CA, is refused (curl).
+    assert!(!curl(port, &c, None), "no client certificate");
+    assert!(!curl(port, &c, Some(&c.rogue)), "a certificate from another CA");
+    // Positive control: curl with tonewall's certificate passes the handshake (401: unsigned).
+    let mut ok = Command::new("curl");
+    ok.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", "--cacert"]).arg(&c.gateway_ca);
+    ok.arg("--cert").arg(&c.ours.0).arg("--key").arg(&c.ours.1);
+    ok.args(["-X", "POST", "-d", "{}", &format!("https://127.0.0.1:{port}/tokenize")]);
+    assert_eq!(
+        String::from_utf8(ok.output().unwrap().stdout).unwrap(),
+        "401",
+        "handshake passes, the signature does not"
+    );
+
+    // Of tonewall's files, none holds the card number; the gateway's log does.
+    let ours: Vec<String> = files_under(t.dir.path())
+        .into_iter()
+        .filter(|(_, bytes)| bytes.windows(PAN.len()).any(|w| w == PAN.as_bytes()))
+        .map(|(name, _)| name)
+        .collect();
+    assert!(ours.is_empty(), "tonewall's files hold the card number: {ours:?}");
+    assert!(std::fs::read_to_string(&gateway.log).unwrap().contains(PAN));
+    t.stop().await;
+
+    // A tonewall holding a certificate of another CA: the gateway refuses it, the session
+    // shows the push failed, and nothing was delivered.
+    let t = server(port, &c, &c.rogue, 2).await;
+    let key = t.key(Role::Agent).await;
+    let id = pay(&t, &key).await;
+    let s = pushed(&t, &key, &id).await;
+    assert_eq!((s["push"]["state"].as_str(), s["push"]["attempts"].as_u64()), (Some("failed"), Some(2)), "{s}");
+    assert_eq!(gateway.accepted().len(), 1, "nothing more delivered");
+    t.stop().await;
+}
