@@ -9,13 +9,15 @@
 //! keyed in an ACH call — their digits in order with
 //! any separators (spaces, dashes, one per line, UTF-16), and in hex and base64 — and for the
 //! security codes in clear: zero hits. Sealed recordings are searched for card numbers only
-//! (see `scan`). A file the scan cannot read fails it.
+//! (see `scan`). A file the scan cannot read fails it. The push connector sends each
+//! payment to a gateway in another process over mutual TLS: its log, outside tonewall, is
+//! where the card number is found.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{ServeProcess, files_under, http, http_raw, require_tool, tonewall, wait_final, write_config};
+use common::{ServeProcess, files_under, gateway, http, http_raw, require_tool, tonewall, wait_final, write_config};
 use serde_json::Value;
 use tonewall::vault::testing::TestDatabase;
 use tonewall_testkit::agent::Agent;
@@ -108,7 +110,25 @@ async fn scripted_run(db: &TestDatabase) -> Vec<(String, Vec<u8>)> {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let url_line = format!("database_url = \"{}\"", db.url);
-    let config = write_config(dir.path(), &[("database_url = \"\"", &url_line)]);
+    // The push connector delivers each card to a gateway in another process: the one place
+    // the card number may be found, and it is (checked at the end).
+    let certs = gateway::certs(dir.path());
+    let port = gateway::free_port();
+    let gw = gateway::Gateway::start(port, &certs, dir.path());
+    let push_lines = format!(
+        "url = \"https://127.0.0.1:{port}/tokenize\"\nclient_cert = {:?}\nclient_key = {:?}",
+        certs.ours.0, certs.ours.1
+    );
+    let push_trust =
+        format!("ca = {:?}\nsecret = {{ hex = \"{}\" }}\n# Tries", certs.gateway_ca, gateway::SECRET_HEX.repeat(32));
+    let config = write_config(
+        dir.path(),
+        &[
+            ("database_url = \"\"", &url_line),
+            ("url = \"\"\nclient_cert = \"\"\nclient_key = \"\"", &push_lines),
+            ("ca = \"\"\nsecret = \"dev_file\"\n# Tries", &push_trust),
+        ],
+    );
     let log = dir.path().join("serve.log");
     let (cfg, data_s) = (config.to_str().unwrap(), data.to_str().unwrap());
     let debug = [("RUST_LOG", "debug")];
@@ -193,6 +213,16 @@ async fn scripted_run(db: &TestDatabase) -> Vec<(String, Vec<u8>)> {
         if *pan == CALL_CARD.0 {
             assert_eq!(v["postal_code"], "94105", "the call's postal code was sealed with its card");
         }
+    }
+    // Both calls' payments reached the gateway, whole, and only there.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while gw.accepted().len() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let delivered = std::fs::read_to_string(&gw.log).unwrap();
+    assert_eq!(gw.accepted().len(), 2, "the card and the account were pushed: {delivered}");
+    for whole in [CALL_CARD.0, CALL_CARD.1, CALL_ACCOUNT.1] {
+        assert!(delivered.contains(whole), "the gateway received the payment whole");
     }
     serve.kill();
     run(&["keys", "rotate"], &mut outputs);

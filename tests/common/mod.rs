@@ -6,6 +6,7 @@
 
 pub mod backgrounds;
 pub mod browser;
+pub mod gateway;
 pub mod judges;
 pub mod sipp;
 
