@@ -9,6 +9,7 @@
 //! database.
 
 pub mod store;
+mod view;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -16,7 +17,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use sqlx::AnyPool;
-use thiserror::Error;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::call::{AfterCapture, CallEvent, EndReason};
@@ -24,208 +24,13 @@ use crate::capture::collector::FieldName;
 use crate::capture::plan::CapturePlan;
 use crate::capture::progress;
 pub use crate::capture::progress::{FieldProgress, FieldState};
-use crate::endpoint::SESSION_PREFIX;
 use crate::owner::Owner;
 use crate::vault::TokenRecord;
 use crate::vault::store::Backend;
-
-/// A session id: 32 lowercase hex digits (a v4 UUID without dashes).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct SessionId(String);
-
-impl SessionId {
-    pub fn new() -> SessionId {
-        SessionId(uuid::Uuid::new_v4().simple().to_string())
-    }
-
-    /// Accepts only the shape we issue, so nothing else reaches a lookup or a log.
-    pub fn parse(s: &str) -> Option<SessionId> {
-        (s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
-            .then(|| SessionId(s.to_string()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// The Request-URI user part a PBX transfers the caller to.
-    pub fn sip_user(&self) -> String {
-        format!("{SESSION_PREFIX}{}", self.0)
-    }
-
-    pub fn from_sip_user(user: &str) -> Option<SessionId> {
-        user.strip_prefix(SESSION_PREFIX).and_then(SessionId::parse)
-    }
-}
-
-impl Default for SessionId {
-    fn default() -> Self {
-        SessionId::new()
-    }
-}
-
-/// One running tonewall process: a new id at each start, so a restarted node never answers
-/// for the calls its previous life held.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct NodeId(String);
-
-impl NodeId {
-    pub fn new() -> NodeId {
-        NodeId(uuid::Uuid::new_v4().simple().to_string())
-    }
-
-    pub fn from_stored(s: String) -> NodeId {
-        NodeId(s)
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl Default for NodeId {
-    fn default() -> Self {
-        NodeId::new()
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SessionState {
-    Waiting,
-    Capturing,
-    Completed,
-    Failed,
-    Cancelled,
-}
-
-impl SessionState {
-    pub const ALL: [SessionState; 5] = [
-        SessionState::Waiting,
-        SessionState::Capturing,
-        SessionState::Completed,
-        SessionState::Failed,
-        SessionState::Cancelled,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SessionState::Waiting => "waiting",
-            SessionState::Capturing => "capturing",
-            SessionState::Completed => "completed",
-            SessionState::Failed => "failed",
-            SessionState::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<SessionState> {
-        SessionState::ALL.into_iter().find(|state| state.as_str() == s)
-    }
-
-    pub fn is_final(self) -> bool {
-        matches!(self, SessionState::Completed | SessionState::Failed | SessionState::Cancelled)
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SessionView {
-    pub id: SessionId,
-    pub state: SessionState,
-    pub reference: String,
-    pub transfer_uri: String,
-    pub agent_connected: bool,
-    /// What happens to the caller after capture.
-    pub after_capture: AfterCaptureKind,
-    /// The caller has put the call on hold.
-    pub on_hold: bool,
-    /// The caller was transferred back (REFER accepted and the transfer succeeded).
-    pub transferred: bool,
-    /// What the capture asks for: method, fields, card types, lengths, amount, language.
-    /// (None only on sessions stored before plans were.)
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub capture: Option<CapturePlan>,
-    /// As the call's collector last reported it.
-    pub fields: Vec<FieldProgress>,
-    pub result: Option<TokenRecord>,
-    /// The card pushed to the processor's gateway (`[push]`), once stored.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub push: Option<crate::push::PushView>,
-    pub error: Option<String>,
-    /// Why a failed session failed, as a stable code (`too_many_attempts`, `caller_hung_up`,
-    /// `call_ended`, `node_lost`, …).
-    pub reason: Option<String>,
-}
-
-/// What happens to the caller after capture, as the view shows it (the transfer URI stays
-/// with the session).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AfterCaptureKind {
-    Bridge,
-    Transfer,
-    Hangup,
-}
-
-/// What changed, as the WebSocket names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Change {
-    CallStarted,
-    AgentConnected,
-    AgentDisconnected,
-    Digit,
-    FieldRestarted,
-    FieldRejected,
-    FieldDone,
-    Tokenizing,
-    CallerReplaced,
-    Failed,
-    Cancelled,
-    Completed,
-    Hold,
-    Resumed,
-    Transferring,
-    TransferFailed,
-    CallEnded,
-    /// The node holding the call stopped renewing its lease (`src/runtime/cluster.rs`).
-    NodeLost,
-    /// The push to the processor's gateway changed: pending, delivered or failed.
-    Push,
-}
-
-/// One change, as sent on the WebSocket: what happened and the session after it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SessionUpdate {
-    pub event: Change,
-    pub session: SessionView,
-}
-
-/// Open event streams one session may have (the agent's desktop, a supervisor, a retry).
-pub const MAX_SUBSCRIBERS: usize = 8;
-
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum SessionError {
-    #[error("no such session")]
-    NotFound,
-    #[error("this session already has {MAX_SUBSCRIBERS} event subscribers")]
-    TooManySubscribers,
-    #[error("session is {0:?}, not waiting for a call")]
-    NotWaiting(SessionState),
-    #[error("session already ended ({0:?})")]
-    Final(SessionState),
-    #[error("session is {0:?}, not capturing")]
-    NotCapturing(SessionState),
-    #[error("the session does not ask for this field")]
-    FieldNotRequested,
-    #[error("the caller has not reached this field yet")]
-    FieldNotReached,
-    #[error("the session store is unavailable: {0}")]
-    Store(String),
-    #[error("the node holding this session's call is gone; the session will show failed (node_lost)")]
-    HolderGone,
-}
+pub use view::{
+    AfterCaptureKind, Change, MAX_SUBSCRIBERS, NodeId, SessionError, SessionId, SessionState, SessionUpdate,
+    SessionView,
+};
 
 /// What the holding node keeps of a session whose call it has.
 struct Entry {
@@ -540,7 +345,7 @@ impl Sessions {
                 return Err(SessionError::Final(view.state));
             }
             if let Some(node) = row.node {
-                return Ok(Reach::HeldBy(NodeId(node)));
+                return Ok(Reach::HeldBy(NodeId::from_stored(node)));
             }
             view.state = SessionState::Cancelled;
             if store::cancel_waiting(&self.pool, id.as_str(), &to_json(&view), unix_ms(SystemTime::now())).await? {
@@ -619,7 +424,7 @@ impl Sessions {
             return Err(SessionError::FieldNotReached);
         }
         Ok(match holder {
-            Some(node) if node != self.node.0 => Reach::HeldBy(NodeId(node)),
+            Some(node) if node != self.node.as_str() => Reach::HeldBy(NodeId::from_stored(node)),
             _ => Reach::Here(Box::new(view)),
         })
     }
@@ -828,7 +633,7 @@ async fn write_behind(pool: AnyPool, node: NodeId, mut rx: mpsc::UnboundedReceiv
             match p {
                 Pending::View { id, state, view } => {
                     writes.retain(|w| w.id != id.as_str());
-                    writes.push(store::ViewWrite { id: id.0, state: state.as_str(), view });
+                    writes.push(store::ViewWrite { id: id.as_str().to_string(), state: state.as_str(), view });
                 }
                 Pending::Notice(n) => notices.push(n),
                 Pending::Flush(tx) => flushed.push(tx),
@@ -861,184 +666,4 @@ async fn write_batch(pool: &AnyPool, node: &NodeId, writes: &[store::ViewWrite],
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::capture::card::YearMonth;
-    use crate::capture::collector::{Collector, CollectorConfig};
-    use crate::media::telephone_event::Key;
-    use crate::vault::testing::TestDatabase;
-
-    #[test]
-    fn session_ids_and_sip_users() {
-        let id = SessionId::new();
-        assert_eq!(SessionId::from_sip_user(&id.sip_user()), Some(id.clone()));
-        assert_eq!(SessionId::from_sip_user("pay-../../etc"), None);
-        assert_eq!(SessionId::parse("ABCDEF0123456789abcdef0123456789"), None);
-    }
-
-    /// Two nodes' registries on one vault database.
-    async fn two_nodes(db: &TestDatabase, dir: &std::path::Path) -> (crate::vault::Vault, Sessions, Sessions) {
-        let vault = crate::vault::Vault::open(db.options(dir)).await.unwrap();
-        let a = Sessions::new(vault.pool().clone(), vault.backend(), NodeId::new());
-        let b = Sessions::new(vault.pool().clone(), vault.backend(), NodeId::new());
-        (vault, a, b)
-    }
-
-    fn card_session(owner: Owner) -> NewSession {
-        NewSession {
-            plan: CapturePlan::card(vec![FieldName::Pan, FieldName::Expiry]),
-            reference: "order-1".into(),
-            agent_uri: None,
-            after_capture: AfterCapture::Hangup,
-            owner,
-        }
-    }
-
-    #[tokio::test]
-    async fn progress_is_masked_and_every_node_reads_it() {
-        for db in TestDatabase::both().await {
-            let dir = tempfile::tempdir().unwrap();
-            let (_vault, a, b) = two_nodes(&db, dir.path()).await;
-            let owner = Owner::Principal { id: "key-1".into(), team: crate::owner::Team::named("blue") };
-            let v = a.create(card_session(owner.clone()), "127.0.0.1:5060", Holder::Nobody).await.unwrap();
-            assert!(v.transfer_uri.starts_with("sip:pay-"));
-            // Made through A, claimed by a call that reached B.
-            assert_eq!(b.owner(&v.id).await.unwrap(), Some(owner));
-            let attached = b.claim(&v.id, 3).await.unwrap();
-            assert_eq!(attached.plan.fields, vec![FieldName::Pan, FieldName::Expiry]);
-            assert_eq!(attached.after_capture, AfterCapture::Hangup);
-            assert_eq!(a.claim(&v.id, 3).await.unwrap_err(), SessionError::NotWaiting(SessionState::Capturing));
-            // The view is what the call's collector reports, as the call forwards it.
-            let t = Instant::now();
-            let mut c = Collector::new(
-                attached.plan.clone(),
-                CollectorConfig::default(),
-                YearMonth { year: 2026, month: 12 },
-                t,
-            );
-            let key = |c: &mut Collector, ch| {
-                c.handle_key(Key::from_char(ch).unwrap(), t);
-                while c.poll_event().is_some() {}
-                b.apply(&v.id, &CallEvent::Progress { fields: c.progress() });
-            };
-            for ch in "411111".chars() {
-                key(&mut c, ch);
-            }
-            b.apply(&v.id, &CallEvent::DigitEntered { field: FieldName::Pan, count: 6 });
-            b.flush().await;
-            assert_eq!(a.view(&v.id).await.unwrap().unwrap().fields[0].masked, "•••• ••");
-            for ch in "1111111111#".chars() {
-                key(&mut c, ch);
-            }
-            b.apply(
-                &v.id,
-                &CallEvent::FieldDone {
-                    field: FieldName::Pan,
-                    masked: "•••• •••• •••• 1111".into(),
-                    brand: Some(crate::capture::card::Brand::Visa),
-                    attempts_left: 3,
-                },
-            );
-            b.flush().await;
-            let now = a.view(&v.id).await.unwrap().unwrap();
-            assert_eq!(now.fields[0].masked, "•••• •••• •••• 1111");
-            assert_eq!((now.fields[0].state, now.fields[1].state), (FieldState::Done, FieldState::Entering));
-            // A cancel through A must go to B, which holds the call.
-            assert!(matches!(a.cancel(&v.id).await.unwrap(), Reach::HeldBy(n) if n == *b.node()));
-            assert_eq!(b.cancel_held(&v.id).unwrap().state, SessionState::Cancelled);
-            assert_eq!(b.cancel_held(&v.id).unwrap_err(), SessionError::Final(SessionState::Cancelled));
-            b.apply(&v.id, &CallEvent::Ended(crate::call::EndReason::CallerHungUp));
-            b.flush().await;
-            assert_eq!(a.view(&v.id).await.unwrap().unwrap().state, SessionState::Cancelled);
-            assert_eq!(a.cancel(&v.id).await.unwrap_err(), SessionError::Final(SessionState::Cancelled));
-            // Nothing stored holds more than the last four digits.
-            let (stored,): (String,) = sqlx::query_as("SELECT view FROM sessions WHERE id = $1")
-                .bind(v.id.as_str())
-                .fetch_one(a.pool())
-                .await
-                .unwrap();
-            assert!(!stored.contains("411111"), "{stored}");
-            let later = Instant::now() + Duration::from_secs(7200);
-            b.forget_older_than(Duration::from_secs(3600), later).await.unwrap();
-            assert!(b.held_view(&v.id).is_none());
-            assert!(b.view(&v.id).await.unwrap().is_some(), "younger than an hour in the database");
-            assert_eq!(b.forget_older_than(Duration::ZERO, later).await.unwrap(), 1);
-            assert!(a.view(&v.id).await.unwrap().is_none());
-        }
-    }
-
-    /// Two INVITEs for one session at once, on two nodes: exactly one call gets it; and a
-    /// cancel racing a claim leaves the session either cancelled or held, never both.
-    #[tokio::test]
-    async fn a_session_is_claimed_exactly_once() {
-        for db in TestDatabase::both().await {
-            let dir = tempfile::tempdir().unwrap();
-            let (_vault, a, b) = two_nodes(&db, dir.path()).await;
-            for _ in 0..20 {
-                let v = a.create(card_session(Owner::Route { team: None }), "h", Holder::Nobody).await.unwrap();
-                let (x, y) = tokio::join!(a.claim(&v.id, 3), b.claim(&v.id, 3));
-                assert_eq!(u8::from(x.is_ok()) + u8::from(y.is_ok()), 1, "{x:?} {y:?}");
-                let v = a.create(card_session(Owner::Route { team: None }), "h", Holder::Nobody).await.unwrap();
-                let (claimed, cancelled) = tokio::join!(b.claim(&v.id, 3), a.cancel(&v.id));
-                match (claimed, cancelled) {
-                    (Ok(_), Ok(Reach::HeldBy(n))) => assert_eq!(n, *b.node()),
-                    (Ok(_), Err(SessionError::NotWaiting(_))) => {}
-                    (
-                        Err(SessionError::NotWaiting(SessionState::Cancelled | SessionState::Capturing)),
-                        Ok(Reach::Here(v)),
-                    ) => {
-                        assert_eq!(v.state, SessionState::Cancelled)
-                    }
-                    other => panic!("{other:?}"),
-                }
-            }
-            // An inline call's session is held from its start: no INVITE can claim it.
-            let v = a.create(card_session(Owner::Route { team: None }), "h", Holder::Here).await.unwrap();
-            assert!(b.claim(&v.id, 3).await.is_err());
-            assert!(a.attach(&v.id, 3).is_ok());
-        }
-    }
-
-    /// A node found lost: its captures fail as node_lost, whatever it writes later is refused,
-    /// and embed tokens work from any node.
-    #[tokio::test]
-    async fn a_lost_nodes_captures_fail_and_stay_failed() {
-        for db in TestDatabase::both().await {
-            let dir = tempfile::tempdir().unwrap();
-            let (_vault, a, b) = two_nodes(&db, dir.path()).await;
-            let v = a.create(card_session(Owner::Route { team: None }), "h", Holder::Nobody).await.unwrap();
-            let token = a.embed_token(&v.id, SystemTime::now() + Duration::from_secs(60)).await.unwrap().unwrap();
-            assert_eq!(b.embedded(&token, SystemTime::now()).await.unwrap(), Some(v.id.clone()));
-            assert_eq!(b.embedded(&token, SystemTime::now() + Duration::from_secs(61)).await.unwrap(), None);
-            assert_eq!(b.embedded("twe_nope", SystemTime::now()).await.unwrap(), None);
-            let waiting = a.create(card_session(Owner::Route { team: None }), "h", Holder::Nobody).await.unwrap();
-            a.claim(&v.id, 3).await.unwrap();
-            let (_, mut events) = b.subscribe(&v.id).await.unwrap();
-            assert_eq!(b.fail_lost(a.node()).await.unwrap(), vec![v.id.clone()]);
-            assert_eq!(b.fail_lost(a.node()).await.unwrap(), vec![], "once");
-            let update = events.recv().await.unwrap();
-            assert_eq!((update.event, update.session.reason.as_deref()), (Change::NodeLost, Some("node_lost")));
-            // The lost node was only slow: what it writes now must not bring the capture back.
-            a.complete(
-                &v.id,
-                TokenRecord {
-                    token: "tok".into(),
-                    payment_method: Default::default(),
-                    brand: Some(crate::capture::card::Brand::Visa),
-                    last4: "1111".into(),
-                    expiry_month: None,
-                    expiry_year: None,
-                    account_type: None,
-                    postal_code: false,
-                    amount_confirmed: None,
-                },
-            );
-            a.flush().await;
-            let now = b.view(&v.id).await.unwrap().unwrap();
-            assert_eq!((now.state, now.reason.as_deref(), now.result), (SessionState::Failed, Some("node_lost"), None));
-            assert_eq!(b.view(&waiting.id).await.unwrap().unwrap().state, SessionState::Waiting, "no call held it");
-            let counts = b.count_by_state().await.unwrap();
-            assert_eq!((counts[&SessionState::Failed], counts[&SessionState::Waiting]), (1, 1));
-        }
-    }
-}
+mod tests;
