@@ -864,7 +864,7 @@ mod tests {
         assert!(Config::parse("x", &advertise("http://127.0.0.2:8080")).is_ok(), "between nodes on one machine");
         assert!(Config::parse("x", &advertise("node1:8080")).unwrap_err().to_string().contains("http.advertise"));
         let hook = |url: &str| {
-            prod.replace("\nurl = \"\"", &format!("\nurl = \"{url}\""))
+            prod.replacen("\nurl = \"\"", &format!("\nurl = \"{url}\""), 1)
                 .replace("secret = \"dev_file\"", "secret = { env = \"TONEWALL_HOOK_SECRET\" }")
         };
         let plain_hook = Config::parse("x", &hook("http://processor.example/hook")).unwrap_err().to_string();
