@@ -98,6 +98,16 @@ fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, PushError> {
     std::fs::read(path).map_err(|e| PushError::File { what, path: path.display().to_string(), why: e.to_string() })
 }
 
+/// Every certificate in a PEM file, as the TLS listeners read them (`runtime::tls`).
+fn certificates(what: &'static str, path: &Path) -> Result<Vec<ureq::tls::Certificate<'static>>, PushError> {
+    let certs = crate::runtime::tls::read_certs(path).map_err(|e| PushError::File {
+        what,
+        path: path.display().to_string(),
+        why: e.to_string(),
+    })?;
+    Ok(certs.iter().map(|c| ureq::tls::Certificate::from_der(c).to_owned()).collect())
+}
+
 impl Pusher {
     /// The connector `[push]` describes, or none when `push.url` is empty.
     pub fn from_config(c: &PushConfig, data_dir: &Path) -> Result<Option<Pusher>, PushError> {
@@ -109,27 +119,13 @@ impl Pusher {
             path: path.display().to_string(),
             why,
         };
-        let chain: Vec<_> = ureq::tls::parse_pem(&read("client_cert", &c.client_cert)?)
-            .filter_map(|item| match item {
-                Ok(ureq::tls::PemItem::Certificate(cert)) => Some(cert),
-                _ => None,
-            })
-            .collect();
-        if chain.is_empty() {
-            return Err(bad("client_cert", &c.client_cert, "no certificate in the file".into()));
-        }
+        let chain = certificates("client_cert", &c.client_cert)?;
         let key = ureq::tls::PrivateKey::from_pem(&read("client_key", &c.client_key)?)
             .map_err(|e| bad("client_key", &c.client_key, e.to_string()))?;
         let mut tls =
             ureq::tls::TlsConfig::builder().client_cert(Some(ureq::tls::ClientCert::new_with_certs(&chain, key)));
         if !c.ca.as_os_str().is_empty() {
-            let roots: Vec<_> = ureq::tls::parse_pem(&read("ca", &c.ca)?)
-                .filter_map(|item| match item {
-                    Ok(ureq::tls::PemItem::Certificate(cert)) => Some(cert),
-                    _ => None,
-                })
-                .collect();
-            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&roots));
+            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certificates("ca", &c.ca)?));
         }
         let agent = ureq::Agent::config_builder()
             .tls_config(tls.build())

@@ -242,21 +242,6 @@ mod tests {
 
     #[test]
     fn a_recording_of_the_wrong_shape_is_refused_with_the_reason() {
-        let wav = |rate: u32, channels: u16, samples: &[i16]| {
-            let spec = hound::WavSpec {
-                channels,
-                sample_rate: rate,
-                bits_per_sample: 16,
-                sample_format: hound::SampleFormat::Int,
-            };
-            let mut out = Cursor::new(Vec::new());
-            let mut w = hound::WavWriter::new(&mut out, spec).unwrap();
-            for s in samples {
-                w.write_sample(*s).unwrap();
-            }
-            w.finalize().unwrap();
-            out.into_inner()
-        };
         let tone: Vec<i16> = (0..8000).map(|i| ((i as f64 * 0.3).sin() * 8000.0) as i16).collect();
         assert_eq!(decode("ok", &wav(8000, 1, &tone)).unwrap().len(), 8000);
         let why = |bytes: &[u8]| decode("x", bytes).unwrap_err().to_string();
@@ -269,10 +254,11 @@ mod tests {
         assert!(why(&wav(8000, 1, &long)).contains("lasts 31.00 s"));
     }
 
-    fn wav(samples: &[i16]) -> Vec<u8> {
+    /// A WAV of `samples` at `rate` Hz over `channels` channels, 16-bit.
+    fn wav(rate: u32, channels: u16, samples: &[i16]) -> Vec<u8> {
         let spec = hound::WavSpec {
-            channels: 1,
-            sample_rate: 8000,
+            channels,
+            sample_rate: rate,
             bits_per_sample: 16,
             sample_format: hound::SampleFormat::Int,
         };
@@ -300,9 +286,9 @@ mod tests {
             let ours: Vec<i16> = (0..4000).map(|i| ((i as f64 * 0.2).sin() * 9000.0) as i16).collect();
             let refused = a.upload(Language::Fr, "card_number", b"not a wav", "admin-1").await.unwrap_err();
             assert!(refused.to_string().contains("not a WAV file"), "{refused}");
-            let refused = a.upload(Language::Fr, "card_numbre", &wav(&ours), "admin-1").await.unwrap_err();
+            let refused = a.upload(Language::Fr, "card_numbre", &wav(8000, 1, &ours), "admin-1").await.unwrap_err();
             assert!(refused.to_string().contains("fr has no clip named \"card_numbre\""), "{refused}");
-            let custom = a.upload(Language::Fr, "card_number", &wav(&ours), "admin-1").await.unwrap();
+            let custom = a.upload(Language::Fr, "card_number", &wav(8000, 1, &ours), "admin-1").await.unwrap();
             assert_eq!((custom.language.as_str(), custom.uploaded_by.as_str()), ("fr", "admin-1"));
             assert_eq!(&a.current().audio(Language::Fr, card).unwrap()[..], &ours[..], "{}", db.label);
             assert_eq!(

@@ -555,5 +555,4 @@ pub fn masked_pan(count: usize, last4: Option<&str>) -> String {
     s
 }
 
-#[cfg(test)]
 mod tests;

@@ -1,4 +1,6 @@
-//! The collector's unit tests: the card fields, then the plan's options.
+//! The collector's unit tests: the card fields, then the plan's options. Test builds only:
+//! its public test card numbers never reach a build that runs.
+#![cfg(test)]
 
 use super::*;
 use crate::capture::speech::Clip;
