@@ -143,6 +143,17 @@ pub struct SipRoute {
     /// The team whose agents see this route's calls (`crate::owner`); empty for every agent.
     #[serde(default)]
     pub team: String,
+    /// The merchant whose calls these are (`crate::merchant`); empty for `default`.
+    #[serde(default)]
+    pub merchant: String,
+}
+
+impl SipRoute {
+    /// The merchant its calls belong to (checked by `Config::validate`).
+    pub fn merchant(&self) -> crate::merchant::MerchantId {
+        crate::merchant::MerchantId::parse(&self.merchant)
+            .unwrap_or_else(|_| crate::merchant::MerchantId::default_merchant())
+    }
 }
 
 impl SipConfig {
@@ -437,6 +448,9 @@ impl Config {
                     "sip.routes",
                     "a route's sources must name the PBXs that send its calls (no /0 in production)",
                 );
+            }
+            if !r.merchant.is_empty() && crate::merchant::MerchantId::parse(&r.merchant).is_err() {
+                return bad("sip.routes", "a route's merchant must be a merchant id (tonewall merchant list)");
             }
         }
         if let Some(key) = self.tls_listen_addr().err() {

@@ -12,6 +12,7 @@ pub mod api;
 pub mod calendar;
 pub mod calls;
 pub mod config;
+pub mod merchant;
 pub mod metrics;
 pub mod owner;
 pub mod push;

@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 use tonewall::accounts;
 use tonewall::api::auth::{self, Role};
 use tonewall::config::Config;
+use tonewall::merchant::{self, MerchantId};
 use tonewall::recording::Purge;
 use tonewall::runtime::Server;
 use tonewall::vault::kek::{self, KekSource};
@@ -77,6 +78,11 @@ enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// Merchants: many on one deployment, each with its own keys, people, data and settings.
+    Merchant {
+        #[command(subcommand)]
+        action: MerchantAction,
+    },
     /// People's built-in accounts for the pages.
     User {
         #[command(subcommand)]
@@ -127,11 +133,65 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum MerchantAction {
+    /// Create a merchant. Settings are JSON (keys: webhook, push, language, card_fields,
+    /// token_format, convergent, retention_days); secrets are named by file or env var.
+    Create {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "{}")]
+        settings: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Every merchant: id, name, settings (no secret: settings only name where they are).
+    List {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Rename and/or change settings: each key given replaces, a key set to null goes back to
+    /// the deployment's.
+    Update {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, default_value = "{}")]
+        settings: String,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+/// A `--merchant` argument: a merchant that exists, or `default` when absent.
+async fn merchant_arg(vault: &Vault, id: Option<&str>) -> anyhow::Result<MerchantId> {
+    let Some(id) = id else { return Ok(MerchantId::default_merchant()) };
+    let id = MerchantId::parse(id)?;
+    anyhow::ensure!(
+        merchant::get(vault.pool(), &id).await?.is_some(),
+        "no merchant {id}: create it with `tonewall merchant create`"
+    );
+    Ok(id)
+}
+
+fn settings_json(text: &str) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    match serde_json::from_str(text).context("--settings must be a JSON object")? {
+        serde_json::Value::Object(map) => Ok(map),
+        _ => anyhow::bail!("--settings must be a JSON object"),
+    }
+}
+
+#[derive(Subcommand)]
 enum ApiKeyAction {
     /// Create a key and print it (only its hash is stored).
     Create {
         #[arg(long, value_enum)]
         role: Role,
+        /// The merchant whose data the key reaches (default: `default`).
+        #[arg(long)]
+        merchant: Option<String>,
         /// The team whose agents share this key's sessions (none: only the key itself and admins).
         #[arg(long)]
         team: Option<String>,
@@ -269,6 +329,9 @@ enum UserAction {
         username: String,
         #[arg(long, value_enum)]
         role: Role,
+        /// The merchant whose data the person reaches (default: `default`).
+        #[arg(long)]
+        merchant: Option<String>,
         #[arg(long)]
         team: Option<String>,
         /// A one-time code at sign-in (always for admin, qa and processor).
@@ -356,7 +419,8 @@ fn create_token_key(_: &kek::Pkcs11Config) -> anyhow::Result<()> {
     anyhow::bail!("this build has no PKCS#11 support: build with `--features hsm`")
 }
 
-const CLI_ACTOR: Actor<'static> = Actor { id: "cli", role: ActorRole::Key(Role::Admin), origin: "local" };
+const CLI_ACTOR: Actor<'static> =
+    Actor { id: "cli", role: ActorRole::Key(Role::Admin), origin: "local", merchant: None };
 
 async fn open_vault(common: &Common) -> anyhow::Result<Vault> {
     let cfg = common.load()?;
@@ -473,7 +537,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::ApiKey {
-            action: ApiKeyAction::Create { role, team, client_cert, name, owner, expires_days, common },
+            action: ApiKeyAction::Create { role, merchant, team, client_cert, name, owner, expires_days, common },
         } => {
             // Read before anything is created: a wrong path leaves no key behind.
             let cert = match &client_cert {
@@ -481,10 +545,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 None => None,
             };
             let vault = open_vault(&common).await?;
+            let merchant = merchant_arg(&vault, merchant.as_deref()).await?;
             let team = team.as_deref().and_then(tonewall::owner::Team::named);
-            let new = auth::NewKey { team: team.as_ref(), name: &name, owner: &owner, expires_in_days: expires_days };
+            let new = auth::NewKey {
+                merchant: Some(&merchant),
+                team: team.as_ref(),
+                name: &name,
+                owner: &owner,
+                expires_in_days: expires_days,
+            };
             let (id, key) = auth::create(vault.pool(), role, &new).await?;
-            let mut detail = auth::created_detail(role, team.as_ref(), &name, &owner);
+            let mut detail =
+                format!("{}, merchant {merchant}", auth::created_detail(role, team.as_ref(), &name, &owner));
             if let Some(c) = &cert {
                 auth::bind_client_cert(vault.pool(), &id, c).await?;
                 detail = format!("{detail}, bound to client certificate sha256:{}", c.0);
@@ -525,10 +597,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ApiKey { action: ApiKeyAction::List { common } } => {
             let vault = open_vault(&common).await?;
             let when = |t: Option<i64>| t.map_or("-".to_string(), utc);
-            println!("id\tname\towner\trole\tteam\tcreated\texpires\tlast_used\tcertificate\tstate");
-            for k in auth::list(vault.pool()).await? {
+            println!("id\tname\towner\trole\tteam\tcreated\texpires\tlast_used\tcertificate\tstate\tmerchant");
+            for k in auth::list(vault.pool(), None).await? {
                 println!(
-                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
                     k.id,
                     k.name,
                     k.owner,
@@ -538,14 +610,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     when(k.expires_at),
                     when(k.last_used_at),
                     if k.bound_to_certificate { "bound" } else { "-" },
-                    k.state
+                    k.state,
+                    k.merchant
                 );
             }
             Ok(())
         }
         Command::ApiKey { action: ApiKeyAction::Revoke { id, common } } => {
             let vault = open_vault(&common).await?;
-            auth::revoke(vault.pool(), &id).await?;
+            auth::revoke(vault.pool(), &id, None).await?;
             vault.audit(&CLI_ACTOR.did("api_key.revoke", "revoked", &id)).await?;
             println!("key {id} revoked");
             Ok(())
@@ -553,7 +626,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ApiKey { action: ApiKeyAction::Rotate { id, overlap_hours, common } } => {
             let vault = open_vault(&common).await?;
             let overlap = std::time::Duration::from_secs(overlap_hours.saturating_mul(3600));
-            let (new_id, key) = auth::rotate(vault.pool(), &id, overlap).await?;
+            let (new_id, key) = auth::rotate(vault.pool(), &id, None, overlap).await?;
             let detail = auth::rotated_detail(&new_id, overlap_hours);
             vault.audit(&audit::Event { detail: &detail, ..CLI_ACTOR.did("api_key.rotate", "rotated", &id) }).await?;
             eprintln!("key {new_id} replaces {id}, which stops working in {overlap_hours} h");
@@ -647,7 +720,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("wrote {} and {} (self-signed, development only)", cert.display(), key.display());
             Ok(())
         }
-        Command::User { action: UserAction::Add { username, role, team, totp, common } } => {
+        Command::Merchant { action: MerchantAction::Create { id, name, settings, common } } => {
+            let cfg = common.load()?;
+            let vault = Vault::open(VaultOptions::from_config(&cfg)).await?;
+            let id = MerchantId::parse(&id)?;
+            let settings = merchant::Settings::default().patched(&settings_json(&settings)?)?;
+            merchant::create(vault.pool(), &id, &name, &settings, cfg.vault.production).await?;
+            vault.audit(&CLI_ACTOR.did("merchant.create", "created", id.as_str())).await?;
+            println!("merchant {id} created");
+            Ok(())
+        }
+        Command::Merchant { action: MerchantAction::List { common } } => {
+            let vault = open_vault(&common).await?;
+            println!("id\tname\tsettings");
+            for m in merchant::list(vault.pool()).await? {
+                println!("{}\t{}\t{}", m.id, m.name, serde_json::to_string(&m.settings)?);
+            }
+            Ok(())
+        }
+        Command::Merchant { action: MerchantAction::Update { id, name, settings, common } } => {
+            let cfg = common.load()?;
+            let vault = Vault::open(VaultOptions::from_config(&cfg)).await?;
+            let id = MerchantId::parse(&id)?;
+            let patch = settings_json(&settings)?;
+            merchant::update(vault.pool(), &id, name.as_deref(), &patch, cfg.vault.production).await?;
+            let detail = format!("settings changed: {}", patch.keys().cloned().collect::<Vec<_>>().join(", "));
+            vault
+                .audit(&audit::Event { detail: &detail, ..CLI_ACTOR.did("merchant.update", "updated", id.as_str()) })
+                .await?;
+            println!("merchant {id} updated");
+            Ok(())
+        }
+        Command::User { action: UserAction::Add { username, role, merchant, team, totp, common } } => {
             let cfg = common.load()?;
             let mut password = String::new();
             std::io::stdin().read_line(&mut password).context("reading the password from standard input")?;
@@ -655,8 +759,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let vault = Vault::open(VaultOptions::from_config(&cfg)).await?;
             let team = team.as_deref().and_then(tonewall::owner::Team::named);
             let agent_totp = cfg.accounts.agent_totp;
-            let secret = accounts::add(&vault, &username, password, role, team.as_ref(), totp, agent_totp).await?;
-            let detail = format!("{}{}", role.as_str(), if secret.is_some() { ", with TOTP" } else { "" });
+            let merchant = merchant_arg(&vault, merchant.as_deref()).await?;
+            let user = accounts::NewUser {
+                username: &username,
+                role,
+                merchant: &merchant,
+                team: team.as_ref(),
+                with_totp: totp,
+            };
+            let secret = accounts::add_user(&vault, &user, password, agent_totp).await?;
+            let totp = if secret.is_some() { ", with TOTP" } else { "" };
+            let detail = format!("{}, merchant {merchant}{totp}", role.as_str());
             vault.audit(&audit::Event { detail: &detail, ..CLI_ACTOR.did("user.add", "created", &username) }).await?;
             println!("added {username} ({detail})");
             if let Some(secret) = secret {
@@ -671,7 +784,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let team = u.team.map_or("-".to_string(), |t| t.0);
                 let flags = [(u.totp, "totp"), (u.disabled, "disabled"), (u.locked, "locked")];
                 let flags: Vec<&str> = flags.iter().filter(|(on, _)| *on).map(|(_, f)| *f).collect();
-                println!("{}\t{}\t{team}\t{}", u.username, u.role.as_str(), flags.join(","));
+                println!("{}\t{}\t{team}\t{}\t{}", u.username, u.role.as_str(), flags.join(","), u.merchant);
             }
             Ok(())
         }
@@ -684,24 +797,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Recordings { action: RecordingsAction::Purge { older_than_days, reference, common } } => {
             let cfg = common.load()?;
-            let days = older_than_days.unwrap_or(cfg.recordings.retention_days);
             let vault = Vault::open(VaultOptions::from_config(&cfg)).await?;
             let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
             if reference.as_deref().is_some_and(tonewall::capture::card::looks_like_card_number) {
                 anyhow::bail!("--reference looks like it holds a card number: refused (references never hold one)");
             }
-            let (which, what) = match &reference {
-                Some(r) => (Purge::Reference(r), format!("of reference {r:?}")),
-                None => {
-                    (Purge::StartedBefore(now_ms - i64::from(days) * 86_400_000), format!("older than {days} days"))
+            let data_dir = &cfg.storage.data_dir;
+            let mut deleted = Vec::new();
+            if let Some(r) = &reference {
+                let n = tonewall::recording::purge(&vault, data_dir, Purge::Reference(None, r)).await?;
+                deleted.push(format!("{n} recordings of reference {r:?}"));
+            } else {
+                // Each merchant's own retention, else the deployment's; --older-than-days for all.
+                for m in merchant::list(vault.pool()).await? {
+                    let days = older_than_days.or(m.settings.retention_days).unwrap_or(cfg.recordings.retention_days);
+                    let before = now_ms - i64::from(days) * 86_400_000;
+                    let n = tonewall::recording::purge(&vault, data_dir, Purge::StartedBefore(&m.id, before)).await?;
+                    deleted.push(format!("{n} recordings of merchant {} older than {days} days", m.id));
                 }
-            };
-            let n = tonewall::recording::purge(&vault, &cfg.storage.data_dir, which).await?;
-            let detail = format!("{n} recordings {what}");
-            vault
-                .audit(&audit::Event { detail: &detail, ..CLI_ACTOR.did("recording.purge", "deleted", "recordings") })
-                .await?;
-            println!("deleted {detail}");
+            }
+            for detail in deleted {
+                let event =
+                    audit::Event { detail: &detail, ..CLI_ACTOR.did("recording.purge", "deleted", "recordings") };
+                vault.audit(&event).await?;
+                println!("deleted {detail}");
+            }
             Ok(())
         }
         Command::Audit { action: AuditAction::Verify { common } } => {

@@ -1,8 +1,11 @@
 //! Who a session or a call belongs to, and who may see it (PCI DSS 7.2.1, 7.2.2: access by
-//! job and need to know). A session belongs to the key or person that created it, and to
-//! its team; an inline call to its route's team (every agent's when the route names none).
-//! Admins see everything. Anyone else gets 404 for what is not theirs, the same answer as
-//! for what does not exist, so ids cannot be probed.
+//! job and need to know). Everything belongs to one merchant (`crate::merchant`), and no one
+//! sees another merchant's. Within it, a session belongs to the key or person that created
+//! it, and to its team; an inline call to its route's team (every agent's when the route
+//! names none). A merchant's admins see all of its own. Anyone else gets 404 for what is not
+//! theirs, the same answer as for what does not exist, so ids cannot be probed.
+
+use crate::merchant::MerchantId;
 
 /// A team name, as keys (`api-key create --team`) and routes (`sip.routes[].team`) carry it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
@@ -16,8 +19,15 @@ impl Team {
     }
 }
 
+/// The merchant something belongs to, and who within it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Owner {
+pub struct Owner {
+    pub merchant: MerchantId,
+    pub by: OwnedBy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnedBy {
     /// Made by a key or person (`id`), shared with its team.
     Principal { id: String, team: Option<Team> },
     /// A call an inline route brought in: its team's, or, with none, every agent's.
@@ -26,8 +36,10 @@ pub enum Owner {
     Unclaimed,
 }
 
-/// An owner as the `sessions` and `calls` tables store it: a kind, an id and a team.
+/// An owner as the `sessions` and `calls` tables store it: a merchant, a kind, an id and a
+/// team.
 pub struct StoredOwner {
+    pub merchant: String,
     pub kind: &'static str,
     pub id: Option<String>,
     pub team: Option<String>,
@@ -36,28 +48,36 @@ pub struct StoredOwner {
 impl Owner {
     pub fn to_stored(&self) -> StoredOwner {
         let team = |t: &Option<Team>| t.as_ref().map(|t| t.0.clone());
-        match self {
-            Owner::Principal { id, team: t } => StoredOwner { kind: "principal", id: Some(id.clone()), team: team(t) },
-            Owner::Route { team: t } => StoredOwner { kind: "route", id: None, team: team(t) },
-            Owner::Unclaimed => StoredOwner { kind: "unclaimed", id: None, team: None },
-        }
+        let (kind, id, team) = match &self.by {
+            OwnedBy::Principal { id, team: t } => ("principal", Some(id.clone()), team(t)),
+            OwnedBy::Route { team: t } => ("route", None, team(t)),
+            OwnedBy::Unclaimed => ("unclaimed", None, None),
+        };
+        StoredOwner { merchant: self.merchant.as_str().to_string(), kind, id, team }
     }
 
-    /// The owner a row names; anything unknown is `Unclaimed` (admins only).
-    pub fn from_stored(kind: &str, id: Option<&str>, team: Option<&str>) -> Owner {
+    /// The owner a row names; an unknown kind is `Unclaimed` (its merchant's admins only).
+    pub fn from_stored(merchant: String, kind: &str, id: Option<&str>, team: Option<&str>) -> Owner {
         let team = team.and_then(Team::named);
-        match (kind, id) {
-            ("principal", Some(id)) => Owner::Principal { id: id.to_string(), team },
-            ("route", _) => Owner::Route { team },
-            _ => Owner::Unclaimed,
-        }
+        let by = match (kind, id) {
+            ("principal", Some(id)) => OwnedBy::Principal { id: id.to_string(), team },
+            ("route", _) => OwnedBy::Route { team },
+            _ => OwnedBy::Unclaimed,
+        };
+        Owner { merchant: MerchantId::from_stored(merchant), by }
+    }
+
+    /// A call for a session that does not exist (it is about to be refused).
+    pub fn unclaimed() -> Owner {
+        Owner { merchant: MerchantId::default_merchant(), by: OwnedBy::Unclaimed }
     }
 }
 
-/// Whoever asks: a key or person with a team, or an admin.
+/// Whoever asks: a key or person of a merchant, with a team, or its merchant's admin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Viewer {
     pub id: String,
+    pub merchant: MerchantId,
     pub team: Option<Team>,
     pub admin: bool,
 }
@@ -65,18 +85,22 @@ pub struct Viewer {
 impl Viewer {
     pub fn sees(&self, owner: &Owner) -> bool {
         let same_team = |team: &Option<Team>| team.is_some() && *team == self.team;
-        self.admin
-            || match owner {
-                Owner::Principal { id, team } => *id == self.id || same_team(team),
-                Owner::Route { team: None } => true,
-                Owner::Route { team } => same_team(team),
-                Owner::Unclaimed => false,
-            }
+        owner.merchant == self.merchant
+            && (self.admin
+                || match &owner.by {
+                    OwnedBy::Principal { id, team } => *id == self.id || same_team(team),
+                    OwnedBy::Route { team: None } => true,
+                    OwnedBy::Route { team } => same_team(team),
+                    OwnedBy::Unclaimed => false,
+                })
     }
 
-    /// What this viewer creates belongs to it and its team.
+    /// What this viewer creates belongs to its merchant, and to it and its team.
     pub fn owner(&self) -> Owner {
-        Owner::Principal { id: self.id.clone(), team: self.team.clone() }
+        Owner {
+            merchant: self.merchant.clone(),
+            by: OwnedBy::Principal { id: self.id.clone(), team: self.team.clone() },
+        }
     }
 }
 
@@ -85,7 +109,11 @@ mod tests {
     use super::*;
 
     fn viewer(id: &str, team: &str) -> Viewer {
-        Viewer { id: id.into(), team: Team::named(team), admin: false }
+        Viewer { id: id.into(), merchant: MerchantId::default_merchant(), team: Team::named(team), admin: false }
+    }
+
+    fn route(team: &str) -> Owner {
+        Owner { merchant: MerchantId::default_merchant(), by: OwnedBy::Route { team: Team::named(team) } }
     }
 
     #[test]
@@ -101,11 +129,27 @@ mod tests {
         let own = loner.owner();
         assert!(loner.sees(&own) && admin.sees(&own));
         assert!(!viewer("key-e", "").sees(&own), "no team is not one shared team");
-        let support_route = Owner::Route { team: Team::named("support") };
+        let support_route = route("support");
         assert!(c.sees(&support_route) && !a.sees(&support_route) && admin.sees(&support_route));
-        let open_route = Owner::Route { team: None };
+        let open_route = route("");
         assert!(a.sees(&open_route) && loner.sees(&open_route));
-        assert!(!a.sees(&Owner::Unclaimed) && admin.sees(&Owner::Unclaimed));
+        assert!(!a.sees(&Owner::unclaimed()) && admin.sees(&Owner::unclaimed()));
         assert_eq!(Team::named("  "), None);
+    }
+
+    #[test]
+    fn no_one_sees_another_merchants() {
+        let acme = MerchantId::parse("acme").unwrap();
+        let other = Viewer { merchant: acme.clone(), ..viewer("key-o", "sales") };
+        let other_admin = Viewer { admin: true, ..other.clone() };
+        let sales = viewer("key-a", "sales");
+        for owned in [sales.owner(), route(""), Owner::unclaimed()] {
+            assert!(!other.sees(&owned) && !other_admin.sees(&owned), "{owned:?}");
+        }
+        assert!(other.sees(&other.owner()) && other_admin.sees(&other.owner()));
+        assert!(!sales.sees(&other.owner()) && !Viewer { admin: true, ..sales }.sees(&other.owner()));
+        let stored = other.owner().to_stored();
+        let back = Owner::from_stored(stored.merchant, stored.kind, stored.id.as_deref(), stored.team.as_deref());
+        assert_eq!(back, other.owner());
     }
 }

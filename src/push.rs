@@ -11,6 +11,9 @@
 //! connector), which hands over the security code and forgets it: a push is its one use.
 //! The gateway's `{"reference": "..."}` is stored beside tonewall's token, and the outcome
 //! shows on the session (`SessionView::push`).
+//!
+//! A merchant with a push endpoint of its own (`crate::merchant`) has its cards sent there,
+//! signed with its secret; tonewall's client certificate is the deployment's for all.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -22,6 +25,7 @@ use crate::capture::bank::AccountType;
 use crate::capture::card::looks_like_card_number;
 use crate::capture::plan::{Amount, PaymentMethod};
 use crate::config::PushConfig;
+use crate::merchant::MerchantId;
 use crate::vault::crypto::SecretKey;
 use crate::vault::webhook::{SIGNATURE_HEADER, signature};
 use crate::vault::{Actor, ActorRole, Revealed, Vault, VaultError, audit};
@@ -44,7 +48,7 @@ pub enum PushView {
 }
 
 /// Who reads the card back for a push, in the audit trail.
-const PUSHER: Actor<'static> = Actor { id: "push-connector", role: ActorRole::System, origin: "local" };
+const PUSHER: Actor<'static> = Actor { id: "push-connector", role: ActorRole::System, origin: "local", merchant: None };
 
 /// The dev secret's file in the data directory.
 pub const SECRET_FILE: &str = "push.dev.hex";
@@ -140,9 +144,31 @@ impl Pusher {
         Ok(Some(Pusher { url: c.url.clone(), agent, secret, attempts: c.attempts, retry_base }))
     }
 
-    /// Pushes the payment stored under `token` for `session`; the outcome to show.
-    pub async fn push(&self, vault: &Vault, session: &str, token: &str, amount: Option<Amount>) -> PushView {
-        let revealed = match vault.detokenize(token, PUSHER, Instant::now()).await {
+    /// Where `merchant`'s cards go and the secret that signs them: its own, else `[push]`'s.
+    async fn endpoint(&self, vault: &Vault, merchant: &MerchantId) -> Result<(String, SecretKey), String> {
+        let settings = crate::merchant::settings(vault.pool(), merchant).await.map_err(|e| e.to_string())?;
+        match settings.push {
+            // Merchants' secrets come from a file or the environment only (`Settings::check`).
+            Some(own) => Ok((own.url, own.secret.load(Path::new("/nonexistent")).map_err(|e| e.to_string())?)),
+            None => Ok((self.url.clone(), self.secret.clone())),
+        }
+    }
+
+    /// Pushes `merchant`'s payment stored under `token` for `session`; the outcome to show.
+    pub async fn push(
+        &self,
+        vault: &Vault,
+        merchant: &MerchantId,
+        session: &str,
+        token: &str,
+        amount: Option<Amount>,
+    ) -> PushView {
+        let (url, secret) = match self.endpoint(vault, merchant).await {
+            Ok(e) => e,
+            Err(e) => return PushView::Failed { error: format!("no push endpoint: {e}"), attempts: 0 },
+        };
+        let pusher = Actor { merchant: Some(merchant.as_str()), ..PUSHER };
+        let revealed = match vault.detokenize(token, merchant, pusher, Instant::now()).await {
             Ok(r) => r,
             Err(e) => return PushView::Failed { error: format!("the card could not be read back: {e}"), attempts: 0 },
         };
@@ -155,7 +181,7 @@ impl Pusher {
         let mut wait = self.retry_base;
         let mut outcome = PushView::Failed { error: "not tried".into(), attempts: 0 };
         for attempt in 1..=self.attempts {
-            match self.send(&body, &id).await {
+            match self.send(&url, &secret, &body, &id).await {
                 Try::Delivered(reference) => {
                     outcome = PushView::Delivered { reference, attempts: attempt };
                     break;
@@ -172,12 +198,12 @@ impl Pusher {
             }
         }
         drop(body);
-        self.record(vault, token, &outcome).await;
+        self.record(vault, pusher, token, &outcome).await;
         outcome
     }
 
     /// Stores the gateway's reference and audits the outcome.
-    async fn record(&self, vault: &Vault, token: &str, outcome: &PushView) {
+    async fn record(&self, vault: &Vault, pusher: Actor<'_>, token: &str, outcome: &PushView) {
         let (result, detail) = match outcome {
             PushView::Delivered { reference, attempts } => {
                 if let Err(e) = vault.set_gateway_reference(token, reference).await {
@@ -188,16 +214,16 @@ impl Pusher {
             PushView::Failed { error, attempts } => ("failed", format!("{error} (after {attempts} tries)")),
             PushView::Pending => return,
         };
-        let event = audit::Event { detail: &detail, ..PUSHER.did("push", result, token) };
+        let event = audit::Event { detail: &detail, ..pusher.did("push", result, token) };
         if let Err(e) = vault.audit(&event).await {
             tracing::error!(error = %e, "push outcome not audited");
         }
     }
 
-    async fn send(&self, body: &Zeroizing<String>, id: &str) -> Try {
+    async fn send(&self, url: &str, secret: &SecretKey, body: &Zeroizing<String>, id: &str) -> Try {
         let t = crate::vault::unix_now();
-        let sig = signature(&self.secret, t, body);
-        let (agent, url, body, id) = (self.agent.clone(), self.url.clone(), body.clone(), id.to_string());
+        let sig = signature(secret, t, body);
+        let (agent, url, body, id) = (self.agent.clone(), url.to_string(), body.clone(), id.to_string());
         let blocking = move || -> Result<(u16, String), ureq::Error> {
             let mut resp = agent
                 .post(&url)

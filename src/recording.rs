@@ -16,6 +16,7 @@ use sqlx::AnyPool;
 use thiserror::Error;
 
 use crate::call::recording::{MaskedSpan, STEREO_FRAME};
+use crate::merchant::MerchantId;
 use crate::vault::crypto::{self, SecretKey};
 use crate::vault::{Vault, VaultError};
 
@@ -64,6 +65,7 @@ struct Row {
     key_id: i64,
     masked_spans: String,
     file: String,
+    merchant: String,
 }
 
 impl Row {
@@ -170,6 +172,7 @@ impl Writer {
     pub async fn finish(
         mut self,
         pool: &AnyPool,
+        merchant: &MerchantId,
         call_id: &str,
         session_id: &str,
         reference: &str,
@@ -183,8 +186,8 @@ impl Writer {
         let spans_json = serde_json::to_string(spans).unwrap_or_else(|_| "[]".into());
         let file_name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
         sqlx::query(
-            "INSERT INTO recordings (id, call_id, session_id, reference, started_at, duration_ms, key_id, masked_spans, file) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO recordings (id, call_id, session_id, reference, started_at, duration_ms, key_id, masked_spans, file, merchant) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&self.id)
         .bind(call_id)
@@ -195,6 +198,7 @@ impl Writer {
         .bind(self.key_id)
         .bind(&spans_json)
         .bind(&file_name)
+        .bind(merchant.as_str())
         .execute(pool)
         .await?;
         Ok(Metadata {
@@ -209,29 +213,33 @@ impl Writer {
     }
 }
 
-/// A page of recordings, newest first, filtered by start time (unix ms) and reference.
+/// A page of `merchant`'s recordings, newest first, filtered by start time (unix ms) and
+/// reference.
 pub async fn list(
     pool: &AnyPool,
+    merchant: &MerchantId,
     from: Option<i64>,
     to: Option<i64>,
     reference: Option<&str>,
     page: i64,
     per_page: i64,
 ) -> Result<(Vec<Metadata>, i64), RecordingError> {
-    let filter = "WHERE started_at >= $1 AND started_at < $2 AND ($3 = '' OR reference = $3)";
+    let filter = "WHERE started_at >= $1 AND started_at < $2 AND ($3 = '' OR reference = $3) AND merchant = $4";
     let (from, to, reference) = (from.unwrap_or(0), to.unwrap_or(i64::MAX), reference.unwrap_or(""));
     let (total,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM recordings {filter}")))
         .bind(from)
         .bind(to)
         .bind(reference)
+        .bind(merchant.as_str())
         .fetch_one(pool)
         .await?;
     let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT * FROM recordings {filter} ORDER BY started_at DESC, id LIMIT $4 OFFSET $5"
+        "SELECT * FROM recordings {filter} ORDER BY started_at DESC, id LIMIT $5 OFFSET $6"
     )))
     .bind(from)
     .bind(to)
     .bind(reference)
+    .bind(merchant.as_str())
     .bind(per_page)
     .bind(page.saturating_sub(1).saturating_mul(per_page))
     .fetch_all(pool)
@@ -239,12 +247,18 @@ pub async fn list(
     Ok((rows.iter().map(Row::metadata).collect(), total))
 }
 
+/// The merchant a recording belongs to, if it exists.
+pub async fn row_merchant(pool: &AnyPool, id: &str) -> Result<Option<MerchantId>, RecordingError> {
+    Ok(row(pool, id).await?.map(|r| MerchantId::from_stored(r.merchant)))
+}
+
 async fn row(pool: &AnyPool, id: &str) -> Result<Option<Row>, RecordingError> {
     Ok(sqlx::query_as("SELECT * FROM recordings WHERE id = $1").bind(id).fetch_optional(pool).await?)
 }
 
-pub async fn metadata(pool: &AnyPool, id: &str) -> Result<Option<Metadata>, RecordingError> {
-    Ok(row(pool, id).await?.map(|r| r.metadata()))
+/// A recording's metadata, if it is `merchant`'s.
+pub async fn metadata(pool: &AnyPool, id: &str, merchant: &MerchantId) -> Result<Option<Metadata>, RecordingError> {
+    Ok(row(pool, id).await?.filter(|r| r.merchant == merchant.as_str()).map(|r| r.metadata()))
 }
 
 /// The recording decrypted as a WAV file (8 kHz, 16-bit, stereo), checking every chunk.
@@ -316,27 +330,29 @@ fn wav_bytes(pcm_le: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Deletes recordings that started before `before` (unix ms), files and rows; returns how many.
 /// Which recordings a purge deletes.
 #[derive(Debug, Clone, Copy)]
 pub enum Purge<'a> {
-    /// Those started before this time (unix ms): retention.
-    StartedBefore(i64),
-    /// Those of a reference, whatever their age: erasure on request.
-    Reference(&'a str),
+    /// A merchant's started before this time (unix ms): retention.
+    StartedBefore(&'a MerchantId, i64),
+    /// Those of a reference, whatever their age: erasure on request. Of one merchant, or of
+    /// every merchant with None (the operator's CLI).
+    Reference(Option<&'a MerchantId>, &'a str),
 }
 
 pub async fn purge(vault: &Vault, data_dir: &Path, which: Purge<'_>) -> Result<u64, RecordingError> {
     let rows: Vec<Row> = match which {
-        Purge::StartedBefore(before) => {
-            sqlx::query_as("SELECT * FROM recordings WHERE started_at < $1")
+        Purge::StartedBefore(merchant, before) => {
+            sqlx::query_as("SELECT * FROM recordings WHERE started_at < $1 AND merchant = $2")
                 .bind(before)
+                .bind(merchant.as_str())
                 .fetch_all(vault.pool())
                 .await?
         }
-        Purge::Reference(reference) => {
-            sqlx::query_as("SELECT * FROM recordings WHERE reference = $1")
+        Purge::Reference(merchant, reference) => {
+            sqlx::query_as("SELECT * FROM recordings WHERE reference = $1 AND ($2 = '' OR merchant = $2)")
                 .bind(reference)
+                .bind(merchant.map_or("", MerchantId::as_str))
                 .fetch_all(vault.pool())
                 .await?
         }
@@ -371,7 +387,7 @@ mod tests {
             w.write(&frame).unwrap();
         }
         let spans = [MaskedSpan { start_ms: 100, end_ms: 180, field: Some(FieldName::Pan) }];
-        w.finish(vault.pool(), "call-1", "sess-1", "order-9", &spans).await.unwrap()
+        w.finish(vault.pool(), &MerchantId::default_merchant(), "call-1", "sess-1", "order-9", &spans).await.unwrap()
     }
 
     #[tokio::test]
@@ -389,7 +405,10 @@ mod tests {
         let sealed = std::fs::read(&file).unwrap();
         let audio = &opened[44..44 + 64];
         assert!(!sealed.windows(audio.len()).any(|w| w == audio), "no audio in clear on disk");
-        assert_eq!(metadata(vault.pool(), &meta.id).await.unwrap(), Some(meta.clone()));
+        assert_eq!(
+            metadata(vault.pool(), &meta.id, &MerchantId::default_merchant()).await.unwrap(),
+            Some(meta.clone())
+        );
         // A flipped bit, a dropped chunk, a cut-off end: all refused.
         let chunk = 4 + 12 + CHUNK_BYTES + 16;
         let header = MAGIC.len() + 8;
@@ -415,14 +434,30 @@ mod tests {
         for _ in 0..3 {
             recorded(&vault, dir.path(), 1).await;
         }
-        let (page, total) = list(vault.pool(), None, None, Some("order-9"), 1, 2).await.unwrap();
+        let (page, total) =
+            list(vault.pool(), &MerchantId::default_merchant(), None, None, Some("order-9"), 1, 2).await.unwrap();
         assert_eq!((page.len(), total), (2, 3));
-        let (page, _) = list(vault.pool(), None, None, Some("order-9"), 2, 2).await.unwrap();
+        let (page, _) =
+            list(vault.pool(), &MerchantId::default_merchant(), None, None, Some("order-9"), 2, 2).await.unwrap();
         assert_eq!(page.len(), 1);
-        assert_eq!(list(vault.pool(), None, None, Some("other"), 1, 10).await.unwrap().1, 0);
-        assert_eq!(list(vault.pool(), Some(1_800_000_000_000), None, None, 1, 10).await.unwrap().1, 0);
-        assert_eq!(purge(&vault, dir.path(), Purge::StartedBefore(1_700_000_000_001)).await.unwrap(), 3);
-        assert_eq!(list(vault.pool(), None, None, None, 1, 10).await.unwrap().1, 0);
+        assert_eq!(
+            list(vault.pool(), &MerchantId::default_merchant(), None, None, Some("other"), 1, 10).await.unwrap().1,
+            0
+        );
+        assert_eq!(
+            list(vault.pool(), &MerchantId::default_merchant(), Some(1_800_000_000_000), None, None, 1, 10)
+                .await
+                .unwrap()
+                .1,
+            0
+        );
+        assert_eq!(
+            purge(&vault, dir.path(), Purge::StartedBefore(&MerchantId::default_merchant(), 1_700_000_000_001))
+                .await
+                .unwrap(),
+            3
+        );
+        assert_eq!(list(vault.pool(), &MerchantId::default_merchant(), None, None, None, 1, 10).await.unwrap().1, 0);
         assert_eq!(std::fs::read_dir(directory(dir.path())).unwrap().count(), 0, "files gone too");
     }
 }

@@ -68,7 +68,7 @@ async fn keys_are_named_owned_listed_revoked_rotated_and_expire() {
     assert_eq!(me(crm2.clone()).await.0, 200);
     // With an overlap both work, until the old one's end.
     let (_, list, _) = cli(&["api-key", "list"]);
-    let crm2_line = list.lines().find(|l| l.contains("crm integration") && l.ends_with("active")).unwrap().to_string();
+    let crm2_line = list.lines().find(|l| l.contains("crm integration") && l.contains("\tactive\t")).unwrap().to_string();
     assert!(crm2_line.contains("payments team"), "the successor keeps name and owner: {crm2_line}");
     let (ok, crm3, err) = cli(&["api-key", "rotate", "--id", &id_of(&crm2_line), "--overlap-hours", "24"]);
     assert!(ok, "{err}");
@@ -93,8 +93,8 @@ async fn keys_are_named_owned_listed_revoked_rotated_and_expire() {
         .unwrap();
     assert_eq!(me(idle).await, (401, "this key was disabled after 90 days unused".into()));
     let (_, list, _) = cli(&["api-key", "list"]);
-    assert!(line_of(&list, "forgotten batch job").ends_with("disabled (unused 90 days)"), "{list}");
-    assert!(line_of(&list, "alice's desk").ends_with("revoked"), "{list}");
+    assert!(line_of(&list, "forgotten batch job").ends_with("disabled (unused 90 days)\tdefault"), "{list}");
+    assert!(line_of(&list, "alice's desk").ends_with("revoked\tdefault"), "{list}");
 
     let trail = audit::records(pool, 0, 10_000).await.unwrap();
     for (action, outcome) in [

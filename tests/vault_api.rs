@@ -187,7 +187,10 @@ async fn a_replay_is_audited_and_refused_when_the_audit_trail_cannot_be_written(
     let vault = &t.server.shared.vault;
     let mut w = tonewall::recording::Writer::create(t.dir.path(), vault, 1_700_000_000_000).unwrap();
     w.write(&[7; tonewall::call::recording::STEREO_FRAME]).unwrap();
-    let meta = w.finish(vault.pool(), "call", "session", "ref", &[]).await.unwrap();
+    let meta = w
+        .finish(vault.pool(), &tonewall::merchant::MerchantId::default_merchant(), "call", "session", "ref", &[])
+        .await
+        .unwrap();
     let url = format!("{}/v1/recordings/{}/audio", t.base, meta.id);
     let (s, _) = http("GET", &url, Some(&qa), None).await;
     assert_eq!(s, 200);

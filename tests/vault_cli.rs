@@ -222,11 +222,13 @@ async fn recordings_purge_deletes_old_recordings_and_is_audited() {
     for started in [now - 100 * day_ms, now - 10 * day_ms] {
         let mut w = tonewall::recording::Writer::create(&s.data, &vault, started).unwrap();
         w.write(&[0; tonewall::call::recording::STEREO_FRAME]).unwrap();
-        w.finish(vault.pool(), "call", "session", "ref", &[]).await.unwrap();
+        w.finish(vault.pool(), &tonewall::merchant::MerchantId::default_merchant(), "call", "session", "ref", &[])
+            .await
+            .unwrap();
     }
     drop(vault);
     let (ok, out, err) = s.run(&["recordings", "purge"], &[]);
-    assert!(ok && out.contains("deleted 1 recordings older than 90 days"), "{out}{err}");
+    assert!(ok && out.contains("deleted 1 recordings of merchant default older than 90 days"), "{out}{err}");
     let (ok, out, _) = s.run(&["recordings", "purge", "--older-than-days", "5"], &[]);
     assert!(ok && out.contains("deleted 1 recordings"), "{out}");
     assert_eq!(std::fs::read_dir(s.data.join("recordings")).unwrap().count(), 0);

@@ -15,6 +15,7 @@ use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use sqlx::AnyPool;
 use thiserror::Error;
 
+use crate::merchant::MerchantId;
 use crate::owner::Team;
 use crate::vault::Vault;
 use crate::vault::actor::Role;
@@ -69,6 +70,7 @@ pub struct User {
     pub id: String,
     pub username: String,
     pub role: Role,
+    pub merchant: MerchantId,
     pub team: Option<Team>,
     pub source: Source,
 }
@@ -107,6 +109,7 @@ impl User {
 pub struct Listed {
     pub username: String,
     pub role: Role,
+    pub merchant: MerchantId,
     pub team: Option<Team>,
     pub totp: bool,
     pub disabled: bool,
@@ -127,8 +130,17 @@ fn totp(secret: &[u8]) -> Option<totp_rs::Totp> {
     totp_rs::Builder::new().with_secret(secret.to_vec()).build().ok()
 }
 
-/// Adds a user. With `totp`, returns the new TOTP secret in base32, for the person's
-/// authenticator app (shown once).
+/// Who a new user is.
+#[derive(Debug, Clone, Copy)]
+pub struct NewUser<'a> {
+    pub username: &'a str,
+    pub role: Role,
+    pub merchant: &'a MerchantId,
+    pub team: Option<&'a Team>,
+    pub with_totp: bool,
+}
+
+/// Adds a user of merchant `default` (`add_user`).
 pub async fn add(
     vault: &Vault,
     username: &str,
@@ -138,6 +150,20 @@ pub async fn add(
     with_totp: bool,
     agent_totp: bool,
 ) -> Result<Option<String>, AccountError> {
+    let merchant = MerchantId::default_merchant();
+    let user = NewUser { username, role, merchant: &merchant, team, with_totp };
+    add_user(vault, &user, password, agent_totp).await
+}
+
+/// Adds a user. With `totp`, returns the new TOTP secret in base32, for the person's
+/// authenticator app (shown once).
+pub async fn add_user(
+    vault: &Vault,
+    user: &NewUser<'_>,
+    password: &str,
+    agent_totp: bool,
+) -> Result<Option<String>, AccountError> {
+    let NewUser { username, role, merchant, team, with_totp } = *user;
     let ok_name = |c: char| c.is_ascii_alphanumeric() || "._-@".contains(c);
     // A card number as a name would reach the audit trail and the security log.
     let card_like = crate::capture::card::looks_like_card_number(username);
@@ -168,8 +194,8 @@ pub async fn add(
         None => (None, None, None),
     };
     let inserted = sqlx::query(
-        "INSERT INTO users (id, username, role, team, password_hash, totp_key_id, totp_nonce, totp_sealed, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "INSERT INTO users (id, username, role, team, password_hash, totp_key_id, totp_nonce, totp_sealed, created_at, merchant) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(&id)
     .bind(username)
@@ -180,6 +206,7 @@ pub async fn add(
     .bind(nonce)
     .bind(sealed)
     .bind(unix_now())
+    .bind(merchant.as_str())
     .execute(vault.pool())
     .await;
     match inserted {
@@ -194,6 +221,7 @@ pub async fn add(
 struct ListRow {
     username: String,
     role: String,
+    merchant: String,
     team: Option<String>,
     totp_sealed: Option<String>,
     disabled: i64,
@@ -201,16 +229,18 @@ struct ListRow {
 }
 
 pub async fn list(pool: &AnyPool) -> Result<Vec<Listed>, AccountError> {
-    let rows: Vec<ListRow> =
-        sqlx::query_as("SELECT username, role, team, totp_sealed, disabled, locked_until FROM users ORDER BY username")
-            .fetch_all(pool)
-            .await?;
+    let rows: Vec<ListRow> = sqlx::query_as(
+        "SELECT username, role, merchant, team, totp_sealed, disabled, locked_until FROM users ORDER BY username",
+    )
+    .fetch_all(pool)
+    .await?;
     let now = unix_now();
     Ok(rows
         .into_iter()
         .filter_map(|r| {
             Some(Listed {
                 role: Role::parse(&r.role)?,
+                merchant: MerchantId::from_stored(r.merchant),
                 team: r.team.as_deref().and_then(Team::named),
                 totp: r.totp_sealed.is_some(),
                 disabled: r.disabled != 0,
@@ -243,6 +273,7 @@ pub async fn disable(pool: &AnyPool, username: &str) -> Result<String, AccountEr
 struct SignInRow {
     id: String,
     role: String,
+    merchant: String,
     team: Option<String>,
     password_hash: String,
     totp_key_id: Option<i64>,
@@ -265,7 +296,7 @@ pub async fn sign_in(
 ) -> Result<Result<User, (SignInFailure, Option<String>)>, AccountError> {
     let pool = vault.pool();
     let row: Option<SignInRow> = sqlx::query_as(
-        "SELECT id, role, team, password_hash, totp_key_id, totp_nonce, totp_sealed, totp_last_step, failures, \
+        "SELECT id, role, merchant, team, password_hash, totp_key_id, totp_nonce, totp_sealed, totp_last_step, failures, \
          locked_until, disabled FROM users WHERE username = $1",
     )
     .bind(username)
@@ -274,6 +305,7 @@ pub async fn sign_in(
     let Some(SignInRow {
         id,
         role,
+        merchant,
         team,
         password_hash: hash,
         totp_key_id: key_id,
@@ -329,7 +361,8 @@ pub async fn sign_in(
                 .execute(pool)
                 .await?;
             let team = team.as_deref().and_then(Team::named);
-            Ok(Ok(User { id, username: username.into(), role, team, source: Source::Builtin }))
+            let merchant = MerchantId::from_stored(merchant);
+            Ok(Ok(User { id, username: username.into(), role, merchant, team, source: Source::Builtin }))
         }
         Err(why) => {
             let failures = failures + 1;

@@ -381,6 +381,8 @@ pub fn identify(claims: &Claims, config: &OidcConfig) -> Result<User, Refusal> {
         id: format!("oidc:{}", claims.subject().as_str()),
         username: username.to_string(),
         role,
+        // One identity provider serves the deployment's own people: `default`'s.
+        merchant: crate::merchant::MerchantId::default_merchant(),
         team,
         source: Source::Provider,
     })

@@ -122,6 +122,7 @@ mod tests {
             id: "u1".into(),
             username: "alice".into(),
             role: Role::Agent,
+            merchant: crate::merchant::MerchantId::default_merchant(),
             team: None,
             source: super::super::Source::Builtin,
         }

@@ -1,6 +1,7 @@
 //! `/v1/admin/keys` (role admin): the API keys' lifecycle (`super::auth`) over HTTP, as
 //! `tonewall api-key` does it from a shell: list (never a key), create and rotate (the new
-//! key shown once, in the answer), revoke. Each change is audited.
+//! key shown once, in the answer), revoke. Each change is audited. An admin reaches its own
+//! merchant's keys only; `default`'s admins may also create another merchant's first keys.
 
 use std::time::Duration;
 
@@ -22,6 +23,9 @@ const ADMIN: &[Role] = &[Role::Admin];
 #[serde(deny_unknown_fields)]
 pub struct Create {
     role: Role,
+    /// Another merchant's key (only `default`'s admins); the caller's own when absent.
+    #[serde(default)]
+    merchant: Option<String>,
     #[serde(default)]
     team: Option<String>,
     #[serde(default)]
@@ -59,12 +63,13 @@ fn text_ok(s: &str) -> bool {
 
 pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
     caller.require(ADMIN)?;
-    let keys = auth::list(state.vault.pool()).await.map_err(|e| key_error(KeyError::Store(e)))?;
+    let keys =
+        auth::list(state.vault.pool(), Some(&caller.merchant)).await.map_err(|e| key_error(KeyError::Store(e)))?;
     let keys: Vec<Value> = keys
         .into_iter()
         .map(|k| {
             json!({
-                "id": k.id, "name": k.name, "owner": k.owner, "role": k.role, "team": k.team,
+                "id": k.id, "name": k.name, "owner": k.owner, "role": k.role, "merchant": k.merchant, "team": k.team,
                 "created_at": k.created_at, "expires_at": k.expires_at, "last_used_at": k.last_used_at,
                 "bound_to_certificate": k.bound_to_certificate, "state": k.state,
             })
@@ -86,10 +91,21 @@ pub async fn create(
             "name and owner: at most 200 printable characters, no card number",
         ));
     }
+    let merchant = match req.merchant.as_deref() {
+        None => caller.merchant.clone(),
+        Some(id) => super::merchants::reachable(&state, &caller, id).await?,
+    };
     let team = req.team.as_deref().and_then(Team::named);
-    let new = NewKey { team: team.as_ref(), name: &req.name, owner: &req.owner, expires_in_days: req.expires_in_days };
+    let new = NewKey {
+        merchant: Some(&merchant),
+        team: team.as_ref(),
+        name: &req.name,
+        owner: &req.owner,
+        expires_in_days: req.expires_in_days,
+    };
     let (id, key) = auth::create(state.vault.pool(), req.role, &new).await.map_err(key_error)?;
-    let detail = auth::created_detail(req.role, team.as_ref(), &req.name, &req.owner);
+    let detail =
+        format!("{}, merchant {merchant}", auth::created_detail(req.role, team.as_ref(), &req.name, &req.owner));
     caller.audit_detail(&state, "api_key.create", "created", &id, &detail).await;
     Ok((StatusCode::CREATED, Json(json!({ "id": id, "key": key }))))
 }
@@ -100,7 +116,7 @@ pub async fn revoke(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(ADMIN)?;
-    auth::revoke(state.vault.pool(), &id).await.map_err(key_error)?;
+    auth::revoke(state.vault.pool(), &id, Some(&caller.merchant)).await.map_err(key_error)?;
     caller.audit(&state, "api_key.revoke", "revoked", &id).await;
     Ok(Json(json!({ "id": id, "state": "revoked" })))
 }
@@ -114,7 +130,8 @@ pub async fn rotate(
     caller.require(ADMIN)?;
     let hours = body.and_then(|Json(r)| r.overlap_hours).unwrap_or(24).min(24 * 30);
     let overlap = Duration::from_secs(hours * 3600);
-    let (new_id, key) = auth::rotate(state.vault.pool(), &id, overlap).await.map_err(key_error)?;
+    let (new_id, key) =
+        auth::rotate(state.vault.pool(), &id, Some(&caller.merchant), overlap).await.map_err(key_error)?;
     let detail = auth::rotated_detail(&new_id, hours);
     caller.audit_detail(&state, "api_key.rotate", "rotated", &id, &detail).await;
     Ok((StatusCode::CREATED, Json(json!({ "id": new_id, "key": key, "replaces": id, "old_key_overlap_hours": hours }))))

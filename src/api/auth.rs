@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sha2::{Digest, Sha256};
 use sqlx::AnyPool;
 
+use crate::merchant::MerchantId;
 use crate::owner::Team;
 use crate::vault::{crypto::hex, token::random_base62};
 
@@ -44,6 +45,8 @@ pub fn held_by_people(role: Role) -> bool {
 /// What a new key is.
 #[derive(Debug, Clone, Default)]
 pub struct NewKey<'a> {
+    /// None: `default`.
+    pub merchant: Option<&'a MerchantId>,
     pub team: Option<&'a Team>,
     pub name: &'a str,
     pub owner: &'a str,
@@ -96,7 +99,7 @@ pub async fn create(pool: &AnyPool, role: Role, new: &NewKey<'_>) -> Result<(Str
     let now = unix_now();
     let expires = days.map(|d| now + i64::from(d) * 86_400);
     sqlx::query(
-        "INSERT INTO api_keys (id, role, key_hash, created_at, team, name, owner, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO api_keys (id, role, key_hash, created_at, team, name, owner, expires_at, merchant) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(&id)
     .bind(role.as_str())
@@ -106,6 +109,7 @@ pub async fn create(pool: &AnyPool, role: Role, new: &NewKey<'_>) -> Result<(Str
     .bind(new.name)
     .bind(new.owner)
     .bind(expires)
+    .bind(new.merchant.map_or(crate::merchant::DEFAULT, MerchantId::as_str))
     .execute(pool)
     .await?;
     Ok((id, key))
@@ -125,6 +129,7 @@ pub fn cert_fingerprint(der: &[u8]) -> ClientCert {
 pub struct KnownKey {
     pub id: String,
     pub role: Role,
+    pub merchant: MerchantId,
     pub team: Option<Team>,
     pub client_cert: Option<ClientCert>,
 }
@@ -170,6 +175,7 @@ impl Ended {
 struct Row {
     id: String,
     role: String,
+    merchant: String,
     team: Option<String>,
     client_cert_sha256: Option<String>,
     created_at: i64,
@@ -209,6 +215,7 @@ async fn judge(pool: &AnyPool, row: Option<Row>) -> Result<Lookup, sqlx::Error> 
     Ok(Lookup::Valid(KnownKey {
         id: row.id,
         role,
+        merchant: MerchantId::from_stored(row.merchant),
         team: row.team.as_deref().and_then(Team::named),
         client_cert: row.client_cert_sha256.map(ClientCert),
     }))
@@ -217,7 +224,7 @@ async fn judge(pool: &AnyPool, row: Option<Row>) -> Result<Lookup, sqlx::Error> 
 /// The columns of `Row`, as a literal for `concat!` (sqlx takes only literal SQL).
 macro_rules! key_columns {
     () => {
-        "id, role, team, client_cert_sha256, created_at, expires_at, last_used_at, revoked_at"
+        "id, role, merchant, team, client_cert_sha256, created_at, expires_at, last_used_at, revoked_at"
     };
 }
 
@@ -249,6 +256,7 @@ pub struct Listed {
     pub name: String,
     pub owner: String,
     pub role: String,
+    pub merchant: String,
     pub team: Option<String>,
     pub created_at: i64,
     pub expires_at: Option<i64>,
@@ -266,12 +274,16 @@ struct ListRow {
     owner: Option<String>,
 }
 
-/// Every key, oldest first.
-pub async fn list(pool: &AnyPool) -> Result<Vec<Listed>, sqlx::Error> {
-    let rows: Vec<ListRow> =
-        sqlx::query_as(concat!("SELECT ", key_columns!(), ", name, owner FROM api_keys ORDER BY created_at, id"))
-            .fetch_all(pool)
-            .await?;
+/// Every key of `merchant` (of every merchant with None), oldest first.
+pub async fn list(pool: &AnyPool, merchant: Option<&MerchantId>) -> Result<Vec<Listed>, sqlx::Error> {
+    let rows: Vec<ListRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        key_columns!(),
+        ", name, owner FROM api_keys WHERE $1 = '' OR merchant = $1 ORDER BY created_at, id"
+    ))
+    .bind(merchant.map_or("", MerchantId::as_str))
+    .fetch_all(pool)
+    .await?;
     let now = unix_now();
     Ok(rows
         .into_iter()
@@ -286,6 +298,7 @@ pub async fn list(pool: &AnyPool) -> Result<Vec<Listed>, sqlx::Error> {
                 name: r.name.unwrap_or_default(),
                 owner: r.owner.unwrap_or_default(),
                 role: r.row.role,
+                merchant: r.row.merchant,
                 team: r.row.team,
                 created_at: r.row.created_at,
                 expires_at: r.row.expires_at,
@@ -297,13 +310,16 @@ pub async fn list(pool: &AnyPool) -> Result<Vec<Listed>, sqlx::Error> {
         .collect())
 }
 
-/// Revokes key `id` at once.
-pub async fn revoke(pool: &AnyPool, id: &str) -> Result<(), KeyError> {
-    let done = sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
-        .bind(unix_now())
-        .bind(id)
-        .execute(pool)
-        .await?;
+/// Revokes key `id` of `merchant` (of any with None) at once.
+pub async fn revoke(pool: &AnyPool, id: &str, merchant: Option<&MerchantId>) -> Result<(), KeyError> {
+    let done = sqlx::query(
+        "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL AND ($3 = '' OR merchant = $3)",
+    )
+    .bind(unix_now())
+    .bind(id)
+    .bind(merchant.map_or("", MerchantId::as_str))
+    .execute(pool)
+    .await?;
     if done.rows_affected() == 1 { Ok(()) } else { Err(KeyError::NoSuchKey(id.to_string())) }
 }
 
@@ -317,7 +333,6 @@ pub async fn revoke_role(pool: &AnyPool, role: Role) -> Result<u64, sqlx::Error>
     Ok(done.rows_affected())
 }
 
-/// Rotates key `id`: a new key with its role, team, name and owner (and its role's default
 /// The audit detail of a key's creation, the same from the CLI and the API.
 pub fn created_detail(role: Role, team: Option<&Team>, name: &str, owner: &str) -> String {
     let team = team.map_or(String::new(), |t| format!(", team {}", t.0));
@@ -329,13 +344,23 @@ pub fn rotated_detail(new_id: &str, overlap_hours: u64) -> String {
     format!("replaced by {new_id}; the old key works for {overlap_hours} h more")
 }
 
-/// expiry); the old one keeps working for `overlap`, then expires. The new key's id and key.
-pub async fn rotate(pool: &AnyPool, id: &str, overlap: Duration) -> Result<(String, String), KeyError> {
-    let row: Option<ListRow> =
-        sqlx::query_as(concat!("SELECT ", key_columns!(), ", name, owner FROM api_keys WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(pool)
-            .await?;
+/// Rotates key `id` of `merchant` (of any with None): a new key with its merchant, role, team,
+/// name and owner (and its role's default expiry); the old one keeps working for `overlap`, then expires. The new key's id and key.
+pub async fn rotate(
+    pool: &AnyPool,
+    id: &str,
+    merchant: Option<&MerchantId>,
+    overlap: Duration,
+) -> Result<(String, String), KeyError> {
+    let row: Option<ListRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        key_columns!(),
+        ", name, owner FROM api_keys WHERE id = $1 AND ($2 = '' OR merchant = $2)"
+    ))
+    .bind(id)
+    .bind(merchant.map_or("", MerchantId::as_str))
+    .fetch_optional(pool)
+    .await?;
     let r = row.ok_or_else(|| KeyError::NoSuchKey(id.to_string()))?;
     if r.row.ended(unix_now()).is_some() {
         return Err(KeyError::Ended(id.to_string()));
@@ -346,8 +371,9 @@ pub async fn rotate(pool: &AnyPool, id: &str, overlap: Duration) -> Result<(Stri
     let role = Role::parse(&r.row.role).ok_or_else(|| KeyError::NoSuchKey(id.to_string()))?;
     let team = r.row.team.as_deref().and_then(Team::named);
     let (name, owner) = (r.name.unwrap_or_default(), r.owner.unwrap_or_default());
-    let made =
-        create(pool, role, &NewKey { team: team.as_ref(), name: &name, owner: &owner, expires_in_days: None }).await?;
+    let of = MerchantId::from_stored(r.row.merchant.clone());
+    let new = NewKey { merchant: Some(&of), team: team.as_ref(), name: &name, owner: &owner, expires_in_days: None };
+    let made = create(pool, role, &new).await?;
     let until = unix_now() + overlap.as_secs() as i64;
     let old_end = r.row.expires_at.map_or(until, |e| e.min(until));
     sqlx::query("UPDATE api_keys SET expires_at = $1 WHERE id = $2").bind(old_end).bind(id).execute(pool).await?;

@@ -19,6 +19,7 @@ use super::auth_failures::Failure;
 use super::{ApiError, AppState, audit_or_log};
 use crate::accounts::Source;
 use crate::accounts::web_sessions::{self, Ended};
+use crate::merchant::MerchantId;
 use crate::owner::{Team, Viewer};
 use crate::session::{EMBED_PREFIX, SessionError, SessionId};
 use crate::vault::{Actor, ActorRole};
@@ -36,6 +37,7 @@ pub enum Scope {
 pub struct Caller {
     pub key_id: String,
     pub role: Role,
+    pub merchant: MerchantId,
     pub team: Option<Team>,
     pub scope: Scope,
     pub origin: String,
@@ -45,12 +47,25 @@ pub struct Caller {
 
 impl Caller {
     fn of_key(k: auth::KnownKey, origin: String) -> Caller {
-        Caller { key_id: k.id, role: k.role, team: k.team, scope: Scope::Role, origin, web_session: None }
+        Caller {
+            key_id: k.id,
+            role: k.role,
+            merchant: k.merchant,
+            team: k.team,
+            scope: Scope::Role,
+            origin,
+            web_session: None,
+        }
     }
 
     /// Who this is, as the audit trail records it.
     pub fn actor(&self) -> Actor<'_> {
-        Actor { id: &self.key_id, role: ActorRole::Key(self.role), origin: &self.origin }
+        Actor {
+            id: &self.key_id,
+            role: ActorRole::Key(self.role),
+            origin: &self.origin,
+            merchant: Some(self.merchant.as_str()),
+        }
     }
 
     /// Records what this caller did. The actions audited this way reveal no card data, so a
@@ -66,7 +81,12 @@ impl Caller {
 
     /// Who this is, as ownership sees it (`crate::owner`).
     pub fn viewer(&self) -> Viewer {
-        Viewer { id: self.key_id.clone(), team: self.team.clone(), admin: self.role == Role::Admin }
+        Viewer {
+            id: self.key_id.clone(),
+            merchant: self.merchant.clone(),
+            team: self.team.clone(),
+            admin: self.role == Role::Admin,
+        }
     }
 
     /// For every route but one session's own: the role must be allowed, and an embed token
@@ -76,6 +96,17 @@ impl Caller {
             return Err(ApiError::forbidden(self.refused(), "this token is good for its one session only"));
         }
         self.require_for_session(allowed)
+    }
+
+    /// For what touches every merchant (merchants, prompts, lockdown): an admin of `default`,
+    /// the merchant that runs the deployment (`crate::merchant`).
+    pub fn require_operator(&self) -> Result<(), ApiError> {
+        self.require(&[Role::Admin])?;
+        if self.merchant.is_default() {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(self.refused(), "only the deployment's admins (merchant default) may do this"))
+        }
     }
 
     /// For a session's own routes (view, events, cancel, field restart), which an embed
@@ -149,6 +180,7 @@ async fn from_web_session(parts: &Parts, state: &AppState, token: &str, origin: 
     Ok(Caller {
         key_id: u.principal(),
         role: u.role,
+        merchant: u.merchant.clone(),
         team: u.team.clone(),
         scope: Scope::Role,
         origin,
@@ -212,9 +244,11 @@ impl FromRequestParts<AppState> for Caller {
             match state.sessions.embedded(&key, std::time::SystemTime::now()).await.map_err(ApiError::sessions)? {
                 Some(id) => {
                     let key_id = format!("embed:{}", id.as_str());
+                    let owner = state.sessions.owner(&id).await.map_err(ApiError::sessions)?;
                     return Ok(Caller {
                         key_id,
                         role: Role::Agent,
+                        merchant: owner.map_or_else(MerchantId::default_merchant, |o| o.merchant),
                         team: None,
                         scope: Scope::Session(id),
                         origin,
@@ -245,7 +279,7 @@ impl FromRequestParts<AppState> for Caller {
 async fn no_credential(state: &AppState, parts: &Parts, source: Option<std::net::IpAddr>, now: Instant) -> ApiError {
     if source.is_none_or(|ip| state.missing_credentials.record(ip, now) == Failure::AuditNow) {
         let origin = source.map_or("unknown".into(), |ip| ip.to_string());
-        let nobody = Actor { id: "unknown", role: ActorRole::Unauthenticated, origin: &origin };
+        let nobody = Actor { id: "unknown", role: ActorRole::Unauthenticated, origin: &origin, merchant: None };
         audit_or_log(state, &nobody.did("auth", "no_credential", parts.uri.path())).await;
     }
     ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer key")
@@ -265,7 +299,7 @@ async fn refused(
     let first = source.is_none_or(|ip| state.auth_failures.record(ip, now) == Failure::AuditNow);
     if first {
         let origin = source.map_or("unknown".into(), |ip| ip.to_string());
-        let nobody = Actor { id: "unknown", role: ActorRole::Unauthenticated, origin: &origin };
+        let nobody = Actor { id: "unknown", role: ActorRole::Unauthenticated, origin: &origin, merchant: None };
         audit_or_log(state, &nobody.did("auth", outcome, parts.uri.path())).await;
     }
     ApiError::new(StatusCode::UNAUTHORIZED, message)

@@ -52,7 +52,8 @@ pub async fn capture(
     let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
     let Json(body) = body.map_err(|e| bad(e.body_text()))?;
     let (options, StartCapture {}) = capture_options::split(body, &[]).map_err(bad)?;
-    let (plan, reference) = options.plan(state.capture_defaults).map_err(bad)?;
+    let defaults = capture_options::Defaults::for_merchant(&state, &caller.merchant).await?;
+    let (plan, reference) = options.plan(&defaults).map_err(bad)?;
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, "no such call");
     let call_id = CallId::parse(&id).ok_or_else(not_found)?;
     let viewer = caller.viewer();

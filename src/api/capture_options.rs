@@ -62,10 +62,34 @@ pub fn split<R: DeserializeOwned>(body: Value, own_keys: &[&str]) -> Result<(Cap
     Ok((from_value(Value::Object(all))?, from_value(Value::Object(own))?))
 }
 
+/// What a capture that names none of these gets: the deployment's language and back key
+/// (`[capture]`), with its merchant's language and card fields over them.
+#[derive(Debug, Clone, Default)]
+pub struct Defaults {
+    pub language: Language,
+    pub back_key: Option<BackKey>,
+    pub card_fields: Option<Vec<FieldName>>,
+}
+
+impl Defaults {
+    /// The deployment's defaults under `merchant`'s settings.
+    pub async fn for_merchant(
+        state: &super::AppState,
+        merchant: &crate::merchant::MerchantId,
+    ) -> Result<Defaults, super::ApiError> {
+        let settings = crate::merchant::settings(state.vault.pool(), merchant).await.map_err(|e| {
+            tracing::error!(error = %e, "merchant settings unavailable");
+            super::ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "merchant settings unavailable")
+        })?;
+        let (language, back_key) = state.capture_defaults;
+        Ok(Defaults { language: settings.language.unwrap_or(language), back_key, card_fields: settings.card_fields })
+    }
+}
+
 impl CaptureOptions {
-    /// The plan these options ask for, with the deployment's default language and back key;
-    /// and the reference, checked.
-    pub fn plan(self, defaults: (Language, Option<BackKey>)) -> Result<(CapturePlan, String), String> {
+    /// The plan these options ask for, with `defaults` for what they leave out; and the
+    /// reference, checked.
+    pub fn plan(self, defaults: &Defaults) -> Result<(CapturePlan, String), String> {
         check_reference(&self.reference)?;
         let amount = match (self.amount, self.currency) {
             (None, None) => None,
@@ -74,13 +98,17 @@ impl CaptureOptions {
         };
         let plan = CapturePlan {
             method: self.payment_method,
-            fields: self.fields.unwrap_or_else(|| self.payment_method.default_fields()),
+            fields: match (self.fields, self.payment_method, &defaults.card_fields) {
+                (Some(fields), ..) => fields,
+                (None, PaymentMethod::Card, Some(merchants)) => merchants.clone(),
+                (None, method, _) => method.default_fields(),
+            },
             valid_card_types: self.valid_card_types,
             lengths: self.lengths,
             require_matching_inputs: self.require_matching_inputs,
             amount,
-            language: self.language.unwrap_or(defaults.0),
-            back_key: self.back_key.or(defaults.1),
+            language: self.language.unwrap_or(defaults.language),
+            back_key: self.back_key.or(defaults.back_key),
         };
         plan.check().map_err(|e| e.to_string())?;
         Ok((plan, self.reference))
@@ -112,7 +140,7 @@ mod tests {
 
     fn plan(body: Value) -> Result<CapturePlan, String> {
         let (options, _own): (CaptureOptions, Own) = split(body, &["agent_uri"])?;
-        options.plan((Language::Fr, None)).map(|(p, _)| p)
+        options.plan(&Defaults { language: Language::Fr, ..Defaults::default() }).map(|(p, _)| p)
     }
 
     #[test]

@@ -42,6 +42,7 @@ pub struct TokenizeRequest {
     /// MMYY.
     expiry: Option<String>,
     security_code: Option<String>,
+    /// Only the caller's own merchant, if given: a key tokenizes for its merchant alone.
     #[serde(default)]
     merchant: Option<String>,
 }
@@ -69,23 +70,16 @@ pub async fn tokenize(
         ),
         None => None,
     };
-    let merchant = req.merchant.as_deref().unwrap_or("default");
-    if looks_like_card_number(merchant) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "merchant looks like it holds a card number: refused and not stored",
-        ));
-    }
-    if merchant.is_empty()
-        || merchant.len() > 64
-        || !merchant.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    if let Some(named) = req.merchant.as_deref()
+        && named != caller.merchant.as_str()
     {
-        return Err(bad("merchant must be 1-64 letters, digits, '-', '_' or '.'"));
+        // Not echoed: it may be anything, a card number included.
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "a key tokenizes for its own merchant only"));
     }
     let actor = caller.actor();
     let card = Captured { payment: Payment::Card(CapturedCard::new(pan, expiry, security_code)), confirmed: None };
     // No session completes here, so no webhook fires.
-    let record = state.vault.tokenize(card, actor, merchant, None, Instant::now()).await.map_err(|e| {
+    let record = state.vault.tokenize(card, actor, &caller.merchant, None, Instant::now()).await.map_err(|e| {
         tracing::error!(error = %e, "tokenize failed");
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the vault could not store the card")
     })?;
@@ -148,15 +142,16 @@ pub async fn detokenize(
             return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "detokenize rate limit for this key"));
         }
     }
-    let revealed = state.vault.detokenize(&req.token, actor, Instant::now()).await.map_err(|e| match e {
-        VaultError::UnknownToken => ApiError::new(StatusCode::NOT_FOUND, "no such token"),
-        VaultError::Expired => ApiError::new(StatusCode::GONE, "token expired"),
-        VaultError::AuditUnavailable(_) => audit_down(),
-        other => {
-            tracing::error!(error = %other, "detokenize failed");
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the vault could not read the card")
-        }
-    })?;
+    let revealed =
+        state.vault.detokenize(&req.token, &caller.merchant, actor, Instant::now()).await.map_err(|e| match e {
+            VaultError::UnknownToken => ApiError::new(StatusCode::NOT_FOUND, "no such token"),
+            VaultError::Expired => ApiError::new(StatusCode::GONE, "token expired"),
+            VaultError::AuditUnavailable(_) => audit_down(),
+            other => {
+                tracing::error!(error = %other, "detokenize failed");
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the vault could not read the card")
+            }
+        })?;
     let card = match revealed {
         Revealed::Bank(account) => {
             return Ok(Json(Detokenized {
@@ -173,7 +168,8 @@ pub async fn detokenize(
     // Held only by the node that captured the card: another node is asked for it.
     let mut security_code = card.security_code.as_ref().map(|c| c.expose().to_string());
     if security_code.is_none() {
-        security_code = crate::runtime::peer::security_code_elsewhere(&state.node, &req.token, &caller.key_id).await;
+        let (node, merchant) = (&state.node, &caller.merchant);
+        security_code = crate::runtime::peer::security_code_elsewhere(node, &req.token, &caller.key_id, merchant).await;
     }
     Ok(Json(Detokenized {
         token: req.token,
@@ -198,7 +194,7 @@ pub async fn erase(
     if token.len() > 64 || looks_like_card_number(&token) {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "no such token"));
     }
-    state.vault.erase(&token, caller.actor()).await.map_err(|e| match e {
+    state.vault.erase(&token, &caller.merchant, caller.actor()).await.map_err(|e| match e {
         VaultError::UnknownToken => ApiError::new(StatusCode::NOT_FOUND, "no such token"),
         other => {
             tracing::error!(error = %other, "erasure failed");

@@ -120,7 +120,7 @@ pub async fn start(
     caller: Caller,
     body: Result<Json<Start>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require(ADMIN)?;
+    caller.require_operator()?;
     let Json(req) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let reason = req.reason.trim();
     if reason.is_empty() || reason.len() > 500 || reason.chars().any(char::is_control) || looks_like_card_number(reason)
@@ -135,7 +135,7 @@ pub async fn start(
 }
 
 pub async fn lift(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
-    caller.require(ADMIN)?;
+    caller.require_operator()?;
     release(&state.vault, caller.actor()).await.map_err(vault_down)?;
     Ok(view(None))
 }

@@ -12,6 +12,7 @@ mod calls;
 mod capture_options;
 pub mod cards;
 pub mod lockdown;
+mod merchants;
 mod monitoring;
 mod oidc;
 mod pages;
@@ -95,7 +96,7 @@ pub async fn audit_auth_failures(
     };
     for f in failures.drain_finished(now) {
         let origin = f.source.to_string();
-        let nobody = Actor { id: "unknown", role: ActorRole::Unauthenticated, origin: &origin };
+        let nobody = Actor { id: "unknown", role: ActorRole::Unauthenticated, origin: &origin, merchant: None };
         let count = format!("{} more in one minute", f.more);
         if let Err(err) = vault.audit(&nobody.did("auth", outcome, &count)).await {
             tracing::error!(error = %err, "audit record not written");
@@ -138,6 +139,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/keys/{id}/revoke", post(admin_keys::revoke))
         .route("/v1/admin/keys/{id}/rotate", post(admin_keys::rotate))
         .route("/v1/admin/lockdown/lift", post(lockdown::lift))
+        .route("/v1/admin/merchants", get(merchants::list).post(merchants::create))
+        .route("/v1/admin/merchants/{id}", get(merchants::show).patch(merchants::update))
+        .route("/v1/admin/audit", get(merchants::audit))
         .route("/v1/admin/prompts", get(prompts::list))
         .route("/v1/admin/prompts/{language}/{name}", put(prompts::upload).delete(prompts::remove))
         .route("/v1/auth/oidc/start", get(oidc::start))
@@ -271,7 +275,7 @@ async fn audit_forbidden(
     let response = next.run(request).await;
     if let Some(r) = response.extensions().get::<Refused>() {
         let origin = from.map_or("unknown".to_string(), |ip| ip.to_string());
-        let actor = Actor { id: &r.key_id, role: ActorRole::Key(r.role), origin: &origin };
+        let actor = Actor { id: &r.key_id, role: ActorRole::Key(r.role), origin: &origin, merchant: None };
         audit_or_log(&state, &actor.did("authz", "forbidden", uri.path())).await;
     }
     response

@@ -79,7 +79,7 @@ pub async fn callback(
     let origin = from.ip().to_string();
     match oidc.finish(&q.state, answer, q.iss.as_deref(), binding, now).await {
         Ok((user, then)) => {
-            let actor = Actor { id: &user.id, role: ActorRole::Key(user.role), origin: &origin };
+            let actor = Actor { id: &user.id, role: ActorRole::Key(user.role), origin: &origin, merchant: None };
             audit_or_log(&state, &actor.did("auth.sign_in", "signed_in", &user.principal())).await;
             let (token, _) = state.web_sessions.open(user, now);
             let mut r = hand_over(then.path()).into_response();
@@ -90,7 +90,7 @@ pub async fn callback(
         }
         Err(why) => {
             let _ = state.auth_failures.record(from.ip(), now) == Failure::AuditNow;
-            let nobody = Actor { id: "unknown", role: ActorRole::Unauthenticated, origin: &origin };
+            let nobody = Actor { id: "unknown", role: ActorRole::Unauthenticated, origin: &origin, merchant: None };
             let event = nobody.did("auth.sign_in", why.outcome(), "identity_provider");
             audit_or_log(&state, &crate::vault::audit::Event { detail: why.detail(), ..event }).await;
             let mut r = (StatusCode::UNAUTHORIZED, refused_page(&why.to_string())).into_response();

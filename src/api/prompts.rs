@@ -50,7 +50,7 @@ pub async fn upload(
     Path((code, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    caller.require(ADMIN)?;
+    caller.require_operator()?;
     let lang = language(&code)?;
     let resource = format!("{}/{}", lang.code(), name.chars().take(40).collect::<String>());
     let custom = match state.node.prompts.upload(lang, &name, &body, &caller.key_id).await {
@@ -70,7 +70,7 @@ pub async fn remove(
     caller: Caller,
     Path((code, name)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require(ADMIN)?;
+    caller.require_operator()?;
     let lang = language(&code)?;
     if !state.node.prompts.remove(lang, &name).await.map_err(prompt_error)? {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "no upload for this clip: the built-in one plays"));

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::Role;
 use super::{ApiError, AppState, Caller};
+use crate::merchant::MerchantId;
 use crate::recording::{self, Metadata};
 use crate::vault::{Actor, ActorRole};
 
@@ -122,7 +123,7 @@ pub async fn purge(
     if q.reference.is_empty() || q.reference.len() > 200 || crate::capture::card::looks_like_card_number(&q.reference) {
         return Err(bad());
     }
-    let which = recording::Purge::Reference(&q.reference);
+    let which = recording::Purge::Reference(Some(&caller.merchant), &q.reference);
     let n = recording::purge(&state.vault, &state.data_dir, which).await.map_err(unavailable)?;
     let detail = format!("{n} recordings of the reference, on request");
     caller.audit_detail(&state, "recording.purge", "deleted", &q.reference, &detail).await;
@@ -143,9 +144,11 @@ pub async fn list(
     let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let page = q.page.unwrap_or(1).max(1);
     let per_page = q.per_page.unwrap_or(50).clamp(1, 200);
-    let (recordings, total) = recording::list(state.vault.pool(), q.from, q.to, q.reference.as_deref(), page, per_page)
-        .await
-        .map_err(unavailable)?;
+    let (from, to, reference) = (q.from, q.to, q.reference.as_deref());
+    let (recordings, total) =
+        recording::list(state.vault.pool(), &caller.merchant, from, to, reference, page, per_page)
+            .await
+            .map_err(unavailable)?;
     Ok(Json(Page { recordings, page, per_page, total }))
 }
 
@@ -155,7 +158,7 @@ pub async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<Shown>, ApiError> {
     caller.require(QA)?;
-    let metadata = recording::metadata(state.vault.pool(), &id)
+    let metadata = recording::metadata(state.vault.pool(), &id, &caller.merchant)
         .await
         .map_err(unavailable)?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such recording"))?;
@@ -173,12 +176,21 @@ pub async fn audio(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let origin = from.ip().to_string();
+    // A signed URL was issued by `show`, for a recording of the reviewer's merchant.
+    let row = recording::row_merchant(state.vault.pool(), &id).await.map_err(unavailable)?;
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "no such recording");
     let actor = match (&caller, signed.reviewer(&state, &id)) {
         (Ok(caller), _) => {
             caller.require(QA)?;
+            if row.as_ref() != Some(&caller.merchant) {
+                return Err(not_found());
+            }
             caller.actor()
         }
-        (Err(_), Some(reviewer)) => Actor { id: reviewer, role: ActorRole::Key(Role::Qa), origin: &origin },
+        (Err(_), Some(reviewer)) => {
+            let merchant = row.as_ref().map(MerchantId::as_str);
+            Actor { id: reviewer, role: ActorRole::Key(Role::Qa), origin: &origin, merchant }
+        }
         (Err(_), None) if !signed.is_empty() => {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -187,8 +199,8 @@ pub async fn audio(
         }
         (Err(e), None) => return Err(ApiError::new(e.status, e.message.clone())),
     };
-    if recording::metadata(state.vault.pool(), &id).await.map_err(unavailable)?.is_none() {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "no such recording"));
+    if row.is_none() {
+        return Err(not_found());
     }
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let detail = if range.is_empty() { "whole" } else { range };

@@ -111,7 +111,8 @@ pub async fn create(
     let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
     let Json(body) = body.map_err(|e| bad(e.body_text()))?;
     let (options, req): (_, CreateSession) = capture_options::split(body, SESSION_KEYS).map_err(bad)?;
-    let (plan, reference) = options.plan(state.capture_defaults).map_err(bad)?;
+    let defaults = capture_options::Defaults::for_merchant(&state, &caller.merchant).await?;
+    let (plan, reference) = options.plan(&defaults).map_err(bad)?;
     validate(&req, &state.allowed_targets).map_err(bad)?;
     // Checked by `validate` above.
     let after = after_capture(&req).unwrap_or(AfterCapture::Hangup);

@@ -70,7 +70,7 @@ pub async fn sign_in(
         })?;
     match checked {
         Ok(user) => {
-            let actor = Actor { id: &user.id, role: ActorRole::Key(user.role), origin: &origin };
+            let actor = Actor { id: &user.id, role: ActorRole::Key(user.role), origin: &origin, merchant: None };
             audit_or_log(&state, &actor.did("auth.sign_in", "signed_in", &user.username)).await;
             let (token, live) = state.web_sessions.open(user, now);
             let mut r = Json(who(&live, now)).into_response();
@@ -80,7 +80,7 @@ pub async fn sign_in(
         Err((why, user_id)) => {
             let _ = state.auth_failures.record(from.ip(), now) == Failure::AuditNow;
             let id = user_id.unwrap_or_else(|| "unknown".into());
-            let actor = Actor { id: &id, role: ActorRole::Unauthenticated, origin: &origin };
+            let actor = Actor { id: &id, role: ActorRole::Unauthenticated, origin: &origin, merchant: None };
             let outcome = match why {
                 SignInFailure::Locked => "locked",
                 SignInFailure::Disabled => "disabled",

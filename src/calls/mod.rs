@@ -187,6 +187,7 @@ impl Calls {
             started_ms: c.started_unix_ms,
             answered: 0,
             session_id: c.session.as_ref().map(|s| s.as_str().to_string()),
+            merchant: owner.merchant,
             owner_kind: owner.kind.to_string(),
             owner_id: owner.id,
             owner_team: owner.team,
@@ -207,6 +208,11 @@ impl Calls {
         if self.lock().remove(id).is_some() {
             let _ = self.writes.send(store::Write::Remove(id.as_str().to_string()));
         }
+    }
+
+    /// The merchant a call of this node belongs to (`crate::merchant`).
+    pub fn merchant_of(&self, id: &CallId) -> Option<crate::merchant::MerchantId> {
+        self.lock().get(id).map(|e| e.owner.merchant.clone())
     }
 
     pub fn mark_answered(&self, id: &CallId) {
@@ -293,7 +299,7 @@ impl Calls {
 }
 
 fn owner_of(r: &store::Row) -> Owner {
-    Owner::from_stored(&r.owner_kind, r.owner_id.as_deref(), r.owner_team.as_deref())
+    Owner::from_stored(r.merchant.clone(), &r.owner_kind, r.owner_id.as_deref(), r.owner_team.as_deref())
 }
 
 fn mode_of(r: &store::Row) -> CallMode {
@@ -314,7 +320,13 @@ fn last_four(number: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::merchant::MerchantId;
+    use crate::owner::{OwnedBy, Team};
     use crate::vault::testing::TestDatabase;
+
+    fn route_owner(team: Option<Team>) -> Owner {
+        Owner { merchant: MerchantId::default_merchant(), by: OwnedBy::Route { team } }
+    }
 
     /// Two nodes' registries on one vault database.
     async fn two_nodes(db: &TestDatabase, dir: &std::path::Path) -> (crate::vault::Vault, Calls, Calls) {
@@ -326,7 +338,7 @@ mod tests {
 
     /// Waits until `calls`' changes so far are in the database: its writer runs behind.
     async fn written(calls: &Calls, want: usize) {
-        let admin = Viewer { id: "admin".into(), team: None, admin: true };
+        let admin = Viewer { id: "admin".into(), merchant: MerchantId::default_merchant(), team: None, admin: true };
         for _ in 0..200 {
             if calls.list(&admin).await.unwrap().len() == want {
                 return;
@@ -351,14 +363,15 @@ mod tests {
                 session: None,
                 commands: tx.clone(),
                 captures: captures.clone(),
-                owner: Owner::Route { team: None },
+                owner: route_owner(None),
             };
             let id = CallId::new();
             a.insert(id.clone(), new(CallMode::Inline { route: "sales".into() }));
             let session_call = CallId::new();
             a.insert(session_call.clone(), new(CallMode::Session));
             written(&b, 2).await;
-            let agent = Viewer { id: "key-a".into(), team: None, admin: false };
+            let agent =
+                Viewer { id: "key-a".into(), merchant: MerchantId::default_merchant(), team: None, admin: false };
             let admin = Viewer { admin: true, ..agent.clone() };
             let agent_view = b.list(&agent).await.unwrap();
             assert_eq!(agent_view.len(), 2, "node B lists node A's calls");
@@ -406,7 +419,7 @@ mod tests {
             let team = crate::owner::Team::named("support");
             a.insert(
                 theirs.clone(),
-                NewCall { owner: Owner::Route { team }, ..new(CallMode::Inline { route: "s".into() }) },
+                NewCall { owner: route_owner(team), ..new(CallMode::Inline { route: "s".into() }) },
             );
             a.mark_answered(&theirs);
             written(&b, 3).await;
@@ -445,7 +458,7 @@ mod tests {
                     session: None,
                     commands,
                     captures: captures.clone(),
-                    owner: Owner::Route { team: None },
+                    owner: route_owner(None),
                 };
                 calls.insert(id.clone(), new);
                 id

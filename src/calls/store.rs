@@ -20,13 +20,13 @@ pub struct Row {
     pub started_ms: i64,
     pub answered: i64,
     pub session_id: Option<String>,
+    pub merchant: String,
     pub owner_kind: String,
     pub owner_id: Option<String>,
     pub owner_team: Option<String>,
 }
 
-const COLUMNS: &str =
-    "id, node, mode, route, sip_call_id, caller, started_ms, answered, session_id, owner_kind, owner_id, owner_team";
+const COLUMNS: &str = "id, node, mode, route, sip_call_id, caller, started_ms, answered, session_id, merchant, owner_kind, owner_id, owner_team";
 
 impl From<sqlx::Error> for CallsError {
     fn from(e: sqlx::Error) -> Self {
@@ -64,8 +64,8 @@ async fn apply(pool: &AnyPool, node: &str, batch: &[Write]) -> Result<(), CallsE
         match w {
             Write::Insert(r) => {
                 sqlx::query(
-                    "INSERT INTO calls (id, node, mode, route, sip_call_id, caller, started_ms, answered, session_id, owner_kind, owner_id, owner_team) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                    "INSERT INTO calls (id, node, mode, route, sip_call_id, caller, started_ms, answered, session_id, merchant, owner_kind, owner_id, owner_team) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
                 )
                 .bind(&r.id)
                 .bind(node)
@@ -76,6 +76,7 @@ async fn apply(pool: &AnyPool, node: &str, batch: &[Write]) -> Result<(), CallsE
                 .bind(r.started_ms)
                 .bind(r.answered)
                 .bind(&r.session_id)
+                .bind(&r.merchant)
                 .bind(&r.owner_kind)
                 .bind(&r.owner_id)
                 .bind(&r.owner_team)

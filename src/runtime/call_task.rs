@@ -155,7 +155,10 @@ impl CallTask {
             .unwrap_or_default();
         let spans = self.call.masked_spans();
         let call_id = self.call.caller_call_id().to_string();
-        match writer.finish(self.shared.vault.pool(), &call_id, session, &reference, &spans).await {
+        let merchant =
+            self.shared.calls.merchant_of(&self.id).unwrap_or_else(crate::merchant::MerchantId::default_merchant);
+        let finished = writer.finish(self.shared.vault.pool(), &merchant, &call_id, session, &reference, &spans);
+        match finished.await {
             Ok(m) => tracing::info!(
                 call = self.id.as_str(),
                 recording = m.id,
@@ -252,8 +255,7 @@ impl CallTask {
         brand: Option<Brand>,
         attempts_left: u8,
     ) {
-        let webhook = &self.shared.config.webhook;
-        if !webhook.field_events || webhook.url.is_empty() {
+        if !self.shared.config.webhook.field_events {
             return;
         }
         let shared = self.shared.clone();
@@ -262,7 +264,8 @@ impl CallTask {
             let session_id = session.as_str();
             let event =
                 FieldCompleted { session_id, reference: &reference, field, masked: &masked, brand, attempts_left };
-            if let Err(e) = shared.vault.field_completed(&event).await {
+            let merchant = session_merchant(&shared, &session).await;
+            if let Err(e) = shared.vault.field_completed(&merchant, &event).await {
                 tracing::warn!(session = session_id, error = %e, "field event not queued");
             }
         });
@@ -276,9 +279,11 @@ impl CallTask {
         tokio::spawn(async move {
             let reference = shared.sessions.held_view(&session).map(|v| v.reference).unwrap_or_default();
             let actor_id = format!("call:{}", session.as_str());
-            let actor = Actor { id: &actor_id, role: ActorRole::Call, origin: &origin };
+            let merchant = session_merchant(&shared, &session).await;
+            let actor =
+                Actor { id: &actor_id, role: ActorRole::Call, origin: &origin, merchant: Some(merchant.as_str()) };
             let completion = Completion { session_id: session.as_str(), reference: &reference };
-            let answer = match shared.vault.tokenize(card, actor, "default", Some(completion), Instant::now()).await {
+            let answer = match shared.vault.tokenize(card, actor, &merchant, Some(completion), Instant::now()).await {
                 Ok(rec) => {
                     let (token, amount) = (rec.token.clone(), rec.amount_confirmed);
                     match rec.brand {
@@ -309,7 +314,8 @@ fn push_to_gateway(shared: &Arc<Shared>, session: &SessionId, token: String, amo
     shared.sessions.set_push(session, PushView::Pending);
     let (shared, session) = (shared.clone(), session.clone());
     tokio::spawn(async move {
-        let outcome = pusher.push(&shared.vault, session.as_str(), &token, amount).await;
+        let merchant = session_merchant(&shared, &session).await;
+        let outcome = pusher.push(&shared.vault, &merchant, session.as_str(), &token, amount).await;
         if let PushView::Failed { error, .. } = &outcome {
             tracing::warn!(session = session.as_str(), error, "card not pushed to the gateway");
         }
@@ -335,5 +341,15 @@ impl Recorder {
         tracing::error!(call = call.as_str(), error = %e, "recording stopped");
         self.failed = true;
         self.writer = None;
+    }
+}
+
+/// The merchant a session's card and events belong to. A session whose row cannot be read
+/// at this moment still has its card stored, under `default` (whose admins find it), rather
+/// than lost.
+async fn session_merchant(shared: &Shared, session: &SessionId) -> crate::merchant::MerchantId {
+    match shared.sessions.owner(session).await {
+        Ok(Some(owner)) => owner.merchant,
+        Ok(None) | Err(_) => crate::merchant::MerchantId::default_merchant(),
     }
 }

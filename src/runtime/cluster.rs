@@ -151,7 +151,7 @@ pub async fn keep_lease(shared: Arc<Shared>, api: Option<String>, mut stop: watc
 }
 
 const SYSTEM: crate::vault::Actor<'static> =
-    crate::vault::Actor { id: "tonewall", role: crate::vault::ActorRole::System, origin: "local" };
+    crate::vault::Actor { id: "tonewall", role: crate::vault::ActorRole::System, origin: "local", merchant: None };
 
 /// Fails the captures of every node whose lease ran out, then forgets the node.
 async fn fail_lapsed(shared: &Shared, lease: Duration) -> Result<(), SessionError> {

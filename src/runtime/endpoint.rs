@@ -18,7 +18,7 @@ use crate::config::SipRoute;
 use crate::endpoint::{Admission, EndpointEvent};
 use crate::media::srtp::MasterKey;
 use crate::metrics::Setup;
-use crate::owner::{Owner, Team};
+use crate::owner::{OwnedBy, Owner, Team};
 use crate::session::{SessionError, SessionId};
 use crate::sip::message::{self, Request};
 use crate::sip::stream::{Flow, Transport};
@@ -123,8 +123,10 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, admission: Admission
         commands: cmd_tx.clone(),
         captures,
         owner: match &admitted {
-            Admitted::Inline(route) => Owner::Route { team: Team::named(&route.team) },
-            Admitted::Session(s) => shared.sessions.owner(s).await.ok().flatten().unwrap_or(Owner::Unclaimed),
+            Admitted::Inline(route) => {
+                Owner { merchant: route.merchant(), by: OwnedBy::Route { team: Team::named(&route.team) } }
+            }
+            Admitted::Session(s) => shared.sessions.owner(s).await.ok().flatten().unwrap_or_else(Owner::unclaimed),
         },
     };
     shared.calls.insert(id.clone(), new);

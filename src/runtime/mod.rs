@@ -48,6 +48,10 @@ pub enum ServerError {
     Push(#[from] crate::push::PushError),
     #[error(transparent)]
     Oidc(#[from] crate::accounts::oidc::OidcError),
+    #[error("sip.routes: route {route} names merchant {merchant}, which does not exist (tonewall merchant create)")]
+    NoMerchant { route: String, merchant: String },
+    #[error(transparent)]
+    Merchant(#[from] crate::merchant::MerchantError),
 }
 
 /// How long a session without a call stays visible to the API.
@@ -67,6 +71,11 @@ pub struct Server {
 impl Server {
     pub async fn start(config: Config) -> Result<Server, ServerError> {
         let vault = Arc::new(Vault::open(VaultOptions::from_config(&config)).await?);
+        for route in &config.sip.routes {
+            if crate::merchant::get(vault.pool(), &route.merchant()).await?.is_none() {
+                return Err(ServerError::NoMerchant { route: route.name.clone(), merchant: route.merchant.clone() });
+            }
+        }
         let prompts = Arc::new(prompts::PromptLibrary::open(vault.pool().clone()).await?);
         let pusher = crate::push::Pusher::from_config(&config.push, &config.storage.data_dir)?.map(Arc::new);
         let sip_listen = config.sip.listen;
@@ -289,7 +298,7 @@ impl Server {
 }
 
 const SYSTEM: crate::vault::Actor<'static> =
-    crate::vault::Actor { id: "tonewall", role: crate::vault::ActorRole::System, origin: "local" };
+    crate::vault::Actor { id: "tonewall", role: crate::vault::ActorRole::System, origin: "local", merchant: None };
 
 /// The SIP UDP socket and, with `tcp`, a TCP listener on the same port. With port 0 the OS
 /// picks the UDP port, which may be taken for TCP (by an outgoing connection, say): then
@@ -371,9 +380,7 @@ async fn vault_upkeep(vault: Arc<Vault>, checkpoint_every: Duration, mut stop: w
         if let Err(e) = vault.purge_expired_tokens().await {
             tracing::warn!(error = %e, "expired-token purge failed");
         }
-        if let Some(hook) = vault.webhook()
-            && let Err(e) = webhook::deliver_due(vault.pool(), hook).await
-        {
+        if let Err(e) = webhook::deliver_due(vault.pool(), vault.webhook(), vault.webhook_retry_base()).await {
             tracing::warn!(error = %e, "webhook delivery pass failed");
         }
     }

@@ -122,6 +122,9 @@ struct CodeRequest {
     token: String,
     /// Who asked the node that forwards (for the holder's audit record).
     actor: String,
+    /// That key's merchant, which the forwarding node checked owns the token.
+    #[serde(default)]
+    merchant: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -131,7 +134,12 @@ struct CodeAnswer {
 
 /// Asks every other live node for the security code of `token`; the first that holds it
 /// releases it. None on SQLite (one node) and when no node has it.
-pub async fn security_code_elsewhere(shared: &Shared, token: &str, actor: &str) -> Option<String> {
+pub async fn security_code_elsewhere(
+    shared: &Shared,
+    token: &str,
+    actor: &str,
+    merchant: &crate::merchant::MerchantId,
+) -> Option<String> {
     if shared.vault.backend() != Backend::Postgres {
         return None;
     }
@@ -142,7 +150,9 @@ pub async fn security_code_elsewhere(shared: &Shared, token: &str, actor: &str) 
         .await
         .map_err(|e| tracing::warn!(error = %e, "cannot list the other nodes"))
         .ok()?;
-    let body = serde_json::to_vec(&CodeRequest { token: token.to_string(), actor: actor.to_string() }).ok()?;
+    let request =
+        CodeRequest { token: token.to_string(), actor: actor.to_string(), merchant: Some(merchant.to_string()) };
+    let body = serde_json::to_vec(&request).ok()?;
     let (key_id, key) = shared.vault.keys().current();
     let header = sign(key_id, &key, unix_s(), me, &body);
     let asks = peers.into_iter().map(|(api,)| {
@@ -205,7 +215,8 @@ pub async fn release(State(state): State<AppState>, headers: HeaderMap, body: By
     }
     // Audited before it is released, as a detokenize is: no record, no code.
     let origin = format!("node {from}");
-    let actor = Actor { id: &req.actor, role: ActorRole::Key(Role::Processor), origin: &origin };
+    let merchant = req.merchant.as_deref();
+    let actor = Actor { id: &req.actor, role: ActorRole::Key(Role::Processor), origin: &origin, merchant };
     let event = audit::Event {
         detail: "released to the node that took the detokenize",
         ..actor.did("security_code.release", "released", &req.token)

@@ -190,6 +190,7 @@ impl Sessions {
                 Holder::Here => Some(self.node.as_str().to_string()),
                 Holder::Node(n) => Some(n.as_str().to_string()),
             },
+            merchant: stored.merchant,
             owner_kind: stored.kind.into(),
             owner_id: stored.id,
             owner_team: stored.team,
@@ -602,7 +603,7 @@ fn kind_of(after: &AfterCapture) -> AfterCaptureKind {
 }
 
 fn owner_of(row: &store::Row) -> Owner {
-    Owner::from_stored(&row.owner_kind, row.owner_id.as_deref(), row.owner_team.as_deref())
+    Owner::from_stored(row.merchant.clone(), &row.owner_kind, row.owner_id.as_deref(), row.owner_team.as_deref())
 }
 
 fn after_capture_of(row: &store::Row) -> AfterCapture {

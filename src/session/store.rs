@@ -16,6 +16,7 @@ pub struct Row {
     pub id: String,
     pub state: String,
     pub node: Option<String>,
+    pub merchant: String,
     pub owner_kind: String,
     pub owner_id: Option<String>,
     pub owner_team: Option<String>,
@@ -26,8 +27,7 @@ pub struct Row {
     pub created_ms: i64,
 }
 
-const COLUMNS: &str =
-    "id, state, node, owner_kind, owner_id, owner_team, agent_uri, after_capture, transfer_target, view, created_ms";
+const COLUMNS: &str = "id, state, node, merchant, owner_kind, owner_id, owner_team, agent_uri, after_capture, transfer_target, view, created_ms";
 
 impl From<sqlx::Error> for SessionError {
     fn from(e: sqlx::Error) -> Self {
@@ -37,12 +37,13 @@ impl From<sqlx::Error> for SessionError {
 
 pub async fn insert(pool: &AnyPool, row: &Row, now_ms: i64) -> Result<(), SessionError> {
     sqlx::query(
-        "INSERT INTO sessions (id, state, node, owner_kind, owner_id, owner_team, agent_uri, after_capture, transfer_target, view, created_ms, updated_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        "INSERT INTO sessions (id, state, node, merchant, owner_kind, owner_id, owner_team, agent_uri, after_capture, transfer_target, view, created_ms, updated_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
     )
     .bind(&row.id)
     .bind(&row.state)
     .bind(&row.node)
+    .bind(&row.merchant)
     .bind(&row.owner_kind)
     .bind(&row.owner_id)
     .bind(&row.owner_team)

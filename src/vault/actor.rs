@@ -59,6 +59,8 @@ pub struct Actor<'a> {
     pub id: &'a str,
     pub role: ActorRole,
     pub origin: &'a str,
+    /// The merchant it acts for; None for tonewall's own upkeep and unknown callers.
+    pub merchant: Option<&'a str>,
 }
 
 impl Actor<'_> {
@@ -72,6 +74,7 @@ impl Actor<'_> {
             outcome,
             resource,
             detail: "",
+            merchant: self.merchant,
         }
     }
 }

@@ -125,7 +125,8 @@ mod tests {
         let vault = crate::vault::Vault::open(crate::vault::VaultOptions::development(dir.path())).await.unwrap();
         let path = dir.path().join("checkpoints");
         assert!(read(&vault.keys().audit, &path).unwrap().missing);
-        let system = crate::vault::Actor { id: "t", role: crate::vault::ActorRole::System, origin: "local" };
+        let system =
+            crate::vault::Actor { id: "t", role: crate::vault::ActorRole::System, origin: "local", merchant: None };
         vault.audit(&system.did("test", "ok", "x")).await.unwrap();
         let first = write(vault.pool(), &vault.keys().audit, &path, 0).await.unwrap().unwrap();
         assert_eq!(first.seq, 1);

@@ -61,6 +61,8 @@ pub struct Event<'a> {
     /// Session id, token, key id: what was acted on.
     pub resource: &'a str,
     pub detail: &'a str,
+    /// Whose record it is (`crate::merchant`): its admins read it.
+    pub merchant: Option<&'a str>,
 }
 
 /// A stored record.
@@ -78,6 +80,8 @@ pub struct Record {
     pub mac: String,
     /// The audit key that made `mac`.
     pub key_id: i64,
+    /// None on records from before merchants, and on tonewall's own.
+    pub merchant: Option<String>,
 }
 
 /// What `verify` found wrong.
@@ -129,7 +133,12 @@ fn mac(key: &SecretKey, prev: &str, seq: i64, at_ms: i64, e: &Event) -> String {
     // Length-prefixed fields: no separator inside a field can shift content between fields.
     let seq = seq.to_string();
     let at = at_ms.to_string();
-    for field in [prev, &seq, &at, e.actor, e.role, e.action, e.outcome, e.origin, e.resource, e.detail] {
+    // The merchant is covered when there is one; records from before merchants have none, so
+    // their MACs still verify.
+    for field in [prev, &seq, &at, e.actor, e.role, e.action, e.outcome, e.origin, e.resource, e.detail]
+        .into_iter()
+        .chain(e.merchant)
+    {
         m.update(&(field.len() as u64).to_le_bytes());
         m.update(field.as_bytes());
     }
@@ -150,8 +159,8 @@ pub async fn append_in(conn: &mut AnyConnection, keys: &AuditKeys, e: &Event<'_>
     let at_ms = now_ms();
     let mac = mac(&key, &prev, seq, at_ms, e);
     sqlx::query(
-        "INSERT INTO audit_log (seq, at_ms, actor, role, action, outcome, origin, resource, detail, mac, key_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        "INSERT INTO audit_log (seq, at_ms, actor, role, action, outcome, origin, resource, detail, mac, key_id, merchant) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
     .bind(seq)
     .bind(at_ms)
@@ -164,6 +173,7 @@ pub async fn append_in(conn: &mut AnyConnection, keys: &AuditKeys, e: &Event<'_>
     .bind(e.detail)
     .bind(&mac)
     .bind(key_id)
+    .bind(e.merchant)
     .execute(&mut *conn)
     .await?;
     sqlx::query("UPDATE audit_head SET mac = $1 WHERE id = 1").bind(&mac).execute(&mut *conn).await?;
@@ -185,6 +195,25 @@ pub async fn records(pool: &AnyPool, after: i64, limit: i64) -> Result<Vec<Recor
         .bind(limit)
         .fetch_all(pool)
         .await?)
+}
+
+/// Records of `merchant` from `after` (exclusive), oldest first, at most `limit`; `default`'s
+/// include those that name no merchant.
+pub async fn records_of(
+    pool: &AnyPool,
+    merchant: &crate::merchant::MerchantId,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<Record>, VaultError> {
+    Ok(sqlx::query_as(
+        "SELECT * FROM audit_log WHERE seq > $1 AND (merchant = $2 OR ($3 AND merchant IS NULL)) ORDER BY seq LIMIT $4",
+    )
+    .bind(after)
+    .bind(merchant.as_str())
+    .bind(merchant.is_default())
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
 }
 
 /// Walks the whole chain; returns how many records it checked and what is wrong.
@@ -218,6 +247,7 @@ pub async fn verify_anchored(
                 origin: &r.origin,
                 resource: &r.resource,
                 detail: &r.detail,
+                merchant: r.merchant.as_deref(),
             };
             // After a deletion the first survivor cannot match (its predecessor is gone);
             // that is the deletion already reported, not a second finding.
@@ -268,6 +298,8 @@ mod tests {
                 origin: "127.0.0.1",
                 resource: &r,
                 detail: "",
+                // Records with and without a merchant (those from before merchants) chain alike.
+                merchant: (i % 2 == 0).then_some("acme"),
             };
             vault.audit(&e).await.unwrap();
         }

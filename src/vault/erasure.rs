@@ -9,21 +9,27 @@
 //! only the data key opens.
 
 use super::{Actor, Vault, VaultError, audit};
+use crate::merchant::MerchantId;
 use crate::vault::store::Backend;
 
 impl Vault {
-    /// Deletes the record of `token`; `UnknownToken` if there is none (audited either way).
-    pub async fn erase(&self, token: &str, actor: Actor<'_>) -> Result<(), VaultError> {
+    /// Deletes `merchant`'s record of `token`; `UnknownToken` if it has none (another
+    /// merchant's token included), audited either way.
+    pub async fn erase(&self, token: &str, merchant: &MerchantId, actor: Actor<'_>) -> Result<(), VaultError> {
         let mut tx = self.pool.begin().await?;
-        let gone =
-            sqlx::query("DELETE FROM cards WHERE token = $1").bind(token).execute(&mut *tx).await?.rows_affected();
+        let gone = sqlx::query("DELETE FROM cards WHERE token = $1 AND merchant = $2")
+            .bind(token)
+            .bind(merchant.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         let outcome = if gone > 0 { "erased" } else { "unknown_token" };
         audit::append_in(&mut tx, &self.keys.audit, &actor.did("token.erase", outcome, token)).await?;
         tx.commit().await?;
-        self.held().remove(token);
         if gone == 0 {
             return Err(VaultError::UnknownToken);
         }
+        self.held().remove(token);
         if self.backend() == Backend::Sqlite {
             // Old WAL frames still hold the page as it was before the delete.
             sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.pool).await?;
@@ -38,10 +44,12 @@ mod tests {
 
     use crate::capture::card::{Pan, SecurityCode};
     use crate::capture::collector::{Captured, CapturedCard, Payment};
+    use crate::merchant::MerchantId;
     use crate::vault::testing::TestDatabase;
     use crate::vault::{Actor, ActorRole, Role, Vault, VaultError, audit};
 
-    const ACTOR: Actor<'static> = Actor { id: "test", role: ActorRole::Key(Role::Processor), origin: "127.0.0.1" };
+    const ACTOR: Actor<'static> =
+        Actor { id: "test", role: ActorRole::Key(Role::Processor), origin: "127.0.0.1", merchant: None };
 
     #[tokio::test]
     async fn an_erased_card_is_gone_from_the_database_and_the_audit_says_so() {
@@ -51,7 +59,7 @@ mod tests {
             let pan = Pan::parse(b"4111111111111111").unwrap();
             let code = SecurityCode::parse(b"123", pan.brand()).ok();
             let card = Captured { payment: Payment::Card(CapturedCard::new(pan, None, code)), confirmed: None };
-            let rec = vault.tokenize(card, ACTOR, "default", None, Instant::now()).await.unwrap();
+            let rec = vault.tokenize(card, ACTOR, &MerchantId::default_merchant(), None, Instant::now()).await.unwrap();
             let (ciphertext,): (Vec<u8>,) = sqlx::query_as("SELECT ciphertext FROM cards WHERE token = $1")
                 .bind(&rec.token)
                 .fetch_one(vault.pool())
@@ -63,10 +71,20 @@ mod tests {
             if db.url.is_empty() {
                 assert!(holds(files(dir.path())), "before: the scan finds the record in the database files");
             }
-            vault.erase(&rec.token, ACTOR).await.unwrap();
-            assert!(matches!(vault.detokenize(&rec.token, ACTOR, Instant::now()).await, Err(VaultError::UnknownToken)));
+            vault.erase(&rec.token, &MerchantId::default_merchant(), ACTOR).await.unwrap();
+            assert!(matches!(
+                vault.detokenize(&rec.token, &MerchantId::default_merchant(), ACTOR, Instant::now()).await,
+                Err(VaultError::UnknownToken)
+            ));
             assert!(!vault.holds_security_code(&rec.token, Instant::now()), "the held code is forgotten");
-            assert!(matches!(vault.erase(&rec.token, ACTOR).await, Err(VaultError::UnknownToken)), "{}", db.label);
+            assert!(
+                matches!(
+                    vault.erase(&rec.token, &MerchantId::default_merchant(), ACTOR).await,
+                    Err(VaultError::UnknownToken)
+                ),
+                "{}",
+                db.label
+            );
             let records = audit::records(vault.pool(), 0, 100).await.unwrap();
             let erasures: Vec<&str> =
                 records.iter().filter(|r| r.action == "token.erase").map(|r| r.outcome.as_str()).collect();

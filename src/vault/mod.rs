@@ -32,6 +32,7 @@ use thiserror::Error;
 
 use crate::capture::card::SecurityCode;
 use crate::capture::collector::{Captured, Payment};
+use crate::merchant::MerchantId;
 pub use actor::{Actor, ActorRole, Role};
 use crypto::CryptoError;
 use kek::{Kek, KekSource};
@@ -142,7 +143,7 @@ pub struct Readiness {
     pub audit: Result<(), VaultError>,
 }
 
-const SYSTEM_PROBE: Actor<'static> = Actor { id: "tonewall", role: ActorRole::System, origin: "local" };
+const SYSTEM_PROBE: Actor<'static> = Actor { id: "tonewall", role: ActorRole::System, origin: "local", merchant: None };
 
 /// What `Vault::verify_audit` found.
 #[derive(Debug)]
@@ -156,6 +157,8 @@ pub struct Verified {
 }
 
 pub const KEK_FILE: &str = "kek.dev.hex";
+/// `webhook.retry_base_s`'s default, for merchants' webhooks when the deployment has none.
+const DEFAULT_WEBHOOK_RETRY_BASE: Duration = Duration::from_secs(30);
 pub const WEBHOOK_SECRET_FILE: &str = "webhook.dev.hex";
 pub const ALERTS_SECRET_FILE: &str = "alerts.dev.hex";
 pub use store::DB_FILE;
@@ -256,6 +259,11 @@ impl Vault {
         self.webhook.as_ref()
     }
 
+    /// The first retry's delay for every webhook, the deployment's and the merchants'.
+    pub fn webhook_retry_base(&self) -> Duration {
+        self.webhook.as_ref().map_or(DEFAULT_WEBHOOK_RETRY_BASE, |h| h.retry_base)
+    }
+
     /// Anchors the audit chain's head outside the database, when it moved since this process
     /// last did (`anchor`).
     pub async fn checkpoint(&self) -> Result<Option<anchor::Checkpoint>, VaultError> {
@@ -286,10 +294,20 @@ impl Vault {
     /// Queues a `session.field_completed` event, when the webhook sends them
     /// (`webhook.field_events`); its own transaction, as the field's completion is a fact
     /// of the call, not of the vault.
-    pub async fn field_completed(&self, event: &webhook::FieldCompleted<'_>) -> Result<(), VaultError> {
-        let Some(hook) = self.webhook.as_ref().filter(|_| self.options.webhook_field_events) else { return Ok(()) };
+    pub async fn field_completed(
+        &self,
+        merchant: &MerchantId,
+        event: &webhook::FieldCompleted<'_>,
+    ) -> Result<(), VaultError> {
+        if !self.options.webhook_field_events {
+            return Ok(());
+        }
+        let settings =
+            crate::merchant::settings(&self.pool, merchant).await.map_err(|e| VaultError::Config(e.to_string()))?;
+        let own = settings.webhook.map(|w| w.url);
+        let Some(url) = own.or_else(|| self.webhook.as_ref().map(|h| h.url.clone())) else { return Ok(()) };
         let mut conn = self.pool.acquire().await?;
-        webhook::enqueue_field_in(&mut conn, &hook.url, event).await
+        webhook::enqueue_field_in(&mut conn, &url, merchant.as_str(), event).await
     }
 
     /// Keeps the processor gateway's reference for a card pushed to it (`crate::push`).
@@ -339,18 +357,27 @@ impl Vault {
         &self,
         captured: Captured,
         actor: Actor<'_>,
-        merchant: &str,
+        merchant: &MerchantId,
         completion: Option<Completion<'_>>,
         now: Instant,
     ) -> Result<TokenRecord, VaultError> {
         let _timed = self.metrics.time("tokenize");
+        // The merchant's token format, convergent tokens and webhook; the deployment's where
+        // it sets none.
+        let settings =
+            crate::merchant::settings(&self.pool, merchant).await.map_err(|e| VaultError::Config(e.to_string()))?;
+        let convergent = settings.convergent.unwrap_or(self.options.convergent);
+        let token_format = settings.token_format.unwrap_or(self.options.token_format);
+        let webhook_url =
+            settings.webhook.as_ref().map(|w| w.url.as_str()).or(self.webhook.as_ref().map(|h| h.url.as_str()));
+        let merchant = merchant.as_str();
         let (key_id, key) = self.keys.current();
         let payload::Sealable { plaintext, fingerprinted, brand_column, mut record } =
             payload::sealable(&captured, String::new());
         let (fingerprint_key_id, fingerprint_key) = self.keys.fingerprint();
         let fingerprint = crypto::fingerprint(&fingerprint_key, fingerprinted.as_bytes());
         // While fingerprint keys rotate, a convergent twin may still carry an older fingerprint.
-        let fingerprints: Vec<String> = match self.options.convergent {
+        let fingerprints: Vec<String> = match convergent {
             true => {
                 self.keys.fingerprints().iter().map(|(_, k)| crypto::fingerprint(k, fingerprinted.as_bytes())).collect()
             }
@@ -383,7 +410,7 @@ impl Vault {
                 break;
             }
             let candidate = match &captured.payment {
-                Payment::Card(card) => self.options.token_format.generate(card.pan.expose()),
+                Payment::Card(card) => token_format.generate(card.pan.expose()),
                 // A format-preserving token of a short account number would show all of it.
                 Payment::Bank(_) => token::new_token(),
             };
@@ -407,7 +434,7 @@ impl Vault {
             .bind(&record.last4)
             .bind(unix_now())
             .bind(merchant)
-            .bind(self.options.convergent)
+            .bind(convergent)
             .bind(expires_at)
             .bind(fingerprint_key_id)
             .execute(&mut *attempt)
@@ -428,8 +455,8 @@ impl Vault {
             ..actor.did("tokenize", outcome, &record.token)
         };
         audit::append_in(&mut tx, &self.keys.audit, &event).await?;
-        if let (Some(hook), Some(c)) = (&self.webhook, completion) {
-            webhook::enqueue_in(&mut tx, &hook.url, c.session_id, c.reference, &record).await?;
+        if let (Some(url), Some(c)) = (webhook_url, completion) {
+            webhook::enqueue_in(&mut tx, url, merchant, c.session_id, c.reference, &record).await?;
         }
         tx.commit().await?;
         if let Payment::Card(crate::capture::collector::CapturedCard { security_code: Some(code), .. }) =
@@ -443,7 +470,7 @@ impl Vault {
             if self.keys.current().0 == key_id {
                 let id = self.keys.rotate(&self.pool).await?;
                 let detail = format!("data key {key_id} reached its budget of {used} encryptions");
-                let system = Actor { id: "tonewall", role: ActorRole::System, origin: "local" };
+                let system = Actor { id: "tonewall", role: ActorRole::System, origin: "local", merchant: None };
                 self.audit(&audit::Event { detail: &detail, ..system.did("key.rotate", "created", &id.to_string()) })
                     .await?;
             }
@@ -453,9 +480,17 @@ impl Vault {
 
     /// Decrypts a stored card for a processor, with the security code if still held (then
     /// forgotten). Fails closed: without its audit record, nothing is revealed.
-    pub async fn detokenize(&self, token: &str, actor: Actor<'_>, now: Instant) -> Result<Revealed, VaultError> {
+    /// Only `merchant`'s tokens: another merchant's is `UnknownToken`, as one that does not
+    /// exist.
+    pub async fn detokenize(
+        &self,
+        token: &str,
+        merchant: &MerchantId,
+        actor: Actor<'_>,
+        now: Instant,
+    ) -> Result<Revealed, VaultError> {
         let _timed = self.metrics.time("detokenize");
-        let result = self.reveal(token).await;
+        let result = self.reveal(token, merchant).await;
         let outcome = match &result {
             Ok(_) => "revealed",
             Err(VaultError::UnknownToken) => "unknown_token",
@@ -473,12 +508,14 @@ impl Vault {
         Ok(revealed)
     }
 
-    async fn reveal(&self, token: &str) -> Result<Revealed, VaultError> {
-        let row: Option<Sealed> =
-            sqlx::query_as("SELECT id, key_id, nonce, ciphertext, expires_at FROM cards WHERE token = $1")
-                .bind(token)
-                .fetch_optional(&self.pool)
-                .await?;
+    async fn reveal(&self, token: &str, merchant: &MerchantId) -> Result<Revealed, VaultError> {
+        let row: Option<Sealed> = sqlx::query_as(
+            "SELECT id, key_id, nonce, ciphertext, expires_at FROM cards WHERE token = $1 AND merchant = $2",
+        )
+        .bind(token)
+        .bind(merchant.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
         let sealed = row.ok_or(VaultError::UnknownToken)?;
         if sealed.expires_at.is_some_and(|t| t <= unix_now()) {
             return Err(VaultError::Expired);
@@ -599,7 +636,7 @@ impl Vault {
         .bind(retired_before)
         .fetch_all(&self.pool)
         .await?;
-        let system = Actor { id: "tonewall", role: ActorRole::System, origin: "local" };
+        let system = Actor { id: "tonewall", role: ActorRole::System, origin: "local", merchant: None };
         let mut destroyed = Vec::new();
         for (id,) in ids {
             let mut tx = self.pool.begin().await?;
@@ -640,7 +677,7 @@ impl Vault {
             .rows_affected();
         if n > 0 {
             let detail = format!("{n} cards");
-            let system = Actor { id: "system", role: ActorRole::System, origin: "local" };
+            let system = Actor { id: "system", role: ActorRole::System, origin: "local", merchant: None };
             self.audit(&audit::Event { detail: &detail, ..system.did("token.expire", "deleted", "cards") }).await?;
         }
         Ok(n)
@@ -673,11 +710,16 @@ impl Vault {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn m(id: &str) -> MerchantId {
+        MerchantId::parse(id).unwrap()
+    }
     use crate::capture::card::{Brand, Expiry, Pan, YearMonth};
     use crate::capture::collector::CapturedCard;
     use testing::TestDatabase;
 
-    const ACTOR: Actor<'static> = Actor { id: "test", role: ActorRole::Key(Role::Processor), origin: "127.0.0.1" };
+    const ACTOR: Actor<'static> =
+        Actor { id: "test", role: ActorRole::Key(Role::Processor), origin: "127.0.0.1", merchant: None };
 
     fn card(pan: &str, cvv: &str) -> Captured {
         let pan = Pan::parse(pan.as_bytes()).unwrap();
@@ -689,7 +731,7 @@ mod tests {
 
     async fn store(vault: &Vault, pan: &str) -> TokenRecord {
         let code = if pan.len() == 15 { "1234" } else { "123" }; // American Express has four digits
-        vault.tokenize(card(pan, code), ACTOR, "default", None, Instant::now()).await.unwrap()
+        vault.tokenize(card(pan, code), ACTOR, &MerchantId::default_merchant(), None, Instant::now()).await.unwrap()
     }
 
     #[tokio::test]
@@ -698,21 +740,39 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let vault = Vault::open(db.options(dir.path())).await.unwrap();
             let now = Instant::now();
-            let rec = vault.tokenize(card("5555555555554444", "321"), ACTOR, "default", None, now).await.unwrap();
+            let rec = vault
+                .tokenize(card("5555555555554444", "321"), ACTOR, &MerchantId::default_merchant(), None, now)
+                .await
+                .unwrap();
             assert_eq!(
                 (rec.brand, rec.last4.as_str(), rec.expiry_month, rec.expiry_year),
                 (Some(Brand::Mastercard), "4444", Some(12), Some(2030)),
                 "{}",
                 db.label
             );
-            let c = vault.detokenize(&rec.token, ACTOR, now).await.unwrap().into_card().unwrap();
+            let c = vault
+                .detokenize(&rec.token, &MerchantId::default_merchant(), ACTOR, now)
+                .await
+                .unwrap()
+                .into_card()
+                .unwrap();
             assert_eq!((c.pan.as_str(), c.expiry.as_str()), ("5555555555554444", "1230"));
             assert_eq!(c.security_code.unwrap().expose(), "321", "the code is released once");
             assert!(
-                vault.detokenize(&rec.token, ACTOR, now).await.unwrap().into_card().unwrap().security_code.is_none(),
+                vault
+                    .detokenize(&rec.token, &MerchantId::default_merchant(), ACTOR, now)
+                    .await
+                    .unwrap()
+                    .into_card()
+                    .unwrap()
+                    .security_code
+                    .is_none(),
                 "then gone"
             );
-            assert!(matches!(vault.detokenize("tok_nope", ACTOR, now).await, Err(VaultError::UnknownToken)));
+            assert!(matches!(
+                vault.detokenize("tok_nope", &MerchantId::default_merchant(), ACTOR, now).await,
+                Err(VaultError::UnknownToken)
+            ));
             // A ciphertext moved to another row no longer decrypts (associated data binds the id).
             let rec2 = store(&vault, "4111111111111111").await;
             let (nonce, ct): (Vec<u8>, Vec<u8>) =
@@ -729,7 +789,7 @@ mod tests {
                 .await
                 .unwrap();
             assert!(matches!(
-                vault.detokenize(&rec2.token, ACTOR, now).await,
+                vault.detokenize(&rec2.token, &MerchantId::default_merchant(), ACTOR, now).await,
                 Err(VaultError::Crypto(CryptoError::Decrypt))
             ));
             // Every detokenize, refused ones included, is in the audit trail, which verifies.
@@ -749,7 +809,11 @@ mod tests {
             let rec = store(&vault, "4111111111111111").await;
             drop(vault);
             let vault = Vault::open(db.options(dir.path())).await.unwrap();
-            assert!(vault.detokenize(&rec.token, ACTOR, Instant::now()).await.is_ok(), "{}", db.label);
+            assert!(
+                vault.detokenize(&rec.token, &MerchantId::default_merchant(), ACTOR, Instant::now()).await.is_ok(),
+                "{}",
+                db.label
+            );
             drop(vault);
             std::fs::remove_file(dir.path().join(KEK_FILE)).unwrap();
             assert!(matches!(Vault::open(db.options(dir.path())).await, Err(VaultError::Crypto(CryptoError::Decrypt))));
@@ -781,7 +845,9 @@ mod tests {
             assert_eq!((k(first).records, k(second).records, k(second).current), (0, 4, true));
             assert_eq!(k(second).encryptions, 4, "one new record and three moved");
             for rec in old.iter().chain([&new]) {
-                assert!(vault.detokenize(&rec.token, ACTOR, Instant::now()).await.is_ok());
+                assert!(
+                    vault.detokenize(&rec.token, &MerchantId::default_merchant(), ACTOR, Instant::now()).await.is_ok()
+                );
             }
         }
     }
@@ -812,7 +878,9 @@ mod tests {
             assert!(vault.keys().get(first).is_none(), "gone from memory too");
             let ids: Vec<i64> = keyring::status(vault.pool()).await.unwrap().into_iter().map(|k| k.id).collect();
             assert!(!ids.contains(&first) && ids.contains(&second) && ids.contains(&third), "{ids:?}");
-            assert!(vault.detokenize(&card.token, ACTOR, Instant::now()).await.is_ok());
+            assert!(
+                vault.detokenize(&card.token, &MerchantId::default_merchant(), ACTOR, Instant::now()).await.is_ok()
+            );
             let actions: Vec<(String, String)> = audit::records(vault.pool(), 0, 100)
                 .await
                 .unwrap()
@@ -831,9 +899,10 @@ mod tests {
             options.convergent = true;
             let vault = Vault::open(options).await.unwrap();
             let now = Instant::now();
-            let same = || vault.tokenize(card("4111111111111111", "123"), ACTOR, "shop", None, now);
+            let shop = m("shop");
+            let same = || vault.tokenize(card("4111111111111111", "123"), ACTOR, &shop, None, now);
             let first = same().await.unwrap().token;
-            let other = vault.tokenize(card("5555555555554444", "123"), ACTOR, "shop", None, now).await.unwrap();
+            let other = vault.tokenize(card("5555555555554444", "123"), ACTOR, &m("shop"), None, now).await.unwrap();
             let old = vault.keys().fingerprint().0;
             let new = vault.keys().rotate_fingerprint(vault.pool()).await.unwrap();
             assert_eq!(same().await.unwrap().token, first, "{}: found under the old fingerprint", db.label);
@@ -847,7 +916,7 @@ mod tests {
             assert!(vault.destroy_retired_keys(Duration::ZERO).await.unwrap().contains(&old));
             assert_eq!(same().await.unwrap().token, first, "after the old key is gone");
             assert_eq!(
-                vault.detokenize(&other.token, ACTOR, now).await.unwrap().into_card().unwrap().pan.as_str(),
+                vault.detokenize(&other.token, &m("shop"), ACTOR, now).await.unwrap().into_card().unwrap().pan.as_str(),
                 "5555555555554444"
             );
         }
@@ -878,16 +947,17 @@ mod tests {
             options.convergent = true;
             let vault = Vault::open(options.clone()).await.unwrap();
             let now = Instant::now();
-            let a = vault.tokenize(card("4111111111111111", "123"), ACTOR, "shop-a", None, now).await.unwrap();
+            let a = vault.tokenize(card("4111111111111111", "123"), ACTOR, &m("shop-a"), None, now).await.unwrap();
             assert_eq!((&a.token[..6], &a.token[12..], a.token.len()), ("411111", "1111", 16), "{}", db.label);
             assert_ne!(a.token, "4111111111111111");
-            let again = vault.tokenize(card("4111111111111111", "123"), ACTOR, "shop-a", None, now).await.unwrap();
+            let again = vault.tokenize(card("4111111111111111", "123"), ACTOR, &m("shop-a"), None, now).await.unwrap();
             assert_eq!(again.token, a.token, "same card, same merchant: same token");
-            let b = vault.tokenize(card("4111111111111111", "123"), ACTOR, "shop-b", None, now).await.unwrap();
+            let b = vault.tokenize(card("4111111111111111", "123"), ACTOR, &m("shop-b"), None, now).await.unwrap();
             assert_ne!(b.token, a.token, "another merchant gets its own");
             // Concurrent first tokenizations of one card still converge on one token.
+            let shop_c = m("shop-c");
             let racing = futures_util::future::join_all(
-                (0..8).map(|_| vault.tokenize(card("5555555555554444", "123"), ACTOR, "shop-c", None, now)),
+                (0..8).map(|_| vault.tokenize(card("5555555555554444", "123"), ACTOR, &shop_c, None, now)),
             )
             .await;
             let tokens: std::collections::HashSet<String> = racing.into_iter().map(|r| r.unwrap().token).collect();
@@ -897,10 +967,13 @@ mod tests {
             options.token_ttl = Some(Duration::ZERO);
             options.convergent = false;
             let vault = Vault::open(options).await.unwrap();
-            let gone = vault.tokenize(card("4111111111111111", "123"), ACTOR, "shop-a", None, now).await.unwrap();
-            assert!(matches!(vault.detokenize(&gone.token, ACTOR, now).await, Err(VaultError::Expired)));
+            let gone = vault.tokenize(card("4111111111111111", "123"), ACTOR, &m("shop-a"), None, now).await.unwrap();
+            assert!(matches!(vault.detokenize(&gone.token, &m("shop-a"), ACTOR, now).await, Err(VaultError::Expired)));
             assert_eq!(vault.purge_expired_tokens().await.unwrap(), 1);
-            assert!(matches!(vault.detokenize(&gone.token, ACTOR, now).await, Err(VaultError::UnknownToken)));
+            assert!(matches!(
+                vault.detokenize(&gone.token, &MerchantId::default_merchant(), ACTOR, now).await,
+                Err(VaultError::UnknownToken)
+            ));
         }
     }
 
@@ -921,7 +994,7 @@ mod tests {
         let vault = Vault::open(VaultOptions::development(dir.path())).await.unwrap();
         let rec = store(&vault, "4111111111111111").await;
         sqlx::query("DROP TABLE audit_log").execute(vault.pool()).await.unwrap();
-        let refused = vault.detokenize(&rec.token, ACTOR, Instant::now()).await;
+        let refused = vault.detokenize(&rec.token, &MerchantId::default_merchant(), ACTOR, Instant::now()).await;
         assert!(matches!(refused, Err(VaultError::AuditUnavailable(_))));
     }
 

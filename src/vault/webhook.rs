@@ -4,6 +4,9 @@
 //! signed `Tonewall-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "t.body">` (the scheme
 //! the README shows processors how to check), and retries failures with exponential back-off
 //! (doubling from `retry_base`, at most an hour apart) for 24 hours before giving up.
+//!
+//! A merchant with a webhook of its own (`crate::merchant`) has its events sent there and
+//! signed with its secret; the others use the deployment's `[webhook]`.
 
 use std::time::Duration;
 
@@ -69,12 +72,13 @@ struct FieldEvent<'a> {
 pub async fn enqueue_field_in(
     conn: &mut AnyConnection,
     url: &str,
+    merchant: &str,
     field: &FieldCompleted<'_>,
 ) -> Result<(), VaultError> {
     let id = uuid::Uuid::new_v4().to_string();
     let body = serde_json::to_string(&FieldEvent { event: "session.field_completed", field, idempotency_key: &id })
         .map_err(|e| VaultError::Config(e.to_string()))?;
-    insert(conn, &id, url, &body).await
+    insert(conn, &id, url, merchant, &body).await
 }
 
 /// `t=<t>,v1=<hex HMAC-SHA256(secret, "t.body")>`.
@@ -90,6 +94,7 @@ pub fn signature(secret: &SecretKey, t: i64, body: &str) -> String {
 pub async fn enqueue_in(
     conn: &mut AnyConnection,
     url: &str,
+    merchant: &str,
     session_id: &str,
     reference: &str,
     card: &TokenRecord,
@@ -103,20 +108,23 @@ pub async fn enqueue_in(
         idempotency_key: &id,
     })
     .map_err(|e| VaultError::Config(e.to_string()))?;
-    insert(conn, &id, url, &body).await
+    insert(conn, &id, url, merchant, &body).await
 }
 
 /// Puts one event in the outbox, due now.
-async fn insert(conn: &mut AnyConnection, id: &str, url: &str, body: &str) -> Result<(), VaultError> {
+async fn insert(conn: &mut AnyConnection, id: &str, url: &str, merchant: &str, body: &str) -> Result<(), VaultError> {
     let now = unix_now();
-    sqlx::query("INSERT INTO webhooks (id, url, body, next_attempt_at, created_at) VALUES ($1, $2, $3, $4, $5)")
-        .bind(id)
-        .bind(url)
-        .bind(body)
-        .bind(now)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(
+        "INSERT INTO webhooks (id, url, merchant, body, next_attempt_at, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(id)
+    .bind(url)
+    .bind(merchant)
+    .bind(body)
+    .bind(now)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
@@ -124,6 +132,7 @@ async fn insert(conn: &mut AnyConnection, id: &str, url: &str, body: &str) -> Re
 struct Due {
     id: String,
     url: String,
+    merchant: String,
     body: String,
     attempts: i64,
     next_attempt_at: i64,
@@ -150,17 +159,32 @@ pub async fn queue(pool: &AnyPool) -> Result<(i64, Option<i64>), VaultError> {
 }
 
 /// Sends every event that is due; returns what happened.
-pub async fn deliver_due(pool: &AnyPool, hook: &Hook) -> Result<Pass, VaultError> {
+/// The secret that signs a merchant's events: its own webhook's, else the deployment's.
+async fn secret_for(pool: &AnyPool, merchant: &str, deployment: Option<&Hook>) -> Result<SecretKey, String> {
+    let id = crate::merchant::MerchantId::from_stored(merchant.to_string());
+    let settings = crate::merchant::settings(pool, &id).await.map_err(|e| e.to_string())?;
+    match (settings.webhook, deployment) {
+        // Merchants' secrets come from a file or the environment only (`Settings::check`).
+        (Some(own), _) => own.secret.load(std::path::Path::new("/nonexistent")).map_err(|e| e.to_string()),
+        (None, Some(hook)) => Ok(hook.secret.clone()),
+        (None, None) => Err(format!("merchant {merchant} has no webhook and the deployment none")),
+    }
+}
+
+/// Sends the due events: each signed with its merchant's secret (`secret_for`), retried from
+/// the deployment's `retry_base`.
+pub async fn deliver_due(pool: &AnyPool, deployment: Option<&Hook>, retry_base: Duration) -> Result<Pass, VaultError> {
     let now = unix_now();
     let due: Vec<Due> = sqlx::query_as(
-        "SELECT id, url, body, attempts, next_attempt_at, created_at FROM webhooks \
+        "SELECT id, url, merchant, body, attempts, next_attempt_at, created_at FROM webhooks \
          WHERE delivered_at IS NULL AND given_up_at IS NULL AND next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT 50",
     )
     .bind(now)
     .fetch_all(pool)
     .await?;
     let mut pass = Pass::default();
-    for Due { id, url, body, attempts, next_attempt_at: next_at, created_at } in due {
+    let mut secrets: std::collections::HashMap<String, Result<SecretKey, String>> = Default::default();
+    for Due { id, url, merchant, body, attempts, next_attempt_at: next_at, created_at } in due {
         // Claim it: only the process whose update matches sends it.
         let claimed = sqlx::query("UPDATE webhooks SET next_attempt_at = $1 WHERE id = $2 AND next_attempt_at = $3")
             .bind(now + LEASE_S)
@@ -172,8 +196,14 @@ pub async fn deliver_due(pool: &AnyPool, hook: &Hook) -> Result<Pass, VaultError
         if claimed != 1 {
             continue;
         }
-        let sig = signature(&hook.secret, unix_now(), &body);
-        let result = post(url, body, sig, id.clone()).await;
+        if !secrets.contains_key(&merchant) {
+            let secret = secret_for(pool, &merchant, deployment).await;
+            secrets.insert(merchant.clone(), secret);
+        }
+        let result = match &secrets[&merchant] {
+            Ok(secret) => post(url, body.clone(), signature(secret, unix_now(), &body), id.clone()).await,
+            Err(why) => Err(why.clone()),
+        };
         let attempts = attempts + 1;
         match result {
             Ok(()) => {
@@ -197,7 +227,7 @@ pub async fn deliver_due(pool: &AnyPool, hook: &Hook) -> Result<Pass, VaultError
                 pass.given_up += 1;
             }
             Err(why) => {
-                let gap = backoff(hook.retry_base, attempts);
+                let gap = backoff(retry_base, attempts);
                 tracing::warn!(webhook = %id, attempts, retry_in_s = gap, error = %why, "webhook delivery failed");
                 sqlx::query("UPDATE webhooks SET next_attempt_at = $1, attempts = $2, last_error = $3 WHERE id = $4")
                     .bind(unix_now() + gap)

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tonewall::merchant::MerchantId;
 
 use clap::{Parser, ValueEnum};
 use tokio::sync::Semaphore;
@@ -34,7 +35,8 @@ struct Args {
     max_seconds: u64,
 }
 
-const ACTOR: Actor<'static> = Actor { id: "bench", role: ActorRole::Key(Role::Processor), origin: "local" };
+const ACTOR: Actor<'static> =
+    Actor { id: "bench", role: ActorRole::Key(Role::Processor), origin: "local", merchant: None };
 
 /// A Luhn-valid 16-digit Visa test number from a counter.
 fn pan(n: usize) -> String {
@@ -108,7 +110,8 @@ async fn main() -> anyhow::Result<()> {
         async move {
             let p = Pan::parse(pan(i).as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
             let card = Captured { payment: Payment::Card(CapturedCard::new(p, None, None)), confirmed: None };
-            let rec = vault.tokenize(card, ACTOR, "default", None, std::time::Instant::now()).await?;
+            let rec =
+                vault.tokenize(card, ACTOR, &MerchantId::default_merchant(), None, std::time::Instant::now()).await?;
             tokens.lock().unwrap_or_else(|p| p.into_inner())[i] = rec.token;
             Ok(())
         }
@@ -119,7 +122,10 @@ async fn main() -> anyhow::Result<()> {
         let (vault, tokens) = (vault.clone(), tokens.clone());
         async move {
             let token = tokens.lock().unwrap_or_else(|p| p.into_inner())[i].clone();
-            let card = vault.detokenize(&token, ACTOR, std::time::Instant::now()).await?.into_card();
+            let card = vault
+                .detokenize(&token, &MerchantId::default_merchant(), ACTOR, std::time::Instant::now())
+                .await?
+                .into_card();
             anyhow::ensure!(card.is_some_and(|c| *c.pan == pan(i)), "token {i} gave another card");
             Ok(())
         }
