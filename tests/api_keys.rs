@@ -68,7 +68,8 @@ async fn keys_are_named_owned_listed_revoked_rotated_and_expire() {
     assert_eq!(me(crm2.clone()).await.0, 200);
     // With an overlap both work, until the old one's end.
     let (_, list, _) = cli(&["api-key", "list"]);
-    let crm2_line = list.lines().find(|l| l.contains("crm integration") && l.contains("\tactive\t")).unwrap().to_string();
+    let crm2_line =
+        list.lines().find(|l| l.contains("crm integration") && l.contains("\tactive\t")).unwrap().to_string();
     assert!(crm2_line.contains("payments team"), "the successor keeps name and owner: {crm2_line}");
     let (ok, crm3, err) = cli(&["api-key", "rotate", "--id", &id_of(&crm2_line), "--overlap-hours", "24"]);
     assert!(ok, "{err}");

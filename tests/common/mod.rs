@@ -169,8 +169,12 @@ pub async fn http_raw(method: &'static str, url: &str, key: Option<&str>, body: 
         let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
         let auth = key.map(|k| format!("Bearer {k}"));
         let result = match method {
-            "POST" | "PUT" => {
-                let req = if method == "PUT" { agent.put(&url) } else { agent.post(&url) };
+            "POST" | "PUT" | "PATCH" => {
+                let req = match method {
+                    "PUT" => agent.put(&url),
+                    "PATCH" => agent.patch(&url),
+                    _ => agent.post(&url),
+                };
                 let mut req = req.header("Content-Type", "application/json");
                 if let Some(a) = &auth {
                     req = req.header("Authorization", a);
