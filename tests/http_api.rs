@@ -121,11 +121,14 @@ async fn openapi_describes_every_route_and_the_permission_matrix_holds() {
             "/healthz",
             "/metrics",
             "/readyz",
+            "/v1/admin/audit",
             "/v1/admin/keys",
             "/v1/admin/keys/{id}/revoke",
             "/v1/admin/keys/{id}/rotate",
             "/v1/admin/lockdown",
             "/v1/admin/lockdown/lift",
+            "/v1/admin/merchants",
+            "/v1/admin/merchants/{id}",
             "/v1/admin/prompts",
             "/v1/admin/prompts/{language}/{name}",
             "/v1/auth/me",
@@ -174,6 +177,7 @@ async fn openapi_describes_every_route_and_the_permission_matrix_holds() {
             let method = match method.as_str() {
                 "post" => "POST",
                 "put" => "PUT",
+                "patch" => "PATCH",
                 "delete" => "DELETE",
                 _ => "GET",
             };

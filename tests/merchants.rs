@@ -292,3 +292,16 @@ async fn two_merchants_see_nothing_of_each_others_data_on_sqlite() {
 async fn two_merchants_see_nothing_of_each_others_data_on_postgres() {
     two_merchants(TestDatabase::postgres().await).await;
 }
+
+/// An inline route's calls belong to the merchant it names; a route naming no merchant that
+/// exists is refused at start, not discovered at the first call.
+#[tokio::test]
+async fn a_route_naming_no_merchant_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(dir.path());
+    let route = "name = \"sales\"\nuser_prefix = \"sales\"\ntarget = \"sip:q@127.0.0.1:5999\"\nsources = [\"127.0.0.1\"]\nmerchant = \"nobody\"";
+    config.sip.routes.push(toml::from_str(route).unwrap());
+    let refused = tonewall::runtime::Server::start(config).await.err().expect("refused");
+    let text = refused.to_string();
+    assert!(text.contains("route sales names merchant nobody, which does not exist"), "{text}");
+}
