@@ -216,7 +216,7 @@ async fn openapi_describes_every_route_and_the_permission_matrix_holds() {
             }
         }
     }
-    assert_eq!(checked, 34 * roles.len());
+    assert_eq!(checked, 39 * roles.len());
     // PCI DSS 10.2.1.4, 10.2.1.6: every 403 is audited with its key and route, and so is the
     // start of the service.
     let trail = audit::records(t.server.shared.vault.pool(), 0, 100_000).await.unwrap();

@@ -98,7 +98,7 @@ impl Caller {
         self.require_for_session(allowed)
     }
 
-    /// For what touches every merchant (merchants, prompts, lockdown): an admin of `default`,
+    /// For what touches every merchant (merchants, lockdown): an admin of `default`,
     /// the merchant that runs the deployment (`crate::merchant`).
     pub fn require_operator(&self) -> Result<(), ApiError> {
         self.require(&[Role::Admin])?;
@@ -120,7 +120,7 @@ impl Caller {
     }
 
     fn refused(&self) -> super::Refused {
-        super::Refused { key_id: self.key_id.clone(), role: self.role }
+        super::Refused { key_id: self.key_id.clone(), role: self.role, merchant: self.merchant.clone() }
     }
 
     /// Whether this caller may see `id`, by scope and by ownership.
@@ -162,7 +162,8 @@ async fn from_web_session(parts: &Parts, state: &AppState, token: &str, origin: 
     let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
     let sent = parts.headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or("");
     if !safe && !bool::from(sent.as_bytes().ct_eq(live.csrf.as_bytes())) {
-        let who = super::Refused { key_id: live.user.principal(), role: live.user.role };
+        let u = &live.user;
+        let who = super::Refused { key_id: u.principal(), role: u.role, merchant: u.merchant.clone() };
         return Err(ApiError::forbidden(who, "missing or wrong X-CSRF-Token"));
     }
     let u = &live.user;

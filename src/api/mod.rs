@@ -180,6 +180,8 @@ pub struct ApiError {
 pub struct Refused {
     pub key_id: String,
     pub role: auth::Role,
+    /// Its merchant, whose admins read the record.
+    pub merchant: crate::merchant::MerchantId,
 }
 
 impl ApiError {
@@ -275,7 +277,8 @@ async fn audit_forbidden(
     let response = next.run(request).await;
     if let Some(r) = response.extensions().get::<Refused>() {
         let origin = from.map_or("unknown".to_string(), |ip| ip.to_string());
-        let actor = Actor { id: &r.key_id, role: ActorRole::Key(r.role), origin: &origin, merchant: None };
+        let merchant = Some(r.merchant.as_str());
+        let actor = Actor { id: &r.key_id, role: ActorRole::Key(r.role), origin: &origin, merchant };
         audit_or_log(&state, &actor.did("authz", "forbidden", uri.path())).await;
     }
     response

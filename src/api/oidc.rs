@@ -79,7 +79,8 @@ pub async fn callback(
     let origin = from.ip().to_string();
     match oidc.finish(&q.state, answer, q.iss.as_deref(), binding, now).await {
         Ok((user, then)) => {
-            let actor = Actor { id: &user.id, role: ActorRole::Key(user.role), origin: &origin, merchant: None };
+            let merchant = Some(user.merchant.as_str());
+            let actor = Actor { id: &user.id, role: ActorRole::Key(user.role), origin: &origin, merchant };
             audit_or_log(&state, &actor.did("auth.sign_in", "signed_in", &user.principal())).await;
             let (token, _) = state.web_sessions.open(user, now);
             let mut r = hand_over(then.path()).into_response();

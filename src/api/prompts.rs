@@ -1,7 +1,8 @@
 //! `/v1/admin/prompts` (role admin): custom recordings over the built-in prompts, per
 //! language and clip (`crate::runtime::prompts::PromptLibrary`). A WAV is checked before it
 //! is kept (8 kHz mono 16-bit PCM, 0.1 to 30 s, not silent) and refused with the reason
-//! otherwise; removing one brings the built-in clip back. Each change is audited.
+//! otherwise; removing one brings the built-in clip back. Each change is audited. A merchant's
+//! uploads play on its own calls; `default`'s on every merchant's, under their own.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -38,7 +39,7 @@ fn language(code: &str) -> Result<Language, ApiError> {
 /// The languages, the prompt names, and the uploads in force.
 pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
     caller.require(ADMIN)?;
-    let uploads = state.node.prompts.uploads().await.map_err(prompt_error)?;
+    let uploads = state.node.prompts.uploads(&caller.merchant).await.map_err(prompt_error)?;
     let languages: Vec<&str> = Language::ALL.iter().map(|l| l.code()).collect();
     let prompts: Vec<&str> = PromptId::ALL.iter().map(|p| p.name()).collect();
     Ok(Json(json!({ "languages": languages, "prompts": prompts, "uploads": uploads })))
@@ -50,10 +51,10 @@ pub async fn upload(
     Path((code, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    caller.require_operator()?;
+    caller.require(ADMIN)?;
     let lang = language(&code)?;
     let resource = format!("{}/{}", lang.code(), name.chars().take(40).collect::<String>());
-    let custom = match state.node.prompts.upload(lang, &name, &body, &caller.key_id).await {
+    let custom = match state.node.prompts.upload(&caller.merchant, lang, &name, &body, &caller.key_id).await {
         Ok(c) => c,
         Err(e) => {
             let refused = prompt_error(e);
@@ -70,9 +71,9 @@ pub async fn remove(
     caller: Caller,
     Path((code, name)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require_operator()?;
+    caller.require(ADMIN)?;
     let lang = language(&code)?;
-    if !state.node.prompts.remove(lang, &name).await.map_err(prompt_error)? {
+    if !state.node.prompts.remove(&caller.merchant, lang, &name).await.map_err(prompt_error)? {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "no upload for this clip: the built-in one plays"));
     }
     caller.audit(&state, "prompt.remove", "removed", &format!("{}/{name}", lang.code())).await;

@@ -70,7 +70,8 @@ pub async fn sign_in(
         })?;
     match checked {
         Ok(user) => {
-            let actor = Actor { id: &user.id, role: ActorRole::Key(user.role), origin: &origin, merchant: None };
+            let merchant = Some(user.merchant.as_str());
+            let actor = Actor { id: &user.id, role: ActorRole::Key(user.role), origin: &origin, merchant };
             audit_or_log(&state, &actor.did("auth.sign_in", "signed_in", &user.username)).await;
             let (token, live) = state.web_sessions.open(user, now);
             let mut r = Json(who(&live, now)).into_response();

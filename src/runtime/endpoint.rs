@@ -111,6 +111,14 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, admission: Admission
         Admitted::Inline(_) => None,
     };
     let started_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let owner = match &admitted {
+        Admitted::Inline(route) => {
+            Owner { merchant: route.merchant(), by: OwnedBy::Route { team: Team::named(&route.team) } }
+        }
+        Admitted::Session(s) => shared.sessions.owner(s).await.ok().flatten().unwrap_or_else(Owner::unclaimed),
+    };
+    // Its merchant's prompts (`default`'s where it uploaded none).
+    let prompts = shared.prompts.current(&owner.merchant);
     let new = NewCall {
         mode: match &admitted {
             Admitted::Inline(route) => CallMode::Inline { route: route.name.clone() },
@@ -122,12 +130,7 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, admission: Admission
         session: session.clone(),
         commands: cmd_tx.clone(),
         captures,
-        owner: match &admitted {
-            Admitted::Inline(route) => {
-                Owner { merchant: route.merchant(), by: OwnedBy::Route { team: Team::named(&route.team) } }
-            }
-            Admitted::Session(s) => shared.sessions.owner(s).await.ok().flatten().unwrap_or_else(Owner::unclaimed),
-        },
+        owner,
     };
     shared.calls.insert(id.clone(), new);
     let mode = match call_mode(shared, &admitted).await {
@@ -156,7 +159,7 @@ async fn start_call(shared: &Arc<Shared>, invite: &Request, admission: Admission
         seed: rand::random(),
         masking: shared.config.masking(),
         record: shared.config.recordings.enabled,
-        prompts: shared.prompts.current(),
+        prompts,
         srtp: match &admitted {
             Admitted::Inline(route) => route.srtp,
             Admitted::Session(_) => shared.config.sip.srtp,

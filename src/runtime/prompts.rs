@@ -7,6 +7,7 @@
 //! are checked as the built-in ones are, kept in the vault's database so every node plays
 //! them, and a clip without one plays the built-in recording.
 
+use std::collections::HashMap;
 use std::io::Cursor;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -20,6 +21,7 @@ use crate::call::Prompts;
 use crate::capture::plan::Language;
 use crate::capture::speech;
 use crate::media::player::PromptAudio;
+use crate::merchant::MerchantId;
 
 static BUILT_IN: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/prompts");
 
@@ -89,6 +91,7 @@ pub fn built_in() -> Result<Prompts, PromptError> {
 /// A custom recording, as listed.
 #[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
 pub struct Custom {
+    pub merchant: String,
     pub language: String,
     pub name: String,
     pub sha256: String,
@@ -96,14 +99,16 @@ pub struct Custom {
     pub uploaded_by: String,
 }
 
-/// The prompts calls play: the built-in set with the uploaded recordings over it. The API
-/// changes it; each new call takes the set current when it starts.
+/// The prompts calls play: the built-in set with `default`'s uploads over it, and for a
+/// merchant with uploads of its own, those over that. The API changes it; each new call takes
+/// its merchant's set current when it starts.
 pub struct PromptLibrary {
     built_in: Prompts,
-    current: RwLock<Arc<Prompts>>,
+    /// By merchant; `default`'s for every merchant with no uploads of its own.
+    current: RwLock<HashMap<MerchantId, Arc<Prompts>>>,
     pool: AnyPool,
-    /// The uploads' (language, name, sha256) the current set was built with.
-    loaded: Mutex<Vec<(String, String, String)>>,
+    /// The uploads' (merchant, language, name, sha256) the current sets were built with.
+    loaded: Mutex<Vec<(String, String, String, String)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -114,51 +119,72 @@ impl PromptLibrary {
     /// The built-in set with every upload in the database over it.
     pub async fn open(pool: AnyPool) -> Result<PromptLibrary, PromptError> {
         let built_in = built_in()?;
-        let library = PromptLibrary {
-            current: RwLock::new(Arc::new(built_in.clone())),
-            built_in,
-            pool,
-            loaded: Mutex::new(Vec::new()),
-        };
+        let sets = HashMap::from([(MerchantId::default_merchant(), Arc::new(built_in.clone()))]);
+        let library = PromptLibrary { current: RwLock::new(sets), built_in, pool, loaded: Mutex::new(Vec::new()) };
         library.refresh().await?;
         Ok(library)
     }
 
-    /// The set a call starting now plays.
-    pub fn current(&self) -> Arc<Prompts> {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    /// The set a call of `merchant` starting now plays.
+    pub fn current(&self, merchant: &MerchantId) -> Arc<Prompts> {
+        let sets = self.current.read().unwrap_or_else(|p| p.into_inner());
+        // Invariant: `default`'s set is made at open and never removed.
+        sets.get(merchant).or_else(|| sets.get(&MerchantId::default_merchant())).cloned().expect("default's prompts")
     }
 
-    /// Rebuilds the set if the uploads changed (on another node, too); says whether they had.
+    /// Rebuilds the sets if the uploads changed (on another node, too); says whether they had.
     pub async fn refresh(&self) -> Result<bool, PromptError> {
-        let now: Vec<(String, String, String)> =
-            sqlx::query_as("SELECT language, name, sha256 FROM prompts ORDER BY language, name")
+        let now: Vec<(String, String, String, String)> =
+            sqlx::query_as("SELECT merchant, language, name, sha256 FROM prompts ORDER BY merchant, language, name")
                 .fetch_all(&self.pool)
                 .await?;
         if *lock(&self.loaded) == now {
             return Ok(false);
         }
-        let rows: Vec<(String, String, Vec<u8>)> =
-            sqlx::query_as("SELECT language, name, wav FROM prompts").fetch_all(&self.pool).await?;
-        let mut prompts = self.built_in.clone();
-        for (code, name, wav) in rows {
+        let rows: Vec<(String, String, String, Vec<u8>)> =
+            sqlx::query_as("SELECT merchant, language, name, wav FROM prompts").fetch_all(&self.pool).await?;
+        let mut uploads: HashMap<MerchantId, Vec<(Language, String, PromptAudio)>> = HashMap::new();
+        for (merchant, code, name, wav) in rows {
             // Checked on upload; a row that no longer decodes keeps the built-in clip.
             match (Language::parse(&code), decode(&name, &wav)) {
-                (Some(lang), Ok(audio)) => prompts.insert(lang, name, audio),
+                (Some(lang), Ok(audio)) => {
+                    uploads.entry(MerchantId::from_stored(merchant)).or_default().push((lang, name, audio))
+                }
                 (_, Err(e)) => tracing::error!(language = code, error = %e, "uploaded prompt not used"),
                 (None, _) => tracing::error!(language = code, name, "uploaded prompt of an unknown language not used"),
             }
         }
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(prompts);
+        let over = |base: &Prompts, clips: Vec<(Language, String, PromptAudio)>| {
+            let mut set = base.clone(); // clips are shared (`Arc`), not copied
+            for (lang, name, audio) in clips {
+                set.insert(lang, name, audio);
+            }
+            set
+        };
+        let default = MerchantId::default_merchant();
+        let base = over(&self.built_in, uploads.remove(&default).unwrap_or_default());
+        let mut sets: HashMap<MerchantId, Arc<Prompts>> =
+            uploads.into_iter().map(|(merchant, clips)| (merchant, Arc::new(over(&base, clips)))).collect();
+        sets.insert(default, Arc::new(base));
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = sets;
         *lock(&self.loaded) = now;
         Ok(true)
     }
 
-    /// Checks and stores `wav` as `lang`'s clip `name`, and plays it from the next call on.
-    pub async fn upload(&self, lang: Language, name: &str, wav: &[u8], by: &str) -> Result<Custom, PromptError> {
+    /// Checks and stores `wav` as `merchant`'s recording of `lang`'s clip `name`, and plays it
+    /// on its calls (on every merchant's, for `default`) from the next call on.
+    pub async fn upload(
+        &self,
+        merchant: &MerchantId,
+        lang: Language,
+        name: &str,
+        wav: &[u8],
+        by: &str,
+    ) -> Result<Custom, PromptError> {
         known_clip(lang, name)?;
         decode(name, wav)?;
         let custom = Custom {
+            merchant: merchant.as_str().to_string(),
             language: lang.code().to_string(),
             name: name.to_string(),
             sha256: crate::vault::crypto::hex(&sha2::Sha256::digest(wav)),
@@ -166,14 +192,16 @@ impl PromptLibrary {
             uploaded_by: by.to_string(),
         };
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM prompts WHERE language = $1 AND name = $2")
+        sqlx::query("DELETE FROM prompts WHERE merchant = $1 AND language = $2 AND name = $3")
+            .bind(&custom.merchant)
             .bind(&custom.language)
             .bind(name)
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "INSERT INTO prompts (language, name, wav, sha256, uploaded_at, uploaded_by) VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO prompts (merchant, language, name, wav, sha256, uploaded_at, uploaded_by) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
+        .bind(&custom.merchant)
         .bind(&custom.language)
         .bind(name)
         .bind(wav.to_vec())
@@ -187,10 +215,12 @@ impl PromptLibrary {
         Ok(custom)
     }
 
-    /// Removes the upload for `lang`'s clip `name`, if any: the built-in clip plays again.
-    pub async fn remove(&self, lang: Language, name: &str) -> Result<bool, PromptError> {
+    /// Removes `merchant`'s upload for `lang`'s clip `name`, if any: what plays under it
+    /// (`default`'s upload, or the built-in clip) plays again.
+    pub async fn remove(&self, merchant: &MerchantId, lang: Language, name: &str) -> Result<bool, PromptError> {
         known_clip(lang, name)?;
-        let gone = sqlx::query("DELETE FROM prompts WHERE language = $1 AND name = $2")
+        let gone = sqlx::query("DELETE FROM prompts WHERE merchant = $1 AND language = $2 AND name = $3")
+            .bind(merchant.as_str())
             .bind(lang.code())
             .bind(name)
             .execute(&self.pool)
@@ -200,10 +230,13 @@ impl PromptLibrary {
         Ok(gone > 0)
     }
 
-    pub async fn uploads(&self) -> Result<Vec<Custom>, PromptError> {
+    /// The uploads `merchant`'s calls play: its own and `default`'s.
+    pub async fn uploads(&self, merchant: &MerchantId) -> Result<Vec<Custom>, PromptError> {
         Ok(sqlx::query_as(
-            "SELECT language, name, sha256, uploaded_at, uploaded_by FROM prompts ORDER BY language, name",
+            "SELECT merchant, language, name, sha256, uploaded_at, uploaded_by FROM prompts \
+             WHERE merchant = $1 OR merchant = 'default' ORDER BY language, name, merchant",
         )
+        .bind(merchant.as_str())
         .fetch_all(&self.pool)
         .await?)
     }
@@ -282,28 +315,41 @@ mod tests {
                 PromptLibrary::open(vault.pool().clone()).await.unwrap(),
             );
             let card = Clip::Prompt(PromptId::CardNumber);
-            let built_in = a.current().audio(Language::Fr, card).unwrap();
+            let d = MerchantId::default_merchant();
+            let built_in = a.current(&d).audio(Language::Fr, card).unwrap();
             let ours: Vec<i16> = (0..4000).map(|i| ((i as f64 * 0.2).sin() * 9000.0) as i16).collect();
-            let refused = a.upload(Language::Fr, "card_number", b"not a wav", "admin-1").await.unwrap_err();
+            let refused = a.upload(&d, Language::Fr, "card_number", b"not a wav", "admin-1").await.unwrap_err();
             assert!(refused.to_string().contains("not a WAV file"), "{refused}");
-            let refused = a.upload(Language::Fr, "card_numbre", &wav(8000, 1, &ours), "admin-1").await.unwrap_err();
+            let refused = a.upload(&d, Language::Fr, "card_numbre", &wav(8000, 1, &ours), "admin-1").await.unwrap_err();
             assert!(refused.to_string().contains("fr has no clip named \"card_numbre\""), "{refused}");
-            let custom = a.upload(Language::Fr, "card_number", &wav(8000, 1, &ours), "admin-1").await.unwrap();
+            let custom = a.upload(&d, Language::Fr, "card_number", &wav(8000, 1, &ours), "admin-1").await.unwrap();
             assert_eq!((custom.language.as_str(), custom.uploaded_by.as_str()), ("fr", "admin-1"));
-            assert_eq!(&a.current().audio(Language::Fr, card).unwrap()[..], &ours[..], "{}", db.label);
+            assert_eq!(&a.current(&d).audio(Language::Fr, card).unwrap()[..], &ours[..], "{}", db.label);
             assert_eq!(
-                a.current().audio(Language::Es, card),
-                b.current().audio(Language::Es, card),
+                a.current(&d).audio(Language::Es, card),
+                b.current(&d).audio(Language::Es, card),
                 "other languages keep theirs"
             );
             // The other node plays it once it refreshes (every 10 s in `serve`).
             assert!(b.refresh().await.unwrap());
-            assert_eq!(&b.current().audio(Language::Fr, card).unwrap()[..], &ours[..]);
+            assert_eq!(&b.current(&d).audio(Language::Fr, card).unwrap()[..], &ours[..]);
             assert!(!b.refresh().await.unwrap(), "nothing changed since");
-            assert_eq!(a.uploads().await.unwrap().len(), 1);
-            assert!(a.remove(Language::Fr, "card_number").await.unwrap());
-            assert_eq!(a.current().audio(Language::Fr, card).unwrap(), built_in);
-            assert!(!a.remove(Language::Fr, "card_number").await.unwrap(), "nothing left to remove");
+            assert_eq!(a.uploads(&d).await.unwrap().len(), 1);
+            assert!(a.remove(&d, Language::Fr, "card_number").await.unwrap());
+            assert_eq!(a.current(&d).audio(Language::Fr, card).unwrap(), built_in);
+            assert!(!a.remove(&d, Language::Fr, "card_number").await.unwrap(), "nothing left to remove");
+
+            // A merchant's own upload plays on its calls only, over `default`'s.
+            let (acme, globex) = (MerchantId::parse("acme").unwrap(), MerchantId::parse("globex").unwrap());
+            let theirs: Vec<i16> = ours.iter().map(|s| s / 2).collect();
+            a.upload(&d, Language::Fr, "card_number", &wav(8000, 1, &ours), "admin-1").await.unwrap();
+            a.upload(&acme, Language::Fr, "card_number", &wav(8000, 1, &theirs), "acme-admin").await.unwrap();
+            let heard = |m: &MerchantId| a.current(m).audio(Language::Fr, card).unwrap();
+            assert_eq!((&heard(&acme)[..], &heard(&globex)[..], &heard(&d)[..]), (&theirs[..], &ours[..], &ours[..]));
+            let listed: Vec<String> = a.uploads(&globex).await.unwrap().into_iter().map(|c| c.merchant).collect();
+            assert_eq!(listed, ["default"], "another merchant's uploads are not listed");
+            assert!(a.remove(&acme, Language::Fr, "card_number").await.unwrap());
+            assert_eq!(&heard(&acme)[..], &ours[..], "default's plays under it again");
         }
     }
 }
