@@ -212,8 +212,12 @@ enum ApiKeyAction {
         #[command(flatten)]
         common: Common,
     },
-    /// Every key: id, name, owner, role, team, created, expires, last used, state (never the key).
+    /// Every key: id, name, owner, role, team, created, expires, last used, state, merchant
+    /// (never the key).
     List {
+        /// Only this merchant's keys.
+        #[arg(long)]
+        merchant: Option<String>,
         #[command(flatten)]
         common: Common,
     },
@@ -594,11 +598,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::ApiKey { action: ApiKeyAction::List { common } } => {
+        Command::ApiKey { action: ApiKeyAction::List { merchant, common } } => {
             let vault = open_vault(&common).await?;
+            let merchant = match merchant {
+                Some(id) => Some(merchant_arg(&vault, Some(&id)).await?),
+                None => None,
+            };
             let when = |t: Option<i64>| t.map_or("-".to_string(), utc);
             println!("id\tname\towner\trole\tteam\tcreated\texpires\tlast_used\tcertificate\tstate\tmerchant");
-            for k in auth::list(vault.pool(), None).await? {
+            for k in auth::list(vault.pool(), merchant.as_ref()).await? {
                 println!(
                     "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
                     k.id,
@@ -725,7 +733,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let vault = Vault::open(VaultOptions::from_config(&cfg)).await?;
             let id = MerchantId::parse(&id)?;
             let settings = merchant::Settings::default().patched(&settings_json(&settings)?)?;
-            merchant::create(vault.pool(), &id, &name, &settings, cfg.vault.production).await?;
+            merchant::create(vault.pool(), &id, &name, &settings, merchant::Deployment::of(&cfg)).await?;
             vault.audit(&CLI_ACTOR.did("merchant.create", "created", id.as_str())).await?;
             println!("merchant {id} created");
             Ok(())
@@ -743,7 +751,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let vault = Vault::open(VaultOptions::from_config(&cfg)).await?;
             let id = MerchantId::parse(&id)?;
             let patch = settings_json(&settings)?;
-            merchant::update(vault.pool(), &id, name.as_deref(), &patch, cfg.vault.production).await?;
+            merchant::update(vault.pool(), &id, name.as_deref(), &patch, merchant::Deployment::of(&cfg)).await?;
             let detail = format!("settings changed: {}", patch.keys().cloned().collect::<Vec<_>>().join(", "));
             vault
                 .audit(&audit::Event { detail: &detail, ..CLI_ACTOR.did("merchant.update", "updated", id.as_str()) })

@@ -96,10 +96,31 @@ pub struct Settings {
     pub retention_days: Option<u32>,
 }
 
+/// What settings are checked against: the deployment's own.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Deployment {
+    /// `vault.production`: plain-HTTP webhooks refused too.
+    pub production: bool,
+    /// `[push]` has a client certificate, which every merchant's push presents.
+    pub push: bool,
+}
+
+impl Deployment {
+    pub fn of(config: &crate::config::Config) -> Deployment {
+        Deployment { production: config.vault.production, push: !config.push.url.is_empty() }
+    }
+}
+
 impl Settings {
-    /// Refuses what the deployment could not honour; `production` also plain-HTTP endpoints.
-    pub fn check(&self, production: bool) -> Result<(), MerchantError> {
+    /// Refuses what the deployment could not honour: an endpoint it cannot reach as asked, a
+    /// secret it cannot read now (a typo would otherwise surface as failed deliveries), a
+    /// push without `[push]`'s client certificate.
+    pub fn check(&self, deployment: Deployment) -> Result<(), MerchantError> {
+        let production = deployment.production;
         let bad = |why: String| Err(MerchantError::Invalid(why));
+        if self.push.is_some() && !deployment.push {
+            return bad("push needs the deployment's [push] (its client certificate); it has none".into());
+        }
         for (name, endpoint) in [("webhook", &self.webhook), ("push", &self.push)] {
             let Some(Endpoint { url, secret }) = endpoint else { continue };
             let parsed = url::Url::parse(url).map_err(|e| MerchantError::Invalid(format!("{name}.url: {e}")))?;
@@ -118,6 +139,12 @@ impl Settings {
                 return bad(format!(
                     "{name}.secret must be {{\"file\": …}} or {{\"env\": …}}: the database holds no secret"
                 ));
+            }
+            // An environment variable may be set for `serve` only; a file is read by both.
+            if let SecretSource::File(_) = secret
+                && let Err(e) = secret.load(std::path::Path::new("/nonexistent"))
+            {
+                return bad(format!("{name}.secret: {e}"));
             }
         }
         if let Some(fields) = &self.card_fields {
@@ -220,10 +247,10 @@ pub async fn create(
     id: &MerchantId,
     name: &str,
     settings: &Settings,
-    production: bool,
+    deployment: Deployment,
 ) -> Result<Merchant, MerchantError> {
     check_name(name)?;
-    settings.check(production)?;
+    settings.check(deployment)?;
     let now = unix_now();
     let json = serde_json::to_string(settings).map_err(invalid)?;
     let inserted =
@@ -264,13 +291,13 @@ pub async fn update(
     id: &MerchantId,
     name: Option<&str>,
     patch: &Map<String, Value>,
-    production: bool,
+    deployment: Deployment,
 ) -> Result<Merchant, MerchantError> {
     let current = get(pool, id).await?.ok_or_else(|| MerchantError::NoSuch(id.clone()))?;
     let name = name.unwrap_or(&current.name);
     check_name(name)?;
     let settings = current.settings.patched(patch)?;
-    settings.check(production)?;
+    settings.check(deployment)?;
     let json = serde_json::to_string(&settings).map_err(invalid)?;
     sqlx::query("UPDATE merchants SET name = $1, settings = $2, updated_at = $3 WHERE id = $4")
         .bind(name)
@@ -286,6 +313,9 @@ pub async fn update(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    const DEV: Deployment = Deployment { production: false, push: true };
+    const PRODUCTION: Deployment = Deployment { production: true, push: true };
 
     #[test]
     fn ids_are_checked() {
@@ -313,19 +343,27 @@ mod tests {
         let hook = |url: &str, secret: Value| {
             Settings::default().patched(&patch(json!({"webhook": {"url": url, "secret": secret}}))).unwrap()
         };
-        assert!(hook("https://p.example/h", json!({"env": "ACME_HOOK"})).check(true).is_ok());
-        assert!(hook("http://127.0.0.1:9/h", json!({"env": "X"})).check(false).is_ok());
-        assert!(hook("http://p.example/h", json!({"env": "X"})).check(true).is_err(), "production: https only");
+        assert!(hook("https://p.example/h", json!({"env": "ACME_HOOK"})).check(PRODUCTION).is_ok());
+        assert!(hook("http://127.0.0.1:9/h", json!({"env": "X"})).check(DEV).is_ok());
+        assert!(hook("http://p.example/h", json!({"env": "X"})).check(PRODUCTION).is_err(), "production: https only");
         let inline = hook("https://p.example/h", json!({"hex": "00".repeat(32)}));
-        assert!(inline.check(false).unwrap_err().to_string().contains("holds no secret"));
+        assert!(inline.check(DEV).unwrap_err().to_string().contains("holds no secret"));
         let push = Settings::default()
             .patched(&patch(json!({"push": {"url": "http://127.0.0.1:9/p", "secret": {"env": "X"}}})))
             .unwrap();
-        assert!(push.check(false).is_err(), "a card is pushed over https only");
-        let fields = |v: Value| Settings::default().patched(&patch(json!({"card_fields": v}))).unwrap().check(false);
+        assert!(push.check(DEV).is_err(), "a card is pushed over https only");
+        let push = Settings::default()
+            .patched(&patch(json!({"push": {"url": "https://gw.example/p", "secret": {"env": "X"}}})))
+            .unwrap();
+        let no_push = Deployment { push: false, ..DEV };
+        assert!(push.check(DEV).is_ok());
+        assert!(push.check(no_push).unwrap_err().to_string().contains("[push]"), "no client certificate to present");
+        let missing = hook("https://p.example/h", json!({"file": "/nonexistent/acme.hex"}));
+        assert!(missing.check(DEV).unwrap_err().to_string().contains("webhook.secret"), "a file that cannot be read");
+        let fields = |v: Value| Settings::default().patched(&patch(json!({"card_fields": v}))).unwrap().check(DEV);
         assert!(fields(json!(["pan", "expiry", "postal_code"])).is_ok());
         assert!(fields(json!(["expiry"])).is_err() && fields(json!(["pan", "routing_number"])).is_err());
-        let days = |d: u32| Settings { retention_days: Some(d), ..Settings::default() }.check(false);
+        let days = |d: u32| Settings { retention_days: Some(d), ..Settings::default() }.check(DEV);
         assert!(days(1).is_ok() && days(0).is_err() && days(MAX_RETENTION_DAYS + 1).is_err());
     }
 
@@ -337,19 +375,19 @@ mod tests {
             let pool = vault.pool();
             let acme = MerchantId::parse("acme").unwrap();
             let french = Settings { language: Some(Language::Fr), ..Settings::default() };
-            let made = create(pool, &acme, "Acme Ltd", &french, false).await.unwrap();
+            let made = create(pool, &acme, "Acme Ltd", &french, DEV).await.unwrap();
             assert_eq!((made.name.as_str(), made.settings.language), ("Acme Ltd", Some(Language::Fr)));
-            assert!(matches!(create(pool, &acme, "Again", &french, false).await, Err(MerchantError::Exists(_))));
+            assert!(matches!(create(pool, &acme, "Again", &french, DEV).await, Err(MerchantError::Exists(_))));
             let ids: Vec<String> = list(pool).await.unwrap().into_iter().map(|m| m.id.0).collect();
             assert_eq!(ids, ["acme", "default"], "the migration made `default`");
             let patch = json!({"convergent": true}).as_object().unwrap().clone();
-            let updated = update(pool, &acme, Some("Acme"), &patch, false).await.unwrap();
+            let updated = update(pool, &acme, Some("Acme"), &patch, DEV).await.unwrap();
             assert_eq!(
                 (updated.name.as_str(), updated.settings.convergent, updated.settings.language),
                 ("Acme", Some(true), Some(Language::Fr))
             );
             let nobody = MerchantId::parse("nobody").unwrap();
-            assert!(matches!(update(pool, &nobody, None, &patch, false).await, Err(MerchantError::NoSuch(_))));
+            assert!(matches!(update(pool, &nobody, None, &patch, DEV).await, Err(MerchantError::NoSuch(_))));
             assert_eq!(settings(pool, &nobody).await.unwrap(), Settings::default());
         }
     }

@@ -159,3 +159,47 @@ async fn a_card_is_pushed_over_mutual_tls_once_the_gateway_is_up_and_its_code_is
     assert_eq!(gateway.accepted().len(), 1, "nothing more delivered");
     t.stop().await;
 }
+
+/// A merchant with a gateway of its own: its cards go there, signed with its secret (the
+/// gateway refuses any other signature), over the deployment's client certificate; the
+/// deployment's merchant's cards still go to the deployment's gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merchants_cards_go_to_its_own_gateway_signed_with_its_own_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = certs(dir.path());
+    let (port, acme_port) = (free_port(), free_port());
+    let acme_dir = dir.path().join("acme");
+    std::fs::create_dir(&acme_dir).unwrap();
+    let acme_secret = "a5".repeat(32);
+    let deployment_gateway = Gateway::start(port, &c, dir.path());
+    let acme_gateway = Gateway::start_signed(acme_port, &c, &acme_dir, &acme_secret);
+    let t = server(port, &c, &c.ours, 3).await;
+    let secret_file = t.dir.path().join("acme-push.hex");
+    std::fs::write(&secret_file, &acme_secret).unwrap();
+    std::fs::set_permissions(&secret_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let operator = t.key(Role::Admin).await;
+    let push =
+        serde_json::json!({"url": format!("https://127.0.0.1:{acme_port}/tokenize"), "secret": {"file": secret_file}});
+    let body = serde_json::json!({"id": "acme", "name": "Acme", "settings": {"push": push}}).to_string();
+    let (s, v) = http("POST", &format!("{}/v1/admin/merchants", t.base), Some(&operator), Some(&body)).await;
+    assert_eq!(s, 201, "{v}");
+    let body = r#"{"role":"agent","merchant":"acme"}"#;
+    let (s, v) = http("POST", &format!("{}/v1/admin/keys", t.base), Some(&operator), Some(body)).await;
+    assert_eq!(s, 201, "{v}");
+    let acme_agent = v["key"].as_str().unwrap().to_string();
+    let default_agent = t.key(Role::Agent).await;
+
+    let acme_session = pay(&t, &acme_agent).await;
+    let default_session = pay(&t, &default_agent).await;
+    for (key, id) in [(&acme_agent, &acme_session), (&default_agent, &default_session)] {
+        let s = pushed(&t, key, id).await;
+        assert_eq!(s["push"]["state"], "delivered", "{s}");
+    }
+    let sessions = |g: &Gateway| -> Vec<String> {
+        g.accepted().iter().map(|a| a["body"]["session_id"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(sessions(&acme_gateway), [acme_session], "acme's gateway: acme's card only");
+    assert_eq!(sessions(&deployment_gateway), [default_session], "the deployment's: the rest");
+    assert_eq!(acme_gateway.accepted()[0]["client"], "tonewall", "the deployment's client certificate");
+    t.stop().await;
+}

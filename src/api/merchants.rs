@@ -92,8 +92,8 @@ pub async fn create(
     caller.require_operator()?;
     let Json(req) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let id = MerchantId::parse(&req.id).map_err(merchant_error)?;
-    let production = state.node.config.vault.production;
-    let made = merchant::create(state.vault.pool(), &id, &req.name, &req.settings, production)
+    let deployment = merchant::Deployment::of(&state.node.config);
+    let made = merchant::create(state.vault.pool(), &id, &req.name, &req.settings, deployment)
         .await
         .map_err(merchant_error)?;
     caller.audit(&state, "merchant.create", "created", id.as_str()).await;
@@ -119,8 +119,8 @@ pub async fn update(
     caller.require_operator()?;
     let Json(req) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let id = reachable(&state, &caller, &id).await?;
-    let production = state.node.config.vault.production;
-    let updated = merchant::update(state.vault.pool(), &id, req.name.as_deref(), &req.settings, production)
+    let deployment = merchant::Deployment::of(&state.node.config);
+    let updated = merchant::update(state.vault.pool(), &id, req.name.as_deref(), &req.settings, deployment)
         .await
         .map_err(merchant_error)?;
     let changed: Vec<&str> = req.settings.keys().map(String::as_str).collect();

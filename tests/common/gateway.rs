@@ -75,6 +75,11 @@ impl Drop for Gateway {
 
 impl Gateway {
     pub fn start(port: u16, c: &Certs, dir: &Path) -> Gateway {
+        Gateway::start_signed(port, c, dir, &SECRET_HEX.repeat(32))
+    }
+
+    /// A gateway that accepts only requests signed with `secret_hex`; its log in `dir`.
+    pub fn start_signed(port: u16, c: &Certs, dir: &Path, secret_hex: &str) -> Gateway {
         require_tool("python3", "apt-get install -y python3");
         let log = dir.join("gateway.jsonl");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/push/gateway.py");
@@ -82,7 +87,7 @@ impl Gateway {
             .arg(script)
             .arg(port.to_string())
             .args([&c.gateway.0, &c.gateway.1, &c.client_ca])
-            .arg(SECRET_HEX.repeat(32))
+            .arg(secret_hex)
             .arg(&log)
             .stdout(Stdio::piped())
             .spawn()
