@@ -305,3 +305,86 @@ async fn a_route_naming_no_merchant_refuses_to_start() {
     let text = refused.to_string();
     assert!(text.contains("route sales names merchant nobody, which does not exist"), "{text}");
 }
+
+/// The operator's commands: `merchant create | list | update`, `api-key create --merchant`,
+/// `api-key list --merchant`, `user add --merchant`; each refused with its reason where it
+/// should be, and each change in the audit trail.
+#[tokio::test]
+async fn the_merchant_commands_create_list_update_and_scope_keys_and_people() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::write_config(dir.path(), &[]);
+    let data = dir.path().join("data");
+    let run = |args: &[&str], stdin: Option<&str>| {
+        let mut all = args.to_vec();
+        all.extend(["--config", config.to_str().unwrap(), "--data-dir", data.to_str().unwrap()]);
+        match stdin {
+            None => common::tonewall(&all, &[]),
+            Some(input) => {
+                use std::io::Write as _;
+                let mut child = std::process::Command::new(common::BIN)
+                    .args(&all)
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+                let out = child.wait_with_output().unwrap();
+                let text = |b: Vec<u8>| String::from_utf8_lossy(&b).to_string();
+                (out.status.success(), text(out.stdout), text(out.stderr))
+            }
+        }
+    };
+    let settings = r#"{"language":"fr","token_format":"format_preserving"}"#;
+    let (ok, out, err) =
+        run(&["merchant", "create", "--id", "acme", "--name", "Acme Ltd", "--settings", settings], None);
+    assert!(ok && out.contains("merchant acme created"), "{out}{err}");
+    let (ok, _, err) = run(&["merchant", "create", "--id", "acme", "--name", "Again"], None);
+    assert!(!ok && err.contains("merchant acme already exists"), "{err}");
+    let (ok, _, err) = run(&["merchant", "create", "--id", "Acme Ltd", "--name", "x"], None);
+    assert!(!ok && err.contains("lowercase letters"), "{err}");
+    let (ok, _, err) = run(&["merchant", "update", "--id", "acme", "--settings", r#"{"langauge":"es"}"#], None);
+    assert!(!ok && err.contains("unknown field `langauge`"), "a misspelt setting: {err}");
+    let hook = r#"{"webhook":{"url":"https://p.example/h","secret":{"file":"/nonexistent/acme.hex"}}}"#;
+    let (ok, _, err) = run(&["merchant", "update", "--id", "acme", "--settings", hook], None);
+    assert!(!ok && err.contains("webhook.secret"), "a secret file that cannot be read: {err}");
+    let (ok, out, err) = run(&["merchant", "update", "--id", "acme", "--settings", r#"{"language":null}"#], None);
+    assert!(ok && out.contains("merchant acme updated"), "{out}{err}");
+    let (ok, list, err) = run(&["merchant", "list"], None);
+    assert!(ok, "{err}");
+    let acme = list.lines().find(|l| l.starts_with("acme\t")).unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(acme, "acme\tAcme Ltd\t{\"token_format\":\"format_preserving\"}", "{list}");
+    assert!(list.lines().any(|l| l.starts_with("default\t")), "{list}");
+
+    let (ok, _, err) = run(&["api-key", "create", "--role", "processor", "--merchant", "nobody"], None);
+    assert!(!ok && err.contains("no merchant nobody"), "{err}");
+    let (ok, _, err) =
+        run(&["api-key", "create", "--role", "processor", "--merchant", "acme", "--name", "acme psp"], None);
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(&["api-key", "create", "--role", "processor", "--name", "ours"], None);
+    assert!(ok, "{err}");
+    let (_, acme_keys, _) = run(&["api-key", "list", "--merchant", "acme"], None);
+    assert!(acme_keys.contains("acme psp") && !acme_keys.contains("ours"), "{acme_keys}");
+    assert!(acme_keys.lines().skip(1).all(|l| l.ends_with("\tacme")), "{acme_keys}");
+    let password = "correct horse battery staple\n";
+    let (ok, _, err) =
+        run(&["user", "add", "--username", "ana", "--role", "agent", "--merchant", "acme"], Some(password));
+    assert!(ok, "{err}");
+    let (_, users, _) = run(&["user", "list"], None);
+    assert!(users.lines().any(|l| l.starts_with("ana\tagent\t") && l.ends_with("\tacme")), "{users}");
+
+    let (ok, out, err) = run(&["audit", "verify"], None);
+    assert!(ok, "{out}{err}");
+    // The records themselves, read through the library on the same data directory.
+    let vault = tonewall::vault::Vault::open(tonewall::vault::VaultOptions::development(&data)).await.unwrap();
+    let records = tonewall::vault::audit::records(vault.pool(), 0, 1000).await.unwrap();
+    let done: Vec<String> = records
+        .iter()
+        .filter(|r| r.action.starts_with("merchant.") || r.action == "api_key.create" || r.action == "user.add")
+        .map(|r| format!("{}:{}", r.action, r.resource))
+        .collect();
+    assert_eq!(done[0], "merchant.create:acme", "{done:?}");
+    assert_eq!(done[1], "merchant.update:acme", "{done:?}");
+    assert!(done.iter().any(|d| d == "user.add:ana"), "{done:?}");
+    assert_eq!(done.iter().filter(|d| d.starts_with("api_key.create")).count(), 2, "{done:?}");
+}
