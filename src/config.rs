@@ -278,6 +278,8 @@ pub struct OidcConfig {
     /// Claim value → role.
     pub roles: std::collections::BTreeMap<String, Role>,
     pub team_claim: String,
+    /// The claim that names the person's merchant; empty: `default` for everyone.
+    pub merchant_claim: String,
     pub require_amr: Vec<String>,
     pub require_acr: Vec<String>,
 }

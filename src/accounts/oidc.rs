@@ -33,6 +33,7 @@ use thiserror::Error;
 
 use super::{Source, User};
 use crate::config::{ClientSecretSource, OidcConfig};
+use crate::merchant::MerchantId;
 use crate::owner::Team;
 use crate::vault::actor::Role;
 use crate::vault::token::random_base62;
@@ -147,6 +148,8 @@ pub enum Refusal {
     NoRole,
     #[error("your account at the identity provider names more than one role on this server")]
     TwoRoles,
+    #[error("your account at the identity provider names no merchant on this server")]
+    NoMerchant,
 }
 
 impl Refusal {
@@ -163,6 +166,7 @@ impl Refusal {
             Refusal::NoUsername => "no_username",
             Refusal::NoRole => "no_role",
             Refusal::TwoRoles => "two_roles",
+            Refusal::NoMerchant => "no_merchant",
         }
     }
 
@@ -377,12 +381,15 @@ pub fn identify(claims: &Claims, config: &OidcConfig) -> Result<User, Refusal> {
         _ => return Err(Refusal::TwoRoles),
     };
     let team = if config.team_claim.is_empty() { None } else { text(&config.team_claim).and_then(Team::named) };
+    let merchant = match config.merchant_claim.as_str() {
+        "" => MerchantId::default_merchant(),
+        claim => text(claim).and_then(|m| MerchantId::parse(m).ok()).ok_or(Refusal::NoMerchant)?,
+    };
     Ok(User {
         id: format!("oidc:{}", claims.subject().as_str()),
         username: username.to_string(),
         role,
-        // One identity provider serves the deployment's own people: `default`'s.
-        merchant: crate::merchant::MerchantId::default_merchant(),
+        merchant,
         team,
         source: Source::Provider,
     })
@@ -479,6 +486,14 @@ mod tests {
         assert_eq!(refused(serde_json::json!({ "groups": ["cc-agents", "cc-qa"] })), Refusal::TwoRoles);
         assert_eq!(refused(serde_json::json!({ "preferred_username": null })), Refusal::NoUsername);
         assert_eq!(refused(serde_json::json!({ "preferred_username": "a\u{7}b" })), Refusal::NoUsername);
+        let mut by_merchant = c.clone();
+        by_merchant.merchant_claim = "tenant".into();
+        let acme = identify(&claims(serde_json::json!({ "tenant": "acme" })), &by_merchant).unwrap();
+        assert_eq!(acme.merchant.as_str(), "acme");
+        assert_eq!(identify(&claims(serde_json::json!({})), &by_merchant).unwrap_err(), Refusal::NoMerchant);
+        let bad = claims(serde_json::json!({ "tenant": "Acme Ltd" }));
+        assert_eq!(identify(&bad, &by_merchant).unwrap_err().outcome(), "no_merchant");
+        assert!(identify(&claims(serde_json::json!({})), &c).unwrap().merchant.is_default(), "no claim: default");
         let one = identify(&claims(serde_json::json!({ "groups": "cc-qa" })), &c).unwrap();
         assert_eq!(one.role, Role::Qa, "a single string names a role too");
 
