@@ -6,12 +6,12 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tonewall::merchant::MerchantId;
 
 use clap::{Parser, ValueEnum};
 use tokio::sync::Semaphore;
 use tonewall::capture::card::Pan;
 use tonewall::capture::collector::{Captured, CapturedCard, Payment};
+use tonewall::merchant::MerchantId;
 use tonewall::vault::testing::TestDatabase;
 use tonewall::vault::{Actor, ActorRole, Role, Vault};
 
