@@ -251,6 +251,11 @@ async fn two_merchants(db: TestDatabase) {
     assert_eq!(ids, ["acme", "default", "globex"]);
     let (s, _) = get(&t, &format!("/v1/sessions/{}", acme.session), &operator).await;
     assert_eq!(s, 404, "the deployment's admin is not acme's");
+    let (_, v) = get(&t, "/v1/admin/audit?limit=1000", &operator).await;
+    let records = v["records"].as_array().unwrap();
+    assert!(records.iter().any(|r| r["merchant"].is_null()), "tonewall's own records are default's to read: {v}");
+    assert!(records.iter().any(|r| r["action"] == "merchant.create" && r["resource"] == "acme"), "{v}");
+    assert!(records.iter().all(|r| r["merchant"].is_null() || r["merchant"] == "default"), "only default's: {v}");
     // The deployment's admin changes acme's language and card fields: acme's next session
     // asks for them; globex's keeps the deployment's.
     let patch = json!({"settings": {"language": "es", "card_fields": ["pan", "postal_code"], "retention_days": null}});
