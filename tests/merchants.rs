@@ -115,8 +115,8 @@ async fn cannot_reach(t: &TestServer, other: &Merchant, m: &Merchant) {
         assert_eq!(s, 200, "{v}");
         let ids: Vec<&str> = v["recordings"].as_array().unwrap().iter().filter_map(|r| r["id"].as_str()).collect();
         assert_eq!((ids, v["total"].as_i64()), (vec![other.recording.as_str()], Some(1)), "{case}: recordings listed");
-        let (s, _) = get(t, &format!("/v1/recordings?reference={}", m.reference), key).await;
-        assert_eq!(s, 200);
+        let (s, v) = get(t, &format!("/v1/recordings?reference={}", m.reference), key).await;
+        assert_eq!((s, v["total"].as_i64()), (200, Some(0)), "{case}: the other's reference {v}");
         let (s, v) = get(t, &format!("/v1/recordings/{}", m.recording), key).await;
         assert_eq!(s, 404, "{case}: recording {v}");
         let (s, _) = get(t, &format!("/v1/recordings/{}/audio", m.recording), key).await;
