@@ -94,6 +94,13 @@ impl Browser {
     }
 
     async fn call(&mut self, method: &str, params: Value) -> Value {
+        let v = self.reply(method, params).await;
+        assert!(v["error"].is_null(), "{method}: {v}");
+        v["result"].clone()
+    }
+
+    /// DevTools' whole reply to `method`: its `result`, or its `error`.
+    async fn reply(&mut self, method: &str, params: Value) -> Value {
         let id = self.next_id;
         self.next_id += 1;
         let msg = json!({ "id": id, "method": method, "params": params }).to_string();
@@ -108,8 +115,7 @@ impl Browser {
                 _ => {}
             }
             if v["id"] == id {
-                assert!(v["error"].is_null(), "{method}: {v}");
-                return v["result"].clone();
+                return v;
             }
         }
     }
@@ -123,17 +129,28 @@ impl Browser {
         r["result"]["value"].clone()
     }
 
+    /// `eval`, where a page navigating away under the evaluation ("Inspected target navigated
+    /// or closed") is no answer yet: null.
+    async fn eval_while_loading(&mut self, js: &str) -> Value {
+        let params = json!({ "expression": js, "awaitPromise": true, "returnByValue": true });
+        let r = self.reply("Runtime.evaluate", params).await;
+        if !r["error"].is_null() {
+            return Value::Null;
+        }
+        r["result"]["result"]["value"].clone()
+    }
+
     /// Waits until `js` is truthy (an exception, as while the page loads, counts as not
     /// yet); returns its value.
     pub async fn wait_for(&mut self, js: &str, within: Duration) -> Value {
         let deadline = tokio::time::Instant::now() + within;
         let guarded = format!("(() => {{ try {{ return ({js}); }} catch (e) {{ return null; }} }})()");
         loop {
-            let v = self.eval(&guarded).await;
+            let v = self.eval_while_loading(&guarded).await;
             if !(v.is_null() || v == false || v == "" || v == 0) {
                 return v;
             }
-            let page = self.eval("document.body ? document.body.innerText : ''").await;
+            let page = self.eval_while_loading("document.body ? document.body.innerText : ''").await;
             assert!(tokio::time::Instant::now() < deadline, "waited for {js}; the page shows:\n{page}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
