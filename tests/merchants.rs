@@ -12,11 +12,9 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::http::HeaderMap;
-use common::{TestServer, http, wait_final};
+use common::{Received, TestServer, http, receiver, wait_final};
 use serde_json::{Value, json};
 use tonewall::api::auth::Role;
 use tonewall::vault::crypto::{SecretKey, unhex};
@@ -169,23 +167,11 @@ async fn still_whole(t: &TestServer, m: &Merchant, pan: &str) {
     assert_eq!(s, 200);
 }
 
-type Received = Arc<Mutex<Vec<(HeaderMap, String)>>>;
-
-/// A webhook endpoint on loopback that keeps what it is sent; its URL.
-async fn receiver() -> (String, Received) {
+/// A webhook endpoint on loopback (`common::receiver`) that keeps what it is sent; its URL.
+async fn webhook() -> (String, Received) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let got: Received = Arc::default();
-    let log = got.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |headers: HeaderMap, body: String| {
-            let log = log.clone();
-            async move { log.lock().unwrap().push((headers, body)) }
-        }),
-    );
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, got)
+    (url, receiver(listener, 0).await)
 }
 
 /// The completions a webhook endpoint received, each checked against `secret`: session ids.
@@ -208,8 +194,8 @@ async fn completions(got: &Received, secret_hex: &str, want: usize) -> Vec<Strin
 }
 
 async fn two_merchants(db: TestDatabase) {
-    let (deployment_hook, deployment_got) = receiver().await;
-    let (acme_hook, acme_got) = receiver().await;
+    let (deployment_hook, deployment_got) = webhook().await;
+    let (acme_hook, acme_got) = webhook().await;
     let deployment_secret = "42".repeat(32);
     let acme_secret = "a5".repeat(32);
     let url = db.url.clone();

@@ -5,11 +5,9 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::http::{HeaderMap, StatusCode};
-use common::{TestServer, http, wait_final};
+use common::{TestServer, http, receiver, wait_final};
 use tonewall::api::auth::Role;
 use tonewall::vault::audit;
 use tonewall::vault::crypto::SecretKey;
@@ -98,28 +96,6 @@ async fn detokenize_is_limited_per_key_and_bulk_use_raises_an_alarm() {
     assert_eq!(actions.iter().filter(|a| *a == "alarm.bulk_detokenize:raised").count(), 1, "{actions:?}");
     assert_eq!(actions.iter().filter(|a| *a == "detokenize:rate_limited").count(), 1, "{actions:?}");
     t.stop().await;
-}
-
-type Received = Arc<Mutex<Vec<(HeaderMap, String)>>>;
-
-/// A processor's webhook endpoint on loopback: records every request, answers 500 to the
-/// first `fail_first` and 200 after.
-async fn receiver(listener: tokio::net::TcpListener, fail_first: usize) -> Received {
-    let got: Received = Arc::default();
-    let log = got.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |headers: HeaderMap, body: String| {
-            let log = log.clone();
-            async move {
-                let mut l = log.lock().unwrap();
-                l.push((headers, body));
-                if l.len() <= fail_first { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::OK }
-            }
-        }),
-    );
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    got
 }
 
 #[tokio::test]

@@ -372,3 +372,29 @@ pub async fn tokenize_records(pool: &sqlx::AnyPool) -> std::collections::HashMap
     }
     records
 }
+
+pub type Received = std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, String)>>>;
+
+/// A processor's webhook endpoint on loopback: records every request, answers 500 to the
+/// first `fail_first` and 200 after.
+pub async fn receiver(listener: tokio::net::TcpListener, fail_first: usize) -> Received {
+    let got: Received = std::sync::Arc::default();
+    let log = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let log = log.clone();
+            async move {
+                let mut l = log.lock().unwrap();
+                l.push((headers, body));
+                if l.len() <= fail_first {
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    axum::http::StatusCode::OK
+                }
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    got
+}
