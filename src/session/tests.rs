@@ -8,6 +8,11 @@ use crate::merchant::MerchantId;
 use crate::owner::OwnedBy;
 use crate::vault::testing::TestDatabase;
 
+/// A call of an inline route open to every agent of `default`.
+fn open_route() -> Owner {
+    Owner { merchant: MerchantId::default_merchant(), by: OwnedBy::Route { team: None } }
+}
+
 #[test]
 fn session_ids_and_sip_users() {
     let id = SessionId::new();
@@ -114,24 +119,10 @@ async fn a_session_is_claimed_exactly_once() {
         let dir = tempfile::tempdir().unwrap();
         let (_vault, a, b) = two_nodes(&db, dir.path()).await;
         for _ in 0..20 {
-            let v = a
-                .create(
-                    card_session(Owner { merchant: MerchantId::default_merchant(), by: OwnedBy::Route { team: None } }),
-                    "h",
-                    Holder::Nobody,
-                )
-                .await
-                .unwrap();
+            let v = a.create(card_session(open_route()), "h", Holder::Nobody).await.unwrap();
             let (x, y) = tokio::join!(a.claim(&v.id, 3), b.claim(&v.id, 3));
             assert_eq!(u8::from(x.is_ok()) + u8::from(y.is_ok()), 1, "{x:?} {y:?}");
-            let v = a
-                .create(
-                    card_session(Owner { merchant: MerchantId::default_merchant(), by: OwnedBy::Route { team: None } }),
-                    "h",
-                    Holder::Nobody,
-                )
-                .await
-                .unwrap();
+            let v = a.create(card_session(open_route()), "h", Holder::Nobody).await.unwrap();
             let (claimed, cancelled) = tokio::join!(b.claim(&v.id, 3), a.cancel(&v.id));
             match (claimed, cancelled) {
                 (Ok(_), Ok(Reach::HeldBy(n))) => assert_eq!(n, *b.node()),
@@ -146,14 +137,7 @@ async fn a_session_is_claimed_exactly_once() {
             }
         }
         // An inline call's session is held from its start: no INVITE can claim it.
-        let v = a
-            .create(
-                card_session(Owner { merchant: MerchantId::default_merchant(), by: OwnedBy::Route { team: None } }),
-                "h",
-                Holder::Here,
-            )
-            .await
-            .unwrap();
+        let v = a.create(card_session(open_route()), "h", Holder::Here).await.unwrap();
         assert!(b.claim(&v.id, 3).await.is_err());
         assert!(a.attach(&v.id, 3).is_ok());
     }
@@ -166,26 +150,12 @@ async fn a_lost_nodes_captures_fail_and_stay_failed() {
     for db in TestDatabase::both().await {
         let dir = tempfile::tempdir().unwrap();
         let (_vault, a, b) = two_nodes(&db, dir.path()).await;
-        let v = a
-            .create(
-                card_session(Owner { merchant: MerchantId::default_merchant(), by: OwnedBy::Route { team: None } }),
-                "h",
-                Holder::Nobody,
-            )
-            .await
-            .unwrap();
+        let v = a.create(card_session(open_route()), "h", Holder::Nobody).await.unwrap();
         let token = a.embed_token(&v.id, SystemTime::now() + Duration::from_secs(60)).await.unwrap().unwrap();
         assert_eq!(b.embedded(&token, SystemTime::now()).await.unwrap(), Some(v.id.clone()));
         assert_eq!(b.embedded(&token, SystemTime::now() + Duration::from_secs(61)).await.unwrap(), None);
         assert_eq!(b.embedded("twe_nope", SystemTime::now()).await.unwrap(), None);
-        let waiting = a
-            .create(
-                card_session(Owner { merchant: MerchantId::default_merchant(), by: OwnedBy::Route { team: None } }),
-                "h",
-                Holder::Nobody,
-            )
-            .await
-            .unwrap();
+        let waiting = a.create(card_session(open_route()), "h", Holder::Nobody).await.unwrap();
         a.claim(&v.id, 3).await.unwrap();
         let (_, mut events) = b.subscribe(&v.id).await.unwrap();
         assert_eq!(b.fail_lost(a.node()).await.unwrap(), vec![v.id.clone()]);
